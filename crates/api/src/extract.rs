@@ -1,0 +1,304 @@
+//! Validating extractors: strict JSON bodies, query strings, credentials and tenant scope.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use azotte_domain::tenant::Environment;
+use azotte_domain::FieldError;
+use azotte_service::auth;
+use azotte_store::{PlatformScope, TenantScope};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// A JSON body that must be `application/json`, well-formed, and match `T` exactly (DTOs
+/// deny unknown fields). Decode failures name the field.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                )
+            } else {
+                ApiError::bad_request("unreadable_body", "the request body could not be read")
+            }
+        })?;
+        decode_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Decodes a JSON document strictly; public for the extractor's tests.
+pub(crate) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        json_error(&path, &inner)
+    })?;
+    de.end().map_err(|e| json_error(".", &e))?;
+    Ok(value)
+}
+
+fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
+            "malformed_json",
+            format!(
+                "the body is not valid JSON: {} at line {} column {}",
+                syntax_reason(e),
+                e.line(),
+                e.column()
+            ),
+        ),
+        Category::Data => ApiError::validation(vec![data_field_error(path, e)]),
+    }
+}
+
+fn syntax_reason(e: &serde_json::Error) -> String {
+    // serde_json's message ends with " at line L column C", which we state separately.
+    let msg = e.to_string();
+    msg.split(" at line ").next().unwrap_or(&msg).to_owned()
+}
+
+fn data_field_error(path: &str, e: &serde_json::Error) -> FieldError {
+    let msg = e.to_string();
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+    let base = if path == "." { String::new() } else { path.to_owned() };
+    let join = |name: &str| if base.is_empty() { name.to_owned() } else { format!("{base}.{name}") };
+    let quoted = |m: &str| m.split('`').nth(1).map(str::to_owned);
+    if let Some(name) = msg.strip_prefix("unknown field ").and_then(quoted) {
+        return FieldError::new(join(&name), "unknown_field", "is not a known field");
+    }
+    if let Some(name) = msg.strip_prefix("missing field ").and_then(quoted) {
+        return FieldError::new(join(&name), "missing_field", "is required");
+    }
+    let field = if base.is_empty() { "body".to_owned() } else { base };
+    if msg.starts_with("invalid type") {
+        return FieldError::new(field, "invalid_type", msg);
+    }
+    FieldError::new(field, "invalid_value", msg)
+}
+
+/// A query string decoded into `T` (DTOs deny unknown parameters).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q).map(ApiQuery).map_err(|e| {
+            let msg = e.to_string();
+            let field = msg.split('`').nth(1).unwrap_or("query").to_owned();
+            let code = if msg.starts_with("unknown field") { "unknown_parameter" } else { "invalid_value" };
+            ApiError::validation(vec![FieldError::new(field, code, msg)])
+        })
+    }
+}
+
+/// The bearer credential of a request: `Authorization: Bearer …` or `x-api-key: …`.
+fn credential(parts: &Parts) -> Result<&str, ApiError> {
+    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| bad_credentials())?;
+        let (scheme, token) = v.split_once(' ').ok_or_else(bad_credentials)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(bad_credentials());
+        }
+        return Ok(token.trim());
+    }
+    if let Some(v) = parts.headers.get("x-api-key") {
+        return v.to_str().map(str::trim).map_err(|_| bad_credentials());
+    }
+    Err(ApiError::unauthenticated(
+        "unauthenticated",
+        "this route requires credentials (Authorization: Bearer …)",
+    ))
+}
+
+fn bad_credentials() -> ApiError {
+    ApiError::unauthenticated("unauthenticated", "malformed Authorization header; expected `Bearer <token>`")
+}
+
+/// An authenticated platform principal.
+pub struct PlatformAuth(pub PlatformScope);
+
+impl FromRequestParts<AppState> for PlatformAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = credential(parts)?;
+        let scope = auth::authenticate(&state.ctx, token).await?;
+        tracing::Span::current().record("principal", tracing::field::display(scope.principal()));
+        Ok(PlatformAuth(scope))
+    }
+}
+
+/// The raw bearer token, for logout.
+pub struct BearerToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        credential(parts).map(|t| BearerToken(t.to_owned()))
+    }
+}
+
+/// An authenticated principal inside the tenant named by `x-tn` and the environment named by
+/// `x-env`. Credentials are checked first (401), then the headers (400), then the tenant
+/// (404 unknown, 403 suspended).
+pub struct TenantAuth(pub TenantScope);
+
+impl FromRequestParts<AppState> for TenantAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let PlatformAuth(platform) = PlatformAuth::from_request_parts(parts, state).await?;
+        let tenant_ref = header_str(parts, "x-tn")?.ok_or_else(|| {
+            ApiError::bad_request(
+                "tenant_required",
+                "this route requires the x-tn header naming the tenant (id or slug)",
+            )
+        })?;
+        let env = header_str(parts, "x-env")?.ok_or_else(|| {
+            ApiError::bad_request(
+                "environment_required",
+                "this route requires the x-env header: development, staging or production",
+            )
+        })?;
+        let environment: Environment = env.parse().map_err(|_| {
+            ApiError::bad_request("invalid_environment", "x-env must be development, staging or production")
+        })?;
+        let scope = auth::enter_tenant(&state.ctx, &platform, tenant_ref, environment).await?;
+        let span = tracing::Span::current();
+        span.record("tenant_id", tracing::field::display(scope.tenant_id()));
+        span.record("environment", environment.as_str());
+        Ok(TenantAuth(scope))
+    }
+}
+
+fn header_str<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match parts.headers.get(name) {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not valid text")))?;
+            Ok(Some(s.trim()).filter(|s| !s.is_empty()))
+        }
+    }
+}
+
+/// A PATCH field: absent (leave as is), `null` (clear) or a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Patch<T> {
+    /// The field was not sent.
+    #[default]
+    Absent,
+    /// The field was sent as `null`.
+    Null,
+    /// The field was sent with a value.
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<T>::deserialize(d)? {
+            None => Patch::Null,
+            Some(v) => Patch::Value(v),
+        })
+    }
+}
+
+impl<T> Patch<T> {
+    /// For fields that cannot be cleared: absent → `None`, value → `Some`, null → an error.
+    pub fn required(self, field: &str) -> Result<Option<T>, FieldError> {
+        match self {
+            Patch::Absent => Ok(None),
+            Patch::Value(v) => Ok(Some(v)),
+            Patch::Null => Err(FieldError::new(field, "null_not_allowed", "cannot be null")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        #[serde(default)]
+        nested: Option<Inner>,
+        #[serde(default)]
+        label: Patch<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        count: u32,
+    }
+
+    #[test]
+    fn malformed_json_is_400_with_position() {
+        let e = decode_json::<Body>(b"{\"name\": \"x\",\n  oops}").unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code(), "malformed_json");
+        let e = decode_json::<Body>(b"{\"name\": \"x\"} trailing").unwrap_err();
+        assert_eq!(e.code(), "malformed_json");
+    }
+
+    #[test]
+    fn unknown_missing_and_mistyped_fields_name_the_field() {
+        let r = |b: &str| format!("{:?}", decode_json::<Body>(b.as_bytes()).unwrap_err());
+        assert!(r(r#"{"name":"x","extra":1}"#).contains("field: \"extra\", code: \"unknown_field\""));
+        assert!(r(r#"{}"#).contains("field: \"name\", code: \"missing_field\""));
+        assert!(r(r#"{"name":"x","nested":{"count":"many"}}"#)
+            .contains("field: \"nested.count\", code: \"invalid_type\""));
+        assert!(r(r#"{"name":"x","nested":{"count":1,"zzz":2}}"#)
+            .contains("field: \"nested.zzz\", code: \"unknown_field\""));
+    }
+
+    #[test]
+    fn patch_is_three_state() {
+        let b: Body = decode_json(br#"{"name":"x"}"#).unwrap();
+        assert_eq!(b.label, Patch::Absent);
+        let b: Body = decode_json(br#"{"name":"x","label":null}"#).unwrap();
+        assert_eq!(b.label, Patch::Null);
+        let b: Body = decode_json(br#"{"name":"x","label":"y"}"#).unwrap();
+        assert_eq!(b.label, Patch::Value("y".into()));
+        assert!(Patch::<String>::Null.required("label").is_err());
+    }
+}

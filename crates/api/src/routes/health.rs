@@ -1,0 +1,75 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+}
+
+/// Health answer.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    status: &'static str,
+}
+
+/// Readiness answer.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`.
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    database: &'static str,
+    /// Migrations known to this build but not applied.
+    pending_migrations: usize,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The database answers and its migrations are current.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, body = crate::Problem, content_type = "application/problem+json"))
+)]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    let db = &state.ctx.db;
+    let not_ready = |detail: String| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", detail)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+    };
+    db.ping().await.map_err(|_| not_ready("the database does not answer".into()))?;
+    let pending =
+        db.pending_migrations().await.map_err(|_| not_ready("cannot read the migration state".into()))?;
+    if pending > 0 {
+        return Err(not_ready(format!("{pending} migration(s) not applied")));
+    }
+    let database = match db.backend() {
+        azotte_store::Backend::Sqlite => "sqlite",
+        azotte_store::Backend::Postgres => "postgres",
+    };
+    Ok(Json(Readiness { status: "ready", database, pending_migrations: 0 }))
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut resp = state.metrics.render().into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}

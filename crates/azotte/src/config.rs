@@ -1,0 +1,270 @@
+//! Configuration: embedded defaults, then an optional TOML file, then `AZOTTE_*` environment
+//! variables (`AZOTTE_<KEY>_FILE` reads a secret from a file), then command-line flags.
+//! Every value is validated at start; an error names the key and where the value came from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use azotte_domain::Secret;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, pretty when it is.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Whether this is a production installation (stricter checks) or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Development,
+    Production,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: Secret<String>,
+    pub database_max_connections: u32,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub body_limit_bytes: usize,
+    pub mode: RunMode,
+    pub housekeeping_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// A configuration error, naming the key and the source of the bad value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key} (from {source_name}): {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub source_name: String,
+    pub reason: String,
+}
+
+struct Key {
+    name: &'static str,
+    default: &'static str,
+    secret: bool,
+}
+
+const KEYS: &[Key] = &[
+    Key { name: "listen", default: "127.0.0.1:8080", secret: false },
+    Key { name: "database_url", default: "sqlite://./azotte-data/azotte.db", secret: true },
+    Key { name: "database_max_connections", default: "10", secret: false },
+    Key { name: "log_format", default: "auto", secret: false },
+    Key { name: "log_level", default: "info", secret: false },
+    Key { name: "body_limit_bytes", default: "1048576", secret: false },
+    Key { name: "mode", default: "development", secret: false },
+    Key { name: "housekeeping_interval_secs", default: "60", secret: false },
+    Key { name: "shutdown_timeout_secs", default: "30", secret: false },
+];
+
+/// A raw value and where it came from.
+struct Raw {
+    value: String,
+    source: String,
+}
+
+impl Config {
+    /// Loads the configuration from defaults, `file`, the environment `env` and `overrides`
+    /// (command-line flags, as key → value).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&'static str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut raw: BTreeMap<&'static str, Raw> = KEYS
+            .iter()
+            .map(|k| (k.name, Raw { value: k.default.to_owned(), source: "defaults".into() }))
+            .collect();
+
+        if let Some(path) = file {
+            let source = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| err("--config", &source, e.to_string()))?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| err("--config", &source, e.to_string()))?;
+            for (k, v) in table {
+                let key = KEYS
+                    .iter()
+                    .find(|key| key.name == k)
+                    .ok_or_else(|| err(&k, &source, format!("unknown key; known keys: {}", key_names())))?;
+                let value = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(err(
+                            &k,
+                            &source,
+                            format!("expected a string or number, got {}", other.type_str()),
+                        ))
+                    }
+                };
+                raw.insert(key.name, Raw { value, source: source.clone() });
+            }
+        }
+
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("AZOTTE_") else { continue };
+            let lower = rest.to_ascii_lowercase();
+            if let Some(key) = KEYS.iter().find(|k| k.name == lower) {
+                raw.insert(key.name, Raw { value, source: var });
+            } else if let Some(key) =
+                lower.strip_suffix("_file").and_then(|n| KEYS.iter().find(|k| k.name == n && k.secret))
+            {
+                let content = std::fs::read_to_string(&value)
+                    .map_err(|e| err(key.name, &var, format!("cannot read {value}: {e}")))?;
+                raw.insert(
+                    key.name,
+                    Raw { value: content.trim_end_matches(['\n', '\r']).to_owned(), source: var },
+                );
+            } else if !lower.starts_with("test_") {
+                eprintln!("azotte: warning: ignoring unknown environment variable {var}");
+            }
+        }
+
+        for (k, v) in overrides {
+            raw.insert(k, Raw { value: v.clone(), source: "command line".into() });
+        }
+
+        let get = |k: &'static str| &raw[k];
+        Ok(Config {
+            listen: parse(get("listen"), "listen", |v| {
+                v.parse::<SocketAddr>().map_err(|_| "expected an address like 127.0.0.1:8080".into())
+            })?,
+            database_url: parse(get("database_url"), "database_url", |v| {
+                let ok = v.starts_with("sqlite:")
+                    || v.starts_with("postgres://")
+                    || v.starts_with("postgresql://");
+                if ok {
+                    Ok(Secret::new(v.to_owned()))
+                } else {
+                    Err("must start with sqlite:// or postgres://".into())
+                }
+            })?,
+            database_max_connections: parse(
+                get("database_max_connections"),
+                "database_max_connections",
+                |v| range(v, 1, 1000),
+            )?,
+            log_format: parse(get("log_format"), "log_format", |v| match v {
+                "auto" => Ok(LogFormat::Auto),
+                "json" => Ok(LogFormat::Json),
+                "pretty" => Ok(LogFormat::Pretty),
+                _ => Err("expected auto, json or pretty".into()),
+            })?,
+            log_level: parse(get("log_level"), "log_level", |v| {
+                tracing_subscriber::EnvFilter::try_new(v).map(|_| v.to_owned()).map_err(|e| e.to_string())
+            })?,
+            body_limit_bytes: parse(get("body_limit_bytes"), "body_limit_bytes", |v| {
+                range(v, 1024, 100 * 1024 * 1024)
+            })?,
+            mode: parse(get("mode"), "mode", |v| match v {
+                "development" => Ok(RunMode::Development),
+                "production" => Ok(RunMode::Production),
+                _ => Err("expected development or production".into()),
+            })?,
+            housekeeping_interval: Duration::from_secs(parse(
+                get("housekeeping_interval_secs"),
+                "housekeeping_interval_secs",
+                |v| range(v, 1, 86_400),
+            )?),
+            shutdown_timeout: Duration::from_secs(parse(
+                get("shutdown_timeout_secs"),
+                "shutdown_timeout_secs",
+                |v| range(v, 1, 3_600),
+            )?),
+        })
+    }
+}
+
+fn key_names() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+fn err(key: &str, source: &str, reason: String) -> ConfigError {
+    ConfigError { key: key.to_owned(), source_name: source.to_owned(), reason }
+}
+
+fn parse<T>(raw: &Raw, key: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    f(raw.value.trim()).map_err(|reason| err(key, &raw.source, reason))
+}
+
+fn range<T: std::str::FromStr + PartialOrd + std::fmt::Display>(v: &str, lo: T, hi: T) -> Result<T, String> {
+    match v.parse::<T>() {
+        Ok(n) if n >= lo && n <= hi => Ok(n),
+        _ => Err(format!("expected a whole number from {lo} to {hi}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let c = Config::load(None, vec![], &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url.expose(), "sqlite://./azotte-data/azotte.db");
+        assert_eq!(c.body_limit_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("azotte.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nbody_limit_bytes = 2048\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[("AZOTTE_BODY_LIMIT_BYTES", "4096")]), &[]).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.body_limit_bytes, 4096);
+        assert_eq!(c.log_format, LogFormat::Json);
+        let c = Config::load(Some(&file), vec![], &[("listen", "127.0.0.1:9100".into())]).unwrap();
+        assert_eq!(c.listen.port(), 9100);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("db");
+        std::fs::write(&f, "postgres://u:pw@localhost/azotte\n").unwrap();
+        let c = Config::load(None, env(&[("AZOTTE_DATABASE_URL_FILE", f.to_str().unwrap())]), &[]).unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://u:pw@localhost/azotte");
+        assert!(!format!("{c:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_source() {
+        let e = Config::load(None, env(&[("AZOTTE_LISTEN", "nonsense")]), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: listen (from AZOTTE_LISTEN): expected an address like 127.0.0.1:8080"
+        );
+        let e = Config::load(None, env(&[("AZOTTE_DATABASE_URL", "mysql://x")]), &[]).unwrap_err();
+        assert_eq!(e.key, "database_url");
+        let e = Config::load(None, env(&[("AZOTTE_BODY_LIMIT_BYTES", "0")]), &[]).unwrap_err();
+        assert_eq!(e.key, "body_limit_bytes");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("azotte.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let e = Config::load(Some(&file), vec![], &[]).unwrap_err();
+        assert_eq!(e.key, "lisen");
+        assert!(e.to_string().contains("unknown key"));
+    }
+}

@@ -1,0 +1,114 @@
+//! `azotte`: the subscription orchestration platform.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use azotte::{app, telemetry, Application, Config};
+use azotte_domain::Clock;
+use clap::{Parser, Subcommand};
+
+/// Azotte: subscription orchestration platform and transaction trust center.
+///
+/// With no configuration, `azotte serve` keeps its data in SQLite under ./azotte-data/ and
+/// listens on 127.0.0.1:8080. Configure with --config FILE (TOML) or AZOTTE_* variables,
+/// e.g. AZOTTE_DATABASE_URL=postgres://… (or AZOTTE_DATABASE_URL_FILE for a secret file).
+#[derive(Parser)]
+#[command(name = "azotte", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file; environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the background workers (migrates first).
+    Serve {
+        /// Address to listen on (also AZOTTE_LISTEN); default 127.0.0.1:8080.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Migrate and create the first platform administrator, printing its one-time secret.
+    Init,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        print!("{}", azotte_api::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    let mut overrides = Vec::new();
+    if let Command::Serve { listen: Some(l) } = &cli.command {
+        overrides.push(("listen", l.clone()));
+    }
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("azotte: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format, &config.log_level, std::io::stderr);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("azotte: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("azotte: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the one-time bootstrap secret straight to the terminal, never through the logger.
+fn print_bootstrap_secret(secret: &str) {
+    println!();
+    println!("  First start: a platform administrator was created.");
+    println!("  Its one-time bootstrap secret (shown only now):");
+    println!();
+    println!("      {secret}");
+    println!();
+    println!("  Exchange it for your email and a password:");
+    println!("      POST /v1/auth/bootstrap {{\"bootstrap_secret\": \"…\", \"email\": \"…\", \"password\": \"…\"}}");
+    println!();
+}
+
+async fn run(command: Command, config: Config) -> Result<(), String> {
+    match command {
+        Command::Migrate => {
+            app::migrate(&config).await.map_err(|e| e.to_string())?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Init => {
+            let app = Application::build(&config, Clock::system()).await.map_err(|e| e.to_string())?;
+            match app.bootstrap().await.map_err(|e| e.to_string())? {
+                Some(secret) => {
+                    print_bootstrap_secret(secret.expose());
+                    Ok(())
+                }
+                None => Err("already initialised: a platform administrator exists".into()),
+            }
+        }
+        Command::Serve { .. } => {
+            let app = Application::build(&config, Clock::system()).await.map_err(|e| e.to_string())?;
+            if let Some(secret) = app.bootstrap().await.map_err(|e| e.to_string())? {
+                print_bootstrap_secret(secret.expose());
+            }
+            app.run_until(app::shutdown_signal()).await.map_err(|e| e.to_string())
+        }
+        Command::Openapi => Ok(()),
+    }
+}

@@ -1,0 +1,46 @@
+//! Who is acting.
+
+use std::fmt;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The kind of principal behind a request or job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// A tenant user with a session.
+    User,
+    /// A machine credential of one tenant environment.
+    ApiKey,
+    /// An operator of the installation.
+    PlatformUser,
+    /// The platform itself (workers, schedulers).
+    System,
+    /// An external billing channel (app stores, partners).
+    Channel,
+}
+
+/// An authenticated actor: kind, id and the roles it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Principal {
+    /// What kind of actor this is.
+    pub kind: PrincipalKind,
+    /// The actor's id (user id, key id, `system`).
+    pub id: String,
+    /// Role names held in the current scope.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// The platform itself, for work no human started.
+    pub fn system() -> Self {
+        Self { kind: PrincipalKind::System, id: "system".into(), roles: vec![] }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}:{}", self.kind, self.id)
+    }
+}

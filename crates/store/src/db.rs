@@ -1,0 +1,305 @@
+//! The database handle, connection setup per backend, migrations and scoped transactions.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use azotte_domain::Secret;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool, SqlitePool};
+
+use crate::exec::Tx;
+use crate::scope::{PlatformScope, TenantScope};
+use crate::{Result, StoreError};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The role the service runs its PostgreSQL queries as. It owns no table, so row-level
+/// security applies to it, and it has no UPDATE/DELETE grant on append-only tables.
+pub const APP_ROLE: &str = "azotte_app";
+
+/// Which database engine is behind a [`Db`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite (the default, no configuration).
+    Sqlite,
+    /// PostgreSQL (production).
+    Postgres,
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// `sqlite://path` or `postgres://…`; a secret because it may hold a password.
+    pub url: Secret<String>,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a connection before reporting the database unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl DbOptions {
+    /// Options for a URL with default pool settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: Secret::new(url.into()), max_connections: 10, acquire_timeout: Duration::from_secs(5) }
+    }
+
+    /// The backend the URL names, or an error naming what was wrong.
+    pub fn backend(&self) -> std::result::Result<Backend, String> {
+        let url = self.url.expose();
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err("must start with sqlite:// or postgres://".into())
+        }
+    }
+
+    /// The URL with any password masked, for messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    // scheme://user:password@host → scheme://user:***@host
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.split_once('@') {
+            let user = creds.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+    }
+    url.to_owned()
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A connection pool to one database. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Db({:?})", self.backend())
+    }
+}
+
+impl Db {
+    /// Runs pending migrations. On PostgreSQL this uses the configured login role, which owns
+    /// the tables; the serving pool from [`Db::connect`] then switches to [`APP_ROLE`].
+    pub async fn migrate(opts: &DbOptions) -> Result<()> {
+        match opts.backend().map_err(|e| StoreError::Corrupt(e))? {
+            Backend::Sqlite => {
+                let pool = sqlite_pool(opts, 1).await?;
+                SQLITE_MIGRATOR.run(&pool).await?;
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let mut conn = pg_options(opts)?.connect().await?;
+                POSTGRES_MIGRATOR.run(&mut conn).await?;
+                conn.close().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the serving pool. Migrations must have run (see [`Db::migrate`]).
+    pub async fn connect(opts: &DbOptions) -> Result<Db> {
+        let pool = match opts.backend().map_err(|e| StoreError::Corrupt(e))? {
+            Backend::Sqlite => Pool::Sqlite(sqlite_pool(opts, opts.max_connections).await?),
+            Backend::Postgres => {
+                let pg = PgPoolOptions::new()
+                    .max_connections(opts.max_connections)
+                    .acquire_timeout(opts.acquire_timeout)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(format!("SET ROLE {APP_ROLE}").as_str()).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(pg_options(opts)?)
+                    .await?;
+                Pool::Postgres(pg)
+            }
+        };
+        Ok(Db { pool })
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => p.execute("SELECT 1").await.map(drop)?,
+            Pool::Postgres(p) => p.execute("SELECT 1").await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// How many of the migrations this build knows have not been applied (successfully).
+    pub async fn pending_migrations(&self) -> Result<usize> {
+        let (migrator, applied): (&Migrator, Vec<(i64, bool)>) = match &self.pool {
+            Pool::Sqlite(p) => (
+                &SQLITE_MIGRATOR,
+                sqlx::query_as("SELECT version, success FROM _sqlx_migrations").fetch_all(p).await?,
+            ),
+            Pool::Postgres(p) => (
+                &POSTGRES_MIGRATOR,
+                sqlx::query_as("SELECT version, success FROM _sqlx_migrations").fetch_all(p).await?,
+            ),
+        };
+        Ok(migrator.iter().filter(|m| !applied.iter().any(|(v, ok)| *v == m.version && *ok)).count())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// A read-only transaction with no tenant set: sees only platform tables.
+    pub(crate) async fn unscoped_read_tx(&self) -> Result<Tx> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// A transaction with no tenant set: sees only platform tables. For authentication writes.
+    pub(crate) async fn unscoped_tx(&self) -> Result<Tx> {
+        Ok(match &self.pool {
+            // IMMEDIATE takes SQLite's write lock up front: a deferred transaction that reads
+            // and then writes can fail with SQLITE_BUSY instead of waiting for the lock.
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// A transaction for platform work (tenants, platform users), flagged as such for RLS.
+    pub async fn platform_tx(&self, scope: &PlatformScope) -> Result<PlatformTx> {
+        let mut tx = self.unscoped_tx().await?;
+        if let Tx::Postgres(t) = &mut tx {
+            sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
+        }
+        Ok(PlatformTx { tx, scope: scope.clone() })
+    }
+
+    /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
+    /// every statement in it to that tenant and environment.
+    pub async fn tenant_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
+        let mut tx = self.unscoped_tx().await?;
+        if let Tx::Postgres(t) = &mut tx {
+            sqlx::query(
+                "SELECT set_config('azotte.tenant_id', $1, true), set_config('azotte.environment', $2, true)",
+            )
+            .bind(scope.tenant_id.to_string())
+            .bind(scope.environment.as_str())
+            .execute(&mut **t)
+            .await?;
+        }
+        Ok(TenantTx { tx, scope: scope.clone() })
+    }
+
+    /// The PostgreSQL pool, for tests in this crate that must run raw SQL.
+    #[cfg(test)]
+    pub(crate) fn pg_pool(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Postgres(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
+    }
+}
+
+async fn sqlite_pool(opts: &DbOptions, max: u32) -> Result<SqlitePool> {
+    let url = opts.url.expose();
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(StoreError::Unavailable)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let path = options.get_filename();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(opts.acquire_timeout)
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+fn pg_options(opts: &DbOptions) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(opts.url.expose()).map_err(StoreError::Unavailable)
+}
+
+/// A platform transaction: the only way to reach platform tables for writing.
+pub struct PlatformTx {
+    pub(crate) tx: Tx,
+    scope: PlatformScope,
+}
+
+impl PlatformTx {
+    /// The scope the transaction was opened for.
+    pub fn scope(&self) -> &PlatformScope {
+        &self.scope
+    }
+    /// Commits.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await
+    }
+}
+
+/// A transaction inside one tenant environment; every tenant repository function takes one.
+pub struct TenantTx {
+    pub(crate) tx: Tx,
+    scope: TenantScope,
+}
+
+impl TenantTx {
+    /// The scope the transaction was opened for.
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
+    }
+    /// Commits.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/azotte"), "postgres://app:***@db:5432/azotte");
+        assert_eq!(redact_url("sqlite://./azotte-data/azotte.db"), "sqlite://./azotte-data/azotte.db");
+    }
+
+    #[test]
+    fn backend_from_url() {
+        assert_eq!(DbOptions::new("sqlite://x.db").backend(), Ok(Backend::Sqlite));
+        assert_eq!(DbOptions::new("postgresql://h/db").backend(), Ok(Backend::Postgres));
+        assert!(DbOptions::new("mysql://h/db").backend().is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! Running one sea-query statement on whichever backend a transaction belongs to.
+//!
+//! This is where "queries written once" happens: a statement is rendered by the backend's
+//! query builder and its rows decoded with the same `FromRow` type on both engines.
+
+use sea_query::{PostgresQueryBuilder, SqliteQueryBuilder};
+use sea_query_binder::SqlxBinder;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::FromRow;
+
+use crate::Result;
+
+/// A row type decodable from both backends.
+pub(crate) trait DbRow:
+    for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
+impl<T> DbRow for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+
+/// An open transaction on either backend.
+pub(crate) enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+macro_rules! on_backend {
+    ($self:ident, $stmt:ident, |$sql:ident, $values:ident, $conn:ident| $body:expr) => {
+        match $self {
+            Tx::Sqlite(t) => {
+                let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
+                let $conn = &mut **t;
+                $body
+            }
+            Tx::Postgres(t) => {
+                let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
+                let $conn = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
+impl Tx {
+    pub(crate) async fn fetch_all<T: DbRow>(&mut self, stmt: &impl SqlxBinder) -> Result<Vec<T>> {
+        Ok(on_backend!(self, stmt, |sql, values, conn| sqlx::query_as_with(&sql, values)
+            .fetch_all(conn)
+            .await?))
+    }
+
+    pub(crate) async fn fetch_optional<T: DbRow>(&mut self, stmt: &impl SqlxBinder) -> Result<Option<T>> {
+        Ok(on_backend!(self, stmt, |sql, values, conn| sqlx::query_as_with(&sql, values)
+            .fetch_optional(conn)
+            .await?))
+    }
+
+    pub(crate) async fn fetch_one<T: DbRow>(&mut self, stmt: &impl SqlxBinder) -> Result<T> {
+        Ok(on_backend!(self, stmt, |sql, values, conn| sqlx::query_as_with(&sql, values)
+            .fetch_one(conn)
+            .await?))
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    pub(crate) async fn execute(&mut self, stmt: &impl SqlxBinder) -> Result<u64> {
+        Ok(on_backend!(self, stmt, |sql, values, conn| sqlx::query_with(&sql, values)
+            .execute(conn)
+            .await?
+            .rows_affected()))
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}

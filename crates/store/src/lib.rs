@@ -1,0 +1,21 @@
+//! Azotte's storage layer: the only crate that speaks SQL.
+//!
+//! Queries are built once with sea-query and run on SQLite or PostgreSQL. Tenant data is reached
+//! only through a [`TenantTx`], which is opened from a [`TenantScope`] that only the
+//! authentication code in [`auth`] can build; on PostgreSQL the transaction also sets the tenant
+//! for row-level security, so a query that forgets its filter sees nothing.
+
+pub mod auth;
+mod db;
+mod error;
+mod exec;
+pub mod platform_users;
+mod scope;
+pub mod tenants;
+
+pub use db::{Backend, Db, DbOptions, PlatformTx, TenantTx};
+pub use error::StoreError;
+pub use scope::{PlatformScope, TenantScope};
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,59 @@
+//! Background workers. They call the same services as the API.
+//!
+//! Each task has a `run_once` that tests call directly to drain work without sleeping; the
+//! supervisor runs them on intervals and stops them when shutdown is signalled.
+
+use std::time::Duration;
+
+use azotte_service::{housekeeping, Ctx};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often the workers run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Interval of the housekeeping pass (expired sessions, later: retention).
+    pub housekeeping_every: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { housekeeping_every: Duration::from_secs(60) }
+    }
+}
+
+/// What one housekeeping pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HousekeepingReport {
+    /// Expired sessions deleted.
+    pub sessions_purged: u64,
+}
+
+/// One housekeeping pass.
+pub async fn housekeeping_once(ctx: &Ctx) -> azotte_service::Result<HousekeepingReport> {
+    Ok(HousekeepingReport { sessions_purged: housekeeping::purge_expired_sessions(ctx).await? })
+}
+
+/// Starts the workers; they stop when `shutdown` turns true, finishing the pass in progress.
+pub fn spawn(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(config.housekeeping_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match housekeeping_once(&ctx).await {
+                        Ok(r) if r.sessions_purged > 0 => tracing::info!(purged = r.sessions_purged, "expired sessions purged"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        tracing::info!("workers stopped");
+    })
+}
