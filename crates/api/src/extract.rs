@@ -95,7 +95,9 @@ fn data_field_error(path: &str, e: &serde_json::Error) -> FieldError {
     let join = |name: &str| if base.is_empty() { name.to_owned() } else { format!("{base}.{name}") };
     let quoted = |m: &str| m.split('`').nth(1).map(str::to_owned);
     if let Some(name) = msg.strip_prefix("unknown field ").and_then(quoted) {
-        return FieldError::new(join(&name), "unknown_field", "is not a known field");
+        // serde_path_to_error's path already ends with the unknown key.
+        let field = if base.is_empty() { name } else { base };
+        return FieldError::new(field, "unknown_field", "is not a known field");
     }
     if let Some(name) = msg.strip_prefix("missing field ").and_then(quoted) {
         return FieldError::new(join(&name), "missing_field", "is required");

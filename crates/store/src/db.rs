@@ -97,7 +97,7 @@ impl Db {
     /// Runs pending migrations. On PostgreSQL this uses the configured login role, which owns
     /// the tables; the serving pool from [`Db::connect`] then switches to [`APP_ROLE`].
     pub async fn migrate(opts: &DbOptions) -> Result<()> {
-        match opts.backend().map_err(|e| StoreError::Corrupt(e))? {
+        match opts.backend().map_err(StoreError::InvalidUrl)? {
             Backend::Sqlite => {
                 let pool = sqlite_pool(opts, 1).await?;
                 SQLITE_MIGRATOR.run(&pool).await?;
@@ -114,7 +114,7 @@ impl Db {
 
     /// Opens the serving pool. Migrations must have run (see [`Db::migrate`]).
     pub async fn connect(opts: &DbOptions) -> Result<Db> {
-        let pool = match opts.backend().map_err(|e| StoreError::Corrupt(e))? {
+        let pool = match opts.backend().map_err(StoreError::InvalidUrl)? {
             Backend::Sqlite => Pool::Sqlite(sqlite_pool(opts, opts.max_connections).await?),
             Backend::Postgres => {
                 let pg = PgPoolOptions::new()

@@ -9,9 +9,13 @@ pub mod auth;
 mod db;
 mod error;
 mod exec;
+#[cfg(test)]
+mod isolation_tests;
 pub mod platform_users;
 mod scope;
 pub mod tenants;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use db::{Backend, Db, DbOptions, PlatformTx, TenantTx};
 pub use error::StoreError;

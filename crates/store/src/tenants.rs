@@ -240,9 +240,12 @@ pub async fn environments(tx: &mut PlatformTx, id: TenantId) -> Result<Vec<Envir
         .columns([Environments::Environment, Environments::Mode, Environments::CreatedAt])
         .from(Environments::Table)
         .and_where(Expr::col(Environments::TenantId).eq(id.to_string()))
-        .order_by(Environments::Environment, Order::Asc)
         .to_owned();
-    tx.tx.fetch_all::<EnvironmentRow>(&q).await?.into_iter().map(env_record).collect()
+    let mut envs: Vec<EnvironmentRecord> =
+        tx.tx.fetch_all::<EnvironmentRow>(&q).await?.into_iter().map(env_record).collect::<Result<_>>()?;
+    // Development, staging, production: the order people think of them in.
+    envs.sort_by_key(|e| Environment::ALL.iter().position(|x| *x == e.environment));
+    Ok(envs)
 }
 
 fn env_record(r: EnvironmentRow) -> Result<EnvironmentRecord> {

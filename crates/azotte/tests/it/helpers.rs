@@ -1,0 +1,281 @@
+//! `spawn_app` and a typed test client.
+//!
+//! Every test gets a fresh database (a temporary SQLite file, or a new database in the
+//! throw-away PostgreSQL cluster of `scripts/test`) and a real server on a free loopback port.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use azotte::{Application, Config};
+use azotte_domain::Clock;
+use azotte_store::testing::{fresh_database, TestDatabase};
+pub use azotte_store::Backend;
+use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// Runs one async test body on both backends: `both!(name);` expands to `name::sqlite` and
+/// `name::postgres`, each calling `name(spawn_app(backend).await)`.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await).await
+            }
+        }
+    )+};
+}
+
+/// Everything the test process logged, for assertions on log content.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        if std::env::var_os("TEST_LOG").is_some() {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_buffer() -> &'static LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = LogBuffer::default();
+        let writer = buf.clone();
+        azotte::telemetry::init(azotte::config::LogFormat::Json, "info,sqlx=warn", move || writer.clone());
+        buf
+    })
+}
+
+/// The logs written so far in this test process.
+#[allow(dead_code)]
+pub fn logs() -> String {
+    String::from_utf8_lossy(&log_buffer().0.lock().unwrap()).into_owned()
+}
+
+/// A running server with a platform administrator session.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub admin_token: String,
+    pub backend: Backend,
+    #[allow(dead_code)]
+    pub db_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    _db: TestDatabase,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Builds a configuration for a test database, listening on a free port.
+pub fn test_config(db_url: &str, extra: &[(&'static str, String)]) -> Config {
+    let mut overrides = vec![
+        ("listen", "127.0.0.1:0".to_owned()),
+        ("database_url", db_url.to_owned()),
+        ("database_max_connections", "5".to_owned()),
+    ];
+    overrides.extend(extra.iter().cloned());
+    Config::load(None, Vec::new(), &overrides).expect("test configuration")
+}
+
+/// Starts the real server on a fresh database and logs in as the bootstrap administrator.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+/// As [`spawn_app`], with configuration overrides.
+pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, String)]) -> TestApp {
+    log_buffer();
+    let db = fresh_database(backend).await;
+    let config = test_config(&db.url, extra);
+    let app = Application::build(&config, Clock::system()).await.expect("application builds");
+    let secret = app.bootstrap().await.expect("bootstrap").expect("fresh database has no administrator");
+    let addr = app.local_addr();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    tokio::spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    let mut test_app = TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        admin_token: String::new(),
+        backend,
+        db_url: db.url.clone(),
+        stop: Some(stop_tx),
+        _db: db,
+    };
+    let session: Session = test_app
+        .post(
+            "/v1/auth/bootstrap",
+            json!({
+                "bootstrap_secret": secret.expose(),
+                "email": "admin@example.com",
+                "password": "correct horse battery staple",
+            }),
+        )
+        .anon()
+        .expect(201)
+        .await
+        .json();
+    test_app.admin_token = session.token;
+    test_app
+}
+
+/// A session answer.
+#[derive(Debug, Deserialize)]
+pub struct Session {
+    pub token: String,
+    pub token_type: String,
+    pub user_id: String,
+}
+
+/// A problem+json answer.
+#[derive(Debug, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub errors: Vec<FieldError>,
+}
+
+/// One field error of a problem.
+#[derive(Debug, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub code: String,
+    #[allow(dead_code)]
+    pub message: String,
+}
+
+/// A request being built: authenticated as the administrator unless told otherwise.
+pub struct Call {
+    req: reqwest::RequestBuilder,
+    auth: Option<String>,
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str) -> Call {
+        Call {
+            req: self.client.request(method, format!("{}{path}", self.base)),
+            auth: Some(self.admin_token.clone()),
+        }
+    }
+    pub fn get(&self, path: &str) -> Call {
+        self.request(Method::GET, path)
+    }
+    pub fn post(&self, path: &str, body: Value) -> Call {
+        self.request(Method::POST, path).json(body)
+    }
+    pub fn patch(&self, path: &str, body: Value) -> Call {
+        self.request(Method::PATCH, path).json(body)
+    }
+
+    /// Creates a tenant and returns its JSON.
+    pub async fn create_tenant(&self, slug: &str) -> Value {
+        self.post("/v1/platform/tenants", json!({"slug": slug, "name": format!("Tenant {slug}")}))
+            .expect(201)
+            .await
+            .json()
+    }
+}
+
+impl Call {
+    pub fn json(mut self, body: Value) -> Self {
+        self.req = self.req.json(&body);
+        self
+    }
+    pub fn body(mut self, content_type: &str, body: impl Into<reqwest::Body>) -> Self {
+        self.req = self.req.header(CONTENT_TYPE, content_type).body(body);
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.req = self.req.header(name, value);
+        self
+    }
+    pub fn token(mut self, token: &str) -> Self {
+        self.auth = Some(token.to_owned());
+        self
+    }
+    pub fn anon(mut self) -> Self {
+        self.auth = None;
+        self
+    }
+    /// Names the tenant and environment of a tenant-scoped call.
+    pub fn tenant(self, tenant: &str, env: &str) -> Self {
+        self.header("x-tn", tenant).header("x-env", env)
+    }
+
+    pub async fn send(self) -> Resp {
+        let req = match self.auth {
+            Some(t) => self.req.bearer_auth(t),
+            None => self.req,
+        };
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.expect("body read").to_vec();
+        Resp { status, headers, body }
+    }
+
+    /// Sends and asserts the status, showing the body when it differs.
+    pub async fn expect(self, status: u16) -> Resp {
+        let resp = self.send().await;
+        assert_eq!(resp.status, status, "unexpected status; body: {}", resp.text());
+        resp
+    }
+}
+
+/// A received response.
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The problem document; asserts the media type.
+    pub fn problem(&self) -> Problem {
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "body: {}", self.text());
+        let p: Problem = self.json();
+        assert_eq!(p.status, self.status);
+        assert_eq!(p.kind, format!("urn:azotte:problem:{}", p.code));
+        assert!(!p.title.is_empty() && !p.detail.is_empty());
+        assert_eq!(p.request_id.as_deref(), self.header("x-request-id"), "problem carries the request id");
+        p
+    }
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real server on a loopback port, on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod health;
+mod http_errors;
+mod openapi;
+mod tenants;

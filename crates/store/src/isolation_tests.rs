@@ -1,0 +1,119 @@
+//! PostgreSQL row-level security: the second wall of tenant isolation, proven with raw SQL
+//! that forgets its tenant filter on purpose.
+
+use azotte_domain::tenant::{Environment, TenantName, TenantSlug};
+use azotte_domain::{Principal, PrincipalKind};
+use sqlx::Row;
+
+use crate::exec::Tx;
+use crate::testing::fresh_database;
+use crate::{tenants, Backend, Db, DbOptions, PlatformScope, StoreError, TenantScope};
+
+async fn pg_db() -> Db {
+    let t = fresh_database(Backend::Postgres).await;
+    let opts = DbOptions::new(t.url);
+    Db::migrate(&opts).await.unwrap();
+    Db::connect(&opts).await.unwrap()
+}
+
+fn platform() -> PlatformScope {
+    PlatformScope {
+        principal: Principal {
+            kind: PrincipalKind::PlatformUser,
+            id: "usr_test".into(),
+            roles: vec!["platform_admin".into()],
+        },
+    }
+}
+
+async fn tenant(db: &Db, slug: &str) -> TenantScope {
+    let mut tx = db.platform_tx(&platform()).await.unwrap();
+    let (t, _) = tenants::create(
+        &mut tx,
+        &TenantSlug::parse(slug).unwrap(),
+        &TenantName::parse(slug).unwrap(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    TenantScope { tenant_id: t.id, environment: Environment::Development, principal: platform().principal }
+}
+
+fn pg(tx: &mut Tx) -> &mut sqlx::PgConnection {
+    match tx {
+        Tx::Postgres(t) => t,
+        Tx::Sqlite(_) => unreachable!("PostgreSQL test"),
+    }
+}
+
+#[tokio::test]
+async fn unfiltered_select_sees_only_own_tenant_and_foreign_insert_is_refused() {
+    let db = pg_db().await;
+    let a = tenant(&db, "tenant-a").await;
+    let b = tenant(&db, "tenant-b").await;
+
+    let mut tx = db.tenant_tx(&a).await.unwrap();
+    // No WHERE clause: only row-level security stands between A and B's rows.
+    let rows = sqlx::query("SELECT tenant_id FROM environments").fetch_all(pg(&mut tx.tx)).await.unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+    assert_eq!(ids.len(), 3, "A sees its own three environments");
+    assert!(ids.iter().all(|id| *id == a.tenant_id.to_string()), "A sees none of B's rows: {ids:?}");
+
+    let err = sqlx::query("INSERT INTO environments (tenant_id, environment, mode, created_at) VALUES ($1, 'staging', 'test', now())")
+        .bind(b.tenant_id.to_string())
+        .execute(pg(&mut tx.tx))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(StoreError::from(err), StoreError::IsolationViolation(_)),
+        "insert for B from A's transaction is refused"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_without_tenant_sees_no_tenant_rows() {
+    let db = pg_db().await;
+    tenant(&db, "tenant-a").await;
+    let mut tx = db.unscoped_read_tx().await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM environments").fetch_one(pg(&mut tx)).await.unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn service_role_owns_nothing_and_every_tenant_table_forces_rls() {
+    let db = pg_db().await;
+    let pool = db.pg_pool().unwrap();
+    let who: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(pool).await.unwrap();
+    assert_eq!(who, crate::db::APP_ROLE);
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert!(!superuser && !bypass, "the service role must be bound by RLS");
+
+    // Every table with a tenant_id column: RLS enabled and forced, a policy, not owned by the app.
+    let rows = sqlx::query(
+        "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner)::text,
+                (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!rows.is_empty());
+    for r in rows {
+        let table: String = r.get(0);
+        assert!(r.get::<bool, _>(1) && r.get::<bool, _>(2), "{table}: RLS must be enabled and forced");
+        assert_ne!(
+            r.get::<String, _>(3),
+            crate::db::APP_ROLE,
+            "{table} must not be owned by the service role"
+        );
+        assert!(r.get::<i64, _>(4) > 0, "{table} needs a policy");
+    }
+}

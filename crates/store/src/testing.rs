@@ -1,0 +1,47 @@
+//! Fresh databases for tests: a temporary SQLite file, or a new database in the throw-away
+//! PostgreSQL cluster that `scripts/test` starts (its URL in `AZOTTE_TEST_POSTGRES_URL`).
+
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::Backend;
+
+/// The variable naming the test cluster's administrative connection.
+pub const POSTGRES_URL_VAR: &str = "AZOTTE_TEST_POSTGRES_URL";
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    /// Connection URL of the fresh database.
+    pub url: String,
+    /// Which backend.
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Creates a fresh, empty database (not migrated).
+pub async fn fresh_database(backend: Backend) -> TestDatabase {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+            let url = format!("sqlite://{}/azotte.db", dir.path().display());
+            TestDatabase { url, backend, _dir: Some(dir) }
+        }
+        Backend::Postgres => {
+            let admin = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+                panic!(
+                    "{POSTGRES_URL_VAR} is not set: run the tests with `scripts/test`, which starts a \
+                     throw-away PostgreSQL cluster and sets it"
+                )
+            });
+            let name = format!("azt_{}", uuid::Uuid::now_v7().simple());
+            let mut conn = PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to the test cluster at {admin}: {e}"));
+            conn.execute(format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+            let _ = conn.close().await;
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+            TestDatabase { url: format!("{base}/{name}"), backend, _dir: None }
+        }
+    }
+}
