@@ -8,6 +8,7 @@ pub mod clock;
 pub mod email;
 pub mod id;
 pub mod pagination;
+pub mod permission;
 pub mod principal;
 pub mod secret;
 pub mod tenant;
