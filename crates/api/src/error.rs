@@ -109,9 +109,14 @@ impl From<ServiceError> for ApiError {
                 }
                 err
             }
-            ServiceError::Unauthenticated => {
-                ApiError::unauthenticated("unauthenticated", "missing, invalid or expired credentials")
-            }
+            ServiceError::Unauthenticated { code, message } => ApiError::unauthenticated(code, message),
+            ServiceError::BadRequest { code, message } => ApiError::bad_request(code, message),
+            ServiceError::Throttled { retry_after_secs } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many attempts; try again later",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_secs)),
             ServiceError::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
             ServiceError::Unavailable(source) => {
                 tracing::error!(error = %error_chain(&source), "database unavailable");

@@ -4,7 +4,6 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use azotte_domain::tenant::Environment;
 use azotte_domain::FieldError;
 use azotte_service::auth;
 use azotte_store::{PlatformScope, TenantScope};
@@ -149,7 +148,7 @@ fn bad_credentials() -> ApiError {
     ApiError::unauthenticated("unauthenticated", "malformed Authorization header; expected `Bearer <token>`")
 }
 
-/// An authenticated platform principal.
+/// An authenticated user session, on a route that is not tenant-scoped.
 pub struct PlatformAuth(pub PlatformScope);
 
 impl FromRequestParts<AppState> for PlatformAuth {
@@ -157,53 +156,43 @@ impl FromRequestParts<AppState> for PlatformAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = credential(parts)?;
-        let scope = auth::authenticate(&state.ctx, token).await?;
+        let scope = auth::authenticate_platform(&state.ctx, token).await?;
         tracing::Span::current().record("principal", tracing::field::display(scope.principal()));
         Ok(PlatformAuth(scope))
     }
 }
 
-/// The raw bearer token, for logout.
-pub struct BearerToken(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        credential(parts).map(|t| BearerToken(t.to_owned()))
-    }
-}
-
-/// An authenticated principal inside the tenant named by `x-tn` and the environment named by
-/// `x-env`. Credentials are checked first (401), then the headers (400), then the tenant
-/// (404 unknown, 403 suspended).
+/// An authenticated principal inside the tenant named by `x-tn`, in the environment named by
+/// `x-env` (implied by an API key). Credentials are checked first (401), then the headers (400),
+/// then the tenant (404 unknown, 403 suspended or another tenant's credential).
 pub struct TenantAuth(pub TenantScope);
 
 impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let PlatformAuth(platform) = PlatformAuth::from_request_parts(parts, state).await?;
-        let tenant_ref = header_str(parts, "x-tn")?.ok_or_else(|| {
-            ApiError::bad_request(
-                "tenant_required",
-                "this route requires the x-tn header naming the tenant (id or slug)",
-            )
-        })?;
-        let env = header_str(parts, "x-env")?.ok_or_else(|| {
-            ApiError::bad_request(
-                "environment_required",
-                "this route requires the x-env header: development, staging or production",
-            )
-        })?;
-        let environment: Environment = env.parse().map_err(|_| {
-            ApiError::bad_request("invalid_environment", "x-env must be development, staging or production")
-        })?;
-        let scope = auth::enter_tenant(&state.ctx, &platform, tenant_ref, environment).await?;
+        let token = credential(parts)?;
+        let tenant_ref = header_str(parts, "x-tn")?;
+        let env = header_str(parts, "x-env")?;
+        let scope = auth::authenticate_tenant(&state.ctx, token, tenant_ref, env).await?;
         let span = tracing::Span::current();
         span.record("tenant_id", tracing::field::display(scope.tenant_id()));
-        span.record("environment", environment.as_str());
+        span.record("environment", scope.environment().as_str());
+        span.record("principal", tracing::field::display(scope.principal()));
         Ok(TenantAuth(scope))
+    }
+}
+
+/// The client's address as the socket saw it.
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()),
+        ))
     }
 }
 

@@ -49,6 +49,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::auth::router())
         .merge(routes::platform_tenants::router())
         .merge(routes::tenant::router())
+        .merge(routes::api_keys::router())
 }
 
 /// The OpenAPI document of every documented route.

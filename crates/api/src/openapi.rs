@@ -22,7 +22,8 @@ use crate::error::Problem;
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "auth", description = "Sessions of platform users"),
         (name = "platform", description = "Installation-wide administration"),
-        (name = "tenant", description = "The caller's tenant")
+        (name = "tenant", description = "The caller's tenant"),
+        (name = "api_keys", description = "Machine credentials of one tenant environment")
     )
 )]
 struct BaseDoc;

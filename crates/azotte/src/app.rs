@@ -11,7 +11,45 @@ use azotte_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use azotte_crypto::aead::Key;
+use azotte_service::mail::{ConsoleMailer, Mailer};
+
+use crate::config::{Config, RunMode};
+
+/// The installation's root secret: configured, or (outside production) generated once into
+/// `data_dir/secret.key` with owner-only permissions.
+fn root_key(config: &Config) -> Result<Key, StartError> {
+    if let Some(hex) = &config.secret_key {
+        return Key::from_hex(hex.expose()).map_err(|e| StartError::SecretKey(format!("{e:?}")));
+    }
+    if config.mode == RunMode::Production {
+        return Err(StartError::SecretKey(
+            "required in production mode: set AZOTTE_SECRET_KEY or AZOTTE_SECRET_KEY_FILE (64 hex characters)".into(),
+        ));
+    }
+    let path = config.data_dir.join("secret.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Key::from_hex(text.trim())
+            .map_err(|e| StartError::SecretKey(format!("{}: {e:?}", path.display())));
+    }
+    let key = Key::generate();
+    let io = |e: std::io::Error| StartError::SecretKey(format!("cannot write {}: {e}", path.display()));
+    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&path).map_err(io)?;
+    std::io::Write::write_all(&mut f, format!("{}\n", hex_encode(key.expose())).as_bytes()).map_err(io)?;
+    tracing::warn!(path = %path.display(), "generated the installation secret key; back it up (losing it invalidates passwords and API keys)");
+    Ok(key)
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +58,10 @@ pub enum StartError {
     Database { url: String, reason: String },
     #[error("cannot migrate the database at {url}: {reason}")]
     Migrate { url: String, reason: String },
+    #[error("secret_key: {0}")]
+    SecretKey(String),
+    #[error("cannot load the JWT signing keys: {0}")]
+    Keys(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -62,14 +104,25 @@ pub struct Application {
 }
 
 impl Application {
-    /// Migrates the database, opens the pool and binds the listener.
+    /// Migrates the database, opens the pool and binds the listener; messages go to stdout.
     pub async fn build(config: &Config, clock: Clock) -> Result<Self, StartError> {
+        Self::build_with(config, clock, Arc::new(ConsoleMailer)).await
+    }
+
+    /// As [`Application::build`], with another mailer (tests keep messages in memory).
+    pub async fn build_with(
+        config: &Config,
+        clock: Clock,
+        mailer: Arc<dyn Mailer>,
+    ) -> Result<Self, StartError> {
+        let root = root_key(config)?;
         migrate(config).await?;
         let opts = db_options(config);
         let db = Db::connect(&opts)
             .await
             .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
-        let ctx = Ctx::new(db, clock);
+        let ctx = Ctx::new(db, clock, &root, mailer, config.issuer.clone());
+        ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
         let router = azotte_api::router(ctx.clone(), &ApiConfig { body_limit: config.body_limit_bytes });
         let listener = TcpListener::bind(config.listen)
             .await

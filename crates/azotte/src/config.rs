@@ -39,6 +39,13 @@ pub struct Config {
     pub mode: RunMode,
     pub housekeeping_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// Root secret (64 hex characters) from which the password pepper, API key hashing key and
+    /// sealing keys derive. Generated under `data_dir` when absent outside production mode.
+    pub secret_key: Option<Secret<String>>,
+    /// Where the embedded installation keeps generated files.
+    pub data_dir: std::path::PathBuf,
+    /// `iss` of issued access tokens.
+    pub issuer: String,
 }
 
 /// A configuration error, naming the key and the source of the bad value.
@@ -66,6 +73,9 @@ const KEYS: &[Key] = &[
     Key { name: "mode", default: "development", secret: false },
     Key { name: "housekeeping_interval_secs", default: "60", secret: false },
     Key { name: "shutdown_timeout_secs", default: "30", secret: false },
+    Key { name: "secret_key", default: "", secret: true },
+    Key { name: "data_dir", default: "./azotte-data", secret: false },
+    Key { name: "issuer", default: "azotte", secret: false },
 ];
 
 /// A raw value and where it came from.
@@ -183,6 +193,30 @@ impl Config {
                 "shutdown_timeout_secs",
                 |v| range(v, 1, 3_600),
             )?),
+            secret_key: parse(get("secret_key"), "secret_key", |v| {
+                if v.is_empty() {
+                    Ok(None)
+                } else if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(Some(Secret::new(v.to_owned())))
+                } else {
+                    Err("expected 64 hexadecimal characters (32 bytes), e.g. from `openssl rand -hex 32`"
+                        .into())
+                }
+            })?,
+            data_dir: parse(get("data_dir"), "data_dir", |v| {
+                if v.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(std::path::PathBuf::from(v))
+                }
+            })?,
+            issuer: parse(get("issuer"), "issuer", |v| {
+                if v.is_empty() || v.len() > 200 {
+                    Err("must be 1 to 200 characters".into())
+                } else {
+                    Ok(v.to_owned())
+                }
+            })?,
         })
     }
 }
@@ -220,6 +254,16 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url.expose(), "sqlite://./azotte-data/azotte.db");
         assert_eq!(c.body_limit_bytes, 1024 * 1024);
+        assert!(c.secret_key.is_none());
+    }
+
+    #[test]
+    fn secret_key_must_be_32_hex_bytes() {
+        let e = Config::load(None, env(&[("AZOTTE_SECRET_KEY", "abc")]), &[]).unwrap_err();
+        assert_eq!(e.key, "secret_key");
+        assert!(!e.to_string().contains("abc"), "a bad secret is not echoed: {e}");
+        let c = Config::load(None, env(&[("AZOTTE_SECRET_KEY", &"ab".repeat(32))]), &[]).unwrap();
+        assert!(c.secret_key.is_some());
     }
 
     #[test]

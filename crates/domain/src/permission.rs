@@ -121,7 +121,8 @@ const READ: &[Permission] = &[
 ];
 
 /// The built-in tenant roles.
-pub const TENANT_ROLES: &[&str] = &["tenant_admin", "operator", "support_agent", "finance", "read_only", "service_account"];
+pub const TENANT_ROLES: &[&str] =
+    &["tenant_admin", "operator", "support_agent", "finance", "read_only", "service_account"];
 
 /// The built-in platform roles.
 pub const PLATFORM_ROLES: &[&str] = &["platform_admin", "platform_operator", "platform_auditor"];
@@ -130,8 +131,16 @@ pub const PLATFORM_ROLES: &[&str] = &["platform_admin", "platform_operator", "pl
 pub fn tenant_role_permissions(role: &str) -> Option<PermissionSet> {
     let mut set: PermissionSet = READ.iter().copied().collect();
     let extra: &[Permission] = match role {
-        "tenant_admin" => return Some(Permission::ALL.iter().copied().filter(|p| !p.is_platform()).collect()),
-        "operator" => &[P::CatalogWrite, P::CustomerWrite, P::SubscriptionWrite, P::SubscriptionCancel, P::WebhookManage],
+        "tenant_admin" => {
+            return Some(Permission::ALL.iter().copied().filter(|p| !p.is_platform()).collect())
+        }
+        "operator" => &[
+            P::CatalogWrite,
+            P::CustomerWrite,
+            P::SubscriptionWrite,
+            P::SubscriptionCancel,
+            P::WebhookManage,
+        ],
         "support_agent" => &[P::CustomerWrite, P::SubscriptionWrite, P::SubscriptionCancel],
         "finance" => &[P::PaymentRefund, P::AuditRead],
         "read_only" => &[],
@@ -150,7 +159,13 @@ pub fn tenant_role_permissions(role: &str) -> Option<PermissionSet> {
 pub fn platform_role_permissions(role: &str) -> Option<(PermissionSet, PermissionSet)> {
     let (platform, tenant_role): (&[Permission], &str) = match role {
         "platform_admin" => (
-            &[P::PlatformTenantRead, P::PlatformTenantWrite, P::PlatformTenantAccess, P::PlatformUserManage, P::PlatformKeysManage],
+            &[
+                P::PlatformTenantRead,
+                P::PlatformTenantWrite,
+                P::PlatformTenantAccess,
+                P::PlatformUserManage,
+                P::PlatformKeysManage,
+            ],
             "tenant_admin",
         ),
         "platform_operator" => (&[P::PlatformTenantRead, P::PlatformTenantAccess], "operator"),

@@ -1,49 +1,93 @@
-//! Authentication: the bootstrap administrator, password login and session tokens.
-//!
-//! Passwords are hashed with argon2id off the async runtime. Session tokens are 32 random
-//! bytes; only their SHA-256 is stored, which is enough for a secret with that much entropy
-//! and keeps the per-request check cheap.
+//! Authentication: passwords, sessions (JWT access tokens with rotating refresh tokens), login
+//! throttling, and turning a bearer credential into a scope.
+
+use std::net::IpAddr;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::{Algorithm, Argon2, Params, Version};
+use azotte_crypto::jwt::{self, Claims, JwtError, Validation};
+use azotte_crypto::tokens::{self, parse_api_key, sha256_hex, HashedApiKey};
 use azotte_domain::email::Email;
+use azotte_domain::id::{SessionId, UserId};
 use azotte_domain::tenant::Environment;
 use azotte_domain::{FieldError, Secret, ValidationErrors};
-use azotte_store::auth::{self as store_auth, EnterTenantError, NewSession};
+use azotte_store::auth as store_auth;
+use azotte_store::sessions::{self, Family, NewFamily, RefreshOutcome};
+use azotte_store::users::User;
 use azotte_store::{PlatformScope, TenantScope};
-use chrono::Duration;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
+use chrono::{DateTime, Duration, Utc};
 
-use crate::{Ctx, Result, ServiceError};
+use crate::mail::Mail;
+use crate::{mfa, Ctx, Result, ServiceError};
 
-/// How long a platform session lasts.
-pub const SESSION_TTL: Duration = Duration::hours(12);
-/// Prefix of session tokens, so they are recognisable in secret scanners.
-pub const SESSION_TOKEN_PREFIX: &str = "azs_";
-/// Prefix of bootstrap secrets.
+/// Lifetime of an access token.
+pub const ACCESS_TTL: Duration = Duration::minutes(15);
+/// Lifetime of one refresh token (each refresh issues a new one).
+pub const REFRESH_TTL: Duration = Duration::days(14);
+/// Longest a session family lives, however often it is refreshed.
+pub const SESSION_MAX: Duration = Duration::days(30);
+/// The `aud` of access tokens.
+pub const AUDIENCE: &str = "azotte-api";
+/// Prefix of bootstrap secrets and refresh tokens, so they are recognisable in secret scanners.
 pub const BOOTSTRAP_PREFIX: &str = "azboot_";
+const REFRESH_PREFIX: &str = "azr_";
 
-/// A freshly opened session: the token is shown to the caller once.
+/// Tokens handed to a client after login or refresh.
 #[derive(Debug)]
-pub struct IssuedSession {
-    pub token: Secret<String>,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-    pub user_id: String,
+pub struct Tokens {
+    pub access_token: Secret<String>,
+    pub refresh_token: Secret<String>,
+    pub expires_at: DateTime<Utc>,
+    pub user_id: UserId,
+    pub tenant_id: Option<String>,
 }
 
-fn random_token(prefix: &str) -> Secret<String> {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    Secret::new(format!("{prefix}{}", hex::encode(bytes)))
+fn argon(ctx: &Ctx) -> Result<Argon2<'_>> {
+    Argon2::new_with_secret(ctx.keys.pepper.expose(), Algorithm::Argon2id, Version::V0x13, Params::default())
+        .map_err(|e| ServiceError::Internal(e.to_string().into()))
 }
 
-/// SHA-256 of a high-entropy token, hex encoded: what is stored and looked up.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+const COMMON_PASSWORDS: &[&str] = &[
+    "123456789012",
+    "1234567890123",
+    "password1234",
+    "password12345",
+    "passwordpassword",
+    "qwertyuiopas",
+    "qwerty123456",
+    "iloveyou1234",
+    "111111111111",
+    "000000000000",
+    "aaaaaaaaaaaa",
+    "abcdefghijkl",
+    "abc123abc123",
+    "letmein12345",
+    "welcome12345",
+    "adminadmin12",
+    "administrator",
+    "changeme1234",
+    "trustno1trustno1",
+    "1q2w3e4r5t6y",
+    "qazwsxedcrfv",
+    "p@ssw0rd1234",
+    "passw0rd1234",
+    "monkey123456",
+    "dragon123456",
+    "football1234",
+    "baseball1234",
+    "superman1234",
+    "sunshine1234",
+    "princess1234",
+    "azerty123456",
+    "correcthorse",
+    "password123!",
+    "welcome2024!",
+    "welcome2025!",
+    "welcome2026!",
+];
 
-fn validate_password(field: &str, p: &str) -> std::result::Result<(), FieldError> {
+/// Password rules: 12 to 512 characters, not a well-known password, not one repeated character.
+pub fn validate_password(field: &str, p: &str) -> std::result::Result<(), FieldError> {
     let n = p.chars().count();
     if n < 12 {
         return Err(FieldError::new(field, "password_too_short", "must be at least 12 characters long"));
@@ -51,56 +95,58 @@ fn validate_password(field: &str, p: &str) -> std::result::Result<(), FieldError
     if n > 512 {
         return Err(FieldError::new(field, "password_too_long", "must be at most 512 characters long"));
     }
+    let lower = p.to_lowercase();
+    let first = lower.chars().next();
+    if COMMON_PASSWORDS.contains(&lower.as_str()) || lower.chars().all(|c| Some(c) == first) {
+        return Err(FieldError::new(field, "password_too_common", "is too common; choose another"));
+    }
     Ok(())
 }
 
-async fn hash_password(password: Secret<String>) -> Result<String> {
+/// Hashes a password with argon2id and the installation's pepper, off the async runtime.
+pub async fn hash_password(ctx: &Ctx, password: Secret<String>) -> Result<String> {
+    let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
+        argon(&ctx)?
+            .hash_password(password.expose().as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ServiceError::Internal(e.to_string().into()))
     })
     .await
     .map_err(ServiceError::internal)?
-    .map_err(|e| ServiceError::Internal(e.to_string().into()))
 }
 
-/// A hash of a password nobody has, verified when the email is unknown so that a login for an
-/// unknown account takes as long as one with a wrong password.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(b"no password matches this one", &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
-}
-
-async fn verify_password(password: Secret<String>, hash: Option<String>) -> Result<bool> {
+/// Verifies a password; with no stored hash it still spends the same time (a dummy hash), so
+/// answers do not reveal whether an account exists.
+pub async fn verify_password(ctx: &Ctx, password: Secret<String>, hash: Option<String>) -> Result<bool> {
+    let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
-        let stored = hash.as_deref().unwrap_or_else(|| dummy_hash());
-        let Ok(parsed) = PasswordHash::new(stored) else { return false };
-        let ok = Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok();
-        ok && hash.is_some()
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let argon = argon(&ctx)?;
+        let dummy = DUMMY.get_or_init(|| {
+            let salt = SaltString::generate(&mut OsRng);
+            argon
+                .hash_password(b"no password matches this one", &salt)
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        });
+        let stored = hash.as_deref().unwrap_or(dummy);
+        let Ok(parsed) = PasswordHash::new(stored) else { return Ok(false) };
+        let ok = argon.verify_password(password.expose().as_bytes(), &parsed).is_ok();
+        Ok(ok && hash.is_some())
     })
     .await
-    .map_err(ServiceError::internal)
+    .map_err(ServiceError::internal)?
 }
 
-/// On an installation with no platform user, creates the first administrator and returns the
-/// one-time bootstrap secret to show on the terminal. `None` when already initialised.
+/// On an installation with no user, creates the first administrator and returns the one-time
+/// bootstrap secret to show on the terminal. `None` when already initialised.
 pub async fn bootstrap(ctx: &Ctx) -> Result<Option<Secret<String>>> {
-    let secret = random_token(BOOTSTRAP_PREFIX);
+    let secret = tokens::random_token(BOOTSTRAP_PREFIX);
     let created =
-        store_auth::bootstrap_admin_if_empty(&ctx.db, &token_hash(secret.expose()), ctx.clock.now()).await?;
+        store_auth::bootstrap_admin_if_empty(&ctx.db, &sha256_hex(secret.expose()), ctx.clock.now()).await?;
     Ok(created.map(|_| secret))
-}
-
-fn new_session() -> (Secret<String>, String) {
-    let token = random_token(SESSION_TOKEN_PREFIX);
-    let hash = token_hash(token.expose());
-    (token, hash)
 }
 
 /// Exchanges the bootstrap secret for an email and password, and opens a first session.
@@ -109,81 +155,379 @@ pub async fn exchange_bootstrap(
     bootstrap_secret: Secret<String>,
     email: &str,
     password: Secret<String>,
-) -> Result<IssuedSession> {
+) -> Result<Tokens> {
     let mut errors = ValidationErrors::default();
     let email = errors.check(Email::parse("email", email));
     errors.check(validate_password("password", password.expose()));
     errors.finish()?;
     let Some(email) = email else { unreachable!("errors were checked") };
-
-    let password_hash = hash_password(password).await?;
-    let (token, hash) = new_session();
+    let hash = hash_password(ctx, password).await?;
     let now = ctx.clock.now();
-    let expires_at = now + SESSION_TTL;
-    let exchanged = store_auth::exchange_bootstrap_secret(
+    let user = store_auth::exchange_bootstrap_secret(
         &ctx.db,
-        &token_hash(bootstrap_secret.expose()),
+        &sha256_hex(bootstrap_secret.expose()),
         email.as_str(),
-        &password_hash,
-        &NewSession { token_hash: &hash, now, expires_at },
+        &hash,
+        now,
     )
-    .await?;
-    let (user, _) = exchanged.ok_or(ServiceError::Unauthenticated)?;
+    .await?
+    .ok_or_else(ServiceError::unauthenticated)?;
     tracing::info!(user_id = %user.id, "bootstrap secret exchanged for a password");
-    Ok(IssuedSession { token, expires_at, user_id: user.id.to_string() })
+    open_session(ctx, &user, None, vec!["pwd".into()], None).await
 }
 
-/// Password login for platform users. Every failure is the same `Unauthenticated`.
-pub async fn login(ctx: &Ctx, email: &str, password: Secret<String>) -> Result<IssuedSession> {
-    let Ok(email) = Email::parse("email", email) else { return Err(ServiceError::Unauthenticated) };
-    let found = store_auth::user_by_email(&ctx.db, email.as_str()).await?;
-    let (user, hash) = match found {
-        Some((u, h)) if u.active => (Some(u), h),
+/// What a login presents.
+#[derive(Debug)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: Secret<String>,
+    /// The tenant to log into (id or slug); none for a platform session.
+    pub tenant: Option<String>,
+    /// A TOTP code, required when the user has MFA enabled.
+    pub totp_code: Option<String>,
+    /// A recovery code, instead of a TOTP code.
+    pub recovery_code: Option<Secret<String>>,
+    /// The client's address, for per-address throttling.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// Failures before an account locks; each further failure doubles the wait.
+const FREE_FAILURES: i32 = 5;
+/// Failures after which the account owner is told.
+const NOTIFY_AT: i32 = 10;
+/// Longest lock.
+const MAX_LOCK: Duration = Duration::minutes(30);
+/// Failures from one address before it is slowed down.
+const IP_FREE_FAILURES: i32 = 20;
+
+fn lock_for(free: i32) -> impl Fn(i32) -> Option<Duration> {
+    move |failures| {
+        (failures > free).then(|| {
+            let exp = (failures - free - 1).clamp(0, 20) as u32;
+            Duration::seconds(1i64 << exp).min(MAX_LOCK)
+        })
+    }
+}
+
+fn retry_after(until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<u64> {
+    until.filter(|u| *u > now).map(|u| (u - now).num_seconds().max(1) as u64)
+}
+
+/// Password login (plus TOTP when enabled), throttled per account and per client address.
+/// Unknown accounts and wrong passwords give the same answer in the same time.
+pub async fn login(ctx: &Ctx, req: LoginRequest) -> Result<Tokens> {
+    let now = ctx.clock.now();
+    let email = Email::parse("email", &req.email).ok();
+    let account_key = format!("a:{}", sha256_hex(email.as_ref().map(Email::as_str).unwrap_or(&req.email)));
+    let ip_key = req.client_ip.map(|ip| format!("i:{ip}"));
+    for key in std::iter::once(&account_key).chain(ip_key.as_ref()) {
+        if let Some(t) = sessions::throttle(&ctx.db, key).await? {
+            if let Some(secs) = retry_after(t.locked_until, now) {
+                return Err(ServiceError::Throttled { retry_after_secs: secs });
+            }
+        }
+    }
+    let found = match &email {
+        Some(e) => store_auth::user_by_email(&ctx.db, e.as_str()).await?,
+        None => None,
+    };
+    let (user, secrets) = match found {
+        Some((u, s)) if u.active => (Some(u), Some(s)),
         _ => (None, None),
     };
-    if !verify_password(password, hash).await? {
-        return Err(ServiceError::Unauthenticated);
+    let password_ok =
+        verify_password(ctx, req.password, secrets.as_ref().and_then(|s| s.password_hash.clone())).await?;
+    let (Some(user), Some(secrets), true) = (user, secrets, password_ok) else {
+        return Err(login_failed(ctx, &account_key, ip_key.as_deref(), email.as_ref(), now).await);
+    };
+
+    let mut amr = vec!["pwd".to_owned()];
+    let mut mfa_at = None;
+    if user.totp_enabled {
+        let ok = match (&req.totp_code, &req.recovery_code) {
+            (Some(code), _) => mfa::check_totp(ctx, &user, &secrets, code).await?,
+            (None, Some(code)) => mfa::use_recovery_code(ctx, &user, code.expose()).await?,
+            (None, None) => {
+                return Err(ServiceError::Unauthenticated {
+                    code: "mfa_required",
+                    message: "this account requires a TOTP code",
+                })
+            }
+        };
+        if !ok {
+            return Err(login_failed(ctx, &account_key, ip_key.as_deref(), email.as_ref(), now).await);
+        }
+        amr.push("otp".into());
+        mfa_at = Some(now);
     }
-    let Some(user) = user else { return Err(ServiceError::Unauthenticated) };
-    let (token, hash) = new_session();
-    let now = ctx.clock.now();
-    let expires_at = now + SESSION_TTL;
-    store_auth::open_session(&ctx.db, user.id, &NewSession { token_hash: &hash, now, expires_at }).await?;
-    Ok(IssuedSession { token, expires_at, user_id: user.id.to_string() })
+    sessions::clear_failures(&ctx.db, &account_key).await?;
+
+    let tenant_id = match &req.tenant {
+        None => None,
+        Some(t) => {
+            let tenant = store_auth::resolve_tenant(&ctx.db, t)
+                .await?
+                .ok_or(ServiceError::NotFound { resource: "tenant" })?;
+            if tenant.status == azotte_domain::tenant::TenantStatus::Suspended {
+                return Err(store_auth::AuthError::TenantSuspended.into());
+            }
+            if store_auth::membership_roles(&ctx.db, tenant.id, user.id).await?.is_none() {
+                return Err(store_auth::AuthError::NotAMember.into());
+            }
+            Some(tenant.id)
+        }
+    };
+    open_session(ctx, &user, tenant_id, amr, mfa_at).await
 }
 
-/// Ends a session.
-pub async fn logout(ctx: &Ctx, token: &str) -> Result<()> {
-    store_auth::revoke_session(&ctx.db, &token_hash(token), ctx.clock.now()).await?;
+async fn login_failed(
+    ctx: &Ctx,
+    account_key: &str,
+    ip_key: Option<&str>,
+    email: Option<&Email>,
+    now: DateTime<Utc>,
+) -> ServiceError {
+    let result = async {
+        let t = sessions::record_failure(&ctx.db, account_key, now, lock_for(FREE_FAILURES)).await?;
+        if let Some(ip) = ip_key {
+            sessions::record_failure(&ctx.db, ip, now, lock_for(IP_FREE_FAILURES)).await?;
+        }
+        if t.failures == NOTIFY_AT {
+            tracing::warn!(failures = t.failures, "account locked after repeated failed logins");
+            if let (Some(e), Some(until)) = (email, t.locked_until) {
+                if store_auth::user_by_email(&ctx.db, e.as_str()).await?.is_some() {
+                    ctx.mailer.send(Mail::AccountLocked { to: e.as_str().to_owned(), until });
+                }
+            }
+        }
+        Ok::<_, ServiceError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ServiceError::Unauthenticated {
+            code: "invalid_credentials",
+            message: "the email or password is wrong",
+        },
+        Err(e) => e,
+    }
+}
+
+fn issue_access(ctx: &Ctx, family: &Family, user: &User) -> Result<(Secret<String>, DateTime<Utc>)> {
+    let key = ctx.ring.signing().ok_or_else(|| ServiceError::Internal("no JWT signing key loaded".into()))?;
+    let now = ctx.clock.now();
+    let exp = now + ACCESS_TTL;
+    let claims = Claims {
+        iss: ctx.issuer.clone(),
+        aud: AUDIENCE.into(),
+        sub: user.id.to_string(),
+        tid: family.tenant_id.map(|t| t.to_string()),
+        roles: if family.tenant_id.is_some() { vec![] } else { user.platform_roles.clone() },
+        amr: family.amr.clone(),
+        iat: now.timestamp(),
+        nbf: now.timestamp(),
+        exp: exp.timestamp(),
+        jti: SessionId::new().to_string(),
+        sid: family.id.to_string(),
+    };
+    Ok((Secret::new(jwt::encode(&key, &claims)), exp))
+}
+
+async fn open_session(
+    ctx: &Ctx,
+    user: &User,
+    tenant_id: Option<azotte_domain::id::TenantId>,
+    amr: Vec<String>,
+    mfa_at: Option<DateTime<Utc>>,
+) -> Result<Tokens> {
+    let now = ctx.clock.now();
+    let refresh = tokens::random_token(REFRESH_PREFIX);
+    let family = sessions::open(
+        &ctx.db,
+        &NewFamily {
+            user_id: user.id,
+            tenant_id,
+            amr: &amr,
+            mfa_at,
+            now,
+            expires_at: now + SESSION_MAX,
+            refresh_hash: &sha256_hex(refresh.expose()),
+            refresh_expires_at: now + REFRESH_TTL,
+        },
+    )
+    .await?;
+    let (access, expires_at) = issue_access(ctx, &family, user)?;
+    Ok(Tokens {
+        access_token: access,
+        refresh_token: refresh,
+        expires_at,
+        user_id: user.id,
+        tenant_id: tenant_id.map(|t| t.to_string()),
+    })
+}
+
+/// Spends a refresh token for a new access and refresh token. Presenting a spent one revokes
+/// the whole session family.
+pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<Tokens> {
+    let now = ctx.clock.now();
+    let next = tokens::random_token(REFRESH_PREFIX);
+    match sessions::rotate(
+        &ctx.db,
+        &sha256_hex(refresh_token),
+        &sha256_hex(next.expose()),
+        now,
+        now + REFRESH_TTL,
+    )
+    .await?
+    {
+        RefreshOutcome::Rotated(family) => {
+            let (user, _) = store_auth::user_by_id(&ctx.db, family.user_id)
+                .await?
+                .ok_or_else(ServiceError::unauthenticated)?;
+            if !user.active {
+                return Err(ServiceError::unauthenticated());
+            }
+            let (access, expires_at) = issue_access(ctx, &family, &user)?;
+            Ok(Tokens {
+                access_token: access,
+                refresh_token: next,
+                expires_at,
+                user_id: user.id,
+                tenant_id: family.tenant_id.map(|t| t.to_string()),
+            })
+        }
+        RefreshOutcome::Reused(family) => {
+            tracing::warn!(session_id = %family.id, user_id = %family.user_id, "refresh token reused: session family revoked");
+            Err(ServiceError::Unauthenticated {
+                code: "refresh_token_reused",
+                message: "this refresh token was already used; the session is revoked",
+            })
+        }
+        RefreshOutcome::Invalid => Err(ServiceError::unauthenticated()),
+    }
+}
+
+/// Ends the session of a credential.
+pub async fn logout(ctx: &Ctx, family_id: SessionId) -> Result<()> {
+    sessions::revoke(&ctx.db, family_id, "logout", ctx.clock.now()).await?;
     Ok(())
 }
 
-/// The platform scope of a bearer token, or `Unauthenticated`.
-pub async fn authenticate(ctx: &Ctx, token: &str) -> Result<PlatformScope> {
-    if !token.starts_with(SESSION_TOKEN_PREFIX) {
-        return Err(ServiceError::Unauthenticated);
-    }
-    store_auth::authenticate_session(&ctx.db, &token_hash(token), ctx.clock.now())
-        .await?
-        .ok_or(ServiceError::Unauthenticated)
+fn decode_claims(ctx: &Ctx, token: &str) -> std::result::Result<Claims, JwtError> {
+    let now = ctx.clock.now();
+    let v = Validation {
+        issuer: ctx.issuer.clone(),
+        audience: AUDIENCE.into(),
+        now: now.timestamp(),
+        leeway_secs: 30,
+    };
+    jwt::decode(token, |kid| ctx.ring.verifying(kid, now, ACCESS_TTL), &v)
 }
 
-/// Enters a tenant environment named by `x-tn` (id or slug) and `x-env`.
-pub async fn enter_tenant(
-    ctx: &Ctx,
-    platform: &PlatformScope,
-    tenant_ref: &str,
-    environment: Environment,
-) -> Result<TenantScope> {
-    match store_auth::enter_tenant_as_platform(&ctx.db, platform, tenant_ref, environment).await {
-        Ok((scope, _)) => Ok(scope),
-        Err(EnterTenantError::NotFound) => Err(ServiceError::NotFound { resource: "tenant" }),
-        Err(EnterTenantError::Suspended) => Err(ServiceError::Forbidden {
-            code: "tenant_suspended",
-            message: "the tenant is suspended".into(),
-        }),
-        Err(EnterTenantError::Store(e)) => Err(e.into()),
+async fn claims(ctx: &Ctx, token: &str) -> Result<Claims> {
+    match decode_claims(ctx, token) {
+        Err(JwtError::UnknownKey) => {
+            // Another process may have rotated the keys: reload once, then decide.
+            ctx.ring.load(&ctx.db, &ctx.keys, ctx.clock.now()).await?;
+            decode_claims(ctx, token).map_err(jwt_error)
+        }
+        other => other.map_err(jwt_error),
     }
+}
+
+fn jwt_error(e: JwtError) -> ServiceError {
+    let code = match e {
+        JwtError::Expired => "token_expired",
+        _ => "unauthenticated",
+    };
+    ServiceError::Unauthenticated { code, message: "the access token is invalid or expired" }
+}
+
+async fn session_of_token(ctx: &Ctx, token: &str) -> Result<(Family, User)> {
+    let c = claims(ctx, token).await?;
+    let sid: SessionId = c.sid.parse().map_err(|_| ServiceError::unauthenticated())?;
+    let sub: UserId = c.sub.parse().map_err(|_| ServiceError::unauthenticated())?;
+    Ok(store_auth::session(&ctx.db, sid, sub, c.tid.as_deref(), ctx.clock.now()).await?)
+}
+
+/// A bearer credential that is an API key (`az_test_…`, `az_live_…`).
+pub fn is_api_key(token: &str) -> bool {
+    token.starts_with("az_test_") || token.starts_with("az_live_")
+}
+
+/// The platform scope of a user's access token. API keys never get one.
+pub async fn authenticate_platform(ctx: &Ctx, token: &str) -> Result<PlatformScope> {
+    if is_api_key(token) {
+        return Err(ServiceError::Forbidden {
+            code: "user_session_required",
+            message: "this route needs a user session, not an API key".into(),
+        });
+    }
+    let (family, user) = session_of_token(ctx, token).await?;
+    Ok(store_auth::platform_scope(&family, &user))
+}
+
+/// The tenant scope of a bearer credential and the `x-tn` / `x-env` headers.
+pub async fn authenticate_tenant(
+    ctx: &Ctx,
+    token: &str,
+    tenant_ref: Option<&str>,
+    environment: Option<&str>,
+) -> Result<TenantScope> {
+    let env = match environment {
+        None => None,
+        Some(e) => Some(e.parse::<Environment>().map_err(|_| ServiceError::BadRequest {
+            code: "invalid_environment",
+            message: "x-env must be development, staging or production",
+        })?),
+    };
+    if is_api_key(token) {
+        let parsed = parse_api_key(token).ok_or_else(ServiceError::unauthenticated)?;
+        let tenant_ref = tenant_ref.ok_or_else(tenant_required)?;
+        let hash_key = &ctx.keys.api_key_hash;
+        let (scope, _) = store_auth::authenticate_api_key(
+            &ctx.db,
+            &parsed.key_id,
+            tenant_ref,
+            env,
+            |stored| tokens::verify_api_key(hash_key, token, &HashedApiKey::from_stored(stored.to_owned())),
+            ctx.clock.now(),
+        )
+        .await?;
+        if (scope.mode() == azotte_domain::tenant::Mode::Live) != parsed.live {
+            return Err(ServiceError::unauthenticated());
+        }
+        return Ok(scope);
+    }
+    let (family, user) = session_of_token(ctx, token).await?;
+    let tenant_ref = tenant_ref.ok_or_else(tenant_required)?;
+    let env = env.ok_or_else(|| ServiceError::BadRequest {
+        code: "environment_required",
+        message: "this route requires the x-env header: development, staging or production",
+    })?;
+    let (scope, _) = store_auth::enter_tenant(&ctx.db, &family, &user, tenant_ref, env).await?;
+    if scope.is_platform_access() {
+        tracing::info!(tenant_id = %scope.tenant_id(), principal = %scope.principal(), "platform access to tenant data");
+    }
+    Ok(scope)
+}
+
+fn tenant_required() -> ServiceError {
+    ServiceError::BadRequest {
+        code: "tenant_required",
+        message: "this route requires the x-tn header naming the tenant (id or slug)",
+    }
+}
+
+/// The published signing keys.
+pub fn jwks(ctx: &Ctx) -> Vec<serde_json::Value> {
+    ctx.ring.jwks(ctx.clock.now(), ACCESS_TTL)
+}
+
+/// Rotates the JWT signing key; tokens signed by the old key stay valid until they expire.
+pub async fn rotate_signing_key(ctx: &Ctx) -> Result<String> {
+    let kid = crate::keys::rotate(&ctx.db, &ctx.keys, ctx.clock.now()).await?;
+    ctx.ring.load(&ctx.db, &ctx.keys, ctx.clock.now()).await?;
+    Ok(kid)
 }
 
 #[cfg(test)]
@@ -192,16 +536,20 @@ mod tests {
 
     #[test]
     fn password_rules() {
-        assert!(validate_password("password", "short").is_err());
-        assert!(validate_password("password", "long enough pass").is_ok());
-        assert!(validate_password("password", &"x".repeat(513)).is_err());
+        assert_eq!(validate_password("p", "short").unwrap_err().code, "password_too_short");
+        assert_eq!(validate_password("p", "Password1234").unwrap_err().code, "password_too_common");
+        assert_eq!(validate_password("p", "zzzzzzzzzzzzzz").unwrap_err().code, "password_too_common");
+        assert_eq!(validate_password("p", &"x".repeat(513)).unwrap_err().code, "password_too_long");
+        assert!(validate_password("p", "long enough pass").is_ok());
     }
 
     #[test]
-    fn tokens_are_prefixed_and_hashes_stable() {
-        let t = random_token(SESSION_TOKEN_PREFIX);
-        assert!(t.expose().starts_with("azs_") && t.expose().len() == 4 + 64);
-        assert_eq!(token_hash("abc"), token_hash("abc"));
-        assert_ne!(token_hash("abc"), token_hash("abd"));
+    fn lock_schedule_doubles_and_caps() {
+        let f = lock_for(5);
+        assert_eq!(f(5), None);
+        assert_eq!(f(6), Some(Duration::seconds(1)));
+        assert_eq!(f(7), Some(Duration::seconds(2)));
+        assert_eq!(f(10), Some(Duration::seconds(16)));
+        assert_eq!(f(40), Some(MAX_LOCK));
     }
 }

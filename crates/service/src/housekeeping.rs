@@ -2,7 +2,7 @@
 
 use crate::{Ctx, Result};
 
-/// Deletes expired platform sessions; returns how many went.
+/// Deletes refresh tokens that can no longer be used; returns how many went.
 pub async fn purge_expired_sessions(ctx: &Ctx) -> Result<u64> {
-    Ok(azotte_store::auth::purge_expired_sessions(&ctx.db, ctx.clock.now()).await?)
+    Ok(azotte_store::sessions::purge_expired(&ctx.db, ctx.clock.now()).await?)
 }

@@ -3,31 +3,53 @@
 //! The HTTP layer and the workers both call these; neither talks to the store directly for
 //! anything that changes state.
 
+pub mod api_keys;
 pub mod auth;
 mod error;
 pub mod housekeeping;
+pub mod keys;
+pub mod mail;
+pub mod mfa;
 pub mod tenants;
 
+use std::sync::Arc;
+
+use azotte_crypto::aead::Key;
 use azotte_domain::Clock;
 use azotte_store::Db;
 
 pub use error::ServiceError;
+use keys::{KeyRing, Keys};
+use mail::Mailer;
 
 /// Result of a service call.
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
-/// What every service needs: the database and the clock.
+/// What every service needs.
 #[derive(Clone, Debug)]
 pub struct Ctx {
     /// The database.
     pub db: Db,
     /// "Now", injectable for tests.
     pub clock: Clock,
+    /// Keys derived from the installation's root secret.
+    pub keys: Arc<Keys>,
+    /// JWT signing and verifying keys.
+    pub ring: KeyRing,
+    /// Where messages to people go.
+    pub mailer: Arc<dyn Mailer>,
+    /// `iss` of issued tokens.
+    pub issuer: String,
 }
 
 impl Ctx {
-    /// A context over a database with the system clock.
-    pub fn new(db: Db, clock: Clock) -> Self {
-        Self { db, clock }
+    /// A context; call [`Ctx::init`] before serving.
+    pub fn new(db: Db, clock: Clock, root: &Key, mailer: Arc<dyn Mailer>, issuer: String) -> Self {
+        Self { db, clock, keys: Arc::new(Keys::from_root(root)), ring: KeyRing::default(), mailer, issuer }
+    }
+
+    /// Loads (or creates) the JWT keys.
+    pub async fn init(&self) -> Result<()> {
+        self.ring.load(&self.db, &self.keys, self.clock.now()).await
     }
 }

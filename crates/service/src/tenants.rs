@@ -2,6 +2,7 @@
 
 use azotte_domain::id::TenantId;
 use azotte_domain::pagination::Limit;
+use azotte_domain::permission::Permission;
 use azotte_domain::tenant::{TenantName, TenantSlug, TenantStatus};
 use azotte_domain::ValidationErrors;
 use azotte_store::tenants::{self, EnvironmentRecord, Page, Tenant};
@@ -9,22 +10,6 @@ use azotte_store::{PlatformScope, StoreError, TenantScope};
 use tracing::instrument;
 
 use crate::{Ctx, Result, ServiceError};
-
-/// Platform roles that may administer tenants.
-const TENANT_ADMIN_ROLES: &[&str] = &["platform_admin"];
-/// Platform roles that may read tenants.
-const TENANT_READ_ROLES: &[&str] = &["platform_admin", "platform_operator", "platform_auditor"];
-
-fn require_role(scope: &PlatformScope, roles: &[&str], permission: &str) -> Result<()> {
-    if roles.iter().any(|r| scope.has_role(r)) {
-        Ok(())
-    } else {
-        Err(ServiceError::Forbidden {
-            code: "permission_denied",
-            message: format!("missing permission {permission}"),
-        })
-    }
-}
 
 /// A new tenant as asked for, unvalidated.
 #[derive(Debug, Clone)]
@@ -47,7 +32,7 @@ pub async fn create(
     scope: &PlatformScope,
     input: NewTenant,
 ) -> Result<(Tenant, Vec<EnvironmentRecord>)> {
-    require_role(scope, TENANT_ADMIN_ROLES, "platform.tenant.write")?;
+    scope.require(Permission::PlatformTenantWrite)?;
     let mut errors = ValidationErrors::default();
     let slug = errors.check(TenantSlug::parse(&input.slug));
     let name = errors.check(TenantName::parse(&input.name));
@@ -77,7 +62,7 @@ pub async fn list(
     limit: Limit,
     starting_after: Option<TenantId>,
 ) -> Result<Page<Tenant>> {
-    require_role(scope, TENANT_READ_ROLES, "platform.tenant.read")?;
+    scope.require(Permission::PlatformTenantRead)?;
     let mut tx = ctx.db.platform_tx(scope).await?;
     let page = tenants::list(&mut tx, limit.get(), starting_after).await?;
     tx.commit().await?;
@@ -86,7 +71,7 @@ pub async fn list(
 
 /// One tenant with its environments.
 pub async fn get(ctx: &Ctx, scope: &PlatformScope, id: TenantId) -> Result<(Tenant, Vec<EnvironmentRecord>)> {
-    require_role(scope, TENANT_READ_ROLES, "platform.tenant.read")?;
+    scope.require(Permission::PlatformTenantRead)?;
     let mut tx = ctx.db.platform_tx(scope).await?;
     let tenant = tenants::get(&mut tx, id).await?.ok_or(ServiceError::NotFound { resource: "tenant" })?;
     let envs = tenants::environments(&mut tx, id).await?;
@@ -102,7 +87,7 @@ pub async fn update(
     id: TenantId,
     changes: TenantChanges,
 ) -> Result<(Tenant, Vec<EnvironmentRecord>)> {
-    require_role(scope, TENANT_ADMIN_ROLES, "platform.tenant.write")?;
+    scope.require(Permission::PlatformTenantWrite)?;
     let name = changes.name.as_deref().map(TenantName::parse).transpose().map_err(ValidationErrors::from)?;
     let mut tx = ctx.db.platform_tx(scope).await?;
     let tenant = tenants::update(&mut tx, id, name.as_ref(), changes.status, ctx.clock.now())
@@ -116,6 +101,7 @@ pub async fn update(
 
 /// The caller's own tenant and environment.
 pub async fn current(ctx: &Ctx, scope: &TenantScope) -> Result<(Tenant, EnvironmentRecord)> {
+    scope.require(Permission::TenantRead)?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let current = tenants::current(&mut tx).await?;
     tx.commit().await?;

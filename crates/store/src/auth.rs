@@ -1,35 +1,63 @@
 //! The authentication layer's storage side: the only code that builds scopes.
 //!
-//! Credentials are checked here against stored hashes (the hashing itself happens in the
-//! service layer); a [`PlatformScope`] or [`TenantScope`] comes out only when they match.
+//! Credentials are checked here against stored state (hashes are computed and compared by the
+//! service layer through the closures it passes); a [`PlatformScope`] or [`TenantScope`] comes
+//! out only when everything matches.
 
 use azotte_domain::id::{SessionId, UserId};
+use azotte_domain::permission::{platform_role_permissions, Permission, PermissionSet};
 use azotte_domain::tenant::{Environment, TenantStatus};
 use azotte_domain::{Principal, PrincipalKind};
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Query};
 
 use crate::exec::Tx;
-use crate::platform_users::{self, PlatformSessions, PlatformUser, PlatformUsers};
+use crate::scope::Credential;
+use crate::sessions::Family;
 use crate::tenants::{self, Tenant};
-use crate::{Db, PlatformScope, Result, StoreError, TenantScope};
+use crate::users::{self, User, UserSecrets, Users};
+use crate::{api_keys, memberships, roles, sessions, Db, PlatformScope, Result, StoreError, TenantScope};
 
-/// Why a principal may not enter a tenant.
+/// Why authentication or tenant entry failed.
 #[derive(Debug, thiserror::Error)]
-pub enum EnterTenantError {
-    /// No tenant has that id or slug.
+pub enum AuthError {
+    /// Unknown, wrong, expired or revoked credential.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The session was revoked or has expired.
+    #[error("session revoked or expired")]
+    SessionRevoked,
+    /// The API key was revoked.
+    #[error("api key revoked")]
+    ApiKeyRevoked,
+    /// The API key has expired.
+    #[error("api key expired")]
+    ApiKeyExpired,
+    /// `x-tn` names no tenant.
     #[error("tenant not found")]
-    NotFound,
+    TenantNotFound,
     /// The tenant is suspended.
     #[error("tenant suspended")]
-    Suspended,
+    TenantSuspended,
+    /// The credential belongs to another tenant than `x-tn` names.
+    #[error("credential belongs to another tenant")]
+    TenantMismatch,
+    /// `x-env` disagrees with the API key's environment.
+    #[error("credential belongs to another environment")]
+    EnvironmentMismatch,
+    /// The user is not (or no longer) a member of the tenant.
+    #[error("not a member of the tenant")]
+    NotAMember,
+    /// A platform principal lacks `platform.tenant.access`.
+    #[error("missing permission {0}")]
+    Denied(Permission),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Creates the first platform administrator, holding only a one-time bootstrap secret, if
-/// the installation has no platform user yet. Returns the new user's id, or `None`.
+/// the installation has no user yet. Returns the new user's id, or `None`.
 pub async fn bootstrap_admin_if_empty(
     db: &Db,
     secret_hash: &str,
@@ -40,157 +68,331 @@ pub async fn bootstrap_admin_if_empty(
         // Two processes starting at once must not both create an administrator.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('azotte.bootstrap'))").execute(&mut **t).await?;
     }
-    if platform_users::count(&mut tx).await? > 0 {
+    if users::count(&mut tx).await? > 0 {
         return Ok(None);
     }
-    let id = platform_users::insert_bootstrap_admin(&mut tx, secret_hash, now).await?;
+    let id =
+        users::insert(&mut tx, None, None, Some(secret_hash), &["platform_admin".to_owned()], now).await?;
     tx.commit().await?;
     Ok(Some(id))
 }
 
-/// Exchanges a bootstrap secret for real credentials in one transaction: sets the email and
-/// password hash, forgets the secret and opens a session. `None` if no user holds the secret.
+/// Exchanges a bootstrap secret for an email and password hash, forgetting the secret.
+/// `None` if no user holds the secret.
 pub async fn exchange_bootstrap_secret(
     db: &Db,
     secret_hash: &str,
     email: &str,
     password_hash: &str,
-    session: &NewSession<'_>,
-) -> Result<Option<(PlatformUser, SessionId)>> {
+    now: DateTime<Utc>,
+) -> Result<Option<User>> {
     let mut tx = db.unscoped_tx().await?;
-    let q = platform_users::select_users()
-        .and_where(Expr::col(PlatformUsers::BootstrapSecretHash).eq(secret_hash))
-        .to_owned();
-    let Some(row) = tx.fetch_optional::<platform_users::PlatformUserRow>(&q).await? else {
+    let Some((mut user, _)) =
+        users::find(&mut tx, Expr::col((Users::Table, Users::BootstrapSecretHash)).eq(secret_hash)).await?
+    else {
         return Ok(None);
     };
-    let (mut user, _) = row.into_user()?;
-    let upd = Query::update()
-        .table(PlatformUsers::Table)
-        .value(PlatformUsers::Email, email)
-        .value(PlatformUsers::PasswordHash, password_hash)
-        .value(PlatformUsers::BootstrapSecretHash, Option::<String>::None)
-        .value(PlatformUsers::UpdatedAt, session.now)
-        .and_where(Expr::col(PlatformUsers::Id).eq(user.id.to_string()))
-        .to_owned();
-    tx.execute(&upd).await?;
+    users::update(
+        &mut tx,
+        user.id,
+        vec![
+            (Users::Email, email.into()),
+            (Users::PasswordHash, password_hash.into()),
+            (Users::BootstrapSecretHash, Option::<String>::None.into()),
+        ],
+        now,
+    )
+    .await?;
+    tx.commit().await?;
     user.email = Some(email.to_owned());
-    let sid =
-        platform_users::insert_session(&mut tx, user.id, session.token_hash, session.now, session.expires_at)
-            .await?;
-    tx.commit().await?;
-    Ok(Some((user, sid)))
+    Ok(Some(user))
 }
 
-/// A session to open.
-pub struct NewSession<'a> {
-    pub token_hash: &'a str,
-    pub now: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// The user with this email and their password hash, for login.
-pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(PlatformUser, Option<String>)>> {
+/// A user and their factors, by normalized email.
+pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, UserSecrets)>> {
     let mut tx = db.unscoped_read_tx().await?;
-    let q = platform_users::select_users().and_where(Expr::col(PlatformUsers::Email).eq(email)).to_owned();
-    let row = tx.fetch_optional::<platform_users::PlatformUserRow>(&q).await?;
+    let u = users::by_email(&mut tx, email).await?;
     tx.commit().await?;
-    row.map(|r| r.into_user()).transpose()
+    Ok(u)
 }
 
-/// Opens a session for a user whose password the caller has verified.
-pub async fn open_session(db: &Db, user_id: UserId, session: &NewSession<'_>) -> Result<SessionId> {
-    let mut tx = db.unscoped_tx().await?;
-    let sid =
-        platform_users::insert_session(&mut tx, user_id, session.token_hash, session.now, session.expires_at)
-            .await?;
-    tx.commit().await?;
-    Ok(sid)
-}
-
-/// The platform scope of a live session token, if the token is known, unexpired, unrevoked
-/// and its user active.
-pub async fn authenticate_session(
-    db: &Db,
-    token_hash: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<PlatformScope>> {
+/// A user and their factors, by id.
+pub async fn user_by_id(db: &Db, id: UserId) -> Result<Option<(User, UserSecrets)>> {
     let mut tx = db.unscoped_read_tx().await?;
-    let q = platform_users::select_users()
-        .inner_join(
-            PlatformSessions::Table,
-            Expr::col((PlatformSessions::Table, PlatformSessions::UserId))
-                .equals((PlatformUsers::Table, PlatformUsers::Id)),
-        )
-        .and_where(Expr::col((PlatformSessions::Table, PlatformSessions::TokenHash)).eq(token_hash))
-        .and_where(Expr::col((PlatformSessions::Table, PlatformSessions::ExpiresAt)).gt(now))
-        .and_where(Expr::col((PlatformSessions::Table, PlatformSessions::RevokedAt)).is_null())
-        .to_owned();
-    let row = tx.fetch_optional::<platform_users::PlatformUserRow>(&q).await?;
+    let u = users::by_id(&mut tx, id).await?;
     tx.commit().await?;
-    let Some(row) = row else { return Ok(None) };
-    let (user, _) = row.into_user()?;
-    if !user.active {
-        return Ok(None);
-    }
-    Ok(Some(PlatformScope {
-        principal: Principal {
-            kind: PrincipalKind::PlatformUser,
-            id: user.id.to_string(),
-            roles: user.roles,
-        },
-    }))
+    Ok(u)
 }
 
-/// Revokes a session by token hash; true if one was live.
-pub async fn revoke_session(db: &Db, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {
+/// Stores a sealed TOTP secret awaiting confirmation (replacing an unconfirmed one). Refused
+/// (false) when TOTP is already enabled.
+pub async fn set_pending_totp(db: &Db, user_id: UserId, sealed: &[u8], now: DateTime<Utc>) -> Result<bool> {
     let mut tx = db.unscoped_tx().await?;
     let q = Query::update()
-        .table(PlatformSessions::Table)
-        .value(PlatformSessions::RevokedAt, now)
-        .and_where(Expr::col(PlatformSessions::TokenHash).eq(token_hash))
-        .and_where(Expr::col(PlatformSessions::RevokedAt).is_null())
+        .table(Users::Table)
+        .value(Users::TotpSecret, sealed.to_vec())
+        .value(Users::TotpLastStep, Option::<i64>::None)
+        .value(Users::UpdatedAt, now)
+        .and_where(Expr::col(Users::Id).eq(user_id.to_string()))
+        .and_where(Expr::col(Users::TotpEnabledAt).is_null())
         .to_owned();
     let n = tx.execute(&q).await?;
     tx.commit().await?;
     Ok(n > 0)
 }
 
-/// Deletes sessions that expired before `now`; returns how many.
-pub async fn purge_expired_sessions(db: &Db, now: DateTime<Utc>) -> Result<u64> {
+/// Enables TOTP after a confirmed code, storing the hashed recovery codes. False if there was
+/// no pending secret or TOTP was already enabled.
+pub async fn enable_totp(
+    db: &Db,
+    user_id: UserId,
+    step: i64,
+    recovery_hashes: &[String],
+    now: DateTime<Utc>,
+) -> Result<bool> {
     let mut tx = db.unscoped_tx().await?;
-    let q = Query::delete()
-        .from_table(PlatformSessions::Table)
-        .and_where(Expr::col(PlatformSessions::ExpiresAt).lte(now))
+    let q = Query::update()
+        .table(Users::Table)
+        .value(Users::TotpEnabledAt, now)
+        .value(Users::TotpLastStep, step)
+        .value(Users::UpdatedAt, now)
+        .and_where(Expr::col(Users::Id).eq(user_id.to_string()))
+        .and_where(Expr::col(Users::TotpEnabledAt).is_null())
+        .and_where(Expr::col(Users::TotpSecret).is_not_null())
+        .to_owned();
+    if tx.execute(&q).await? == 0 {
+        return Ok(false);
+    }
+    let mut ins = Query::insert()
+        .into_table(users::RecoveryCodes::Table)
+        .columns([users::RecoveryCodes::UserId, users::RecoveryCodes::CodeHash])
+        .to_owned();
+    for h in recovery_hashes {
+        ins.values_panic([user_id.to_string().into(), h.clone().into()]);
+    }
+    tx.execute(&ins).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Records that a TOTP step was used, only if it is newer than the last one (no replay).
+pub async fn advance_totp_step(db: &Db, user_id: UserId, step: i64) -> Result<bool> {
+    let mut tx = db.unscoped_tx().await?;
+    let q = Query::update()
+        .table(Users::Table)
+        .value(Users::TotpLastStep, step)
+        .and_where(Expr::col(Users::Id).eq(user_id.to_string()))
+        .and_where(Expr::col(Users::TotpLastStep).is_null().or(Expr::col(Users::TotpLastStep).lt(step)))
         .to_owned();
     let n = tx.execute(&q).await?;
     tx.commit().await?;
-    Ok(n)
+    Ok(n > 0)
 }
 
-/// Resolves `x-tn` (a tenant id or slug) for a platform principal and builds the tenant scope
-/// for one environment. Unknown tenants are `NotFound`, suspended ones `Suspended`.
-pub async fn enter_tenant_as_platform(
+/// Spends a recovery code; true if it existed unused.
+pub async fn use_recovery_code(
     db: &Db,
-    platform: &PlatformScope,
-    tenant_ref: &str,
-    environment: Environment,
-) -> std::result::Result<(TenantScope, Tenant), EnterTenantError> {
-    let tenant = resolve_tenant(db, tenant_ref).await?.ok_or(EnterTenantError::NotFound)?;
-    if tenant.status == TenantStatus::Suspended {
-        return Err(EnterTenantError::Suspended);
-    }
-    let scope = TenantScope { tenant_id: tenant.id, environment, principal: platform.principal.clone() };
-    Ok((scope, tenant))
+    user_id: UserId,
+    code_hash: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let mut tx = db.unscoped_tx().await?;
+    let q = Query::update()
+        .table(users::RecoveryCodes::Table)
+        .value(users::RecoveryCodes::UsedAt, now)
+        .and_where(Expr::col(users::RecoveryCodes::UserId).eq(user_id.to_string()))
+        .and_where(Expr::col(users::RecoveryCodes::CodeHash).eq(code_hash))
+        .and_where(Expr::col(users::RecoveryCodes::UsedAt).is_null())
+        .to_owned();
+    let n = tx.execute(&q).await?;
+    tx.commit().await?;
+    Ok(n > 0)
 }
 
 /// A tenant by id (`ten_…`) or slug.
 pub async fn resolve_tenant(db: &Db, tenant_ref: &str) -> Result<Option<Tenant>> {
     let mut tx = db.unscoped_read_tx().await?;
-    let found = match tenant_ref.parse() {
-        Ok(id) => tenants::find_by_id(&mut tx, id).await?,
-        Err(_) => tenants::find_by_slug(&mut tx, tenant_ref).await?,
-    };
+    let found = find_tenant(&mut tx, tenant_ref).await?;
     tx.commit().await?;
     Ok(found)
+}
+
+async fn find_tenant(tx: &mut Tx, tenant_ref: &str) -> Result<Option<Tenant>> {
+    match tenant_ref.parse() {
+        Ok(id) => tenants::find_by_id(tx, id).await,
+        Err(_) => tenants::find_by_slug(tx, tenant_ref).await,
+    }
+}
+
+/// The live session family behind an access token, and its active user. The token's claims
+/// (user, tenant) must match the family.
+pub async fn session(
+    db: &Db,
+    family_id: SessionId,
+    user_id: UserId,
+    tenant_claim: Option<&str>,
+    now: DateTime<Utc>,
+) -> std::result::Result<(Family, User), AuthError> {
+    let family = sessions::live(db, family_id, now).await?.ok_or(AuthError::SessionRevoked)?;
+    if family.user_id != user_id || family.tenant_id.map(|t| t.to_string()).as_deref() != tenant_claim {
+        return Err(AuthError::InvalidCredentials);
+    }
+    let (user, _) = user_by_id(db, user_id).await?.ok_or(AuthError::InvalidCredentials)?;
+    if !user.active {
+        return Err(AuthError::InvalidCredentials);
+    }
+    Ok((family, user))
+}
+
+fn user_principal(user: &User, roles: Vec<String>) -> Principal {
+    Principal {
+        kind: if user.platform_roles.is_empty() { PrincipalKind::User } else { PrincipalKind::PlatformUser },
+        id: user.id.to_string(),
+        roles,
+    }
+}
+
+fn session_credential(family: &Family) -> Credential {
+    Credential::Session { family_id: family.id, amr: family.amr.clone(), mfa_at: family.mfa_at }
+}
+
+/// The platform scope of a session: platform roles grant platform permissions; a tenant
+/// user's session has none, but may still call routes that need only authentication.
+pub fn platform_scope(family: &Family, user: &User) -> PlatformScope {
+    let roles = if family.tenant_id.is_some() { vec![] } else { user.platform_roles.clone() };
+    let permissions =
+        roles.iter().filter_map(|r| platform_role_permissions(r)).flat_map(|(p, _)| p).collect();
+    PlatformScope {
+        principal: user_principal(user, roles),
+        permissions,
+        credential: session_credential(family),
+    }
+}
+
+async fn open_tenant(db: &Db, tenant_ref: &str) -> std::result::Result<(Tx, Tenant), AuthError> {
+    let mut tx = db.unscoped_read_tx().await?;
+    let tenant = find_tenant(&mut tx, tenant_ref).await?.ok_or(AuthError::TenantNotFound)?;
+    if tenant.status == TenantStatus::Suspended {
+        return Err(AuthError::TenantSuspended);
+    }
+    // From here on, row-level security admits this tenant's rows.
+    crate::tenants::enter_tenant(&mut tx, tenant.id).await?;
+    Ok((tx, tenant))
+}
+
+/// Enters the tenant named by `x-tn` with a user session: a tenant session must be for that
+/// tenant and its user still a member; a platform session needs `platform.tenant.access`.
+pub async fn enter_tenant(
+    db: &Db,
+    family: &Family,
+    user: &User,
+    tenant_ref: &str,
+    environment: Environment,
+) -> std::result::Result<(TenantScope, Tenant), AuthError> {
+    let (mut tx, tenant) = open_tenant(db, tenant_ref).await?;
+    let tenant_key = tenant.id.to_string();
+    let (roles, permissions, platform_access) = match family.tenant_id {
+        Some(t) if t != tenant.id => return Err(AuthError::TenantMismatch),
+        Some(_) => {
+            let roles =
+                memberships::roles_of(&mut tx, &tenant_key, user.id).await?.ok_or(AuthError::NotAMember)?;
+            let perms = roles::resolve(&mut tx, &tenant_key, &roles).await?;
+            (roles, perms, false)
+        }
+        None => {
+            let mut platform = PermissionSet::new();
+            let mut tenant_perms = PermissionSet::new();
+            for (p, t) in user.platform_roles.iter().filter_map(|r| platform_role_permissions(r)) {
+                platform.extend(p);
+                tenant_perms.extend(t);
+            }
+            if !platform.contains(&Permission::PlatformTenantAccess) {
+                return Err(AuthError::Denied(Permission::PlatformTenantAccess));
+            }
+            (user.platform_roles.clone(), tenant_perms, true)
+        }
+    };
+    tx.commit().await?;
+    let scope = TenantScope {
+        tenant_id: tenant.id,
+        environment,
+        principal: user_principal(user, roles),
+        permissions,
+        credential: session_credential(family),
+        platform_access,
+    };
+    Ok((scope, tenant))
+}
+
+/// What checking an API key's secret needs: the stored hashes. The closure returns whether the
+/// presented key matches `current`, or `previous` while its overlap lasts.
+pub async fn authenticate_api_key(
+    db: &Db,
+    key_id: &str,
+    tenant_ref: &str,
+    environment_header: Option<Environment>,
+    matches: impl Fn(&str) -> bool,
+    now: DateTime<Utc>,
+) -> std::result::Result<(TenantScope, Tenant), AuthError> {
+    let mut dir = db.unscoped_read_tx().await?;
+    let owner = api_keys::owner_of(&mut dir, key_id).await?;
+    dir.commit().await?;
+    let owner = owner.ok_or(AuthError::InvalidCredentials)?;
+    let (mut tx, tenant) = match open_tenant(db, tenant_ref).await {
+        Err(AuthError::TenantNotFound) => return Err(AuthError::TenantMismatch),
+        other => other?,
+    };
+    if tenant.id.to_string() != owner {
+        return Err(AuthError::TenantMismatch);
+    }
+    let (key, hashes) =
+        api_keys::by_key_id(&mut tx, &owner, key_id).await?.ok_or(AuthError::InvalidCredentials)?;
+    let current = matches(&hashes.current);
+    let previous = hashes.previous.as_ref().is_some_and(|(h, until)| *until > now && matches(h));
+    if !(current || previous) {
+        return Err(AuthError::InvalidCredentials);
+    }
+    if key.revoked_at.is_some() {
+        return Err(AuthError::ApiKeyRevoked);
+    }
+    if key.expires_at.is_some_and(|e| e <= now) {
+        return Err(AuthError::ApiKeyExpired);
+    }
+    if environment_header.is_some_and(|e| e != key.environment) {
+        return Err(AuthError::EnvironmentMismatch);
+    }
+    let role_names: Vec<String> = key.role.iter().cloned().collect();
+    let mut permissions = roles::resolve(&mut tx, &owner, &role_names).await?;
+    permissions.extend(key.permissions.iter().filter_map(|p| p.parse::<Permission>().ok()));
+    // Key management is for people with fresh MFA, never for keys.
+    permissions.remove(&Permission::ApiKeyManage);
+    tx.commit().await?;
+    if key.last_used_at.is_none_or(|t| t < now - chrono::Duration::seconds(60)) {
+        // Best effort and off the request's transaction: a lost update only delays the stamp.
+        let mut w = db.tenant_write_tx_for(tenant.id).await?;
+        api_keys::touch(&mut w, &owner, &key.id, now).await?;
+        w.commit().await?;
+    }
+    let scope = TenantScope {
+        tenant_id: tenant.id,
+        environment: key.environment,
+        principal: Principal { kind: PrincipalKind::ApiKey, id: key.id.clone(), roles: role_names },
+        permissions,
+        credential: Credential::ApiKey { id: key.id, storefront_ids: key.storefront_ids },
+        platform_access: false,
+    };
+    Ok((scope, tenant))
+}
+
+/// The roles a user holds in a tenant, read inside that tenant's row-level-security scope.
+pub async fn membership_roles(
+    db: &Db,
+    tenant_id: azotte_domain::id::TenantId,
+    user_id: UserId,
+) -> Result<Option<Vec<String>>> {
+    let mut tx = db.unscoped_read_tx().await?;
+    crate::tenants::enter_tenant(&mut tx, tenant_id).await?;
+    let roles = memberships::roles_of(&mut tx, &tenant_id.to_string(), user_id).await?;
+    tx.commit().await?;
+    Ok(roles)
 }

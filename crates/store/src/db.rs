@@ -192,6 +192,14 @@ impl Db {
         })
     }
 
+    /// A write transaction with only the tenant set (no environment, no principal): for the
+    /// authentication layer's own bookkeeping on tenant tables, such as stamping key use.
+    pub(crate) async fn tenant_write_tx_for(&self, tenant_id: azotte_domain::id::TenantId) -> Result<Tx> {
+        let mut tx = self.unscoped_tx().await?;
+        crate::tenants::enter_tenant(&mut tx, tenant_id).await?;
+        Ok(tx)
+    }
+
     /// A transaction for platform work (tenants, platform users), flagged as such for RLS.
     pub async fn platform_tx(&self, scope: &PlatformScope) -> Result<PlatformTx> {
         let mut tx = self.unscoped_tx().await?;

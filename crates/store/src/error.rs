@@ -33,8 +33,10 @@ pub enum StoreError {
 /// ("UNIQUE constraint failed: tenants.slug"), so both backends give the same name.
 const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
     ("tenants_slug_key", "tenants.slug"),
-    ("platform_users_email_key", "platform_users.email"),
-    ("platform_sessions_token_hash_key", "platform_sessions.token_hash"),
+    ("users_email_key", "users.email"),
+    ("roles_tenant_name_key", "roles.tenant_id, roles.name"),
+    ("api_keys_key_id_key", "api_keys.key_id"),
+    ("invitations_token_hash_key", "invitations.token_hash"),
 ];
 
 impl From<sqlx::Error> for StoreError {

@@ -23,7 +23,13 @@ fn platform() -> PlatformScope {
             id: "usr_test".into(),
             roles: vec!["platform_admin".into()],
         },
+        permissions: Default::default(),
+        credential: credential(),
     }
+}
+
+fn credential() -> crate::Credential {
+    crate::Credential::Session { family_id: azotte_domain::id::SessionId::new(), amr: vec![], mfa_at: None }
 }
 
 async fn tenant(db: &Db, slug: &str) -> TenantScope {
@@ -37,7 +43,14 @@ async fn tenant(db: &Db, slug: &str) -> TenantScope {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    TenantScope { tenant_id: t.id, environment: Environment::Development, principal: platform().principal }
+    TenantScope {
+        tenant_id: t.id,
+        environment: Environment::Development,
+        principal: platform().principal,
+        permissions: Default::default(),
+        credential: credential(),
+        platform_access: true,
+    }
 }
 
 fn pg(tx: &mut Tx) -> &mut sqlx::PgConnection {

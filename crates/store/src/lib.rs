@@ -5,21 +5,26 @@
 //! authentication code in [`auth`] can build; on PostgreSQL the transaction also sets the tenant
 //! for row-level security, so a query that forgets its filter sees nothing.
 
+pub mod api_keys;
 pub mod auth;
 mod db;
 mod error;
 mod exec;
+pub mod invitations;
 #[cfg(test)]
 mod isolation_tests;
-pub mod platform_users;
+pub mod memberships;
+pub mod roles;
 mod scope;
+pub mod sessions;
 pub mod tenants;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod users;
 
 pub use db::{Backend, Db, DbOptions, PlatformTx, TenantTx};
 pub use error::StoreError;
-pub use scope::{PlatformScope, TenantScope};
+pub use scope::{Credential, Denied, PlatformScope, TenantScope};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

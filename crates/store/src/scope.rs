@@ -1,10 +1,40 @@
 //! Scopes: proof that a request was authenticated, and for whom.
 //!
 //! Neither type has a public constructor. They are built in [`crate::auth`] after a credential
-//! was verified, so holding one means authentication happened.
+//! was verified, so holding one means authentication happened. Authorization is a method on
+//! the scope: `scope.require(Permission::…)`.
 
+use azotte_domain::id::{SessionId, TenantId};
+use azotte_domain::permission::{Permission, PermissionSet};
 use azotte_domain::tenant::{Environment, Mode};
-use azotte_domain::{id::TenantId, Principal};
+use azotte_domain::Principal;
+use chrono::{DateTime, Utc};
+
+/// The credential a request came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A user's access token, from a session family.
+    Session {
+        /// The session family (refresh token lineage).
+        family_id: SessionId,
+        /// Authentication methods used (`pwd`, `otp`).
+        amr: Vec<String>,
+        /// When MFA was last completed in this session.
+        mfa_at: Option<DateTime<Utc>>,
+    },
+    /// An API key.
+    ApiKey {
+        /// The key's record id.
+        id: String,
+        /// Storefronts the key is restricted to; empty means all.
+        storefront_ids: Vec<String>,
+    },
+}
+
+/// A permission the principal lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("missing permission {0}")]
+pub struct Denied(pub Permission);
 
 /// An authenticated principal acting inside one tenant environment.
 #[derive(Debug, Clone)]
@@ -12,6 +42,10 @@ pub struct TenantScope {
     pub(crate) tenant_id: TenantId,
     pub(crate) environment: Environment,
     pub(crate) principal: Principal,
+    pub(crate) permissions: PermissionSet,
+    pub(crate) credential: Credential,
+    /// Set when a platform principal acts inside the tenant.
+    pub(crate) platform_access: bool,
 }
 
 impl TenantScope {
@@ -31,12 +65,39 @@ impl TenantScope {
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
+    /// How the principal authenticated.
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
+    /// Whether a platform operator acts inside this tenant.
+    pub fn is_platform_access(&self) -> bool {
+        self.platform_access
+    }
+    /// Every permission held here.
+    pub fn permissions(&self) -> &PermissionSet {
+        &self.permissions
+    }
+    /// Whether the principal holds a permission.
+    pub fn can(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+    /// The one place tenant authorization is decided.
+    pub fn require(&self, p: Permission) -> Result<(), Denied> {
+        if self.can(p) {
+            Ok(())
+        } else {
+            tracing::warn!(permission = p.as_str(), principal = %self.principal, tenant_id = %self.tenant_id, "authorization denied");
+            Err(Denied(p))
+        }
+    }
 }
 
-/// An authenticated platform operator, acting on the installation itself.
+/// An authenticated platform operator (or any user session without a tenant).
 #[derive(Debug, Clone)]
 pub struct PlatformScope {
     pub(crate) principal: Principal,
+    pub(crate) permissions: PermissionSet,
+    pub(crate) credential: Credential,
 }
 
 impl PlatformScope {
@@ -44,9 +105,21 @@ impl PlatformScope {
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
-
+    /// How the principal authenticated.
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
     /// Whether the principal holds a platform role.
     pub fn has_role(&self, role: &str) -> bool {
         self.principal.roles.iter().any(|r| r == role)
+    }
+    /// The one place platform authorization is decided.
+    pub fn require(&self, p: Permission) -> Result<(), Denied> {
+        if self.permissions.contains(&p) {
+            Ok(())
+        } else {
+            tracing::warn!(permission = p.as_str(), principal = %self.principal, "authorization denied");
+            Err(Denied(p))
+        }
     }
 }

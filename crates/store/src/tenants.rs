@@ -104,7 +104,7 @@ fn select_tenants() -> SelectStatement {
 
 /// Sets the tenant for row-level security for the rest of a platform transaction, so the
 /// platform can write a tenant's own rows (its environments) when it creates the tenant.
-async fn enter_tenant(tx: &mut Tx, id: TenantId) -> Result<()> {
+pub(crate) async fn enter_tenant(tx: &mut Tx, id: TenantId) -> Result<()> {
     if let Tx::Postgres(t) = tx {
         sqlx::query("SELECT set_config('azotte.tenant_id', $1, true)")
             .bind(id.to_string())

@@ -1,5 +1,6 @@
 //! One module per resource.
 
+pub mod api_keys;
 pub mod auth;
 pub mod health;
 pub mod platform_tenants;

@@ -1,7 +1,7 @@
 //! The bootstrap administrator and platform sessions.
 
 use crate::both;
-use crate::helpers::{Session, TestApp};
+use crate::helpers::{TestApp, Tokens};
 use serde_json::{json, Value};
 
 async fn bootstrap_secret_works_once(app: TestApp) {
@@ -19,7 +19,7 @@ async fn bootstrap_secret_works_once(app: TestApp) {
 }
 
 async fn login_logout_and_wrong_passwords(app: TestApp) {
-    let s: Session = app
+    let s: Tokens = app
         .post(
             "/v1/auth/login",
             json!({"email": "ADMIN@example.com", "password": "correct horse battery staple"}),
@@ -29,8 +29,12 @@ async fn login_logout_and_wrong_passwords(app: TestApp) {
         .await
         .json();
     assert_eq!(s.token_type, "Bearer");
-    assert!(s.token.starts_with("azs_") && s.user_id.starts_with("usr_"));
-    app.get("/v1/platform/tenants").token(&s.token).expect(200).await;
+    assert!(
+        s.access_token.split('.').count() == 3
+            && s.refresh_token.starts_with("azr_")
+            && s.user_id.starts_with("usr_")
+    );
+    app.get("/v1/platform/tenants").token(&s.access_token).expect(200).await;
 
     for (email, password) in [
         ("admin@example.com", "wrong password!!"),
@@ -46,8 +50,16 @@ async fn login_logout_and_wrong_passwords(app: TestApp) {
         assert_eq!(p.code, "invalid_credentials", "same answer whether or not the account exists");
     }
 
-    app.request(reqwest::Method::POST, "/v1/auth/logout").token(&s.token).expect(204).await;
-    app.get("/v1/platform/tenants").token(&s.token).expect(401).await.problem();
+    app.request(reqwest::Method::POST, "/v1/auth/logout").token(&s.access_token).expect(204).await;
+    let p = app.get("/v1/platform/tenants").token(&s.access_token).expect(401).await.problem();
+    assert_eq!(p.code, "session_revoked");
+    let p = app
+        .post("/v1/auth/refresh", json!({"refresh_token": s.refresh_token}))
+        .anon()
+        .expect(401)
+        .await
+        .problem();
+    assert_eq!(p.code, "unauthenticated");
     // The other session is untouched.
     app.get("/v1/platform/tenants").expect(200).await;
 }
@@ -59,7 +71,9 @@ async fn bootstrap_validates_email_and_password() {
     use azotte::Application;
     use azotte_domain::Clock;
     let db = azotte_store::testing::fresh_database(azotte_store::Backend::Sqlite).await;
-    let app = Application::build(&crate::helpers::test_config(&db.url, &[]), Clock::system()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::helpers::test_config(&db.url, &[("data_dir", dir.path().display().to_string())]);
+    let app = Application::build(&cfg, Clock::system()).await.unwrap();
     let secret = app.bootstrap().await.unwrap().unwrap();
     assert!(app.bootstrap().await.unwrap().is_none(), "only one bootstrap administrator");
     let addr = app.local_addr();

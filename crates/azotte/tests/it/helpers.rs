@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use azotte::{Application, Config};
 use azotte_domain::Clock;
+use azotte_service::mail::MemoryMailer;
+use azotte_service::Ctx;
 use azotte_store::testing::{fresh_database, TestDatabase};
 pub use azotte_store::Backend;
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
@@ -71,6 +73,13 @@ pub fn logs() -> String {
 /// A running server with a platform administrator session.
 pub struct TestApp {
     pub base: String,
+    /// The services' context: its clock is manual (`app.ctx.clock.advance(…)`).
+    pub ctx: Ctx,
+    /// Messages the app sent.
+    pub mail: Arc<MemoryMailer>,
+    /// Refresh token of the administrator's session.
+    #[allow(dead_code)]
+    pub admin_refresh: String,
     pub client: reqwest::Client,
     pub admin_token: String,
     pub backend: Backend,
@@ -92,6 +101,7 @@ impl Drop for TestApp {
 pub fn test_config(db_url: &str, extra: &[(&'static str, String)]) -> Config {
     let mut overrides = vec![
         ("listen", "127.0.0.1:0".to_owned()),
+        ("secret_key", "5e".repeat(32)),
         ("database_url", db_url.to_owned()),
         ("database_max_connections", "5".to_owned()),
     ];
@@ -109,7 +119,10 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, String)]) 
     log_buffer();
     let db = fresh_database(backend).await;
     let config = test_config(&db.url, extra);
-    let app = Application::build(&config, Clock::system()).await.expect("application builds");
+    let mail = Arc::new(MemoryMailer::default());
+    let clock = Clock::manual(chrono::Utc::now());
+    let app = Application::build_with(&config, clock, mail.clone()).await.expect("application builds");
+    let ctx = app.ctx().clone();
     let secret = app.bootstrap().await.expect("bootstrap").expect("fresh database has no administrator");
     let addr = app.local_addr();
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -118,6 +131,9 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, String)]) 
     }));
     let mut test_app = TestApp {
         base: format!("http://{addr}"),
+        ctx,
+        mail,
+        admin_refresh: String::new(),
         client: reqwest::Client::new(),
         admin_token: String::new(),
         backend,
@@ -125,7 +141,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, String)]) 
         stop: Some(stop_tx),
         _db: db,
     };
-    let session: Session = test_app
+    let session: Tokens = test_app
         .post(
             "/v1/auth/bootstrap",
             json!({
@@ -138,16 +154,20 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, String)]) 
         .expect(201)
         .await
         .json();
-    test_app.admin_token = session.token;
+    test_app.admin_token = session.access_token;
+    test_app.admin_refresh = session.refresh_token;
     test_app
 }
 
-/// A session answer.
+/// A session's tokens.
 #[derive(Debug, Deserialize)]
-pub struct Session {
-    pub token: String,
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
     pub token_type: String,
     pub user_id: String,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
 }
 
 /// A problem+json answer.
