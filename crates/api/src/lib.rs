@@ -50,6 +50,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::platform_tenants::router())
         .merge(routes::tenant::router())
         .merge(routes::api_keys::router())
+        .merge(routes::users::router())
 }
 
 /// The OpenAPI document of every documented route.

@@ -23,7 +23,8 @@ use crate::error::Problem;
         (name = "auth", description = "Sessions of platform users"),
         (name = "platform", description = "Installation-wide administration"),
         (name = "tenant", description = "The caller's tenant"),
-        (name = "api_keys", description = "Machine credentials of one tenant environment")
+        (name = "api_keys", description = "Machine credentials of one tenant environment"),
+        (name = "users", description = "Members, invitations and custom roles of a tenant")
     )
 )]
 struct BaseDoc;

@@ -94,6 +94,19 @@ pub async fn migrate(config: &Config) -> Result<(), StartError> {
     })
 }
 
+/// Migrates the database and builds the services' context (keys loaded), without serving.
+pub async fn context(config: &Config, clock: Clock, mailer: Arc<dyn Mailer>) -> Result<Ctx, StartError> {
+    let root = root_key(config)?;
+    migrate(config).await?;
+    let opts = db_options(config);
+    let db = Db::connect(&opts)
+        .await
+        .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
+    let ctx = Ctx::new(db, clock, &root, mailer, config.issuer.clone());
+    ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
+    Ok(ctx)
+}
+
 /// A built, not yet running, service.
 pub struct Application {
     listener: TcpListener,

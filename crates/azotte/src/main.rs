@@ -36,6 +36,16 @@ enum Command {
     Init,
     /// Print the OpenAPI document.
     Openapi,
+    /// Manage the installation's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a new JWT signing key; tokens signed by the previous one stay valid until they
+    /// expire (15 minutes), then it is unpublished.
+    Rotate,
 }
 
 fn main() -> ExitCode {
@@ -110,5 +120,17 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             app.run_until(app::shutdown_signal()).await.map_err(|e| e.to_string())
         }
         Command::Openapi => Ok(()),
+        Command::Keys(KeysCommand::Rotate) => {
+            let ctx = app::context(
+                &config,
+                Clock::system(),
+                std::sync::Arc::new(azotte_service::mail::ConsoleMailer),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let kid = azotte_service::auth::rotate_signing_key(&ctx).await.map_err(|e| e.to_string())?;
+            println!("new JWT signing key: {kid}");
+            Ok(())
+        }
     }
 }

@@ -35,7 +35,7 @@ pub struct IssuedKey {
 /// Key management needs a person (never a key) who completed MFA within the last 10 minutes.
 fn require_fresh_human(ctx: &Ctx, scope: &TenantScope) -> Result<()> {
     match scope.credential() {
-        Credential::ApiKey { .. } => Err(ServiceError::Forbidden {
+        Credential::ApiKey { .. } | Credential::Invitation => Err(ServiceError::Forbidden {
             code: "key_management_requires_user",
             message: "API keys cannot create, rotate or revoke keys; use a user session".into(),
         }),

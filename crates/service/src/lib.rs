@@ -11,6 +11,7 @@ pub mod keys;
 pub mod mail;
 pub mod mfa;
 pub mod tenants;
+pub mod users;
 
 use std::sync::Arc;
 

@@ -396,3 +396,19 @@ pub async fn membership_roles(
     tx.commit().await?;
     Ok(roles)
 }
+
+/// The scope in which an invitation token is redeemed: the token is the credential, checked by
+/// the caller inside this scope's transaction; the scope itself grants no permission.
+pub async fn invitation_scope(db: &Db, tenant_ref: &str) -> std::result::Result<TenantScope, AuthError> {
+    let (tx, tenant) = open_tenant(db, tenant_ref).await?;
+    tx.commit().await?;
+    Ok(TenantScope {
+        tenant_id: tenant.id,
+        // Memberships are per tenant, not per environment; production is as good as any.
+        environment: Environment::Production,
+        principal: Principal { kind: PrincipalKind::System, id: "invitation".into(), roles: vec![] },
+        permissions: PermissionSet::new(),
+        credential: Credential::Invitation,
+        platform_access: false,
+    })
+}

@@ -29,6 +29,8 @@ pub enum Credential {
         /// Storefronts the key is restricted to; empty means all.
         storefront_ids: Vec<String>,
     },
+    /// An invitation token being redeemed.
+    Invitation,
 }
 
 /// A permission the principal lacks.

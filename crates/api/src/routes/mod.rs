@@ -5,3 +5,4 @@ pub mod auth;
 pub mod health;
 pub mod platform_tenants;
 pub mod tenant;
+pub mod users;
