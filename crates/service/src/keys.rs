@@ -125,7 +125,12 @@ fn corrupt(what: &str) -> ServiceError {
 
 /// Creates a new signing key and retires the previous one; returns the new kid.
 pub async fn rotate(db: &Db, keys: &Keys, now: DateTime<Utc>) -> Result<String> {
-    let kid = format!("k{}", now.format("%Y%m%d%H%M%S%6f"));
+    // Date for people, randomness for uniqueness (two rotations may share an instant).
+    let kid = format!(
+        "k{}-{}",
+        now.format("%Y%m%d"),
+        &azotte_crypto::tokens::sha256_hex(azotte_crypto::tokens::random_token("").expose())[..12]
+    );
     let key = SigningKey::generate(kid.clone());
     let sealed = aead::seal(&keys.seal, key.to_bytes().expose(), AAD).map_err(ServiceError::internal)?;
     sessions::install_signing_key(db, &kid, &sealed, &key.verifying_key().to_bytes(), now).await?;

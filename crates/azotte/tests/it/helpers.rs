@@ -299,3 +299,76 @@ impl Resp {
         p
     }
 }
+
+/// A user's session.
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+pub struct UserSession {
+    pub access: String,
+    pub refresh: String,
+    pub user_id: String,
+}
+
+#[allow(dead_code)]
+impl TestApp {
+    /// Invites `email` into tenant `slug` (created if missing) with `roles`, accepts the
+    /// invitation with a password, and returns the tenant session.
+    pub async fn tenant_user(&self, slug: &str, email: &str, roles: &[&str]) -> UserSession {
+        let exists = self.get("/v1/platform/tenants?limit=100").expect(200).await.json::<Value>()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["slug"] == slug);
+        if !exists {
+            self.create_tenant(slug).await;
+        }
+        self.post("/v1/users/invitations", json!({"email": email, "roles": roles}))
+            .tenant(slug, "development")
+            .expect(201)
+            .await;
+        let token = self.last_invitation_token(email);
+        let t: Tokens = self
+            .post(
+                "/v1/auth/invitations/accept",
+                json!({"tenant": slug, "token": token, "password": "tenant user password 1"}),
+            )
+            .anon()
+            .expect(200)
+            .await
+            .json();
+        UserSession { access: t.access_token, refresh: t.refresh_token, user_id: t.user_id }
+    }
+
+    /// The token of the last invitation mailed to `email`.
+    pub fn last_invitation_token(&self, email: &str) -> String {
+        self.mail
+            .sent()
+            .into_iter()
+            .rev()
+            .find_map(|m| match m {
+                azotte_service::mail::Mail::Invitation { to, token, .. } if to == email => Some(token),
+                _ => None,
+            })
+            .expect("an invitation was mailed")
+    }
+
+    /// The current TOTP code for a base32 secret, by the app's clock.
+    pub fn totp_code(&self, secret_base32: &str) -> String {
+        let secret = azotte_crypto::totp::TotpSecret::from_base32(secret_base32).unwrap();
+        format!("{:06}", azotte_crypto::totp::code_at(&secret, self.ctx.clock.now().timestamp(), 6))
+    }
+
+    /// Enrols the administrator in TOTP (which counts as a fresh MFA step); returns the secret.
+    pub async fn admin_mfa(&self) -> String {
+        let e: Value = self.request(Method::POST, "/v1/auth/mfa/totp").expect(200).await.json();
+        let secret = e["secret"].as_str().unwrap().to_owned();
+        let code = self.totp_code(&secret);
+        self.post("/v1/auth/mfa/totp/confirm", json!({"code": code})).expect(200).await;
+        secret
+    }
+
+    /// Creates an API key as the administrator (who must have fresh MFA); returns the key JSON.
+    pub async fn api_key(&self, tenant: &str, env: &str, body: Value) -> Value {
+        self.post("/v1/api-keys", body).tenant(tenant, env).expect(201).await.json()
+    }
+}

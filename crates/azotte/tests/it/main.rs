@@ -7,5 +7,6 @@ mod auth;
 mod cli;
 mod health;
 mod http_errors;
+mod identity;
 mod openapi;
 mod tenants;
