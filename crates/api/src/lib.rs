@@ -51,6 +51,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::tenant::router())
         .merge(routes::api_keys::router())
         .merge(routes::users::router())
+        .merge(routes::journal::router())
 }
 
 /// The OpenAPI document of every documented route.

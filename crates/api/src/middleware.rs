@@ -83,11 +83,25 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         environment = tracing::field::Empty,
         principal = tracing::field::Empty,
     );
+    let meta = azotte_store::journal::RequestMeta {
+        correlation_id: info.correlation_id.clone(),
+        request_id: Some(info.request_id.clone()),
+        client_ip: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect()),
+        source: "api",
+    };
     req.extensions_mut().insert(info.clone());
     let mut resp = REQUEST
         .scope(
             info,
-            async move {
+            azotte_store::journal::with_meta(meta, async move {
                 let resp = next.run(req).await;
                 let resp = ensure_problem(resp);
                 tracing::info!(
@@ -96,7 +110,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
                     "request completed"
                 );
                 resp
-            }
+            })
             .instrument(span),
         )
         .await;

@@ -24,7 +24,8 @@ use crate::error::Problem;
         (name = "platform", description = "Installation-wide administration"),
         (name = "tenant", description = "The caller's tenant"),
         (name = "api_keys", description = "Machine credentials of one tenant environment"),
-        (name = "users", description = "Members, invitations and custom roles of a tenant")
+        (name = "users", description = "Members, invitations and custom roles of a tenant"),
+        (name = "journal", description = "The audit trail: actions, decisions, outcomes")
     )
 )]
 struct BaseDoc;

@@ -182,6 +182,7 @@ id_kind!(TenantKind, TenantId, "ten");
 id_kind!(UserKind, UserId, "usr");
 id_kind!(SessionKind, SessionId, "ses");
 id_kind!(RequestKind, RequestId, "req");
+id_kind!(JournalKind, JournalId, "jnl");
 
 #[cfg(test)]
 mod tests {

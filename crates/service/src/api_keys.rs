@@ -8,6 +8,7 @@ use azotte_domain::{FieldError, Secret, ValidationErrors};
 use azotte_store::api_keys::{self, ApiKey, NewApiKey};
 use azotte_store::{roles, Credential, StoreError, TenantScope};
 use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
 
 use crate::mfa::FRESH_MFA;
 use crate::{Ctx, Result, ServiceError};
@@ -53,7 +54,7 @@ fn require_fresh_human(ctx: &Ctx, scope: &TenantScope) -> Result<()> {
 /// Creates a key in the scope's environment.
 pub async fn create(ctx: &Ctx, scope: &TenantScope, req: KeyRequest) -> Result<IssuedKey> {
     require_fresh_human(ctx, scope)?;
-    scope.require(Permission::ApiKeyManage)?;
+    crate::security::require(ctx, scope, Permission::ApiKeyManage).await?;
     let now = ctx.clock.now();
     let mut errors = ValidationErrors::default();
     let description = req.description.trim().to_owned();
@@ -125,6 +126,16 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, req: KeyRequest) -> Result<I
         now,
     )
     .await?;
+    let r = Some(("api_key", key.id.as_str()));
+    tx.action(now, "api_key.create", r, json!({"role": key.role, "permissions": key.permissions})).await?;
+    tx.outcome(
+        now,
+        "api_key.created",
+        r,
+        json!({"key_id": key.key_id, "environment": key.environment, "role": key.role, "permissions": key.permissions,
+               "storefront_ids": key.storefront_ids, "expires_at": key.expires_at}),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(api_key = %key.id, "api key created");
     Ok(IssuedKey { key, secret: Secret::new(plaintext.expose().to_owned()) })
@@ -132,7 +143,7 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, req: KeyRequest) -> Result<I
 
 /// Keys of the scope's environment.
 pub async fn list(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<ApiKey>> {
-    scope.require(Permission::ApiKeyRead)?;
+    crate::security::require(ctx, scope, Permission::ApiKeyRead).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let keys = api_keys::list(&mut tx).await?;
     tx.commit().await?;
@@ -141,7 +152,7 @@ pub async fn list(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<ApiKey>> {
 
 /// One key.
 pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<ApiKey> {
-    scope.require(Permission::ApiKeyRead)?;
+    crate::security::require(ctx, scope, Permission::ApiKeyRead).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let key = api_keys::get(&mut tx, id).await?.ok_or(ServiceError::NotFound { resource: "api_key" })?;
     tx.commit().await?;
@@ -151,7 +162,7 @@ pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<ApiKey> {
 /// Gives a key a new secret; the old one keeps working for `overlap` (at most 24 hours).
 pub async fn rotate(ctx: &Ctx, scope: &TenantScope, id: &str, overlap: Duration) -> Result<IssuedKey> {
     require_fresh_human(ctx, scope)?;
-    scope.require(Permission::ApiKeyManage)?;
+    crate::security::require(ctx, scope, Permission::ApiKeyManage).await?;
     if overlap < Duration::zero() || overlap > MAX_OVERLAP {
         return Err(ValidationErrors::from(FieldError::new(
             "overlap_seconds",
@@ -183,6 +194,20 @@ pub async fn rotate(ctx: &Ctx, scope: &TenantScope, id: &str, overlap: Duration)
     let key = api_keys::rotate(&mut tx, id, hash.as_str(), now + overlap, now)
         .await?
         .ok_or(ServiceError::NotFound { resource: "api_key" })?;
+    tx.action(
+        now,
+        "api_key.rotate",
+        Some(("api_key", id)),
+        json!({"overlap_seconds": overlap.num_seconds()}),
+    )
+    .await?;
+    tx.outcome(
+        now,
+        "api_key.rotated",
+        Some(("api_key", id)),
+        json!({"previous_valid_until": key.previous_valid_until}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(IssuedKey { key, secret: Secret::new(plaintext) })
 }
@@ -190,12 +215,15 @@ pub async fn rotate(ctx: &Ctx, scope: &TenantScope, id: &str, overlap: Duration)
 /// Revokes a key at once.
 pub async fn revoke(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<ApiKey> {
     require_fresh_human(ctx, scope)?;
-    scope.require(Permission::ApiKeyManage)?;
+    crate::security::require(ctx, scope, Permission::ApiKeyManage).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let key = api_keys::revoke(&mut tx, id, ctx.clock.now())
         .await
         .map_err(|e: StoreError| ServiceError::from(e))?;
     let key = key.ok_or(ServiceError::NotFound { resource: "api_key" })?;
+    let now = ctx.clock.now();
+    tx.action(now, "api_key.revoke", Some(("api_key", id)), json!({})).await?;
+    tx.outcome(now, "api_key.revoked", Some(("api_key", id)), json!({"revoked_at": key.revoked_at})).await?;
     tx.commit().await?;
     Ok(key)
 }

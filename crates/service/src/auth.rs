@@ -11,7 +11,9 @@ use azotte_domain::email::Email;
 use azotte_domain::id::{SessionId, UserId};
 use azotte_domain::tenant::Environment;
 use azotte_domain::{FieldError, Secret, ValidationErrors};
+use azotte_domain::{Principal, PrincipalKind};
 use azotte_store::auth as store_auth;
+use azotte_store::journal;
 use azotte_store::sessions::{self, Family, NewFamily, RefreshOutcome};
 use azotte_store::users::User;
 use azotte_store::{PlatformScope, TenantScope};
@@ -277,7 +279,13 @@ pub async fn login(ctx: &Ctx, req: LoginRequest) -> Result<Tokens> {
             Some(tenant.id)
         }
     };
-    open_session(ctx, &user, tenant_id, amr, mfa_at).await
+    let tokens = open_session(ctx, &user, tenant_id, amr.clone(), mfa_at).await?;
+    let principal = Principal { kind: PrincipalKind::User, id: user.id.to_string(), roles: vec![] };
+    let uid = user.id.to_string();
+    let body = serde_json::json!({"tenant_id": tenant_id.map(|t| t.to_string()), "amr": amr});
+    journal::record_security(&ctx.db, None, now, "login.succeeded", &principal, Some(("user", &uid)), body)
+        .await?;
+    Ok(tokens)
 }
 
 async fn login_failed(
@@ -303,7 +311,16 @@ async fn login_failed(
         Ok::<_, ServiceError>(())
     }
     .await;
-    match result {
+    let recorded = crate::security::record(
+        ctx,
+        None,
+        "login.failed",
+        &Principal { kind: PrincipalKind::User, id: "unauthenticated".into(), roles: vec![] },
+        account_key,
+        serde_json::json!({"account": account_key, "decision": "deny"}),
+    )
+    .await;
+    match result.and(recorded) {
         Ok(()) => ServiceError::Unauthenticated {
             code: "invalid_credentials",
             message: "the email or password is wrong",
@@ -397,6 +414,11 @@ pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<Tokens> {
         }
         RefreshOutcome::Reused(family) => {
             tracing::warn!(session_id = %family.id, user_id = %family.user_id, "refresh token reused: session family revoked");
+            let principal =
+                Principal { kind: PrincipalKind::User, id: family.user_id.to_string(), roles: vec![] };
+            let sid = family.id.to_string();
+            let body = serde_json::json!({"session_id": sid, "outcome": "session_revoked"});
+            crate::security::record(ctx, None, "session.refresh_reused", &principal, &sid, body).await?;
             Err(ServiceError::Unauthenticated {
                 code: "refresh_token_reused",
                 message: "this refresh token was already used; the session is revoked",

@@ -7,9 +7,11 @@ pub mod api_keys;
 pub mod auth;
 mod error;
 pub mod housekeeping;
+pub mod journal;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
+pub mod security;
 pub mod tenants;
 pub mod users;
 
@@ -41,12 +43,22 @@ pub struct Ctx {
     pub mailer: Arc<dyn Mailer>,
     /// `iss` of issued tokens.
     pub issuer: String,
+    /// Folds repeated security events.
+    pub flood: Arc<security::FloodGuard>,
 }
 
 impl Ctx {
     /// A context; call [`Ctx::init`] before serving.
     pub fn new(db: Db, clock: Clock, root: &Key, mailer: Arc<dyn Mailer>, issuer: String) -> Self {
-        Self { db, clock, keys: Arc::new(Keys::from_root(root)), ring: KeyRing::default(), mailer, issuer }
+        Self {
+            db,
+            clock,
+            keys: Arc::new(Keys::from_root(root)),
+            ring: KeyRing::default(),
+            mailer,
+            issuer,
+            flood: Default::default(),
+        }
     }
 
     /// Loads (or creates) the JWT keys.

@@ -7,6 +7,7 @@ use azotte_domain::tenant::{TenantName, TenantSlug, TenantStatus};
 use azotte_domain::ValidationErrors;
 use azotte_store::tenants::{self, EnvironmentRecord, Page, Tenant};
 use azotte_store::{PlatformScope, StoreError, TenantScope};
+use serde_json::json;
 use tracing::instrument;
 
 use crate::{Ctx, Result, ServiceError};
@@ -32,7 +33,7 @@ pub async fn create(
     scope: &PlatformScope,
     input: NewTenant,
 ) -> Result<(Tenant, Vec<EnvironmentRecord>)> {
-    scope.require(Permission::PlatformTenantWrite)?;
+    crate::security::require_platform(ctx, scope, Permission::PlatformTenantWrite).await?;
     let mut errors = ValidationErrors::default();
     let slug = errors.check(TenantSlug::parse(&input.slug));
     let name = errors.check(TenantName::parse(&input.name));
@@ -50,6 +51,18 @@ pub async fn create(
         }
         other => other.into(),
     })?;
+    let now = ctx.clock.now();
+    let id = created.0.id.to_string();
+    let resource = Some(("tenant", id.as_str()));
+    tx.action(now, "tenant.create", resource, json!({"slug": slug.as_str()})).await?;
+    let envs: Vec<_> = created.1.iter().map(|e| json!({"name": e.environment, "mode": e.mode})).collect();
+    tx.outcome(
+        now,
+        "tenant.created",
+        resource,
+        json!({"slug": slug.as_str(), "status": "active", "environments": envs}),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(tenant_id = %created.0.id, "tenant created");
     Ok(created)
@@ -62,7 +75,7 @@ pub async fn list(
     limit: Limit,
     starting_after: Option<TenantId>,
 ) -> Result<Page<Tenant>> {
-    scope.require(Permission::PlatformTenantRead)?;
+    crate::security::require_platform(ctx, scope, Permission::PlatformTenantRead).await?;
     let mut tx = ctx.db.platform_tx(scope).await?;
     let page = tenants::list(&mut tx, limit.get(), starting_after).await?;
     tx.commit().await?;
@@ -71,7 +84,7 @@ pub async fn list(
 
 /// One tenant with its environments.
 pub async fn get(ctx: &Ctx, scope: &PlatformScope, id: TenantId) -> Result<(Tenant, Vec<EnvironmentRecord>)> {
-    scope.require(Permission::PlatformTenantRead)?;
+    crate::security::require_platform(ctx, scope, Permission::PlatformTenantRead).await?;
     let mut tx = ctx.db.platform_tx(scope).await?;
     let tenant = tenants::get(&mut tx, id).await?.ok_or(ServiceError::NotFound { resource: "tenant" })?;
     let envs = tenants::environments(&mut tx, id).await?;
@@ -87,13 +100,30 @@ pub async fn update(
     id: TenantId,
     changes: TenantChanges,
 ) -> Result<(Tenant, Vec<EnvironmentRecord>)> {
-    scope.require(Permission::PlatformTenantWrite)?;
+    crate::security::require_platform(ctx, scope, Permission::PlatformTenantWrite).await?;
     let name = changes.name.as_deref().map(TenantName::parse).transpose().map_err(ValidationErrors::from)?;
     let mut tx = ctx.db.platform_tx(scope).await?;
     let tenant = tenants::update(&mut tx, id, name.as_ref(), changes.status, ctx.clock.now())
         .await?
         .ok_or(ServiceError::NotFound { resource: "tenant" })?;
     let envs = tenants::environments(&mut tx, id).await?;
+    let now = ctx.clock.now();
+    let rid = id.to_string();
+    let mut changed = vec![];
+    if name.is_some() {
+        changed.push("name");
+    }
+    if changes.status.is_some() {
+        changed.push("status");
+    }
+    tx.action(now, "tenant.update", Some(("tenant", &rid)), json!({"fields": changed})).await?;
+    tx.outcome(
+        now,
+        "tenant.updated",
+        Some(("tenant", &rid)),
+        json!({"changed": changed, "status": tenant.status}),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(status = %tenant.status, "tenant updated");
     Ok((tenant, envs))
@@ -101,7 +131,7 @@ pub async fn update(
 
 /// The caller's own tenant and environment.
 pub async fn current(ctx: &Ctx, scope: &TenantScope) -> Result<(Tenant, EnvironmentRecord)> {
-    scope.require(Permission::TenantRead)?;
+    crate::security::require(ctx, scope, Permission::TenantRead).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let current = tenants::current(&mut tx).await?;
     tx.commit().await?;

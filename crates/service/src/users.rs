@@ -11,6 +11,7 @@ use azotte_store::memberships::{self, Member};
 use azotte_store::roles::{self, CustomRole};
 use azotte_store::{api_keys, StoreError, TenantScope, TenantTx};
 use chrono::Duration;
+use serde_json::json;
 
 use crate::auth::{self, Tokens};
 use crate::mail::Mail;
@@ -65,7 +66,7 @@ pub async fn invite(
     email: &str,
     role_names: Vec<String>,
 ) -> Result<Invitation> {
-    scope.require(Permission::UserInvite)?;
+    crate::security::require(ctx, scope, Permission::UserInvite).await?;
     let email = Email::parse("email", email).map_err(ValidationErrors::from)?;
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_tx(scope).await?;
@@ -91,6 +92,11 @@ pub async fn invite(
         now + INVITATION_TTL,
     )
     .await?;
+    // The invitee's address is personal data: the journal names the invitation, not the email.
+    let r = Some(("invitation", inv.id.as_str()));
+    tx.action(now, "user.invite", r, json!({"roles": role_names})).await?;
+    tx.outcome(now, "invitation.created", r, json!({"roles": role_names, "expires_at": inv.expires_at}))
+        .await?;
     tx.commit().await?;
     ctx.mailer.send(Mail::Invitation {
         to: email.as_str().to_owned(),
@@ -142,6 +148,9 @@ pub async fn accept_invitation(
     if !invitations::accept(&mut tx, &inv.id, now).await? {
         return Err(invalid());
     }
+    let uid = user_id.to_string();
+    tx.action(now, "invitation.accept", Some(("invitation", &inv.id)), json!({})).await?;
+    tx.outcome(now, "membership.created", Some(("user", &uid)), json!({"roles": inv.roles})).await?;
     tx.commit().await?;
     auth::login(
         ctx,
@@ -159,7 +168,7 @@ pub async fn accept_invitation(
 
 /// Members of the tenant.
 pub async fn list_members(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<Member>> {
-    scope.require(Permission::UserRead)?;
+    crate::security::require(ctx, scope, Permission::UserRead).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let m = memberships::list(&mut tx).await?;
     tx.commit().await?;
@@ -173,23 +182,30 @@ pub async fn set_roles(
     user_id: UserId,
     role_names: Vec<String>,
 ) -> Result<Member> {
-    scope.require(Permission::UserManage)?;
+    crate::security::require(ctx, scope, Permission::UserManage).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     memberships::get(&mut tx, user_id).await?.ok_or(ServiceError::NotFound { resource: "user" })?;
     check_roles(&mut tx, scope, "roles", &role_names).await?;
-    memberships::put(&mut tx, user_id, &role_names, ctx.clock.now()).await?;
+    let now = ctx.clock.now();
+    memberships::put(&mut tx, user_id, &role_names, now).await?;
     let m = memberships::get(&mut tx, user_id).await?.ok_or(ServiceError::NotFound { resource: "user" })?;
+    let uid = user_id.to_string();
+    tx.action(now, "membership.update", Some(("user", &uid)), json!({"roles": role_names})).await?;
+    tx.outcome(now, "membership.updated", Some(("user", &uid)), json!({"roles": m.roles})).await?;
     tx.commit().await?;
     Ok(m)
 }
 
 /// Removes a member: their sessions for this tenant stop working at the next request.
 pub async fn remove_member(ctx: &Ctx, scope: &TenantScope, user_id: UserId) -> Result<()> {
-    scope.require(Permission::UserManage)?;
+    crate::security::require(ctx, scope, Permission::UserManage).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     if !memberships::remove(&mut tx, user_id).await? {
         return Err(ServiceError::NotFound { resource: "user" });
     }
+    let (now, uid) = (ctx.clock.now(), user_id.to_string());
+    tx.action(now, "membership.remove", Some(("user", &uid)), json!({})).await?;
+    tx.outcome(now, "membership.removed", Some(("user", &uid)), json!({})).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -231,7 +247,7 @@ pub async fn create_role(
     description: &str,
     permissions: &[String],
 ) -> Result<CustomRole> {
-    scope.require(Permission::RoleManage)?;
+    crate::security::require(ctx, scope, Permission::RoleManage).await?;
     let mut errors = ValidationErrors::default();
     let valid_name = name.len() >= 2
         && name.len() <= 63
@@ -268,13 +284,23 @@ pub async fn create_role(
             }
             other => other.into(),
         })?;
+    let now = ctx.clock.now();
+    let perms: Vec<&str> = role.permissions.iter().map(|p| p.as_str()).collect();
+    tx.action(now, "role.create", Some(("role", &role.id)), json!({"name": role.name})).await?;
+    tx.outcome(
+        now,
+        "role.created",
+        Some(("role", &role.id)),
+        json!({"name": role.name, "permissions": perms}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(role)
 }
 
 /// Custom roles of the tenant.
 pub async fn list_roles(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<CustomRole>> {
-    scope.require(Permission::RoleRead)?;
+    crate::security::require(ctx, scope, Permission::RoleRead).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let r = roles::list(&mut tx).await?;
     tx.commit().await?;
@@ -289,7 +315,7 @@ pub async fn update_role(
     description: Option<&str>,
     permissions: Option<&[String]>,
 ) -> Result<CustomRole> {
-    scope.require(Permission::RoleManage)?;
+    crate::security::require(ctx, scope, Permission::RoleManage).await?;
     let perms = permissions.map(parse_permissions).transpose()?;
     if let Some(p) = &perms {
         if p.is_empty() {
@@ -306,13 +332,17 @@ pub async fn update_role(
     let role = roles::update(&mut tx, id, description, perms.as_ref(), ctx.clock.now())
         .await?
         .ok_or(ServiceError::NotFound { resource: "role" })?;
+    let now = ctx.clock.now();
+    let perms: Vec<&str> = role.permissions.iter().map(|p| p.as_str()).collect();
+    tx.action(now, "role.update", Some(("role", id)), json!({})).await?;
+    tx.outcome(now, "role.updated", Some(("role", id)), json!({"permissions": perms})).await?;
     tx.commit().await?;
     Ok(role)
 }
 
 /// Deletes a custom role nobody uses (409 `role_in_use` otherwise).
 pub async fn delete_role(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<()> {
-    scope.require(Permission::RoleManage)?;
+    crate::security::require(ctx, scope, Permission::RoleManage).await?;
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let role = roles::get(&mut tx, id).await?.ok_or(ServiceError::NotFound { resource: "role" })?;
     let mut used = memberships::role_names_in_use(&mut tx).await?;
@@ -325,6 +355,9 @@ pub async fn delete_role(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<()>
         });
     }
     roles::delete(&mut tx, id).await?;
+    let now = ctx.clock.now();
+    tx.action(now, "role.delete", Some(("role", id)), json!({"name": role.name})).await?;
+    tx.outcome(now, "role.deleted", Some(("role", id)), json!({})).await?;
     tx.commit().await?;
     Ok(())
 }

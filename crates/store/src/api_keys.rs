@@ -226,13 +226,13 @@ pub async fn create(tx: &mut TenantTx, k: &NewApiKey<'_>, now: DateTime<Utc>) ->
             now.into(),
         ])
         .to_owned();
-    tx.tx.execute(&q).await?;
+    tx.write(&q).await?;
     let dir = Query::insert()
         .into_table(ApiKeyDirectory::Table)
         .columns([ApiKeyDirectory::KeyId, ApiKeyDirectory::OwnerTenantId])
         .values_panic([k.key_id.into(), scope.tenant_id().to_string().into()])
         .to_owned();
-    tx.tx.execute(&dir).await?;
+    tx.write(&dir).await?;
     get(tx, k.id).await?.ok_or_else(|| StoreError::Corrupt("api key vanished".into()))
 }
 
@@ -279,7 +279,7 @@ pub async fn rotate(
         .value(ApiKeys::SecretHash, new_hash)
         .value(ApiKeys::UpdatedAt, now)
         .to_owned();
-    if tx.tx.execute(&q).await? == 0 {
+    if tx.write(&q).await? == 0 {
         return Ok(None);
     }
     get(tx, id).await
@@ -288,7 +288,7 @@ pub async fn rotate(
 /// Revokes a live key; `None` if there is no live key with that id.
 pub async fn revoke(tx: &mut TenantTx, id: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
     let q = update_scoped(tx, id).value(ApiKeys::RevokedAt, now).value(ApiKeys::UpdatedAt, now).to_owned();
-    if tx.tx.execute(&q).await? == 0 {
+    if tx.write(&q).await? == 0 {
         return Ok(None);
     }
     get(tx, id).await

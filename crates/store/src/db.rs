@@ -206,7 +206,7 @@ impl Db {
         if let Tx::Postgres(t) = &mut tx {
             sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
         }
-        Ok(PlatformTx { tx, scope: scope.clone() })
+        Ok(PlatformTx { tx, scope: scope.clone(), action_id: None, writes: 0 })
     }
 
     /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
@@ -222,7 +222,7 @@ impl Db {
             .execute(&mut **t)
             .await?;
         }
-        Ok(TenantTx { tx, scope: scope.clone() })
+        Ok(TenantTx { tx, scope: scope.clone(), action_id: None, writes: 0 })
     }
 
     /// The PostgreSQL pool, for tests in this crate that must run raw SQL.
@@ -260,39 +260,52 @@ fn pg_options(opts: &DbOptions) -> Result<PgConnectOptions> {
     PgConnectOptions::from_str(opts.url.expose()).map_err(StoreError::Unavailable)
 }
 
-/// A platform transaction: the only way to reach platform tables for writing.
-pub struct PlatformTx {
-    pub(crate) tx: Tx,
-    scope: PlatformScope,
+macro_rules! journaled_tx {
+    ($(#[$m:meta])* $name:ident, $scope:ty) => {
+        $(#[$m])*
+        pub struct $name {
+            pub(crate) tx: Tx,
+            scope: $scope,
+            /// The action recorded in this transaction, parent of its decisions and outcomes.
+            pub(crate) action_id: Option<String>,
+            /// Statements that changed data.
+            pub(crate) writes: u32,
+        }
+
+        impl $name {
+            /// The scope the transaction was opened for.
+            pub fn scope(&self) -> &$scope {
+                &self.scope
+            }
+
+            /// Runs a statement that changes data.
+            pub(crate) async fn write(&mut self, stmt: &impl sea_query_binder::SqlxBinder) -> Result<u64> {
+                self.writes += 1;
+                self.tx.execute(stmt).await
+            }
+
+            /// Commits; a transaction that changed data without recording its action is refused
+            /// and rolled back.
+            pub async fn commit(self) -> Result<()> {
+                if self.writes > 0 && self.action_id.is_none() {
+                    return Err(StoreError::Unjournaled);
+                }
+                self.tx.commit().await
+            }
+        }
+    };
 }
 
-impl PlatformTx {
-    /// The scope the transaction was opened for.
-    pub fn scope(&self) -> &PlatformScope {
-        &self.scope
-    }
-    /// Commits.
-    pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await
-    }
-}
-
-/// A transaction inside one tenant environment; every tenant repository function takes one.
-pub struct TenantTx {
-    pub(crate) tx: Tx,
-    scope: TenantScope,
-}
-
-impl TenantTx {
-    /// The scope the transaction was opened for.
-    pub fn scope(&self) -> &TenantScope {
-        &self.scope
-    }
-    /// Commits.
-    pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await
-    }
-}
+journaled_tx!(
+    /// A platform transaction: the only way to reach platform tables for writing.
+    PlatformTx,
+    PlatformScope
+);
+journaled_tx!(
+    /// A transaction inside one tenant environment; every tenant repository function takes one.
+    TenantTx,
+    TenantScope
+);
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,9 @@ pub enum StoreError {
     /// A row holds a value the domain cannot accept; someone wrote it behind our back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A transaction changed data without recording its action in the journal (a bug).
+    #[error("a mutation was about to commit without its journal entry")]
+    Unjournaled,
     /// The database URL names no supported backend.
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),

@@ -66,7 +66,7 @@ pub async fn create(
             expires_at.into(),
         ])
         .to_owned();
-    tx.tx.execute(&q).await?;
+    tx.write(&q).await?;
     Ok(Invitation {
         id: id.to_owned(),
         email: email.to_owned(),
@@ -104,5 +104,5 @@ pub async fn accept(tx: &mut TenantTx, id: &str, now: DateTime<Utc>) -> Result<b
         .and_where(Expr::col(Invitations::Id).eq(id))
         .and_where(Expr::col(Invitations::AcceptedAt).is_null())
         .to_owned();
-    Ok(tx.tx.execute(&q).await? > 0)
+    Ok(tx.write(&q).await? > 0)
 }

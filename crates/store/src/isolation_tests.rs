@@ -42,6 +42,7 @@ async fn tenant(db: &Db, slug: &str) -> TenantScope {
     )
     .await
     .unwrap();
+    tx.action(chrono::Utc::now(), "tenant.create", None, serde_json::json!({})).await.unwrap();
     tx.commit().await.unwrap();
     TenantScope {
         tenant_id: t.id,
@@ -82,6 +83,24 @@ async fn unfiltered_select_sees_only_own_tenant_and_foreign_insert_is_refused() 
         matches!(StoreError::from(err), StoreError::IsolationViolation(_)),
         "insert for B from A's transaction is refused"
     );
+}
+
+#[tokio::test]
+async fn a_mutation_without_its_journal_entry_cannot_commit() {
+    let db = pg_db().await;
+    let mut tx = db.platform_tx(&platform()).await.unwrap();
+    tenants::create(
+        &mut tx,
+        &TenantSlug::parse("sneaky").unwrap(),
+        &TenantName::parse("S").unwrap(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(tx.commit().await, Err(StoreError::Unjournaled)));
+    let mut tx = db.platform_tx(&platform()).await.unwrap();
+    let page = tenants::list(&mut tx, 10, None).await.unwrap();
+    assert!(page.items.is_empty(), "the refused transaction was rolled back");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod exec;
 pub mod invitations;
 #[cfg(test)]
 mod isolation_tests;
+pub mod journal;
 pub mod memberships;
 pub mod roles;
 mod scope;

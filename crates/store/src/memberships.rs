@@ -106,7 +106,7 @@ pub async fn put(tx: &mut TenantTx, user_id: UserId, roles: &[String], now: Date
                 .to_owned(),
         )
         .to_owned();
-    tx.tx.execute(&q).await?;
+    tx.write(&q).await?;
     Ok(())
 }
 
@@ -117,7 +117,7 @@ pub async fn remove(tx: &mut TenantTx, user_id: UserId) -> Result<bool> {
         .and_where(Expr::col(Memberships::TenantId).eq(tx.scope().tenant_id().to_string()))
         .and_where(Expr::col(Memberships::UserId).eq(user_id.to_string()))
         .to_owned();
-    Ok(tx.tx.execute(&q).await? > 0)
+    Ok(tx.write(&q).await? > 0)
 }
 
 /// Every role name used by a member of the tenant.
@@ -140,5 +140,6 @@ pub async fn create_user(
     password_hash: &str,
     now: DateTime<Utc>,
 ) -> Result<UserId> {
+    tx.writes += 1;
     users::insert(&mut tx.tx, Some(email), Some(password_hash), None, &[], now).await
 }

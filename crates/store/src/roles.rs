@@ -148,7 +148,7 @@ pub async fn create(
             now.into(),
         ])
         .to_owned();
-    tx.tx.execute(&q).await?;
+    tx.write(&q).await?;
     Ok(CustomRole {
         id: id.to_owned(),
         name: name.to_owned(),
@@ -178,7 +178,7 @@ pub async fn update(
     if let Some(p) = permissions {
         q.value(Roles::Permissions, perm_json(p));
     }
-    if tx.tx.execute(&q).await? == 0 {
+    if tx.write(&q).await? == 0 {
         return Ok(None);
     }
     get(tx, id).await
@@ -191,5 +191,5 @@ pub async fn delete(tx: &mut TenantTx, id: &str) -> Result<bool> {
         .and_where(Expr::col(Roles::TenantId).eq(tx.scope().tenant_id().to_string()))
         .and_where(Expr::col(Roles::Id).eq(id))
         .to_owned();
-    Ok(tx.tx.execute(&q).await? > 0)
+    Ok(tx.write(&q).await? > 0)
 }

@@ -148,7 +148,7 @@ pub async fn create(
             now.into(),
         ])
         .to_owned();
-    tx.tx.execute(&insert).await?;
+    tx.write(&insert).await?;
 
     enter_tenant(&mut tx.tx, tenant.id).await?;
     let mut envs = Query::insert()
@@ -168,7 +168,7 @@ pub async fn create(
             now.into(),
         ]);
     }
-    tx.tx.execute(&envs).await?;
+    tx.write(&envs).await?;
     let environments = Environment::ALL
         .iter()
         .map(|&environment| EnvironmentRecord { environment, mode: environment.mode(), created_at: now })
@@ -227,7 +227,7 @@ pub async fn update(
     if let Some(status) = status {
         q.value(Tenants::Status, status.as_str());
     }
-    if tx.tx.execute(&q).await? == 0 {
+    if tx.write(&q).await? == 0 {
         return Ok(None);
     }
     find_by_id(&mut tx.tx, id).await

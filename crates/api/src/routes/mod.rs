@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod health;
+pub mod journal;
 pub mod platform_tenants;
 pub mod tenant;
 pub mod users;

@@ -372,3 +372,52 @@ impl TestApp {
         self.post("/v1/api-keys", body).tenant(tenant, env).expect(201).await.json()
     }
 }
+
+/// Direct database access, bypassing the service: what an attacker with database access (or an
+/// auditor) sees.
+#[allow(dead_code)]
+impl TestApp {
+    /// Runs a statement as the database owner; the error text if refused.
+    pub async fn raw_exec(&self, sql: &str) -> Result<u64, String> {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.db_url).await.map_err(|e| e.to_string())?;
+                sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.map_err(|e| e.to_string())?;
+                sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// One text value per row of a query returning a single text column, as the owner.
+    pub async fn raw_strings(&self, sql: &str) -> Vec<String> {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query_scalar::<_, String>(sql).fetch_all(&mut c).await.unwrap()
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query_scalar::<_, String>(sql).fetch_all(&mut c).await.unwrap()
+            }
+        }
+    }
+
+    /// Every journal entry rendered as text, every column included.
+    pub async fn raw_journal(&self) -> Vec<String> {
+        let cols = "tenant_id, environment, id, kind, type, occurred_at, correlation_id, causation_id, \
+                    principal_kind, principal_id, principal_roles, mfa, source, request_id, client_ip, \
+                    user_agent, resource_type, resource_id, body";
+        let sql = match self.backend {
+            Backend::Sqlite => format!("SELECT json_array({cols}) FROM journal_entries ORDER BY id"),
+            Backend::Postgres => {
+                format!("SELECT json_build_array({cols})::text FROM journal_entries ORDER BY id")
+            }
+        };
+        self.raw_strings(&sql).await
+    }
+}

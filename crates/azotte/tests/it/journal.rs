@@ -1,0 +1,181 @@
+//! The audit journal: what every mutation records, reading it back, and its immutability.
+
+use crate::both;
+use crate::helpers::TestApp;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn a_mutation_records_action_and_outcome_under_one_correlation_id(app: TestApp) {
+    app.create_tenant("jco").await;
+    app.admin_mfa().await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let k: Value = app
+        .post("/v1/api-keys", json!({"description": "billing backend", "role": "service_account"}))
+        .tenant("jco", "development")
+        .header("traceparent", &format!("00-{trace}-b7ad6b7169203331-01"))
+        .header("user-agent", "journal-test/1.0")
+        .expect(201)
+        .await
+        .json();
+    let key_id = k["id"].as_str().unwrap();
+    let page: Value = app
+        .get(&format!("/v1/journal?correlation_id={trace}"))
+        .tenant("jco", "development")
+        .expect(200)
+        .await
+        .json();
+    let entries = page["data"].as_array().unwrap();
+    let types: Vec<&str> = entries.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["api_key.create", "api_key.created"]);
+    let (action, outcome) = (&entries[0], &entries[1]);
+    assert_eq!(action["kind"], "action");
+    assert_eq!(outcome["kind"], "outcome");
+    assert_eq!(outcome["causation_id"], action["id"]);
+    assert_eq!(action["principal"]["kind"], "platform_user");
+    assert_eq!(action["principal"]["mfa"], true);
+    assert_eq!(action["source"], "api");
+    assert_eq!(action["user_agent"], "journal-test/1.0");
+    assert_eq!(action["client_ip"], "127.0.0.1");
+    assert_eq!(
+        (action["resource_type"].as_str(), action["resource_id"].as_str()),
+        (Some("api_key"), Some(key_id))
+    );
+    assert_eq!(outcome["body"]["role"], "service_account");
+    assert!(outcome["body"].get("secret").is_none());
+
+    let lineage: Value =
+        app.get(&format!("/v1/lineage/{trace}")).tenant("jco", "development").expect(200).await.json();
+    let roots = lineage["roots"].as_array().unwrap();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(roots[0]["type"], "api_key.create");
+    assert_eq!(roots[0]["children"][0]["type"], "api_key.created");
+    app.get("/v1/lineage/nothing-here").tenant("jco", "development").expect(404).await.problem();
+
+    // Filters.
+    let only: Value = app
+        .get("/v1/journal?kind=outcome&type=api_key.created")
+        .tenant("jco", "development")
+        .expect(200)
+        .await
+        .json();
+    assert_eq!(only["data"].as_array().unwrap().len(), 1);
+    let other_env: Value = app.get("/v1/journal").tenant("jco", "production").expect(200).await.json();
+    assert!(other_env["data"].as_array().unwrap().iter().all(|e| e["environment"] == "production"));
+    app.get("/v1/journal?kind=nonsense").tenant("jco", "development").expect(422).await.problem();
+}
+
+async fn a_failed_mutation_leaves_no_entry(app: TestApp) {
+    app.create_tenant("jfail").await;
+    app.post("/v1/roles", json!({"name": "auditor2", "permissions": ["audit.read"]}))
+        .tenant("jfail", "development")
+        .expect(201)
+        .await;
+    app.post("/v1/roles", json!({"name": "auditor2", "permissions": ["audit.read"]}))
+        .tenant("jfail", "development")
+        .expect(409)
+        .await;
+    let page: Value =
+        app.get("/v1/journal?type=role.create").tenant("jfail", "development").expect(200).await.json();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1, "the refused creation wrote nothing");
+    // Platform work goes to the platform journal.
+    let rows = app.raw_journal().await;
+    assert!(rows.iter().any(|r| r.contains("\"tenant.created\"") && r.contains("\"platform\"")), "{rows:#?}");
+}
+
+async fn denials_are_recorded_once_per_window(app: TestApp) {
+    app.create_tenant("jdeny").await;
+    app.admin_mfa().await;
+    let k = app
+        .api_key("jdeny", "development", json!({"description": "narrow", "permissions": ["catalog.read"]}))
+        .await;
+    let key = k["secret"].as_str().unwrap();
+    for _ in 0..5 {
+        app.get("/v1/tenant").token(key).header("x-tn", "jdeny").expect(403).await;
+    }
+    let page: Value =
+        app.get("/v1/journal?type=authz.denied").tenant("jdeny", "development").expect(200).await.json();
+    let denied = page["data"].as_array().unwrap();
+    assert_eq!(denied.len(), 1, "repeats are folded: {denied:#?}");
+    assert_eq!(denied[0]["kind"], "decision");
+    assert_eq!(denied[0]["body"]["permission"], "tenant.read");
+    assert_eq!(denied[0]["principal"]["kind"], "api_key");
+    let support = app.tenant_user("jdeny", "agent@example.com", &["support_agent"]).await;
+    let p = app
+        .get("/v1/journal")
+        .token(&support.access)
+        .tenant("jdeny", "development")
+        .expect(403)
+        .await
+        .problem();
+    assert_eq!(p.code, "permission_denied");
+}
+
+async fn the_database_refuses_to_change_or_delete_entries(app: TestApp) {
+    app.create_tenant("jimm").await;
+    let before = app.raw_journal().await;
+    assert!(!before.is_empty());
+    let upd = app.raw_exec("UPDATE journal_entries SET type = 'forged'").await;
+    assert!(upd.as_ref().is_err_and(|e| e.contains("immutable")), "{upd:?}");
+    let del = app.raw_exec("DELETE FROM journal_entries").await;
+    assert!(del.as_ref().is_err_and(|e| e.contains("immutable")), "{del:?}");
+    if app.backend == crate::helpers::Backend::Postgres {
+        let t = app.raw_exec("TRUNCATE journal_entries").await;
+        assert!(t.is_err(), "{t:?}");
+        let grants = app
+            .raw_strings(
+                "SELECT (has_table_privilege('azotte_app', 'journal_entries', 'UPDATE') OR \
+                 has_table_privilege('azotte_app', 'journal_entries', 'DELETE'))::text",
+            )
+            .await;
+        assert_eq!(grants, ["false"], "the service role cannot change entries");
+    }
+    assert_eq!(app.raw_journal().await, before);
+}
+
+async fn no_personal_data_or_secret_reaches_the_journal(app: TestApp) {
+    let secret = app.admin_mfa().await;
+    let user = app.tenant_user("jpii", "pii.person@example.com", &["read_only"]).await;
+    let k = app.api_key("jpii", "development", json!({"description": "k", "role": "read_only"})).await;
+    let key = k["secret"].as_str().unwrap().to_owned();
+    app.get("/v1/tenant").token(&key).header("x-tn", "jpii").expect(200).await;
+    app.post("/v1/auth/login", json!({"email": "pii.person@example.com", "password": "wrong wrong wrong"}))
+        .anon()
+        .expect(401)
+        .await;
+    let refreshed: Value =
+        app.post("/v1/auth/refresh", json!({"refresh_token": user.refresh})).anon().expect(200).await.json();
+    app.post("/v1/auth/refresh", json!({"refresh_token": user.refresh})).anon().expect(401).await;
+    let rows = app.raw_journal().await.join("\n");
+    assert!(
+        rows.contains("login.failed")
+            && rows.contains("session.refresh_reused")
+            && rows.contains("membership.created")
+    );
+    let forbidden = [
+        "pii.person@example.com".to_owned(),
+        "admin@example.com".to_owned(),
+        "correct horse battery staple".to_owned(),
+        "tenant user password 1".to_owned(),
+        "wrong wrong wrong".to_owned(),
+        secret,
+        key.clone(),
+        key.rsplit('_').next().unwrap().to_owned(),
+        user.access.clone(),
+        user.refresh.clone(),
+        refreshed["access_token"].as_str().unwrap().to_owned(),
+        app.admin_token.clone(),
+        app.last_invitation_token("pii.person@example.com"),
+    ];
+    for f in &forbidden {
+        assert!(!rows.contains(f.as_str()), "journal contains `{f}`");
+    }
+    let _ = Method::GET;
+}
+
+both!(
+    a_mutation_records_action_and_outcome_under_one_correlation_id,
+    a_failed_mutation_leaves_no_entry,
+    denials_are_recorded_once_per_window,
+    the_database_refuses_to_change_or_delete_entries,
+    no_personal_data_or_secret_reaches_the_journal
+);

@@ -1,0 +1,51 @@
+//! Reading the journal: filtered listings and lineage trees.
+
+use azotte_domain::permission::Permission;
+use azotte_store::journal::{self, Entry, Filter};
+use azotte_store::TenantScope;
+use serde_json::json;
+
+use crate::{Ctx, Result};
+
+/// A platform principal reading a tenant's journal is itself journaled, in that tenant.
+async fn note_platform_read(ctx: &Ctx, scope: &TenantScope, what: &str) -> Result<()> {
+    if scope.is_platform_access() {
+        journal::record_security(
+            &ctx.db,
+            Some((scope.tenant_id(), scope.environment().as_str())),
+            ctx.clock.now(),
+            "audit.platform_access",
+            scope.principal(),
+            None,
+            json!({"read": what}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Entries of the scope's environment matching `filter`, oldest first.
+pub async fn list(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    filter: &Filter,
+    limit: u32,
+    starting_after: Option<&str>,
+) -> Result<(Vec<Entry>, bool)> {
+    crate::security::require(ctx, scope, Permission::AuditRead).await?;
+    note_platform_read(ctx, scope, "journal").await?;
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let page = journal::list(&mut tx, filter, limit, starting_after).await?;
+    tx.commit().await?;
+    Ok(page)
+}
+
+/// Every entry of one correlation id in the tenant, oldest first.
+pub async fn lineage(ctx: &Ctx, scope: &TenantScope, correlation_id: &str) -> Result<Vec<Entry>> {
+    crate::security::require(ctx, scope, Permission::AuditRead).await?;
+    note_platform_read(ctx, scope, "lineage").await?;
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let entries = journal::by_correlation(&mut tx, correlation_id).await?;
+    tx.commit().await?;
+    Ok(entries)
+}

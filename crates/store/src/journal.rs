@@ -1,0 +1,436 @@
+//! The journal: every mutation's action, the decisions taken and the outcomes, written in the
+//! same transaction as the change.
+//!
+//! Writing goes through [`TenantTx`] and [`PlatformTx`]: a transaction that changed something
+//! refuses to commit unless it recorded an action ([`StoreError::Unjournaled`]), so a mutation
+//! cannot land without its entry. Request context (correlation id, client address, user agent)
+//! comes from a task-local set by the HTTP layer or the worker running the job.
+
+use std::future::Future;
+
+use azotte_domain::id::JournalId;
+use azotte_domain::Principal;
+use chrono::{DateTime, Utc};
+use sea_query::{Expr, Iden, Order, Query};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use crate::exec::Tx;
+use crate::scope::Credential;
+use crate::{Db, PlatformTx, Result, StoreError, TenantTx};
+
+/// The pseudo-tenant whose journal holds installation-level records.
+pub const PLATFORM: &str = "platform";
+
+/// Where a request came from and how to correlate what it causes.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    pub correlation_id: String,
+    pub request_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// `api`, `console`, `system` or `channel`.
+    pub source: &'static str,
+}
+
+impl RequestMeta {
+    /// Context for work the platform starts itself.
+    pub fn system() -> Self {
+        Self {
+            correlation_id: JournalId::new().to_string().replacen("jnl_", "cor_", 1),
+            request_id: None,
+            client_ip: None,
+            user_agent: None,
+            source: "system",
+        }
+    }
+}
+
+tokio::task_local! {
+    static META: RequestMeta;
+}
+
+/// Runs `f` with `meta` as the request context of every journal entry it writes.
+pub async fn with_meta<F: Future>(meta: RequestMeta, f: F) -> F::Output {
+    META.scope(meta, f).await
+}
+
+fn current_meta() -> RequestMeta {
+    META.try_with(Clone::clone).unwrap_or_else(|_| RequestMeta::system())
+}
+
+/// The kind of a journal entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Action,
+    Decision,
+    Outcome,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Action => "action",
+            Kind::Decision => "decision",
+            Kind::Outcome => "outcome",
+        }
+    }
+}
+
+#[derive(Iden)]
+enum JournalEntries {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    Kind,
+    Type,
+    OccurredAt,
+    CorrelationId,
+    CausationId,
+    PrincipalKind,
+    PrincipalId,
+    PrincipalRoles,
+    Mfa,
+    Source,
+    RequestId,
+    ClientIp,
+    UserAgent,
+    ResourceType,
+    ResourceId,
+    Body,
+}
+
+/// One entry to write.
+pub(crate) struct NewEntry<'a> {
+    pub kind: Kind,
+    pub type_: &'a str,
+    pub occurred_at: DateTime<Utc>,
+    pub causation_id: Option<&'a str>,
+    pub principal: &'a Principal,
+    pub mfa: bool,
+    pub resource: Option<(&'a str, &'a str)>,
+    pub body: Value,
+}
+
+pub(crate) async fn insert(
+    tx: &mut Tx,
+    tenant_id: &str,
+    environment: &str,
+    e: NewEntry<'_>,
+) -> Result<String> {
+    let meta = current_meta();
+    let id = JournalId::new().to_string();
+    let kind = serde_json::to_value(e.principal.kind).unwrap_or(Value::Null);
+    let q = Query::insert()
+        .into_table(JournalEntries::Table)
+        .columns([
+            JournalEntries::TenantId,
+            JournalEntries::Environment,
+            JournalEntries::Id,
+            JournalEntries::Kind,
+            JournalEntries::Type,
+            JournalEntries::OccurredAt,
+            JournalEntries::CorrelationId,
+            JournalEntries::CausationId,
+            JournalEntries::PrincipalKind,
+            JournalEntries::PrincipalId,
+            JournalEntries::PrincipalRoles,
+            JournalEntries::Mfa,
+            JournalEntries::Source,
+            JournalEntries::RequestId,
+            JournalEntries::ClientIp,
+            JournalEntries::UserAgent,
+            JournalEntries::ResourceType,
+            JournalEntries::ResourceId,
+            JournalEntries::Body,
+        ])
+        .values_panic([
+            tenant_id.into(),
+            environment.into(),
+            id.clone().into(),
+            e.kind.as_str().into(),
+            e.type_.into(),
+            e.occurred_at.into(),
+            meta.correlation_id.into(),
+            e.causation_id.map(str::to_owned).into(),
+            kind.as_str().unwrap_or("system").into(),
+            e.principal.id.clone().into(),
+            serde_json::json!(e.principal.roles).into(),
+            e.mfa.into(),
+            meta.source.into(),
+            meta.request_id.into(),
+            meta.client_ip.into(),
+            meta.user_agent.into(),
+            e.resource.map(|r| r.0.to_owned()).into(),
+            e.resource.map(|r| r.1.to_owned()).into(),
+            e.body.into(),
+        ])
+        .to_owned();
+    tx.execute(&q).await?;
+    Ok(id)
+}
+
+fn mfa_of(c: &Credential) -> bool {
+    matches!(c, Credential::Session { mfa_at: Some(_), .. })
+}
+
+/// Where an entry sits in the chain of a request: the action, then what it caused.
+macro_rules! journal_methods {
+    ($t:ty, $tenant:expr, $env:expr, $principal:expr, $mfa:expr) => {
+        impl $t {
+            /// Records the action this transaction performs. Call it before or after the change;
+            /// `commit` refuses a transaction that wrote without one.
+            pub async fn action(
+                &mut self,
+                now: DateTime<Utc>,
+                type_: &str,
+                resource: Option<(&str, &str)>,
+                body: Value,
+            ) -> Result<String> {
+                let (tenant, env, principal, mfa) =
+                    ($tenant(&*self), $env(&*self), $principal(&*self), $mfa(&*self));
+                let id = insert(
+                    &mut self.tx,
+                    &tenant,
+                    &env,
+                    NewEntry {
+                        kind: Kind::Action,
+                        type_,
+                        occurred_at: now,
+                        causation_id: None,
+                        principal: &principal,
+                        mfa,
+                        resource,
+                        body,
+                    },
+                )
+                .await?;
+                self.action_id = Some(id.clone());
+                Ok(id)
+            }
+
+            /// Records a decision taken while performing the action (caused by it).
+            pub async fn decision(
+                &mut self,
+                now: DateTime<Utc>,
+                type_: &str,
+                resource: Option<(&str, &str)>,
+                body: Value,
+            ) -> Result<String> {
+                self.follow_up(Kind::Decision, now, type_, resource, body).await
+            }
+
+            /// Records an outcome: the domain event with what changed (caused by the action).
+            pub async fn outcome(
+                &mut self,
+                now: DateTime<Utc>,
+                type_: &str,
+                resource: Option<(&str, &str)>,
+                body: Value,
+            ) -> Result<String> {
+                self.follow_up(Kind::Outcome, now, type_, resource, body).await
+            }
+
+            async fn follow_up(
+                &mut self,
+                kind: Kind,
+                now: DateTime<Utc>,
+                type_: &str,
+                resource: Option<(&str, &str)>,
+                body: Value,
+            ) -> Result<String> {
+                let cause = self.action_id.clone().ok_or(StoreError::Unjournaled)?;
+                let (tenant, env, principal, mfa) =
+                    ($tenant(&*self), $env(&*self), $principal(&*self), $mfa(&*self));
+                insert(
+                    &mut self.tx,
+                    &tenant,
+                    &env,
+                    NewEntry {
+                        kind,
+                        type_,
+                        occurred_at: now,
+                        causation_id: Some(&cause),
+                        principal: &principal,
+                        mfa,
+                        resource,
+                        body,
+                    },
+                )
+                .await
+            }
+        }
+    };
+}
+
+journal_methods!(
+    TenantTx,
+    |t: &TenantTx| t.scope().tenant_id().to_string(),
+    |t: &TenantTx| t.scope().environment().as_str().to_owned(),
+    |t: &TenantTx| t.scope().principal().clone(),
+    |t: &TenantTx| mfa_of(t.scope().credential())
+);
+journal_methods!(
+    PlatformTx,
+    |_: &PlatformTx| PLATFORM.to_owned(),
+    |_: &PlatformTx| PLATFORM.to_owned(),
+    |t: &PlatformTx| t.scope().principal().clone(),
+    |t: &PlatformTx| mfa_of(t.scope().credential())
+);
+
+/// A security decision outside any mutation (failed login, denied request, token reuse), in
+/// its own transaction. `tenant` None writes to the platform journal.
+pub async fn record_security(
+    db: &Db,
+    tenant: Option<(azotte_domain::id::TenantId, &str)>,
+    now: DateTime<Utc>,
+    type_: &str,
+    principal: &Principal,
+    resource: Option<(&str, &str)>,
+    body: Value,
+) -> Result<()> {
+    let mut tx = db.unscoped_tx().await?;
+    let (tenant_id, env) = match tenant {
+        Some((id, env)) => {
+            crate::tenants::enter_tenant(&mut tx, id).await?;
+            (id.to_string(), env.to_owned())
+        }
+        None => {
+            if let Tx::Postgres(t) = &mut tx {
+                sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
+            }
+            (PLATFORM.to_owned(), PLATFORM.to_owned())
+        }
+    };
+    insert(
+        &mut tx,
+        &tenant_id,
+        &env,
+        NewEntry {
+            kind: Kind::Decision,
+            type_,
+            occurred_at: now,
+            causation_id: None,
+            principal,
+            mfa: false,
+            resource,
+            body,
+        },
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// A journal entry as read back.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Entry {
+    pub id: String,
+    pub environment: String,
+    pub kind: String,
+    #[sqlx(rename = "type")]
+    pub type_: String,
+    pub occurred_at: DateTime<Utc>,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub principal_kind: String,
+    pub principal_id: String,
+    pub principal_roles: Json<Vec<String>>,
+    pub mfa: bool,
+    pub source: String,
+    pub request_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub body: Json<Value>,
+}
+
+/// Filters of a journal listing; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub kind: Option<String>,
+    pub type_: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub principal_id: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+fn select_entries() -> sea_query::SelectStatement {
+    Query::select()
+        .columns([
+            JournalEntries::Id,
+            JournalEntries::Environment,
+            JournalEntries::Kind,
+            JournalEntries::Type,
+            JournalEntries::OccurredAt,
+            JournalEntries::CorrelationId,
+            JournalEntries::CausationId,
+            JournalEntries::PrincipalKind,
+            JournalEntries::PrincipalId,
+            JournalEntries::PrincipalRoles,
+            JournalEntries::Mfa,
+            JournalEntries::Source,
+            JournalEntries::RequestId,
+            JournalEntries::ClientIp,
+            JournalEntries::UserAgent,
+            JournalEntries::ResourceType,
+            JournalEntries::ResourceId,
+            JournalEntries::Body,
+        ])
+        .from(JournalEntries::Table)
+        .to_owned()
+}
+
+/// Entries of the scope's tenant and environment, oldest first, after `starting_after`.
+pub async fn list(
+    tx: &mut TenantTx,
+    f: &Filter,
+    limit: u32,
+    starting_after: Option<&str>,
+) -> Result<(Vec<Entry>, bool)> {
+    let mut q = select_entries()
+        .and_where(Expr::col(JournalEntries::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(JournalEntries::Environment).eq(tx.scope().environment().as_str()))
+        .order_by(JournalEntries::Id, Order::Asc)
+        .limit(u64::from(limit) + 1)
+        .to_owned();
+    let eq = |q: &mut sea_query::SelectStatement, col: JournalEntries, v: &Option<String>| {
+        if let Some(v) = v {
+            q.and_where(Expr::col(col).eq(v.clone()));
+        }
+    };
+    eq(&mut q, JournalEntries::Kind, &f.kind);
+    eq(&mut q, JournalEntries::Type, &f.type_);
+    eq(&mut q, JournalEntries::ResourceType, &f.resource_type);
+    eq(&mut q, JournalEntries::ResourceId, &f.resource_id);
+    eq(&mut q, JournalEntries::PrincipalId, &f.principal_id);
+    eq(&mut q, JournalEntries::CorrelationId, &f.correlation_id);
+    if let Some(from) = f.from {
+        q.and_where(Expr::col(JournalEntries::OccurredAt).gte(from));
+    }
+    if let Some(to) = f.to {
+        q.and_where(Expr::col(JournalEntries::OccurredAt).lt(to));
+    }
+    if let Some(after) = starting_after {
+        q.and_where(Expr::col(JournalEntries::Id).gt(after));
+    }
+    let mut rows = tx.tx.fetch_all::<Entry>(&q).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok((rows, more))
+}
+
+/// Every entry of the tenant (any environment) with a correlation id, oldest first.
+pub async fn by_correlation(tx: &mut TenantTx, correlation_id: &str) -> Result<Vec<Entry>> {
+    let q = select_entries()
+        .and_where(Expr::col(JournalEntries::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(JournalEntries::CorrelationId).eq(correlation_id))
+        .order_by(JournalEntries::Id, Order::Asc)
+        .limit(10_000)
+        .to_owned();
+    tx.tx.fetch_all::<Entry>(&q).await
+}
