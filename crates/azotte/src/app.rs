@@ -144,7 +144,10 @@ impl Application {
             listener,
             router,
             ctx,
-            workers: WorkerConfig { housekeeping_every: config.housekeeping_interval },
+            workers: WorkerConfig {
+                housekeeping_every: config.housekeeping_interval,
+                ..WorkerConfig::default()
+            },
             shutdown_timeout: config.shutdown_timeout,
         })
     }

@@ -39,6 +39,32 @@ enum Command {
     /// Manage the installation's keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Verify or export the tamper-evident journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Seal what is pending, then recompute every chain (or one tenant's) and check every
+    /// checkpoint signature; exits non-zero on any problem.
+    Verify {
+        /// Tenant id (`ten_…`), or `platform`.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Print a self-contained export of one chain as JSON.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "production")]
+        environment: String,
+    },
+    /// Verify an export file offline (no database, no configuration).
+    VerifyExport {
+        /// The file `azotte journal export` or `GET /v1/journal/export` produced.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,6 +79,9 @@ fn main() -> ExitCode {
     if let Command::Openapi = cli.command {
         print!("{}", azotte_api::openapi_json());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Journal(JournalCommand::VerifyExport { file }) = &cli.command {
+        return verify_export(file);
     }
     let mut overrides = Vec::new();
     if let Command::Serve { listen: Some(l) } = &cli.command {
@@ -120,6 +149,37 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             app.run_until(app::shutdown_signal()).await.map_err(|e| e.to_string())
         }
         Command::Openapi => Ok(()),
+        Command::Journal(cmd) => {
+            let ctx = app::context(
+                &config,
+                Clock::system(),
+                std::sync::Arc::new(azotte_service::mail::ConsoleMailer),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            match cmd {
+                JournalCommand::Verify { tenant } => {
+                    azotte_service::seal::seal_once(&ctx).await.map_err(|e| e.to_string())?;
+                    let reports = azotte_service::seal::verify(&ctx, tenant.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let bad = reports.iter().filter(|r| !r.findings.is_empty()).count();
+                    println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+                    if bad > 0 {
+                        return Err(format!("journal verification found problems in {bad} chain(s)"));
+                    }
+                    Ok(())
+                }
+                JournalCommand::Export { tenant, environment } => {
+                    let e = azotte_service::seal::export(&ctx, &tenant, &environment)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+                    Ok(())
+                }
+                JournalCommand::VerifyExport { .. } => Ok(()),
+            }
+        }
         Command::Keys(KeysCommand::Rotate) => {
             let ctx = app::context(
                 &config,
@@ -132,5 +192,30 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             println!("new JWT signing key: {kid}");
             Ok(())
         }
+    }
+}
+
+/// Offline verification of an export file.
+fn verify_export(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("azotte: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let export: azotte_crypto::chain::Export = match serde_json::from_str(&text) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("azotte: {} is not a journal export: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let report = azotte_crypto::chain::verify_export(&export);
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod aead;
 mod base32;
+pub mod chain;
 pub mod jwt;
 mod mac;
 pub mod tokens;

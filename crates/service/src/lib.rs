@@ -11,6 +11,7 @@ pub mod journal;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
+pub mod seal;
 pub mod security;
 pub mod tenants;
 pub mod users;
@@ -45,6 +46,8 @@ pub struct Ctx {
     pub issuer: String,
     /// Folds repeated security events.
     pub flood: Arc<security::FloodGuard>,
+    /// The journal checkpoint signing key, loaded on first use.
+    pub journal_key: Arc<tokio::sync::OnceCell<(String, [u8; 32])>>,
 }
 
 impl Ctx {
@@ -58,6 +61,7 @@ impl Ctx {
             mailer,
             issuer,
             flood: Default::default(),
+            journal_key: Default::default(),
         }
     }
 

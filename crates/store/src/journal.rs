@@ -168,6 +168,7 @@ pub(crate) async fn insert(
         ])
         .to_owned();
     tx.execute(&q).await?;
+    crate::seal::enqueue(tx, tenant_id, environment).await?;
     Ok(id)
 }
 

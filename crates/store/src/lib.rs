@@ -17,6 +17,7 @@ pub mod journal;
 pub mod memberships;
 pub mod roles;
 mod scope;
+pub mod seal;
 pub mod sessions;
 pub mod tenants;
 #[cfg(any(test, feature = "testing"))]

@@ -14,11 +14,13 @@ use tokio::task::JoinHandle;
 pub struct WorkerConfig {
     /// Interval of the housekeeping pass (expired sessions, later: retention).
     pub housekeeping_every: Duration,
+    /// Interval of the journal sealer (seal lag stays under about this plus one pass).
+    pub seal_every: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { housekeeping_every: Duration::from_secs(60) }
+        Self { housekeeping_every: Duration::from_secs(60), seal_every: Duration::from_millis(200) }
     }
 }
 
@@ -35,8 +37,36 @@ pub async fn housekeeping_once(ctx: &Ctx) -> azotte_service::Result<Housekeeping
 }
 
 /// Starts the workers; they stop when `shutdown` turns true, finishing the pass in progress.
-pub fn spawn(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(ctx: Ctx, config: WorkerConfig, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    let sealer = tokio::spawn(sealer(ctx.clone(), config.seal_every, shutdown.clone()));
+    let housekeeping = tokio::spawn(housekeeping(ctx, config, shutdown));
     tokio::spawn(async move {
+        let _ = tokio::join!(sealer, housekeeping);
+        tracing::info!("workers stopped");
+    })
+}
+
+/// Seals journal entries into their chains, continuously.
+async fn sealer(ctx: Ctx, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = azotte_service::seal::seal_once(&ctx).await {
+                    tracing::warn!(error = %e, "journal sealing failed; will retry");
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+}
+
+async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Receiver<bool>) {
+    {
         let mut tick = tokio::time::interval(config.housekeeping_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -54,6 +84,5 @@ pub fn spawn(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Receiver<bool>
                 break;
             }
         }
-        tracing::info!("workers stopped");
-    })
+    }
 }

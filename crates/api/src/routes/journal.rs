@@ -19,7 +19,12 @@ use crate::extract::{ApiQuery, TenantAuth};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list)).routes(routes!(lineage))
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(lineage))
+        .routes(routes!(verify))
+        .routes(routes!(keys))
+        .routes(routes!(export))
 }
 
 const PROBLEM: &str = "application/problem+json";
@@ -209,4 +214,54 @@ fn tree(entries: Vec<Entry>) -> Vec<EntryView> {
     pending.reverse();
     roots.extend(pending);
     roots
+}
+
+/// Verification of the tenant's chains.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyResponse {
+    /// True when no chain has a problem.
+    ok: bool,
+    /// One report per chain (environment): entries checked, last verified checkpoint, problems.
+    #[schema(value_type = Vec<Object>)]
+    chains: Vec<azotte_crypto::chain::Report>,
+}
+
+/// Recomputes the tenant's hash chains and checkpoint signatures and reports every problem.
+#[utoipa::path(
+    get, path = "/v1/journal/verify", tag = "journal", security(("bearer" = [])),
+    params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment")),
+    responses((status = 200, body = VerifyResponse), (status = 403, body = crate::Problem, content_type = PROBLEM))
+)]
+async fn verify(
+    State(state): State<AppState>,
+    TenantAuth(scope): TenantAuth,
+) -> Result<Json<VerifyResponse>, ApiError> {
+    let chains = azotte_service::seal::verify_tenant(&state.ctx, &scope).await?;
+    Ok(Json(VerifyResponse { ok: chains.iter().all(|c| c.findings.is_empty()), chains }))
+}
+
+/// Public keys of journal checkpoints (kid → hex Ed25519 public key).
+#[derive(Serialize, ToSchema)]
+pub struct JournalKeys {
+    keys: std::collections::BTreeMap<String, String>,
+}
+
+/// The keys that sign journal checkpoints, for offline verification.
+#[utoipa::path(get, path = "/v1/journal/keys", tag = "journal", responses((status = 200, body = JournalKeys)))]
+async fn keys(State(state): State<AppState>) -> Result<Json<JournalKeys>, ApiError> {
+    Ok(Json(JournalKeys { keys: azotte_service::seal::public_keys(&state.ctx).await? }))
+}
+
+/// A self-contained export of the environment's chain (entries, seals, checkpoints, keys),
+/// verifiable offline with `azotte journal verify-export`.
+#[utoipa::path(
+    get, path = "/v1/journal/export", tag = "journal", security(("bearer" = [])),
+    params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment")),
+    responses((status = 200, description = "An `azotte-journal-export/v1` document", body = Object))
+)]
+async fn export(
+    State(state): State<AppState>,
+    TenantAuth(scope): TenantAuth,
+) -> Result<Json<azotte_crypto::chain::Export>, ApiError> {
+    Ok(Json(azotte_service::seal::export_tenant(&state.ctx, &scope).await?))
 }

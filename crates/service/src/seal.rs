@@ -1,0 +1,143 @@
+//! Sealing the journal into signed hash chains, and verifying them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use azotte_crypto::aead;
+use azotte_crypto::chain::{self, Export, Report};
+use azotte_domain::permission::Permission;
+use azotte_store::seal::{self as store_seal, CheckpointPolicy};
+use azotte_store::TenantScope;
+
+use crate::{Ctx, Result, ServiceError};
+
+/// Checkpoint every this many positions…
+pub const CHECKPOINT_EVERY: i64 = 1000;
+/// …or this often when there is anything new.
+pub const CHECKPOINT_INTERVAL: chrono::Duration = chrono::Duration::seconds(60);
+/// An entry unsealed for longer than this is reported by verification.
+pub const MAX_SEAL_LAG_SECS: i64 = 30;
+
+const AAD: &[u8] = b"azotte:journal-signing-key";
+
+/// The journal signing key (kid, seed), created on first use.
+async fn signer(ctx: &Ctx) -> Result<(String, [u8; 32])> {
+    ctx.journal_key
+        .get_or_try_init(|| async {
+            let keys = store_seal::journal_keys(&ctx.db).await?;
+            if let Some(k) = keys.first() {
+                let seed = aead::open(&ctx.keys.seal, &k.private_key, AAD)
+                    .map_err(|_| ServiceError::Internal("journal key does not decrypt".into()))?;
+                let seed: [u8; 32] =
+                    seed.try_into().map_err(|_| ServiceError::Internal("journal key length".into()))?;
+                return Ok((k.kid.clone(), seed));
+            }
+            let seed = *aead::Key::generate().expose();
+            let kid = format!("j{}", ctx.clock.now().format("%Y%m%d%H%M%S"));
+            let sealed = aead::seal(&ctx.keys.seal, &seed, AAD).map_err(ServiceError::internal)?;
+            store_seal::insert_journal_key(
+                &ctx.db,
+                &kid,
+                &sealed,
+                &chain::public_key(&seed),
+                ctx.clock.now(),
+            )
+            .await?;
+            // Another process may have raced us: use whatever is newest now.
+            let keys = store_seal::journal_keys(&ctx.db).await?;
+            let k = keys.first().ok_or_else(|| ServiceError::Internal("journal key vanished".into()))?;
+            if k.kid == kid {
+                Ok((kid, seed))
+            } else {
+                let seed = aead::open(&ctx.keys.seal, &k.private_key, AAD)
+                    .map_err(|_| ServiceError::Internal("journal key".into()))?;
+                Ok((
+                    k.kid.clone(),
+                    seed.try_into().map_err(|_| ServiceError::Internal("journal key length".into()))?,
+                ))
+            }
+        })
+        .await
+        .cloned()
+}
+
+/// Seals what is queued; returns how many entries were sealed.
+pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
+    let (kid, seed) = signer(ctx).await?;
+    let sign = move |msg: &[u8]| (kid.clone(), chain::sign(&seed, msg).to_vec());
+    let mut total = 0;
+    loop {
+        let chains = store_seal::claim(&ctx.db, 200).await?;
+        if chains.is_empty() {
+            return Ok(total);
+        }
+        for (tenant, env) in chains {
+            let policy = CheckpointPolicy { every: CHECKPOINT_EVERY, interval: CHECKPOINT_INTERVAL };
+            total +=
+                store_seal::seal_chain(&ctx.db, &tenant, &env, ctx.clock.now(), policy, &sign).await?.sealed;
+        }
+    }
+}
+
+/// The published checkpoint keys: kid → hex public key.
+pub async fn public_keys(ctx: &Ctx) -> Result<BTreeMap<String, String>> {
+    signer(ctx).await?;
+    Ok(store_seal::journal_keys(&ctx.db)
+        .await?
+        .into_iter()
+        .map(|k| (k.kid, hex::encode(k.public_key)))
+        .collect())
+}
+
+async fn key_map(ctx: &Ctx) -> Result<HashMap<String, [u8; 32]>> {
+    Ok(public_keys(ctx)
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| hex::decode(v).ok().and_then(|b| b.try_into().ok()).map(|b| (k, b)))
+        .collect())
+}
+
+/// Verifies every chain (or one tenant's) straight from the database.
+pub async fn verify(ctx: &Ctx, tenant: Option<&str>) -> Result<Vec<Report>> {
+    let keys = key_map(ctx).await?;
+    let now = ctx.clock.now().timestamp();
+    let mut reports = Vec::new();
+    for (t, e) in store_seal::chains(&ctx.db, tenant).await? {
+        let s = store_seal::chain_state(&ctx.db, &t, &e).await?;
+        let data = chain::ChainData {
+            tenant_id: &t,
+            environment: &e,
+            seals: &s.seals,
+            checkpoints: &s.checkpoints,
+            unsealed: &s.unsealed,
+        };
+        reports.push(chain::verify_chain(data, &keys, now, MAX_SEAL_LAG_SECS));
+    }
+    Ok(reports)
+}
+
+/// Verifies the scope's tenant (all its environments); permission `audit.read`.
+pub async fn verify_tenant(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<Report>> {
+    crate::security::require(ctx, scope, Permission::AuditRead).await?;
+    verify(ctx, Some(&scope.tenant_id().to_string())).await
+}
+
+/// A self-contained export of one chain.
+pub async fn export(ctx: &Ctx, tenant: &str, environment: &str) -> Result<Export> {
+    let keys = public_keys(ctx).await?;
+    let s = store_seal::chain_state(&ctx.db, tenant, environment).await?;
+    Ok(Export {
+        format: "azotte-journal-export/v1".into(),
+        tenant_id: tenant.to_owned(),
+        environment: environment.to_owned(),
+        exported_at: ctx.clock.now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        keys,
+        seals: s.seals,
+        checkpoints: s.checkpoints,
+    })
+}
+
+/// The export of the scope's chain; permission `audit.read`.
+pub async fn export_tenant(ctx: &Ctx, scope: &TenantScope) -> Result<Export> {
+    crate::security::require(ctx, scope, Permission::AuditRead).await?;
+    export(ctx, &scope.tenant_id().to_string(), scope.environment().as_str()).await
+}
