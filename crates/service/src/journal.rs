@@ -49,3 +49,18 @@ pub async fn lineage(ctx: &Ctx, scope: &TenantScope, correlation_id: &str) -> Re
     tx.commit().await?;
     Ok(entries)
 }
+
+/// The timeline of one resource: every journal entry about it, oldest first. Callers check
+/// the resource exists in the scope first, so another tenant's id answers 404.
+pub async fn timeline(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    resource_type: &str,
+    resource_id: &str,
+) -> Result<Vec<Entry>> {
+    crate::security::require(ctx, scope, Permission::AuditRead).await?;
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let entries = journal::timeline(&mut tx, resource_type, resource_id).await?;
+    tx.commit().await?;
+    Ok(entries)
+}

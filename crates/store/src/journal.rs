@@ -435,3 +435,16 @@ pub async fn by_correlation(tx: &mut TenantTx, correlation_id: &str) -> Result<V
         .to_owned();
     tx.tx.fetch_all::<Entry>(&q).await
 }
+
+/// Every entry about one resource in the scope's environment, oldest first: its timeline.
+pub async fn timeline(tx: &mut TenantTx, resource_type: &str, resource_id: &str) -> Result<Vec<Entry>> {
+    let q = select_entries()
+        .and_where(Expr::col(JournalEntries::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(JournalEntries::Environment).eq(tx.scope().environment().as_str()))
+        .and_where(Expr::col(JournalEntries::ResourceType).eq(resource_type))
+        .and_where(Expr::col(JournalEntries::ResourceId).eq(resource_id))
+        .order_by(JournalEntries::Id, Order::Asc)
+        .limit(10_000)
+        .to_owned();
+    tx.tx.fetch_all::<Entry>(&q).await
+}

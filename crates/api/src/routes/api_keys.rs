@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_one))
         .routes(routes!(rotate))
         .routes(routes!(revoke))
+        .routes(routes!(timeline))
 }
 
 /// A key to create. Give a `role`, explicit `permissions`, or both (their union); a key never
@@ -196,4 +197,20 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     Ok(Json(KeyView::new(api_keys::revoke(&state.ctx, &scope, &id).await?, None)))
+}
+
+/// The key's timeline: every journal entry about it, oldest first (permission `audit.read`).
+#[utoipa::path(
+    get, path = "/v1/api-keys/{id}/timeline", tag = "api_keys", security(("bearer" = [])),
+    params(("id" = String, Path), ("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment")),
+    responses((status = 200, body = super::journal::EntryList), (status = 404, body = crate::Problem, content_type = PROBLEM))
+)]
+async fn timeline(
+    State(state): State<AppState>,
+    TenantAuth(scope): TenantAuth,
+    Path(id): Path<String>,
+) -> Result<Json<super::journal::EntryList>, ApiError> {
+    api_keys::get(&state.ctx, &scope, &id).await?;
+    let entries = azotte_service::journal::timeline(&state.ctx, &scope, "api_key", &id).await?;
+    Ok(Json(super::journal::EntryList::timeline(entries)))
 }

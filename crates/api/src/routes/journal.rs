@@ -118,6 +118,13 @@ impl From<Entry> for EntryView {
     }
 }
 
+impl EntryList {
+    /// A whole timeline as one page.
+    pub fn timeline(entries: Vec<Entry>) -> Self {
+        Self { data: entries.into_iter().map(Into::into).collect(), has_more: false, next_cursor: None }
+    }
+}
+
 /// A page of entries.
 #[derive(Serialize, ToSchema)]
 pub struct EntryList {

@@ -62,6 +62,28 @@ async fn a_mutation_records_action_and_outcome_under_one_correlation_id(app: Tes
     let other_env: Value = app.get("/v1/journal").tenant("jco", "production").expect(200).await.json();
     assert!(other_env["data"].as_array().unwrap().iter().all(|e| e["environment"] == "production"));
     app.get("/v1/journal?kind=nonsense").tenant("jco", "development").expect(422).await.problem();
+
+    // The key's timeline, and a revocation extends it.
+    app.request(Method::POST, &format!("/v1/api-keys/{key_id}/revoke"))
+        .tenant("jco", "development")
+        .expect(200)
+        .await;
+    let tl: Value = app
+        .get(&format!("/v1/api-keys/{key_id}/timeline"))
+        .tenant("jco", "development")
+        .expect(200)
+        .await
+        .json();
+    let types: Vec<&str> =
+        tl["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["api_key.create", "api_key.created", "api_key.revoke", "api_key.revoked"]);
+    let p = app
+        .get(&format!("/v1/api-keys/{key_id}/timeline"))
+        .tenant("jco", "staging")
+        .expect(404)
+        .await
+        .problem();
+    assert_eq!(p.code, "api_key_not_found");
 }
 
 async fn a_failed_mutation_leaves_no_entry(app: TestApp) {
@@ -169,7 +191,6 @@ async fn no_personal_data_or_secret_reaches_the_journal(app: TestApp) {
     for f in &forbidden {
         assert!(!rows.contains(f.as_str()), "journal contains `{f}`");
     }
-    let _ = Method::GET;
 }
 
 both!(
