@@ -29,16 +29,29 @@ fn main() {
         });
         let h = chain::entry_hash(&entry);
         prev = chain::chain_next(&prev, seq, &h);
-        seals.push(SealedEntry { seq, entry_id: id, entry_hash: hex::encode(h), chain_hash: hex::encode(prev), entry: Some(entry) });
+        seals.push(SealedEntry {
+            seq,
+            entry_id: id,
+            entry_hash: hex::encode(h),
+            chain_hash: hex::encode(prev),
+            entry: Some(entry),
+        });
         if seq % 1000 == 0 || seq == n {
             let at = "2026-11-25T21:00:00.000000Z";
             let sig = chain::sign(&seed, &chain::checkpoint_message("t", "production", seq, &prev, at));
-            checkpoints.push(Checkpoint { seq, chain_hash: hex::encode(prev), signed_at: at.into(), kid: "j1".into(), signature: hex::encode(sig) });
+            checkpoints.push(Checkpoint {
+                seq,
+                chain_hash: hex::encode(prev),
+                signed_at: at.into(),
+                kid: "j1".into(),
+                signature: hex::encode(sig),
+            });
         }
     }
     let keys: HashMap<String, [u8; 32]> = [("j1".to_owned(), chain::public_key(&seed))].into_iter().collect();
 
-    let canon: Vec<String> = seals.iter().map(|s| chain::canonical_json(s.entry.as_ref().unwrap_or(&json!(null)))).collect();
+    let canon: Vec<String> =
+        seals.iter().map(|s| chain::canonical_json(s.entry.as_ref().unwrap_or(&json!(null)))).collect();
     let bytes: usize = canon.iter().map(String::len).sum();
     let t = Instant::now();
     let mut acc = 0u8;
@@ -47,7 +60,13 @@ fn main() {
     }
     let base = t.elapsed().as_secs_f64();
 
-    let data = ChainData { tenant_id: "t", environment: "production", seals: &seals, checkpoints: &checkpoints, unsealed: &[] };
+    let data = ChainData {
+        tenant_id: "t",
+        environment: "production",
+        seals: &seals,
+        checkpoints: &checkpoints,
+        unsealed: &[],
+    };
     let t = Instant::now();
     let report = chain::verify_chain(data, &keys, 0, 0);
     let full = t.elapsed().as_secs_f64();

@@ -14,44 +14,99 @@ use sha2::{Digest, Sha256};
 
 /// Canonical JSON text of a value: sorted keys, no whitespace.
 pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write(&mut out, v);
-    out
+    let mut out = Vec::new();
+    canonical_into(&mut out, v);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write(out: &mut String, v: &Value) {
+/// Appends the canonical JSON of `v` to `out` (no allocation per value; verification reuses
+/// one buffer for every entry).
+pub fn canonical_into(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
+            let mut fields: Vec<(&String, &Value)> = m.iter().collect();
+            fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, x)) in fields.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                write(out, &m[k.as_str()]);
+                write_str(out, k);
+                out.push(b':');
+                canonical_into(out, x);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(a) => {
-            out.push('[');
+            out.push(b'[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                write(out, x);
+                canonical_into(out, x);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        Value::String(s) => write_str(out, s),
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            use std::io::Write;
+            let _ = write!(out, "{n}");
+        }
     }
+}
+
+/// A JSON string with serde_json's escaping: `"` `\` and control characters only.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(b >> 4) as usize],
+                    HEX[(b & 0xf) as usize],
+                ]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// SHA-256 of an entry's canonical JSON.
 pub fn entry_hash(entry: &Value) -> [u8; 32] {
-    Sha256::digest(canonical_json(entry).as_bytes()).into()
+    let mut buf = Vec::with_capacity(1024);
+    entry_hash_with(&mut buf, entry)
+}
+
+/// As [`entry_hash`], reusing `buf`.
+pub fn entry_hash_with(buf: &mut Vec<u8>, entry: &Value) -> [u8; 32] {
+    buf.clear();
+    canonical_into(buf, entry);
+    Sha256::digest(&buf[..]).into()
 }
 
 /// The chain value after appending `entry_hash` at position `seq` (1-based).
@@ -107,6 +162,16 @@ mod tests {
         assert_eq!(canonical_json(&a), r#"{"a":{"c":null,"z":[1,{"x":"é","y":2}]},"b":1}"#);
         let b: Value = serde_json::from_str(r#"{"a":{"z":[1,{"x":"é","y":2}],"c":null},"b":1}"#).unwrap();
         assert_eq!(entry_hash(&a), entry_hash(&b));
+    }
+
+    #[test]
+    fn canonical_strings_escape_like_serde_json() {
+        for s in ["plain", "quote\" back\\slash", "ctl\u{1}\u{1f}\n\r\t\u{8}\u{c}", "ünïcødé ✓", "/"] {
+            let v = Value::String(s.to_owned());
+            assert_eq!(canonical_json(&v), serde_json::to_string(&v).unwrap());
+        }
+        let n = json!([1, -2, 3.5, 1e20, u64::MAX]);
+        assert_eq!(canonical_json(&n), serde_json::to_string(&n).unwrap());
     }
 
     #[test]
@@ -212,7 +277,9 @@ fn id_millis(id: &str) -> Option<u64> {
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
-    hex::decode(s).ok()?.try_into().ok()
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
 }
 
 /// One chain's stored state, as verification reads it.
@@ -239,8 +306,11 @@ pub fn verify_chain(
     sorted.sort_by_key(|s| s.seq);
     let mut prev = [0u8; 32];
     let mut expected = 1;
+    // Chain values are kept only where a checkpoint needs them.
+    let wanted: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.seq).collect();
     let mut chain_at = std::collections::HashMap::new();
     let mut newest_ms = 0u64;
+    let mut buf = Vec::with_capacity(2048);
     for s in &sorted {
         while expected < s.seq {
             findings.push(Finding::MissingPosition { seq: expected });
@@ -251,18 +321,21 @@ pub fn verify_chain(
             None => findings.push(Finding::DeletedEntry { seq: s.seq, entry_id: s.entry_id.clone() }),
             Some(e) => {
                 let same_id = e.get("id").and_then(Value::as_str) == Some(s.entry_id.as_str());
-                if !same_id || hex::encode(entry_hash(e)) != s.entry_hash {
+                if !same_id || unhex32(&s.entry_hash) != Some(entry_hash_with(&mut buf, e)) {
                     findings.push(Finding::ModifiedEntry { seq: s.seq, entry_id: s.entry_id.clone() });
                 }
             }
         }
         let recorded = unhex32(&s.entry_hash).unwrap_or([0; 32]);
         let chain = chain_next(&prev, s.seq, &recorded);
-        if hex::encode(chain) != s.chain_hash {
+        let stored = unhex32(&s.chain_hash);
+        if stored != Some(chain) {
             findings.push(Finding::ChainBroken { seq: s.seq, entry_id: s.entry_id.clone() });
         }
-        prev = unhex32(&s.chain_hash).unwrap_or(chain);
-        chain_at.insert(s.seq, s.chain_hash.clone());
+        prev = stored.unwrap_or(chain);
+        if wanted.contains(&s.seq) {
+            chain_at.insert(s.seq, s.chain_hash.clone());
+        }
         if let Some(ms) = id_millis(&s.entry_id) {
             if ms + REORDER_TOLERANCE_MS < newest_ms {
                 findings.push(Finding::InsertedEntry { seq: s.seq, entry_id: s.entry_id.clone() });
