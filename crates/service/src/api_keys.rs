@@ -144,7 +144,7 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, req: KeyRequest) -> Result<I
 /// Keys of the scope's environment.
 pub async fn list(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<ApiKey>> {
     crate::security::require(ctx, scope, Permission::ApiKeyRead).await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let keys = api_keys::list(&mut tx).await?;
     tx.commit().await?;
     Ok(keys)
@@ -153,7 +153,7 @@ pub async fn list(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<ApiKey>> {
 /// One key.
 pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<ApiKey> {
     crate::security::require(ctx, scope, Permission::ApiKeyRead).await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let key = api_keys::get(&mut tx, id).await?.ok_or(ServiceError::NotFound { resource: "api_key" })?;
     tx.commit().await?;
     Ok(key)

@@ -34,7 +34,7 @@ pub async fn list(
 ) -> Result<(Vec<Entry>, bool)> {
     crate::security::require(ctx, scope, Permission::AuditRead).await?;
     note_platform_read(ctx, scope, "journal").await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let page = journal::list(&mut tx, filter, limit, starting_after).await?;
     tx.commit().await?;
     Ok(page)
@@ -44,7 +44,7 @@ pub async fn list(
 pub async fn lineage(ctx: &Ctx, scope: &TenantScope, correlation_id: &str) -> Result<Vec<Entry>> {
     crate::security::require(ctx, scope, Permission::AuditRead).await?;
     note_platform_read(ctx, scope, "lineage").await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let entries = journal::by_correlation(&mut tx, correlation_id).await?;
     tx.commit().await?;
     Ok(entries)
@@ -59,7 +59,7 @@ pub async fn timeline(
     resource_id: &str,
 ) -> Result<Vec<Entry>> {
     crate::security::require(ctx, scope, Permission::AuditRead).await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let entries = journal::timeline(&mut tx, resource_type, resource_id).await?;
     tx.commit().await?;
     Ok(entries)

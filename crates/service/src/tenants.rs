@@ -132,7 +132,7 @@ pub async fn update(
 /// The caller's own tenant and environment.
 pub async fn current(ctx: &Ctx, scope: &TenantScope) -> Result<(Tenant, EnvironmentRecord)> {
     crate::security::require(ctx, scope, Permission::TenantRead).await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let current = tenants::current(&mut tx).await?;
     tx.commit().await?;
     Ok(current)

@@ -169,7 +169,7 @@ pub async fn accept_invitation(
 /// Members of the tenant.
 pub async fn list_members(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<Member>> {
     crate::security::require(ctx, scope, Permission::UserRead).await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let m = memberships::list(&mut tx).await?;
     tx.commit().await?;
     Ok(m)
@@ -301,7 +301,7 @@ pub async fn create_role(
 /// Custom roles of the tenant.
 pub async fn list_roles(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<CustomRole>> {
     crate::security::require(ctx, scope, Permission::RoleRead).await?;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let r = roles::list(&mut tx).await?;
     tx.commit().await?;
     Ok(r)

@@ -212,8 +212,21 @@ impl Db {
     /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
     /// every statement in it to that tenant and environment.
     pub async fn tenant_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
-        let mut tx = self.unscoped_tx().await?;
+        self.tenant_tx_inner(scope, false).await
+    }
+
+    /// A read-only transaction inside one tenant environment: on SQLite it does not take the
+    /// write lock, on PostgreSQL the database refuses any write in it.
+    pub async fn tenant_read_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
+        self.tenant_tx_inner(scope, true).await
+    }
+
+    async fn tenant_tx_inner(&self, scope: &TenantScope, read_only: bool) -> Result<TenantTx> {
+        let mut tx = if read_only { self.unscoped_read_tx().await? } else { self.unscoped_tx().await? };
         if let Tx::Postgres(t) = &mut tx {
+            if read_only {
+                sqlx::query("SET TRANSACTION READ ONLY").execute(&mut **t).await?;
+            }
             sqlx::query(
                 "SELECT set_config('azotte.tenant_id', $1, true), set_config('azotte.environment', $2, true)",
             )
