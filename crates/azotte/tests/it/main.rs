@@ -8,5 +8,7 @@ mod cli;
 mod health;
 mod http_errors;
 mod identity;
+mod jwt_attacks;
 mod openapi;
+mod route_walk;
 mod tenants;
