@@ -183,6 +183,67 @@ impl FromRequestParts<AppState> for TenantAuth {
     }
 }
 
+/// A permission an extractor checks, as a type (`Allowed<need::UserInvite>`).
+pub trait Need: Send + Sync + 'static {
+    /// The permission.
+    const PERMISSION: azotte_domain::permission::Permission;
+}
+
+/// Permission markers for [`Allowed`] and [`PlatformAllowed`].
+pub mod need {
+    macro_rules! needs {
+        ($($name:ident),+ $(,)?) => {$(
+            #[doc = concat!("Needs `", stringify!($name), "`.")]
+            pub struct $name;
+            impl super::Need for $name {
+                const PERMISSION: azotte_domain::permission::Permission = azotte_domain::permission::Permission::$name;
+            }
+        )+};
+    }
+    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage);
+}
+
+/// A tenant scope that holds permission `N`, checked (and a denial journaled) before the
+/// request body is read, so a caller without the permission learns nothing from validation.
+pub struct Allowed<N: Need>(pub TenantScope, pub std::marker::PhantomData<N>);
+
+impl<N: Need> FromRequestParts<AppState> for Allowed<N> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let TenantAuth(scope) = TenantAuth::from_request_parts(parts, state).await?;
+        azotte_service::security::require(&state.ctx, &scope, N::PERMISSION).await?;
+        Ok(Allowed(scope, std::marker::PhantomData))
+    }
+}
+
+/// A platform scope that holds permission `N`, checked before the request body is read.
+pub struct PlatformAllowed<N: Need>(pub PlatformScope, pub std::marker::PhantomData<N>);
+
+impl<N: Need> FromRequestParts<AppState> for PlatformAllowed<N> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let PlatformAuth(scope) = PlatformAuth::from_request_parts(parts, state).await?;
+        azotte_service::security::require_platform(&state.ctx, &scope, N::PERMISSION).await?;
+        Ok(PlatformAllowed(scope, std::marker::PhantomData))
+    }
+}
+
+/// A tenant scope allowed to manage API keys (a person with fresh MFA and `api_key.manage`),
+/// checked before the request body is read.
+pub struct KeyManager(pub TenantScope);
+
+impl FromRequestParts<AppState> for KeyManager {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let TenantAuth(scope) = TenantAuth::from_request_parts(parts, state).await?;
+        azotte_service::api_keys::authorize_management(&state.ctx, &scope).await?;
+        Ok(KeyManager(scope))
+    }
+}
+
 /// The client's address as the socket saw it.
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 

@@ -33,6 +33,13 @@ pub struct IssuedKey {
     pub secret: Secret<String>,
 }
 
+/// Whether the scope may manage keys: a person (never a key) with MFA in the last 10 minutes,
+/// holding `api_key.manage`. The HTTP layer calls this before it reads the request body.
+pub async fn authorize_management(ctx: &Ctx, scope: &TenantScope) -> Result<()> {
+    require_fresh_human(ctx, scope)?;
+    crate::security::require(ctx, scope, Permission::ApiKeyManage).await
+}
+
 /// Key management needs a person (never a key) who completed MFA within the last 10 minutes.
 fn require_fresh_human(ctx: &Ctx, scope: &TenantScope) -> Result<()> {
     match scope.credential() {

@@ -134,7 +134,7 @@ fn select() -> sea_query::SelectStatement {
 }
 
 /// The tenant that owns a key id (platform directory; holds no secret).
-pub(crate) async fn owner_of(tx: &mut Tx, key_id: &str) -> Result<Option<String>> {
+pub(crate) async fn owner_of(db: &crate::Db, key_id: &str) -> Result<Option<String>> {
     #[derive(sqlx::FromRow)]
     struct Owner {
         owner_tenant_id: String,
@@ -144,7 +144,7 @@ pub(crate) async fn owner_of(tx: &mut Tx, key_id: &str) -> Result<Option<String>
         .from(ApiKeyDirectory::Table)
         .and_where(Expr::col(ApiKeyDirectory::KeyId).eq(key_id))
         .to_owned();
-    Ok(tx.fetch_optional::<Owner>(&q).await?.map(|o| o.owner_tenant_id))
+    Ok(db.read_optional::<Owner>(&q).await?.map(|o| o.owner_tenant_id))
 }
 
 /// A key by its public key id, inside the tenant set on the transaction.

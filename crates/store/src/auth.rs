@@ -118,10 +118,9 @@ pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<(User, UserSec
 
 /// A user and their factors, by id.
 pub async fn user_by_id(db: &Db, id: UserId) -> Result<Option<(User, UserSecrets)>> {
-    let mut tx = db.unscoped_read_tx().await?;
-    let u = users::by_id(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok(u)
+    let q =
+        users::select_users().and_where(Expr::col((Users::Table, Users::Id)).eq(id.to_string())).to_owned();
+    db.read_optional::<users::UserRow>(&q).await?.map(users::UserRow::split).transpose()
 }
 
 /// Stores a sealed TOTP secret awaiting confirmation (replacing an unconfirmed one). Refused
@@ -334,10 +333,7 @@ pub async fn authenticate_api_key(
     matches: impl Fn(&str) -> bool,
     now: DateTime<Utc>,
 ) -> std::result::Result<(TenantScope, Tenant), AuthError> {
-    let mut dir = db.unscoped_read_tx().await?;
-    let owner = api_keys::owner_of(&mut dir, key_id).await?;
-    dir.commit().await?;
-    let owner = owner.ok_or(AuthError::InvalidCredentials)?;
+    let owner = api_keys::owner_of(db, key_id).await?.ok_or(AuthError::InvalidCredentials)?;
     let (mut tx, tenant) = match open_tenant(db, tenant_ref).await {
         Err(AuthError::TenantNotFound) => return Err(AuthError::TenantMismatch),
         other => other?,

@@ -174,6 +174,24 @@ impl Db {
         }
     }
 
+    /// One read of platform tables outside any transaction: a single round trip, for the
+    /// authentication hot path.
+    pub(crate) async fn read_optional<T: crate::exec::DbRow>(
+        &self,
+        stmt: &impl sea_query_binder::SqlxBinder,
+    ) -> Result<Option<T>> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => {
+                let (sql, values) = stmt.build_sqlx(sea_query::SqliteQueryBuilder);
+                sqlx::query_as_with(&sql, values).fetch_optional(p).await?
+            }
+            Pool::Postgres(p) => {
+                let (sql, values) = stmt.build_sqlx(sea_query::PostgresQueryBuilder);
+                sqlx::query_as_with(&sql, values).fetch_optional(p).await?
+            }
+        })
+    }
+
     /// A read-only transaction with no tenant set: sees only platform tables.
     pub(crate) async fn unscoped_read_tx(&self) -> Result<Tx> {
         Ok(match &self.pool {
@@ -222,11 +240,12 @@ impl Db {
     }
 
     async fn tenant_tx_inner(&self, scope: &TenantScope, read_only: bool) -> Result<TenantTx> {
-        let mut tx = if read_only { self.unscoped_read_tx().await? } else { self.unscoped_tx().await? };
+        let mut tx = match (&self.pool, read_only) {
+            (Pool::Postgres(p), true) => Tx::Postgres(p.begin_with("BEGIN READ ONLY").await?),
+            (_, true) => self.unscoped_read_tx().await?,
+            (_, false) => self.unscoped_tx().await?,
+        };
         if let Tx::Postgres(t) = &mut tx {
-            if read_only {
-                sqlx::query("SET TRANSACTION READ ONLY").execute(&mut **t).await?;
-            }
             sqlx::query(
                 "SELECT set_config('azotte.tenant_id', $1, true), set_config('azotte.environment', $2, true)",
             )

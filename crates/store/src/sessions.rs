@@ -263,9 +263,10 @@ pub async fn mark_mfa(db: &Db, id: SessionId, amr: &[String], now: DateTime<Utc>
 
 /// A family that is neither revoked nor expired.
 pub async fn live(db: &Db, id: SessionId, now: DateTime<Utc>) -> Result<Option<Family>> {
-    let mut tx = db.unscoped_read_tx().await?;
-    let f = family(&mut tx, &id.to_string()).await?;
-    tx.commit().await?;
+    let q = select_family()
+        .and_where(Expr::col((SessionFamilies::Table, SessionFamilies::Id)).eq(id.to_string()))
+        .to_owned();
+    let f = db.read_optional::<FamilyRow>(&q).await?.map(Family::try_from).transpose()?;
     Ok(f.filter(|f| !f.revoked && f.expires_at > now))
 }
 

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::extract::{ApiJson, TenantAuth};
+use crate::extract::{ApiJson, KeyManager, TenantAuth};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -121,7 +121,7 @@ const PROBLEM: &str = "application/problem+json";
 )]
 async fn create(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    KeyManager(scope): KeyManager,
     ApiJson(b): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let issued = api_keys::create(
@@ -176,7 +176,7 @@ async fn get_one(
 )]
 async fn rotate(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    KeyManager(scope): KeyManager,
     Path(id): Path<String>,
     ApiJson(b): ApiJson<RotateKey>,
 ) -> Result<Json<KeyView>, ApiError> {
@@ -193,7 +193,7 @@ async fn rotate(
 )]
 async fn revoke(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    KeyManager(scope): KeyManager,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     Ok(Json(KeyView::new(api_keys::revoke(&state.ctx, &scope, &id).await?, None)))

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::auth::TokenResponse;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, Patch, TenantAuth};
+use crate::extract::{need, Allowed, ApiJson, Patch, TenantAuth};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -173,7 +173,7 @@ async fn list_members(
     responses((status = 201, body = InvitationView), (status = 409, description = "`already_a_member`", body = crate::Problem, content_type = PROBLEM)))]
 async fn invite(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    Allowed(scope, _): Allowed<need::UserInvite>,
     ApiJson(b): ApiJson<InviteRequest>,
 ) -> Result<(StatusCode, Json<InvitationView>), ApiError> {
     let inv = users::invite(&state.ctx, &scope, &b.email, b.roles).await?;
@@ -201,7 +201,7 @@ async fn accept(
     responses((status = 200, body = MemberView), (status = 404, body = crate::Problem, content_type = PROBLEM)))]
 async fn update_member(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    Allowed(scope, _): Allowed<need::UserManage>,
     Path(id): Path<String>,
     ApiJson(b): ApiJson<UpdateMember>,
 ) -> Result<Json<MemberView>, ApiError> {
@@ -214,7 +214,7 @@ async fn update_member(
     responses((status = 204), (status = 404, body = crate::Problem, content_type = PROBLEM)))]
 async fn remove_member(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    Allowed(scope, _): Allowed<need::UserManage>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     users::remove_member(&state.ctx, &scope, user_id(&id)?).await?;
@@ -228,7 +228,7 @@ async fn remove_member(
     responses((status = 201, body = RoleView), (status = 409, description = "`role_name_taken`", body = crate::Problem, content_type = PROBLEM)))]
 async fn create_role(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    Allowed(scope, _): Allowed<need::RoleManage>,
     ApiJson(b): ApiJson<CreateRole>,
 ) -> Result<(StatusCode, Json<RoleView>), ApiError> {
     let r = users::create_role(&state.ctx, &scope, &b.name, &b.description, &b.permissions).await?;
@@ -254,7 +254,7 @@ async fn list_roles(
     responses((status = 200, body = RoleView), (status = 404, body = crate::Problem, content_type = PROBLEM)))]
 async fn update_role(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    Allowed(scope, _): Allowed<need::RoleManage>,
     Path(id): Path<String>,
     ApiJson(b): ApiJson<UpdateRole>,
 ) -> Result<Json<RoleView>, ApiError> {
@@ -271,7 +271,7 @@ async fn update_role(
     responses((status = 204), (status = 409, description = "`role_in_use`", body = crate::Problem, content_type = PROBLEM)))]
 async fn delete_role(
     State(state): State<AppState>,
-    TenantAuth(scope): TenantAuth,
+    Allowed(scope, _): Allowed<need::RoleManage>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     users::delete_role(&state.ctx, &scope, &id).await?;

@@ -33,57 +33,13 @@ const AUTHENTICATED_ONLY: &[(&str, &str)] = &[
     ("POST", "/v1/auth/mfa/verify"),
 ];
 
-/// Known deviations (reported, not yet fixed): these routes decode the body or parse the path id
-/// before checking the permission, so a caller lacking the permission gets the validation answer
-/// (`status`, for `{}` and the walk's filler id) instead of 403. The walk asserts they still
-/// deviate, so an entry must be removed once its route is fixed, and that `retry` (a path and a
-/// body that get past validation) is then refused with 403: the permission itself is enforced.
-/// A route not listed here must answer 403 straight away.
-const VALIDATES_BEFORE_PERMISSION: &[Deviation] = &[
-    Deviation {
-        method: "POST",
-        template: "/v1/platform/tenants",
-        status: 422,
-        retry_path: "/v1/platform/tenants",
-        retry_body: r#"{"slug": "never-created", "name": "Never created"}"#,
-    },
-    Deviation {
-        method: "POST",
-        template: "/v1/api-keys",
-        status: 422,
-        retry_path: "/v1/api-keys",
-        retry_body: r#"{"description": "never created", "role": "tenant_admin"}"#,
-    },
-    Deviation {
-        method: "POST",
-        template: "/v1/roles",
-        status: 422,
-        retry_path: "/v1/roles",
-        retry_body: r#"{"name": "never_created", "permissions": ["catalog.read"]}"#,
-    },
-    Deviation {
-        method: "POST",
-        template: "/v1/users/invitations",
-        status: 422,
-        retry_path: "/v1/users/invitations",
-        retry_body: r#"{"email": "never@example.com", "roles": ["read_only"]}"#,
-    },
-    Deviation {
-        method: "PATCH",
-        template: "/v1/users/{id}",
-        status: 422,
-        retry_path: "/v1/users/usr_01jdq3m9x7e5k4w2c8v6b0n1p2",
-        retry_body: r#"{"roles": ["read_only"]}"#,
-    },
-    // A malformed user id is "not found" before the permission is looked at.
-    Deviation {
-        method: "DELETE",
-        template: "/v1/users/{id}",
-        status: 404,
-        retry_path: "/v1/users/usr_01jdq3m9x7e5k4w2c8v6b0n1p2",
-        retry_body: "",
-    },
-];
+/// Known deviations: routes that would decode the body or parse the path id before checking the
+/// permission, so a caller lacking the permission would get the validation answer (`status`,
+/// for `{}` and the walk's filler id) instead of 403. None remain: mutating routes authorize in
+/// an extractor (`Allowed<need::…>`, `KeyManager`) that runs before the body is read. An entry
+/// here is asserted to still deviate, and its `retry` (a request that gets past validation) to be
+/// refused with 403. A route not listed here must answer 403 straight away.
+const VALIDATES_BEFORE_PERMISSION: &[Deviation] = &[];
 
 /// A route that answers a caller lacking its permission with a validation error first.
 struct Deviation {

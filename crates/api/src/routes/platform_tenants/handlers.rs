@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::dto::{CreateTenant, ListParams, TenantList, TenantView, UpdateTenant};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery, PlatformAuth};
+use crate::extract::{need, ApiJson, ApiQuery, PlatformAllowed, PlatformAuth};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,7 +39,7 @@ fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
 )]
 async fn create(
     State(state): State<AppState>,
-    PlatformAuth(scope): PlatformAuth,
+    PlatformAllowed(scope, _): PlatformAllowed<need::PlatformTenantWrite>,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<(StatusCode, [(header::HeaderName, HeaderValue); 1], Json<TenantView>), ApiError> {
     let (tenant, envs) =
@@ -118,7 +118,7 @@ async fn get_one(
 )]
 async fn update(
     State(state): State<AppState>,
-    PlatformAuth(scope): PlatformAuth,
+    PlatformAllowed(scope, _): PlatformAllowed<need::PlatformTenantWrite>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateTenant>,
 ) -> Result<Json<TenantView>, ApiError> {
