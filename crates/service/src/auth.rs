@@ -175,6 +175,22 @@ pub async fn exchange_bootstrap(
     .await?
     .ok_or_else(ServiceError::unauthenticated)?;
     tracing::info!(user_id = %user.id, "bootstrap secret exchanged for a password");
+    let principal = Principal {
+        kind: PrincipalKind::PlatformUser,
+        id: user.id.to_string(),
+        roles: user.platform_roles.clone(),
+    };
+    let uid = user.id.to_string();
+    journal::record_security(
+        &ctx.db,
+        None,
+        now,
+        "bootstrap.exchanged",
+        &principal,
+        Some(("user", &uid)),
+        serde_json::json!({}),
+    )
+    .await?;
     open_session(ctx, &user, None, vec!["pwd".into()], None).await
 }
 
@@ -429,8 +445,13 @@ pub async fn refresh(ctx: &Ctx, refresh_token: &str) -> Result<Tokens> {
 }
 
 /// Ends the session of a credential.
-pub async fn logout(ctx: &Ctx, family_id: SessionId) -> Result<()> {
-    sessions::revoke(&ctx.db, family_id, "logout", ctx.clock.now()).await?;
+pub async fn logout(ctx: &Ctx, principal: &Principal, family_id: SessionId) -> Result<()> {
+    let now = ctx.clock.now();
+    sessions::revoke(&ctx.db, family_id, "logout", now).await?;
+    let sid = family_id.to_string();
+    let body = serde_json::json!({"reason": "logout"});
+    journal::record_security(&ctx.db, None, now, "session.revoked", principal, Some(("session", &sid)), body)
+        .await?;
     Ok(())
 }
 
@@ -528,7 +549,11 @@ pub async fn authenticate_tenant(
     })?;
     let (scope, _) = store_auth::enter_tenant(&ctx.db, &family, &user, tenant_ref, env).await?;
     if scope.is_platform_access() {
-        tracing::info!(tenant_id = %scope.tenant_id(), principal = %scope.principal(), "platform access to tenant data");
+        // Platform staff inside a tenant is always on the tenant's record (folded per minute).
+        let p = scope.principal().clone();
+        let body = serde_json::json!({"decision": "allow", "permission": "platform.tenant.access"});
+        let target = Some((scope.tenant_id(), scope.environment().as_str()));
+        crate::security::record(ctx, target, "audit.platform_access", &p, &p.id, body).await?;
     }
     Ok(scope)
 }

@@ -95,6 +95,17 @@ pub async fn confirm_enrolment(ctx: &Ctx, scope: &PlatformScope, code: &str) -> 
             field: None,
         });
     }
+    let uid = user.id.to_string();
+    azotte_store::journal::record_security(
+        &ctx.db,
+        None,
+        now,
+        "mfa.enabled",
+        scope.principal(),
+        Some(("user", &uid)),
+        serde_json::json!({"method": "totp"}),
+    )
+    .await?;
     if let Credential::Session { family_id, amr, .. } = scope.credential() {
         let mut amr = amr.clone();
         if !amr.iter().any(|m| m == "otp") {

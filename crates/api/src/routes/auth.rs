@@ -216,7 +216,7 @@ async fn logout(
     PlatformAuth(scope): PlatformAuth,
 ) -> Result<StatusCode, ApiError> {
     if let azotte_store::Credential::Session { family_id, .. } = scope.credential() {
-        auth::logout(&state.ctx, *family_id).await?;
+        auth::logout(&state.ctx, scope.principal(), *family_id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -26,8 +26,10 @@ async fn a_mutation_records_action_and_outcome_under_one_correlation_id(app: Tes
         .json();
     let entries = page["data"].as_array().unwrap();
     let types: Vec<&str> = entries.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["api_key.create", "api_key.created"]);
-    let (action, outcome) = (&entries[0], &entries[1]);
+    // The first request of a platform administrator inside the tenant is itself on record.
+    assert_eq!(types, ["audit.platform_access", "api_key.create", "api_key.created"]);
+    assert_eq!(entries[0]["kind"], "decision");
+    let (action, outcome) = (&entries[1], &entries[2]);
     assert_eq!(action["kind"], "action");
     assert_eq!(outcome["kind"], "outcome");
     assert_eq!(outcome["causation_id"], action["id"]);
@@ -46,10 +48,21 @@ async fn a_mutation_records_action_and_outcome_under_one_correlation_id(app: Tes
     let lineage: Value =
         app.get(&format!("/v1/lineage/{trace}")).tenant("jco", "development").expect(200).await.json();
     let roots = lineage["roots"].as_array().unwrap();
-    assert_eq!(roots.len(), 1);
-    assert_eq!(roots[0]["type"], "api_key.create");
-    assert_eq!(roots[0]["children"][0]["type"], "api_key.created");
+    let root_types: Vec<&str> = roots.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(root_types, ["audit.platform_access", "api_key.create"]);
+    assert_eq!(roots[1]["children"][0]["type"], "api_key.created");
     app.get("/v1/lineage/nothing-here").tenant("jco", "development").expect(404).await.problem();
+
+    // The platform administrator acting inside the tenant is on the tenant's record.
+    let pa: Value = app
+        .get("/v1/journal?type=audit.platform_access")
+        .tenant("jco", "development")
+        .expect(200)
+        .await
+        .json();
+    let pa = pa["data"].as_array().unwrap();
+    assert!(!pa.is_empty());
+    assert_eq!(pa[0]["principal"]["kind"], "platform_user");
 
     // Filters.
     let only: Value = app
