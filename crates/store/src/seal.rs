@@ -308,16 +308,13 @@ pub async fn seal_chain(
     let mut tx = db.unscoped_tx().await?;
     enter(&mut tx, tenant).await?;
     if let Tx::Postgres(t) = &mut tx {
-        let got: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_xact_lock(hashtext('azotte.seal:' || $1 || ':' || $2))",
-        )
-        .bind(tenant)
-        .bind(env)
-        .fetch_one(&mut **t)
-        .await?;
-        if !got {
-            return Ok(SealPass::default());
-        }
+        // One sealer per chain at a time. Waiting (rather than skipping) means that when a pass
+        // returns, everything that was queued before it started is sealed.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('azotte.seal:' || $1 || ':' || $2))")
+            .bind(tenant)
+            .bind(env)
+            .execute(&mut **t)
+            .await?;
     }
     let pending = entries(&mut tx, tenant, env, true, 10_000).await?;
     if pending.is_empty() {

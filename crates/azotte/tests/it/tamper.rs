@@ -108,7 +108,12 @@ async fn a_forged_entry_is_named_before_and_after_sealing(app: TestApp) {
     );
     assert_eq!(app.raw_exec(&sql).await.unwrap(), 1);
     let f = findings(&app).await;
-    assert!(has(&f, "unsealed_too_long", Some(&forged)), "{f:#?}");
+    // Unsealed and too old — unless the background sealer got to it first (any new entry of the
+    // chain queues it), in which case it is already an out-of-order insertion.
+    assert!(
+        has(&f, "unsealed_too_long", Some(&forged)) || has(&f, "inserted_entry", Some(&forged)),
+        "{f:#?}"
+    );
     // The sealer picks it up only if someone queues the chain; force it as an attacker might.
     app.raw_exec("INSERT INTO journal_seal_queue (owner_tenant_id, owner_environment, bucket) SELECT tenant_id, environment, 99 FROM journal_entries WHERE type = 'role.created' LIMIT 1").await.unwrap();
     azotte_service::seal::seal_once(&app.ctx).await.unwrap();
