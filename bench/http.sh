@@ -37,7 +37,9 @@ log() { echo "bench/http.sh: $*" >&2; }
 for v in DURATION CONNECTIONS WARMUP; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "BENCH_$v must be a whole number, got '${!v}'"
 done
-[ "$DURATION" -ge 1 ] || die "BENCH_DURATION must be at least 1"
+# Bounded: each backend's runs must also finish well inside the 15-minute access token lifetime.
+[ "$DURATION" -ge 1 ] && [ "$DURATION" -le 300 ] || die "BENCH_DURATION must be between 1 and 300 seconds"
+[ "$WARMUP" -le 60 ] || die "BENCH_WARMUP must be at most 60 seconds"
 [ "$CONNECTIONS" -ge "$THREADS" ] || die "BENCH_CONNECTIONS must be at least $THREADS"
 for b in $BACKENDS; do
   case $b in sqlite | postgres) ;; *) die "unknown backend '$b' in BENCH_BACKENDS" ;; esac
@@ -134,12 +136,13 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # CPU ticks (user + system) of one process, or 0 if it is gone.
 proc_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# CPU ticks of the throw-away PostgreSQL cluster: the postmaster and its children (the backends
-# are long-lived pool connections, so before/after differences are meaningful).
+# CPU ticks of the throw-away PostgreSQL cluster: the postmaster including its exited children
+# (backends of connections closed during the run), plus its live children.
 pg_ticks() {
-  local pm total=0 p
+  local pm total p
   pm=$(head -n 1 "$PG_DIR/data/postmaster.pid" 2>/dev/null) || { echo 0; return; }
-  for p in "$pm" $(pgrep -P "$pm" || true); do
+  total=$(awk '{sub(/.*\) /, ""); print $12 + $13 + $14 + $15}' "/proc/$pm/stat" 2>/dev/null || echo 0)
+  for p in $(pgrep -P "$pm" || true); do
     total=$((total + $(proc_ticks "$p")))
   done
   echo "$total"
@@ -177,7 +180,8 @@ start_azotte() {
   die "$name: azotte did not answer /healthz within 60 s"
 }
 
-# bootstrap NAME: exchanges the printed secret for a session token (TOKEN) and creates the tenant.
+# bootstrap NAME: exchanges the printed secret for a bearer token (TOKEN), creates the tenant
+# `bench` and checks that one tenant read answers 200.
 bootstrap() {
   local name=$1 secret="" resp code i
   for i in $(seq 1 100); do
@@ -188,7 +192,8 @@ bootstrap() {
   [ -n "$secret" ] || die "$name: no bootstrap secret on azotte's stdout"
   resp=$(curl -sS --max-time 30 -XPOST "$BASE/v1/auth/bootstrap" -H 'content-type: application/json' \
     -d "{\"bootstrap_secret\":\"$secret\",\"email\":\"bench@example.com\",\"password\":\"benchmark password 123\"}")
-  TOKEN=$(printf '%s' "$resp" | grep -o '"token":"azs_[^"]*"' | head -n 1 | cut -d'"' -f4 || true)
+  # A JWT access token (`access_token`, valid 15 minutes) or, in older builds, a session `token`.
+  TOKEN=$(printf '%s' "$resp" | grep -oE '"(access_token|token)":"[^"]+"' | head -n 1 | cut -d'"' -f4 || true)
   [ -n "$TOKEN" ] || die "$name: bootstrap failed: $resp"
   code=$(curl -sS --max-time 30 -o "$WORK/$name.tenant.json" -w '%{http_code}' -XPOST "$BASE/v1/platform/tenants" \
     -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{"slug":"bench","name":"Bench"}')
@@ -204,11 +209,12 @@ run_wrk() { # run_wrk SECONDS PATH [wrk args...]
   timeout $((secs + 60)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --timeout "$WRK_TIMEOUT" --latency "$@" "$BASE$path"
 }
 
-# Busy CPU ticks of the whole machine (user, nice, system, irq, softirq), read without forking.
+# Busy CPU ticks of the whole machine (user, nice, system, irq, softirq) and ticks stolen by the
+# hypervisor, read without forking.
 machine_ticks() {
-  local _cpu u n s _idle _iow irq sirq _rest
-  read -r _cpu u n s _idle _iow irq sirq _rest </proc/stat
-  echo $((u + n + s + irq + sirq))
+  local _cpu u n s _idle _iow irq sirq steal _rest
+  read -r _cpu u n s _idle _iow irq sirq steal _rest </proc/stat
+  echo "$((u + n + s + irq + sirq)) ${steal:-0}"
 }
 
 # CPU seconds (user + system) of this shell's finished children, from the output of `times`
@@ -217,10 +223,19 @@ children_cpu() {
   awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] } print t }' "$1"
 }
 
+# Errors and warnings in the server's (JSON) log, counted by level, message and error.
+log_summary() {
+  grep -E '"level":"(ERROR|WARN)"' "$WORK/$1.stderr" \
+    | sed -E 's/^.*"level":"([A-Z]+)".*"message":"([^"]*)"(.*"error":"([^"]*)")?.*$/\1 \2 \4/' \
+    | sort | uniq -c | sort -rn | head -n 10 || true
+  grep -v '^{' "$WORK/$1.stderr" | head -n 5 || true
+}
+
 pct() { awk -v v="$1" -v d="$2" 'BEGIN {printf "%.0f%%", 100 * v / d}'; }
 
 ROWS=()      # markdown table rows
 RSS_ROWS=()
+LOG_SUMMARIES=()
 FAILED=0
 CONTENDED=0
 
@@ -263,15 +278,22 @@ measure() {
     FAILED=1
     log "WARNING: $backend $label: $non2xx non-2xx/3xx responses and $sock socket errors out of $reqs requests"
     log "  wrk: $(grep 'Socket errors' "$out" || echo 'no socket errors')"
-    log "  last server log lines:"
-    tail -n 20 "$WORK/$backend.stderr" | sed 's/^/    /' >&2
+    log "  server log errors and warnings so far (count, level, message):"
+    log_summary "$backend" | sed 's/^/    /' >&2
   fi
 
   # CPU shares of wall time (200% = two cores fully busy): azotte, PostgreSQL, the wrk client,
   # and everything else on the machine (kernel softirq work not charged to a process, and any
   # unrelated load, which would make the figures unreliable).
-  local wall az pg wrk machine other
+  local wall az pg wrk machine other stolen
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
+  stolen=$(awk -v a="${m0#* }" -v b="${m1#* }" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
+  m0=${m0% *}
+  m1=${m1% *}
+  if awk -v x="$stolen" -v d="$wall" -v n="$(nproc)" 'BEGIN {exit !(x / d > 0.05 * n)}'; then
+    CONTENDED=1
+    log "WARNING: $backend $label: the hypervisor stole $(pct "$stolen" "$wall") CPU during the run"
+  fi
   az=$(awk -v a="$az0" -v b="$az1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
   pg=$(awk -v a="$pg0" -v b="$pg1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
   wrk=$(awk -v a="$(children_cpu "$WORK/times.0")" -v b="$(children_cpu "$WORK/times.1")" 'BEGIN {print b - a}')
@@ -341,6 +363,7 @@ for backend in $BACKENDS; do
   ROWS+=("$LAST_ROW | $ratio |")
 
   rss_after=$(rss_kb "$AZ_PID")
+  LOG_SUMMARIES+=("$backend:" "$(log_summary "$backend" | sed 's/^/  /')")
   RSS_ROWS+=("| $backend | $(awk -v k="$rss_idle" 'BEGIN {printf "%.1f", k / 1024}') | $(awk -v k="$rss_after" 'BEGIN {printf "%.1f", k / 1024}') |")
 
   stop_azotte
@@ -355,9 +378,12 @@ echo "| backend | azotte RSS idle (MiB) | azotte RSS after load (MiB) |"
 echo "|---|---:|---:|"
 printf '%s\n' "${RSS_ROWS[@]}"
 echo
+echo "Server log errors and warnings (AZOTTE_LOG_LEVEL=warn), by count:"
+printf '%s\n' "${LOG_SUMMARIES[@]}"
+echo
 echo "CPU columns: CPU time used during the measured run / wall time ($(nproc) CPUs = $(($(nproc) * 100))%)."
 echo "\"other\" is the rest of the machine's busy time: unattributed kernel (softirq) work and any unrelated load."
-[ "$CONTENDED" = 0 ] || echo "WARNING: other processes were busy during at least one run; see the warnings above."
+[ "$CONTENDED" = 0 ] || echo "WARNING: other processes (or the hypervisor) took CPU during at least one run; see the warnings above."
 
 if [ "$FAILED" != 0 ]; then
   die "wrk reported non-2xx/3xx responses or socket errors (see the warnings above)"
