@@ -79,7 +79,8 @@ pub fn router(ctx: Ctx, config: &ApiConfig) -> Router {
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
-        .layer(axum::middleware::from_fn(middleware::request_context))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::request_context))
+        .layer(axum::middleware::from_fn(middleware::run_to_completion))
         .with_state(state)
 }

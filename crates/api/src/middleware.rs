@@ -150,6 +150,20 @@ fn ensure_problem(resp: Response) -> Response {
     err.into_response()
 }
 
+/// Runs the rest of the request in its own task, so a client that disconnects cannot cancel a
+/// handler halfway: a transaction always commits or rolls back instead of leaving a pooled
+/// connection inside a half-begun transaction (sqlx does not recover from a cancelled BEGIN).
+pub async fn run_to_completion(req: Request, next: Next) -> Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "an internal error occurred")
+                .into_response()
+        }
+    }
+}
+
 /// 404 for paths no route matches.
 pub async fn route_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no route matches this path")

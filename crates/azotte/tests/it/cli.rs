@@ -5,7 +5,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn azotte() -> Command {
+    // A scratch working directory, so a generated ./azotte-data/ never lands in the source tree.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = std::env::temp_dir().join(format!("azotte-cli-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
     let mut c = Command::new(env!("CARGO_BIN_EXE_azotte"));
+    c.current_dir(&scratch);
     // Whatever the developer's shell exports must not leak into these tests.
     for (k, _) in std::env::vars() {
         if k.starts_with("AZOTTE_") {
