@@ -141,3 +141,9 @@ pub async fn export_tenant(ctx: &Ctx, scope: &TenantScope) -> Result<Export> {
     crate::security::require(ctx, scope, Permission::AuditRead).await?;
     export(ctx, &scope.tenant_id().to_string(), scope.environment().as_str()).await
 }
+
+/// The signed checkpoints of the scope's chain; permission `audit.read`.
+pub async fn checkpoints_tenant(ctx: &Ctx, scope: &TenantScope) -> Result<Vec<chain::Checkpoint>> {
+    crate::security::require(ctx, scope, Permission::AuditRead).await?;
+    Ok(store_seal::checkpoints(&ctx.db, &scope.tenant_id().to_string(), scope.environment().as_str()).await?)
+}

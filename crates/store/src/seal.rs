@@ -528,3 +528,12 @@ pub async fn insert_journal_key(
     tx.execute(&q).await?;
     tx.commit().await
 }
+
+/// The signed checkpoints of one chain, oldest first.
+pub async fn checkpoints(db: &Db, tenant: &str, env: &str) -> Result<Vec<Checkpoint>> {
+    let mut tx = db.unscoped_read_tx().await?;
+    enter(&mut tx, tenant).await?;
+    let c = checkpoints_of(&mut tx, tenant, env).await?;
+    tx.commit().await?;
+    Ok(c)
+}

@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(verify))
         .routes(routes!(keys))
         .routes(routes!(export))
+        .routes(routes!(checkpoints))
 }
 
 const PROBLEM: &str = "application/problem+json";
@@ -271,4 +272,25 @@ async fn export(
     TenantAuth(scope): TenantAuth,
 ) -> Result<Json<azotte_crypto::chain::Export>, ApiError> {
     Ok(Json(azotte_service::seal::export_tenant(&state.ctx, &scope).await?))
+}
+
+/// Signed checkpoints of a chain.
+#[derive(Serialize, ToSchema)]
+pub struct CheckpointList {
+    /// Oldest first: position, chain value, signing time, key id, hex signature.
+    #[schema(value_type = Vec<Object>)]
+    data: Vec<azotte_crypto::chain::Checkpoint>,
+}
+
+/// The environment chain's signed checkpoints (verify them with `GET /v1/journal/keys`).
+#[utoipa::path(
+    get, path = "/v1/journal/checkpoints", tag = "journal", security(("bearer" = [])),
+    params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment")),
+    responses((status = 200, body = CheckpointList), (status = 403, body = crate::Problem, content_type = PROBLEM))
+)]
+async fn checkpoints(
+    State(state): State<AppState>,
+    TenantAuth(scope): TenantAuth,
+) -> Result<Json<CheckpointList>, ApiError> {
+    Ok(Json(CheckpointList { data: azotte_service::seal::checkpoints_tenant(&state.ctx, &scope).await? }))
 }

@@ -158,6 +158,10 @@ async fn an_export_verifies_offline_and_so_does_its_tampering(app: TestApp) {
     assert_eq!(export["format"], "azotte-journal-export/v1");
     let keys: Value = app.get("/v1/journal/keys").anon().expect(200).await.json();
     assert_eq!(export["keys"], keys["keys"]);
+    let cps: Value =
+        app.get("/v1/journal/checkpoints").tenant("tamper", "development").expect(200).await.json();
+    assert_eq!(cps["data"], export["checkpoints"]);
+    assert!(!cps["data"].as_array().unwrap().is_empty());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("export.json");
     std::fs::write(&file, serde_json::to_string(&export).unwrap()).unwrap();
