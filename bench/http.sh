@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTP benchmark (issue 2): unauthenticated GET /healthz against the authenticated tenant read
-# GET /v1/tenant, on SQLite and on PostgreSQL, with wrk.
+# GET /v1/tenant (with a session JWT and with an API key), on SQLite and on PostgreSQL, with wrk.
 #
 # For each backend it starts a fresh `azotte serve` on a free 127.0.0.1 port (SQLite in a temporary
 # directory; PostgreSQL in a throw-away cluster made here with normal durability settings),
@@ -201,6 +201,36 @@ bootstrap() {
   code=$(curl -sS --max-time 30 -o "$WORK/$name.read.json" -w '%{http_code}' "$BASE/v1/tenant" \
     -H "authorization: Bearer $TOKEN" -H 'x-tn: bench' -H 'x-env: production')
   [ "$code" = 200 ] || die "$name: GET /v1/tenant returned $code: $(cat "$WORK/$name.read.json")"
+  api_key "$name"
+}
+
+# totp BASE32: the current RFC 6238 code (SHA-1, 6 digits, 30 s).
+totp() {
+  python3 - "$1" <<'PY'
+import base64, hashlib, hmac, struct, sys, time
+s = sys.argv[1]
+key = base64.b32decode(s + "=" * (-len(s) % 8))
+h = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
+o = h[-1] & 15
+print("%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1000000))
+PY
+}
+
+# api_key NAME: enrols the administrator in TOTP (key management needs fresh MFA) and creates a
+# read-only API key for the production environment of `bench` (APIKEY).
+api_key() {
+  local name=$1 resp secret code
+  resp=$(curl -sS --max-time 30 -XPOST "$BASE/v1/auth/mfa/totp" -H "authorization: Bearer $TOKEN")
+  secret=$(printf '%s' "$resp" | grep -oE '"secret":"[^"]+"' | cut -d'"' -f4 || true)
+  [ -n "$secret" ] || die "$name: TOTP enrolment failed: $resp"
+  code=$(totp "$secret")
+  resp=$(curl -sS --max-time 30 -XPOST "$BASE/v1/auth/mfa/totp/confirm" -H "authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' -d "{\"code\":\"$code\"}")
+  printf '%s' "$resp" | grep -q recovery_codes || die "$name: TOTP confirmation failed: $resp"
+  resp=$(curl -sS --max-time 30 -XPOST "$BASE/v1/api-keys" -H "authorization: Bearer $TOKEN" -H 'x-tn: bench' \
+    -H 'x-env: production' -H 'content-type: application/json' -d '{"description":"bench","role":"read_only"}')
+  APIKEY=$(printf '%s' "$resp" | grep -oE '"secret":"az_live_[^"]+"' | cut -d'"' -f4 || true)
+  [ -n "$APIKEY" ] || die "$name: creating the API key failed: $resp"
 }
 
 run_wrk() { # run_wrk SECONDS PATH [wrk args...]
@@ -307,7 +337,9 @@ measure() {
   local cpu_pg="-"
   [ "$backend" = postgres ] && cpu_pg=$(pct "$pg" "$wall")
   RPS=$rps
-  LAST_ROW="| $backend | GET $path | $(printf '%.0f' "$rps") | $(to_ms "$p50") | $(to_ms "$p99") | $reqs | $non2xx | $sock | $(pct "$az" "$wall") | $cpu_pg | $(pct "$wrk" "$wall") | $(pct "$other" "$wall")"
+  local shown="GET $path"
+  case "$label" in tenant) shown="$shown (JWT)" ;; tenant-apikey) shown="$shown (API key)" ;; esac
+  LAST_ROW="| $backend | $shown | $(printf '%.0f' "$rps") | $(to_ms "$p50") | $(to_ms "$p99") | $reqs | $non2xx | $sock | $(pct "$az" "$wall") | $cpu_pg | $(pct "$wrk" "$wall") | $(pct "$other" "$wall")"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +391,11 @@ for backend in $BACKENDS; do
   ROWS+=("$LAST_ROW | |")
 
   measure "$backend" tenant /v1/tenant -H "Authorization: Bearer $TOKEN" -H "x-tn: bench" -H "x-env: production"
+  ratio=$(awk -v a="$RPS" -v b="$healthz_rps" 'BEGIN {printf "%.2f", a / b}')
+  ROWS+=("$LAST_ROW | $ratio |")
+
+  # The same read authenticated by an API key (issue 3): one HMAC, no argon2 on the hot path.
+  measure "$backend" tenant-apikey /v1/tenant -H "x-api-key: $APIKEY" -H "x-tn: bench"
   ratio=$(awk -v a="$RPS" -v b="$healthz_rps" 'BEGIN {printf "%.2f", a / b}')
   ROWS+=("$LAST_ROW | $ratio |")
 
