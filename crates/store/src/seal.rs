@@ -292,6 +292,22 @@ pub struct CheckpointPolicy {
     pub interval: chrono::Duration,
 }
 
+/// An empty multi-row insert into the seal table.
+fn seal_insert() -> sea_query::InsertStatement {
+    Query::insert()
+        .into_table(JournalSeals::Table)
+        .columns([
+            JournalSeals::TenantId,
+            JournalSeals::Environment,
+            JournalSeals::Seq,
+            JournalSeals::EntryId,
+            JournalSeals::EntryHash,
+            JournalSeals::ChainHash,
+            JournalSeals::SealedAt,
+        ])
+        .to_owned()
+}
+
 /// Signs a checkpoint message, returning (kid, signature).
 pub type CheckpointSigner = dyn Fn(&[u8]) -> (String, Vec<u8>) + Send + Sync;
 
@@ -331,18 +347,7 @@ pub async fn seal_chain(
         ),
         None => (0, [0u8; 32]),
     };
-    let mut insert = Query::insert()
-        .into_table(JournalSeals::Table)
-        .columns([
-            JournalSeals::TenantId,
-            JournalSeals::Environment,
-            JournalSeals::Seq,
-            JournalSeals::EntryId,
-            JournalSeals::EntryHash,
-            JournalSeals::ChainHash,
-            JournalSeals::SealedAt,
-        ])
-        .to_owned();
+    let mut insert = seal_insert();
     for (i, e) in pending.iter().enumerate() {
         seq += 1;
         let h = chain::entry_hash(&e.canonical());
@@ -359,18 +364,7 @@ pub async fn seal_chain(
         // Keep statements bounded in size.
         if (i + 1) % 500 == 0 {
             tx.execute(&insert).await?;
-            insert = Query::insert()
-                .into_table(JournalSeals::Table)
-                .columns([
-                    JournalSeals::TenantId,
-                    JournalSeals::Environment,
-                    JournalSeals::Seq,
-                    JournalSeals::EntryId,
-                    JournalSeals::EntryHash,
-                    JournalSeals::ChainHash,
-                    JournalSeals::SealedAt,
-                ])
-                .to_owned();
+            insert = seal_insert();
         }
     }
     if pending.len() % 500 != 0 {
