@@ -557,3 +557,49 @@ both!(
     suspended_tenant_refuses_every_credential,
     login_brute_force_is_throttled_then_locked_with_notice
 );
+
+/// One person, two tenants, different roles: each session is for one tenant.
+async fn one_person_can_belong_to_several_tenants(app: TestApp) {
+    let a = app.tenant_user("multi-a", "both@example.com", &["support_agent"]).await;
+    app.create_tenant("multi-b").await;
+    app.post("/v1/users/invitations", json!({"email": "both@example.com", "roles": ["finance"]}))
+        .tenant("multi-b", "development")
+        .expect(201)
+        .await;
+    let token = app.last_invitation_token("both@example.com");
+    // An existing account accepts with its own password, never a new one.
+    let p = app
+        .post(
+            "/v1/auth/invitations/accept",
+            json!({"tenant": "multi-b", "token": token, "password": "not my password!!"}),
+        )
+        .anon()
+        .expect(401)
+        .await
+        .problem();
+    assert_eq!(p.code, "invalid_credentials");
+    let b: Tokens = app
+        .post(
+            "/v1/auth/invitations/accept",
+            json!({"tenant": "multi-b", "token": token, "password": "tenant user password 1"}),
+        )
+        .anon()
+        .expect(200)
+        .await
+        .json();
+    assert_eq!(b.user_id, a.user_id, "the same person");
+    let members_b: Value = app.get("/v1/users").tenant("multi-b", "development").expect(200).await.json();
+    assert_eq!(members_b["data"][0]["roles"], json!(["finance"]));
+    let members_a: Value = app.get("/v1/users").tenant("multi-a", "development").expect(200).await.json();
+    assert_eq!(members_a["data"][0]["roles"], json!(["support_agent"]));
+    let p = app
+        .get("/v1/tenant")
+        .token(&b.access_token)
+        .tenant("multi-a", "development")
+        .expect(403)
+        .await
+        .problem();
+    assert_eq!(p.code, "tenant_mismatch");
+}
+
+both!(one_person_can_belong_to_several_tenants);
