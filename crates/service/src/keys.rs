@@ -100,11 +100,6 @@ impl KeyRing {
         }
     }
 
-    /// Whether a kid is known at all (to decide whether to reload).
-    pub fn knows(&self, kid: &str) -> bool {
-        self.0.read().map(|r| r.verifying.contains_key(kid)).unwrap_or(false)
-    }
-
     /// The published keys (JWKS): every key that may still verify a token.
     pub fn jwks(&self, now: DateTime<Utc>, grace: chrono::Duration) -> Vec<serde_json::Value> {
         let Ok(r) = self.0.read() else { return vec![] };

@@ -77,7 +77,29 @@ impl Kind {
     }
 }
 
-#[derive(Iden)]
+/// Every column but `tenant_id`, in one order for writing and reading.
+const ENTRY_COLUMNS: [JournalEntries; 18] = [
+    JournalEntries::Environment,
+    JournalEntries::Id,
+    JournalEntries::Kind,
+    JournalEntries::Type,
+    JournalEntries::OccurredAt,
+    JournalEntries::CorrelationId,
+    JournalEntries::CausationId,
+    JournalEntries::PrincipalKind,
+    JournalEntries::PrincipalId,
+    JournalEntries::PrincipalRoles,
+    JournalEntries::Mfa,
+    JournalEntries::Source,
+    JournalEntries::RequestId,
+    JournalEntries::ClientIp,
+    JournalEntries::UserAgent,
+    JournalEntries::ResourceType,
+    JournalEntries::ResourceId,
+    JournalEntries::Body,
+];
+
+#[derive(Iden, Clone, Copy)]
 enum JournalEntries {
     Table,
     TenantId,
@@ -124,27 +146,7 @@ pub(crate) async fn insert(
     let kind = serde_json::to_value(e.principal.kind).unwrap_or(Value::Null);
     let q = Query::insert()
         .into_table(JournalEntries::Table)
-        .columns([
-            JournalEntries::TenantId,
-            JournalEntries::Environment,
-            JournalEntries::Id,
-            JournalEntries::Kind,
-            JournalEntries::Type,
-            JournalEntries::OccurredAt,
-            JournalEntries::CorrelationId,
-            JournalEntries::CausationId,
-            JournalEntries::PrincipalKind,
-            JournalEntries::PrincipalId,
-            JournalEntries::PrincipalRoles,
-            JournalEntries::Mfa,
-            JournalEntries::Source,
-            JournalEntries::RequestId,
-            JournalEntries::ClientIp,
-            JournalEntries::UserAgent,
-            JournalEntries::ResourceType,
-            JournalEntries::ResourceId,
-            JournalEntries::Body,
-        ])
+        .columns(std::iter::once(JournalEntries::TenantId).chain(ENTRY_COLUMNS))
         .values_panic([
             tenant_id.into(),
             environment.into(),
@@ -361,29 +363,7 @@ pub struct Filter {
 }
 
 fn select_entries() -> sea_query::SelectStatement {
-    Query::select()
-        .columns([
-            JournalEntries::Id,
-            JournalEntries::Environment,
-            JournalEntries::Kind,
-            JournalEntries::Type,
-            JournalEntries::OccurredAt,
-            JournalEntries::CorrelationId,
-            JournalEntries::CausationId,
-            JournalEntries::PrincipalKind,
-            JournalEntries::PrincipalId,
-            JournalEntries::PrincipalRoles,
-            JournalEntries::Mfa,
-            JournalEntries::Source,
-            JournalEntries::RequestId,
-            JournalEntries::ClientIp,
-            JournalEntries::UserAgent,
-            JournalEntries::ResourceType,
-            JournalEntries::ResourceId,
-            JournalEntries::Body,
-        ])
-        .from(JournalEntries::Table)
-        .to_owned()
+    Query::select().columns(ENTRY_COLUMNS).from(JournalEntries::Table).to_owned()
 }
 
 /// Entries of the scope's tenant and environment, oldest first, after `starting_after`.

@@ -111,10 +111,6 @@ impl PlatformScope {
     pub fn credential(&self) -> &Credential {
         &self.credential
     }
-    /// Whether the principal holds a platform role.
-    pub fn has_role(&self, role: &str) -> bool {
-        self.principal.roles.iter().any(|r| r == role)
-    }
     /// The one place platform authorization is decided.
     pub fn require(&self, p: Permission) -> Result<(), Denied> {
         if self.permissions.contains(&p) {
