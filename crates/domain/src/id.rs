@@ -33,9 +33,21 @@ pub enum IdParseError {
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
+/// Character → 5-bit value (upper case accepted), 0xff for characters outside the alphabet.
+const DECODE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 32 {
+        t[ALPHABET[i] as usize] = i as u8;
+        t[ALPHABET[i].to_ascii_uppercase() as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 fn decode_char(c: u8) -> Option<u8> {
-    let c = c.to_ascii_lowercase();
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    let v = DECODE[c as usize];
+    (v != 0xff).then_some(v)
 }
 
 impl<K: IdKind> Id<K> {

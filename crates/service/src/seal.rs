@@ -102,15 +102,21 @@ pub async fn verify(ctx: &Ctx, tenant: Option<&str>) -> Result<Vec<Report>> {
     let now = ctx.clock.now().timestamp();
     let mut reports = Vec::new();
     for (t, e) in store_seal::chains(&ctx.db, tenant).await? {
-        let s = store_seal::chain_state(&ctx.db, &t, &e).await?;
-        let data = chain::ChainData {
-            tenant_id: &t,
-            environment: &e,
-            seals: &s.seals,
-            checkpoints: &s.checkpoints,
-            unsealed: &s.unsealed,
-        };
-        reports.push(chain::verify_chain(data, &keys, now, MAX_SEAL_LAG_SECS));
+        // Streaming, in the read order `store_seal::chain_state` documents: memory stays bounded
+        // by one page however long the chain is.
+        let checkpoints = store_seal::checkpoints(&ctx.db, &t, &e).await?;
+        let mut v = chain::ChainVerifier::new(&t, &e, &checkpoints);
+        let mut after = 0;
+        loop {
+            let page = store_seal::seal_page(&ctx.db, &t, &e, after, store_seal::PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for s in &page {
+                v.push(s);
+            }
+        }
+        let unsealed = store_seal::unsealed(&ctx.db, &t, &e).await?;
+        reports.push(v.finish(&checkpoints, &keys, &unsealed, now, MAX_SEAL_LAG_SECS));
     }
     Ok(reports)
 }
@@ -126,7 +132,7 @@ pub async fn export(ctx: &Ctx, tenant: &str, environment: &str) -> Result<Export
     let keys = public_keys(ctx).await?;
     let s = store_seal::chain_state(&ctx.db, tenant, environment).await?;
     Ok(Export {
-        format: "azotte-journal-export/v1".into(),
+        format: "azotte-journal-export/v2".into(),
         tenant_id: tenant.to_owned(),
         environment: environment.to_owned(),
         exported_at: ctx.clock.now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),

@@ -166,7 +166,8 @@ pub(crate) async fn insert(
             meta.user_agent.into(),
             e.resource.map(|r| r.0.to_owned()).into(),
             e.resource.map(|r| r.1.to_owned()).into(),
-            e.body.into(),
+            // Hashed byte for byte by the sealer: canonical text, written once.
+            azotte_crypto::chain::canonical_json(&e.body).into(),
         ])
         .to_owned();
     tx.execute(&q).await?;
@@ -346,7 +347,16 @@ pub struct Entry {
     pub user_agent: Option<String>,
     pub resource_type: Option<String>,
     pub resource_id: Option<String>,
-    pub body: Json<Value>,
+    /// Canonical JSON text, as hashed; see [`Entry::body_json`].
+    pub body: String,
+}
+
+impl Entry {
+    /// The body as JSON (it was written by the service as valid JSON; anything else reads as
+    /// `null`, and verification reports the entry as modified).
+    pub fn body_json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
 }
 
 /// Filters of a journal listing; all optional.

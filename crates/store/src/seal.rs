@@ -5,11 +5,10 @@
 //! PostgreSQL; SQLite serializes writers anyway). Writers never wait for it: they only add a
 //! queue row, in a random bucket.
 
-use azotte_crypto::chain::{self, Checkpoint, SealedEntry, Unsealed};
+use azotte_crypto::chain::{self, Checkpoint, EntryRecord, SealedEntry, Unsealed};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sea_query::{Expr, Iden, LockBehavior, LockType, OnConflict, Order, Query};
-use serde_json::{json, Value};
 use sqlx::types::Json;
 
 use crate::exec::Tx;
@@ -123,7 +122,7 @@ pub async fn claim(db: &Db, limit: u64) -> Result<Vec<(String, String)>> {
 }
 
 /// A journal row with every column, for hashing.
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct RawEntry {
     tenant_id: String,
     environment: String,
@@ -144,30 +143,33 @@ struct RawEntry {
     user_agent: Option<String>,
     resource_type: Option<String>,
     resource_id: Option<String>,
-    body: Json<Value>,
+    body: String,
 }
 
 impl RawEntry {
-    /// The canonical form that is hashed: every column, times as RFC 3339 UTC microseconds.
-    fn canonical(&self) -> Value {
-        json!({
-            "tenant_id": self.tenant_id,
-            "environment": self.environment,
-            "id": self.id,
-            "kind": self.kind,
-            "type": self.type_,
-            "occurred_at": self.occurred_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "principal": {"kind": self.principal_kind, "id": self.principal_id, "roles": self.principal_roles.0, "mfa": self.mfa},
-            "source": self.source,
-            "request_id": self.request_id,
-            "client_ip": self.client_ip,
-            "user_agent": self.user_agent,
-            "resource_type": self.resource_type,
-            "resource_id": self.resource_id,
-            "body": self.body.0,
-        })
+    /// The record that is hashed: every column, times as RFC 3339 UTC microseconds.
+    fn record(self) -> EntryRecord {
+        EntryRecord {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            environment: self.environment,
+            kind: self.kind,
+            type_: self.type_,
+            occurred_at: self.occurred_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            principal_kind: self.principal_kind,
+            principal_id: self.principal_id,
+            principal_roles: self.principal_roles.0,
+            mfa: self.mfa,
+            source: self.source,
+            request_id: self.request_id,
+            client_ip: self.client_ip,
+            user_agent: self.user_agent,
+            resource_type: self.resource_type,
+            resource_id: self.resource_id,
+            body: self.body,
+        }
     }
 }
 
@@ -182,28 +184,46 @@ async fn enter(tx: &mut Tx, tenant: &str) -> Result<()> {
     Ok(())
 }
 
-async fn entries(
-    tx: &mut Tx,
-    tenant: &str,
-    env: &str,
-    unsealed_only: bool,
-    limit: i64,
-) -> Result<Vec<RawEntry>> {
-    let filter = if unsealed_only {
-        " AND NOT EXISTS (SELECT 1 FROM journal_seals s WHERE s.tenant_id = e.tenant_id \
-           AND s.environment = e.environment AND s.entry_id = e.id)"
-    } else {
-        ""
-    };
+/// Entries of a chain that have no seal yet, oldest first.
+async fn unsealed_entries(tx: &mut Tx, tenant: &str, env: &str, limit: i64) -> Result<Vec<RawEntry>> {
     // Positional parameters work on both engines ($n is accepted by SQLite too).
     let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2{filter} \
-         ORDER BY e.id LIMIT $3"
+        "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2 \
+         AND NOT EXISTS (SELECT 1 FROM journal_seals s WHERE s.tenant_id = e.tenant_id \
+           AND s.environment = e.environment AND s.entry_id = e.id) ORDER BY e.id LIMIT $3"
     );
     Ok(match tx {
         Tx::Sqlite(t) => sqlx::query_as(&sql).bind(tenant).bind(env).bind(limit).fetch_all(&mut **t).await?,
         Tx::Postgres(t) => {
             sqlx::query_as(&sql).bind(tenant).bind(env).bind(limit).fetch_all(&mut **t).await?
+        }
+    })
+}
+
+/// Entries of a chain by id.
+async fn entries_by_id(tx: &mut Tx, tenant: &str, env: &str, ids: &[String]) -> Result<Vec<RawEntry>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = (0..ids.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2 \
+         AND e.id IN ({list})"
+    );
+    Ok(match tx {
+        Tx::Sqlite(t) => {
+            let mut q = sqlx::query_as(&sql).bind(tenant).bind(env);
+            for id in ids {
+                q = q.bind(id);
+            }
+            q.fetch_all(&mut **t).await?
+        }
+        Tx::Postgres(t) => {
+            let mut q = sqlx::query_as(&sql).bind(tenant).bind(env);
+            for id in ids {
+                q = q.bind(id);
+            }
+            q.fetch_all(&mut **t).await?
         }
     })
 }
@@ -216,13 +236,15 @@ struct SealRow {
     chain_hash: String,
 }
 
-async fn seals(tx: &mut Tx, tenant: &str, env: &str) -> Result<Vec<SealRow>> {
+async fn seals(tx: &mut Tx, tenant: &str, env: &str, after: i64, limit: u64) -> Result<Vec<SealRow>> {
     let q = Query::select()
         .columns([JournalSeals::Seq, JournalSeals::EntryId, JournalSeals::EntryHash, JournalSeals::ChainHash])
         .from(JournalSeals::Table)
         .and_where(Expr::col(JournalSeals::TenantId).eq(tenant))
         .and_where(Expr::col(JournalSeals::Environment).eq(env))
+        .and_where(Expr::col(JournalSeals::Seq).gt(after))
         .order_by(JournalSeals::Seq, Order::Asc)
+        .limit(limit)
         .to_owned();
     tx.fetch_all::<SealRow>(&q).await
 }
@@ -332,7 +354,7 @@ pub async fn seal_chain(
             .execute(&mut **t)
             .await?;
     }
-    let pending = entries(&mut tx, tenant, env, true, 10_000).await?;
+    let pending = unsealed_entries(&mut tx, tenant, env, 10_000).await?;
     if pending.is_empty() {
         return Ok(SealPass::default());
     }
@@ -348,15 +370,17 @@ pub async fn seal_chain(
         None => (0, [0u8; 32]),
     };
     let mut insert = seal_insert();
-    for (i, e) in pending.iter().enumerate() {
+    let sealed = pending.len();
+    for (i, e) in pending.into_iter().enumerate() {
         seq += 1;
-        let h = chain::entry_hash(&e.canonical());
+        let e = e.record();
+        let h = chain::entry_hash(&e);
         prev = chain::chain_next(&prev, seq, &h);
         insert.values_panic([
             tenant.into(),
             env.into(),
             seq.into(),
-            e.id.clone().into(),
+            e.id.into(),
             hex::encode(h).into(),
             hex::encode(prev).into(),
             now.into(),
@@ -367,7 +391,7 @@ pub async fn seal_chain(
             insert = seal_insert();
         }
     }
-    if pending.len() % 500 != 0 {
+    if sealed % 500 != 0 {
         tx.execute(&insert).await?;
     }
     let cps = checkpoints_of(&mut tx, tenant, env).await?;
@@ -406,8 +430,11 @@ pub async fn seal_chain(
         checkpoint = Some(seq);
     }
     tx.commit().await?;
-    Ok(SealPass { sealed: pending.len(), checkpoint })
+    Ok(SealPass { sealed, checkpoint })
 }
+
+/// Seals per page when a chain is read back.
+pub const PAGE: u64 = 1000;
 
 /// A chain read back: its seals with the entries as they are now, checkpoints, and entries
 /// still unsealed.
@@ -417,35 +444,60 @@ pub struct ChainState {
     pub unsealed: Vec<Unsealed>,
 }
 
-/// Reads a whole chain (for verification or export).
+/// Reads a whole chain into memory (for export); verification streams with
+/// [`seal_page`] instead.
+///
+/// Pieces are read in commit-dependency order so a sealer committing meanwhile cannot make a
+/// consistent journal look broken: checkpoints first (a checkpoint's seals commit with or before
+/// it), then the seals page by page, each page's entries after its seals (an entry commits
+/// before its seal), then the unsealed entries; every read sees at least what the previous one
+/// saw.
 pub async fn chain_state(db: &Db, tenant: &str, env: &str) -> Result<ChainState> {
+    let checkpoints = checkpoints(db, tenant, env).await?;
+    let mut seals = Vec::new();
+    loop {
+        let page = seal_page(db, tenant, env, seals.last().map_or(0, |s: &SealedEntry| s.seq), PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        seals.extend(page);
+    }
+    let unsealed = unsealed(db, tenant, env).await?;
+    Ok(ChainState { seals, checkpoints, unsealed })
+}
+
+/// Up to `limit` seals of a chain after position `after`, in order, each with its entry as it
+/// is now (`None` if the row is gone).
+pub async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64) -> Result<Vec<SealedEntry>> {
     let mut tx = db.unscoped_read_tx().await?;
     enter(&mut tx, tenant).await?;
-    // Read in commit-dependency order so a sealer committing meanwhile cannot make a consistent
-    // journal look broken: a checkpoint's seals commit with or before it, and an entry commits
-    // before its seal (each statement sees at least what the previous one saw).
-    let checkpoints = checkpoints_of(&mut tx, tenant, env).await?;
-    let seal_rows = seals(&mut tx, tenant, env).await?;
-    let all = entries(&mut tx, tenant, env, false, i64::MAX).await?;
-    tx.commit().await?;
+    let rows = seals(&mut tx, tenant, env, after, limit).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.entry_id.clone()).collect();
     let mut by_id: std::collections::HashMap<String, RawEntry> =
-        all.into_iter().map(|e| (e.id.clone(), e)).collect();
-    let seals = seal_rows
+        entries_by_id(&mut tx, tenant, env, &ids).await?.into_iter().map(|e| (e.id.clone(), e)).collect();
+    tx.commit().await?;
+    Ok(rows
         .into_iter()
         .map(|s| SealedEntry {
-            entry: by_id.remove(&s.entry_id).map(|e| e.canonical()),
+            entry: by_id.remove(&s.entry_id).map(RawEntry::record),
             seq: s.seq,
             entry_id: s.entry_id,
             entry_hash: s.entry_hash,
             chain_hash: s.chain_hash,
         })
-        .collect();
-    let mut unsealed: Vec<Unsealed> = by_id
-        .into_values()
+        .collect())
+}
+
+/// The entries of a chain that have no seal yet (id and time), oldest first.
+pub async fn unsealed(db: &Db, tenant: &str, env: &str) -> Result<Vec<Unsealed>> {
+    let mut tx = db.unscoped_read_tx().await?;
+    enter(&mut tx, tenant).await?;
+    let rows = unsealed_entries(&mut tx, tenant, env, i64::MAX).await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
         .map(|e| Unsealed { entry_id: e.id, occurred_at: e.occurred_at.timestamp() })
-        .collect();
-    unsealed.sort_by(|a, b| a.entry_id.cmp(&b.entry_id));
-    Ok(ChainState { seals, checkpoints, unsealed })
+        .collect())
 }
 
 /// Every chain that has entries: the platform's and each tenant environment's.

@@ -93,6 +93,7 @@ pub struct EntryView {
 
 impl From<Entry> for EntryView {
     fn from(e: Entry) -> Self {
+        let body = e.body_json();
         Self {
             id: e.id,
             environment: e.environment,
@@ -113,7 +114,7 @@ impl From<Entry> for EntryView {
             user_agent: e.user_agent,
             resource_type: e.resource_type,
             resource_id: e.resource_id,
-            body: e.body.0,
+            body,
             children: None,
         }
     }
@@ -265,7 +266,7 @@ async fn keys(State(state): State<AppState>) -> Result<Json<JournalKeys>, ApiErr
 #[utoipa::path(
     get, path = "/v1/journal/export", tag = "journal", security(("bearer" = [])),
     params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment")),
-    responses((status = 200, description = "An `azotte-journal-export/v1` document", body = Object))
+    responses((status = 200, description = "An `azotte-journal-export/v2` document", body = Object))
 )]
 async fn export(
     State(state): State<AppState>,

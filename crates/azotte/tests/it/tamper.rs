@@ -65,15 +65,7 @@ fn has(f: &[Value], problem: &str, entry: Option<&str>) -> bool {
 async fn a_modified_entry_is_named(app: TestApp) {
     let ids = setup(&app).await;
     disable_guards(&app).await;
-    let sql = match app.backend {
-        Backend::Sqlite => {
-            format!("UPDATE journal_entries SET body = '{{\"name\":\"evil\"}}' WHERE id = '{}'", ids[1])
-        }
-        Backend::Postgres => format!(
-            "UPDATE journal_entries SET body = '{{\"name\":\"evil\"}}'::jsonb WHERE id = '{}'",
-            ids[1]
-        ),
-    };
+    let sql = format!("UPDATE journal_entries SET body = '{{\"name\":\"evil\"}}' WHERE id = '{}'", ids[1]);
     assert_eq!(app.raw_exec(&sql).await.unwrap(), 1);
     let f = findings(&app).await;
     assert!(has(&f, "modified_entry", Some(&ids[1])), "{f:#?}");
@@ -155,7 +147,7 @@ async fn an_export_verifies_offline_and_so_does_its_tampering(app: TestApp) {
     let _ = setup(&app).await;
     let export: Value =
         app.get("/v1/journal/export").tenant("tamper", "development").expect(200).await.json();
-    assert_eq!(export["format"], "azotte-journal-export/v1");
+    assert_eq!(export["format"], "azotte-journal-export/v2");
     let keys: Value = app.get("/v1/journal/keys").anon().expect(200).await.json();
     assert_eq!(export["keys"], keys["keys"]);
     let cps: Value =
@@ -172,7 +164,7 @@ async fn an_export_verifies_offline_and_so_does_its_tampering(app: TestApp) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let mut bad = export.clone();
-    bad["seals"][1]["entry"]["body"] = json!({"name": "rewritten"});
+    bad["seals"][1]["entry"]["body"] = json!(r#"{"name":"rewritten"}"#);
     std::fs::write(&file, serde_json::to_string(&bad).unwrap()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_azotte"))
         .args(["journal", "verify-export"])
@@ -183,7 +175,44 @@ async fn an_export_verifies_offline_and_so_does_its_tampering(app: TestApp) {
     assert!(String::from_utf8_lossy(&out.stdout).contains("modified_entry"));
 }
 
+/// Verification streams a chain a page (1000 seals) at a time: a chain of several pages verifies,
+/// its checkpoints are found across pages, and a change on a later page is named.
+async fn a_chain_of_several_pages_verifies_and_names_a_change_on_a_later_page(app: TestApp) {
+    let ids = setup(&app).await;
+    let new: Vec<String> = (0..2500).map(|_| azotte_domain::id::JournalId::new().to_string()).collect();
+    let values = new.iter().map(|i| format!("('{i}')")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "INSERT INTO journal_entries (tenant_id, environment, id, kind, type, occurred_at, correlation_id, causation_id, \
+         principal_kind, principal_id, principal_roles, mfa, source, request_id, client_ip, user_agent, resource_type, \
+         resource_id, body) SELECT e.tenant_id, e.environment, v.column1, e.kind, e.type, e.occurred_at, e.correlation_id, \
+         e.causation_id, e.principal_kind, e.principal_id, e.principal_roles, e.mfa, e.source, e.request_id, e.client_ip, \
+         e.user_agent, e.resource_type, e.resource_id, e.body FROM journal_entries e, (VALUES {values}) v WHERE e.id = '{}'",
+        ids[2]
+    );
+    assert_eq!(app.raw_exec(&sql).await.unwrap(), 2500);
+    app.raw_exec("INSERT INTO journal_seal_queue (owner_tenant_id, owner_environment, bucket) SELECT tenant_id, environment, 99 FROM journal_entries WHERE type = 'role.created' LIMIT 1").await.unwrap();
+    azotte_service::seal::seal_once(&app.ctx).await.unwrap();
+    let v = verify(&app).await;
+    assert_eq!(v["ok"], true, "{v:#}");
+    let dev = v["chains"].as_array().unwrap().iter().find(|c| c["environment"] == "development").unwrap();
+    assert!(dev["entries_checked"].as_u64().unwrap() >= 2506, "{dev:#}");
+    assert!(
+        dev["last_checkpoint_verified"].as_i64().unwrap() >= 2506,
+        "the checkpoint past page two: {dev:#}"
+    );
+
+    disable_guards(&app).await;
+    let victim = &new[1800];
+    let sql = format!("UPDATE journal_entries SET body = '{{\"name\":\"evil\"}}' WHERE id = '{victim}'");
+    assert_eq!(app.raw_exec(&sql).await.unwrap(), 1);
+    let f = findings(&app).await;
+    assert_eq!(f.len(), 1, "only that entry: {f:#?}");
+    assert!(has(&f, "modified_entry", Some(victim)), "{f:#?}");
+    assert!(f[0]["seq"].as_i64().unwrap() > 1000, "on a later page: {f:#?}");
+}
+
 both!(
+    a_chain_of_several_pages_verifies_and_names_a_change_on_a_later_page,
     a_modified_entry_is_named,
     a_deleted_entry_is_named,
     a_forged_entry_is_named_before_and_after_sealing,
