@@ -200,7 +200,7 @@ pub mod need {
             }
         )+};
     }
-    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage);
+    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage, CatalogWrite);
 }
 
 /// A tenant scope that holds permission `N`, checked (and a denial journaled) before the

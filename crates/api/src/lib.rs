@@ -52,6 +52,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::api_keys::router())
         .merge(routes::users::router())
         .merge(routes::journal::router())
+        .merge(routes::catalog::router())
 }
 
 /// The OpenAPI document of every documented route.

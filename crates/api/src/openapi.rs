@@ -25,7 +25,8 @@ use crate::error::Problem;
         (name = "tenant", description = "The caller's tenant"),
         (name = "api_keys", description = "Machine credentials of one tenant environment"),
         (name = "users", description = "Members, invitations and custom roles of a tenant"),
-        (name = "journal", description = "The audit trail: actions, decisions, outcomes")
+        (name = "journal", description = "The audit trail: actions, decisions, outcomes"),
+        (name = "catalog", description = "Storefronts, entitlements, bundles and prices")
     )
 )]
 struct BaseDoc;

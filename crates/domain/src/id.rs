@@ -195,6 +195,12 @@ id_kind!(UserKind, UserId, "usr");
 id_kind!(SessionKind, SessionId, "ses");
 id_kind!(RequestKind, RequestId, "req");
 id_kind!(JournalKind, JournalId, "jnl");
+id_kind!(StorefrontKind, StorefrontId, "sfr");
+id_kind!(EntitlementKind, EntitlementId, "ent");
+id_kind!(BundleKind, BundleId, "bnd");
+id_kind!(PriceKind, PriceId, "prc");
+id_kind!(PriceVersionKind, PriceVersionId, "prv");
+id_kind!(PspAccountKind, PspAccountId, "psp");
 
 #[cfg(test)]
 mod tests {

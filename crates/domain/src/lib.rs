@@ -4,9 +4,11 @@
 //! abstraction and field-level validation errors. Values are parsed at the edge into these
 //! types, which cannot hold invalid data.
 
+pub mod catalog;
 pub mod clock;
 pub mod email;
 pub mod id;
+pub mod iso;
 pub mod pagination;
 pub mod permission;
 pub mod principal;

@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod catalog;
 mod error;
 pub mod housekeeping;
 pub mod journal;

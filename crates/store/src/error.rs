@@ -40,6 +40,9 @@ const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
     ("roles_tenant_name_key", "roles.tenant_id, roles.name"),
     ("api_keys_key_id_key", "api_keys.key_id"),
     ("invitations_token_hash_key", "invitations.token_hash"),
+    ("entitlements_key_key", "entitlements.tenant_id, entitlements.environment, entitlements.key"),
+    ("bundles_key_key", "bundles.tenant_id, bundles.environment, bundles.key"),
+    ("price_versions_version_key", "price_versions.tenant_id, price_versions.environment, price_versions.price_id, price_versions.version"),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -72,6 +75,10 @@ impl From<sqlx::Error> for StoreError {
 
 fn sqlite_constraint(message: &str) -> Option<String> {
     let cols = message.strip_prefix("UNIQUE constraint failed: ")?;
+    // Expression and partial indexes are reported by name.
+    if let Some(name) = cols.strip_prefix("index '").and_then(|c| c.strip_suffix('\'')) {
+        return Some(name.to_owned());
+    }
     UNIQUE_CONSTRAINTS.iter().find(|(_, c)| *c == cols).map(|(n, _)| (*n).to_owned())
 }
 

@@ -7,6 +7,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod catalog;
 mod db;
 mod error;
 mod exec;

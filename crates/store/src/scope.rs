@@ -80,6 +80,25 @@ impl TenantScope {
         &self.permissions
     }
     /// Whether the principal holds a permission.
+    /// Whether the credential may touch this storefront: API keys can be restricted to some
+    /// storefronts; people and unrestricted keys reach all of them.
+    pub fn storefront_allowed(&self, storefront_id: &str) -> bool {
+        match &self.credential {
+            Credential::ApiKey { storefront_ids, .. } if !storefront_ids.is_empty() => {
+                storefront_ids.iter().any(|s| s == storefront_id)
+            }
+            _ => true,
+        }
+    }
+
+    /// The storefronts an API key is restricted to, or `None` when unrestricted.
+    pub fn storefront_restriction(&self) -> Option<&[String]> {
+        match &self.credential {
+            Credential::ApiKey { storefront_ids, .. } if !storefront_ids.is_empty() => Some(storefront_ids),
+            _ => None,
+        }
+    }
+
     pub fn can(&self, p: Permission) -> bool {
         self.permissions.contains(&p)
     }

@@ -207,6 +207,9 @@ struct Creds {
     user_b: String,
     /// API key of tenant A holding only `catalog.read`.
     key_a_catalog: String,
+    /// API key of tenant A holding only `audit.read`: the insufficient credential for routes
+    /// that `catalog.read` admits.
+    key_a_audit: String,
     /// Session of a tenant_admin of tenant A (no platform permission).
     user_a: String,
 }
@@ -230,6 +233,10 @@ async fn credentials(app: &TestApp) -> Creds {
         )
         .await,
     );
+    let key_a_audit = secret(
+        &app.api_key("tenant-a", "development", json!({"description": "audit", "permissions": ["audit.read"]}))
+            .await,
+    );
     let user_b = app.tenant_user("tenant-b", "admin-b@example.com", &["tenant_admin"]).await.access;
     let user_a = app.tenant_user("tenant-a", "admin-a@example.com", &["tenant_admin"]).await.access;
 
@@ -240,7 +247,7 @@ async fn credentials(app: &TestApp) -> Creds {
     let p =
         app.get("/v1/tenant").token(&key_a_catalog).header("x-tn", "tenant-a").expect(403).await.problem();
     assert_eq!(p.code, "permission_denied", "the catalog key authenticates but lacks tenant.read");
-    Creds { key_b, user_b, key_a_catalog, user_a }
+    Creds { key_b, user_b, key_a_catalog, key_a_audit, user_a }
 }
 
 /// A fresh session of tenant A's administrator, for routes that may end it.
@@ -366,8 +373,17 @@ async fn every_documented_route_refuses_missing_foreign_and_insufficient_credent
 
         // (c) A credential lacking the route's permission.
         if op.tenant_scoped {
-            let case = "tenant A's catalog.read key";
-            lacks_permission(&app, &mut f, op, case, &creds.key_a_catalog, &[("x-tn", "tenant-a")]).await;
+            // Two keys with disjoint permissions: a route that admits the first (it needs
+            // `catalog.read`) must refuse the second.
+            let a = &[("x-tn", "tenant-a")];
+            let r = send(&app, op, Some(&creds.key_a_catalog), a).await;
+            if r.status == 403 {
+                let case = "tenant A's catalog.read key";
+                lacks_permission(&app, &mut f, op, case, &creds.key_a_catalog, a).await;
+            } else {
+                let case = "tenant A's audit.read key (the route admits catalog.read)";
+                lacks_permission(&app, &mut f, op, case, &creds.key_a_audit, a).await;
+            }
         } else {
             let case = "a tenant admin's session on a platform route";
             lacks_permission(&app, &mut f, op, case, &creds.user_a, &[]).await;
