@@ -118,6 +118,14 @@ impl From<ServiceError> for ApiError {
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_secs)),
             ServiceError::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+            ServiceError::Undecryptable { code, message } => {
+                tracing::error!(code, error = %message, "stored encrypted data could not be decrypted");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code,
+                    "stored encrypted data could not be decrypted; an operator has to look at it",
+                )
+            }
             ServiceError::Unavailable(source) => {
                 tracing::error!(error = %error_chain(&source), "database unavailable");
                 ApiError::new(

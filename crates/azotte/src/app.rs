@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use azotte_crypto::aead::Key;
 use azotte_service::mail::{ConsoleMailer, Mailer};
+use azotte_service::vault::MasterKeys;
 
 use crate::config::{Config, RunMode};
 
@@ -30,21 +31,77 @@ fn root_key(config: &Config) -> Result<Key, StartError> {
         ));
     }
     let path = config.data_dir.join("secret.key");
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    let (key, generated) = key_file(&config.data_dir, &path).map_err(StartError::SecretKey)?;
+    if generated {
+        tracing::warn!(path = %path.display(), "generated the installation secret key; back it up (losing it invalidates passwords and API keys)");
+    }
+    Ok(key)
+}
+
+/// The platform master keys: configured (`master_key`, `previous_master_keys`), or (outside
+/// production) the active one generated once into `data_dir/master.key`, owner-only.
+pub fn master_keys(config: &Config) -> Result<MasterKeys, StartError> {
+    let bad = |what: &str, e: azotte_crypto::aead::KeyHexError| StartError::MasterKey(format!("{what}: {e}"));
+    let previous = config
+        .previous_master_keys
+        .iter()
+        .map(|k| Key::from_hex(k.expose()).map_err(|e| bad("previous_master_keys", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path = config.data_dir.join("master.key");
+    let active = match &config.master_key {
+        Some(hex) => {
+            let key = Key::from_hex(hex.expose()).map_err(|e| bad("master_key", e))?;
+            // A key generated earlier and since replaced by configuration must not be forgotten
+            // while tenant keys are still wrapped under it.
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Ok(file_key) = Key::from_hex(text.trim()) {
+                    let id = azotte_service::vault::master_key_id(&file_key);
+                    let configured = std::iter::once(&key)
+                        .chain(&previous)
+                        .any(|k| azotte_service::vault::master_key_id(k) == id);
+                    if !configured {
+                        tracing::warn!(path = %path.display(), master_kid = %id, "a generated master key file exists but is not configured; tenant keys wrapped under it cannot be read until it is added to previous_master_keys");
+                    }
+                }
+            }
+            key
+        }
+        None if config.mode == RunMode::Production => {
+            return Err(StartError::MasterKey(
+                "required in production mode: set AZOTTE_MASTER_KEY or AZOTTE_MASTER_KEY_FILE (64 hex characters)"
+                    .into(),
+            ))
+        }
+        None => {
+            let (key, generated) = key_file(&config.data_dir, &path)
+                .map_err(|e| StartError::MasterKey(format!("master_key: {e}")))?;
+            if generated {
+                tracing::warn!(path = %path.display(), master_kid = %azotte_service::vault::master_key_id(&key), "generated the platform master key; back it up (losing it makes every tenant's encrypted credentials unreadable), and configure master_key in production");
+            }
+            key
+        }
+    };
+    Ok(MasterKeys::new(&active, &previous))
+}
+
+/// A key kept in a file under `dir`: read, or generated and written with owner-only
+/// permissions. The flag says whether it was generated now.
+fn key_file(dir: &std::path::Path, path: &std::path::Path) -> Result<(Key, bool), String> {
+    if let Ok(text) = std::fs::read_to_string(path) {
         return Key::from_hex(text.trim())
-            .map_err(|e| StartError::SecretKey(format!("{}: {e:?}", path.display())));
+            .map(|k| (k, false))
+            .map_err(|e| format!("{}: {e:?}", path.display()));
     }
     let key = Key::generate();
-    let io = |e: std::io::Error| StartError::SecretKey(format!("cannot write {}: {e}", path.display()));
-    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+    let io = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    std::fs::create_dir_all(dir).map_err(io)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&path).map_err(io)?;
+    let mut f = opts.open(path).map_err(io)?;
     std::io::Write::write_all(&mut f, format!("{}\n", hex_encode(key.expose())).as_bytes()).map_err(io)?;
-    tracing::warn!(path = %path.display(), "generated the installation secret key; back it up (losing it invalidates passwords and API keys)");
-    Ok(key)
+    Ok((key, true))
 }
 
 fn hex_encode(bytes: &[u8]) -> String {
@@ -60,6 +117,8 @@ pub enum StartError {
     Migrate { url: String, reason: String },
     #[error("secret_key: {0}")]
     SecretKey(String),
+    #[error("master key: {0}")]
+    MasterKey(String),
     #[error("cannot load the JWT signing keys: {0}")]
     Keys(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -97,12 +156,13 @@ pub async fn migrate(config: &Config) -> Result<(), StartError> {
 /// Migrates the database and builds the services' context (keys loaded), without serving.
 pub async fn context(config: &Config, clock: Clock, mailer: Arc<dyn Mailer>) -> Result<Ctx, StartError> {
     let root = root_key(config)?;
+    let master = master_keys(config)?;
     migrate(config).await?;
     let opts = db_options(config);
     let db = Db::connect(&opts)
         .await
         .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
-    let ctx = Ctx::new(db, clock, &root, mailer, config.issuer.clone());
+    let ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
     ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
     Ok(ctx)
 }
@@ -129,12 +189,13 @@ impl Application {
         mailer: Arc<dyn Mailer>,
     ) -> Result<Self, StartError> {
         let root = root_key(config)?;
+        let master = master_keys(config)?;
         migrate(config).await?;
         let opts = db_options(config);
         let db = Db::connect(&opts)
             .await
             .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
-        let ctx = Ctx::new(db, clock, &root, mailer, config.issuer.clone());
+        let ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
         ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
         let router = azotte_api::router(ctx.clone(), &ApiConfig { body_limit: config.body_limit_bytes });
         let listener = TcpListener::bind(config.listen)

@@ -42,6 +42,12 @@ pub struct Config {
     /// Root secret (64 hex characters) from which the password pepper, API key hashing key and
     /// sealing keys derive. Generated under `data_dir` when absent outside production mode.
     pub secret_key: Option<Secret<String>>,
+    /// Platform master key (64 hex characters) wrapping the tenant data keys. Required in
+    /// production mode; otherwise generated under `data_dir` when absent.
+    pub master_key: Option<Secret<String>>,
+    /// Former master keys, still accepted for unwrapping until `azotte keys rotate-master` has
+    /// re-wrapped everything under `master_key`.
+    pub previous_master_keys: Vec<Secret<String>>,
     /// Where the embedded installation keeps generated files.
     pub data_dir: std::path::PathBuf,
     /// `iss` of issued access tokens.
@@ -74,6 +80,8 @@ const KEYS: &[Key] = &[
     Key { name: "housekeeping_interval_secs", default: "60", secret: false },
     Key { name: "shutdown_timeout_secs", default: "30", secret: false },
     Key { name: "secret_key", default: "", secret: true },
+    Key { name: "master_key", default: "", secret: true },
+    Key { name: "previous_master_keys", default: "", secret: true },
     Key { name: "data_dir", default: "./azotte-data", secret: false },
     Key { name: "issuer", default: "azotte", secret: false },
 ];
@@ -147,6 +155,36 @@ impl Config {
         }
 
         let get = |k: &'static str| &raw[k];
+        let mode = parse(get("mode"), "mode", |v| match v {
+            "development" => Ok(RunMode::Development),
+            "production" => Ok(RunMode::Production),
+            _ => Err("expected development or production".into()),
+        })?;
+        let master_key = parse(get("master_key"), "master_key", |v| {
+            if v.is_empty() && mode == RunMode::Production {
+                Err(format!(
+                    "required when mode = production (mode from {}): set AZOTTE_MASTER_KEY or \
+                     AZOTTE_MASTER_KEY_FILE to 64 hexadecimal characters, e.g. from `openssl rand -hex 32`",
+                    get("mode").source
+                ))
+            } else {
+                hex_key(v)
+            }
+        })?;
+        let previous_master_keys = parse(get("previous_master_keys"), "previous_master_keys", |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .enumerate()
+                .map(|(i, k)| match hex_key(k) {
+                    Ok(Some(key)) => Ok(key),
+                    _ => Err(format!(
+                        "entry {} of the comma-separated list: expected 64 hexadecimal characters (32 bytes)",
+                        i + 1
+                    )),
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })?;
         Ok(Config {
             listen: parse(get("listen"), "listen", |v| {
                 v.parse::<SocketAddr>().map_err(|_| "expected an address like 127.0.0.1:8080".into())
@@ -178,11 +216,7 @@ impl Config {
             body_limit_bytes: parse(get("body_limit_bytes"), "body_limit_bytes", |v| {
                 range(v, 1024, 100 * 1024 * 1024)
             })?,
-            mode: parse(get("mode"), "mode", |v| match v {
-                "development" => Ok(RunMode::Development),
-                "production" => Ok(RunMode::Production),
-                _ => Err("expected development or production".into()),
-            })?,
+            mode,
             housekeeping_interval: Duration::from_secs(parse(
                 get("housekeeping_interval_secs"),
                 "housekeeping_interval_secs",
@@ -193,16 +227,9 @@ impl Config {
                 "shutdown_timeout_secs",
                 |v| range(v, 1, 3_600),
             )?),
-            secret_key: parse(get("secret_key"), "secret_key", |v| {
-                if v.is_empty() {
-                    Ok(None)
-                } else if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    Ok(Some(Secret::new(v.to_owned())))
-                } else {
-                    Err("expected 64 hexadecimal characters (32 bytes), e.g. from `openssl rand -hex 32`"
-                        .into())
-                }
-            })?,
+            secret_key: parse(get("secret_key"), "secret_key", hex_key)?,
+            master_key,
+            previous_master_keys,
             data_dir: parse(get("data_dir"), "data_dir", |v| {
                 if v.is_empty() {
                     Err("must not be empty".into())
@@ -218,6 +245,18 @@ impl Config {
                 }
             })?,
         })
+    }
+}
+
+/// A 32-byte key as 64 hex characters, or `None` for an empty value. The value is never
+/// echoed: it is a secret.
+fn hex_key(v: &str) -> Result<Option<Secret<String>>, String> {
+    if v.is_empty() {
+        Ok(None)
+    } else if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(Some(Secret::new(v.to_owned())))
+    } else {
+        Err("expected 64 hexadecimal characters (32 bytes), e.g. from `openssl rand -hex 32`".into())
     }
 }
 
@@ -264,6 +303,36 @@ mod tests {
         assert!(!e.to_string().contains("abc"), "a bad secret is not echoed: {e}");
         let c = Config::load(None, env(&[("AZOTTE_SECRET_KEY", &"ab".repeat(32))]), &[]).unwrap();
         assert!(c.secret_key.is_some());
+    }
+
+    #[test]
+    fn master_keys_are_hex_and_required_in_production() {
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        let c = Config::load(None, vec![], &[]).unwrap();
+        assert!(c.master_key.is_none() && c.previous_master_keys.is_empty());
+        let e = Config::load(None, env(&[("AZOTTE_MASTER_KEY", "abc")]), &[]).unwrap_err();
+        assert_eq!(e.key, "master_key");
+        let c = Config::load(
+            None,
+            env(&[("AZOTTE_MASTER_KEY", &a), ("AZOTTE_PREVIOUS_MASTER_KEYS", &format!("{b}, {a},"))]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.master_key.unwrap().expose(), &a);
+        assert_eq!(
+            c.previous_master_keys.iter().map(|k| k.expose().clone()).collect::<Vec<_>>(),
+            [b.clone(), a]
+        );
+        let e = Config::load(None, env(&[("AZOTTE_PREVIOUS_MASTER_KEYS", &format!("{b},secret"))]), &[])
+            .unwrap_err();
+        assert_eq!(e.key, "previous_master_keys");
+        assert!(e.to_string().contains("entry 2") && !e.to_string().contains("secret"), "{e}");
+
+        let e = Config::load(None, env(&[("AZOTTE_MODE", "production")]), &[]).unwrap_err();
+        assert_eq!(e.key, "master_key");
+        assert!(e.to_string().contains("required when mode = production (mode from AZOTTE_MODE)"), "{e}");
+        let c = Config::load(None, env(&[("AZOTTE_MODE", "production"), ("AZOTTE_MASTER_KEY", &b)]), &[]);
+        assert!(c.is_ok());
     }
 
     #[test]

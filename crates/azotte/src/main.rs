@@ -72,6 +72,10 @@ enum KeysCommand {
     /// Create a new JWT signing key; tokens signed by the previous one stay valid until they
     /// expire (15 minutes), then it is unpublished.
     Rotate,
+    /// Re-wrap every tenant data key under the active master key (`master_key`), unwrapping
+    /// with the one in `previous_master_keys` its row names; encrypted data is not touched.
+    /// Idempotent; exits non-zero if any key could not be re-wrapped.
+    RotateMaster,
 }
 
 fn main() -> ExitCode {
@@ -191,6 +195,28 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             let kid = azotte_service::auth::rotate_signing_key(&ctx).await.map_err(|e| e.to_string())?;
             println!("new JWT signing key: {kid}");
             Ok(())
+        }
+        Command::Keys(KeysCommand::RotateMaster) => {
+            let ctx = app::context(
+                &config,
+                Clock::system(),
+                std::sync::Arc::new(azotte_service::mail::ConsoleMailer),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let r = azotte_service::vault::rotate_master(&ctx).await.map_err(|e| e.to_string())?;
+            println!("active master key: {}", r.active_master_kid);
+            println!("rewrapped: {}", r.rewrapped);
+            println!("already current: {}", r.already_current);
+            println!("failed: {}", r.failed.len());
+            for f in &r.failed {
+                println!("  tenant {} key {} (under {}): {}", f.tenant_id, f.kid, f.master_kid, f.reason);
+            }
+            if r.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} tenant key(s) could not be re-wrapped; see above", r.failed.len()))
+            }
         }
     }
 }

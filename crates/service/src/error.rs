@@ -29,6 +29,12 @@ pub enum ServiceError {
     /// Too many attempts; try again after this many seconds.
     #[error("too many attempts")]
     Throttled { retry_after_secs: u64 },
+    /// Encrypted data could not be opened: `credential_undecryptable` (a ciphertext moved to
+    /// another row, altered, or naming an unknown tenant key), `tenant_key_undecryptable` (a
+    /// wrapped tenant key altered or moved) or `master_key_missing` (a tenant key is wrapped
+    /// under a master key that is not configured). Logged; answered as 500 with that code.
+    #[error("{message}")]
+    Undecryptable { code: &'static str, message: String },
     /// The database is unreachable.
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),

@@ -2,7 +2,8 @@
 //!
 //! Every secret is derived from one root key (`secret_key` in the configuration), by label, so
 //! the installation has one secret to keep: the password pepper, the API key hashing key and the
-//! sealing key for secrets at rest (TOTP secrets, JWT private keys).
+//! sealing key for secrets at rest (TOTP secrets, JWT private keys). Tenant data has its own,
+//! rotatable hierarchy under the platform master key: see [`crate::vault`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

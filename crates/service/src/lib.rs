@@ -16,6 +16,7 @@ pub mod seal;
 pub mod security;
 pub mod tenants;
 pub mod users;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -49,11 +50,20 @@ pub struct Ctx {
     pub flood: Arc<security::FloodGuard>,
     /// The journal checkpoint signing key, loaded on first use.
     pub journal_key: Arc<tokio::sync::OnceCell<(String, [u8; 32])>>,
+    /// Platform master keys and unwrapped tenant data keys (envelope encryption).
+    pub vault: Arc<vault::Vault>,
 }
 
 impl Ctx {
     /// A context; call [`Ctx::init`] before serving.
-    pub fn new(db: Db, clock: Clock, root: &Key, mailer: Arc<dyn Mailer>, issuer: String) -> Self {
+    pub fn new(
+        db: Db,
+        clock: Clock,
+        root: &Key,
+        master: vault::MasterKeys,
+        mailer: Arc<dyn Mailer>,
+        issuer: String,
+    ) -> Self {
         Self {
             db,
             clock,
@@ -63,6 +73,7 @@ impl Ctx {
             issuer,
             flood: Default::default(),
             journal_key: Default::default(),
+            vault: Arc::new(vault::Vault::new(master)),
         }
     }
 

@@ -20,6 +20,7 @@ pub mod roles;
 mod scope;
 pub mod seal;
 pub mod sessions;
+pub mod tenant_keys;
 pub mod tenants;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

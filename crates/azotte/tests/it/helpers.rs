@@ -97,11 +97,15 @@ impl Drop for TestApp {
     }
 }
 
+/// The master key of test servers (64 hex characters).
+pub const TEST_MASTER_KEY: &str = "6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d6d";
+
 /// Builds a configuration for a test database, listening on a free port.
 pub fn test_config(db_url: &str, extra: &[(&'static str, String)]) -> Config {
     let mut overrides = vec![
         ("listen", "127.0.0.1:0".to_owned()),
         ("secret_key", "5e".repeat(32)),
+        ("master_key", TEST_MASTER_KEY.to_owned()),
         ("database_url", db_url.to_owned()),
         ("database_max_connections", "5".to_owned()),
     ];

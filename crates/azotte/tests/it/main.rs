@@ -15,3 +15,4 @@ mod openapi;
 mod route_walk;
 mod tamper;
 mod tenants;
+mod vault;
