@@ -200,7 +200,7 @@ pub mod need {
             }
         )+};
     }
-    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage, CatalogWrite);
+    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage, CatalogWrite, PspManage);
 }
 
 /// A tenant scope that holds permission `N`, checked (and a denial journaled) before the

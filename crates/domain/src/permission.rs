@@ -47,6 +47,7 @@ permissions! {
     AuditRead => "audit.read",
     CatalogRead => "catalog.read",
     CatalogWrite => "catalog.write",
+    PspManage => "psp.manage",
     CustomerRead => "customer.read",
     CustomerWrite => "customer.write",
     CustomerErase => "customer.erase",

@@ -324,6 +324,14 @@ pub async fn delete_storefront(ctx: &Ctx, scope: &TenantScope, id: &str) -> Resu
             None,
         ));
     }
+    let psp = crate::psp_accounts::count_for_storefront(&mut tx, id).await?;
+    if psp > 0 {
+        return Err(conflict(
+            "storefront_in_use",
+            format!("{psp} PSP account(s) belong to this storefront; delete them first, or set the storefront inactive"),
+            None,
+        ));
+    }
     store::delete_storefront(&mut tx, id).await?;
     let r = Some(("storefront", id));
     tx.action(now, "storefront.delete", r, json!({})).await?;

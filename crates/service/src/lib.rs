@@ -12,6 +12,7 @@ pub mod journal;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
+pub mod psp_accounts;
 pub mod seal;
 pub mod security;
 pub mod tenants;

@@ -16,6 +16,7 @@ pub mod invitations;
 mod isolation_tests;
 pub mod journal;
 pub mod memberships;
+pub mod psp_accounts;
 pub mod roles;
 mod scope;
 pub mod seal;

@@ -425,3 +425,21 @@ impl TestApp {
         self.raw_strings(&sql).await
     }
 }
+
+#[allow(dead_code)]
+impl TestApp {
+    /// The bytes of the first row of a query returning one binary column, as the owner.
+    pub async fn raw_bytes(&self, sql: &str) -> Vec<u8> {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query_scalar::<_, Vec<u8>>(sql).fetch_one(&mut c).await.unwrap()
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query_scalar::<_, Vec<u8>>(sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod identity;
 mod journal;
 mod jwt_attacks;
 mod openapi;
+mod psp_accounts;
 mod route_walk;
 mod tamper;
 mod tenants;

@@ -234,8 +234,12 @@ async fn credentials(app: &TestApp) -> Creds {
         .await,
     );
     let key_a_audit = secret(
-        &app.api_key("tenant-a", "development", json!({"description": "audit", "permissions": ["audit.read"]}))
-            .await,
+        &app.api_key(
+            "tenant-a",
+            "development",
+            json!({"description": "audit", "permissions": ["audit.read"]}),
+        )
+        .await,
     );
     let user_b = app.tenant_user("tenant-b", "admin-b@example.com", &["tenant_admin"]).await.access;
     let user_a = app.tenant_user("tenant-a", "admin-a@example.com", &["tenant_admin"]).await.access;

@@ -4,6 +4,7 @@
 mod bundles;
 mod entitlements;
 mod prices;
+mod psp_accounts;
 mod storefronts;
 
 use serde::Deserialize;
@@ -21,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(entitlements::router())
         .merge(bundles::router())
         .merge(prices::router())
+        .merge(psp_accounts::router())
 }
 
 const PROBLEM: &str = "application/problem+json";
