@@ -91,7 +91,11 @@ fn main() -> ExitCode {
     if let Command::Serve { listen: Some(l) } = &cli.command {
         overrides.push(("listen", l.clone()));
     }
-    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+    let config = match Config::load(
+        cli.config.as_deref(),
+        std::env::vars().filter(|(k, _)| k != BENCH_UNJOURNALED_VAR),
+        &overrides,
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("azotte: {e}");
@@ -128,6 +132,27 @@ fn print_bootstrap_secret(secret: &str) {
     println!();
 }
 
+/// Set to `yes` to let a `bench-unjournaled` build serve (read here, not by the configuration).
+const BENCH_UNJOURNALED_VAR: &str = "AZOTTE_BENCH_UNJOURNALED";
+
+/// A `bench-unjournaled` build writes no journal entries: it serves only when told to, loudly.
+fn bench_unjournaled_guard() -> Result<(), String> {
+    if !cfg!(feature = "bench-unjournaled") {
+        return Ok(());
+    }
+    if std::env::var(BENCH_UNJOURNALED_VAR).as_deref() != Ok("yes") {
+        return Err(format!(
+            "this binary was built with the `bench-unjournaled` feature: mutations write NO journal \
+             entries. It exists only for bench/journal_write.sh; set {BENCH_UNJOURNALED_VAR}=yes to serve anyway"
+        ));
+    }
+    let msg = "BENCHMARK BUILD (bench-unjournaled): mutations write NO journal entries and nothing is \
+               sealed; never use this binary for real data";
+    eprintln!("azotte: WARNING: {msg}");
+    tracing::warn!("{msg}");
+    Ok(())
+}
+
 async fn run(command: Command, config: Config) -> Result<(), String> {
     match command {
         Command::Migrate => {
@@ -146,6 +171,7 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             }
         }
         Command::Serve { .. } => {
+            bench_unjournaled_guard()?;
             let app = Application::build(&config, Clock::system()).await.map_err(|e| e.to_string())?;
             if let Some(secret) = app.bootstrap().await.map_err(|e| e.to_string())? {
                 print_bootstrap_secret(secret.expose());
