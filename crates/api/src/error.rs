@@ -76,6 +76,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, format!("{resource}_not_found"), format!("no such {resource}"))
     }
 
+    /// Adds a field-level problem.
+    pub fn push_field_error(&mut self, e: FieldError) {
+        self.errors.push(e);
+    }
+
     /// Adds a response header.
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));

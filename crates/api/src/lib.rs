@@ -8,6 +8,7 @@ mod extract;
 mod metrics;
 mod middleware;
 mod openapi;
+mod raw_card;
 mod routes;
 
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub fn router(ctx: Ctx, config: &ApiConfig) -> Router {
         .route("/metrics", get(routes::health::metrics))
         .fallback(middleware::route_not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
+        // Inside the body limit (it buffers the body under it), before every extractor.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), raw_card::guard))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(middleware::panic_response))

@@ -63,7 +63,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_request_id(v))
+        .filter(|v| valid_request_id(v) && crate::raw_card::loggable_header(v).is_some())
         .map(str::to_owned)
         .unwrap_or_else(|| RequestId::new().to_string());
     let correlation_id = headers
@@ -78,7 +78,8 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         request_id = %info.request_id,
         correlation_id = %info.correlation_id,
         method = %req.method(),
-        path = %req.uri().path(),
+        // The path only: the query string may hold values (and a card number, see raw_card).
+        path = %crate::raw_card::loggable_path(req.uri().path()),
         tenant_id = tracing::field::Empty,
         environment = tracing::field::Empty,
         principal = tracing::field::Empty,
@@ -94,7 +95,9 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().take(256).collect()),
+            .map(|v| v.chars().take(256).collect::<String>())
+            // Stored in the journal: never one holding a card number.
+            .filter(|v| crate::raw_card::loggable_header(v).is_some()),
         source: "api",
     };
     req.extensions_mut().insert(info.clone());

@@ -4,6 +4,7 @@
 //! abstraction and field-level validation errors. Values are parsed at the edge into these
 //! types, which cannot hold invalid data.
 
+pub mod card_number;
 pub mod catalog;
 pub mod clock;
 pub mod email;

@@ -13,6 +13,7 @@ mod journal;
 mod jwt_attacks;
 mod openapi;
 mod psp_accounts;
+mod raw_card;
 mod route_walk;
 mod tamper;
 mod tenants;
