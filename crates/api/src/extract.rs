@@ -200,7 +200,7 @@ pub mod need {
             }
         )+};
     }
-    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage, CatalogWrite, PspManage);
+    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage, CatalogWrite, PspManage, CustomerWrite);
 }
 
 /// A tenant scope that holds permission `N`, checked (and a denial journaled) before the

@@ -54,6 +54,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::users::router())
         .merge(routes::journal::router())
         .merge(routes::catalog::router())
+        .merge(routes::customers::router())
 }
 
 /// The OpenAPI document of every documented route.

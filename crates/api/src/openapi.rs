@@ -26,7 +26,8 @@ use crate::error::Problem;
         (name = "api_keys", description = "Machine credentials of one tenant environment"),
         (name = "users", description = "Members, invitations and custom roles of a tenant"),
         (name = "journal", description = "The audit trail: actions, decisions, outcomes"),
-        (name = "catalog", description = "Storefronts, entitlements, bundles and prices")
+        (name = "catalog", description = "Storefronts, entitlements, bundles and prices"),
+        (name = "customers", description = "End customers (personal data in the PII vault) and payment methods")
     )
 )]
 struct BaseDoc;

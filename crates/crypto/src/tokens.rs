@@ -236,3 +236,36 @@ mod tests {
         assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }
+
+/// A keyed lookup hash (HMAC-SHA256, lower-case hex) of `parts` joined by NUL bytes: lets a
+/// value (a normalized email, a phone number) be found and kept unique without storing it.
+/// Use a key derived for this purpose alone.
+pub fn lookup_hash(key: &aead::Key, parts: &[&str]) -> String {
+    let mut joined: Vec<&[u8]> = Vec::with_capacity(parts.len() * 2);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            joined.push(b"\0");
+        }
+        joined.push(p.as_bytes());
+    }
+    hex::encode(crate::mac::hmac_sha256(key.expose(), &joined))
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+
+    #[test]
+    fn lookup_hashes_depend_on_key_and_every_part() {
+        let k = aead::Key::from_bytes([1; 32]);
+        let h = lookup_hash(&k, &["ten", "development", "email", "a@b.c"]);
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, lookup_hash(&k, &["ten", "development", "email", "a@b.c"]));
+        assert_ne!(h, lookup_hash(&k, &["ten", "production", "email", "a@b.c"]));
+        assert_ne!(h, lookup_hash(&k, &["ten", "development", "emai", "la@b.c"]));
+        assert_ne!(
+            h,
+            lookup_hash(&aead::Key::from_bytes([2; 32]), &["ten", "development", "email", "a@b.c"])
+        );
+    }
+}

@@ -201,6 +201,8 @@ id_kind!(BundleKind, BundleId, "bnd");
 id_kind!(PriceKind, PriceId, "prc");
 id_kind!(PriceVersionKind, PriceVersionId, "prv");
 id_kind!(PspAccountKind, PspAccountId, "psp");
+id_kind!(CustomerKind, CustomerId, "cus");
+id_kind!(PaymentMethodKind, PaymentMethodId, "pm");
 
 #[cfg(test)]
 mod tests {

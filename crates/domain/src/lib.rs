@@ -7,6 +7,7 @@
 pub mod card_number;
 pub mod catalog;
 pub mod clock;
+pub mod customer;
 pub mod email;
 pub mod id;
 pub mod iso;

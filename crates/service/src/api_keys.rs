@@ -43,10 +43,12 @@ pub async fn authorize_management(ctx: &Ctx, scope: &TenantScope) -> Result<()> 
 /// Key management needs a person (never a key) who completed MFA within the last 10 minutes.
 fn require_fresh_human(ctx: &Ctx, scope: &TenantScope) -> Result<()> {
     match scope.credential() {
-        Credential::ApiKey { .. } | Credential::Invitation => Err(ServiceError::Forbidden {
-            code: "key_management_requires_user",
-            message: "API keys cannot create, rotate or revoke keys; use a user session".into(),
-        }),
+        Credential::ApiKey { .. } | Credential::Invitation | Credential::System { .. } => {
+            Err(ServiceError::Forbidden {
+                code: "key_management_requires_user",
+                message: "API keys cannot create, rotate or revoke keys; use a user session".into(),
+            })
+        }
         Credential::Session { mfa_at, .. } => match mfa_at {
             Some(t) if *t + FRESH_MFA > ctx.clock.now() => Ok(()),
             _ => Err(ServiceError::Forbidden {

@@ -24,6 +24,8 @@ pub struct Keys {
     pub api_key_hash: Key,
     /// Seals secrets stored in the database.
     pub seal: Key,
+    /// Keyed lookup hashes of customer emails and phones.
+    pub customer_lookup: Key,
 }
 
 impl Keys {
@@ -33,6 +35,7 @@ impl Keys {
             pepper: root.derive("password-pepper"),
             api_key_hash: root.derive("api-key-hash"),
             seal: root.derive("seal-at-rest"),
+            customer_lookup: root.derive("customer-lookup"),
         }
     }
 }

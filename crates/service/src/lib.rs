@@ -6,12 +6,14 @@
 pub mod api_keys;
 pub mod auth;
 pub mod catalog;
+pub mod customers;
 mod error;
 pub mod housekeeping;
 pub mod journal;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
+pub mod payment_methods;
 pub mod psp_accounts;
 pub mod seal;
 pub mod security;

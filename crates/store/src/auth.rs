@@ -408,3 +408,24 @@ pub async fn invitation_scope(db: &Db, tenant_ref: &str) -> std::result::Result<
         platform_access: false,
     })
 }
+
+/// The scope of a platform job working in one tenant environment (`job` names it in the
+/// journal). It holds every tenant permission; only workers build it, for tenants they read
+/// from the job tables.
+pub async fn system_scope(
+    db: &Db,
+    tenant_id: azotte_domain::id::TenantId,
+    environment: Environment,
+    job: &str,
+) -> std::result::Result<TenantScope, AuthError> {
+    let (tx, tenant) = open_tenant(db, &tenant_id.to_string()).await?;
+    tx.commit().await?;
+    Ok(TenantScope {
+        tenant_id: tenant.id,
+        environment,
+        principal: Principal { kind: PrincipalKind::System, id: job.to_owned(), roles: vec![] },
+        permissions: azotte_domain::permission::tenant_role_permissions("tenant_admin").unwrap_or_default(),
+        credential: Credential::System { job: job.to_owned() },
+        platform_access: false,
+    })
+}

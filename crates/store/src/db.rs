@@ -123,6 +123,8 @@ impl Db {
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute(format!("SET ROLE {APP_ROLE}").as_str()).await?;
+                            // Customer data has its own schema; queries name tables unqualified.
+                            conn.execute("SET search_path = public, customer_data").await?;
                             Ok(())
                         })
                     })

@@ -42,6 +42,9 @@ const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
     ("invitations_token_hash_key", "invitations.token_hash"),
     ("entitlements_key_key", "entitlements.tenant_id, entitlements.environment, entitlements.key"),
     ("bundles_key_key", "bundles.tenant_id, bundles.environment, bundles.key"),
+    ("customers_external_id_key", "customers.tenant_id, customers.environment, customers.external_id"),
+    ("customers_email_key", "customers.tenant_id, customers.environment, customers.email_hash"),
+    ("customers_phone_key", "customers.tenant_id, customers.environment, customers.phone_hash"),
     ("price_versions_version_key", "price_versions.tenant_id, price_versions.environment, price_versions.price_id, price_versions.version"),
 ];
 

@@ -8,6 +8,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod catalog;
+pub mod customers;
 mod db;
 mod error;
 mod exec;

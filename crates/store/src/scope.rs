@@ -31,6 +31,8 @@ pub enum Credential {
     },
     /// An invitation token being redeemed.
     Invitation,
+    /// Work the platform does itself in a tenant (a scheduled job), named.
+    System { job: String },
 }
 
 /// A permission the principal lacks.

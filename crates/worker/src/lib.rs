@@ -69,6 +69,8 @@ async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Recei
     {
         let mut tick = tokio::time::interval(config.housekeeping_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The card expiry sweep runs once per UTC day (and at start).
+        let mut swept_on = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -76,6 +78,18 @@ async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Recei
                         Ok(r) if r.sessions_purged > 0 => tracing::info!(purged = r.sessions_purged, "expired sessions purged"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
+                    }
+                    let today = ctx.clock.now().date_naive();
+                    if swept_on != Some(today) {
+                        match azotte_service::payment_methods::mark_expired_everywhere(&ctx).await {
+                            Ok(n) => {
+                                swept_on = Some(today);
+                                if n > 0 {
+                                    tracing::info!(marked = n, "expired payment methods marked");
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "payment method expiry sweep failed; will retry"),
+                        }
                     }
                 }
                 _ = shutdown.changed() => break,

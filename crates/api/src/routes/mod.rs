@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod catalog;
+pub mod customers;
 pub mod health;
 pub mod journal;
 pub mod platform_tenants;

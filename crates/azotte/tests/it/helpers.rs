@@ -443,3 +443,67 @@ impl TestApp {
         }
     }
 }
+
+#[allow(dead_code)]
+impl TestApp {
+    /// Every value of every column of every table (both schemas on PostgreSQL), as text; binary
+    /// columns as lower-case hex. What someone with a copy of the database can read.
+    pub async fn raw_dump(&self) -> String {
+        use sqlx::{Connection, Row};
+        let mut out = String::new();
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                )
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                for t in tables {
+                    let cols: Vec<String> = sqlx::query(&format!("PRAGMA table_info({t})"))
+                        .fetch_all(&mut c)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get::<String, _>("name"))
+                        .collect();
+                    for col in cols {
+                        let sql = format!(
+                            "SELECT CASE WHEN typeof({col}) = 'blob' THEN lower(hex({col})) ELSE CAST({col} AS TEXT) END FROM {t} WHERE {col} IS NOT NULL"
+                        );
+                        for v in sqlx::query_scalar::<_, String>(&sql).fetch_all(&mut c).await.unwrap() {
+                            out.push_str(&v);
+                            out.push('\n');
+                        }
+                    }
+                }
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                let cols = sqlx::query(
+                    "SELECT table_schema::text, table_name::text, column_name::text, data_type::text FROM information_schema.columns \
+                     WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
+                )
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                for r in cols {
+                    let (s, t, col, ty): (String, String, String, String) =
+                        (r.get(0), r.get(1), r.get(2), r.get(3));
+                    let expr = if ty == "bytea" {
+                        format!("encode(\"{col}\", 'hex')")
+                    } else {
+                        format!("\"{col}\"::text")
+                    };
+                    let sql = format!("SELECT {expr} FROM \"{s}\".\"{t}\" WHERE \"{col}\" IS NOT NULL");
+                    for v in sqlx::query_scalar::<_, String>(&sql).fetch_all(&mut c).await.unwrap() {
+                        out.push_str(&v);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
+    }
+}

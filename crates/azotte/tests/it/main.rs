@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod catalog;
 mod cli;
+mod customers;
 mod health;
 mod http_errors;
 mod identity;
