@@ -12,6 +12,7 @@ pub mod email;
 pub mod id;
 pub mod iso;
 pub mod pagination;
+pub mod payment;
 pub mod permission;
 pub mod principal;
 pub mod secret;
