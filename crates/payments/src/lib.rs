@@ -48,6 +48,7 @@
 pub mod connector;
 pub mod error;
 pub mod sandbox;
+pub mod stripe;
 
 pub use connector::{
     Account, BoxFuture, CaptureRequest, Connector, ConnectorResult, PaymentRequest, PspPayment, PspRefund,
