@@ -200,7 +200,17 @@ pub mod need {
             }
         )+};
     }
-    needs!(PlatformTenantWrite, UserInvite, UserManage, RoleManage, CatalogWrite, PspManage, CustomerWrite);
+    needs!(
+        PlatformTenantWrite,
+        UserInvite,
+        UserManage,
+        RoleManage,
+        CatalogWrite,
+        PspManage,
+        CustomerWrite,
+        PaymentCreate,
+        PaymentRefund
+    );
 }
 
 /// A tenant scope that holds permission `N`, checked (and a denial journaled) before the

@@ -55,6 +55,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::journal::router())
         .merge(routes::catalog::router())
         .merge(routes::customers::router())
+        .merge(routes::payments::router())
 }
 
 /// The OpenAPI document of every documented route.

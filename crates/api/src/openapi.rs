@@ -27,7 +27,8 @@ use crate::error::Problem;
         (name = "users", description = "Members, invitations and custom roles of a tenant"),
         (name = "journal", description = "The audit trail: actions, decisions, outcomes"),
         (name = "catalog", description = "Storefronts, entitlements, bundles and prices"),
-        (name = "customers", description = "End customers (personal data in the PII vault) and payment methods")
+        (name = "customers", description = "End customers (personal data in the PII vault) and payment methods"),
+        (name = "payments", description = "Charges through the storefront's PSP accounts, and refunds")
     )
 )]
 struct BaseDoc;

@@ -55,6 +55,7 @@ permissions! {
     SubscriptionWrite => "subscription.write",
     SubscriptionCancel => "subscription.cancel",
     PaymentRead => "payment.read",
+    PaymentCreate => "payment.create",
     PaymentRefund => "payment.refund",
     WebhookManage => "webhook.manage",
     PlatformTenantRead => "platform.tenant.read",

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod mail;
 pub mod mfa;
 pub mod payment_methods;
+pub mod payments;
 pub mod psp_accounts;
 pub mod seal;
 pub mod security;
@@ -55,6 +56,8 @@ pub struct Ctx {
     pub journal_key: Arc<tokio::sync::OnceCell<(String, [u8; 32])>>,
     /// Platform master keys and unwrapped tenant data keys (envelope encryption).
     pub vault: Arc<vault::Vault>,
+    /// PSP connectors of this process.
+    pub psp: payments::Connectors,
 }
 
 impl Ctx {
@@ -77,6 +80,7 @@ impl Ctx {
             flood: Default::default(),
             journal_key: Default::default(),
             vault: Arc::new(vault::Vault::new(master)),
+            psp: Default::default(),
         }
     }
 

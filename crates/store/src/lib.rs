@@ -17,6 +17,7 @@ pub mod invitations;
 mod isolation_tests;
 pub mod journal;
 pub mod memberships;
+pub mod payments;
 pub mod psp_accounts;
 pub mod roles;
 mod scope;

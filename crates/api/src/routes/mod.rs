@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod customers;
 pub mod health;
 pub mod journal;
+pub mod payments;
 pub mod platform_tenants;
 pub mod tenant;
 pub mod users;

@@ -13,6 +13,7 @@ mod identity;
 mod journal;
 mod jwt_attacks;
 mod openapi;
+mod payments;
 mod psp_accounts;
 mod raw_card;
 mod route_walk;

@@ -1,0 +1,309 @@
+//! Payments and refunds as stored. The refund ceiling is enforced here, in the statement that
+//! reserves a refund (and by a CHECK constraint behind it), not only in code.
+
+use chrono::{DateTime, Utc};
+use sea_query::{Expr, Iden, Order, Query, SelectStatement};
+
+use crate::{Result, TenantTx};
+
+#[derive(Iden, Clone, Copy)]
+enum Payments {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    StorefrontId,
+    CustomerId,
+    PaymentMethodId,
+    PspAccountId,
+    PspPaymentId,
+    Amount,
+    Currency,
+    Status,
+    Attempts,
+    DeclineCode,
+    CapturedAmount,
+    RefundedAmount,
+    Description,
+    CreatedAt,
+    UpdatedAt,
+}
+
+const PAYMENT_COLUMNS: [Payments; 17] = [
+    Payments::Id,
+    Payments::StorefrontId,
+    Payments::CustomerId,
+    Payments::PaymentMethodId,
+    Payments::PspAccountId,
+    Payments::PspPaymentId,
+    Payments::Amount,
+    Payments::Currency,
+    Payments::Status,
+    Payments::Attempts,
+    Payments::DeclineCode,
+    Payments::CapturedAmount,
+    Payments::RefundedAmount,
+    Payments::Description,
+    Payments::CreatedAt,
+    Payments::UpdatedAt,
+    Payments::Environment,
+];
+
+/// A payment row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PaymentRow {
+    pub id: String,
+    pub storefront_id: String,
+    pub customer_id: String,
+    pub payment_method_id: String,
+    /// The account of the latest attempt.
+    pub psp_account_id: Option<String>,
+    pub psp_payment_id: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub attempts: i32,
+    pub decline_code: Option<String>,
+    pub captured_amount: i64,
+    /// Pending and succeeded refunds.
+    pub refunded_amount: i64,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Adds a payment.
+pub async fn insert(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
+    let mut cols = PAYMENT_COLUMNS.to_vec();
+    cols.push(Payments::TenantId);
+    let v: Vec<sea_query::SimpleExpr> = vec![
+        p.id.clone().into(),
+        p.storefront_id.clone().into(),
+        p.customer_id.clone().into(),
+        p.payment_method_id.clone().into(),
+        p.psp_account_id.clone().into(),
+        p.psp_payment_id.clone().into(),
+        p.amount.into(),
+        p.currency.clone().into(),
+        p.status.clone().into(),
+        p.attempts.into(),
+        p.decline_code.clone().into(),
+        p.captured_amount.into(),
+        p.refunded_amount.into(),
+        p.description.clone().into(),
+        p.created_at.into(),
+        p.updated_at.into(),
+        tx.scope().environment().as_str().into(),
+        tx.scope().tenant_id().to_string().into(),
+    ];
+    let q = Query::insert().into_table(Payments::Table).columns(cols).values_panic(v).to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Writes the outcome of an attempt: status, account, PSP id, attempts, decline code, captured
+/// amount.
+pub async fn update_attempt(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
+    let q = Query::update()
+        .table(Payments::Table)
+        .values([
+            (Payments::Status, p.status.clone().into()),
+            (Payments::PspAccountId, p.psp_account_id.clone().into()),
+            (Payments::PspPaymentId, p.psp_payment_id.clone().into()),
+            (Payments::Attempts, p.attempts.into()),
+            (Payments::DeclineCode, p.decline_code.clone().into()),
+            (Payments::CapturedAmount, p.captured_amount.into()),
+            (Payments::UpdatedAt, p.updated_at.into()),
+        ])
+        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .and_where(Expr::col(Payments::Id).eq(p.id.clone()))
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Reserves `amount` of the payment's captured amount for a refund, atomically: `false` (and
+/// nothing changed) when it would take the refunded total above the captured amount.
+pub async fn reserve_refund(
+    tx: &mut TenantTx,
+    payment_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let q = Query::update()
+        .table(Payments::Table)
+        .value(Payments::RefundedAmount, Expr::col(Payments::RefundedAmount).add(amount))
+        .value(Payments::UpdatedAt, now)
+        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .and_where(Expr::col(Payments::Id).eq(payment_id))
+        .and_where(Expr::col(Payments::Status).eq("captured"))
+        .and_where(
+            Expr::expr(Expr::col(Payments::RefundedAmount).add(amount))
+                .lte(Expr::col(Payments::CapturedAmount)),
+        )
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+/// Gives back a failed refund's reservation.
+pub async fn release_refund(
+    tx: &mut TenantTx,
+    payment_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let q = Query::update()
+        .table(Payments::Table)
+        .value(Payments::RefundedAmount, Expr::col(Payments::RefundedAmount).sub(amount))
+        .value(Payments::UpdatedAt, now)
+        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .and_where(Expr::col(Payments::Id).eq(payment_id))
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+fn select(tx: &TenantTx) -> SelectStatement {
+    Query::select()
+        .columns(PAYMENT_COLUMNS[..16].to_vec())
+        .from(Payments::Table)
+        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .to_owned()
+}
+
+/// One payment.
+pub async fn get(tx: &mut TenantTx, id: &str) -> Result<Option<PaymentRow>> {
+    let q = select(tx).and_where(Expr::col(Payments::Id).eq(id)).to_owned();
+    tx.tx.fetch_optional::<PaymentRow>(&q).await
+}
+
+/// Payments in id order after `starting_after`; optionally of one customer, within storefronts.
+pub async fn list(
+    tx: &mut TenantTx,
+    limit: u32,
+    starting_after: Option<&str>,
+    customer_id: Option<&str>,
+    storefronts: Option<&[String]>,
+) -> Result<(Vec<PaymentRow>, bool)> {
+    let mut q = select(tx).order_by(Payments::Id, Order::Asc).limit(u64::from(limit) + 1).to_owned();
+    if let Some(a) = starting_after {
+        q.and_where(Expr::col(Payments::Id).gt(a));
+    }
+    if let Some(c) = customer_id {
+        q.and_where(Expr::col(Payments::CustomerId).eq(c));
+    }
+    if let Some(s) = storefronts {
+        q.and_where(Expr::col(Payments::StorefrontId).is_in(s.iter().cloned()));
+    }
+    let mut rows = tx.tx.fetch_all::<PaymentRow>(&q).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok((rows, more))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Iden, Clone, Copy)]
+enum Refunds {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    PaymentId,
+    Amount,
+    Status,
+    PspRefundId,
+    Reason,
+    CreatedAt,
+    UpdatedAt,
+}
+
+/// A refund row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefundRow {
+    pub id: String,
+    pub payment_id: String,
+    pub amount: i64,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    pub psp_refund_id: Option<String>,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Adds a refund.
+pub async fn insert_refund(tx: &mut TenantTx, r: &RefundRow) -> Result<()> {
+    let q = Query::insert()
+        .into_table(Refunds::Table)
+        .columns([
+            Refunds::TenantId,
+            Refunds::Environment,
+            Refunds::Id,
+            Refunds::PaymentId,
+            Refunds::Amount,
+            Refunds::Status,
+            Refunds::PspRefundId,
+            Refunds::Reason,
+            Refunds::CreatedAt,
+            Refunds::UpdatedAt,
+        ])
+        .values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            r.id.clone().into(),
+            r.payment_id.clone().into(),
+            r.amount.into(),
+            r.status.clone().into(),
+            r.psp_refund_id.clone().into(),
+            r.reason.clone().into(),
+            r.created_at.into(),
+            r.updated_at.into(),
+        ])
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Writes a refund's status and PSP id.
+pub async fn update_refund(tx: &mut TenantTx, r: &RefundRow) -> Result<()> {
+    let q = Query::update()
+        .table(Refunds::Table)
+        .values([
+            (Refunds::Status, r.status.clone().into()),
+            (Refunds::PspRefundId, r.psp_refund_id.clone().into()),
+            (Refunds::UpdatedAt, r.updated_at.into()),
+        ])
+        .and_where(Expr::col(Refunds::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(Refunds::Environment).eq(tx.scope().environment().as_str()))
+        .and_where(Expr::col(Refunds::Id).eq(r.id.clone()))
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// A payment's refunds, oldest first.
+pub async fn refunds_of(tx: &mut TenantTx, payment_id: &str) -> Result<Vec<RefundRow>> {
+    let q = Query::select()
+        .columns([
+            Refunds::Id,
+            Refunds::PaymentId,
+            Refunds::Amount,
+            Refunds::Status,
+            Refunds::PspRefundId,
+            Refunds::Reason,
+            Refunds::CreatedAt,
+            Refunds::UpdatedAt,
+        ])
+        .from(Refunds::Table)
+        .and_where(Expr::col(Refunds::TenantId).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col(Refunds::Environment).eq(tx.scope().environment().as_str()))
+        .and_where(Expr::col(Refunds::PaymentId).eq(payment_id))
+        .order_by(Refunds::Id, Order::Asc)
+        .to_owned();
+    tx.tx.fetch_all::<RefundRow>(&q).await
+}
