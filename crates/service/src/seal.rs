@@ -60,20 +60,43 @@ async fn signer(ctx: &Ctx) -> Result<(String, [u8; 32])> {
         .cloned()
 }
 
-/// Seals what is queued; returns how many entries were sealed.
+/// Seals every entry waiting; returns how many were sealed. One sweep over the chains with
+/// pending entries, repeated only while a listing or a pass was full, so entries written during
+/// the sweep wait for the next call (the worker's tick) and are sealed in larger batches. A chain
+/// another sealer (another process) is working on is skipped at first and waited for at the end,
+/// so sealers share the work, and when this returns every entry committed before it started is
+/// sealed.
 pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
+    const CHAINS: u64 = 200;
     let (kid, seed) = signer(ctx).await?;
     let sign = move |msg: &[u8]| (kid.clone(), chain::sign(&seed, msg).to_vec());
+    let clock = ctx.clock.clone();
+    let now = move || clock.now();
+    let policy = CheckpointPolicy { every: CHECKPOINT_EVERY, interval: CHECKPOINT_INTERVAL };
     let mut total = 0;
     loop {
-        let chains = store_seal::claim(&ctx.db, 200).await?;
-        if chains.is_empty() {
-            return Ok(total);
-        }
+        let chains = store_seal::pending_chains(&ctx.db, CHAINS).await?;
+        let mut again = chains.len() as u64 == CHAINS;
+        let mut progress = false;
+        let mut busy = Vec::new();
+        let mut count = |p: store_seal::SealPass| {
+            total += p.sealed;
+            progress |= p.sealed > 0 || p.stale > 0;
+            again |= p.more;
+        };
         for (tenant, env) in chains {
-            let policy = CheckpointPolicy { every: CHECKPOINT_EVERY, interval: CHECKPOINT_INTERVAL };
-            total +=
-                store_seal::seal_chain(&ctx.db, &tenant, &env, ctx.clock.now(), policy, &sign).await?.sealed;
+            match store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, false).await? {
+                Some(p) => count(p),
+                None => busy.push((tenant, env)),
+            }
+        }
+        for (tenant, env) in busy {
+            let p = store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, true).await?;
+            count(p.unwrap_or_default());
+        }
+        // A full listing whose chains had nothing left was sealed by another sealer meanwhile.
+        if !(again && progress) {
+            return Ok(total);
         }
     }
 }

@@ -226,7 +226,7 @@ impl Db {
         if let Tx::Postgres(t) = &mut tx {
             sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
         }
-        Ok(PlatformTx { tx, scope: scope.clone(), action_id: None, writes: 0 })
+        Ok(PlatformTx { tx, scope: scope.clone(), action_id: None, writes: 0, journal: Default::default() })
     }
 
     /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
@@ -256,7 +256,7 @@ impl Db {
             .execute(&mut **t)
             .await?;
         }
-        Ok(TenantTx { tx, scope: scope.clone(), action_id: None, writes: 0 })
+        Ok(TenantTx { tx, scope: scope.clone(), action_id: None, writes: 0, journal: Default::default() })
     }
 
     /// The PostgreSQL pool, for tests in this crate that must run raw SQL.
@@ -304,6 +304,8 @@ macro_rules! journaled_tx {
             pub(crate) action_id: Option<String>,
             /// Statements that changed data.
             pub(crate) writes: u32,
+            /// Journal entries recorded, written at commit.
+            pub(crate) journal: crate::journal::Buffer,
         }
 
         impl $name {
@@ -318,12 +320,13 @@ macro_rules! journaled_tx {
                 self.tx.execute(stmt).await
             }
 
-            /// Commits; a transaction that changed data without recording its action is refused
-            /// and rolled back.
-            pub async fn commit(self) -> Result<()> {
+            /// Writes the journal entries recorded and commits; a transaction that changed data
+            /// without recording its action is refused and rolled back.
+            pub async fn commit(mut self) -> Result<()> {
                 if self.writes > 0 && self.action_id.is_none() {
                     return Err(StoreError::Unjournaled);
                 }
+                crate::journal::flush(&mut self.tx, std::mem::take(&mut self.journal)).await?;
                 self.tx.commit().await
             }
         }

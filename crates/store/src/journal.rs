@@ -135,66 +135,81 @@ pub(crate) struct NewEntry<'a> {
     pub body: Value,
 }
 
-/// Writes one entry and queues its chain for sealing; returns the entry's id.
+/// Entries recorded in a transaction and not written yet, oldest first: one row of values per
+/// entry, in the column order of [`ENTRY_COLUMNS`] preceded by `tenant_id`.
+#[derive(Default)]
+pub(crate) struct Buffer(Vec<Vec<sea_query::Value>>);
+
+/// Entries per INSERT statement (19 bound values each: well under either engine's limit).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Records one entry in `buf` for [`flush`] to write, and returns its id. The id (time-sortable)
+/// and the request context are taken now, so entries keep the order they were recorded in.
+///
+/// With the `bench-unjournaled` feature (for `bench/journal_write.sh` only, never for a real
+/// deployment) it records nothing and only returns a fresh id, so the benchmark can measure what
+/// journaling costs a mutation.
+fn record(buf: &mut Buffer, tenant_id: &str, environment: &str, e: NewEntry<'_>) -> String {
+    let id = JournalId::new().to_string();
+    if cfg!(feature = "bench-unjournaled") {
+        return id;
+    }
+    let meta = current_meta();
+    let kind = serde_json::to_value(e.principal.kind).unwrap_or(Value::Null);
+    buf.0.push(vec![
+        tenant_id.into(),
+        environment.into(),
+        id.clone().into(),
+        e.kind.as_str().into(),
+        e.type_.into(),
+        e.occurred_at.into(),
+        meta.correlation_id.into(),
+        e.causation_id.map(str::to_owned).into(),
+        kind.as_str().unwrap_or("system").into(),
+        e.principal.id.clone().into(),
+        serde_json::json!(e.principal.roles).into(),
+        e.mfa.into(),
+        meta.source.into(),
+        meta.request_id.into(),
+        meta.client_ip.into(),
+        meta.user_agent.into(),
+        e.resource.map(|r| r.0.to_owned()).into(),
+        e.resource.map(|r| r.1.to_owned()).into(),
+        // Hashed byte for byte by the sealer: canonical text, written once.
+        azotte_crypto::chain::canonical_json(&e.body).into(),
+    ]);
+    id
+}
+
+/// Writes the recorded entries in `tx`, in recording order, as one multi-row INSERT (per 500
+/// entries). The database adds each to the sealer's work list (`journal_pending`, by trigger)
+/// in the same statement; nothing else is written.
+pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
+    let mut rows = buf.0.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut q = Query::insert()
+            .into_table(JournalEntries::Table)
+            .columns(std::iter::once(JournalEntries::TenantId).chain(ENTRY_COLUMNS))
+            .to_owned();
+        for row in rows.by_ref().take(ROWS_PER_STATEMENT) {
+            q.values_panic(row.into_iter().map(Into::into));
+        }
+        tx.execute(&q).await?;
+    }
+    Ok(())
+}
+
+/// Writes one entry now, in `tx`; returns the entry's id. For transactions that are not a
+/// [`TenantTx`] or [`PlatformTx`], which buffer their entries until commit instead.
 pub(crate) async fn insert(
     tx: &mut Tx,
     tenant_id: &str,
     environment: &str,
     e: NewEntry<'_>,
 ) -> Result<String> {
-    write(tx, tenant_id, environment, e, true).await
-}
-
-/// Writes one entry, and queues its chain for sealing when `queue` (an entry that follows an
-/// action in the same transaction needs no queue row of its own: the action's covers it, since
-/// both commit together and the sealer takes every unsealed entry of the chain).
-///
-/// With the `bench-unjournaled` feature (for `bench/journal_write.sh` only, never for a real
-/// deployment) it writes nothing and only returns a fresh id, so the benchmark can measure what
-/// journaling costs a mutation.
-async fn write(
-    tx: &mut Tx,
-    tenant_id: &str,
-    environment: &str,
-    e: NewEntry<'_>,
-    queue: bool,
-) -> Result<String> {
-    if cfg!(feature = "bench-unjournaled") {
-        return Ok(JournalId::new().to_string());
-    }
-    let meta = current_meta();
-    let id = JournalId::new().to_string();
-    let kind = serde_json::to_value(e.principal.kind).unwrap_or(Value::Null);
-    let q = Query::insert()
-        .into_table(JournalEntries::Table)
-        .columns(std::iter::once(JournalEntries::TenantId).chain(ENTRY_COLUMNS))
-        .values_panic([
-            tenant_id.into(),
-            environment.into(),
-            id.clone().into(),
-            e.kind.as_str().into(),
-            e.type_.into(),
-            e.occurred_at.into(),
-            meta.correlation_id.into(),
-            e.causation_id.map(str::to_owned).into(),
-            kind.as_str().unwrap_or("system").into(),
-            e.principal.id.clone().into(),
-            serde_json::json!(e.principal.roles).into(),
-            e.mfa.into(),
-            meta.source.into(),
-            meta.request_id.into(),
-            meta.client_ip.into(),
-            meta.user_agent.into(),
-            e.resource.map(|r| r.0.to_owned()).into(),
-            e.resource.map(|r| r.1.to_owned()).into(),
-            // Hashed byte for byte by the sealer: canonical text, written once.
-            azotte_crypto::chain::canonical_json(&e.body).into(),
-        ])
-        .to_owned();
-    tx.execute(&q).await?;
-    if queue {
-        crate::seal::enqueue(tx, tenant_id, environment).await?;
-    }
+    let mut buf = Buffer::default();
+    let id = record(&mut buf, tenant_id, environment, e);
+    flush(tx, buf).await?;
     Ok(id)
 }
 
@@ -207,7 +222,8 @@ macro_rules! journal_methods {
     ($t:ty, $tenant:expr, $env:expr, $principal:expr, $mfa:expr) => {
         impl $t {
             /// Records the action this transaction performs. Call it before or after the change;
-            /// `commit` refuses a transaction that wrote without one.
+            /// `commit` refuses a transaction that wrote without one. Entries are written at
+            /// `commit`, in the same transaction as the change, in the order recorded.
             pub async fn action(
                 &mut self,
                 now: DateTime<Utc>,
@@ -217,8 +233,8 @@ macro_rules! journal_methods {
             ) -> Result<String> {
                 let (tenant, env, principal, mfa) =
                     ($tenant(&*self), $env(&*self), $principal(&*self), $mfa(&*self));
-                let id = insert(
-                    &mut self.tx,
+                let id = record(
+                    &mut self.journal,
                     &tenant,
                     &env,
                     NewEntry {
@@ -231,8 +247,7 @@ macro_rules! journal_methods {
                         resource,
                         body,
                     },
-                )
-                .await?;
+                );
                 self.action_id = Some(id.clone());
                 Ok(id)
             }
@@ -270,9 +285,8 @@ macro_rules! journal_methods {
                 let cause = self.action_id.clone().ok_or(StoreError::Unjournaled)?;
                 let (tenant, env, principal, mfa) =
                     ($tenant(&*self), $env(&*self), $principal(&*self), $mfa(&*self));
-                // The action of this transaction queued the chain.
-                write(
-                    &mut self.tx,
+                Ok(record(
+                    &mut self.journal,
                     &tenant,
                     &env,
                     NewEntry {
@@ -285,9 +299,7 @@ macro_rules! journal_methods {
                         resource,
                         body,
                     },
-                    false,
-                )
-                .await
+                ))
             }
         }
     };

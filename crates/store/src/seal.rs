@@ -1,25 +1,26 @@
-//! The sealer's storage side: the queue of chains with new entries, appending seals and
+//! The sealer's storage side: the work list of entries not sealed yet, appending seals and
 //! checkpoints, and reading a chain back for verification or export.
 //!
-//! Each (tenant, environment) chain is sealed by one sealer at a time (an advisory lock on
-//! PostgreSQL; SQLite serializes writers anyway). Writers never wait for it: they only add a
-//! queue row, in a random bucket.
+//! Every new entry gets a row in `journal_pending` (a trigger, in the writer's statement). The
+//! sealer reads a chain's pending rows joined to their entries, seals them and deletes those rows
+//! in one transaction, so a pass touches only what is new. Each (tenant, environment) chain is
+//! sealed by one sealer at a time (an advisory lock on PostgreSQL; SQLite serializes writers
+//! anyway). Writers never wait for it: they take no lock a sealer holds.
 
 use azotte_crypto::chain::{self, Checkpoint, EntryRecord, SealedEntry, Unsealed};
 use chrono::{DateTime, Utc};
-use rand::Rng;
-use sea_query::{Expr, Iden, LockBehavior, LockType, OnConflict, Order, Query};
+use sea_query::{Expr, Iden, Order, Query};
 use sqlx::types::Json;
 
 use crate::exec::Tx;
 use crate::{Db, Result, StoreError};
 
 #[derive(Iden)]
-enum JournalSealQueue {
+enum JournalPending {
     Table,
     OwnerTenantId,
     OwnerEnvironment,
-    Bucket,
+    EntryId,
 }
 
 #[derive(Iden)]
@@ -55,70 +56,23 @@ enum JournalKeys {
     CreatedAt,
 }
 
-const BUCKETS: i32 = 16;
-
-/// Notes that a chain has a new entry (called in the writer's transaction).
-pub(crate) async fn enqueue(tx: &mut Tx, tenant: &str, env: &str) -> Result<()> {
-    let bucket = rand::thread_rng().gen_range(0..BUCKETS);
-    let q = Query::insert()
-        .into_table(JournalSealQueue::Table)
-        .columns([
-            JournalSealQueue::OwnerTenantId,
-            JournalSealQueue::OwnerEnvironment,
-            JournalSealQueue::Bucket,
-        ])
-        .values_panic([tenant.into(), env.into(), bucket.into()])
-        .on_conflict(
-            OnConflict::columns([
-                JournalSealQueue::OwnerTenantId,
-                JournalSealQueue::OwnerEnvironment,
-                JournalSealQueue::Bucket,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .to_owned();
-    tx.execute(&q).await?;
-    Ok(())
-}
-
-/// Takes up to `limit` queued chains (skipping rows another sealer holds) and removes them
-/// from the queue; returns the distinct chains.
-pub async fn claim(db: &Db, limit: u64) -> Result<Vec<(String, String)>> {
+/// Up to `limit` chains that have entries waiting for their seal.
+pub async fn pending_chains(db: &Db, limit: u64) -> Result<Vec<(String, String)>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         owner_tenant_id: String,
         owner_environment: String,
-        bucket: i32,
     }
-    let mut tx = db.unscoped_tx().await?;
+    let mut tx = db.unscoped_read_tx().await?;
     let q = Query::select()
-        .columns([
-            JournalSealQueue::OwnerTenantId,
-            JournalSealQueue::OwnerEnvironment,
-            JournalSealQueue::Bucket,
-        ])
-        .from(JournalSealQueue::Table)
+        .distinct()
+        .columns([JournalPending::OwnerTenantId, JournalPending::OwnerEnvironment])
+        .from(JournalPending::Table)
         .limit(limit)
-        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
         .to_owned();
     let rows = tx.fetch_all::<Row>(&q).await?;
-    let mut chains = Vec::new();
-    for r in rows {
-        let d = Query::delete()
-            .from_table(JournalSealQueue::Table)
-            .and_where(Expr::col(JournalSealQueue::OwnerTenantId).eq(r.owner_tenant_id.clone()))
-            .and_where(Expr::col(JournalSealQueue::OwnerEnvironment).eq(r.owner_environment.clone()))
-            .and_where(Expr::col(JournalSealQueue::Bucket).eq(r.bucket))
-            .to_owned();
-        tx.execute(&d).await?;
-        let c = (r.owner_tenant_id, r.owner_environment);
-        if !chains.contains(&c) {
-            chains.push(c);
-        }
-    }
     tx.commit().await?;
-    Ok(chains)
+    Ok(rows.into_iter().map(|r| (r.owner_tenant_id, r.owner_environment)).collect())
 }
 
 /// A journal row with every column, for hashing.
@@ -184,42 +138,78 @@ async fn enter(tx: &mut Tx, tenant: &str) -> Result<()> {
     Ok(())
 }
 
-/// Entries of a chain that have no seal yet, oldest first.
-async fn unsealed_entries(tx: &mut Tx, tenant: &str, env: &str, limit: i64) -> Result<Vec<RawEntry>> {
+/// Entries of a chain that have no seal, oldest first: the whole chain against its seals, for
+/// verification (which must not trust the work list: deleting a row there hides nothing).
+async fn unsealed_entries(tx: &mut Tx, tenant: &str, env: &str) -> Result<Vec<RawEntry>> {
     // Positional parameters work on both engines ($n is accepted by SQLite too).
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2 \
          AND NOT EXISTS (SELECT 1 FROM journal_seals s WHERE s.tenant_id = e.tenant_id \
-           AND s.environment = e.environment AND s.entry_id = e.id) ORDER BY e.id LIMIT $3"
+           AND s.environment = e.environment AND s.entry_id = e.id) ORDER BY e.id"
     );
     Ok(match tx {
-        Tx::Sqlite(t) => sqlx::query_as(&sql).bind(tenant).bind(env).bind(limit).fetch_all(&mut **t).await?,
-        Tx::Postgres(t) => {
-            sqlx::query_as(&sql).bind(tenant).bind(env).bind(limit).fetch_all(&mut **t).await?
-        }
+        Tx::Sqlite(t) => sqlx::query_as(&sql).bind(tenant).bind(env).fetch_all(&mut **t).await?,
+        Tx::Postgres(t) => sqlx::query_as(&sql).bind(tenant).bind(env).fetch_all(&mut **t).await?,
     })
 }
 
-/// Entries of a chain by id.
-async fn entries_by_id(tx: &mut Tx, tenant: &str, env: &str, ids: &[String]) -> Result<Vec<RawEntry>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+/// Up to `limit` entry ids on a chain's work list, in id order. One table, no join: the plan
+/// cannot degrade into a scan of the chain, whatever the planner's statistics.
+async fn pending_ids(tx: &mut Tx, tenant: &str, env: &str, limit: u64) -> Result<Vec<String>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        entry_id: String,
     }
-    let list = (0..ids.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ");
+    let q = Query::select()
+        .column(JournalPending::EntryId)
+        .from(JournalPending::Table)
+        .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
+        .and_where(Expr::col(JournalPending::OwnerEnvironment).eq(env))
+        .order_by(JournalPending::EntryId, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| r.entry_id).collect())
+}
+
+/// Entries of a chain by id, in id order; with `unsealed_only`, only those that have no seal
+/// yet.
+///
+/// Both lookups are also bounded by the lowest and highest id asked for. Ids sort by time, so
+/// that range holds only the entries (and seals) written around those: on PostgreSQL, a table
+/// too young to have statistics makes the planner believe a chain has one row and filter the
+/// whole chain with the id list (seconds at 20,000 entries, growing); the range keeps the scan
+/// to the range whatever the plan.
+async fn entries_by_id(
+    tx: &mut Tx,
+    tenant: &str,
+    env: &str,
+    ids: &[String],
+    unsealed_only: bool,
+) -> Result<Vec<RawEntry>> {
+    let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
+        return Ok(Vec::new());
+    };
+    let list = (0..ids.len()).map(|i| format!("${}", i + 5)).collect::<Vec<_>>().join(", ");
+    let unsealed = if unsealed_only {
+        " AND e.id NOT IN (SELECT s.entry_id FROM journal_seals s WHERE s.tenant_id = $1 \
+           AND s.environment = $2 AND s.entry_id >= $3 AND s.entry_id <= $4)"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2 \
-         AND e.id IN ({list})"
+         AND e.id >= $3 AND e.id <= $4 AND e.id IN ({list}){unsealed} ORDER BY e.id"
     );
     Ok(match tx {
         Tx::Sqlite(t) => {
-            let mut q = sqlx::query_as(&sql).bind(tenant).bind(env);
+            let mut q = sqlx::query_as(&sql).bind(tenant).bind(env).bind(lo).bind(hi);
             for id in ids {
                 q = q.bind(id);
             }
             q.fetch_all(&mut **t).await?
         }
         Tx::Postgres(t) => {
-            let mut q = sqlx::query_as(&sql).bind(tenant).bind(env);
+            let mut q = sqlx::query_as(&sql).bind(tenant).bind(env).bind(lo).bind(hi);
             for id in ids {
                 q = q.bind(id);
             }
@@ -271,7 +261,12 @@ struct CheckpointRow {
 }
 
 async fn checkpoints_of(tx: &mut Tx, tenant: &str, env: &str) -> Result<Vec<Checkpoint>> {
-    let q = Query::select()
+    checkpoints_query(tx, tenant, env, false).await
+}
+
+/// A chain's checkpoints, oldest first; or only its newest one when `last_only`.
+async fn checkpoints_query(tx: &mut Tx, tenant: &str, env: &str, last_only: bool) -> Result<Vec<Checkpoint>> {
+    let mut q = Query::select()
         .columns([
             JournalCheckpoints::Seq,
             JournalCheckpoints::ChainHash,
@@ -282,8 +277,12 @@ async fn checkpoints_of(tx: &mut Tx, tenant: &str, env: &str) -> Result<Vec<Chec
         .from(JournalCheckpoints::Table)
         .and_where(Expr::col(JournalCheckpoints::TenantId).eq(tenant))
         .and_where(Expr::col(JournalCheckpoints::Environment).eq(env))
-        .order_by(JournalCheckpoints::Seq, Order::Asc)
         .to_owned();
+    if last_only {
+        q.order_by(JournalCheckpoints::Seq, Order::Desc).limit(1);
+    } else {
+        q.order_by(JournalCheckpoints::Seq, Order::Asc);
+    }
     Ok(tx
         .fetch_all::<CheckpointRow>(&q)
         .await?
@@ -303,6 +302,10 @@ async fn checkpoints_of(tx: &mut Tx, tenant: &str, env: &str) -> Result<Vec<Chec
 pub struct SealPass {
     pub sealed: usize,
     pub checkpoint: Option<i64>,
+    /// Work-list rows removed that named no entry or an entry already sealed.
+    pub stale: u64,
+    /// The pass took as many entries as one pass may: more may be waiting.
+    pub more: bool,
 }
 
 /// When to sign a checkpoint.
@@ -333,30 +336,48 @@ fn seal_insert() -> sea_query::InsertStatement {
 /// Signs a checkpoint message, returning (kid, signature).
 pub type CheckpointSigner = dyn Fn(&[u8]) -> (String, Vec<u8>) + Send + Sync;
 
-/// Seals the unsealed entries of one chain, in id order, and signs a checkpoint when due.
-/// `sign` returns (kid, signature) for a checkpoint message.
+/// The time now (the service's clock, which tests control).
+pub type Now = dyn Fn() -> DateTime<Utc> + Send + Sync;
+
+/// Entries sealed per pass of one chain, and per statement.
+const PASS_LIMIT: u64 = 10_000;
+const SEALS_PER_STATEMENT: usize = 500;
+
+/// Seals the pending entries of one chain, in id order, removes them from the work list and
+/// signs a checkpoint when due, in one transaction. `sealed_at` is read from `now` when each
+/// statement of seals is built, after the chain's lock is held and its entries read.
+///
+/// On PostgreSQL, with `wait` false, returns `None` at once if another sealer holds the chain;
+/// with `wait` true it waits for that sealer to finish, so that when the call returns every
+/// entry committed before it started is sealed.
 pub async fn seal_chain(
     db: &Db,
     tenant: &str,
     env: &str,
-    now: DateTime<Utc>,
+    now: &Now,
     policy: CheckpointPolicy,
     sign: &CheckpointSigner,
-) -> Result<SealPass> {
+    wait: bool,
+) -> Result<Option<SealPass>> {
     let mut tx = db.unscoped_tx().await?;
     enter(&mut tx, tenant).await?;
     if let Tx::Postgres(t) = &mut tx {
-        // One sealer per chain at a time. Waiting (rather than skipping) means that when a pass
-        // returns, everything that was queued before it started is sealed.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('azotte.seal:' || $1 || ':' || $2))")
-            .bind(tenant)
-            .bind(env)
-            .execute(&mut **t)
-            .await?;
+        // One sealer per chain at a time; writers never take this lock.
+        const KEY: &str = "hashtext('azotte.seal:' || $1 || ':' || $2)";
+        if wait {
+            let sql = format!("SELECT pg_advisory_xact_lock({KEY})");
+            sqlx::query(&sql).bind(tenant).bind(env).execute(&mut **t).await?;
+        } else {
+            let sql = format!("SELECT pg_try_advisory_xact_lock({KEY})");
+            let got: bool = sqlx::query_scalar(&sql).bind(tenant).bind(env).fetch_one(&mut **t).await?;
+            if !got {
+                return Ok(None);
+            }
+        }
     }
-    let pending = unsealed_entries(&mut tx, tenant, env, 10_000).await?;
+    let pending = pending_ids(&mut tx, tenant, env, PASS_LIMIT).await?;
     if pending.is_empty() {
-        return Ok(SealPass::default());
+        return Ok(Some(SealPass::default()));
     }
     let last = last_seal(&mut tx, tenant, env).await?;
     let (mut seq, mut prev) = match &last {
@@ -369,40 +390,62 @@ pub async fn seal_chain(
         ),
         None => (0, [0u8; 32]),
     };
-    let mut insert = seal_insert();
-    let sealed = pending.len();
-    for (i, e) in pending.into_iter().enumerate() {
-        seq += 1;
-        let e = e.record();
-        let h = chain::entry_hash(&e);
-        prev = chain::chain_next(&prev, seq, &h);
-        insert.values_panic([
-            tenant.into(),
-            env.into(),
-            seq.into(),
-            e.id.into(),
-            hex::encode(h).into(),
-            hex::encode(prev).into(),
-            now.into(),
-        ]);
-        // Keep statements bounded in size.
-        if (i + 1) % 500 == 0 {
+    let mut pass = SealPass { more: pending.len() as u64 == PASS_LIMIT, ..SealPass::default() };
+    for ids in pending.chunks(SEALS_PER_STATEMENT) {
+        // A listed entry comes back unless it has a seal already or no row: the pending row
+        // commits with its entry, and only a sealer holding this chain writes seals. Such rows
+        // (not the journal's doing) are dropped with the others below.
+        let entries = entries_by_id(&mut tx, tenant, env, ids, true).await?;
+        pass.stale += (ids.len() - entries.len()) as u64;
+        if !entries.is_empty() {
+            let sealed_at = now();
+            let mut insert = seal_insert();
+            for e in entries {
+                let e = e.record();
+                seq += 1;
+                let h = chain::entry_hash(&e);
+                prev = chain::chain_next(&prev, seq, &h);
+                insert.values_panic([
+                    tenant.into(),
+                    env.into(),
+                    seq.into(),
+                    e.id.into(),
+                    hex::encode(h).into(),
+                    hex::encode(prev).into(),
+                    sealed_at.into(),
+                ]);
+                pass.sealed += 1;
+            }
             tx.execute(&insert).await?;
-            insert = seal_insert();
         }
+        // Exactly the rows read (ascending: the range bounds the scan as in `entries_by_id`);
+        // one committed meanwhile stays for the next pass.
+        let done = Query::delete()
+            .from_table(JournalPending::Table)
+            .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
+            .and_where(Expr::col(JournalPending::OwnerEnvironment).eq(env))
+            .and_where(Expr::col(JournalPending::EntryId).gte(ids[0].as_str()))
+            .and_where(Expr::col(JournalPending::EntryId).lte(ids[ids.len() - 1].as_str()))
+            .and_where(Expr::col(JournalPending::EntryId).is_in(ids.iter().cloned()))
+            .to_owned();
+        tx.execute(&done).await?;
     }
-    if sealed % 500 != 0 {
-        tx.execute(&insert).await?;
+    if pass.sealed == 0 {
+        tx.commit().await?;
+        return Ok(Some(pass));
     }
-    let cps = checkpoints_of(&mut tx, tenant, env).await?;
-    let last_cp = cps.last();
-    let last_cp_seq = last_cp.map(|c| c.seq).unwrap_or(0);
-    let last_cp_at =
-        last_cp.and_then(|c| DateTime::parse_from_rfc3339(&c.signed_at).ok()).map(|d| d.with_timezone(&Utc));
-    let due = seq - last_cp_seq >= policy.every || last_cp_at.is_none_or(|t| now - t >= policy.interval);
+    let last_cp = checkpoints_query(&mut tx, tenant, env, true).await?.pop();
+    let last_cp_seq = last_cp.as_ref().map(|c| c.seq).unwrap_or(0);
+    let last_cp_at = last_cp
+        .as_ref()
+        .and_then(|c| DateTime::parse_from_rfc3339(&c.signed_at).ok())
+        .map(|d| d.with_timezone(&Utc));
+    let signed_at = now();
+    let due =
+        seq - last_cp_seq >= policy.every || last_cp_at.is_none_or(|t| signed_at - t >= policy.interval);
     let mut checkpoint = None;
     if due && seq > last_cp_seq {
-        let signed_at = now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let signed_at = signed_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let msg = chain::checkpoint_message(tenant, env, seq, &prev, &signed_at);
         let (kid, sig) = sign(&msg);
         let q = Query::insert()
@@ -430,7 +473,8 @@ pub async fn seal_chain(
         checkpoint = Some(seq);
     }
     tx.commit().await?;
-    Ok(SealPass { sealed, checkpoint })
+    pass.checkpoint = checkpoint;
+    Ok(Some(pass))
 }
 
 /// Seals per page when a chain is read back.
@@ -474,7 +518,11 @@ pub async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64)
     let rows = seals(&mut tx, tenant, env, after, limit).await?;
     let ids: Vec<String> = rows.iter().map(|r| r.entry_id.clone()).collect();
     let mut by_id: std::collections::HashMap<String, RawEntry> =
-        entries_by_id(&mut tx, tenant, env, &ids).await?.into_iter().map(|e| (e.id.clone(), e)).collect();
+        entries_by_id(&mut tx, tenant, env, &ids, false)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
     tx.commit().await?;
     Ok(rows
         .into_iter()
@@ -492,7 +540,7 @@ pub async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64)
 pub async fn unsealed(db: &Db, tenant: &str, env: &str) -> Result<Vec<Unsealed>> {
     let mut tx = db.unscoped_read_tx().await?;
     enter(&mut tx, tenant).await?;
-    let rows = unsealed_entries(&mut tx, tenant, env, i64::MAX).await?;
+    let rows = unsealed_entries(&mut tx, tenant, env).await?;
     tx.commit().await?;
     Ok(rows
         .into_iter()
@@ -583,3 +631,7 @@ pub async fn checkpoints(db: &Db, tenant: &str, env: &str) -> Result<Vec<Checkpo
     tx.commit().await?;
     Ok(c)
 }
+
+#[cfg(test)]
+#[path = "seal_tests.rs"]
+mod tests;

@@ -99,18 +99,52 @@ async fn a_forged_entry_is_named_before_and_after_sealing(app: TestApp) {
         ids[2]
     );
     assert_eq!(app.raw_exec(&sql).await.unwrap(), 1);
+    // The row got its place on the sealer's work list (a trigger); the attacker removes it so the
+    // sealer never sees it. Verification does not trust that list: it checks entries against seals.
+    app.raw_exec(&format!("DELETE FROM journal_pending WHERE entry_id = '{forged}'")).await.unwrap();
     let f = findings(&app).await;
-    // Unsealed and too old — unless the background sealer got to it first (any new entry of the
-    // chain queues it), in which case it is already an out-of-order insertion.
+    // Unsealed and too old — unless the background sealer got to it before the deletion, in which
+    // case it is already an out-of-order insertion.
     assert!(
         has(&f, "unsealed_too_long", Some(&forged)) || has(&f, "inserted_entry", Some(&forged)),
         "{f:#?}"
     );
-    // The sealer picks it up only if someone queues the chain; force it as an attacker might.
-    app.raw_exec("INSERT INTO journal_seal_queue (owner_tenant_id, owner_environment, bucket) SELECT tenant_id, environment, 99 FROM journal_entries WHERE type = 'role.created' LIMIT 1").await.unwrap();
+    // Put back on the list (or, if it was sealed already, listed twice: the sealer drops that).
+    app.raw_exec(&format!(
+        "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
+         SELECT tenant_id, environment, id FROM journal_entries WHERE id = '{forged}'"
+    ))
+    .await
+    .unwrap();
     azotte_service::seal::seal_once(&app.ctx).await.unwrap();
     let f = findings(&app).await;
     assert!(has(&f, "inserted_entry", Some(&forged)), "{f:#?}");
+    assert_eq!(pending(&app).await, 0, "the work list is empty");
+}
+
+/// Rows on the sealer's work list that name no entry, or an entry already sealed, are dropped:
+/// they neither stop the sealer nor keep it busy.
+async fn stale_work_list_rows_do_not_stall_the_sealer(app: TestApp) {
+    let ids = setup(&app).await;
+    app.raw_exec(&format!(
+        "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
+         SELECT tenant_id, environment, 'jnl_nothing_here' FROM journal_entries WHERE id = '{0}' \
+         UNION ALL SELECT tenant_id, environment, id FROM journal_entries WHERE id = '{0}'",
+        ids[0]
+    ))
+    .await
+    .unwrap();
+    app.post("/v1/roles", json!({"name": "delta_role", "permissions": ["audit.read"]}))
+        .tenant("tamper", "development")
+        .expect(201)
+        .await;
+    azotte_service::seal::seal_once(&app.ctx).await.unwrap();
+    assert_eq!(pending(&app).await, 0, "the work list is empty");
+    assert_eq!(verify(&app).await["ok"], true);
+}
+
+async fn pending(app: &TestApp) -> usize {
+    app.raw_strings("SELECT CAST(count(*) AS TEXT) FROM journal_pending").await[0].parse().unwrap()
 }
 
 async fn swapped_seals_break_the_chain(app: TestApp) {
@@ -189,8 +223,8 @@ async fn a_chain_of_several_pages_verifies_and_names_a_change_on_a_later_page(ap
          e.user_agent, e.resource_type, e.resource_id, e.body FROM journal_entries e, (VALUES {values}) v WHERE e.id = '{}'",
         ids[2]
     );
+    // Each row joined the sealer's work list as it was inserted (a trigger).
     assert_eq!(app.raw_exec(&sql).await.unwrap(), 2500);
-    app.raw_exec("INSERT INTO journal_seal_queue (owner_tenant_id, owner_environment, bucket) SELECT tenant_id, environment, 99 FROM journal_entries WHERE type = 'role.created' LIMIT 1").await.unwrap();
     azotte_service::seal::seal_once(&app.ctx).await.unwrap();
     let v = verify(&app).await;
     assert_eq!(v["ok"], true, "{v:#}");
@@ -216,6 +250,7 @@ both!(
     a_modified_entry_is_named,
     a_deleted_entry_is_named,
     a_forged_entry_is_named_before_and_after_sealing,
+    stale_work_list_rows_do_not_stall_the_sealer,
     swapped_seals_break_the_chain,
     an_altered_checkpoint_is_named,
     an_export_verifies_offline_and_so_does_its_tampering
