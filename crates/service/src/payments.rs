@@ -484,3 +484,106 @@ pub async fn refund(
     tx.commit().await?;
     Ok(refund)
 }
+
+/// How long after an attempt an empty lookup still proves nothing (PSP search indexes lag).
+pub const RECONCILE_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Resolves the tenant environment's `unknown` payments by asking the PSP for each by our
+/// reference — never by charging again. Found: the PSP's state is applied (a second charge for
+/// one payment is flagged as a decision). Not found after [`RECONCILE_GRACE`]: nothing was
+/// charged, the payment fails. Returns how many payments were resolved.
+pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
+    let unknown = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let rows = store::with_status(&mut tx, "unknown", 200).await?;
+        tx.commit().await?;
+        rows
+    };
+    let mut resolved = 0;
+    for mut row in unknown {
+        let Some(account_id) = row.psp_account_id.clone() else { continue };
+        let accounts = {
+            let mut tx = ctx.db.tenant_read_tx(scope).await?;
+            let a = psp_store::of_storefront(&mut tx, &row.storefront_id).await?;
+            tx.commit().await?;
+            a
+        };
+        let Some(account) = accounts.into_iter().find(|a| a.id == account_id) else { continue };
+        let reference: PaymentId =
+            row.id.parse().map_err(|_| ServiceError::Internal(format!("payment id {}", row.id).into()))?;
+        let connector = ctx.psp.for_account(&account)?;
+        let creds = credentials(ctx, scope, &account).await?;
+        let found = match connector.lookup_payment(&creds, &reference).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(payment_id = %row.id, error = %e, "reconciliation lookup failed; will retry");
+                continue;
+            }
+        };
+        let now = ctx.clock.now();
+        if found.is_empty() && now - row.updated_at < RECONCILE_GRACE {
+            continue;
+        }
+        let mut tx = ctx.db.tenant_tx(scope).await?;
+        let r = Some(("payment", row.id.as_str()));
+        tx.action(now, "payment.reconcile", r, json!({"found": found.len()})).await?;
+        if found.len() > 1 {
+            tx.decision(
+                now,
+                "payment.duplicate_charge_detected",
+                r,
+                json!({"psp_payment_ids": found.iter().map(|p| p.psp_id.clone()).collect::<Vec<_>>()}),
+            )
+            .await?;
+        }
+        let observed = match found.first() {
+            Some(p) => {
+                row.psp_payment_id = Some(p.psp_id.clone());
+                row.captured_amount = p.amount_captured;
+                row.decline_code = p.decline_code.map(|d| d.as_str().to_owned());
+                p.status
+            }
+            None => {
+                row.decline_code = Some("not_charged".into());
+                PaymentStatus::Failed
+            }
+        };
+        let to = rules::transition(
+            PaymentStatus::Unknown,
+            PaymentEvent { observed, source: Source::Reconciliation },
+        )
+        .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
+        row.status = status_str(to).to_owned();
+        row.updated_at = now;
+        store::update_attempt(&mut tx, &row).await?;
+        tx.outcome(
+            now,
+            "payment.reconciled",
+            r,
+            json!({"status": row.status, "psp_payment_id": row.psp_payment_id}),
+        )
+        .await?;
+        tx.commit().await?;
+        resolved += 1;
+    }
+    Ok(resolved)
+}
+
+/// Reconciliation over every tenant environment (the worker runs it).
+pub async fn reconcile_everywhere(ctx: &Ctx) -> Result<usize> {
+    let mut total = 0;
+    for (tenant, env) in azotte_store::seal::chains(&ctx.db, None).await? {
+        let (Ok(tenant_id), Ok(environment)) =
+            (tenant.parse(), env.parse::<azotte_domain::tenant::Environment>())
+        else {
+            continue;
+        };
+        let Ok(scope) =
+            azotte_store::auth::system_scope(&ctx.db, tenant_id, environment, "payment_reconciliation").await
+        else {
+            continue;
+        };
+        total += reconcile(ctx, &scope).await?;
+    }
+    Ok(total)
+}

@@ -307,3 +307,13 @@ pub async fn refunds_of(tx: &mut TenantTx, payment_id: &str) -> Result<Vec<Refun
         .to_owned();
     tx.tx.fetch_all::<RefundRow>(&q).await
 }
+
+/// Payments in a status, oldest first (reconciliation reads the `unknown` ones).
+pub async fn with_status(tx: &mut TenantTx, status: &str, limit: u64) -> Result<Vec<PaymentRow>> {
+    let q = select(tx)
+        .and_where(Expr::col(Payments::Status).eq(status))
+        .order_by(Payments::Id, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    tx.tx.fetch_all::<PaymentRow>(&q).await
+}

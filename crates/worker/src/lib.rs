@@ -79,6 +79,11 @@ async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Recei
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
                     }
+                    match azotte_service::payments::reconcile_everywhere(&ctx).await {
+                        Ok(n) if n > 0 => tracing::info!(resolved = n, "unknown payments reconciled"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "payment reconciliation failed; will retry"),
+                    }
                     let today = ctx.clock.now().date_naive();
                     if swept_on != Some(today) {
                         match azotte_service::payment_methods::mark_expired_everywhere(&ctx).await {

@@ -116,6 +116,13 @@ async fn an_unknown_outcome_is_never_retried_elsewhere(app: TestApp) {
     assert_eq!((p["status"].as_str(), p["attempts"].as_i64()), (Some("unknown"), Some(1)));
     // The sandbox did charge; nothing charged a second time.
     assert_eq!(app.ctx.psp.sandbox.ledger().captures(&pid(&p)).len(), 1);
+    // Reconciliation asks the PSP by our reference and applies what it finds — no new charge.
+    assert_eq!(azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap(), 1);
+    let got: Value = app.get(&format!("/v1/payments/{}", id(&p))).tenant(T, ENV).expect(200).await.json();
+    assert_eq!((got["status"].as_str(), got["captured_amount"].as_i64()), (Some("captured"), Some(990)));
+    assert_eq!(app.ctx.psp.sandbox.ledger().captures(&pid(&p)).len(), 1, "still charged exactly once");
+    assert!(timeline_types(&app, p["id"].as_str().unwrap()).await.iter().any(|t| t == "payment.reconciled"));
+    assert_eq!(azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap(), 0, "nothing left");
 }
 
 async fn refunds_never_exceed_the_captured_amount(app: TestApp) {
