@@ -73,8 +73,7 @@ pub async fn attach(
     if !scope.storefront_allowed(&input.storefront_id) {
         return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
     }
-    let accounts = psp_store::of_storefront(&mut tx, &input.storefront_id).await?;
-    let Some(account) = accounts.into_iter().find(|a| a.id == input.psp_account_id) else {
+    let Some(account) = psp_store::get(&mut tx, &input.storefront_id, &input.psp_account_id).await? else {
         return Err(invalid(
             "psp_account_id",
             "psp_account_not_in_storefront",

@@ -93,28 +93,11 @@ async fn credentials(ctx: &Ctx, scope: &TenantScope, a: &PspAccount) -> Result<A
     })
 }
 
-fn status_str(s: PaymentStatus) -> &'static str {
-    match s {
-        PaymentStatus::Pending => "pending",
-        PaymentStatus::RequiresAction => "requires_action",
-        PaymentStatus::Authorized => "authorized",
-        PaymentStatus::Captured => "captured",
-        PaymentStatus::Failed => "failed",
-        PaymentStatus::Canceled => "canceled",
-        PaymentStatus::Unknown => "unknown",
-    }
-}
-
-fn parse_status(s: &str) -> PaymentStatus {
-    match s {
-        "requires_action" => PaymentStatus::RequiresAction,
-        "authorized" => PaymentStatus::Authorized,
-        "captured" => PaymentStatus::Captured,
-        "failed" => PaymentStatus::Failed,
-        "canceled" => PaymentStatus::Canceled,
-        "unknown" => PaymentStatus::Unknown,
-        _ => PaymentStatus::Pending,
-    }
+/// The stored status of a payment (a value outside the domain's is corrupt data).
+fn stored_status(row: &PaymentRow) -> Result<PaymentStatus> {
+    row.status
+        .parse()
+        .map_err(|_| ServiceError::Internal(format!("payment {} has status {:?}", row.id, row.status).into()))
 }
 
 /// Charges a customer's payment method (permission `payment.create`).
@@ -260,7 +243,7 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
                 row.decline_code = p.decline_code.map(|d| d.as_str().to_owned());
                 (
                     p.status,
-                    format!("payment.{}", status_str(p.status)),
+                    format!("payment.{}", p.status),
                     json!({"attempt": attempt, "psp_payment_id": p.psp_id}),
                     true,
                 )
@@ -310,10 +293,10 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
             }
         };
         if stop {
-            let from = parse_status(&row.status);
+            let from = stored_status(&row)?;
             let to = rules::transition(from, PaymentEvent { observed, source: Source::Attempt })
                 .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
-            row.status = status_str(to).to_owned();
+            row.status = to.as_str().to_owned();
             store::update_attempt(&mut tx, &row).await?;
             tx.outcome(now, &outcome, r, body).await?;
             tx.commit().await?;
@@ -431,16 +414,13 @@ pub async fn refund(
     tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
     tx.commit().await?;
 
-    let accounts = {
+    let account = {
+        let account_id = p.psp_account_id.clone().unwrap_or_default();
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
-        let a = psp_store::of_storefront(&mut tx, &p.storefront_id).await?;
+        let a = psp_store::get(&mut tx, &p.storefront_id, &account_id).await?;
         tx.commit().await?;
-        a
+        a.ok_or_else(|| ServiceError::Internal(format!("payment {payment_id} has no account").into()))?
     };
-    let account = accounts
-        .into_iter()
-        .find(|a| Some(&a.id) == p.psp_account_id.as_ref())
-        .ok_or_else(|| ServiceError::Internal(format!("payment {payment_id} has no account").into()))?;
     let connector = ctx.psp.for_account(&account)?;
     let req = RefundRequest {
         account: credentials(ctx, scope, &account).await?,
@@ -457,12 +437,7 @@ pub async fn refund(
     refund.updated_at = now;
     match answer {
         Ok(psp) => {
-            refund.status = match psp.status {
-                azotte_domain::payment::RefundStatus::Succeeded => "succeeded",
-                azotte_domain::payment::RefundStatus::Failed => "failed",
-                azotte_domain::payment::RefundStatus::Pending => "pending",
-            }
-            .into();
+            refund.status = psp.status.as_str().into();
             refund.psp_refund_id = Some(psp.psp_id);
         }
         Err(e) if e.may_have_charged() || e.is_retryable() => {
@@ -502,13 +477,13 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     let mut resolved = 0;
     for mut row in unknown {
         let Some(account_id) = row.psp_account_id.clone() else { continue };
-        let accounts = {
+        let account = {
             let mut tx = ctx.db.tenant_read_tx(scope).await?;
-            let a = psp_store::of_storefront(&mut tx, &row.storefront_id).await?;
+            let a = psp_store::get(&mut tx, &row.storefront_id, &account_id).await?;
             tx.commit().await?;
             a
         };
-        let Some(account) = accounts.into_iter().find(|a| a.id == account_id) else { continue };
+        let Some(account) = account else { continue };
         let reference: PaymentId =
             row.id.parse().map_err(|_| ServiceError::Internal(format!("payment id {}", row.id).into()))?;
         let connector = ctx.psp.for_account(&account)?;
@@ -553,7 +528,7 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             PaymentEvent { observed, source: Source::Reconciliation },
         )
         .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
-        row.status = status_str(to).to_owned();
+        row.status = to.as_str().to_owned();
         row.updated_at = now;
         store::update_attempt(&mut tx, &row).await?;
         tx.outcome(

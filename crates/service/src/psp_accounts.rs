@@ -446,14 +446,16 @@ pub async fn credentials(ctx: &Ctx, tx: &mut TenantTx, a: &PspAccount) -> Result
     }
 }
 
+/// What a credentials check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckResult {
+    pub api_secret_present: bool,
+    pub webhook_secret_present: bool,
+}
+
 /// Opens an account's credentials to prove they are usable (and, once the connector exists,
 /// that the PSP accepts them); reports what it found.
-pub async fn check(
-    ctx: &Ctx,
-    scope: &TenantScope,
-    storefront_id: &str,
-    id: &str,
-) -> Result<serde_json::Value> {
+pub async fn check(ctx: &Ctx, scope: &TenantScope, storefront_id: &str, id: &str) -> Result<CheckResult> {
     crate::security::require(ctx, scope, Permission::PspManage).await?;
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let a = load(&mut tx, storefront_id, id).await?;
@@ -467,7 +469,8 @@ pub async fn check(
             message: format!("PSP account {} credentials decrypt but do not match their fingerprints", a.id),
         });
     }
-    Ok(
-        json!({"credentials": "decrypted", "api_secret_present": c.api_secret.is_some(), "webhook_secret_present": c.webhook_secret.is_some()}),
-    )
+    Ok(CheckResult {
+        api_secret_present: c.api_secret.is_some(),
+        webhook_secret_present: c.webhook_secret.is_some(),
+    })
 }

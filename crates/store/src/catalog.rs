@@ -19,8 +19,7 @@ fn parse<T: FromStr>(what: &str, s: &str) -> Result<T> {
 
 /// Adds the scope's tenant and environment to a query on `table`.
 fn scoped<T: Iden + Copy + 'static>(q: &mut SelectStatement, tx: &TenantTx, tenant_col: T, env_col: T) {
-    q.and_where(Expr::col(tenant_col).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(env_col).eq(tx.scope().environment().as_str()));
+    q.cond_where(tx.in_scope(tenant_col, env_col));
 }
 
 /// Cursor pagination: rows after `starting_after` (ids sort by creation), `limit` + 1 fetched to
@@ -167,8 +166,7 @@ pub async fn update_storefront(tx: &mut TenantTx, s: &Storefront) -> Result<()> 
     let q = Query::update()
         .table(Storefronts::Table)
         .values(STOREFRONT_COLUMNS[1..13].iter().copied().zip(values.into_iter().skip(1)))
-        .and_where(Expr::col(Storefronts::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Storefronts::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))
         .and_where(Expr::col(Storefronts::Id).eq(s.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -212,8 +210,7 @@ pub async fn list_storefronts(
 pub async fn delete_storefront(tx: &mut TenantTx, id: &str) -> Result<bool> {
     let q = Query::delete()
         .from_table(Storefronts::Table)
-        .and_where(Expr::col(Storefronts::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Storefronts::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))
         .and_where(Expr::col(Storefronts::Id).eq(id))
         .to_owned();
     Ok(tx.write(&q).await? == 1)
@@ -333,8 +330,7 @@ pub async fn update_entitlement(tx: &mut TenantTx, e: &Entitlement) -> Result<()
             (Entitlements::Status, e.status.as_str().into()),
             (Entitlements::UpdatedAt, e.updated_at.into()),
         ])
-        .and_where(Expr::col(Entitlements::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Entitlements::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Entitlements::TenantId, Entitlements::Environment))
         .and_where(Expr::col(Entitlements::Id).eq(e.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -382,8 +378,7 @@ pub async fn list_entitlements(
 pub async fn delete_entitlement(tx: &mut TenantTx, id: &str) -> Result<bool> {
     let q = Query::delete()
         .from_table(Entitlements::Table)
-        .and_where(Expr::col(Entitlements::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Entitlements::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Entitlements::TenantId, Entitlements::Environment))
         .and_where(Expr::col(Entitlements::Id).eq(id))
         .to_owned();
     Ok(tx.write(&q).await? == 1)
@@ -493,8 +488,7 @@ async fn write_bundle_entitlements(tx: &mut TenantTx, b: &Bundle) -> Result<()> 
     let (tenant, env) = (tx.scope().tenant_id().to_string(), tx.scope().environment().as_str());
     let q = Query::delete()
         .from_table(BundleEntitlements::Table)
-        .and_where(Expr::col(BundleEntitlements::TenantId).eq(tenant.clone()))
-        .and_where(Expr::col(BundleEntitlements::Environment).eq(env))
+        .cond_where(tx.in_scope(BundleEntitlements::TenantId, BundleEntitlements::Environment))
         .and_where(Expr::col(BundleEntitlements::BundleId).eq(b.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -547,8 +541,7 @@ pub async fn update_bundle(tx: &mut TenantTx, b: &Bundle) -> Result<()> {
             (Bundles::Status, b.status.as_str().into()),
             (Bundles::UpdatedAt, b.updated_at.into()),
         ])
-        .and_where(Expr::col(Bundles::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Bundles::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Bundles::TenantId, Bundles::Environment))
         .and_where(Expr::col(Bundles::Id).eq(b.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -657,18 +650,15 @@ pub async fn bundles_using_entitlement(tx: &mut TenantTx, entitlement_id: &str) 
 
 /// Removes a bundle and its entitlement links (the caller has checked it has no prices).
 pub async fn delete_bundle(tx: &mut TenantTx, id: &str) -> Result<bool> {
-    let (tenant, env) = (tx.scope().tenant_id().to_string(), tx.scope().environment().as_str());
     let q = Query::delete()
         .from_table(BundleEntitlements::Table)
-        .and_where(Expr::col(BundleEntitlements::TenantId).eq(tenant.clone()))
-        .and_where(Expr::col(BundleEntitlements::Environment).eq(env))
+        .cond_where(tx.in_scope(BundleEntitlements::TenantId, BundleEntitlements::Environment))
         .and_where(Expr::col(BundleEntitlements::BundleId).eq(id))
         .to_owned();
     tx.write(&q).await?;
     let q = Query::delete()
         .from_table(Bundles::Table)
-        .and_where(Expr::col(Bundles::TenantId).eq(tenant))
-        .and_where(Expr::col(Bundles::Environment).eq(env))
+        .cond_where(tx.in_scope(Bundles::TenantId, Bundles::Environment))
         .and_where(Expr::col(Bundles::Id).eq(id))
         .to_owned();
     Ok(tx.write(&q).await? == 1)
@@ -889,8 +879,7 @@ pub async fn set_price_status(
     let q = Query::update()
         .table(Prices::Table)
         .values([(Prices::Status, status.as_str().into()), (Prices::UpdatedAt, now.into())])
-        .and_where(Expr::col(Prices::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Prices::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Prices::TenantId, Prices::Environment))
         .and_where(Expr::col(Prices::Id).eq(id))
         .to_owned();
     tx.write(&q).await?;
@@ -1030,8 +1019,7 @@ pub async fn storefront_active_prices(tx: &mut TenantTx, storefront_id: &str) ->
                 Query::select()
                     .column(Bundles::Id)
                     .from(Bundles::Table)
-                    .and_where(Expr::col(Bundles::TenantId).eq(tx.scope().tenant_id().to_string()))
-                    .and_where(Expr::col(Bundles::Environment).eq(tx.scope().environment().as_str()))
+                    .cond_where(tx.in_scope(Bundles::TenantId, Bundles::Environment))
                     .and_where(Expr::col(Bundles::Status).eq(BundleStatus::Active.as_str()))
                     .to_owned(),
             ),

@@ -103,8 +103,7 @@ pub async fn update_customer(tx: &mut TenantTx, c: &CustomerRow) -> Result<()> {
                 .zip(v.into_iter().skip(2))
                 .filter(|(c, _)| !matches!(c, Customers::CreatedAt)),
         )
-        .and_where(Expr::col(Customers::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Customers::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Customers::TenantId, Customers::Environment))
         .and_where(Expr::col(Customers::Id).eq(c.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -115,8 +114,7 @@ fn select_customers(tx: &TenantTx) -> SelectStatement {
     Query::select()
         .columns(CUSTOMER_COLUMNS[..12].to_vec())
         .from(Customers::Table)
-        .and_where(Expr::col(Customers::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Customers::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Customers::TenantId, Customers::Environment))
         .to_owned()
 }
 
@@ -261,8 +259,7 @@ pub async fn update_payment_method(tx: &mut TenantTx, p: &PaymentMethodRow) -> R
             (PaymentMethods::Expired, p.expired.into()),
             (PaymentMethods::UpdatedAt, p.updated_at.into()),
         ])
-        .and_where(Expr::col(PaymentMethods::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(PaymentMethods::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(PaymentMethods::TenantId, PaymentMethods::Environment))
         .and_where(Expr::col(PaymentMethods::Id).eq(p.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -273,8 +270,7 @@ fn select_pms(tx: &TenantTx) -> SelectStatement {
     Query::select()
         .columns(PM_COLUMNS[..15].to_vec())
         .from(PaymentMethods::Table)
-        .and_where(Expr::col(PaymentMethods::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(PaymentMethods::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(PaymentMethods::TenantId, PaymentMethods::Environment))
         .to_owned()
 }
 
@@ -326,8 +322,7 @@ pub async fn mark_expired(
     let mut q = Query::select()
         .column(PaymentMethods::Id)
         .from(PaymentMethods::Table)
-        .and_where(Expr::col(PaymentMethods::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(PaymentMethods::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(PaymentMethods::TenantId, PaymentMethods::Environment))
         .and_where(Expr::col(PaymentMethods::Expired).eq(false))
         .and_where(Expr::col(PaymentMethods::State).ne("deleted"))
         .order_by(PaymentMethods::Id, Order::Asc)
@@ -340,8 +335,7 @@ pub async fn mark_expired(
     let u = Query::update()
         .table(PaymentMethods::Table)
         .values([(PaymentMethods::Expired, true.into()), (PaymentMethods::UpdatedAt, now.into())])
-        .and_where(Expr::col(PaymentMethods::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(PaymentMethods::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(PaymentMethods::TenantId, PaymentMethods::Environment))
         .and_where(Expr::col(PaymentMethods::Id).is_in(ids.clone()))
         .to_owned();
     tx.write(&u).await?;

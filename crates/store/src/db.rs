@@ -344,6 +344,21 @@ journaled_tx!(
     TenantScope
 );
 
+impl TenantTx {
+    /// The condition that keeps a statement inside the scope's tenant and environment, for
+    /// tables keyed by (`tenant_col`, `env_col`, …).
+    pub(crate) fn in_scope<T: sea_query::Iden + Copy + 'static>(
+        &self,
+        tenant_col: T,
+        env_col: T,
+    ) -> sea_query::Condition {
+        use sea_query::Expr;
+        sea_query::Condition::all()
+            .add(Expr::col(tenant_col).eq(self.scope().tenant_id().to_string()))
+            .add(Expr::col(env_col).eq(self.scope().environment().as_str()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,8 +115,7 @@ pub async fn update_attempt(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
             (Payments::CapturedAmount, p.captured_amount.into()),
             (Payments::UpdatedAt, p.updated_at.into()),
         ])
-        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).eq(p.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -135,8 +134,7 @@ pub async fn reserve_refund(
         .table(Payments::Table)
         .value(Payments::RefundedAmount, Expr::col(Payments::RefundedAmount).add(amount))
         .value(Payments::UpdatedAt, now)
-        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).eq(payment_id))
         .and_where(Expr::col(Payments::Status).eq("captured"))
         .and_where(
@@ -158,8 +156,7 @@ pub async fn release_refund(
         .table(Payments::Table)
         .value(Payments::RefundedAmount, Expr::col(Payments::RefundedAmount).sub(amount))
         .value(Payments::UpdatedAt, now)
-        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).eq(payment_id))
         .to_owned();
     tx.write(&q).await?;
@@ -170,8 +167,7 @@ fn select(tx: &TenantTx) -> SelectStatement {
     Query::select()
         .columns(PAYMENT_COLUMNS[..16].to_vec())
         .from(Payments::Table)
-        .and_where(Expr::col(Payments::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Payments::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .to_owned()
 }
 
@@ -278,8 +274,7 @@ pub async fn update_refund(tx: &mut TenantTx, r: &RefundRow) -> Result<()> {
             (Refunds::PspRefundId, r.psp_refund_id.clone().into()),
             (Refunds::UpdatedAt, r.updated_at.into()),
         ])
-        .and_where(Expr::col(Refunds::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Refunds::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Refunds::TenantId, Refunds::Environment))
         .and_where(Expr::col(Refunds::Id).eq(r.id.clone()))
         .to_owned();
     tx.write(&q).await?;
@@ -300,8 +295,7 @@ pub async fn refunds_of(tx: &mut TenantTx, payment_id: &str) -> Result<Vec<Refun
             Refunds::UpdatedAt,
         ])
         .from(Refunds::Table)
-        .and_where(Expr::col(Refunds::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(Refunds::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(Refunds::TenantId, Refunds::Environment))
         .and_where(Expr::col(Refunds::PaymentId).eq(payment_id))
         .order_by(Refunds::Id, Order::Asc)
         .to_owned();

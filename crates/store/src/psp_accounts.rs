@@ -171,8 +171,7 @@ pub async fn update(tx: &mut TenantTx, a: &PspAccount) -> Result<()> {
                 .zip(v.into_iter().skip(3))
                 .filter(|(c, _)| !matches!(c, PspAccounts::Mode)),
         )
-        .and_where(Expr::col(PspAccounts::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(PspAccounts::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(PspAccounts::TenantId, PspAccounts::Environment))
         .and_where(Expr::col(PspAccounts::Id).eq(a.id.clone()))
         .to_owned();
     if tx.write(&q).await? != 1 {
@@ -185,8 +184,7 @@ fn select(tx: &TenantTx) -> SelectStatement {
     Query::select()
         .columns(COLUMNS[..17].to_vec())
         .from(PspAccounts::Table)
-        .and_where(Expr::col(PspAccounts::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(PspAccounts::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(PspAccounts::TenantId, PspAccounts::Environment))
         .to_owned()
 }
 
@@ -214,8 +212,7 @@ pub async fn of_storefront(tx: &mut TenantTx, storefront_id: &str) -> Result<Vec
 pub async fn delete(tx: &mut TenantTx, storefront_id: &str, id: &str) -> Result<bool> {
     let q = Query::delete()
         .from_table(PspAccounts::Table)
-        .and_where(Expr::col(PspAccounts::TenantId).eq(tx.scope().tenant_id().to_string()))
-        .and_where(Expr::col(PspAccounts::Environment).eq(tx.scope().environment().as_str()))
+        .cond_where(tx.in_scope(PspAccounts::TenantId, PspAccounts::Environment))
         .and_where(Expr::col(PspAccounts::StorefrontId).eq(storefront_id))
         .and_where(Expr::col(PspAccounts::Id).eq(id))
         .to_owned();

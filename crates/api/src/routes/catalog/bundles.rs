@@ -193,7 +193,7 @@ async fn list(
     TenantAuth(scope): TenantAuth,
     ApiQuery(p): ApiQuery<BundleParams>,
 ) -> Result<Json<BundleList>, ApiError> {
-    let limit = super::PageParams { limit: p.limit, starting_after: None }.limit()?;
+    let limit = super::limit(p.limit)?;
     let (rows, more) =
         catalog::list_bundles(&state.ctx, &scope, limit, p.starting_after.as_deref(), p.status).await?;
     Ok(Json(BundleList::new(rows.into_iter().map(Into::into).collect(), more)))

@@ -38,10 +38,9 @@ pub struct PageParams {
     starting_after: Option<String>,
 }
 
-impl PageParams {
-    fn limit(&self) -> Result<u32, ApiError> {
-        Limit::parse(self.limit).map(Limit::get).map_err(|e| ApiError::validation(vec![e]))
-    }
+/// A page size from a query parameter.
+fn limit(v: Option<i64>) -> Result<u32, ApiError> {
+    Limit::parse(v).map(Limit::get).map_err(|e| ApiError::validation(vec![e]))
 }
 
 /// Declares a page type: `data`, `has_more` and `next_cursor`.

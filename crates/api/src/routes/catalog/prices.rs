@@ -222,7 +222,7 @@ async fn list(
     TenantAuth(scope): TenantAuth,
     ApiQuery(p): ApiQuery<PriceParams>,
 ) -> Result<Json<PriceList>, ApiError> {
-    let limit = super::PageParams { limit: p.limit, starting_after: None }.limit()?;
+    let limit = super::limit(p.limit)?;
     let filter = PriceFilter {
         bundle_id: p.bundle_id,
         storefront_id: p.storefront_id,

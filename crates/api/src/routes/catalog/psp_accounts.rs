@@ -301,8 +301,8 @@ async fn check(
 ) -> Result<Json<CheckResult>, ApiError> {
     let r = psp_accounts::check(&state.ctx, &scope, &storefront_id, &id).await?;
     Ok(Json(CheckResult {
-        credentials: r["credentials"].as_str().unwrap_or_default().to_owned(),
-        api_secret_present: r["api_secret_present"].as_bool().unwrap_or(false),
-        webhook_secret_present: r["webhook_secret_present"].as_bool().unwrap_or(false),
+        credentials: "decrypted".into(),
+        api_secret_present: r.api_secret_present,
+        webhook_secret_present: r.webhook_secret_present,
     }))
 }

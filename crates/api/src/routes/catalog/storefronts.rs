@@ -187,7 +187,8 @@ async fn list(
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<StorefrontList>, ApiError> {
     let (rows, more) =
-        catalog::list_storefronts(&state.ctx, &scope, p.limit()?, p.starting_after.as_deref()).await?;
+        catalog::list_storefronts(&state.ctx, &scope, super::limit(p.limit)?, p.starting_after.as_deref())
+            .await?;
     Ok(Json(StorefrontList::new(rows.into_iter().map(Into::into).collect(), more)))
 }
 
