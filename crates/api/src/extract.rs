@@ -1,9 +1,9 @@
 //! Validating extractors: strict JSON bodies, query strings, credentials and tenant scope.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Extensions, StatusCode};
 use azotte_domain::FieldError;
 use azotte_service::auth;
 use azotte_store::{PlatformScope, TenantScope};
@@ -20,7 +20,7 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -38,19 +38,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "the body must be JSON with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                )
-            } else {
-                ApiError::bad_request("unreadable_body", "the request body could not be read")
-            }
-        })?;
-        decode_json(&bytes).map(ApiJson)
+        let (parts, body) = req.into_parts();
+        decode_json(&read_body(&parts.extensions, body).await?).map(ApiJson)
     }
+}
+
+/// The whole body, read under the limit `DefaultBodyLimit` set in the request's `extensions`
+/// (413 when larger), as the `Bytes` extractor reads it.
+pub(crate) async fn read_body(extensions: &Extensions, body: Body) -> Result<Bytes, ApiError> {
+    let mut req = Request::new(body);
+    *req.extensions_mut() = extensions.clone();
+    Bytes::from_request(req, &()).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+        } else {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
+        }
+    })
 }
 
 /// Decodes a JSON document strictly; public for the extractor's tests.
@@ -125,6 +129,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// Whether the request offers a credential at all (`Authorization` or `x-api-key`).
+pub(crate) fn has_credential(parts: &Parts) -> bool {
+    parts.headers.contains_key(header::AUTHORIZATION) || parts.headers.contains_key("x-api-key")
+}
+
 /// The bearer credential of a request: `Authorization: Bearer …` or `x-api-key: …`.
 fn credential(parts: &Parts) -> Result<&str, ApiError> {
     if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
@@ -165,12 +174,23 @@ impl FromRequestParts<AppState> for PlatformAuth {
 /// An authenticated principal inside the tenant named by `x-tn`, in the environment named by
 /// `x-env` (implied by an API key). Credentials are checked first (401), then the headers (400),
 /// then the tenant (404 unknown, 403 suspended or another tenant's credential).
+///
+/// The scope is kept in the request's extensions: a later extraction in the same request (the
+/// idempotency layer authenticates before the handler's own extractors) reuses it instead of
+/// authenticating twice. Only this extractor puts it there.
 pub struct TenantAuth(pub TenantScope);
+
+/// The scope [`TenantAuth`] established for this request.
+#[derive(Clone)]
+struct Authenticated(TenantScope);
 
 impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(Authenticated(scope)) = parts.extensions.get::<Authenticated>() {
+            return Ok(TenantAuth(scope.clone()));
+        }
         let token = credential(parts)?;
         let tenant_ref = header_str(parts, "x-tn")?;
         let env = header_str(parts, "x-env")?;
@@ -179,6 +199,7 @@ impl FromRequestParts<AppState> for TenantAuth {
         span.record("tenant_id", tracing::field::display(scope.tenant_id()));
         span.record("environment", scope.environment().as_str());
         span.record("principal", tracing::field::display(scope.principal()));
+        parts.extensions.insert(Authenticated(scope.clone()));
         Ok(TenantAuth(scope))
     }
 }

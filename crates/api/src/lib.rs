@@ -5,6 +5,7 @@
 
 mod error;
 mod extract;
+mod idempotency;
 mod metrics;
 mod middleware;
 mod openapi;
@@ -27,11 +28,16 @@ pub use metrics::Metrics;
 pub struct ApiConfig {
     /// Largest accepted request body in bytes; larger ones get 413.
     pub body_limit: usize,
+    /// How long `Idempotency-Key` records are kept and replayed.
+    pub idempotency_retention: std::time::Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { body_limit: 1024 * 1024 }
+        Self {
+            body_limit: 1024 * 1024,
+            idempotency_retention: azotte_service::idempotency::DEFAULT_RETENTION,
+        }
     }
 }
 
@@ -60,7 +66,14 @@ fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every documented route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    document(api_router()).1
+}
+
+/// The routes and their document, with what is added to every operation.
+fn document(api: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = api.split_for_parts();
+    utoipa::Modify::modify(&openapi::IdempotencyKeyHeader, &mut doc);
+    (routes, doc)
 }
 
 /// The OpenAPI document as the pretty JSON committed in `openapi.json`.
@@ -74,13 +87,17 @@ pub fn openapi_json() -> String {
 pub fn router(ctx: Ctx, config: &ApiConfig) -> Router {
     let metrics = Arc::new(Metrics::default());
     let state = AppState { ctx, metrics: metrics.clone() };
-    let (routes, doc) = api_router().split_for_parts();
+    let (routes, doc) = document(api_router());
     let doc = Arc::new(doc);
+    let idempotency =
+        idempotency::IdempotencyState { app: state.clone(), retention: config.idempotency_retention };
     routes
         .route("/openapi.json", get(move || openapi::serve(doc.clone())))
         .route("/metrics", get(routes::health::metrics))
         .fallback(middleware::route_not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
+        // Inside the raw-card guard (a refused body is never kept) and the body limit.
+        .layer(axum::middleware::from_fn_with_state(idempotency, idempotency::layer))
         // Inside the body limit (it buffers the body under it), before every extractor.
         .layer(axum::middleware::from_fn_with_state(state.clone(), raw_card::guard))
         .layer(DefaultBodyLimit::max(config.body_limit))

@@ -54,6 +54,41 @@ impl Modify for Security {
     }
 }
 
+/// Documents the `Idempotency-Key` header on every POST operation that takes a tenant
+/// credential (declares `x-tn`): the operations the idempotency layer covers. Other POSTs
+/// (login, refresh, platform routes) ignore the header, so it is not offered there.
+pub struct IdempotencyKeyHeader;
+
+impl Modify for IdempotencyKeyHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, Type};
+        for item in openapi.paths.paths.values_mut() {
+            let Some(params) = item.post.as_mut().and_then(|op| op.parameters.as_mut()) else { continue };
+            if !params.iter().any(|p| p.name == "x-tn" && p.parameter_in == ParameterIn::Header) {
+                continue;
+            }
+            let schema =
+                ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(255));
+            params.push(
+                ParameterBuilder::new()
+                    .name(azotte_domain::idempotency::HEADER)
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(
+                        "A unique value (e.g. a UUID) of 1 to 255 printable ASCII characters. The first \
+                         response is kept for the retention window (24 h by default) and replayed, with \
+                         `Idempotent-Replayed: true`, to a retry with the same key, request and credential; \
+                         the same key with another request or credential is 422 `idempotency_key_reused`, \
+                         while the first is still running 409 `idempotency_key_in_flight`.",
+                    ))
+                    .schema(Some(schema))
+                    .build(),
+            );
+        }
+    }
+}
+
 /// The base document that routes are added to.
 pub fn base() -> utoipa::openapi::OpenApi {
     BaseDoc::openapi()

@@ -9,8 +9,8 @@
 
 use std::borrow::Cow;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -20,7 +20,7 @@ use azotte_domain::{FieldError, Principal, PrincipalKind};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::extract::{PlatformAuth, TenantAuth};
+use crate::extract::{has_credential, read_body, PlatformAuth, TenantAuth};
 use crate::AppState;
 
 /// The journal entry type of a refusal.
@@ -41,22 +41,9 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     let mut hit = in_path(parts.uri.path()).or_else(|| parts.uri.query().and_then(in_query));
     // Buffer the body under the limit `DefaultBodyLimit` set, exactly as the `Bytes` extractor
     // of the handlers would (413 when too large), so the handler still gets it.
-    let mut buffered = Request::new(body);
-    *buffered.extensions_mut() = parts.extensions.clone();
-    let bytes = match Bytes::from_request(buffered, &()).await {
+    let bytes = match read_body(&parts.extensions, body).await {
         Ok(b) => b,
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large",
-            )
-            .into_response();
-        }
-        Err(_) => {
-            return ApiError::bad_request("unreadable_body", "the request body could not be read")
-                .into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     if hit.is_none() && !bytes.is_empty() {
         hit = in_body(&bytes, is_form(&parts));
@@ -197,9 +184,7 @@ async fn journal(state: &AppState, parts: &mut Parts, hit: &Hit) {
         .map(|c| c.0.ip().to_string());
     let mut tenant = None;
     let mut principal = Principal { kind: PrincipalKind::User, id: "unauthenticated".into(), roles: vec![] };
-    let has_credential =
-        parts.headers.contains_key(header::AUTHORIZATION) || parts.headers.contains_key("x-api-key");
-    if has_credential {
+    if has_credential(parts) {
         if parts.headers.contains_key("x-tn") {
             if let Ok(TenantAuth(scope)) = TenantAuth::from_request_parts(parts, state).await {
                 principal = scope.principal().clone();

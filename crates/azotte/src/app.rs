@@ -197,7 +197,13 @@ impl Application {
             .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
         let ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
         ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
-        let router = azotte_api::router(ctx.clone(), &ApiConfig { body_limit: config.body_limit_bytes });
+        let router = azotte_api::router(
+            ctx.clone(),
+            &ApiConfig {
+                body_limit: config.body_limit_bytes,
+                idempotency_retention: config.idempotency_retention,
+            },
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Listen { addr: config.listen, source })?;

@@ -38,6 +38,8 @@ pub struct Config {
     pub body_limit_bytes: usize,
     pub mode: RunMode,
     pub housekeeping_interval: Duration,
+    /// How long `Idempotency-Key` records are kept and replayed (expired ones are purged).
+    pub idempotency_retention: Duration,
     pub shutdown_timeout: Duration,
     /// Root secret (64 hex characters) from which the password pepper, API key hashing key and
     /// sealing keys derive. Generated under `data_dir` when absent outside production mode.
@@ -78,6 +80,7 @@ const KEYS: &[Key] = &[
     Key { name: "body_limit_bytes", default: "1048576", secret: false },
     Key { name: "mode", default: "development", secret: false },
     Key { name: "housekeeping_interval_secs", default: "60", secret: false },
+    Key { name: "idempotency_retention_secs", default: "86400", secret: false },
     Key { name: "shutdown_timeout_secs", default: "30", secret: false },
     Key { name: "secret_key", default: "", secret: true },
     Key { name: "master_key", default: "", secret: true },
@@ -222,6 +225,11 @@ impl Config {
                 "housekeeping_interval_secs",
                 |v| range(v, 1, 86_400),
             )?),
+            idempotency_retention: Duration::from_secs(parse(
+                get("idempotency_retention_secs"),
+                "idempotency_retention_secs",
+                |v| range(v, 60, 30 * 86_400),
+            )?),
             shutdown_timeout: Duration::from_secs(parse(
                 get("shutdown_timeout_secs"),
                 "shutdown_timeout_secs",
@@ -294,6 +302,17 @@ mod tests {
         assert_eq!(c.database_url.expose(), "sqlite://./azotte-data/azotte.db");
         assert_eq!(c.body_limit_bytes, 1024 * 1024);
         assert!(c.secret_key.is_none());
+        assert_eq!(c.idempotency_retention, Duration::from_secs(24 * 60 * 60));
+    }
+
+    #[test]
+    fn idempotency_retention_is_bounded() {
+        let c = Config::load(None, env(&[("AZOTTE_IDEMPOTENCY_RETENTION_SECS", "3600")]), &[]).unwrap();
+        assert_eq!(c.idempotency_retention, Duration::from_secs(3600));
+        for bad in ["0", "59", "2592001", "a day"] {
+            let e = Config::load(None, env(&[("AZOTTE_IDEMPOTENCY_RETENTION_SECS", bad)]), &[]).unwrap_err();
+            assert_eq!(e.key, "idempotency_retention_secs");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod customer;
 pub mod email;
 pub mod id;
+pub mod idempotency;
 pub mod iso;
 pub mod pagination;
 pub mod payment;

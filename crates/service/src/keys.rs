@@ -26,6 +26,8 @@ pub struct Keys {
     pub seal: Key,
     /// Keyed lookup hashes of customer emails and phones.
     pub customer_lookup: Key,
+    /// Keyed fingerprints of requests sent with an `Idempotency-Key`.
+    pub idempotency: Key,
 }
 
 impl Keys {
@@ -36,6 +38,7 @@ impl Keys {
             api_key_hash: root.derive("api-key-hash"),
             seal: root.derive("seal-at-rest"),
             customer_lookup: root.derive("customer-lookup"),
+            idempotency: root.derive("idempotency-fingerprint"),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod customers;
 mod error;
 pub mod housekeeping;
+pub mod idempotency;
 pub mod journal;
 pub mod keys;
 pub mod mail;

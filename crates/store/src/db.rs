@@ -247,15 +247,7 @@ impl Db {
             (_, true) => self.unscoped_read_tx().await?,
             (_, false) => self.unscoped_tx().await?,
         };
-        if let Tx::Postgres(t) = &mut tx {
-            sqlx::query(
-                "SELECT set_config('azotte.tenant_id', $1, true), set_config('azotte.environment', $2, true)",
-            )
-            .bind(scope.tenant_id.to_string())
-            .bind(scope.environment.as_str())
-            .execute(&mut **t)
-            .await?;
-        }
+        tx.enter_environment(&scope.tenant_id.to_string(), scope.environment.as_str()).await?;
         Ok(TenantTx { tx, scope: scope.clone(), action_id: None, writes: 0, journal: Default::default() })
     }
 

@@ -68,6 +68,21 @@ impl Tx {
             .rows_affected()))
     }
 
+    /// Sets the tenant and environment that row-level security admits for the rest of the
+    /// transaction (PostgreSQL; SQLite has no row-level security).
+    pub(crate) async fn enter_environment(&mut self, tenant_id: &str, environment: &str) -> Result<()> {
+        if let Tx::Postgres(t) = self {
+            sqlx::query(
+                "SELECT set_config('azotte.tenant_id', $1, true), set_config('azotte.environment', $2, true)",
+            )
+            .bind(tenant_id)
+            .bind(environment)
+            .execute(&mut **t)
+            .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
             Tx::Sqlite(t) => t.commit().await?,

@@ -12,6 +12,7 @@ pub mod customers;
 mod db;
 mod error;
 mod exec;
+pub mod idempotency;
 pub mod invitations;
 #[cfg(test)]
 mod isolation_tests;

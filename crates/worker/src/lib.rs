@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 /// How often the workers run.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Interval of the housekeeping pass (expired sessions, later: retention).
+    /// Interval of the housekeeping pass (expired sessions and idempotency records, later:
+    /// retention).
     pub housekeeping_every: Duration,
     /// Interval of the journal sealer (seal lag stays under about this plus one pass).
     pub seal_every: Duration,
@@ -29,11 +30,16 @@ impl Default for WorkerConfig {
 pub struct HousekeepingReport {
     /// Expired sessions deleted.
     pub sessions_purged: u64,
+    /// Expired `Idempotency-Key` records deleted.
+    pub idempotency_purged: u64,
 }
 
 /// One housekeeping pass.
 pub async fn housekeeping_once(ctx: &Ctx) -> azotte_service::Result<HousekeepingReport> {
-    Ok(HousekeepingReport { sessions_purged: housekeeping::purge_expired_sessions(ctx).await? })
+    Ok(HousekeepingReport {
+        sessions_purged: housekeeping::purge_expired_sessions(ctx).await?,
+        idempotency_purged: azotte_service::idempotency::purge_expired(ctx).await?,
+    })
 }
 
 /// Starts the workers; they stop when `shutdown` turns true, finishing the pass in progress.
@@ -75,8 +81,14 @@ async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Recei
             tokio::select! {
                 _ = tick.tick() => {
                     match housekeeping_once(&ctx).await {
-                        Ok(r) if r.sessions_purged > 0 => tracing::info!(purged = r.sessions_purged, "expired sessions purged"),
-                        Ok(_) => {}
+                        Ok(r) => {
+                            if r.sessions_purged > 0 {
+                                tracing::info!(purged = r.sessions_purged, "expired sessions purged");
+                            }
+                            if r.idempotency_purged > 0 {
+                                tracing::info!(purged = r.idempotency_purged, "expired idempotency records purged");
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
                     }
                     match azotte_service::payments::reconcile_everywhere(&ctx).await {

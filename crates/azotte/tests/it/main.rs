@@ -9,6 +9,7 @@ mod cli;
 mod customers;
 mod health;
 mod http_errors;
+mod idempotency;
 mod identity;
 mod journal;
 mod jwt_attacks;

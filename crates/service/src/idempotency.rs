@@ -1,0 +1,226 @@
+//! `Idempotency-Key` (DESIGN.md §8, docs/decisions/0006-idempotency-keys.md): the first
+//! response to a tenant POST is kept and replayed to retries that send the same key, the same
+//! request and come from the same principal.
+//!
+//! [`begin`] claims the key in one short transaction before the handler runs; [`complete`]
+//! keeps the response (body sealed under the tenant data key: it may hold decrypted personal
+//! data) or [`release`] frees the key for a response that is not kept. Records live for the
+//! configured retention; expired ones count as absent and the worker purges them.
+
+use std::time::Duration;
+
+use azotte_crypto::tokens::lookup_hash;
+use azotte_domain::idempotency::IdempotencyKey;
+use azotte_domain::Secret;
+use azotte_store::idempotency::{self as store, IdempotencyRow, COMPLETE};
+use azotte_store::{TenantScope, TenantTx};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::{vault, Ctx, Result, ServiceError};
+
+/// How long a claim stays its request's. A request runs far shorter (PSP calls are bounded);
+/// a claim still in flight after this belonged to a process that died, and the next request
+/// with the key takes it over.
+pub const LOCK: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Default retention of records (`idempotency_retention_secs`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A response as kept and replayed.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// The few headers kept (`content-type`, `location`, `retry-after`), lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body as sent: personal data, masked in `Debug`.
+    pub body: Secret<Vec<u8>>,
+}
+
+/// A key this request holds while its handler runs.
+#[derive(Debug)]
+pub struct Claim {
+    scope: TenantScope,
+    key: IdempotencyKey,
+    /// The fence: completing or releasing names it.
+    locked_until: DateTime<Utc>,
+}
+
+/// What to do with a request that carries a key.
+#[derive(Debug)]
+pub enum Begin {
+    /// The key is this request's: run it, then [`complete`] or [`release`].
+    Claimed(Claim),
+    /// Answered before: send this again.
+    Replay(StoredResponse),
+    /// The key was used with another request or by another principal.
+    Reused,
+    /// The first request with the key is still running.
+    InFlight,
+}
+
+/// A keyed hash of the request: SHA-256 over method, path and query, and body, then keyed
+/// (HMAC) with an installation key and bound to the tenant environment, so a stored
+/// fingerprint cannot confirm a guessed body.
+pub fn fingerprint(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> String {
+    let mut h = Sha256::new();
+    for part in [method.as_bytes(), b"\0", path_and_query.as_bytes(), b"\0", body] {
+        h.update(part);
+    }
+    let digest = hex::encode(h.finalize());
+    lookup_hash(
+        &ctx.keys.idempotency,
+        &[&scope.tenant_id().to_string(), scope.environment().as_str(), &digest],
+    )
+}
+
+/// Associated data of a sealed response body: the tenant environment and key (the row), and
+/// the status and headers kept beside it, so none of them can be swapped or edited.
+fn aad(scope: &TenantScope, key: &IdempotencyKey, status: u16, headers: &[(String, String)]) -> Vec<u8> {
+    let mut aad = format!(
+        "azotte:idempotency-response:v1\0{}\0{}\0{}\0{status}\0",
+        scope.tenant_id(),
+        scope.environment().as_str(),
+        key.as_str()
+    )
+    .into_bytes();
+    aad.extend_from_slice(serde_json::json!(headers).to_string().as_bytes());
+    aad
+}
+
+/// Whole milliseconds: the fence is compared for equality, and PostgreSQL keeps microseconds.
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// Claims `key` for this request, or says why not. Expired records count as absent; a claim
+/// whose lock ran out is taken over. A different fingerprint or principal is checked before
+/// the state, so a reused key is reported even while its first request runs.
+#[tracing::instrument(skip_all, fields(tenant_id = %scope.tenant_id()))]
+pub async fn begin(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+    retention: Duration,
+) -> Result<Begin> {
+    let now = ctx.clock.now();
+    let principal = scope.principal().to_string();
+    let retention = chrono::Duration::from_std(retention).map_err(ServiceError::internal)?;
+    let claim = store::Claim {
+        key: key.as_str(),
+        fingerprint,
+        principal_id: &principal,
+        locked_until: millis(now + LOCK),
+        created_at: now,
+        expires_at: now + retention,
+    };
+    let claimed =
+        Begin::Claimed(Claim { scope: scope.clone(), key: key.clone(), locked_until: claim.locked_until });
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let outcome = if store::insert(&mut tx, &claim).await? {
+        claimed
+    } else {
+        // `None`: the row may be taken over.
+        let decided = match store::get(&mut tx, key.as_str()).await? {
+            // Released between the insert and this read: the client may try again at once.
+            None => Some(Begin::InFlight),
+            Some(row) if row.expires_at <= now => None,
+            Some(row) if row.fingerprint != fingerprint || row.principal_id != principal => {
+                Some(Begin::Reused)
+            }
+            Some(row) if row.state == COMPLETE => Some(Begin::Replay(replay(ctx, &mut tx, key, row).await?)),
+            Some(row) if row.locked_until.is_some_and(|t| t <= now) => {
+                tracing::warn!(
+                    key = key.as_str(),
+                    "taking over an idempotency key whose request did not finish"
+                );
+                None
+            }
+            Some(_) => Some(Begin::InFlight),
+        };
+        match decided {
+            Some(b) => b,
+            None if store::take_over(&mut tx, &claim, now).await? => claimed,
+            None => Begin::InFlight,
+        }
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn replay(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    key: &IdempotencyKey,
+    row: IdempotencyRow,
+) -> Result<StoredResponse> {
+    let corrupt = |what: &str| {
+        ServiceError::internal(azotte_store::StoreError::Corrupt(format!("idempotency record: {what}")))
+    };
+    let status = row.response_status.and_then(|s| u16::try_from(s).ok()).ok_or_else(|| corrupt("status"))?;
+    let headers = row.response_headers.map(|h| h.0).ok_or_else(|| corrupt("headers"))?;
+    let sealed = row.response_body.ok_or_else(|| corrupt("body"))?;
+    let body = vault::open(ctx, tx, &sealed, &aad(tx.scope(), key, status, &headers)).await?;
+    Ok(StoredResponse { status, headers, body })
+}
+
+/// Keeps the response of a claimed request. `false` when the claim was no longer this
+/// request's (its lock ran out and another request took the key over).
+#[tracing::instrument(skip_all, fields(tenant_id = %claim.scope.tenant_id()))]
+pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Result<bool> {
+    let mut tx = ctx.db.tenant_tx(&claim.scope).await?;
+    // The first sealed data of a tenant creates its data key, which is journaled: this record is
+    // not, so the key's creation gets an action of its own.
+    if azotte_store::tenant_keys::active(&mut tx).await?.is_none() {
+        tx.action(
+            ctx.clock.now(),
+            "tenant_key.create",
+            None,
+            serde_json::json!({"for": "idempotency_record"}),
+        )
+        .await?;
+    }
+    let data_key = vault::tenant_key(ctx, &mut tx).await?;
+    let aad = aad(&claim.scope, &claim.key, response.status, &response.headers);
+    let sealed = vault::encrypt(&data_key, response.body.expose(), &aad)?;
+    let done = store::complete(
+        &mut tx,
+        claim.key.as_str(),
+        claim.locked_until,
+        &store::Completion {
+            status: i32::from(response.status),
+            headers: &response.headers,
+            sealed_body: &sealed,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    if !done {
+        tracing::warn!(
+            key = claim.key.as_str(),
+            "idempotency key was taken over before its response was kept"
+        );
+    }
+    Ok(done)
+}
+
+/// Frees a claimed key without keeping the response (the request was refused before it did
+/// anything, e.g. 401, 403, 429).
+pub async fn release(ctx: &Ctx, claim: Claim) -> Result<()> {
+    let mut tx = ctx.db.tenant_tx(&claim.scope).await?;
+    store::release(&mut tx, claim.key.as_str(), claim.locked_until).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes expired records everywhere; returns how many went (the worker's housekeeping).
+pub async fn purge_expired(ctx: &Ctx) -> Result<u64> {
+    Ok(store::purge_expired(&ctx.db, ctx.clock.now()).await?)
+}
