@@ -131,6 +131,10 @@ impl From<ServiceError> for ApiError {
                     "stored encrypted data could not be decrypted; an operator has to look at it",
                 )
             }
+            ServiceError::PspUnavailable { message } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "psp_unavailable", message)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+            }
             ServiceError::Unavailable(source) => {
                 tracing::error!(error = %error_chain(&source), "database unavailable");
                 ApiError::new(

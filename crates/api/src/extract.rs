@@ -230,7 +230,8 @@ pub mod need {
         PspManage,
         CustomerWrite,
         PaymentCreate,
-        PaymentRefund
+        PaymentRefund,
+        PaymentSafeMode
     );
 }
 

@@ -162,9 +162,15 @@ pub async fn context(config: &Config, clock: Clock, mailer: Arc<dyn Mailer>) -> 
     let db = Db::connect(&opts)
         .await
         .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
-    let ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
+    let mut ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
+    ctx.psp = connectors(config);
     ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
     Ok(ctx)
+}
+
+/// The PSP connectors as configured.
+fn connectors(config: &Config) -> azotte_service::payments::Connectors {
+    azotte_service::payments::Connectors::configured(&config.stripe_base_url, config.reconcile_grace)
 }
 
 /// A built, not yet running, service.
@@ -195,7 +201,8 @@ impl Application {
         let db = Db::connect(&opts)
             .await
             .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
-        let ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
+        let mut ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
+        ctx.psp = connectors(config);
         ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
         let router = azotte_api::router(
             ctx.clone(),

@@ -54,6 +54,12 @@ pub struct Config {
     pub data_dir: std::path::PathBuf,
     /// `iss` of issued access tokens.
     pub issuer: String,
+    /// Stripe's API (a test server in tests): HTTPS, or HTTP to a loopback address only.
+    pub stripe_base_url: String,
+    /// How long after an attempt a PSP lookup that finds nothing proves nothing was charged
+    /// (PSP search indexes lag); also how long an attempt may stay unrecorded before
+    /// reconciliation asks the PSP about it.
+    pub reconcile_grace: Duration,
 }
 
 /// A configuration error, naming the key and the source of the bad value.
@@ -87,6 +93,8 @@ const KEYS: &[Key] = &[
     Key { name: "previous_master_keys", default: "", secret: true },
     Key { name: "data_dir", default: "./azotte-data", secret: false },
     Key { name: "issuer", default: "azotte", secret: false },
+    Key { name: "stripe_base_url", default: "https://api.stripe.com", secret: false },
+    Key { name: "reconcile_grace_secs", default: "600", secret: false },
 ];
 
 /// A raw value and where it came from.
@@ -252,6 +260,19 @@ impl Config {
                     Ok(v.to_owned())
                 }
             })?,
+            stripe_base_url: parse(get("stripe_base_url"), "stripe_base_url", |v| {
+                let loopback = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"];
+                if v.starts_with("https://") || loopback.iter().any(|p| v.starts_with(p)) {
+                    Ok(v.trim_end_matches('/').to_owned())
+                } else {
+                    Err("expected an https:// URL (http:// only to a loopback address, for tests)".into())
+                }
+            })?,
+            reconcile_grace: Duration::from_secs(parse(
+                get("reconcile_grace_secs"),
+                "reconcile_grace_secs",
+                |v| range(v, 1, 86_400),
+            )?),
         })
     }
 }

@@ -42,6 +42,29 @@ enum Command {
     /// Verify or export the tamper-evident journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Pause (or resume) all money movement of a tenant: payments and refunds are queued, not
+    /// sent, until safe mode is lifted.
+    SafeMode {
+        /// Tenant id (`ten_…`).
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: SafeModeAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SafeModeAction {
+    /// Switch safe mode on.
+    On {
+        /// Why money movement is paused (journaled, shown to the tenant).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift safe mode; the queue is sent by the running workers.
+    Off,
+    /// Print whether safe mode is on.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -180,13 +203,7 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
         }
         Command::Openapi => Ok(()),
         Command::Journal(cmd) => {
-            let ctx = app::context(
-                &config,
-                Clock::system(),
-                std::sync::Arc::new(azotte_service::mail::ConsoleMailer),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let ctx = cli_context(&config).await?;
             match cmd {
                 JournalCommand::Verify { tenant } => {
                     azotte_service::seal::seal_once(&ctx).await.map_err(|e| e.to_string())?;
@@ -211,25 +228,50 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             }
         }
         Command::Keys(KeysCommand::Rotate) => {
-            let ctx = app::context(
-                &config,
-                Clock::system(),
-                std::sync::Arc::new(azotte_service::mail::ConsoleMailer),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let ctx = cli_context(&config).await?;
             let kid = azotte_service::auth::rotate_signing_key(&ctx).await.map_err(|e| e.to_string())?;
             println!("new JWT signing key: {kid}");
             Ok(())
         }
-        Command::Keys(KeysCommand::RotateMaster) => {
-            let ctx = app::context(
-                &config,
-                Clock::system(),
-                std::sync::Arc::new(azotte_service::mail::ConsoleMailer),
+        Command::SafeMode { tenant, action } => {
+            let ctx = cli_context(&config).await?;
+            let tenant_id = tenant.parse().map_err(|_| format!("`{tenant}` is not a tenant id (ten_…)"))?;
+            // Journaled in the tenant's production chain, by the operator's CLI.
+            let scope = azotte_store::auth::system_scope(
+                &ctx.db,
+                tenant_id,
+                azotte_domain::tenant::Environment::Production,
+                "cli",
             )
             .await
+            .map_err(|e| format!("tenant {tenant}: {e}"))?;
+            let change = match action {
+                SafeModeAction::On { reason } => {
+                    Some(azotte_service::payments::SafeModeChange { enabled: true, reason })
+                }
+                SafeModeAction::Off => {
+                    Some(azotte_service::payments::SafeModeChange { enabled: false, reason: String::new() })
+                }
+                SafeModeAction::Status => None,
+            };
+            let mode = match change {
+                Some(c) => azotte_service::payments::set_safe_mode(&ctx, &scope, c).await,
+                None => azotte_service::payments::safe_mode(&ctx, &scope).await,
+            }
             .map_err(|e| e.to_string())?;
+            match mode {
+                Some(m) => println!(
+                    "safe mode: on since {} by {}: {}",
+                    m.enabled_at.to_rfc3339(),
+                    m.enabled_by,
+                    m.reason
+                ),
+                None => println!("safe mode: off"),
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::RotateMaster) => {
+            let ctx = cli_context(&config).await?;
             let r = azotte_service::vault::rotate_master(&ctx).await.map_err(|e| e.to_string())?;
             println!("active master key: {}", r.active_master_kid);
             println!("rewrapped: {}", r.rewrapped);
@@ -245,6 +287,13 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             }
         }
     }
+}
+
+/// The services' context of a one-shot command (system clock, messages to the console).
+async fn cli_context(config: &Config) -> Result<azotte_service::Ctx, String> {
+    app::context(config, Clock::system(), std::sync::Arc::new(azotte_service::mail::ConsoleMailer))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Offline verification of an export file.

@@ -57,6 +57,7 @@ permissions! {
     PaymentRead => "payment.read",
     PaymentCreate => "payment.create",
     PaymentRefund => "payment.refund",
+    PaymentSafeMode => "payment.safe_mode",
     WebhookManage => "webhook.manage",
     PlatformTenantRead => "platform.tenant.read",
     PlatformTenantWrite => "platform.tenant.write",

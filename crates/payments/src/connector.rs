@@ -52,6 +52,9 @@ pub struct PaymentRequest {
     pub token: String,
     /// The customer is not present (a renewal): the PSP must not ask for customer action.
     pub off_session: bool,
+    /// The PSP's customer the payment method is attached to (Stripe needs it to reuse a
+    /// method, off session above all).
+    pub psp_customer_id: Option<String>,
     /// From [`azotte_domain::payment::idempotency_key`].
     pub idempotency_key: String,
 }
@@ -89,6 +92,36 @@ pub struct RefundRequest {
     pub amount: i64,
     pub currency: Currency,
     pub idempotency_key: String,
+}
+
+/// Attaching a payment-method token to a customer: the PSP validates the token and answers
+/// its display data.
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    pub account: Account,
+    /// The token the client created with the PSP's own fields.
+    pub token: String,
+    /// Our customer id (the PSP customer carries it).
+    pub customer_reference: String,
+    /// The PSP customer of our customer on this account, when one exists already.
+    pub psp_customer_id: Option<String>,
+    /// Derived from our payment-method id.
+    pub idempotency_key: String,
+}
+
+/// A payment method as the PSP holds it: display data only, never a card number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PspPaymentMethod {
+    /// The token to charge from now on (a PSP may answer a new one on attach).
+    pub token: String,
+    /// The PSP customer it is attached to.
+    pub psp_customer_id: Option<String>,
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u32,
+    pub exp_year: i32,
+    /// The PSP's fingerprint of the card (the same card has the same fingerprint).
+    pub fingerprint: String,
 }
 
 /// A payment as the PSP sees it.
@@ -180,6 +213,20 @@ pub trait Connector: Send + Sync {
 
     /// Refunds (part of) a captured payment.
     fn refund<'a>(&'a self, req: &'a RefundRequest) -> BoxFuture<'a, ConnectorResult<PspRefund>>;
+
+    /// Validates a token with the PSP and attaches it to (a PSP customer of) our customer.
+    fn attach_payment_method<'a>(
+        &'a self,
+        req: &'a AttachRequest,
+    ) -> BoxFuture<'a, ConnectorResult<PspPaymentMethod>>;
+
+    /// Detaches a payment method at the PSP: it can never be charged again. Detaching one the
+    /// PSP no longer knows succeeds.
+    fn detach_payment_method<'a>(
+        &'a self,
+        account: &'a Account,
+        token: &'a str,
+    ) -> BoxFuture<'a, ConnectorResult<()>>;
 
     /// Every PSP payment carrying our reference, oldest first (more than one is a double charge
     /// that reconciliation must flag; none means the PSP never acted).

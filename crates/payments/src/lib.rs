@@ -36,6 +36,7 @@
 //!     currency: Currency::parse("currency", "EUR").unwrap(),
 //!     token: "tok_sandbox_success".into(),
 //!     off_session: false,
+//!     psp_customer_id: None,
 //!     idempotency_key: idempotency_key(&pay, 1),
 //! };
 //! let first = sandbox.charge(&req).await.unwrap();
@@ -51,8 +52,9 @@ pub mod sandbox;
 pub mod stripe;
 
 pub use connector::{
-    Account, BoxFuture, CaptureRequest, Connector, ConnectorResult, PaymentRequest, PspPayment, PspRefund,
-    RefundRequest, VoidRequest, WebhookEvent, WebhookObject, WebhookRequest,
+    Account, AttachRequest, BoxFuture, CaptureRequest, Connector, ConnectorResult, PaymentRequest,
+    PspPayment, PspPaymentMethod, PspRefund, RefundRequest, VoidRequest, WebhookEvent, WebhookObject,
+    WebhookRequest,
 };
 pub use error::{ConnectorError, DeclineCode, RetryReason};
 pub use sandbox::{EntryKind, Ledger, LedgerEntry, Sandbox, SandboxConfig};

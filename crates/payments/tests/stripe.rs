@@ -36,6 +36,7 @@ fn request(account: &Account, token: &str, amount: i64) -> PaymentRequest {
         currency: Currency::parse("currency", "EUR").unwrap(),
         token: token.to_owned(),
         off_session: false,
+        psp_customer_id: None,
         idempotency_key: idempotency_key(&reference, 1),
     }
 }

@@ -41,6 +41,7 @@ fn request(account: &Account, token: &str) -> PaymentRequest {
         currency: Currency::parse("currency", "EUR").unwrap(),
         token: token.to_owned(),
         off_session: false,
+        psp_customer_id: None,
         idempotency_key: idempotency_key(&reference, 1),
     }
 }

@@ -35,6 +35,10 @@ pub enum ServiceError {
     /// under a master key that is not configured). Logged; answered as 500 with that code.
     #[error("{message}")]
     Undecryptable { code: &'static str, message: String },
+    /// A PSP did not answer usably (timeout, outage, lost answer); nothing was changed here.
+    /// Answered as 503 `psp_unavailable`.
+    #[error("{message}")]
+    PspUnavailable { message: String },
     /// The database is unreachable.
     #[error("service unavailable")]
     Unavailable(#[source] StoreError),

@@ -2,17 +2,19 @@
 //! card number. A token belongs to the storefront PSP account it was created for and is usable
 //! only through it.
 //!
-//! Sandbox tokens (`tok_sandbox_…`, test environments only) are accepted as they are; their
-//! display data is derived from the token (`tok_sandbox_mastercard` shows a Mastercard,
-//! `tok_sandbox_expired` a card that expired last month). Tokens of real PSPs are attached only
-//! after the connector has validated them with the PSP, which arrives with the payments issue;
-//! until then they are refused with `422 connector_unavailable`.
+//! A token is attached only after the account's connector has validated it with the PSP: the
+//! PSP answers the display data (and, for Stripe, attaches the method to a Stripe customer of
+//! ours, reused for the customer's later methods on that account, so renewals can charge it off
+//! session). Deleting a method detaches it at the PSP first. Sandbox tokens (`tok_sandbox_…`,
+//! test environments only) are validated by the sandbox, which derives their display data from
+//! the token.
 
 use azotte_crypto::tokens::sha256_hex;
 use azotte_domain::id::PaymentMethodId;
 use azotte_domain::permission::Permission;
 use azotte_domain::tenant::Environment;
 use azotte_domain::{FieldError, ValidationErrors};
+use azotte_payments::{AttachRequest, ConnectorError};
 use azotte_store::customers::{self as store, PaymentMethodRow};
 use azotte_store::psp_accounts as psp_store;
 use azotte_store::{auth, TenantScope};
@@ -32,20 +34,6 @@ pub struct AttachInput {
 
 fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> ServiceError {
     ValidationErrors::from(FieldError::new(field, code, message)).into()
-}
-
-/// Display data of a sandbox token: (brand, last4, expiry month, expiry year).
-fn sandbox_card(token: &str, now: chrono::DateTime<chrono::Utc>) -> (String, String, i32, i32) {
-    if token.contains("mastercard") {
-        ("mastercard".into(), "4444".into(), 12, now.year() + 3)
-    } else if token.contains("amex") {
-        ("amex".into(), "8431".into(), 12, now.year() + 3)
-    } else if token.contains("expired") {
-        let last = now - chrono::Duration::days(i64::from(now.day()) + 1);
-        ("visa".into(), "0069".into(), last.month() as i32, last.year())
-    } else {
-        ("visa".into(), "4242".into(), 12, now.year() + 3)
-    }
 }
 
 fn valid_token(s: &str) -> bool {
@@ -68,36 +56,71 @@ pub async fn attach(
             "a PSP token: 8 to 255 characters of A-Z, a-z, 0-9, _ and -",
         ));
     }
-    let mut tx = ctx.db.tenant_tx(scope).await?;
-    crate::customers::exists(&mut tx, customer_id).await?;
-    if !scope.storefront_allowed(&input.storefront_id) {
-        return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
-    }
-    let Some(account) = psp_store::get(&mut tx, &input.storefront_id, &input.psp_account_id).await? else {
-        return Err(invalid(
-            "psp_account_id",
-            "psp_account_not_in_storefront",
-            "the token's PSP account must be one of this storefront's accounts",
-        ));
+    // 1. What to attach to: the customer, the storefront's account, the PSP customer if any.
+    let (account, psp_customer_id) = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        crate::customers::exists(&mut tx, customer_id).await?;
+        if !scope.storefront_allowed(&input.storefront_id) {
+            return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
+        }
+        let Some(account) = psp_store::get(&mut tx, &input.storefront_id, &input.psp_account_id).await?
+        else {
+            return Err(invalid(
+                "psp_account_id",
+                "psp_account_not_in_storefront",
+                "the token's PSP account must be one of this storefront's accounts",
+            ));
+        };
+        let psp_customer = store::payment_methods_of(&mut tx, customer_id, true)
+            .await?
+            .into_iter()
+            .filter(|p| p.psp_account_id == account.id)
+            .find_map(|p| p.psp_customer_id);
+        tx.commit().await?;
+        (account, psp_customer)
     };
     if account.status != "active" {
         return Err(invalid("psp_account_id", "psp_account_inactive", "the PSP account is inactive"));
     }
-    let (brand, last4, exp_month, exp_year) = match account.connector.as_str() {
-        "sandbox" => {
-            if !input.token.starts_with("tok_sandbox_") {
-                return Err(invalid("token", "invalid_token", "sandbox tokens start with tok_sandbox_ (see README)"));
-            }
-            sandbox_card(&input.token, now)
+    if account.connector == "sandbox" && !input.token.starts_with("tok_sandbox_") {
+        return Err(invalid("token", "invalid_token", "sandbox tokens start with tok_sandbox_ (see README)"));
+    }
+
+    // 2. The PSP validates the token and attaches it (outside any transaction).
+    let id = PaymentMethodId::new();
+    let (connector, creds) = crate::payments::connector_for(ctx, scope, &account).await?;
+    let req = AttachRequest {
+        account: creds,
+        token: input.token.clone(),
+        customer_reference: customer_id.to_owned(),
+        psp_customer_id,
+        idempotency_key: format!("azotte-{id}-attach"),
+    };
+    let psp = match connector.attach_payment_method(&req).await {
+        Ok(p) => p,
+        Err(ConnectorError::InvalidRequest { code, message }) => {
+            let detail = if code == "resource_missing" {
+                "the PSP does not know this token".to_owned()
+            } else {
+                format!("the PSP refused the token: {message}")
+            };
+            return Err(invalid("token", "invalid_token", detail));
         }
-        other => {
-            return Err(invalid(
-                "token",
-                "connector_unavailable",
-                format!("{other} tokens are attached only after the {other} connector has validated them; it is not available yet"),
-            ))
+        Err(ConnectorError::Configuration { message }) => {
+            return Err(invalid("psp_account_id", "psp_account_misconfigured", message));
+        }
+        Err(e) => {
+            return Err(ServiceError::PspUnavailable {
+                message: format!(
+                    "the PSP could not validate the token ({e}); nothing was attached, try again"
+                ),
+            })
         }
     };
+
+    // 3. Record it.
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    crate::customers::exists(&mut tx, customer_id).await?;
     let existing = store::payment_methods_of(&mut tx, customer_id, false).await?;
     let make_default = input.make_default || !existing.iter().any(|p| p.is_default);
     let r = Some(("customer", customer_id));
@@ -116,16 +139,18 @@ pub async fn attach(
         }
     }
     let pm = PaymentMethodRow {
-        id: PaymentMethodId::new().to_string(),
+        id: id.to_string(),
         customer_id: customer_id.to_owned(),
         storefront_id: account.storefront_id.clone(),
         psp_account_id: account.id.clone(),
-        fingerprint: sha256_hex(&format!("{}:{}", account.connector, input.token))[..16].to_owned(),
-        token: input.token,
-        brand,
-        last4,
-        exp_month,
-        exp_year,
+        // Keyed by the PSP account: the same card at two PSPs is not linkable through it.
+        fingerprint: sha256_hex(&format!("{}:{}", account.id, psp.fingerprint))[..16].to_owned(),
+        token: psp.token,
+        brand: psp.brand,
+        last4: psp.last4,
+        exp_month: psp.exp_month as i32,
+        exp_year: psp.exp_year,
+        psp_customer_id: psp.psp_customer_id,
         state: "active".into(),
         expired: false,
         is_default: make_default,
@@ -185,6 +210,9 @@ pub async fn change(
     what: Change,
 ) -> Result<PaymentMethodRow> {
     crate::security::require(ctx, scope, Permission::CustomerWrite).await?;
+    if what == Change::Delete {
+        detach(ctx, scope, customer_id, id).await?;
+    }
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let mut pm = store::get_payment_method(&mut tx, customer_id, id)
@@ -232,6 +260,36 @@ pub async fn change(
     tx.outcome(now, outcome, r, json!({"state": pm.state, "default": pm.is_default})).await?;
     tx.commit().await?;
     Ok(pm)
+}
+
+/// Detaches a method at its PSP before it is deleted here: a method the PSP still holds could
+/// be charged by anyone with the account's keys. Nothing is deleted if the PSP cannot be
+/// reached.
+async fn detach(ctx: &Ctx, scope: &TenantScope, customer_id: &str, id: &str) -> Result<()> {
+    let (pm, account) = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let pm = store::get_payment_method(&mut tx, customer_id, id)
+            .await?
+            .filter(|p| p.state != "deleted" && scope.storefront_allowed(&p.storefront_id))
+            .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
+        let account = psp_store::get(&mut tx, &pm.storefront_id, &pm.psp_account_id).await?;
+        tx.commit().await?;
+        (pm, account)
+    };
+    // An account deleted since holds nothing we can reach.
+    let Some(account) = account else { return Ok(()) };
+    let (connector, creds) = crate::payments::connector_for(ctx, scope, &account).await?;
+    match connector.detach_payment_method(&creds, &pm.token).await {
+        Ok(()) => Ok(()),
+        Err(ConnectorError::Configuration { message }) => {
+            Err(invalid("psp_account_id", "psp_account_misconfigured", message))
+        }
+        Err(e) => Err(ServiceError::PspUnavailable {
+            message: format!(
+                "the PSP could not detach the payment method ({e}); nothing was deleted, try again"
+            ),
+        }),
+    }
 }
 
 /// The daily expiry sweep of one tenant environment: marks methods whose card has expired.

@@ -178,9 +178,10 @@ enum PaymentMethods {
     IsDefault,
     CreatedAt,
     UpdatedAt,
+    PspCustomerId,
 }
 
-const PM_COLUMNS: [PaymentMethods; 16] = [
+const PM_COLUMNS: [PaymentMethods; 17] = [
     PaymentMethods::Id,
     PaymentMethods::CustomerId,
     PaymentMethods::StorefrontId,
@@ -196,6 +197,7 @@ const PM_COLUMNS: [PaymentMethods; 16] = [
     PaymentMethods::IsDefault,
     PaymentMethods::CreatedAt,
     PaymentMethods::UpdatedAt,
+    PaymentMethods::PspCustomerId,
     PaymentMethods::Environment,
 ];
 
@@ -219,6 +221,8 @@ pub struct PaymentMethodRow {
     pub is_default: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The PSP's customer the token is attached to (Stripe), if any.
+    pub psp_customer_id: Option<String>,
 }
 
 /// Adds a payment method.
@@ -241,6 +245,7 @@ pub async fn insert_payment_method(tx: &mut TenantTx, p: &PaymentMethodRow) -> R
         p.is_default.into(),
         p.created_at.into(),
         p.updated_at.into(),
+        p.psp_customer_id.clone().into(),
         tx.scope().environment().as_str().into(),
         tx.scope().tenant_id().to_string().into(),
     ];
@@ -268,7 +273,7 @@ pub async fn update_payment_method(tx: &mut TenantTx, p: &PaymentMethodRow) -> R
 
 fn select_pms(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(PM_COLUMNS[..15].to_vec())
+        .columns(PM_COLUMNS[..16].to_vec())
         .from(PaymentMethods::Table)
         .cond_where(tx.in_scope(PaymentMethods::TenantId, PaymentMethods::Environment))
         .to_owned()

@@ -18,6 +18,7 @@ pub mod invitations;
 mod isolation_tests;
 pub mod journal;
 pub mod memberships;
+pub mod payment_ops;
 pub mod payments;
 pub mod psp_accounts;
 pub mod roles;

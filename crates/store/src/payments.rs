@@ -27,9 +27,10 @@ enum Payments {
     Description,
     CreatedAt,
     UpdatedAt,
+    QueuedReason,
 }
 
-const PAYMENT_COLUMNS: [Payments; 17] = [
+const PAYMENT_COLUMNS: [Payments; 18] = [
     Payments::Id,
     Payments::StorefrontId,
     Payments::CustomerId,
@@ -46,6 +47,7 @@ const PAYMENT_COLUMNS: [Payments; 17] = [
     Payments::Description,
     Payments::CreatedAt,
     Payments::UpdatedAt,
+    Payments::QueuedReason,
     Payments::Environment,
 ];
 
@@ -70,6 +72,8 @@ pub struct PaymentRow {
     pub description: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Why the payment waits without having been sent to any PSP (`safe_mode`), if it does.
+    pub queued_reason: Option<String>,
 }
 
 /// Adds a payment.
@@ -93,6 +97,7 @@ pub async fn insert(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
         p.description.clone().into(),
         p.created_at.into(),
         p.updated_at.into(),
+        p.queued_reason.clone().into(),
         tx.scope().environment().as_str().into(),
         tx.scope().tenant_id().to_string().into(),
     ];
@@ -114,12 +119,62 @@ pub async fn update_attempt(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
             (Payments::DeclineCode, p.decline_code.clone().into()),
             (Payments::CapturedAmount, p.captured_amount.into()),
             (Payments::UpdatedAt, p.updated_at.into()),
+            (Payments::QueuedReason, p.queued_reason.clone().into()),
         ])
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).eq(p.id.clone()))
         .to_owned();
     tx.write(&q).await?;
     Ok(())
+}
+
+/// Takes a queued payment off the queue for this caller only: `false` when another process
+/// took it first (or it is not queued).
+pub async fn claim_queued(tx: &mut TenantTx, id: &str, now: DateTime<Utc>) -> Result<bool> {
+    let q = Query::update()
+        .table(Payments::Table)
+        .value(Payments::QueuedReason, Option::<String>::None)
+        .value(Payments::UpdatedAt, now)
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
+        .and_where(Expr::col(Payments::Id).eq(id))
+        .and_where(Expr::col(Payments::QueuedReason).is_not_null())
+        .and_where(Expr::col(Payments::Status).eq("pending"))
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+/// Queued payments, oldest first.
+pub async fn queued(tx: &mut TenantTx, limit: u64) -> Result<Vec<PaymentRow>> {
+    let q = select(tx)
+        .and_where(Expr::col(Payments::Status).eq("pending"))
+        .and_where(Expr::col(Payments::QueuedReason).is_not_null())
+        .order_by(Payments::Id, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    tx.tx.fetch_all::<PaymentRow>(&q).await
+}
+
+/// Payments whose outcome must be asked of the PSP: `unknown` ones, and `pending` ones whose
+/// attempt was sent but not recorded before `stale_before` (the process died mid-attempt).
+pub async fn to_reconcile(
+    tx: &mut TenantTx,
+    stale_before: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<PaymentRow>> {
+    let q = select(tx)
+        .cond_where(
+            sea_query::Cond::any().add(Expr::col(Payments::Status).eq("unknown")).add(
+                sea_query::Cond::all()
+                    .add(Expr::col(Payments::Status).eq("pending"))
+                    .add(Expr::col(Payments::QueuedReason).is_null())
+                    .add(Expr::col(Payments::Attempts).gt(0))
+                    .add(Expr::col(Payments::UpdatedAt).lt(stale_before)),
+            ),
+        )
+        .order_by(Payments::Id, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    tx.tx.fetch_all::<PaymentRow>(&q).await
 }
 
 /// Reserves `amount` of the payment's captured amount for a refund, atomically: `false` (and
@@ -165,7 +220,7 @@ pub async fn release_refund(
 
 fn select(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(PAYMENT_COLUMNS[..16].to_vec())
+        .columns(PAYMENT_COLUMNS[..17].to_vec())
         .from(Payments::Table)
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .to_owned()
@@ -216,7 +271,20 @@ enum Refunds {
     Reason,
     CreatedAt,
     UpdatedAt,
+    QueuedReason,
 }
+
+const REFUND_COLUMNS: [Refunds; 9] = [
+    Refunds::Id,
+    Refunds::PaymentId,
+    Refunds::Amount,
+    Refunds::Status,
+    Refunds::PspRefundId,
+    Refunds::Reason,
+    Refunds::CreatedAt,
+    Refunds::UpdatedAt,
+    Refunds::QueuedReason,
+];
 
 /// A refund row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -230,24 +298,15 @@ pub struct RefundRow {
     pub reason: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `safe_mode` while the refund waits without having been sent to the PSP.
+    pub queued_reason: Option<String>,
 }
 
 /// Adds a refund.
 pub async fn insert_refund(tx: &mut TenantTx, r: &RefundRow) -> Result<()> {
     let q = Query::insert()
         .into_table(Refunds::Table)
-        .columns([
-            Refunds::TenantId,
-            Refunds::Environment,
-            Refunds::Id,
-            Refunds::PaymentId,
-            Refunds::Amount,
-            Refunds::Status,
-            Refunds::PspRefundId,
-            Refunds::Reason,
-            Refunds::CreatedAt,
-            Refunds::UpdatedAt,
-        ])
+        .columns([Refunds::TenantId, Refunds::Environment].into_iter().chain(REFUND_COLUMNS))
         .values_panic([
             tx.scope().tenant_id().to_string().into(),
             tx.scope().environment().as_str().into(),
@@ -259,6 +318,7 @@ pub async fn insert_refund(tx: &mut TenantTx, r: &RefundRow) -> Result<()> {
             r.reason.clone().into(),
             r.created_at.into(),
             r.updated_at.into(),
+            r.queued_reason.clone().into(),
         ])
         .to_owned();
     tx.write(&q).await?;
@@ -273,6 +333,7 @@ pub async fn update_refund(tx: &mut TenantTx, r: &RefundRow) -> Result<()> {
             (Refunds::Status, r.status.clone().into()),
             (Refunds::PspRefundId, r.psp_refund_id.clone().into()),
             (Refunds::UpdatedAt, r.updated_at.into()),
+            (Refunds::QueuedReason, r.queued_reason.clone().into()),
         ])
         .cond_where(tx.in_scope(Refunds::TenantId, Refunds::Environment))
         .and_where(Expr::col(Refunds::Id).eq(r.id.clone()))
@@ -283,23 +344,67 @@ pub async fn update_refund(tx: &mut TenantTx, r: &RefundRow) -> Result<()> {
 
 /// A payment's refunds, oldest first.
 pub async fn refunds_of(tx: &mut TenantTx, payment_id: &str) -> Result<Vec<RefundRow>> {
-    let q = Query::select()
-        .columns([
-            Refunds::Id,
-            Refunds::PaymentId,
-            Refunds::Amount,
-            Refunds::Status,
-            Refunds::PspRefundId,
-            Refunds::Reason,
-            Refunds::CreatedAt,
-            Refunds::UpdatedAt,
-        ])
+    let q = select_refunds(tx).and_where(Expr::col(Refunds::PaymentId).eq(payment_id)).to_owned();
+    tx.tx.fetch_all::<RefundRow>(&q).await
+}
+
+fn select_refunds(tx: &TenantTx) -> SelectStatement {
+    Query::select()
+        .columns(REFUND_COLUMNS)
         .from(Refunds::Table)
         .cond_where(tx.in_scope(Refunds::TenantId, Refunds::Environment))
-        .and_where(Expr::col(Refunds::PaymentId).eq(payment_id))
         .order_by(Refunds::Id, Order::Asc)
+        .to_owned()
+}
+
+/// Refunds still `pending`, oldest first: queued ones (`queued` true) or sent ones whose
+/// answer was lost or not final.
+pub async fn pending_refunds(tx: &mut TenantTx, queued: bool, limit: u64) -> Result<Vec<RefundRow>> {
+    let q = select_refunds(tx)
+        .and_where(Expr::col(Refunds::Status).eq("pending"))
+        .and_where(if queued {
+            Expr::col(Refunds::QueuedReason).is_not_null()
+        } else {
+            Expr::col(Refunds::QueuedReason).is_null()
+        })
+        .limit(limit)
         .to_owned();
     tx.tx.fetch_all::<RefundRow>(&q).await
+}
+
+/// One refund by our id, or by the PSP's id.
+pub async fn get_refund(
+    tx: &mut TenantTx,
+    id: Option<&str>,
+    psp_refund_id: Option<&str>,
+) -> Result<Option<RefundRow>> {
+    let mut q = select_refunds(tx);
+    if let Some(id) = id {
+        q.and_where(Expr::col(Refunds::Id).eq(id));
+    }
+    if let Some(p) = psp_refund_id {
+        q.and_where(Expr::col(Refunds::PspRefundId).eq(p));
+    }
+    tx.tx.fetch_optional::<RefundRow>(&q).await
+}
+
+/// Takes a queued refund off the queue for this caller only.
+pub async fn claim_queued_refund(tx: &mut TenantTx, id: &str, now: DateTime<Utc>) -> Result<bool> {
+    let q = Query::update()
+        .table(Refunds::Table)
+        .value(Refunds::QueuedReason, Option::<String>::None)
+        .value(Refunds::UpdatedAt, now)
+        .cond_where(tx.in_scope(Refunds::TenantId, Refunds::Environment))
+        .and_where(Expr::col(Refunds::Id).eq(id))
+        .and_where(Expr::col(Refunds::QueuedReason).is_not_null())
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+/// One payment by the PSP's id of it.
+pub async fn get_by_psp_id(tx: &mut TenantTx, psp_payment_id: &str) -> Result<Option<PaymentRow>> {
+    let q = select(tx).and_where(Expr::col(Payments::PspPaymentId).eq(psp_payment_id)).to_owned();
+    tx.tx.fetch_optional::<PaymentRow>(&q).await
 }
 
 /// Payments in a status, oldest first (reconciliation reads the `unknown` ones).

@@ -197,6 +197,12 @@ pub async fn get(tx: &mut TenantTx, storefront_id: &str, id: &str) -> Result<Opt
     Ok(tx.tx.fetch_optional::<Row>(&q).await?.map(Into::into))
 }
 
+/// One account by id, whatever its storefront (webhook URLs name the account alone).
+pub async fn by_id(tx: &mut TenantTx, id: &str) -> Result<Option<PspAccount>> {
+    let q = select(tx).and_where(Expr::col(PspAccounts::Id).eq(id)).to_owned();
+    Ok(tx.tx.fetch_optional::<Row>(&q).await?.map(Into::into))
+}
+
 /// The accounts of a storefront, by priority then id.
 pub async fn of_storefront(tx: &mut TenantTx, storefront_id: &str) -> Result<Vec<PspAccount>> {
     let q = select(tx)

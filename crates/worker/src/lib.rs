@@ -91,6 +91,11 @@ async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Recei
                         }
                         Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
                     }
+                    match azotte_service::payments::resume_everywhere(&ctx).await {
+                        Ok(n) if n > 0 => tracing::info!(sent = n, "queued payments and refunds resumed"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "resuming queued payments failed; will retry"),
+                    }
                     match azotte_service::payments::reconcile_everywhere(&ctx).await {
                         Ok(n) if n > 0 => tracing::info!(resolved = n, "unknown payments reconciled"),
                         Ok(_) => {}

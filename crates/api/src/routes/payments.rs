@@ -23,6 +23,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_one))
         .routes(routes!(refund))
         .routes(routes!(timeline))
+        .routes(routes!(get_safe_mode, put_safe_mode))
+        .routes(routes!(psp_webhook))
 }
 
 /// A charge of a customer's stored payment method.
@@ -65,6 +67,8 @@ pub struct RefundView {
     /// `pending`, `succeeded` or `failed`.
     status: String,
     reason: String,
+    /// `safe_mode` while the refund waits, reserved but not sent, for safe mode to be lifted.
+    queued_reason: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -77,6 +81,7 @@ impl From<RefundRow> for RefundView {
             amount: r.amount,
             status: r.status,
             reason: r.reason,
+            queued_reason: r.queued_reason,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -101,6 +106,8 @@ pub struct PaymentView {
     captured_amount: i64,
     refunded_amount: i64,
     description: String,
+    /// `safe_mode` while the payment waits, not sent to any PSP, for safe mode to be lifted.
+    queued_reason: Option<String>,
     refunds: Vec<RefundView>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -122,6 +129,7 @@ impl PaymentView {
             captured_amount: p.captured_amount,
             refunded_amount: p.refunded_amount,
             description: p.description,
+            queued_reason: p.queued_reason,
             refunds: refunds.into_iter().map(Into::into).collect(),
             created_at: p.created_at,
             updated_at: p.updated_at,
@@ -151,11 +159,12 @@ pub struct PaymentParams {
 
 /// Charges a customer's stored payment method through the storefront's PSP accounts
 /// (permission `payment.create`). Declines answer 201 with status `failed` and a decline code.
+/// In safe mode the payment is queued and answers 202 (`pending`, `queued_reason: safe_mode`).
 #[utoipa::path(
     post, path = "/v1/payments", tag = "payments", security(("bearer" = [])),
     params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
     request_body = CreatePayment,
-    responses((status = 201, body = PaymentView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
+    responses((status = 201, body = PaymentView), (status = 202, body = PaymentView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
 )]
 async fn create(
     State(state): State<AppState>,
@@ -176,7 +185,8 @@ async fn create(
         },
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(PaymentView::new(p, vec![]))))
+    let status = if p.queued_reason.is_some() { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    Ok((status, Json(PaymentView::new(p, vec![]))))
 }
 
 /// Payments of the environment (permission `payment.read`).
@@ -221,7 +231,7 @@ async fn get_one(
     post, path = "/v1/payments/{id}/refunds", tag = "payments", security(("bearer" = [])),
     params(("id" = String, Path), ("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
     request_body = CreateRefund,
-    responses((status = 201, body = RefundView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM))
+    responses((status = 201, body = RefundView), (status = 202, body = RefundView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM))
 )]
 async fn refund(
     State(state): State<AppState>,
@@ -230,7 +240,8 @@ async fn refund(
     ApiJson(b): ApiJson<CreateRefund>,
 ) -> Result<(StatusCode, Json<RefundView>), ApiError> {
     let r = payments::refund(&state.ctx, &scope, &id, b.amount, &b.reason).await?;
-    Ok((StatusCode::CREATED, Json(r.into())))
+    let status = if r.queued_reason.is_some() { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    Ok((status, Json(r.into())))
 }
 
 /// The payment's timeline: every journal entry about it, oldest first (permission `audit.read`).
@@ -247,4 +258,107 @@ async fn timeline(
     payments::get(&state.ctx, &scope, &id).await?;
     let entries = azotte_service::journal::timeline(&state.ctx, &scope, "payment", &id).await?;
     Ok(Json(super::journal::EntryList::timeline(entries)))
+}
+
+/// The tenant's safe mode.
+#[derive(Serialize, ToSchema)]
+pub struct SafeModeView {
+    /// While on, no money moves for any environment of the tenant: payments and refunds are
+    /// queued and sent once it is lifted.
+    enabled: bool,
+    reason: Option<String>,
+    enabled_by: Option<String>,
+    enabled_at: Option<DateTime<Utc>>,
+}
+
+impl From<Option<azotte_store::payment_ops::SafeMode>> for SafeModeView {
+    fn from(m: Option<azotte_store::payment_ops::SafeMode>) -> Self {
+        match m {
+            Some(m) => SafeModeView {
+                enabled: true,
+                reason: Some(m.reason),
+                enabled_by: Some(m.enabled_by),
+                enabled_at: Some(m.enabled_at),
+            },
+            None => SafeModeView { enabled: false, reason: None, enabled_by: None, enabled_at: None },
+        }
+    }
+}
+
+/// Switching safe mode.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSafeMode {
+    enabled: bool,
+    /// Why (required to switch it on).
+    #[serde(default)]
+    reason: String,
+}
+
+/// Whether the tenant is in safe mode (permission `payment.read`).
+#[utoipa::path(
+    get, path = "/v1/tenant/safe-mode", tag = "payments", security(("bearer" = [])),
+    params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
+    responses((status = 200, body = SafeModeView))
+)]
+async fn get_safe_mode(
+    State(state): State<AppState>,
+    TenantAuth(scope): TenantAuth,
+) -> Result<Json<SafeModeView>, ApiError> {
+    Ok(Json(payments::safe_mode(&state.ctx, &scope).await?.into()))
+}
+
+/// Switches safe mode on or off for the whole tenant (permission `payment.safe_mode`). On:
+/// every payment and refund is queued instead of sent. Off: the queue is sent. Idempotent.
+#[utoipa::path(
+    put, path = "/v1/tenant/safe-mode", tag = "payments", security(("bearer" = [])),
+    params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
+    request_body = SetSafeMode,
+    responses((status = 200, body = SafeModeView), (status = 422, body = crate::Problem, content_type = PROBLEM))
+)]
+async fn put_safe_mode(
+    State(state): State<AppState>,
+    Allowed(scope, _): Allowed<need::PaymentSafeMode>,
+    ApiJson(b): ApiJson<SetSafeMode>,
+) -> Result<Json<SafeModeView>, ApiError> {
+    let change = payments::SafeModeChange { enabled: b.enabled, reason: b.reason };
+    Ok(Json(payments::set_safe_mode(&state.ctx, &scope, change).await?.into()))
+}
+
+/// What became of a webhook delivery.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookAck {
+    /// `processed`, `duplicate` (received before; nothing changed) or `ignored` (an event type
+    /// Azotte does not follow).
+    status: &'static str,
+}
+
+/// Receives a PSP's webhook for one of a tenant environment's PSP accounts. No credential: the
+/// PSP's signature (`Stripe-Signature`, or the sandbox's `azotte-sandbox-signature`) over the raw
+/// body is verified with the account's webhook secret, with a timestamp tolerance. Redeliveries
+/// and out-of-order events are harmless. Configure this URL at the PSP.
+#[utoipa::path(
+    post, path = "/v1/psp-webhooks/{tenant_id}/{environment}/{psp_account_id}", tag = "payments",
+    params(("tenant_id" = String, Path), ("environment" = String, Path), ("psp_account_id" = String, Path)),
+    request_body(content = String, content_type = "application/json", description = "The PSP's event, byte for byte"),
+    responses((status = 200, body = WebhookAck), (status = 400, body = crate::Problem, content_type = PROBLEM), (status = 404, body = crate::Problem, content_type = PROBLEM))
+)]
+async fn psp_webhook(
+    State(state): State<AppState>,
+    Path((tenant_id, environment, account_id)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<WebhookAck>, ApiError> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let receipt =
+        payments::receive_webhook(&state.ctx, &tenant_id, &environment, &account_id, &headers, &body).await?;
+    let status = match receipt {
+        payments::WebhookReceipt::Processed => "processed",
+        payments::WebhookReceipt::Duplicate => "duplicate",
+        payments::WebhookReceipt::Ignored => "ignored",
+    };
+    Ok(Json(WebhookAck { status }))
 }

@@ -89,6 +89,16 @@ pub struct TestApp {
     _db: TestDatabase,
 }
 
+impl TestApp {
+    /// Stops the in-process server and its workers; the database stays (for another process).
+    #[allow(dead_code)]
+    pub fn stop_server(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

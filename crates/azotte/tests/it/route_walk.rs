@@ -20,6 +20,9 @@ const PUBLIC: &[(&str, &str)] = &[
     ("POST", "/v1/auth/bootstrap"),
     ("POST", "/v1/auth/refresh"),
     ("POST", "/v1/auth/invitations/accept"),
+    // PSPs call it: the signature over the body, checked with the account's webhook secret, is
+    // the credential (`payment_ops.rs` proves forged and foreign deliveries are refused).
+    ("POST", "/v1/psp-webhooks/{tenant_id}/{environment}/{psp_account_id}"),
 ];
 
 /// Operations that need a user session but no permission: they act on the caller's own

@@ -9,6 +9,7 @@
 //! one key are serialized: the first executes, the others replay it.
 
 mod ledger;
+mod methods;
 mod refund;
 pub mod webhook;
 
@@ -26,8 +27,9 @@ use serde_json::json;
 pub use ledger::{EntryKind, Ledger, LedgerEntry};
 
 use crate::connector::{
-    Account, BoxFuture, CaptureRequest, Connector, ConnectorResult, PaymentRequest, PspPayment, PspRefund,
-    RefundRequest, VoidRequest, WebhookEvent, WebhookObject, WebhookRequest,
+    Account, AttachRequest, BoxFuture, CaptureRequest, Connector, ConnectorResult, PaymentRequest,
+    PspPayment, PspPaymentMethod, PspRefund, RefundRequest, VoidRequest, WebhookEvent, WebhookObject,
+    WebhookRequest,
 };
 use crate::error::{ConnectorError, DeclineCode, RetryReason};
 
@@ -141,6 +143,8 @@ struct State {
     /// so failover to another account meets it too until it clears).
     flaky: HashMap<String, u32>,
     events: Vec<WebhookEvent>,
+    /// Detached (account, token) pairs, in order.
+    detached: Vec<(PspAccountId, String)>,
 }
 
 impl State {
@@ -536,6 +540,21 @@ impl Connector for Sandbox {
 
     fn refund<'a>(&'a self, req: &'a RefundRequest) -> BoxFuture<'a, ConnectorResult<PspRefund>> {
         Box::pin(self.do_refund(req))
+    }
+
+    fn attach_payment_method<'a>(
+        &'a self,
+        req: &'a AttachRequest,
+    ) -> BoxFuture<'a, ConnectorResult<PspPaymentMethod>> {
+        Box::pin(self.attach(req))
+    }
+
+    fn detach_payment_method<'a>(
+        &'a self,
+        account: &'a Account,
+        token: &'a str,
+    ) -> BoxFuture<'a, ConnectorResult<()>> {
+        Box::pin(self.detach(&account.id, token))
     }
 
     fn lookup_payment<'a>(

@@ -25,6 +25,7 @@ fn request(account: &Account, token: &str) -> PaymentRequest {
         currency: eur(),
         token: token.to_owned(),
         off_session: false,
+        psp_customer_id: None,
         idempotency_key: idempotency_key(&reference, 1),
     }
 }

@@ -26,8 +26,8 @@ use azotte_domain::payment::{PaymentId, PaymentStatus, RefundId};
 use reqwest::Method;
 
 use crate::connector::{
-    Account, BoxFuture, CaptureRequest, Connector, ConnectorResult, PaymentRequest, PspPayment, PspRefund,
-    RefundRequest, VoidRequest, WebhookEvent, WebhookRequest,
+    Account, AttachRequest, BoxFuture, CaptureRequest, Connector, ConnectorResult, PaymentRequest,
+    PspPayment, PspPaymentMethod, PspRefund, RefundRequest, VoidRequest, WebhookEvent, WebhookRequest,
 };
 use crate::error::{ConnectorError, DeclineCode, RetryReason};
 use wire::{Call, List, PaymentIntent, Refund, PAYMENT_REFERENCE_KEY, REFUND_REFERENCE_KEY};
@@ -151,6 +151,9 @@ impl StripeConnector {
             pair("automatic_payment_methods[allow_redirects]", "never"),
             pair(&format!("metadata[{PAYMENT_REFERENCE_KEY}]"), req.reference),
         ];
+        if let Some(c) = &req.psp_customer_id {
+            form.push(pair("customer", c));
+        }
         if req.off_session {
             form.push(pair("off_session", true));
         }
@@ -165,6 +168,58 @@ impl StripeConnector {
                 code: payment.decline_code.unwrap_or(DeclineCode::GenericDecline),
             }),
             _ => Ok(payment),
+        }
+    }
+
+    /// Creates the Stripe customer of our customer when there is none yet, then attaches the
+    /// token to it (Stripe answers 404 for a token it does not know: nothing is attached).
+    async fn attach(&self, req: &AttachRequest) -> ConnectorResult<PspPaymentMethod> {
+        check_key(&req.idempotency_key)?;
+        let token = path_id(&req.token)?;
+        let customer = match &req.psp_customer_id {
+            Some(c) => c.clone(),
+            None => {
+                let form = vec![pair("metadata[azotte_customer_id]", &req.customer_reference)];
+                // Keyed by our customer and account, not by this attach: a failed attach and its
+                // retry, or two concurrent first attaches, make one Stripe customer.
+                let key = format!("azotte-customer-{}-{}", req.customer_reference, req.account.id);
+                let body =
+                    self.send(&req.account, Method::POST, "/v1/customers", &[], Some((&form, &key))).await?;
+                wire::parse::<wire::Customer>(Call::Write, &body)?.id
+            }
+        };
+        let form = vec![pair("customer", &customer)];
+        let path = format!("/v1/payment_methods/{token}/attach");
+        let key = format!("{}-attach", req.idempotency_key);
+        let body = self.send(&req.account, Method::POST, &path, &[], Some((&form, &key))).await?;
+        let pm: wire::PaymentMethod = wire::parse(Call::Write, &body)?;
+        let card = pm.card.ok_or_else(|| {
+            ConnectorError::invalid("payment_method_not_card", "only card payment methods are accepted")
+        })?;
+        Ok(PspPaymentMethod {
+            token: pm.id,
+            psp_customer_id: pm.customer.or(Some(customer)),
+            brand: card.brand,
+            last4: card.last4,
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+            fingerprint: card.fingerprint.unwrap_or_default(),
+        })
+    }
+
+    /// `POST /v1/payment_methods/{id}/detach`; one Stripe no longer knows, or that is not
+    /// attached, is detached already.
+    async fn detach(&self, account: &Account, token: &str) -> ConnectorResult<()> {
+        let path = format!("/v1/payment_methods/{}/detach", path_id(token)?);
+        let key = format!("azotte-detach-{token}");
+        match self.send(account, Method::POST, &path, &[], Some((&Form::new(), &key))).await {
+            Ok(_) => Ok(()),
+            Err(ConnectorError::InvalidRequest { code, .. })
+                if code == "resource_missing" || code == "payment_method_unexpected_state" =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -313,6 +368,21 @@ impl Connector for StripeConnector {
             wire::to_refund(&refund)
                 .ok_or_else(|| wire::malformed(Call::Write, "refund without our reference"))
         })
+    }
+
+    fn attach_payment_method<'a>(
+        &'a self,
+        req: &'a AttachRequest,
+    ) -> BoxFuture<'a, ConnectorResult<PspPaymentMethod>> {
+        Box::pin(self.attach(req))
+    }
+
+    fn detach_payment_method<'a>(
+        &'a self,
+        account: &'a Account,
+        token: &'a str,
+    ) -> BoxFuture<'a, ConnectorResult<()>> {
+        Box::pin(self.detach(account, token))
     }
 
     /// Through Stripe's Search API, which is eventually consistent (Stripe states that new

@@ -55,6 +55,33 @@ pub struct Refund {
     pub metadata: HashMap<String, String>,
 }
 
+/// A PaymentMethod (`"object": "payment_method"`); only cards are offered.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentMethod {
+    pub id: String,
+    #[serde(default)]
+    pub customer: Option<String>,
+    #[serde(default)]
+    pub card: Option<Card>,
+}
+
+/// A PaymentMethod's `card`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Card {
+    pub brand: String,
+    pub last4: String,
+    pub exp_month: u32,
+    pub exp_year: i32,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// A Customer (`"object": "customer"`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Customer {
+    pub id: String,
+}
+
 /// A list (`"object": "list"`) or search result (`"object": "search_result"`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct List<T> {

@@ -1,5 +1,7 @@
 //! The fake's Stripe semantics: PaymentIntents, Refunds, search and lists, idempotency, events.
 
+mod methods;
+
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
@@ -62,6 +64,8 @@ struct Account {
     /// PaymentIntents and Refunds in creation order.
     intents: Vec<Value>,
     refunds: Vec<Value>,
+    customers: Vec<Value>,
+    methods: Vec<methods::Method>,
     /// Idempotency key → (method + path + sorted parameters, status, body).
     idempotency: HashMap<String, (String, u16, Value)>,
 }
@@ -216,6 +220,10 @@ impl State {
             ("POST", ["v1", "payment_intents", id, "cancel"]) => self.cancel(key, id, idem),
             ("POST", ["v1", "refunds"]) => self.create_refund(key, req, idem),
             ("GET", ["v1", "refunds"]) => self.list_refunds(key, req),
+            ("POST", ["v1", "customers"]) => self.create_customer(key, req),
+            ("GET", ["v1", "payment_methods", id]) => self.get_method(key, id),
+            ("POST", ["v1", "payment_methods", id, "attach"]) => self.attach_method(key, id, req),
+            ("POST", ["v1", "payment_methods", id, "detach"]) => self.detach_method(key, id),
             _ => Err(failure(
                 404,
                 "invalid_request_error",
@@ -283,7 +291,8 @@ impl State {
             ));
         }
         let pm = param(req, "payment_method").ok_or_else(|| missing("payment_method"))?;
-        let Some(behaviour) = card(pm) else {
+        let test_card = self.card_of(key, pm, param(req, "customer"))?;
+        let Some(behaviour) = card(&test_card) else {
             return Err(invalid(
                 "resource_missing",
                 format!("No such PaymentMethod: '{pm}'"),

@@ -24,6 +24,10 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
     let Some(req) = read_request(&mut stream).await else { return };
+    let latency = shared.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let fault = shared.next_fault();
     if fault == Some(Fault::CloseBeforeExecuting) {
         return;

@@ -107,11 +107,16 @@ impl RecordedRequest {
 pub(crate) struct Shared {
     state: Mutex<State>,
     faults: Mutex<VecDeque<Fault>>,
+    latency: Mutex<Duration>,
 }
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn latency(&self) -> Duration {
+        *self.latency.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn next_fault(&self) -> Option<Fault> {
@@ -131,7 +136,11 @@ impl FakeStripe {
     pub async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), faults: Mutex::default() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            faults: Mutex::default(),
+            latency: Mutex::new(Duration::ZERO),
+        });
         let server = tokio::spawn(http::serve(listener, shared.clone()));
         Ok(Self { shared, addr, server })
     }
@@ -148,6 +157,12 @@ impl FakeStripe {
             timeout,
             connect_timeout: Duration::from_secs(2),
         })
+    }
+
+    /// Delays every request by `latency` after reading it and before executing it (a slow
+    /// PSP: a process killed meanwhile leaves attempts in flight).
+    pub fn set_latency(&self, latency: Duration) {
+        *self.shared.latency.lock().unwrap_or_else(|p| p.into_inner()) = latency;
     }
 
     /// Applies `fault` to the next request (faults queue up in order).

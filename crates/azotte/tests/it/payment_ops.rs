@@ -1,0 +1,424 @@
+//! Operating payments end to end: Stripe tokens validated, attached and detached at the PSP
+//! (against the fake Stripe server), circuit breakers, tenant safe mode with queueing, and PSP
+//! webhooks (verified, deduplicated, order-independent).
+
+use std::time::Duration;
+
+use azotte_domain::id::PspAccountId;
+use azotte_payments::sandbox::webhook as sandbox_webhook;
+use azotte_payments::stripe::fake::FakeStripe;
+use azotte_payments::Account;
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::helpers::{spawn_app_with, Backend, TestApp};
+
+const T: &str = "ops";
+const ENV: &str = "development";
+
+async fn post(app: &TestApp, path: &str, body: Value, status: u16) -> Value {
+    app.post(path, body).tenant(T, ENV).expect(status).await.json()
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    app.get(path).tenant(T, ENV).expect(200).await.json()
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn storefront(app: &TestApp) -> String {
+    app.create_tenant(T).await;
+    id(&post(
+        app,
+        "/v1/storefronts",
+        json!({"name": "Web", "type": "web", "default_currency": "EUR", "default_language": "en", "countries": ["DE"],
+               "tax": {"kind": "inclusive", "rate_bp": 1900}}),
+        201,
+    )
+    .await)
+}
+
+async fn account(app: &TestApp, sf: &str, body: Value) -> String {
+    id(&post(app, &format!("/v1/storefronts/{sf}/psp-accounts"), body, 201).await)
+}
+
+async fn method(app: &TestApp, sf: &str, acc: &str, cus: &str, token: &str) -> Value {
+    post(
+        app,
+        &format!("/v1/customers/{cus}/payment-methods"),
+        json!({"storefront_id": sf, "psp_account_id": acc, "token": token}),
+        201,
+    )
+    .await
+}
+
+async fn pay(app: &TestApp, cus: &str, pm: &str, amount: i64, status: u16) -> Value {
+    post(
+        app,
+        "/v1/payments",
+        json!({"customer_id": cus, "payment_method_id": pm, "amount": amount, "currency": "EUR"}),
+        status,
+    )
+    .await
+}
+
+async fn timeline(app: &TestApp, p: &str) -> Vec<Value> {
+    get(app, &format!("/v1/payments/{p}/timeline")).await["data"].as_array().unwrap().clone()
+}
+
+fn types(t: &[Value]) -> Vec<String> {
+    t.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn journal_types(app: &TestApp) -> Vec<String> {
+    app.raw_strings("SELECT type FROM journal_entries ORDER BY id").await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stripe, against the fake server.
+
+async fn stripe_methods_are_validated_attached_charged_and_detached(backend: Backend) {
+    let fake = FakeStripe::start().await.unwrap();
+    let app = spawn_app_with(backend, &[("stripe_base_url", fake.base_url())]).await;
+    let sf = storefront(&app).await;
+    let acc = account(
+        &app,
+        &sf,
+        json!({"connector": "stripe", "display_name": "Stripe", "mode": "test",
+               "credentials": {"api_secret": "sk_test_ops0123456789", "webhook_secret": "whsec_ops0123456789"}}),
+    )
+    .await;
+    let cus = id(&post(&app, "/v1/customers", json!({"external_id": "s1"}), 201).await);
+
+    // A token Stripe does not know is refused; nothing is stored.
+    let r = app
+        .post(
+            &format!("/v1/customers/{cus}/payment-methods"),
+            json!({"storefront_id": sf, "psp_account_id": acc, "token": "pm_doesnotexist"}),
+        )
+        .tenant(T, ENV)
+        .expect(422)
+        .await
+        .problem();
+    assert_eq!((r.errors[0].field.as_str(), r.errors[0].code.as_str()), ("token", "invalid_token"));
+    assert_eq!(get(&app, &format!("/v1/customers/{cus}/payment-methods")).await["data"], json!([]));
+
+    // A test card: Stripe answers the display data and attaches it to a Stripe customer.
+    let pm = method(&app, &sf, &acc, &cus, "pm_card_mastercard").await;
+    assert_eq!((pm["brand"].as_str(), pm["last4"].as_str()), (Some("mastercard"), Some("4444")));
+    let second = method(&app, &sf, &acc, &cus, "pm_card_visa").await;
+    let created = fake.requests().into_iter().find(|r| r.path == "/v1/customers").unwrap();
+    assert_eq!(created.param("metadata[azotte_customer_id]"), Some(cus.as_str()));
+    let mut attached_to: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/attach"))
+        .filter_map(|r| r.param("customer").map(str::to_owned))
+        .collect();
+    attached_to.dedup();
+    assert_eq!(attached_to.len(), 1, "one Stripe customer per customer and account: {attached_to:?}");
+
+    // A renewal-style charge: off session, with the Stripe customer.
+    let p = post(
+        &app,
+        "/v1/payments",
+        json!({"customer_id": cus, "payment_method_id": id(&pm), "amount": 1299, "currency": "EUR", "off_session": true}),
+        201,
+    )
+    .await;
+    assert_eq!(p["status"], "captured", "{p}");
+    let sent = fake.requests().into_iter().rfind(|r| r.path == "/v1/payment_intents").unwrap();
+    assert_eq!(sent.param("customer"), Some(attached_to[0].as_str()));
+    assert_eq!(sent.param("off_session"), Some("true"));
+    assert_eq!(fake.captured(&id(&p)), 1299);
+
+    // Delete detaches at Stripe first; the method can no longer be charged anywhere.
+    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{cus}/payment-methods/{}", id(&pm)))
+        .tenant(T, ENV)
+        .expect(200)
+        .await;
+    let detach =
+        fake.requests().into_iter().rfind(|r| r.path.ends_with("/detach")).expect("detached at Stripe");
+    assert!(detach.path.contains("pm_fake"), "{}", detach.path);
+    pay(&app, &cus, &id(&pm), 100, 404).await;
+    // The other method still works.
+    assert_eq!(pay(&app, &cus, &id(&second), 100, 201).await["status"], "captured");
+}
+
+async fn stripe_webhooks_are_verified_deduplicated_and_order_independent(backend: Backend) {
+    let fake = FakeStripe::start().await.unwrap();
+    let app = spawn_app_with(backend, &[("stripe_base_url", fake.base_url())]).await;
+    let sf = storefront(&app).await;
+    let secret = "whsec_hook0123456789";
+    let acc = account(
+        &app,
+        &sf,
+        json!({"connector": "stripe", "display_name": "Stripe", "mode": "test",
+               "credentials": {"api_secret": "sk_test_hook0123456789", "webhook_secret": secret}}),
+    )
+    .await;
+    let cus = id(&post(&app, "/v1/customers", json!({"external_id": "s2"}), 201).await);
+    let pm = id(&method(&app, &sf, &acc, &cus, "pm_card_authenticationRequired").await);
+    let p = pay(&app, &cus, &pm, 4200, 201).await;
+    assert_eq!(p["status"], "requires_action");
+    // The customer completes 3-D Secure at Stripe; Stripe tells us by webhook.
+    let psp_id = fake
+        .events()
+        .iter()
+        .rev()
+        .find_map(|e| e["data"]["object"]["id"].as_str().map(str::to_owned))
+        .unwrap();
+    fake.complete_action(&psp_id, true).unwrap();
+    let events = fake.events();
+    let succeeded = events.iter().rfind(|e| e["type"] == "payment_intent.succeeded").unwrap().clone();
+    let requires = events.iter().find(|e| e["type"] == "payment_intent.requires_action").unwrap().clone();
+    let tenant = app.raw_strings(&format!("SELECT id FROM tenants WHERE slug = '{T}'")).await.remove(0);
+    let url = format!("/v1/psp-webhooks/{tenant}/{ENV}/{acc}");
+    let deliver = |event: Value, secret: &'static str| {
+        let (headers, body) = FakeStripe::signed(&event, secret, app.ctx.clock.now());
+        let mut call = app.post(&url, json!(null)).anon().body("application/json", body);
+        for (k, v) in headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-type")) {
+            call = call.header(k, v);
+        }
+        call
+    };
+    let ack: Value = deliver(succeeded.clone(), secret).expect(200).await.json();
+    assert_eq!(ack["status"], "processed");
+    let got = get(&app, &format!("/v1/payments/{}", id(&p))).await;
+    assert_eq!((got["status"].as_str(), got["captured_amount"].as_i64()), (Some("captured"), Some(4200)));
+    // Redelivered: nothing changes. Late (older) event: does not move the payment back.
+    let ack: Value = deliver(succeeded, secret).expect(200).await.json();
+    assert_eq!(ack["status"], "duplicate");
+    let ack: Value = deliver(requires, secret).expect(200).await.json();
+    assert_eq!(ack["status"], "processed");
+    assert_eq!(get(&app, &format!("/v1/payments/{}", id(&p))).await["status"], "captured");
+    let t = types(&timeline(&app, &id(&p)).await);
+    assert!(t.iter().any(|x| x == "psp_webhook.stale"), "{t:?}");
+    // A forged signature is refused and journaled.
+    let forged = deliver(events[0].clone(), "whsec_wrong").expect(400).await.problem();
+    assert_eq!(forged.code, "webhook_signature_invalid");
+    assert!(journal_types(&app).await.iter().any(|t| t == "psp_webhook.rejected"));
+    // Unknown tenant, environment or account: 404, nothing learned.
+    for bad in [
+        format!("/v1/psp-webhooks/{tenant}/{ENV}/{}", PspAccountId::new()),
+        format!("/v1/psp-webhooks/ten_01jdq3m9x7e5k4w2c8v6b0n1p2/{ENV}/{acc}"),
+        format!("/v1/psp-webhooks/{tenant}/nowhere/{acc}"),
+    ] {
+        app.post(&bad, json!({})).anon().expect(404).await;
+    }
+}
+
+macro_rules! both_stripe {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )+};
+}
+
+both_stripe!(
+    stripe_methods_are_validated_attached_charged_and_detached,
+    stripe_webhooks_are_verified_deduplicated_and_order_independent
+);
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox: breakers, safe mode, webhooks.
+
+async fn sandbox_setup(app: &TestApp, accounts: usize, token: &str) -> (String, Vec<String>, String, String) {
+    let sf = storefront(app).await;
+    let mut accs = Vec::new();
+    for i in 0..accounts {
+        accs.push(
+            account(
+                app,
+                &sf,
+                json!({"connector": "sandbox", "display_name": format!("S{i}"), "mode": "test", "priority": 10 * (i + 1)}),
+            )
+            .await,
+        );
+    }
+    let cus = id(&post(app, "/v1/customers", json!({"external_id": "payer"}), 201).await);
+    let pm = id(&method(app, &sf, &accs[0], &cus, token).await);
+    (sf, accs, cus, pm)
+}
+
+async fn a_failing_account_opens_its_breaker_and_a_probe_restores_it(app: TestApp) {
+    let (sf, accs, cus, timeout_pm) = sandbox_setup(&app, 1, "tok_sandbox_timeout").await;
+    let ok_pm = id(&method(&app, &sf, &accs[0], &cus, "tok_sandbox_success").await);
+    // Five timeouts in a minute: the breaker opens, journaled once as psp.degraded.
+    for _ in 0..5 {
+        let p = pay(&app, &cus, &timeout_pm, 100, 201).await;
+        assert_eq!(
+            (p["status"].as_str(), p["decline_code"].as_str()),
+            (Some("failed"), Some("psp_unavailable"))
+        );
+    }
+    let degraded = journal_types(&app).await.iter().filter(|t| *t == "psp.degraded").count();
+    assert_eq!(degraded, 1);
+    // While open, routing leaves the account out: nothing is sent, nothing charged.
+    let p = pay(&app, &cus, &ok_pm, 700, 201).await;
+    assert_eq!(
+        (p["status"].as_str(), p["decline_code"].as_str(), p["attempts"].as_i64()),
+        (Some("failed"), Some("psp_unavailable"), Some(0))
+    );
+    let routed = timeline(&app, &id(&p)).await.into_iter().find(|e| e["type"] == "payment.routed").unwrap();
+    assert_eq!(routed["body"]["circuit_open"], json!([accs[0]]), "{routed}");
+    assert!(app.ctx.psp.sandbox.ledger().captures(&id(&p).parse().unwrap()).is_empty());
+    // After the open period one probe goes through; a healthy answer closes the breaker.
+    app.ctx.clock.advance(chrono::Duration::seconds(31));
+    let p = pay(&app, &cus, &ok_pm, 700, 201).await;
+    assert_eq!(p["status"], "captured");
+    assert!(journal_types(&app).await.iter().any(|t| t == "psp.recovered"));
+    assert_eq!(pay(&app, &cus, &ok_pm, 700, 201).await["status"], "captured");
+}
+
+async fn an_open_breaker_routes_to_the_next_account(app: TestApp) {
+    let (sf, accs, cus, _) = sandbox_setup(&app, 2, "tok_sandbox_success").await;
+    // Trip the first account's breaker through a forced account and timeouts.
+    let timeout_pm = id(&method(&app, &sf, &accs[0], &cus, "tok_sandbox_timeout").await);
+    for _ in 0..5 {
+        post(
+            &app,
+            "/v1/payments",
+            json!({"customer_id": cus, "payment_method_id": timeout_pm, "amount": 100, "currency": "EUR", "psp_account_id": accs[0]}),
+            201,
+        )
+        .await;
+    }
+    let ok_pm = id(&method(&app, &sf, &accs[0], &cus, "tok_sandbox_success").await);
+    let p = pay(&app, &cus, &ok_pm, 900, 201).await;
+    assert_eq!((p["status"].as_str(), p["attempts"].as_i64()), (Some("captured"), Some(1)));
+    assert_eq!(p["psp_account_id"], accs[1].as_str(), "the open account was skipped");
+}
+
+async fn safe_mode_queues_money_movement_and_lifting_it_resumes(app: TestApp) {
+    let (_, _, cus, pm) = sandbox_setup(&app, 1, "tok_sandbox_success").await;
+    let before = pay(&app, &cus, &pm, 5000, 201).await;
+    // Switching on needs a reason, and the permission.
+    let r = app
+        .request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": true}))
+        .tenant(T, ENV)
+        .expect(422)
+        .await
+        .problem();
+    assert_eq!(r.errors[0].field, "reason");
+    app.admin_mfa().await;
+    let key = app.api_key(T, ENV, json!({"description": "reader", "role": "read_only"})).await;
+    app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": true, "reason": "x"}))
+        .token(key["secret"].as_str().unwrap())
+        .header("x-tn", T)
+        .expect(403)
+        .await;
+    let on: Value = app
+        .request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": true, "reason": "PSP incident INC-42"}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await
+        .json();
+    assert_eq!((on["enabled"].as_bool(), on["reason"].as_str()), (Some(true), Some("PSP incident INC-42")));
+
+    // Payments and refunds are queued (202), not failed, not sent.
+    let queued = pay(&app, &cus, &pm, 1200, 202).await;
+    assert_eq!(
+        (queued["status"].as_str(), queued["queued_reason"].as_str()),
+        (Some("pending"), Some("safe_mode"))
+    );
+    let refund =
+        post(&app, &format!("/v1/payments/{}/refunds", id(&before)), json!({"amount": 1000}), 202).await;
+    assert_eq!(
+        (refund["status"].as_str(), refund["queued_reason"].as_str()),
+        (Some("pending"), Some("safe_mode"))
+    );
+    let ledger = app.ctx.psp.sandbox.ledger();
+    assert!(ledger.captures(&id(&queued).parse().unwrap()).is_empty());
+    // The whole tenant: another environment queues too. The worker resumes nothing meanwhile.
+    assert_eq!(azotte_service::payments::resume_everywhere(&app.ctx).await.unwrap(), 0);
+    let state: Value = get(&app, "/v1/tenant/safe-mode").await;
+    assert_eq!(state["enabled"], true);
+
+    // Lifted: the queue is sent, each payment once.
+    app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": false}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await;
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        done = get(&app, &format!("/v1/payments/{}", id(&queued))).await;
+        if done["status"] == "captured" && done["refunds"].as_array().is_some_and(|r| r.is_empty()) {
+            let b = get(&app, &format!("/v1/payments/{}", id(&before))).await;
+            if b["refunds"][0]["status"] == "succeeded" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((done["status"].as_str(), done["queued_reason"].as_str()), (Some("captured"), None));
+    let b = get(&app, &format!("/v1/payments/{}", id(&before))).await;
+    assert_eq!(b["refunds"][0]["status"], "succeeded", "{b}");
+    assert_eq!(azotte_service::payments::resume_everywhere(&app.ctx).await.unwrap(), 0, "nothing sent twice");
+    assert_eq!(ledger.captures(&id(&queued).parse().unwrap()).len(), 1);
+    let t = journal_types(&app).await;
+    for x in [
+        "tenant.safe_mode_enabled",
+        "payment.queued",
+        "refund.queued",
+        "tenant.safe_mode_disabled",
+        "payment.resume",
+    ] {
+        assert!(t.iter().any(|y| y == x), "{x} in {t:?}");
+    }
+}
+
+async fn sandbox_webhooks_advance_payments_and_refuse_other_accounts(app: TestApp) {
+    let (_, accs, cus, pm) = sandbox_setup(&app, 2, "tok_sandbox_requires_action").await;
+    let p = pay(&app, &cus, &pm, 3100, 201).await;
+    assert_eq!(p["status"], "requires_action");
+    let account_id: PspAccountId = p["psp_account_id"].as_str().unwrap().parse().unwrap();
+    let psp_id = app.ctx.psp.sandbox.events().last().map(|e| match &e.object {
+        azotte_payments::WebhookObject::Payment(p) => p.psp_id.clone(),
+        azotte_payments::WebhookObject::Refund(r) => r.psp_id.clone(),
+    });
+    app.ctx.psp.sandbox.complete_action(&account_id, &psp_id.unwrap(), true).unwrap();
+    let event = app.ctx.psp.sandbox.events().pop().unwrap();
+    let tenant = app.raw_strings(&format!("SELECT id FROM tenants WHERE slug = '{T}'")).await.remove(0);
+    let send = |acc: &str, event: &azotte_payments::WebhookEvent| {
+        let (headers, body) = sandbox_webhook::sign(&Account::new(account_id), event, app.ctx.clock.now());
+        let mut call = app
+            .post(&format!("/v1/psp-webhooks/{tenant}/{ENV}/{acc}"), json!(null))
+            .anon()
+            .body("application/json", body);
+        for (k, v) in headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-type")) {
+            call = call.header(k, v);
+        }
+        call
+    };
+    // The event delivered to the other account's URL cannot touch this payment.
+    let other = accs.iter().find(|a| **a != account_id.to_string()).unwrap();
+    send(other, &event).expect(200).await;
+    assert_eq!(get(&app, &format!("/v1/payments/{}", id(&p))).await["status"], "requires_action");
+    // To its own account: captured.
+    send(&account_id.to_string(), &event).expect(200).await;
+    let got = get(&app, &format!("/v1/payments/{}", id(&p))).await;
+    assert_eq!((got["status"].as_str(), got["captured_amount"].as_i64()), (Some("captured"), Some(3100)));
+    assert_eq!(app.ctx.psp.sandbox.ledger().captures(&id(&p).parse().unwrap()).len(), 1);
+}
+
+both!(
+    a_failing_account_opens_its_breaker_and_a_probe_restores_it,
+    an_open_breaker_routes_to_the_next_account,
+    safe_mode_queues_money_movement_and_lifting_it_resumes,
+    sandbox_webhooks_advance_payments_and_refuse_other_accounts
+);

@@ -1,0 +1,322 @@
+//! Payments through a storefront's own PSP accounts: routing, failover before any possible
+//! charge, circuit breakers, safe mode, refunds under the captured amount, reconciliation and
+//! PSP webhooks — every step journaled.
+//!
+//! A payment is created `pending` and routed in one transaction (the routing decision is
+//! journaled), which also records its first attempt as started: attempt number and account are
+//! durable before the PSP hears of it. The PSP is called outside any transaction, with an
+//! idempotency key derived from the payment id and the attempt number, and its answer is
+//! recorded in a transaction of its own. Only a retryable failure (nothing was charged) moves
+//! on to the next account — that transaction records the next attempt as started. An unknown
+//! outcome stops there, `unknown`, for reconciliation — never charged again. A process that
+//! dies mid-attempt leaves a `pending` payment with a recorded attempt: reconciliation asks the
+//! PSP about it like an unknown one.
+
+mod attempt;
+mod breaker;
+mod reconcile;
+mod refunds;
+mod routing;
+mod safe_mode;
+mod webhooks;
+
+use std::sync::Arc;
+
+use azotte_domain::catalog::Currency;
+use azotte_domain::id::PspAccountId;
+use azotte_domain::payment::{PaymentId, PaymentStatus};
+use azotte_domain::permission::Permission;
+use azotte_domain::{FieldError, Secret, ValidationErrors};
+use azotte_payments::stripe::{StripeConfig, StripeConnector};
+use azotte_payments::{Account, Connector, Sandbox};
+use azotte_store::customers as customer_store;
+use azotte_store::payments::{self as store, PaymentRow, RefundRow};
+use azotte_store::psp_accounts::{self as psp_store, PspAccount};
+use azotte_store::TenantScope;
+use serde_json::json;
+
+use crate::{Ctx, Result, ServiceError};
+
+pub use breaker::{BreakerConfig, BreakerState, Breakers};
+pub use reconcile::{reconcile, reconcile_everywhere};
+pub use refunds::refund;
+pub use safe_mode::{resume, resume_everywhere, safe_mode, set_safe_mode, SafeModeChange};
+pub use webhooks::{receive_webhook, WebhookReceipt};
+
+/// The connectors of this process, with their circuit breakers.
+#[derive(Clone)]
+pub struct Connectors {
+    /// The built-in sandbox PSP (test environments only); its ledger is inspectable.
+    pub sandbox: Sandbox,
+    /// Stripe, when its HTTP client could be built.
+    pub stripe: Option<StripeConnector>,
+    /// One circuit breaker per PSP account.
+    pub breakers: Breakers,
+    /// How long after an attempt an empty PSP lookup still proves nothing (PSP search indexes
+    /// lag), and how long an attempt may stay unrecorded before reconciliation asks the PSP.
+    pub reconcile_grace: chrono::Duration,
+}
+
+impl Default for Connectors {
+    fn default() -> Self {
+        Self::new(StripeConfig::default(), RECONCILE_GRACE)
+    }
+}
+
+impl std::fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connectors")
+    }
+}
+
+impl Connectors {
+    /// The sandbox, Stripe through `stripe`, default breakers.
+    pub fn new(stripe: StripeConfig, reconcile_grace: chrono::Duration) -> Self {
+        let stripe = match StripeConnector::with_config(stripe) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "the Stripe connector is unavailable");
+                None
+            }
+        };
+        Self { sandbox: Sandbox::new(), stripe, breakers: Breakers::default(), reconcile_grace }
+    }
+
+    /// Stripe at `stripe_base_url` with default timeouts; `reconcile_grace` as configured.
+    pub fn configured(stripe_base_url: &str, reconcile_grace: std::time::Duration) -> Self {
+        let stripe = StripeConfig { base_url: stripe_base_url.to_owned(), ..StripeConfig::default() };
+        Self::new(stripe, chrono::Duration::from_std(reconcile_grace).unwrap_or(RECONCILE_GRACE))
+    }
+
+    fn for_account(&self, a: &PspAccount) -> Result<Arc<dyn Connector>> {
+        match a.connector.as_str() {
+            "sandbox" => Ok(Arc::new(self.sandbox.clone())),
+            "stripe" if self.stripe.is_some() => {
+                Ok(Arc::new(self.stripe.clone().ok_or_else(|| ServiceError::Internal("stripe".into()))?))
+            }
+            other => Err(ServiceError::Conflict {
+                code: "connector_unavailable",
+                message: format!("the {other} connector is not available in this process"),
+                field: None,
+            }),
+        }
+    }
+}
+
+/// The default of [`Connectors::reconcile_grace`].
+pub const RECONCILE_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
+/// A charge to make.
+#[derive(Debug, Clone)]
+pub struct ChargeInput {
+    pub customer_id: String,
+    pub payment_method_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub description: String,
+    /// Force one of the storefront's accounts.
+    pub psp_account_id: Option<String>,
+    pub off_session: bool,
+}
+
+/// The connector and the opened credentials of an account.
+pub(crate) async fn connector_for(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    a: &PspAccount,
+) -> Result<(Arc<dyn Connector>, Account)> {
+    let connector = ctx.psp.for_account(a)?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let c = crate::psp_accounts::credentials(ctx, &mut tx, a).await?;
+    tx.commit().await?;
+    let id: PspAccountId =
+        a.id.parse().map_err(|_| ServiceError::Internal(format!("account id {}", a.id).into()))?;
+    let account = Account {
+        id,
+        api_secret: c.api_secret.map(Secret::new),
+        webhook_secret: c.webhook_secret.map(Secret::new),
+    };
+    Ok((connector, account))
+}
+
+/// The stored status of a payment (a value outside the domain's is corrupt data).
+fn stored_status(row: &PaymentRow) -> Result<PaymentStatus> {
+    row.status
+        .parse()
+        .map_err(|_| ServiceError::Internal(format!("payment {} has status {:?}", row.id, row.status).into()))
+}
+
+fn reference(row: &PaymentRow) -> Result<PaymentId> {
+    row.id.parse().map_err(|_| ServiceError::Internal(format!("payment id {}", row.id).into()))
+}
+
+fn currency_of(row: &PaymentRow) -> Result<Currency> {
+    Currency::parse("currency", &row.currency).map_err(|_| {
+        ServiceError::Internal(format!("payment {} has currency {:?}", row.id, row.currency).into())
+    })
+}
+
+/// Charges a customer's payment method (permission `payment.create`). In safe mode the payment
+/// is queued (`pending`, `queued_reason: safe_mode`) and nothing is sent to any PSP until safe
+/// mode is lifted.
+pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Result<PaymentRow> {
+    crate::security::require(ctx, scope, Permission::PaymentCreate).await?;
+    let now = ctx.clock.now();
+    let mut errors = ValidationErrors::default();
+    let currency = errors.check(Currency::parse("currency", &input.currency));
+    if input.amount <= 0 || input.amount > azotte_domain::catalog::MAX_AMOUNT {
+        errors.push(FieldError::new("amount", "out_of_range", "a positive amount in minor units"));
+    }
+    errors.finish()?;
+    let currency = currency.ok_or_else(|| ServiceError::Internal("validated".into()))?;
+
+    // 1. Create and route, in one transaction that also starts the first attempt.
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    customer_store::get_customer(&mut tx, &input.customer_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "customer" })?;
+    let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, &input.payment_method_id)
+        .await?
+        .filter(|p| p.state != "deleted" && scope.storefront_allowed(&p.storefront_id))
+        .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
+    if pm.state != "active" || pm.expired {
+        return Err(ServiceError::Conflict {
+            code: "payment_method_not_usable",
+            message: "the payment method is inactive or expired".into(),
+            field: Some("payment_method_id"),
+        });
+    }
+    let accounts = psp_store::of_storefront(&mut tx, &pm.storefront_id).await?;
+    if let Some(forced) = &input.psp_account_id {
+        if !accounts.iter().any(|a| &a.id == forced) {
+            return Err(ValidationErrors::from(FieldError::new(
+                "psp_account_id",
+                "psp_account_not_in_storefront",
+                "a forced account must be one of the payment method's storefront's accounts",
+            ))
+            .into());
+        }
+    }
+    let id = PaymentId::new();
+    let sid = id.to_string();
+    let mut row = PaymentRow {
+        id: sid.clone(),
+        storefront_id: pm.storefront_id.clone(),
+        customer_id: input.customer_id.clone(),
+        payment_method_id: pm.id.clone(),
+        psp_account_id: input.psp_account_id.clone(),
+        psp_payment_id: None,
+        amount: input.amount,
+        currency: currency.to_string(),
+        status: "pending".into(),
+        attempts: 0,
+        decline_code: None,
+        captured_amount: 0,
+        refunded_amount: 0,
+        description: input.description.chars().take(500).collect(),
+        created_at: now,
+        updated_at: now,
+        queued_reason: None,
+    };
+    let r = Some(("payment", sid.as_str()));
+    tx.action(
+        now,
+        "payment.create",
+        r,
+        json!({"customer_id": row.customer_id, "amount": row.amount, "currency": row.currency, "off_session": input.off_session}),
+    )
+    .await?;
+    if let Some(mode) = azotte_store::payment_ops::safe_mode(&mut tx).await? {
+        row.queued_reason = Some("safe_mode".into());
+        store::insert(&mut tx, &row).await?;
+        tx.decision(
+            now,
+            "payment.queued",
+            r,
+            json!({"reason": "safe_mode", "safe_mode_since": mode.enabled_at}),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(row);
+    }
+    store::insert(&mut tx, &row).await?;
+    let plan = routing::route(ctx, &accounts, &pm, &currency, input.psp_account_id.as_deref(), &sid, now);
+    tx.decision(now, "payment.routed", r, plan.journal()).await?;
+    let Some(first) = plan.order.first() else {
+        fail_before_sending(&mut tx, &mut row, plan.empty_code(), now).await?;
+        tx.commit().await?;
+        return Ok(row);
+    };
+    attempt::start(&mut tx, &mut row, first, now).await?;
+    tx.commit().await?;
+
+    // 2. Attempt account by account.
+    let job = attempt::Job {
+        token: pm.token.clone(),
+        psp_customer_id: pm.psp_customer_id.clone(),
+        currency,
+        off_session: input.off_session,
+    };
+    attempt::run(ctx, scope, row, plan.order, &job).await
+}
+
+/// Fails a payment nothing was sent for, with `code`, in the caller's transaction.
+pub(super) async fn fail_before_sending(
+    tx: &mut azotte_store::TenantTx,
+    row: &mut PaymentRow,
+    code: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    row.status = "failed".into();
+    row.decline_code = Some(code.to_owned());
+    store::update_attempt(tx, row).await?;
+    tx.outcome(now, "payment.failed", Some(("payment", row.id.as_str())), json!({"decline_code": code}))
+        .await?;
+    Ok(())
+}
+
+/// One payment with its refunds (permission `payment.read`).
+pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<(PaymentRow, Vec<RefundRow>)> {
+    crate::security::require(ctx, scope, Permission::PaymentRead).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let p = store::get(&mut tx, id)
+        .await?
+        .filter(|p| scope.storefront_allowed(&p.storefront_id))
+        .ok_or(ServiceError::NotFound { resource: "payment" })?;
+    let refunds = store::refunds_of(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok((p, refunds))
+}
+
+/// Payments, a page at a time (permission `payment.read`).
+pub async fn list(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    limit: u32,
+    starting_after: Option<&str>,
+    customer_id: Option<&str>,
+) -> Result<(Vec<PaymentRow>, bool)> {
+    crate::security::require(ctx, scope, Permission::PaymentRead).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let page =
+        store::list(&mut tx, limit, starting_after, customer_id, scope.storefront_restriction()).await?;
+    tx.commit().await?;
+    Ok(page)
+}
+
+/// Every tenant environment the workers visit, as system scopes for `job`.
+pub(crate) async fn every_scope(ctx: &Ctx, job: &str) -> Result<Vec<TenantScope>> {
+    let mut scopes = Vec::new();
+    for (tenant, env) in azotte_store::seal::chains(&ctx.db, None).await? {
+        let (Ok(tenant_id), Ok(environment)) =
+            (tenant.parse(), env.parse::<azotte_domain::tenant::Environment>())
+        else {
+            continue;
+        };
+        match azotte_store::auth::system_scope(&ctx.db, tenant_id, environment, job).await {
+            Ok(s) => scopes.push(s),
+            Err(e) => tracing::warn!(tenant = %tenant, job, error = %e, "tenant skipped"),
+        }
+    }
+    Ok(scopes)
+}

@@ -1,0 +1,154 @@
+//! Refunds: the amount is reserved against the captured amount in the database first (a
+//! refund can never take the refunded total above it); a failed refund gives it back. In safe
+//! mode the refund is queued, reserved but not sent.
+
+use azotte_domain::payment::{self as rules, RefundId};
+use azotte_domain::permission::Permission;
+use azotte_domain::{FieldError, ValidationErrors};
+use azotte_payments::{ConnectorResult, PspRefund, RefundRequest};
+use azotte_store::payments::{self as store, PaymentRow, RefundRow};
+use azotte_store::psp_accounts as psp_store;
+use azotte_store::TenantScope;
+use serde_json::json;
+
+use super::{connector_for, currency_of};
+use crate::{Ctx, Result, ServiceError};
+
+/// Refunds part or all of a captured payment (permission `payment.refund`).
+pub async fn refund(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    payment_id: &str,
+    amount: Option<i64>,
+    reason: &str,
+) -> Result<RefundRow> {
+    crate::security::require(ctx, scope, Permission::PaymentRefund).await?;
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let p = store::get(&mut tx, payment_id)
+        .await?
+        .filter(|p| scope.storefront_allowed(&p.storefront_id))
+        .ok_or(ServiceError::NotFound { resource: "payment" })?;
+    if p.status != "captured" {
+        return Err(ServiceError::Conflict {
+            code: "payment_not_captured",
+            message: format!("only a captured payment can be refunded; this one is {}", p.status),
+            field: None,
+        });
+    }
+    let amount = amount.unwrap_or(p.captured_amount - p.refunded_amount);
+    if amount <= 0 {
+        return Err(ValidationErrors::from(FieldError::new(
+            "amount",
+            "out_of_range",
+            "a positive amount, at most what is left to refund",
+        ))
+        .into());
+    }
+    let rid = RefundId::new();
+    let r = Some(("payment", payment_id));
+    tx.action(now, "refund.create", r, json!({"refund_id": rid.to_string(), "amount": amount})).await?;
+    if !store::reserve_refund(&mut tx, payment_id, amount, now).await? {
+        return Err(ServiceError::Conflict {
+            code: "refund_exceeds_captured",
+            message: format!(
+                "{} of {} is left to refund",
+                p.captured_amount - p.refunded_amount,
+                p.captured_amount
+            ),
+            field: Some("amount"),
+        });
+    }
+    let safe_mode = azotte_store::payment_ops::safe_mode(&mut tx).await?;
+    let refund = RefundRow {
+        id: rid.to_string(),
+        payment_id: payment_id.to_owned(),
+        amount,
+        status: "pending".into(),
+        psp_refund_id: None,
+        reason: reason.chars().take(500).collect(),
+        created_at: now,
+        updated_at: now,
+        queued_reason: safe_mode.as_ref().map(|_| "safe_mode".to_owned()),
+    };
+    store::insert_refund(&mut tx, &refund).await?;
+    if safe_mode.is_some() {
+        tx.decision(now, "refund.queued", r, json!({"refund_id": refund.id, "reason": "safe_mode"})).await?;
+        tx.commit().await?;
+        return Ok(refund);
+    }
+    tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
+    tx.commit().await?;
+    send(ctx, scope, &p, refund).await
+}
+
+/// Sends a pending refund to the PSP and records the answer.
+pub(super) async fn send(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    p: &PaymentRow,
+    mut refund: RefundRow,
+) -> Result<RefundRow> {
+    let account = {
+        let account_id = p.psp_account_id.clone().unwrap_or_default();
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let a = psp_store::get(&mut tx, &p.storefront_id, &account_id).await?;
+        tx.commit().await?;
+        a.ok_or_else(|| ServiceError::Internal(format!("payment {} has no account", p.id).into()))?
+    };
+    let (connector, creds) = connector_for(ctx, scope, &account).await?;
+    let rid: RefundId =
+        refund.id.parse().map_err(|_| ServiceError::Internal(format!("refund id {}", refund.id).into()))?;
+    let req = RefundRequest {
+        account: creds,
+        reference: rid,
+        payment_psp_id: p.psp_payment_id.clone().unwrap_or_default(),
+        amount: refund.amount,
+        currency: currency_of(p)?,
+        idempotency_key: rules::refund_idempotency_key(&rid, 1),
+    };
+    let answer = connector.refund(&req).await;
+    record(ctx, scope, p, &mut refund, answer, "refund.attempt").await?;
+    Ok(refund)
+}
+
+/// Records a PSP answer about a refund: its status, and the reservation given back if it
+/// failed. A lost or retryable answer leaves it pending for reconciliation.
+pub(super) async fn record(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    p: &PaymentRow,
+    refund: &mut RefundRow,
+    answer: ConnectorResult<PspRefund>,
+    action: &str,
+) -> Result<()> {
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let r = Some(("payment", p.id.as_str()));
+    tx.action(now, action, r, json!({"refund_id": refund.id})).await?;
+    let before = refund.status.clone();
+    match answer {
+        Ok(psp) => {
+            refund.status = psp.status.as_str().into();
+            refund.psp_refund_id = Some(psp.psp_id);
+        }
+        Err(e) if e.may_have_charged() || e.is_retryable() => {
+            // Left pending: reconciliation finds out what the PSP did; the amount stays reserved.
+        }
+        Err(_) => refund.status = "failed".into(),
+    }
+    refund.updated_at = now;
+    if refund.status == "failed" && before != "failed" {
+        store::release_refund(&mut tx, &p.id, refund.amount, now).await?;
+    }
+    store::update_refund(&mut tx, refund).await?;
+    tx.outcome(
+        now,
+        &format!("refund.{}", refund.status),
+        r,
+        json!({"refund_id": refund.id, "amount": refund.amount}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
