@@ -28,9 +28,10 @@ enum Payments {
     CreatedAt,
     UpdatedAt,
     QueuedReason,
+    RequestKey,
 }
 
-const PAYMENT_COLUMNS: [Payments; 18] = [
+const PAYMENT_COLUMNS: [Payments; 19] = [
     Payments::Id,
     Payments::StorefrontId,
     Payments::CustomerId,
@@ -48,6 +49,7 @@ const PAYMENT_COLUMNS: [Payments; 18] = [
     Payments::CreatedAt,
     Payments::UpdatedAt,
     Payments::QueuedReason,
+    Payments::RequestKey,
     Payments::Environment,
 ];
 
@@ -74,9 +76,12 @@ pub struct PaymentRow {
     pub updated_at: DateTime<Utc>,
     /// Why the payment waits without having been sent to any PSP (`safe_mode`), if it does.
     pub queued_reason: Option<String>,
+    /// The `Idempotency-Key` it was created under, unique per tenant environment.
+    pub request_key: Option<String>,
 }
 
-/// Adds a payment.
+/// Adds a payment. A second payment with the same `request_key` is
+/// [`crate::StoreError::UniqueViolation`].
 pub async fn insert(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
     let mut cols = PAYMENT_COLUMNS.to_vec();
     cols.push(Payments::TenantId);
@@ -98,6 +103,7 @@ pub async fn insert(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
         p.created_at.into(),
         p.updated_at.into(),
         p.queued_reason.clone().into(),
+        p.request_key.clone().into(),
         tx.scope().environment().as_str().into(),
         tx.scope().tenant_id().to_string().into(),
     ];
@@ -220,7 +226,7 @@ pub async fn release_refund(
 
 fn select(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(PAYMENT_COLUMNS[..17].to_vec())
+        .columns(PAYMENT_COLUMNS[..18].to_vec())
         .from(Payments::Table)
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .to_owned()
@@ -399,6 +405,12 @@ pub async fn claim_queued_refund(tx: &mut TenantTx, id: &str, now: DateTime<Utc>
         .and_where(Expr::col(Refunds::QueuedReason).is_not_null())
         .to_owned();
     Ok(tx.write(&q).await? == 1)
+}
+
+/// The payment created under an `Idempotency-Key`.
+pub async fn by_request_key(tx: &mut TenantTx, key: &str) -> Result<Option<PaymentRow>> {
+    let q = select(tx).and_where(Expr::col(Payments::RequestKey).eq(key)).to_owned();
+    tx.tx.fetch_optional::<PaymentRow>(&q).await
 }
 
 /// One payment by the PSP's id of it.

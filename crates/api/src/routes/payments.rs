@@ -169,8 +169,12 @@ pub struct PaymentParams {
 async fn create(
     State(state): State<AppState>,
     Allowed(scope, _): Allowed<need::PaymentCreate>,
+    headers: axum::http::HeaderMap,
     ApiJson(b): ApiJson<CreatePayment>,
 ) -> Result<(StatusCode, Json<PaymentView>), ApiError> {
+    // Validated by the idempotency layer; the payment remembers it too (one payment per key).
+    let request_key =
+        headers.get(azotte_domain::idempotency::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let p = payments::charge(
         &state.ctx,
         &scope,
@@ -182,6 +186,7 @@ async fn create(
             description: b.description,
             psp_account_id: b.psp_account_id,
             off_session: b.off_session,
+            request_key,
         },
     )
     .await?;

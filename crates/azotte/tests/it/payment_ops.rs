@@ -416,7 +416,45 @@ async fn sandbox_webhooks_advance_payments_and_refuse_other_accounts(app: TestAp
     assert_eq!(app.ctx.psp.sandbox.ledger().captures(&id(&p).parse().unwrap()).len(), 1);
 }
 
+async fn a_payment_remembers_its_idempotency_key_beyond_the_http_record(app: TestApp) {
+    let (_, _, cus, pm) = sandbox_setup(&app, 1, "tok_sandbox_success").await;
+    let body = json!({"customer_id": cus, "payment_method_id": pm, "amount": 1999, "currency": "EUR"});
+    let first: Value = app
+        .post("/v1/payments", body.clone())
+        .tenant(T, ENV)
+        .header("Idempotency-Key", "order-77")
+        .expect(201)
+        .await
+        .json();
+    // The HTTP layer's record is gone (a crash before it was stored, or its lock expired): the
+    // retry still finds the payment, and nothing is charged again.
+    assert!(app.raw_exec("DELETE FROM idempotency_keys").await.unwrap() > 0, "the HTTP record is gone");
+    let again: Value = app
+        .post("/v1/payments", body.clone())
+        .tenant(T, ENV)
+        .header("Idempotency-Key", "order-77")
+        .expect(201)
+        .await
+        .json();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.ctx.psp.sandbox.ledger().captures(&id(&first).parse().unwrap()).len(), 1);
+    assert_eq!(get(&app, "/v1/payments").await["data"].as_array().unwrap().len(), 1);
+    // The same key for another charge is refused.
+    assert!(app.raw_exec("DELETE FROM idempotency_keys").await.unwrap() > 0, "the HTTP record is gone");
+    let mut other = body;
+    other["amount"] = json!(2999);
+    let r = app
+        .post("/v1/payments", other)
+        .tenant(T, ENV)
+        .header("Idempotency-Key", "order-77")
+        .expect(422)
+        .await
+        .problem();
+    assert_eq!(r.errors[0].code, "idempotency_key_reused");
+}
+
 both!(
+    a_payment_remembers_its_idempotency_key_beyond_the_http_record,
     a_failing_account_opens_its_breaker_and_a_probe_restores_it,
     an_open_breaker_routes_to_the_next_account,
     safe_mode_queues_money_movement_and_lifting_it_resumes,

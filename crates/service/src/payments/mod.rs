@@ -117,6 +117,8 @@ pub struct ChargeInput {
     /// Force one of the storefront's accounts.
     pub psp_account_id: Option<String>,
     pub off_session: bool,
+    /// The request's `Idempotency-Key`: one payment per key, whatever happens to the process.
+    pub request_key: Option<String>,
 }
 
 /// The connector and the opened credentials of an account.
@@ -171,6 +173,9 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
     let currency = currency.ok_or_else(|| ServiceError::Internal("validated".into()))?;
 
     // 1. Create and route, in one transaction that also starts the first attempt.
+    if let Some(existing) = created_under_key(ctx, scope, &input).await? {
+        return Ok(existing);
+    }
     let mut tx = ctx.db.tenant_tx(scope).await?;
     customer_store::get_customer(&mut tx, &input.customer_id)
         .await?
@@ -217,6 +222,7 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
         created_at: now,
         updated_at: now,
         queued_reason: None,
+        request_key: input.request_key.clone(),
     };
     let r = Some(("payment", sid.as_str()));
     tx.action(
@@ -226,9 +232,19 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
         json!({"customer_id": row.customer_id, "amount": row.amount, "currency": row.currency, "off_session": input.off_session}),
     )
     .await?;
-    if let Some(mode) = azotte_store::payment_ops::safe_mode(&mut tx).await? {
-        row.queued_reason = Some("safe_mode".into());
-        store::insert(&mut tx, &row).await?;
+    let safe_mode = azotte_store::payment_ops::safe_mode(&mut tx).await?;
+    row.queued_reason = safe_mode.as_ref().map(|_| "safe_mode".to_owned());
+    match store::insert(&mut tx, &row).await {
+        Err(azotte_store::StoreError::UniqueViolation { .. }) if input.request_key.is_some() => {
+            // A concurrent request with the same key inserted first.
+            drop(tx);
+            return created_under_key(ctx, scope, &input)
+                .await?
+                .ok_or_else(|| ServiceError::Internal("payment of a request key vanished".into()));
+        }
+        other => other?,
+    }
+    if let Some(mode) = safe_mode {
         tx.decision(
             now,
             "payment.queued",
@@ -239,7 +255,6 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
         tx.commit().await?;
         return Ok(row);
     }
-    store::insert(&mut tx, &row).await?;
     let plan = routing::route(ctx, &accounts, &pm, &currency, input.psp_account_id.as_deref(), &sid, now);
     tx.decision(now, "payment.routed", r, plan.journal()).await?;
     let Some(first) = plan.order.first() else {
@@ -258,6 +273,33 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
         off_session: input.off_session,
     };
     attempt::run(ctx, scope, row, plan.order, &job).await
+}
+
+/// The payment an earlier request with the same `Idempotency-Key` created, if any; a key
+/// reused for a different charge is refused.
+async fn created_under_key(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    input: &ChargeInput,
+) -> Result<Option<PaymentRow>> {
+    let Some(key) = &input.request_key else { return Ok(None) };
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let existing = store::by_request_key(&mut tx, key).await?;
+    tx.commit().await?;
+    let Some(p) = existing else { return Ok(None) };
+    let same = p.customer_id == input.customer_id
+        && p.payment_method_id == input.payment_method_id
+        && p.amount == input.amount
+        && p.currency.eq_ignore_ascii_case(&input.currency);
+    if !same {
+        return Err(ValidationErrors::from(FieldError::new(
+            "Idempotency-Key",
+            "idempotency_key_reused",
+            "this key created a different payment",
+        ))
+        .into());
+    }
+    Ok(Some(p))
 }
 
 /// Fails a payment nothing was sent for, with `code`, in the caller's transaction.
