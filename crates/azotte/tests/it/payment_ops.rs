@@ -460,3 +460,65 @@ both!(
     safe_mode_queues_money_movement_and_lifting_it_resumes,
     sandbox_webhooks_advance_payments_and_refuse_other_accounts
 );
+
+/// Every sandbox token, submitted by many tasks at once under one `Idempotency-Key`, then
+/// reconciled: one payment per key, and the sandbox's ledger and Azotte's records agree.
+async fn every_token_is_charged_at_most_once_under_concurrent_duplicates(app: TestApp) {
+    // Three accounts: tok_sandbox_flaky fails softly twice per payment, then succeeds.
+    let (sf, accs, cus, _) = sandbox_setup(&app, 3, "tok_sandbox_success").await;
+    let mut payments = Vec::new();
+    for token in azotte_payments::sandbox::TOKENS {
+        let pm = id(&method(&app, &sf, &accs[0], &cus, token).await);
+        let body = json!({"customer_id": cus, "payment_method_id": pm, "amount": 1234, "currency": "EUR"});
+        let key = format!("dup-{token}");
+        let answers = futures::future::join_all((0..8).map(|_| {
+            app.post("/v1/payments", body.clone()).tenant(T, ENV).header("Idempotency-Key", &key).send()
+        }))
+        .await;
+        let mut ids: Vec<String> = Vec::new();
+        for a in &answers {
+            match a.status {
+                201 => ids.push(a.json::<Value>()["id"].as_str().unwrap().to_owned()),
+                409 => assert_eq!(a.problem().code, "idempotency_key_in_flight"),
+                other => panic!("{token}: {other} {}", a.text()),
+            }
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "{token}: one payment per key, got {ids:?}");
+        payments.push((token, ids.remove(0)));
+    }
+    // Unknown outcomes resolve by lookup once the grace period has passed; nothing is resent.
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    let ledger = app.ctx.psp.sandbox.ledger();
+    for (token, p) in &payments {
+        let row = get(&app, &format!("/v1/payments/{p}")).await;
+        let status = row["status"].as_str().unwrap();
+        let captures = ledger.captures(&p.parse().unwrap());
+        assert!(captures.len() <= 1, "{token}: charged {} times", captures.len());
+        match status {
+            "captured" => {
+                assert_eq!(captures.len(), 1, "{token}");
+                assert_eq!(row["captured_amount"], 1234);
+            }
+            "failed" | "requires_action" => {
+                assert!(captures.is_empty(), "{token} is {status} but was charged")
+            }
+            other => panic!("{token} left {other}"),
+        }
+        let expected = match **token {
+            "tok_sandbox_success"
+            | "tok_sandbox_mastercard"
+            | "tok_sandbox_amex"
+            | "tok_sandbox_unknown"
+            | "tok_sandbox_flaky" => "captured",
+            "tok_sandbox_requires_action" => "requires_action",
+            _ => "failed",
+        };
+        assert_eq!(status, expected, "{token}");
+    }
+    let all = get(&app, "/v1/payments?limit=100").await["data"].as_array().unwrap().len();
+    assert_eq!(all, payments.len(), "no payment beyond one per key");
+}
+
+both!(every_token_is_charged_at_most_once_under_concurrent_duplicates);
