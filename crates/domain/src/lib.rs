@@ -17,6 +17,7 @@ pub mod payment;
 pub mod permission;
 pub mod principal;
 pub mod secret;
+pub mod subscription;
 pub mod tenant;
 pub mod validation;
 
