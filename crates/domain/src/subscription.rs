@@ -56,7 +56,8 @@ wire_enum!(
     CancelMethod { EndOfPeriod => "end_of_period", Immediate => "immediate" }
 );
 wire_enum!(
-    /// What a customer may use of a subscription now.
+    /// What a customer may use of a subscription now. [`access`] answers `full` or `none`:
+    /// `limited` is reserved for a grace policy or channel that grants part of a bundle.
     Access { Full => "full", Limited => "limited", None => "none" }
 );
 
@@ -156,6 +157,16 @@ pub struct State {
 }
 
 impl State {
+    /// Whether the subscription still counts for its customer at `now`: not expired, and not
+    /// canceled past its `ends_at` (a paused one is live). For trial eligibility.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        match self.status {
+            SubscriptionStatus::Expired => false,
+            SubscriptionStatus::Canceled => self.ends_at.is_some_and(|e| now < e),
+            _ => true,
+        }
+    }
+
     /// Whether the current period is the trial.
     pub fn in_trial(&self) -> bool {
         self.trial_end == Some(self.period_end)
@@ -296,7 +307,7 @@ pub fn apply(
             if s.status != Paused {
                 return refuse("not_paused");
             }
-            resume(&mut s, now, period);
+            resume(&mut s, now);
         }
         Event::Cancel(method) => {
             match s.status {
@@ -313,7 +324,7 @@ pub fn apply(
                 CancelMethod::EndOfPeriod => {
                     // A paused subscription keeps the time it had left when paused.
                     if s.status == Paused {
-                        resume(&mut s, now, period);
+                        resume(&mut s, now);
                     }
                     // A past-due period may already be over: the cancellation then ends now.
                     s.ends_at = Some(s.period_end.max(now));
@@ -358,7 +369,7 @@ pub fn apply(
                 }
                 _ => return refuse(if extend { "not_extendable" } else { "not_deferrable" }),
             }
-            shift(&mut s, *d, period);
+            shift(&mut s, *d);
         }
     }
     Ok(s)
@@ -372,7 +383,7 @@ fn next_period(s: &mut State, period: BillingPeriod) {
 }
 
 /// Moves the period end (and a trial's end) later by `d`, re-anchoring there.
-fn shift(s: &mut State, d: Duration, period: BillingPeriod) {
+fn shift(s: &mut State, d: Duration) {
     let in_trial = s.in_trial();
     s.period_end = add(s.period_end, d);
     if in_trial {
@@ -380,16 +391,15 @@ fn shift(s: &mut State, d: Duration, period: BillingPeriod) {
     }
     s.anchor = s.period_end;
     s.periods = 0;
-    debug_assert_eq!(s.period_end, boundary(s.anchor, period, 0));
 }
 
 /// Unpauses: the status returns to trialing (in a trial) or active, and the paused time is added.
-fn resume(s: &mut State, now: DateTime<Utc>, period: BillingPeriod) {
+fn resume(s: &mut State, now: DateTime<Utc>) {
     let paused = s.paused_at.map_or(Duration::zero(), |p| now - p).max(Duration::zero());
     s.paused_at = None;
     s.status = if s.in_trial() { SubscriptionStatus::Trialing } else { SubscriptionStatus::Active };
     if paused > Duration::zero() {
-        shift(s, paused, period);
+        shift(s, paused);
     }
 }
 
