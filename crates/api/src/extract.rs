@@ -231,7 +231,10 @@ pub mod need {
         CustomerWrite,
         PaymentCreate,
         PaymentRefund,
-        PaymentSafeMode
+        PaymentSafeMode,
+        CatalogRead,
+        SubscriptionWrite,
+        SubscriptionCancel
     );
 }
 

@@ -62,6 +62,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::catalog::router())
         .merge(routes::customers::router())
         .merge(routes::payments::router())
+        .merge(routes::subscriptions::router())
 }
 
 /// The OpenAPI document of every documented route.

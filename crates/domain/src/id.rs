@@ -203,6 +203,9 @@ id_kind!(PriceVersionKind, PriceVersionId, "prv");
 id_kind!(PspAccountKind, PspAccountId, "psp");
 id_kind!(CustomerKind, CustomerId, "cus");
 id_kind!(PaymentMethodKind, PaymentMethodId, "pm");
+id_kind!(OfferKind, OfferId, "ofr");
+id_kind!(CheckoutKind, CheckoutId, "chk");
+id_kind!(SubscriptionKind, SubscriptionId, "sub");
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ pub mod payments;
 pub mod psp_accounts;
 pub mod seal;
 pub mod security;
+pub mod subscriptions;
 pub mod tenants;
 pub mod users;
 pub mod vault;

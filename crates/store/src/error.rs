@@ -45,6 +45,7 @@ const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
     ("customers_external_id_key", "customers.tenant_id, customers.environment, customers.external_id"),
     ("customers_email_key", "customers.tenant_id, customers.environment, customers.email_hash"),
     ("customers_phone_key", "customers.tenant_id, customers.environment, customers.phone_hash"),
+    ("subscriptions_checkout_key", "subscriptions.tenant_id, subscriptions.environment, subscriptions.checkout_id"),
     ("price_versions_version_key", "price_versions.tenant_id, price_versions.environment, price_versions.price_id, price_versions.version"),
 ];
 

@@ -55,6 +55,11 @@ pub async fn with_meta<F: Future>(meta: RequestMeta, f: F) -> F::Output {
     META.scope(meta, f).await
 }
 
+/// The correlation id of the running request or job (a fresh one outside any).
+pub fn current_correlation_id() -> String {
+    current_meta().correlation_id
+}
+
 fn current_meta() -> RequestMeta {
     META.try_with(Clone::clone).unwrap_or_else(|_| RequestMeta::system())
 }

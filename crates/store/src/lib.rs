@@ -25,6 +25,7 @@ pub mod roles;
 mod scope;
 pub mod seal;
 pub mod sessions;
+pub mod subscriptions;
 pub mod tenant_keys;
 pub mod tenants;
 #[cfg(any(test, feature = "testing"))]

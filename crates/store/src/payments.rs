@@ -29,9 +29,10 @@ enum Payments {
     UpdatedAt,
     QueuedReason,
     RequestKey,
+    NextAction,
 }
 
-const PAYMENT_COLUMNS: [Payments; 19] = [
+const PAYMENT_COLUMNS: [Payments; 20] = [
     Payments::Id,
     Payments::StorefrontId,
     Payments::CustomerId,
@@ -50,6 +51,7 @@ const PAYMENT_COLUMNS: [Payments; 19] = [
     Payments::UpdatedAt,
     Payments::QueuedReason,
     Payments::RequestKey,
+    Payments::NextAction,
     Payments::Environment,
 ];
 
@@ -78,6 +80,8 @@ pub struct PaymentRow {
     pub queued_reason: Option<String>,
     /// The `Idempotency-Key` it was created under, unique per tenant environment.
     pub request_key: Option<String>,
+    /// The PSP's instruction (JSON) while the payment awaits customer action.
+    pub next_action: Option<String>,
 }
 
 /// Adds a payment. A second payment with the same `request_key` is
@@ -104,6 +108,7 @@ pub async fn insert(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
         p.updated_at.into(),
         p.queued_reason.clone().into(),
         p.request_key.clone().into(),
+        p.next_action.clone().into(),
         tx.scope().environment().as_str().into(),
         tx.scope().tenant_id().to_string().into(),
     ];
@@ -126,6 +131,7 @@ pub async fn update_attempt(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
             (Payments::CapturedAmount, p.captured_amount.into()),
             (Payments::UpdatedAt, p.updated_at.into()),
             (Payments::QueuedReason, p.queued_reason.clone().into()),
+            (Payments::NextAction, p.next_action.clone().into()),
         ])
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).eq(p.id.clone()))
@@ -226,7 +232,7 @@ pub async fn release_refund(
 
 fn select(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(PAYMENT_COLUMNS[..18].to_vec())
+        .columns(PAYMENT_COLUMNS[..19].to_vec())
         .from(Payments::Table)
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .to_owned()

@@ -96,6 +96,11 @@ async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Recei
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "resuming queued payments failed; will retry"),
                     }
+                    match azotte_service::subscriptions::run_due_everywhere(&ctx).await {
+                        Ok(n) if n > 0 => tracing::info!(moved = n, "checkouts and subscriptions advanced"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "subscription jobs failed; will retry"),
+                    }
                     match azotte_service::payments::reconcile_everywhere(&ctx).await {
                         Ok(n) if n > 0 => tracing::info!(resolved = n, "unknown payments reconciled"),
                         Ok(_) => {}

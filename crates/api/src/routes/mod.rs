@@ -8,5 +8,6 @@ pub mod health;
 pub mod journal;
 pub mod payments;
 pub mod platform_tenants;
+pub mod subscriptions;
 pub mod tenant;
 pub mod users;

@@ -20,6 +20,7 @@ mod payments;
 mod psp_accounts;
 mod raw_card;
 mod route_walk;
+mod subscriptions;
 mod tamper;
 mod tenants;
 mod vault;

@@ -110,6 +110,7 @@ fn classify(
         }
         Err(ConnectorError::RequiresAction { psp_id, next_action }) => {
             row.psp_payment_id = Some(psp_id.clone());
+            row.next_action = Some(next_action.to_string());
             (
                 PaymentStatus::RequiresAction,
                 "payment.requires_action".into(),

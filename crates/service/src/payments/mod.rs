@@ -223,6 +223,7 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
         updated_at: now,
         queued_reason: None,
         request_key: input.request_key.clone(),
+        next_action: None,
     };
     let r = Some(("payment", sid.as_str()));
     tx.action(

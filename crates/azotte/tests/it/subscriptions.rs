@@ -1,0 +1,473 @@
+//! The flow every tenant integrates first: customer → offer → checkout (202, poll) →
+//! subscription → entitlements; trials, eligibility, the lifecycle operations and bad input.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::helpers::TestApp;
+
+const T: &str = "subs";
+const ENV: &str = "development";
+
+async fn post(app: &TestApp, path: &str, body: Value, status: u16) -> Value {
+    app.post(path, body).tenant(T, ENV).expect(status).await.json()
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    app.get(path).tenant(T, ENV).expect(200).await.json()
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+struct Shop {
+    sf: String,
+    cus: String,
+    pm: String,
+    /// Monthly 9.99 EUR, no trial.
+    monthly: String,
+    /// Monthly 4.99 EUR with a 14-day trial (no payment method required).
+    trial: String,
+}
+
+async fn shop(app: &TestApp, token: &str) -> Shop {
+    app.create_tenant(T).await;
+    let sf = id(&post(
+        app,
+        "/v1/storefronts",
+        json!({"name": "Web", "type": "web", "default_currency": "EUR", "default_language": "en", "countries": ["DE", "AT"],
+               "tax": {"kind": "inclusive", "rate_bp": 1900, "overrides": {"AT": 2000}}}),
+        201,
+    )
+    .await);
+    post(app, "/v1/entitlements", json!({"key": "hd", "name": "HD", "kind": "boolean"}), 201).await;
+    post(
+        app,
+        "/v1/entitlements",
+        json!({"key": "video", "name": "Video", "kind": "boolean", "includes": ["hd"]}),
+        201,
+    )
+    .await;
+    post(
+        app,
+        "/v1/entitlements",
+        json!({"key": "screens", "name": "Screens", "kind": "quantity", "unit": "screens"}),
+        201,
+    )
+    .await;
+    let premium = id(&post(
+        app,
+        "/v1/bundles",
+        json!({"key": "premium", "name": "Premium", "type": "subscription", "status": "active", "family": "video",
+               "entitlements": [{"key": "video"}, {"key": "screens", "quantity": 4}]}),
+        201,
+    )
+    .await);
+    let basic = id(&post(
+        app,
+        "/v1/bundles",
+        json!({"key": "basic", "name": "Basic", "type": "subscription", "status": "active", "family": "music",
+               "entitlements": [{"key": "hd"}]}),
+        201,
+    )
+    .await);
+    let monthly = id(&post(
+        app,
+        "/v1/prices",
+        json!({"bundle_id": premium, "storefront_id": sf, "currency": "EUR", "amount": 999, "billing_period": {"unit": "month", "count": 1}}),
+        201,
+    )
+    .await);
+    let trial = id(&post(
+        app,
+        "/v1/prices",
+        json!({"bundle_id": basic, "storefront_id": sf, "currency": "EUR", "amount": 499, "billing_period": {"unit": "month", "count": 1},
+               "trial": {"days": 14, "payment_method_required": false}}),
+        201,
+    )
+    .await);
+    let acc = id(&post(
+        app,
+        &format!("/v1/storefronts/{sf}/psp-accounts"),
+        json!({"connector": "sandbox", "display_name": "Sandbox", "mode": "test"}),
+        201,
+    )
+    .await);
+    let cus = id(&post(app, "/v1/customers", json!({"external_id": "viewer-1", "country": "AT"}), 201).await);
+    let pm = id(&post(
+        app,
+        &format!("/v1/customers/{cus}/payment-methods"),
+        json!({"storefront_id": sf, "psp_account_id": acc, "token": token}),
+        201,
+    )
+    .await);
+    Shop { sf, cus, pm, monthly, trial }
+}
+
+/// An API key of the tenant's development environment (access tokens do not survive the clock
+/// moving by days).
+async fn key(app: &TestApp) -> String {
+    app.admin_mfa().await;
+    let k = app.api_key(T, ENV, json!({"description": "ops", "role": "tenant_admin"})).await;
+    k["secret"].as_str().unwrap().to_owned()
+}
+
+async fn offer(app: &TestApp, shop: &Shop) -> Value {
+    post(app, "/v1/offers", json!({"customer_id": shop.cus, "storefront_id": shop.sf}), 201).await
+}
+
+/// Polls a checkout until it leaves `processing` (checking `Retry-After` while it is).
+async fn settle(app: &TestApp, checkout: &str) -> Value {
+    for _ in 0..200 {
+        let r = app.get(&format!("/v1/checkouts/{checkout}")).tenant(T, ENV).expect(200).await;
+        let v: Value = r.json();
+        if v["status"] != "processing" {
+            return v;
+        }
+        assert_eq!(r.header("retry-after"), Some("1"));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("checkout {checkout} still processing");
+}
+
+async fn checkout(app: &TestApp, shop: &Shop, offer: &Value, price: &str) -> Value {
+    let c = post(
+        app,
+        "/v1/checkouts",
+        json!({"customer_id": shop.cus, "offer_id": offer["id"], "price_id": price, "payment_method_id": shop.pm}),
+        202,
+    )
+    .await;
+    assert_eq!(c["status"], "processing");
+    settle(app, &id(&c)).await
+}
+
+async fn from_offer_to_entitlements(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    let items = o["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let monthly = items.iter().find(|i| i["price_id"] == shop.monthly.as_str()).unwrap();
+    // Austria: 20 % VAT included in 9.99.
+    assert_eq!((monthly["amount"].as_i64(), monthly["tax_rate_bp"].as_i64()), (Some(999), Some(2000)));
+    assert_eq!(monthly["net"].as_i64().unwrap() + monthly["tax"].as_i64().unwrap(), 999);
+    let trial = items.iter().find(|i| i["price_id"] == shop.trial.as_str()).unwrap();
+    assert_eq!(
+        (trial["trial_days"].as_i64(), trial["trial_reasons"][0].as_str()),
+        (Some(14), Some("eligible"))
+    );
+
+    let done = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let sub = get(&app, &format!("/v1/subscriptions/{}", done["subscription_id"].as_str().unwrap())).await;
+    assert_eq!((sub["status"].as_str(), sub["amount"].as_i64()), (Some("active"), Some(999)));
+    let payment = done["payment_id"].as_str().unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().captured(&payment.parse().unwrap()), 999);
+
+    // Entitlements: the bundle's, with includes expanded.
+    let ents = get(&app, &format!("/v1/customers/{}/entitlements", shop.cus)).await;
+    let keys: Vec<&str> =
+        ents["data"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["hd", "screens", "video"]);
+    let screens = get(&app, &format!("/v1/customers/{}/entitlements/screens", shop.cus)).await;
+    assert_eq!(
+        (screens["quantity"].as_i64(), screens["unit"].as_str(), screens["access"].as_str()),
+        (Some(4), Some("screens"), Some("full"))
+    );
+    assert_eq!(screens["subscription_id"], sub["id"]);
+    let missing = app
+        .get(&format!("/v1/customers/{}/entitlements/4k", shop.cus))
+        .tenant(T, ENV)
+        .expect(404)
+        .await
+        .problem();
+    assert_eq!(missing.code, "entitlement_not_found");
+
+    // One correlation id from the checkout request to the subscription's outcomes.
+    let timeline = get(&app, &format!("/v1/subscriptions/{}/timeline", id(&sub))).await;
+    let created = timeline["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "subscription.created")
+        .unwrap()
+        .clone();
+    let cor = created["correlation_id"].as_str().unwrap();
+    let lineage: Value = get(&app, &format!("/v1/lineage/{cor}")).await;
+    let text = lineage.to_string();
+    for t in [
+        "checkout.create",
+        "payment.routed",
+        "payment.captured",
+        "subscription.created",
+        "entitlements.granted",
+        "checkout.succeeded",
+    ] {
+        assert!(text.contains(t), "{t} in the lineage of {cor}");
+    }
+
+    // Already subscribed in this family: the next offer leaves the family out.
+    let again = offer(&app, &shop).await;
+    assert!(again["items"].as_array().unwrap().iter().all(|i| i["family"] != "video"));
+}
+
+async fn a_trial_needs_no_charge_and_is_offered_once_per_family(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    let c = post(
+        &app,
+        "/v1/checkouts",
+        json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.trial}),
+        202,
+    )
+    .await;
+    let done = settle(&app, &id(&c)).await;
+    assert_eq!((done["status"].as_str(), done["payment_id"].as_str()), (Some("succeeded"), None));
+    let sub = get(&app, &format!("/v1/subscriptions/{}", done["subscription_id"].as_str().unwrap())).await;
+    assert_eq!(sub["status"], "trialing");
+    assert!(app.ctx.psp.sandbox.ledger().is_empty(), "a trial charges nothing");
+    // Cancel immediately: access ends; the family's trial is used.
+    let opts = post(&app, &format!("/v1/subscriptions/{}/cancel-request", id(&sub)), json!({}), 200).await;
+    assert_eq!(opts["methods"], json!(["end_of_period", "immediate"]));
+    let canceled = post(
+        &app,
+        &format!("/v1/subscriptions/{}/cancel", id(&sub)),
+        json!({"method": "immediate", "reason_code": "not_using", "survey": {"comment": "too busy"}}),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (canceled["status"].as_str(), canceled["canceled_immediately"].as_bool()),
+        (Some("canceled"), Some(true))
+    );
+    app.get(&format!("/v1/customers/{}/entitlements/hd", shop.cus)).tenant(T, ENV).expect(404).await;
+    let r = app
+        .post(&format!("/v1/subscriptions/{}/reactivate", id(&sub)), json!({}))
+        .tenant(T, ENV)
+        .expect(409)
+        .await
+        .problem();
+    assert_eq!(r.code, "canceled_immediately");
+    // The worker expires it; no new trial for the family, and the decision says why.
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(get(&app, &format!("/v1/subscriptions/{}", id(&sub))).await["status"], "expired");
+    let again = offer(&app, &shop).await;
+    let item = again["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["price_id"] == shop.trial.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(item["trial_days"], 0);
+    assert!(item["trial_reasons"].as_array().unwrap().contains(&json!("trial_already_used")), "{item}");
+}
+
+async fn end_of_period_cancel_keeps_access_and_can_be_undone(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    let done = checkout(&app, &shop, &o, &shop.monthly).await;
+    let sid = done["subscription_id"].as_str().unwrap().to_owned();
+    let sub = get(&app, &format!("/v1/subscriptions/{sid}")).await;
+    let c = post(
+        &app,
+        &format!("/v1/subscriptions/{sid}/cancel"),
+        json!({"method": "end_of_period", "reason_code": "too_expensive"}),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (c["status"].as_str(), c["ends_at"].as_str()),
+        (Some("canceled"), sub["current_period_end"].as_str())
+    );
+    assert_eq!(
+        get(&app, &format!("/v1/customers/{}/entitlements/video", shop.cus)).await["until"],
+        c["ends_at"]
+    );
+    let back = post(&app, &format!("/v1/subscriptions/{sid}/reactivate"), json!({}), 200).await;
+    assert_eq!((back["status"].as_str(), back["ends_at"].as_str()), (Some("active"), None));
+    // Pause, resume, defer, extend; a bad cancel reason; after the period the reactivation is refused.
+    assert_eq!(
+        post(&app, &format!("/v1/subscriptions/{sid}/pause"), json!({}), 200).await["status"],
+        "paused"
+    );
+    app.get(&format!("/v1/customers/{}/entitlements/video", shop.cus)).tenant(T, ENV).expect(404).await;
+    assert_eq!(
+        post(&app, &format!("/v1/subscriptions/{sid}/resume"), json!({}), 200).await["status"],
+        "active"
+    );
+    let before = get(&app, &format!("/v1/subscriptions/{sid}")).await["current_period_end"].clone();
+    let deferred = post(&app, &format!("/v1/subscriptions/{sid}/defer"), json!({"days": 3}), 200).await;
+    assert_ne!(deferred["current_period_end"], before);
+    app.post(&format!("/v1/subscriptions/{sid}/extend"), json!({"days": 0})).tenant(T, ENV).expect(422).await;
+    let bad = app
+        .post(
+            &format!("/v1/subscriptions/{sid}/cancel"),
+            json!({"method": "immediate", "reason_code": "because"}),
+        )
+        .tenant(T, ENV)
+        .expect(422)
+        .await
+        .problem();
+    assert_eq!(bad.errors[0].field, "reason_code");
+    post(
+        &app,
+        &format!("/v1/subscriptions/{sid}/cancel"),
+        json!({"method": "end_of_period", "reason_code": "other"}),
+        200,
+    )
+    .await;
+    let k = key(&app).await;
+    app.ctx.clock.advance(chrono::Duration::days(40));
+    let r = app
+        .post(&format!("/v1/subscriptions/{sid}/reactivate"), json!({}))
+        .token(&k)
+        .header("x-tn", T)
+        .expect(409)
+        .await
+        .problem();
+    assert_eq!(r.code, "period_ended");
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let ended: Value =
+        app.get(&format!("/v1/subscriptions/{sid}")).token(&k).header("x-tn", T).expect(200).await.json();
+    assert_eq!(ended["status"], "expired");
+    let r = app
+        .post(
+            &format!("/v1/subscriptions/{sid}/cancel"),
+            json!({"method": "immediate", "reason_code": "other"}),
+        )
+        .token(&k)
+        .header("x-tn", T)
+        .expect(409)
+        .await
+        .problem();
+    assert_eq!(r.code, "expired");
+    app.get(&format!("/v1/customers/{}/entitlements/video", shop.cus))
+        .token(&k)
+        .header("x-tn", T)
+        .expect(404)
+        .await;
+    let list: Value = app
+        .get(&format!("/v1/subscriptions?customer_id={}&status=expired", shop.cus))
+        .token(&k)
+        .header("x-tn", T)
+        .expect(200)
+        .await
+        .json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+}
+
+async fn concurrent_duplicate_checkouts_charge_once(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let answers = futures::future::join_all((0..8).map(|_| {
+        app.post("/v1/checkouts", body.clone()).tenant(T, ENV).header("Idempotency-Key", "buy-1").send()
+    }))
+    .await;
+    let mut ids: Vec<String> =
+        answers.iter().filter(|a| a.status == 202).map(|a| id(&a.json::<Value>())).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one checkout per key");
+    assert!(answers.iter().all(|a| a.status == 202 || a.status == 409));
+    let done = settle(&app, &ids[0]).await;
+    assert_eq!(done["status"], "succeeded");
+    // A second checkout of the same family with another key cannot subscribe or charge twice.
+    let other = post(&app, "/v1/checkouts", body.clone(), 202).await;
+    let failed = settle(&app, &id(&other)).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["failure_code"].as_str()),
+        (Some("failed"), Some("already_subscribed"))
+    );
+    let ledger = app.ctx.psp.sandbox.ledger();
+    let charged: i64 = ledger
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture))
+        .map(|e| e.amount)
+        .sum();
+    assert_eq!(charged, 999, "charged once in all");
+    assert_eq!(
+        get(&app, &format!("/v1/subscriptions?customer_id={}", shop.cus)).await["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn a_declined_card_fails_the_checkout_with_its_reason(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_decline_insufficient_funds").await;
+    let o = offer(&app, &shop).await;
+    let done = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(
+        (done["status"].as_str(), done["failure_code"].as_str()),
+        (Some("failed"), Some("insufficient_funds"))
+    );
+    assert_eq!(get(&app, &format!("/v1/subscriptions?customer_id={}", shop.cus)).await["data"], json!([]));
+}
+
+async fn bad_checkouts_get_stable_codes(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    let refused = |body: Value, status: u16| {
+        let app = &app;
+        async move { app.post("/v1/checkouts", body).tenant(T, ENV).expect(status).await.problem() }
+    };
+    let base = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    assert_eq!(
+        refused(with("offer_id", json!("ofr_01jdq3m9x7e5k4w2c8v6b0n1p2")), 404).await.code,
+        "offer_not_found"
+    );
+    assert_eq!(
+        refused(with("customer_id", json!("cus_01jdq3m9x7e5k4w2c8v6b0n1p2")), 404).await.code,
+        "customer_not_found"
+    );
+    let other = id(&post(&app, "/v1/customers", json!({"external_id": "viewer-2"}), 201).await);
+    assert_eq!(
+        refused(with("customer_id", json!(other)), 422).await.errors[0].code,
+        "offer_customer_mismatch"
+    );
+    assert_eq!(
+        refused(with("price_id", json!("prc_01jdq3m9x7e5k4w2c8v6b0n1p2")), 422).await.errors[0].code,
+        "price_not_in_offer"
+    );
+    assert_eq!(
+        refused(with("payment_method_id", Value::Null), 422).await.errors[0].code,
+        "payment_method_required"
+    );
+    let showcase = post(&app, "/v1/offers", json!({"storefront_id": shop.sf}), 201).await;
+    assert_eq!(showcase["intent"], "showcase");
+    assert_eq!(refused(with("offer_id", showcase["id"].clone()), 409).await.code, "offer_not_checkoutable");
+    let promo = app
+        .post(
+            "/v1/offers",
+            json!({"customer_id": shop.cus, "storefront_id": shop.sf, "promotion_code": "FREE"}),
+        )
+        .tenant(T, ENV)
+        .expect(422)
+        .await
+        .problem();
+    assert_eq!(promo.errors[0].code, "promotion_code_invalid");
+    let k = key(&app).await;
+    app.ctx.clock.advance(chrono::Duration::minutes(31));
+    let expired = app.post("/v1/checkouts", base).token(&k).header("x-tn", T).expect(409).await.problem();
+    assert_eq!(expired.code, "offer_expired");
+}
+
+both!(
+    from_offer_to_entitlements,
+    a_trial_needs_no_charge_and_is_offered_once_per_family,
+    end_of_period_cancel_keeps_access_and_can_be_undone,
+    concurrent_duplicate_checkouts_charge_once,
+    a_declined_card_fails_the_checkout_with_its_reason,
+    bad_checkouts_get_stable_codes
+);

@@ -1,0 +1,528 @@
+//! Checkout: asynchronous and idempotent. `POST /v1/checkouts` checks what it can at once and
+//! records a `processing` checkout (202); the work runs as a job — in a task started right after
+//! the commit, and again from the worker until it is done, so a crash only delays it:
+//! re-check the offer, the bundle, the price and trial eligibility, charge through payment
+//! routing (none for a trial), create the subscription and grant its entitlements, all under the
+//! checkout's correlation id. Running the job twice is harmless: the charge carries the request
+//! key `checkout-{id}` (one payment per key), and a checkout creates at most one subscription
+//! (unique in the database).
+
+use azotte_domain::catalog::{BillingPeriod, PeriodUnit};
+use azotte_domain::id::{CheckoutId, SubscriptionId, TenantId};
+use azotte_domain::permission::Permission;
+use azotte_domain::subscription::{self as life, trial_eligibility};
+use azotte_domain::tenant::Environment;
+use azotte_domain::{FieldError, ValidationErrors};
+use azotte_store::catalog::{self as catalog_store, Bundle, Entitlement};
+use azotte_store::customers as customer_store;
+use azotte_store::journal::{self, RequestMeta};
+use azotte_store::subscriptions::{self as store, CheckoutRow, Grant, SubscriptionRow};
+use azotte_store::{StoreError, TenantScope};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::offers::{family_history, Offer, OfferItem, TRIAL_COOLDOWN_DAYS};
+use crate::payments::{self, ChargeInput};
+use crate::{Ctx, Result, ServiceError};
+
+/// A checkout to start.
+#[derive(Debug, Clone)]
+pub struct CheckoutInput {
+    pub customer_id: String,
+    pub offer_id: String,
+    pub price_id: String,
+    /// A stored payment method of the customer…
+    pub payment_method_id: Option<String>,
+    /// …or a new PSP token for one of the storefront's accounts, attached first.
+    pub token: Option<(String, String)>,
+}
+
+fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> ServiceError {
+    ValidationErrors::from(FieldError::new(field, code, message)).into()
+}
+
+fn conflict(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Conflict { code, message: message.into(), field: None }
+}
+
+/// Checks an offer for a checkout by this customer of this price: the item it offers.
+fn offered_item(offer: &Offer, customer_id: &str, price_id: &str, now: DateTime<Utc>) -> Result<OfferItem> {
+    if offer.customer_id.is_none() {
+        return Err(conflict(
+            "offer_not_checkoutable",
+            "a showcase offer shows prices only; ask for an offer for the customer",
+        ));
+    }
+    if offer.customer_id.as_deref() != Some(customer_id) {
+        return Err(invalid("offer_id", "offer_customer_mismatch", "the offer was made to another customer"));
+    }
+    if offer.expires_at <= now {
+        return Err(conflict("offer_expired", "the offer has expired; ask for a new one"));
+    }
+    offer
+        .items
+        .iter()
+        .find(|i| i.price_id == price_id)
+        .cloned()
+        .ok_or_else(|| invalid("price_id", "price_not_in_offer", "the offer does not include this price"))
+}
+
+/// Starts a checkout (permission `subscription.write`): `processing`, with the job started.
+pub async fn start(ctx: &Ctx, scope: &TenantScope, input: CheckoutInput) -> Result<CheckoutRow> {
+    crate::security::require(ctx, scope, Permission::SubscriptionWrite).await?;
+    let now = ctx.clock.now();
+    let offer = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        customer_store::get_customer(&mut tx, &input.customer_id)
+            .await?
+            .ok_or(ServiceError::NotFound { resource: "customer" })?;
+        let o = store::get_offer(&mut tx, &input.offer_id)
+            .await?
+            .filter(|o| scope.storefront_allowed(&o.storefront_id))
+            .ok_or(ServiceError::NotFound { resource: "offer" })?;
+        tx.commit().await?;
+        Offer::from_row(o)?
+    };
+    let item = offered_item(&offer, &input.customer_id, &input.price_id, now)?;
+    let pm_id = match (&input.payment_method_id, &input.token) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "token",
+                "conflicting_fields",
+                "give a payment_method_id or a token, not both",
+            ))
+        }
+        (Some(id), None) => Some(id.clone()),
+        (None, Some((account, token))) => {
+            let pm = crate::payment_methods::attach(
+                ctx,
+                scope,
+                &input.customer_id,
+                crate::payment_methods::AttachInput {
+                    storefront_id: offer.storefront_id.clone(),
+                    psp_account_id: account.clone(),
+                    token: token.clone(),
+                    make_default: false,
+                },
+            )
+            .await?;
+            Some(pm.id)
+        }
+        (None, None) => None,
+    };
+    let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    match &pm_id {
+        Some(id) => {
+            let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id)
+                .await?
+                .filter(|p| p.state != "deleted")
+                .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
+            if pm.storefront_id != offer.storefront_id {
+                return Err(invalid(
+                    "payment_method_id",
+                    "payment_method_not_in_storefront",
+                    "the payment method belongs to another storefront's PSP account",
+                ));
+            }
+            if pm.state != "active" || pm.expired {
+                return Err(invalid(
+                    "payment_method_id",
+                    "payment_method_not_usable",
+                    "the payment method is inactive or expired",
+                ));
+            }
+        }
+        None if needs_method => {
+            return Err(invalid(
+                "payment_method_id",
+                "payment_method_required",
+                "this purchase needs a payment method",
+            ))
+        }
+        None => {}
+    }
+    let id = CheckoutId::new().to_string();
+    let row = CheckoutRow {
+        id: id.clone(),
+        customer_id: input.customer_id.clone(),
+        offer_id: offer.id.clone(),
+        price_id: item.price_id.clone(),
+        payment_method_id: pm_id,
+        status: "processing".into(),
+        failure_code: None,
+        subscription_id: None,
+        payment_id: None,
+        next_action: None,
+        correlation_id: journal::current_correlation_id(),
+        locked_until: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let r = Some(("checkout", id.as_str()));
+    tx.action(
+        now,
+        "checkout.create",
+        r,
+        json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
+    )
+    .await?;
+    store::insert_checkout(&mut tx, &row).await?;
+    tx.outcome(now, "checkout.processing", r, json!({})).await?;
+    tx.commit().await?;
+    spawn(ctx, scope, &row);
+    Ok(row)
+}
+
+/// Runs a checkout's job in the background, under its correlation id.
+fn spawn(ctx: &Ctx, scope: &TenantScope, row: &CheckoutRow) {
+    let (ctx, tenant, env, id, cor) =
+        (ctx.clone(), scope.tenant_id(), scope.environment(), row.id.clone(), row.correlation_id.clone());
+    tokio::spawn(async move {
+        if let Err(e) = run_job(&ctx, tenant, env, &id, &cor).await {
+            tracing::warn!(checkout_id = %id, error = %e, "checkout job failed; the worker will retry");
+        }
+    });
+}
+
+/// One checkout (permission `subscription.read`).
+pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<CheckoutRow> {
+    crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let row =
+        store::get_checkout(&mut tx, id).await?.ok_or(ServiceError::NotFound { resource: "checkout" })?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+async fn run_job(
+    ctx: &Ctx,
+    tenant: TenantId,
+    env: Environment,
+    id: &str,
+    correlation_id: &str,
+) -> Result<()> {
+    let scope = azotte_store::auth::system_scope(&ctx.db, tenant, env, "checkout").await?;
+    let meta = RequestMeta { correlation_id: correlation_id.to_owned(), ..RequestMeta::system() };
+    journal::with_meta(meta, process(ctx, &scope, id)).await
+}
+
+/// Where the job ended this time.
+enum Step {
+    Failed(&'static str),
+    Waiting,
+    Done,
+}
+
+/// Does (or continues) a checkout's work; `Ok` also when it is left waiting for the PSP.
+async fn process(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<()> {
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let Some(mut checkout) = store::get_checkout(&mut tx, id).await? else { return Ok(()) };
+    if !matches!(checkout.status.as_str(), "processing" | "requires_action") {
+        return Ok(());
+    }
+    let offer = store::get_offer(&mut tx, &checkout.offer_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "offer" })?;
+    let offer = Offer::from_row(offer)?;
+    tx.commit().await?;
+    let step = match check_and_charge(ctx, scope, &mut checkout, &offer, now).await? {
+        Ok(step) => step,
+        Err(code) => Step::Failed(code),
+    };
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let r = Some(("checkout", checkout.id.as_str()));
+    match step {
+        Step::Waiting => {
+            let current = store::get_checkout(&mut tx, id).await?;
+            if current.as_ref().map(|c| (&c.status, &c.payment_id))
+                != Some((&checkout.status, &checkout.payment_id))
+            {
+                tx.action(now, "checkout.progress", r, json!({"payment_id": checkout.payment_id})).await?;
+                checkout.updated_at = now;
+                store::update_checkout(&mut tx, &checkout).await?;
+                tx.outcome(
+                    now,
+                    &format!("checkout.{}", checkout.status),
+                    r,
+                    json!({"payment_id": checkout.payment_id}),
+                )
+                .await?;
+                tx.commit().await?;
+            }
+        }
+        Step::Failed(code) => {
+            tx.action(now, "checkout.process", r, json!({})).await?;
+            checkout.status = "failed".into();
+            checkout.failure_code = Some(code.to_owned());
+            checkout.next_action = None;
+            checkout.updated_at = now;
+            store::update_checkout(&mut tx, &checkout).await?;
+            tx.outcome(
+                now,
+                "checkout.failed",
+                r,
+                json!({"failure_code": code, "payment_id": checkout.payment_id}),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Step::Done => {}
+    }
+    Ok(())
+}
+
+/// Re-checks everything, charges if needed and, once paid (or for a trial), creates the
+/// subscription. The inner `Err` is a failure code for the checkout.
+async fn check_and_charge(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    checkout: &mut CheckoutRow,
+    offer: &Offer,
+    now: DateTime<Utc>,
+) -> Result<std::result::Result<Step, &'static str>> {
+    let Ok(item) = offered_item(offer, &checkout.customer_id, &checkout.price_id, checkout.created_at) else {
+        return Ok(Err("offer_invalid"));
+    };
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let bundle = catalog_store::get_bundle(&mut tx, &item.bundle_id).await?;
+    let price = catalog_store::get_price(&mut tx, &item.price_id).await?;
+    let versions = catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?;
+    let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
+    let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
+    let all = catalog_store::all_entitlements(&mut tx).await?;
+    tx.commit().await?;
+    if existing.is_some() {
+        return Ok(Ok(Step::Done));
+    }
+    let Some(bundle) = bundle.filter(|b| b.status == azotte_domain::catalog::BundleStatus::Active) else {
+        return Ok(Err("bundle_not_available"));
+    };
+    let Some(price) = price.filter(|p| p.status == azotte_domain::catalog::ActiveStatus::Active) else {
+        return Ok(Err("price_not_available"));
+    };
+    if !versions.iter().any(|v| v.version == item.price_version) {
+        return Ok(Err("price_not_available"));
+    }
+    let Some(period) = price.billing_period else { return Ok(Err("price_not_recurring")) };
+    if history.has_live_subscription {
+        return Ok(Err("already_subscribed"));
+    }
+    let trial_days = item.trial_days;
+    if trial_days > 0 && !trial_eligibility(&history, now, TRIAL_COOLDOWN_DAYS).eligible {
+        return Ok(Err("trial_not_eligible"));
+    }
+    // The charge (none for a trial): one payment per checkout, whoever runs the job.
+    if trial_days == 0 {
+        let Some(pm) = checkout.payment_method_id.clone() else { return Ok(Err("payment_method_required")) };
+        let p = payments::charge(
+            ctx,
+            scope,
+            ChargeInput {
+                customer_id: checkout.customer_id.clone(),
+                payment_method_id: pm,
+                amount: item.amount,
+                currency: item.currency.clone(),
+                description: format!("checkout {} ({})", checkout.id, item.bundle_key),
+                psp_account_id: None,
+                off_session: false,
+                request_key: Some(format!("checkout-{}", checkout.id)),
+            },
+        )
+        .await;
+        let p = match p {
+            Ok(p) => p,
+            Err(ServiceError::NotFound { .. }) => return Ok(Err("payment_method_not_usable")),
+            Err(ServiceError::Conflict { code, .. }) => return Ok(Err(code)),
+            Err(e) => return Err(e),
+        };
+        checkout.payment_id = Some(p.id.clone());
+        match p.status.as_str() {
+            "captured" => {}
+            "failed" | "canceled" => {
+                return Ok(Err(match p.decline_code.as_deref() {
+                    Some("insufficient_funds") => "insufficient_funds",
+                    Some("psp_unavailable" | "no_eligible_psp_account") => "psp_unavailable",
+                    _ => "payment_declined",
+                }))
+            }
+            "requires_action" => {
+                checkout.status = "requires_action".into();
+                checkout.next_action = p.next_action.clone();
+                return Ok(Ok(Step::Waiting));
+            }
+            // pending (queued in safe mode, or in flight), unknown, authorized: wait.
+            _ => {
+                checkout.status = "processing".into();
+                return Ok(Ok(Step::Waiting));
+            }
+        }
+    }
+    match create_subscription(ctx, scope, checkout, &item, &bundle, period, trial_days, &all).await? {
+        None => Ok(Ok(Step::Done)),
+        Some(code) => Ok(Err(code)),
+    }
+}
+
+/// What a bundle grants, with `includes` expanded (an included entitlement is granted without
+/// a quantity of its own; the bundle's own quantity wins when it lists it too).
+fn grants(bundle: &Bundle, all: &[Entitlement]) -> Vec<Grant> {
+    let mut out: Vec<Grant> = Vec::new();
+    let mut todo: Vec<(String, Option<i64>)> = bundle
+        .entitlements
+        .iter()
+        .filter_map(|be| all.iter().find(|e| e.id == be.entitlement_id).map(|e| (e.key.clone(), be.quantity)))
+        .collect();
+    let listed: Vec<String> = todo.iter().map(|(k, _)| k.clone()).collect();
+    while let Some((key, quantity)) = todo.pop() {
+        if out.iter().any(|g| g.entitlement_key == key) {
+            continue;
+        }
+        let Some(e) = all.iter().find(|e| e.key == key) else { continue };
+        for inc in &e.includes {
+            if !listed.contains(inc) {
+                todo.push((inc.clone(), None));
+            }
+        }
+        out.push(Grant {
+            entitlement_key: key,
+            kind: e.kind.as_str().to_owned(),
+            quantity,
+            unit: e.unit.clone(),
+        });
+    }
+    out.sort_by(|a, b| a.entitlement_key.cmp(&b.entitlement_key));
+    out
+}
+
+fn unit_str(u: PeriodUnit) -> &'static str {
+    u.as_str()
+}
+
+/// Subscription row fields from a lifecycle state.
+pub(crate) fn apply_state(row: &mut SubscriptionRow, s: &life::State) {
+    row.status = s.status.as_str().to_owned();
+    row.anchor = s.anchor;
+    row.period_start = s.period_start;
+    row.period_end = s.period_end;
+    row.periods = s.periods as i32;
+    row.trial_end = s.trial_end;
+    row.ends_at = s.ends_at;
+    row.canceled_immediately = s.canceled_immediately;
+    row.paused_at = s.paused_at;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_subscription(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    checkout: &mut CheckoutRow,
+    item: &OfferItem,
+    bundle: &Bundle,
+    period: BillingPeriod,
+    trial_days: u32,
+    all: &[Entitlement],
+) -> Result<Option<&'static str>> {
+    let now = ctx.clock.now();
+    let state = life::start(now, period, trial_days);
+    let sid = SubscriptionId::new().to_string();
+    let mut row = SubscriptionRow {
+        id: sid.clone(),
+        customer_id: checkout.customer_id.clone(),
+        storefront_id: String::new(),
+        bundle_id: bundle.id.clone(),
+        family: bundle.family.clone(),
+        price_id: item.price_id.clone(),
+        price_version: item.price_version,
+        amount: item.amount,
+        currency: item.currency.clone(),
+        period_unit: unit_str(period.unit).to_owned(),
+        period_count: period.count as i32,
+        status: String::new(),
+        anchor: now,
+        period_start: now,
+        period_end: now,
+        periods: 0,
+        trial_end: None,
+        had_trial: trial_days > 0,
+        ends_at: None,
+        canceled_immediately: false,
+        paused_at: None,
+        payment_method_id: checkout.payment_method_id.clone(),
+        cancel_reason: None,
+        checkout_id: checkout.id.clone(),
+        created_at: now,
+        updated_at: now,
+    };
+    apply_state(&mut row, &state);
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let offer = store::get_offer(&mut tx, &checkout.offer_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "offer" })?;
+    row.storefront_id = offer.storefront_id;
+    let r = Some(("checkout", checkout.id.as_str()));
+    tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
+    match store::insert_subscription(&mut tx, &row).await {
+        Err(StoreError::UniqueViolation { constraint }) if constraint == "subscriptions_live_family" => {
+            // Another checkout of this customer won the family meanwhile: give the money back.
+            drop(tx);
+            if let Some(p) = &checkout.payment_id {
+                let reason = format!("checkout {}: already subscribed to {}", checkout.id, row.family);
+                if let Err(e) = payments::refund(ctx, scope, p, None, &reason).await {
+                    tracing::error!(checkout_id = %checkout.id, payment_id = %p, error = %e, "refund of a losing checkout failed");
+                }
+            }
+            return Ok(Some("already_subscribed"));
+        }
+        Err(StoreError::UniqueViolation { .. }) => return Ok(None), // another runner finished it
+        other => other?,
+    }
+    let granted = grants(bundle, all);
+    store::insert_grants(&mut tx, &sid, &row.customer_id, &granted).await?;
+    checkout.status = "succeeded".into();
+    checkout.subscription_id = Some(sid.clone());
+    checkout.next_action = None;
+    checkout.updated_at = now;
+    store::update_checkout(&mut tx, checkout).await?;
+    let sr = Some(("subscription", sid.as_str()));
+    tx.outcome(
+        now,
+        "subscription.created",
+        sr,
+        json!({"status": row.status, "customer_id": row.customer_id, "bundle_id": row.bundle_id, "price_id": row.price_id,
+               "period_start": row.period_start, "period_end": row.period_end, "trial_end": row.trial_end,
+               "checkout_id": checkout.id, "payment_id": checkout.payment_id}),
+    )
+    .await?;
+    let keys: Vec<&str> = granted.iter().map(|g| g.entitlement_key.as_str()).collect();
+    tx.outcome(now, "entitlements.granted", sr, json!({"customer_id": row.customer_id, "keys": keys}))
+        .await?;
+    tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sid})).await?;
+    tx.commit().await?;
+    Ok(None)
+}
+
+/// Runs every due checkout job of the tenant environment (the worker calls it each tick).
+pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
+    let now = ctx.clock.now();
+    let due = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let d = store::due_checkouts(&mut tx, now, 200).await?;
+        tx.commit().await?;
+        d
+    };
+    let mut n = 0;
+    for c in due {
+        // A checkout younger than a few seconds is still being run by the task its request
+        // started.
+        if now - c.created_at < chrono::Duration::seconds(5) {
+            continue;
+        }
+        let meta = RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() };
+        journal::with_meta(meta, process(ctx, scope, &c.id)).await?;
+        n += 1;
+    }
+    Ok(n)
+}

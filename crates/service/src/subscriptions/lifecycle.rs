@@ -1,0 +1,311 @@
+//! Operations on a subscription, each one domain transition ([`azotte_domain::subscription`])
+//! applied under optimistic concurrency and journaled as action → outcome; and the jobs that
+//! move subscriptions when a date comes (trial end, end of a canceled period).
+
+use azotte_domain::catalog::{BillingPeriod, DunningPolicy, PeriodUnit};
+use azotte_domain::permission::Permission;
+use azotte_domain::subscription::{self as life, CancelMethod, Event, SubscriptionStatus};
+use azotte_store::subscriptions::{self as store, SubscriptionFilter, SubscriptionRow};
+use azotte_store::TenantScope;
+use serde_json::json;
+
+use super::checkout::apply_state;
+use crate::payments::{self, ChargeInput};
+use crate::{Ctx, Result, ServiceError};
+
+/// The reasons a customer may give for cancelling (stable codes).
+pub const CANCEL_REASONS: &[&str] =
+    &["too_expensive", "not_using", "missing_features", "technical_issues", "switching_service", "other"];
+
+/// The subscription's billing period.
+pub fn period_of(row: &SubscriptionRow) -> Result<BillingPeriod> {
+    let unit: PeriodUnit = row
+        .period_unit
+        .parse()
+        .map_err(|_| ServiceError::Internal(format!("subscription {} period unit", row.id).into()))?;
+    Ok(BillingPeriod { unit, count: row.period_count as u32 })
+}
+
+/// The lifecycle state of a stored subscription.
+pub fn state_of(row: &SubscriptionRow) -> Result<life::State> {
+    let status: SubscriptionStatus = row.status.parse().map_err(|_| {
+        ServiceError::Internal(format!("subscription {} has status {:?}", row.id, row.status).into())
+    })?;
+    Ok(life::State {
+        status,
+        period_start: row.period_start,
+        period_end: row.period_end,
+        anchor: row.anchor,
+        periods: row.periods as u32,
+        trial_end: row.trial_end,
+        ends_at: row.ends_at,
+        canceled_immediately: row.canceled_immediately,
+        paused_at: row.paused_at,
+    })
+}
+
+async fn load(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<SubscriptionRow> {
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let row = store::get_subscription(&mut tx, id)
+        .await?
+        .filter(|s| scope.storefront_allowed(&s.storefront_id))
+        .ok_or(ServiceError::NotFound { resource: "subscription" })?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// One subscription (permission `subscription.read`).
+pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<SubscriptionRow> {
+    crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
+    load(ctx, scope, id).await
+}
+
+/// Subscriptions a page at a time (permission `subscription.read`).
+pub async fn list(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    filter: SubscriptionFilter<'_>,
+    limit: u32,
+    starting_after: Option<&str>,
+) -> Result<(Vec<SubscriptionRow>, bool)> {
+    crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
+    let filter = SubscriptionFilter { storefronts: scope.storefront_restriction(), ..filter };
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let page = store::list_subscriptions(&mut tx, &filter, limit, starting_after).await?;
+    tx.commit().await?;
+    Ok(page)
+}
+
+/// Applies `event` to the stored subscription as it is now; an illegal transition is a `409`
+/// with the domain's reason as code. `extra` goes into the journal and may set fields.
+async fn transition(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut row: SubscriptionRow,
+    event: Event,
+    action: &str,
+    body: serde_json::Value,
+    edit: impl FnOnce(&mut SubscriptionRow),
+) -> Result<SubscriptionRow> {
+    let now = ctx.clock.now();
+    let before = state_of(&row)?;
+    let after = life::apply(&before, &event, now, period_of(&row)?).map_err(|e| ServiceError::Conflict {
+        code: e.reason,
+        message: e.to_string(),
+        field: None,
+    })?;
+    let expected = row.updated_at;
+    apply_state(&mut row, &after);
+    edit(&mut row);
+    row.updated_at = now;
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let r = Some(("subscription", row.id.as_str()));
+    tx.action(now, action, r, body).await?;
+    if !store::update_subscription(&mut tx, &row, expected).await? {
+        return Err(ServiceError::Conflict {
+            code: "subscription_changed",
+            message: "the subscription changed meanwhile; read it again".into(),
+            field: None,
+        });
+    }
+    let outcome = if before.status == after.status {
+        format!("subscription.{}", event.name())
+    } else {
+        format!("subscription.{}", after.status)
+    };
+    tx.outcome(
+        now,
+        &outcome,
+        r,
+        json!({"from": before.status, "to": after.status, "event": event.name(),
+               "period_end": row.period_end, "ends_at": row.ends_at, "trial_end": row.trial_end}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// What a cancellation may look like for this subscription.
+#[derive(Debug, Clone)]
+pub struct CancelOptions {
+    pub methods: Vec<CancelMethod>,
+    pub reason_codes: &'static [&'static str],
+    /// A campaign's retention offer, when one applies (campaigns arrive later: none yet).
+    pub retention_offer: Option<serde_json::Value>,
+    /// Access lasts until then when cancelled at the end of the period.
+    pub ends_at_end_of_period: chrono::DateTime<chrono::Utc>,
+}
+
+/// Step one of cancelling (permission `subscription.cancel`): the allowed methods and reason
+/// codes. Journaled as a decision; nothing changes.
+pub async fn cancel_request(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<CancelOptions> {
+    crate::security::require(ctx, scope, Permission::SubscriptionCancel).await?;
+    let row = load(ctx, scope, id).await?;
+    let state = state_of(&row)?;
+    let now = ctx.clock.now();
+    let period = period_of(&row)?;
+    let methods: Vec<CancelMethod> = [CancelMethod::EndOfPeriod, CancelMethod::Immediate]
+        .into_iter()
+        .filter(|m| life::apply(&state, &Event::Cancel(*m), now, period).is_ok())
+        .collect();
+    if methods.is_empty() {
+        return Err(ServiceError::Conflict {
+            code: "not_cancelable",
+            message: format!("a {} subscription cannot be cancelled", row.status),
+            field: None,
+        });
+    }
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let r = Some(("subscription", id));
+    tx.action(now, "subscription.cancel_request", r, json!({})).await?;
+    tx.decision(now, "subscription.cancel_options", r, json!({"methods": methods, "retention_offer": null}))
+        .await?;
+    tx.commit().await?;
+    let ends = if state.status == SubscriptionStatus::Trialing {
+        state.trial_end.unwrap_or(state.period_end)
+    } else {
+        state.period_end
+    };
+    Ok(CancelOptions {
+        methods,
+        reason_codes: CANCEL_REASONS,
+        retention_offer: None,
+        ends_at_end_of_period: ends,
+    })
+}
+
+/// Step two (permission `subscription.cancel`): cancel at the end of the period (access until
+/// then) or immediately (access ends now).
+pub async fn cancel(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    id: &str,
+    method: CancelMethod,
+    reason_code: &str,
+    survey: serde_json::Value,
+) -> Result<SubscriptionRow> {
+    crate::security::require(ctx, scope, Permission::SubscriptionCancel).await?;
+    if !CANCEL_REASONS.contains(&reason_code) {
+        return Err(azotte_domain::ValidationErrors::from(azotte_domain::FieldError::new(
+            "reason_code",
+            "unknown_reason",
+            format!("one of {}", CANCEL_REASONS.join(", ")),
+        ))
+        .into());
+    }
+    let row = load(ctx, scope, id).await?;
+    let body = json!({"method": method, "reason_code": reason_code, "survey": survey});
+    let reason = reason_code.to_owned();
+    transition(ctx, scope, row, Event::Cancel(method), "subscription.cancel", body, |r| {
+        r.cancel_reason = Some(reason)
+    })
+    .await
+}
+
+/// What support can do (permission `subscription.write`).
+#[derive(Debug, Clone, Copy)]
+pub enum Operation {
+    Reactivate,
+    Pause,
+    Resume,
+    /// Move the next renewal later by this many days.
+    Defer(u32),
+    /// Goodwill: extend the period (and a cancellation's end) by this many days.
+    Extend(u32),
+}
+
+/// Storefront policy: may a trial be paused? (Not by default: a paused trial would stretch it.)
+pub const PAUSE_TRIALS: bool = false;
+
+/// Reactivates, pauses, resumes, defers or extends a subscription.
+pub async fn operate(ctx: &Ctx, scope: &TenantScope, id: &str, op: Operation) -> Result<SubscriptionRow> {
+    crate::security::require(ctx, scope, Permission::SubscriptionWrite).await?;
+    let row = load(ctx, scope, id).await?;
+    let days = |d: u32| chrono::Duration::days(i64::from(d));
+    let (event, action) = match op {
+        Operation::Reactivate => (Event::Reactivate, "subscription.reactivate"),
+        Operation::Pause => {
+            if row.status == "trialing" && !PAUSE_TRIALS {
+                return Err(ServiceError::Conflict {
+                    code: "trial_pause_not_allowed",
+                    message: "the storefront's policy does not allow pausing a trial".into(),
+                    field: None,
+                });
+            }
+            (Event::Pause, "subscription.pause")
+        }
+        Operation::Resume => (Event::Resume, "subscription.resume"),
+        Operation::Defer(d) => (Event::Defer(days(d)), "subscription.defer"),
+        Operation::Extend(d) => (Event::Extend(days(d)), "subscription.extend"),
+    };
+    let body = json!({"event": event.to_string()});
+    transition(ctx, scope, row, event, action, body, |_| {}).await
+}
+
+/// The jobs of one tenant environment whose date has come: trials that end convert (the first
+/// charge, off session, one payment per subscription and period) or lapse; cancelled
+/// subscriptions whose end has come expire. Returns how many subscriptions moved.
+pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
+    let now = ctx.clock.now();
+    let (trials, ending) = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let t = store::due(&mut tx, "trialing", true, now, 200).await?;
+        let e = store::due(&mut tx, "canceled", false, now, 200).await?;
+        tx.commit().await?;
+        (t, e)
+    };
+    let mut moved = 0;
+    for row in ending {
+        let body = json!({"job": "period_end"});
+        if transition(ctx, scope, row, Event::PeriodEnded, "subscription.period_end", body, |_| {})
+            .await
+            .is_ok()
+        {
+            moved += 1;
+        }
+    }
+    for row in trials {
+        let event = match &row.payment_method_id {
+            None => Event::TrialLapsed,
+            Some(pm) => {
+                let p = payments::charge(
+                    ctx,
+                    scope,
+                    ChargeInput {
+                        customer_id: row.customer_id.clone(),
+                        payment_method_id: pm.clone(),
+                        amount: row.amount,
+                        currency: row.currency.clone(),
+                        description: format!("subscription {} first period", row.id),
+                        psp_account_id: None,
+                        off_session: true,
+                        request_key: Some(format!("renewal-{}-{}", row.id, row.periods + 1)),
+                    },
+                )
+                .await;
+                match p.as_ref().map(|p| p.status.as_str()) {
+                    Ok("captured") => Event::TrialConverted,
+                    Ok("failed") | Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
+                        Event::TrialLapsed
+                    }
+                    // Pending, queued, unknown: the next tick looks again.
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(subscription_id = %row.id, error = %e, "trial conversion charge failed; will retry");
+                        continue;
+                    }
+                }
+            }
+        };
+        let body = json!({"job": "trial_end"});
+        if transition(ctx, scope, row, event, "subscription.trial_end", body, |_| {}).await.is_ok() {
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// Access during `past_due` follows the storefront's dunning policy.
+pub fn dunning_of(v: &serde_json::Value) -> DunningPolicy {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}

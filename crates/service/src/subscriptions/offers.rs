@@ -1,0 +1,257 @@
+//! Offers: what a customer may buy in a storefront right now, priced (tax per the storefront's
+//! scheme and the customer's country), with the trial each bundle family allows them. Stored,
+//! bound to the customer, and valid for [`OFFER_TTL`]; checkout accepts nothing else.
+
+use azotte_domain::catalog::{tax_split, Currency};
+use azotte_domain::id::OfferId;
+use azotte_domain::permission::Permission;
+use azotte_domain::subscription::{trial_eligibility, FamilyHistory};
+use azotte_domain::{FieldError, ValidationErrors};
+use azotte_store::customers as customer_store;
+use azotte_store::subscriptions::{self as store, OfferRow, SubscriptionFilter};
+use azotte_store::{TenantScope, TenantTx};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Ctx, Result, ServiceError};
+
+/// How long an offer can be checked out.
+pub const OFFER_TTL: chrono::Duration = chrono::Duration::minutes(30);
+/// Days after a family's last trial or subscription ended before a new trial is offered.
+pub const TRIAL_COOLDOWN_DAYS: u32 = 180;
+
+/// Why the offer is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// A first purchase in a family.
+    New,
+    /// Coming back after a subscription ended: no trial.
+    Winback,
+}
+
+impl Intent {
+    fn as_str(self) -> &'static str {
+        match self {
+            Intent::New => "new",
+            Intent::Winback => "winback",
+        }
+    }
+}
+
+/// Asking for an offer. Without a customer it is a showcase: display prices, no checkout.
+#[derive(Debug, Clone)]
+pub struct OfferInput {
+    pub customer_id: Option<String>,
+    pub storefront_id: String,
+    pub intent: Intent,
+    pub promotion_code: Option<String>,
+    /// Defaults to the storefront's default currency.
+    pub currency: Option<String>,
+}
+
+/// One priced item of an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferItem {
+    pub price_id: String,
+    pub price_version: i32,
+    pub bundle_id: String,
+    pub bundle_key: String,
+    pub bundle_name: String,
+    pub family: String,
+    pub currency: String,
+    /// What the customer pays per period, tax included, minor units.
+    pub amount: i64,
+    pub net: i64,
+    pub tax: i64,
+    pub tax_rate_bp: u32,
+    pub period_unit: String,
+    pub period_count: u32,
+    /// Trial days applied to this customer (0: none).
+    pub trial_days: u32,
+    pub trial_payment_method_required: bool,
+    /// Why the trial is or is not applied.
+    pub trial_reasons: Vec<String>,
+}
+
+/// An offer.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub id: String,
+    pub customer_id: Option<String>,
+    pub storefront_id: String,
+    pub intent: String,
+    pub items: Vec<OfferItem>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Offer {
+    pub(crate) fn from_row(r: OfferRow) -> Result<Self> {
+        let items: Vec<OfferItem> = serde_json::from_value(r.items).map_err(ServiceError::internal)?;
+        Ok(Offer {
+            id: r.id,
+            customer_id: r.customer_id,
+            storefront_id: r.storefront_id,
+            intent: r.intent,
+            items,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+        })
+    }
+}
+
+fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> ServiceError {
+    ValidationErrors::from(FieldError::new(field, code, message)).into()
+}
+
+/// The customer's history in a bundle family, for trial eligibility.
+pub(crate) async fn family_history(
+    tx: &mut TenantTx,
+    customer_id: &str,
+    family: &str,
+) -> Result<FamilyHistory> {
+    let filter =
+        SubscriptionFilter { customer_id: Some(customer_id), family: Some(family), ..Default::default() };
+    let (subs, _) = store::list_subscriptions(tx, &filter, 500, None).await?;
+    Ok(FamilyHistory {
+        had_trial: subs.iter().any(|s| s.had_trial),
+        has_live_subscription: subs.iter().any(|s| s.status != "expired"),
+        last_ended_at: subs.iter().filter_map(|s| s.ends_at).max(),
+    })
+}
+
+/// Builds, stores and journals an offer (permission `subscription.write`; a showcase needs only
+/// `catalog.read`).
+pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result<Offer> {
+    let showcase = input.customer_id.is_none();
+    let needed = if showcase { Permission::CatalogRead } else { Permission::SubscriptionWrite };
+    crate::security::require(ctx, scope, needed).await?;
+    if input.promotion_code.is_some() {
+        return Err(invalid(
+            "promotion_code",
+            "promotion_code_invalid",
+            "no campaign with this promotion code applies",
+        ));
+    }
+    let now = ctx.clock.now();
+    let catalog =
+        crate::catalog::storefront_catalog(ctx, scope, &input.storefront_id, input.currency.as_deref())
+            .await?;
+    let sf = &catalog.storefront;
+    let currency = match &input.currency {
+        Some(c) => Currency::parse("currency", c).map_err(ValidationErrors::from)?,
+        None => sf.default_currency.clone(),
+    };
+    if !sf.currencies.contains(&currency) {
+        return Err(invalid(
+            "currency",
+            "currency_not_served",
+            "the storefront does not sell in this currency",
+        ));
+    }
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let customer = match &input.customer_id {
+        Some(id) => Some(
+            customer_store::get_customer(&mut tx, id)
+                .await?
+                .filter(|c| c.status != "erased")
+                .ok_or(ServiceError::NotFound { resource: "customer" })?,
+        ),
+        None => None,
+    };
+    let country = customer.as_ref().and_then(|c| c.country.clone());
+    let rate = sf.tax.rate_for(country.as_deref());
+    let oid = OfferId::new().to_string();
+    let r = Some(("offer", oid.as_str()));
+    let intent = if showcase { "showcase" } else { input.intent.as_str() };
+    tx.action(
+        now,
+        "offer.create",
+        r,
+        json!({"customer_id": input.customer_id, "storefront_id": sf.id, "intent": intent, "currency": currency}),
+    )
+    .await?;
+    let mut items = Vec::new();
+    for item in &catalog.items {
+        let b = &item.bundle.bundle;
+        let history = match &customer {
+            Some(c) => Some(family_history(&mut tx, &c.id, &b.family).await?),
+            None => None,
+        };
+        if history.as_ref().is_some_and(|h| h.has_live_subscription) {
+            // Already subscribed in this family: a plan change, not a new purchase.
+            continue;
+        }
+        for (price, version) in item.prices.iter().filter(|(p, _)| p.currency == currency) {
+            let Some(period) = price.billing_period else { continue };
+            let (net, tax, gross) = tax_split(version.amount, version.tax_behaviour, rate);
+            let (trial_days, reasons) = match (&version.trial, &history, input.intent) {
+                (None, _, _) => (0, vec!["no_trial_on_price".to_owned()]),
+                (Some(_), _, Intent::Winback) => (0, vec!["winback_has_no_trial".to_owned()]),
+                (Some(t), None, _) => (t.days, vec!["showcase".to_owned()]),
+                (Some(t), Some(h), Intent::New) => {
+                    let d = trial_eligibility(h, now, TRIAL_COOLDOWN_DAYS);
+                    let reasons = d.reasons.iter().map(|r| (*r).to_owned()).collect();
+                    (if d.eligible { t.days } else { 0 }, reasons)
+                }
+            };
+            items.push(OfferItem {
+                price_id: price.id.clone(),
+                price_version: version.version,
+                bundle_id: b.id.clone(),
+                bundle_key: b.key.clone(),
+                bundle_name: b.name.clone(),
+                family: b.family.clone(),
+                currency: currency.to_string(),
+                amount: gross,
+                net,
+                tax,
+                tax_rate_bp: rate,
+                period_unit: period.unit.as_str().to_owned(),
+                period_count: period.count,
+                trial_days,
+                trial_payment_method_required: version.trial.is_some_and(|t| t.payment_method_required),
+                trial_reasons: reasons,
+            });
+        }
+    }
+    if customer.is_some() {
+        let decisions: Vec<_> = items
+            .iter()
+            .map(|i| json!({"price_id": i.price_id, "family": i.family, "trial_days": i.trial_days, "reasons": i.trial_reasons}))
+            .collect();
+        tx.decision(
+            now,
+            "offer.eligibility",
+            r,
+            json!({"items": decisions, "cooldown_days": TRIAL_COOLDOWN_DAYS}),
+        )
+        .await?;
+    }
+    let row = OfferRow {
+        id: oid.clone(),
+        customer_id: input.customer_id.clone(),
+        storefront_id: sf.id.clone(),
+        intent: intent.to_owned(),
+        items: serde_json::to_value(&items).map_err(ServiceError::internal)?,
+        created_at: now,
+        expires_at: now + OFFER_TTL,
+    };
+    store::insert_offer(&mut tx, &row).await?;
+    tx.outcome(now, "offer.created", r, json!({"items": items.len(), "expires_at": row.expires_at})).await?;
+    tx.commit().await?;
+    Offer::from_row(row)
+}
+
+/// One offer (permission `subscription.read`).
+pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<Offer> {
+    crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let row = store::get_offer(&mut tx, id)
+        .await?
+        .filter(|o| scope.storefront_allowed(&o.storefront_id))
+        .ok_or(ServiceError::NotFound { resource: "offer" })?;
+    tx.commit().await?;
+    Offer::from_row(row)
+}

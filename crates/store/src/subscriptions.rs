@@ -1,0 +1,658 @@
+//! Offers, checkouts, subscriptions and entitlement grants as stored.
+
+use chrono::{DateTime, Utc};
+use sea_query::{Expr, Iden, Order, Query, SelectStatement};
+use serde_json::Value;
+
+use crate::{Result, TenantTx};
+
+// ---------------------------------------------------------------------------------------------
+// Offers
+
+#[derive(Iden, Clone, Copy)]
+enum Offers {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    CustomerId,
+    StorefrontId,
+    Intent,
+    Items,
+    CreatedAt,
+    ExpiresAt,
+}
+
+/// An offer as stored; `items` is the priced proposal (JSON, shaped by the service).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OfferRow {
+    pub id: String,
+    pub customer_id: Option<String>,
+    pub storefront_id: String,
+    /// `new`, `replace`, `winback` or `showcase`.
+    pub intent: String,
+    #[sqlx(json)]
+    pub items: Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Adds an offer.
+pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
+    let q = Query::insert()
+        .into_table(Offers::Table)
+        .columns([
+            Offers::TenantId,
+            Offers::Environment,
+            Offers::Id,
+            Offers::CustomerId,
+            Offers::StorefrontId,
+            Offers::Intent,
+            Offers::Items,
+            Offers::CreatedAt,
+            Offers::ExpiresAt,
+        ])
+        .values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            o.id.clone().into(),
+            o.customer_id.clone().into(),
+            o.storefront_id.clone().into(),
+            o.intent.clone().into(),
+            o.items.clone().into(),
+            o.created_at.into(),
+            o.expires_at.into(),
+        ])
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// One offer.
+pub async fn get_offer(tx: &mut TenantTx, id: &str) -> Result<Option<OfferRow>> {
+    let q = Query::select()
+        .columns([
+            Offers::Id,
+            Offers::CustomerId,
+            Offers::StorefrontId,
+            Offers::Intent,
+            Offers::Items,
+            Offers::CreatedAt,
+            Offers::ExpiresAt,
+        ])
+        .from(Offers::Table)
+        .cond_where(tx.in_scope(Offers::TenantId, Offers::Environment))
+        .and_where(Expr::col(Offers::Id).eq(id))
+        .to_owned();
+    tx.tx.fetch_optional::<OfferRow>(&q).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkouts
+
+#[derive(Iden, Clone, Copy)]
+enum Checkouts {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    CustomerId,
+    OfferId,
+    PriceId,
+    PaymentMethodId,
+    Status,
+    FailureCode,
+    SubscriptionId,
+    PaymentId,
+    NextAction,
+    CorrelationId,
+    LockedUntil,
+    CreatedAt,
+    UpdatedAt,
+}
+
+const CHECKOUT_COLUMNS: [Checkouts; 15] = [
+    Checkouts::Id,
+    Checkouts::CustomerId,
+    Checkouts::OfferId,
+    Checkouts::PriceId,
+    Checkouts::PaymentMethodId,
+    Checkouts::Status,
+    Checkouts::FailureCode,
+    Checkouts::SubscriptionId,
+    Checkouts::PaymentId,
+    Checkouts::NextAction,
+    Checkouts::CorrelationId,
+    Checkouts::LockedUntil,
+    Checkouts::CreatedAt,
+    Checkouts::UpdatedAt,
+    Checkouts::Environment,
+];
+
+/// A checkout as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CheckoutRow {
+    pub id: String,
+    pub customer_id: String,
+    pub offer_id: String,
+    pub price_id: String,
+    pub payment_method_id: Option<String>,
+    /// `processing`, `requires_action`, `succeeded` or `failed`.
+    pub status: String,
+    pub failure_code: Option<String>,
+    pub subscription_id: Option<String>,
+    pub payment_id: Option<String>,
+    /// The PSP's next action while `requires_action` (JSON text).
+    pub next_action: Option<String>,
+    pub correlation_id: String,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Adds a checkout.
+pub async fn insert_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
+    let mut cols = CHECKOUT_COLUMNS.to_vec();
+    cols.push(Checkouts::TenantId);
+    let v: Vec<sea_query::SimpleExpr> = vec![
+        c.id.clone().into(),
+        c.customer_id.clone().into(),
+        c.offer_id.clone().into(),
+        c.price_id.clone().into(),
+        c.payment_method_id.clone().into(),
+        c.status.clone().into(),
+        c.failure_code.clone().into(),
+        c.subscription_id.clone().into(),
+        c.payment_id.clone().into(),
+        c.next_action.clone().into(),
+        c.correlation_id.clone().into(),
+        c.locked_until.into(),
+        c.created_at.into(),
+        c.updated_at.into(),
+        tx.scope().environment().as_str().into(),
+        tx.scope().tenant_id().to_string().into(),
+    ];
+    let q = Query::insert().into_table(Checkouts::Table).columns(cols).values_panic(v).to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Writes a checkout's progress.
+pub async fn update_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
+    let q = Query::update()
+        .table(Checkouts::Table)
+        .values([
+            (Checkouts::Status, c.status.clone().into()),
+            (Checkouts::FailureCode, c.failure_code.clone().into()),
+            (Checkouts::SubscriptionId, c.subscription_id.clone().into()),
+            (Checkouts::PaymentId, c.payment_id.clone().into()),
+            (Checkouts::NextAction, c.next_action.clone().into()),
+            (Checkouts::LockedUntil, c.locked_until.into()),
+            (Checkouts::UpdatedAt, c.updated_at.into()),
+        ])
+        .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
+        .and_where(Expr::col(Checkouts::Id).eq(c.id.clone()))
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+fn select_checkouts(tx: &TenantTx) -> SelectStatement {
+    Query::select()
+        .columns(CHECKOUT_COLUMNS[..14].to_vec())
+        .from(Checkouts::Table)
+        .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
+        .to_owned()
+}
+
+/// One checkout.
+pub async fn get_checkout(tx: &mut TenantTx, id: &str) -> Result<Option<CheckoutRow>> {
+    let q = select_checkouts(tx).and_where(Expr::col(Checkouts::Id).eq(id)).to_owned();
+    tx.tx.fetch_optional::<CheckoutRow>(&q).await
+}
+
+/// Takes a checkout's job for this caller until `until`: `false` when it is not in progress or
+/// another process holds it.
+pub async fn claim_checkout(
+    tx: &mut TenantTx,
+    id: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool> {
+    let q = Query::update()
+        .table(Checkouts::Table)
+        .value(Checkouts::LockedUntil, until)
+        .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
+        .and_where(Expr::col(Checkouts::Id).eq(id))
+        .and_where(Expr::col(Checkouts::Status).is_in(["processing", "requires_action"]))
+        .cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(Checkouts::LockedUntil).is_null())
+                .add(Expr::col(Checkouts::LockedUntil).lt(now)),
+        )
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+/// Checkouts whose job is due: in progress and not held (oldest first).
+pub async fn due_checkouts(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> Result<Vec<CheckoutRow>> {
+    let q = select_checkouts(tx)
+        .and_where(Expr::col(Checkouts::Status).is_in(["processing", "requires_action"]))
+        .cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(Checkouts::LockedUntil).is_null())
+                .add(Expr::col(Checkouts::LockedUntil).lt(now)),
+        )
+        .order_by(Checkouts::Id, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    tx.tx.fetch_all::<CheckoutRow>(&q).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriptions
+
+#[derive(Iden, Clone, Copy)]
+enum Subscriptions {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    CustomerId,
+    StorefrontId,
+    BundleId,
+    Family,
+    PriceId,
+    PriceVersion,
+    Amount,
+    Currency,
+    PeriodUnit,
+    PeriodCount,
+    Status,
+    Anchor,
+    PeriodStart,
+    PeriodEnd,
+    Periods,
+    TrialEnd,
+    HadTrial,
+    EndsAt,
+    CanceledImmediately,
+    PausedAt,
+    PaymentMethodId,
+    CancelReason,
+    CheckoutId,
+    CreatedAt,
+    UpdatedAt,
+}
+
+const SUB_COLUMNS: [Subscriptions; 27] = [
+    Subscriptions::Id,
+    Subscriptions::CustomerId,
+    Subscriptions::StorefrontId,
+    Subscriptions::BundleId,
+    Subscriptions::Family,
+    Subscriptions::PriceId,
+    Subscriptions::PriceVersion,
+    Subscriptions::Amount,
+    Subscriptions::Currency,
+    Subscriptions::PeriodUnit,
+    Subscriptions::PeriodCount,
+    Subscriptions::Status,
+    Subscriptions::Anchor,
+    Subscriptions::PeriodStart,
+    Subscriptions::PeriodEnd,
+    Subscriptions::Periods,
+    Subscriptions::TrialEnd,
+    Subscriptions::HadTrial,
+    Subscriptions::EndsAt,
+    Subscriptions::CanceledImmediately,
+    Subscriptions::PausedAt,
+    Subscriptions::PaymentMethodId,
+    Subscriptions::CancelReason,
+    Subscriptions::CheckoutId,
+    Subscriptions::CreatedAt,
+    Subscriptions::UpdatedAt,
+    Subscriptions::Environment,
+];
+
+/// A subscription as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub customer_id: String,
+    pub storefront_id: String,
+    pub bundle_id: String,
+    pub family: String,
+    pub price_id: String,
+    pub price_version: i32,
+    pub amount: i64,
+    pub currency: String,
+    pub period_unit: String,
+    pub period_count: i32,
+    pub status: String,
+    pub anchor: DateTime<Utc>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub periods: i32,
+    pub trial_end: Option<DateTime<Utc>>,
+    /// Whether it started with a trial (eligibility: one trial per family).
+    pub had_trial: bool,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub canceled_immediately: bool,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub payment_method_id: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub checkout_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn sub_values(s: &SubscriptionRow) -> Vec<sea_query::SimpleExpr> {
+    vec![
+        s.id.clone().into(),
+        s.customer_id.clone().into(),
+        s.storefront_id.clone().into(),
+        s.bundle_id.clone().into(),
+        s.family.clone().into(),
+        s.price_id.clone().into(),
+        s.price_version.into(),
+        s.amount.into(),
+        s.currency.clone().into(),
+        s.period_unit.clone().into(),
+        s.period_count.into(),
+        s.status.clone().into(),
+        s.anchor.into(),
+        s.period_start.into(),
+        s.period_end.into(),
+        s.periods.into(),
+        s.trial_end.into(),
+        s.had_trial.into(),
+        s.ends_at.into(),
+        s.canceled_immediately.into(),
+        s.paused_at.into(),
+        s.payment_method_id.clone().into(),
+        s.cancel_reason.clone().into(),
+        s.checkout_id.clone().into(),
+        s.created_at.into(),
+        s.updated_at.into(),
+    ]
+}
+
+/// Adds a subscription; a second one for the same checkout is a unique violation.
+pub async fn insert_subscription(tx: &mut TenantTx, s: &SubscriptionRow) -> Result<()> {
+    let mut cols = SUB_COLUMNS.to_vec();
+    cols.push(Subscriptions::TenantId);
+    let mut v = sub_values(s);
+    v.push(tx.scope().environment().as_str().into());
+    v.push(tx.scope().tenant_id().to_string().into());
+    let q = Query::insert().into_table(Subscriptions::Table).columns(cols).values_panic(v).to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Writes a subscription's lifecycle fields, only if it is still as `expected_updated_at`
+/// says (optimistic concurrency): `false` when someone else changed it first.
+pub async fn update_subscription(
+    tx: &mut TenantTx,
+    s: &SubscriptionRow,
+    expected_updated_at: DateTime<Utc>,
+) -> Result<bool> {
+    let q = Query::update()
+        .table(Subscriptions::Table)
+        .values([
+            (Subscriptions::Status, s.status.clone().into()),
+            (Subscriptions::Anchor, s.anchor.into()),
+            (Subscriptions::PeriodStart, s.period_start.into()),
+            (Subscriptions::PeriodEnd, s.period_end.into()),
+            (Subscriptions::Periods, s.periods.into()),
+            (Subscriptions::TrialEnd, s.trial_end.into()),
+            (Subscriptions::EndsAt, s.ends_at.into()),
+            (Subscriptions::CanceledImmediately, s.canceled_immediately.into()),
+            (Subscriptions::PausedAt, s.paused_at.into()),
+            (Subscriptions::PaymentMethodId, s.payment_method_id.clone().into()),
+            (Subscriptions::CancelReason, s.cancel_reason.clone().into()),
+            (Subscriptions::UpdatedAt, s.updated_at.into()),
+        ])
+        .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
+        .and_where(Expr::col(Subscriptions::Id).eq(s.id.clone()))
+        .and_where(Expr::col(Subscriptions::UpdatedAt).eq(expected_updated_at))
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+fn select_subs(tx: &TenantTx) -> SelectStatement {
+    Query::select()
+        .columns(SUB_COLUMNS[..26].to_vec())
+        .from(Subscriptions::Table)
+        .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
+        .to_owned()
+}
+
+/// One subscription.
+pub async fn get_subscription(tx: &mut TenantTx, id: &str) -> Result<Option<SubscriptionRow>> {
+    let q = select_subs(tx).and_where(Expr::col(Subscriptions::Id).eq(id)).to_owned();
+    tx.tx.fetch_optional::<SubscriptionRow>(&q).await
+}
+
+/// The subscription a checkout created.
+pub async fn subscription_of_checkout(
+    tx: &mut TenantTx,
+    checkout_id: &str,
+) -> Result<Option<SubscriptionRow>> {
+    let q = select_subs(tx).and_where(Expr::col(Subscriptions::CheckoutId).eq(checkout_id)).to_owned();
+    tx.tx.fetch_optional::<SubscriptionRow>(&q).await
+}
+
+/// Filters of a subscription list.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionFilter<'a> {
+    pub customer_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub storefront_id: Option<&'a str>,
+    pub family: Option<&'a str>,
+    /// Only these storefronts (a restricted API key).
+    pub storefronts: Option<&'a [String]>,
+}
+
+/// Subscriptions in id order after `starting_after`.
+pub async fn list_subscriptions(
+    tx: &mut TenantTx,
+    f: &SubscriptionFilter<'_>,
+    limit: u32,
+    starting_after: Option<&str>,
+) -> Result<(Vec<SubscriptionRow>, bool)> {
+    let mut q =
+        select_subs(tx).order_by(Subscriptions::Id, Order::Asc).limit(u64::from(limit) + 1).to_owned();
+    if let Some(a) = starting_after {
+        q.and_where(Expr::col(Subscriptions::Id).gt(a));
+    }
+    if let Some(c) = f.customer_id {
+        q.and_where(Expr::col(Subscriptions::CustomerId).eq(c));
+    }
+    if let Some(s) = f.status {
+        q.and_where(Expr::col(Subscriptions::Status).eq(s));
+    }
+    if let Some(s) = f.storefront_id {
+        q.and_where(Expr::col(Subscriptions::StorefrontId).eq(s));
+    }
+    if let Some(s) = f.family {
+        q.and_where(Expr::col(Subscriptions::Family).eq(s));
+    }
+    if let Some(s) = f.storefronts {
+        q.and_where(Expr::col(Subscriptions::StorefrontId).is_in(s.iter().cloned()));
+    }
+    let mut rows = tx.tx.fetch_all::<SubscriptionRow>(&q).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok((rows, more))
+}
+
+/// Subscriptions in `status` whose `column` (a date) has come: trial ends, cancellation ends.
+pub async fn due(
+    tx: &mut TenantTx,
+    status: &str,
+    trial: bool,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<SubscriptionRow>> {
+    let col = if trial { Subscriptions::TrialEnd } else { Subscriptions::EndsAt };
+    let q = select_subs(tx)
+        .and_where(Expr::col(Subscriptions::Status).eq(status))
+        .and_where(Expr::col(col).lte(now))
+        .order_by(Subscriptions::Id, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    tx.tx.fetch_all::<SubscriptionRow>(&q).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entitlement grants
+
+#[derive(Iden, Clone, Copy)]
+enum EntitlementGrants {
+    Table,
+    TenantId,
+    Environment,
+    SubscriptionId,
+    CustomerId,
+    EntitlementKey,
+    Kind,
+    Quantity,
+    Unit,
+}
+
+#[derive(Iden, Clone, Copy)]
+enum Storefronts {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    Dunning,
+}
+
+/// One entitlement a subscription grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub entitlement_key: String,
+    /// `boolean` or `quantity`.
+    pub kind: String,
+    pub quantity: Option<i64>,
+    pub unit: Option<String>,
+}
+
+/// Records what a subscription grants.
+pub async fn insert_grants(
+    tx: &mut TenantTx,
+    subscription_id: &str,
+    customer_id: &str,
+    grants: &[Grant],
+) -> Result<()> {
+    if grants.is_empty() {
+        return Ok(());
+    }
+    let mut q = Query::insert()
+        .into_table(EntitlementGrants::Table)
+        .columns([
+            EntitlementGrants::TenantId,
+            EntitlementGrants::Environment,
+            EntitlementGrants::SubscriptionId,
+            EntitlementGrants::CustomerId,
+            EntitlementGrants::EntitlementKey,
+            EntitlementGrants::Kind,
+            EntitlementGrants::Quantity,
+            EntitlementGrants::Unit,
+        ])
+        .to_owned();
+    for g in grants {
+        q.values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            subscription_id.into(),
+            customer_id.into(),
+            g.entitlement_key.clone().into(),
+            g.kind.clone().into(),
+            g.quantity.into(),
+            g.unit.clone().into(),
+        ]);
+    }
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// A grant with the state of the subscription behind it and its storefront's dunning policy
+/// (what access during `past_due` depends on).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GrantState {
+    pub entitlement_key: String,
+    pub kind: String,
+    pub quantity: Option<i64>,
+    pub unit: Option<String>,
+    pub subscription_id: String,
+    pub status: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub periods: i32,
+    pub anchor: DateTime<Utc>,
+    pub trial_end: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub canceled_immediately: bool,
+    pub paused_at: Option<DateTime<Utc>>,
+    #[sqlx(json)]
+    pub dunning: Value,
+}
+
+/// A customer's grants (one entitlement's, when `key` is given) with their subscriptions'
+/// state, in one query: the hottest read path.
+pub async fn grants_of(tx: &mut TenantTx, customer_id: &str, key: Option<&str>) -> Result<Vec<GrantState>> {
+    let g = EntitlementGrants::Table;
+    let s = Subscriptions::Table;
+    let st = Storefronts::Table;
+    let tenant = tx.scope().tenant_id().to_string();
+    let env = tx.scope().environment().as_str().to_owned();
+    let mut q = Query::select()
+        .columns([
+            (g, EntitlementGrants::EntitlementKey),
+            (g, EntitlementGrants::Kind),
+            (g, EntitlementGrants::Quantity),
+            (g, EntitlementGrants::Unit),
+            (g, EntitlementGrants::SubscriptionId),
+        ])
+        .columns([
+            (s, Subscriptions::Status),
+            (s, Subscriptions::PeriodStart),
+            (s, Subscriptions::PeriodEnd),
+            (s, Subscriptions::Periods),
+            (s, Subscriptions::Anchor),
+            (s, Subscriptions::TrialEnd),
+            (s, Subscriptions::EndsAt),
+            (s, Subscriptions::CanceledImmediately),
+            (s, Subscriptions::PausedAt),
+        ])
+        .column((st, Storefronts::Dunning))
+        .from(g)
+        .inner_join(
+            s,
+            Expr::col((s, Subscriptions::TenantId))
+                .equals((g, EntitlementGrants::TenantId))
+                .and(Expr::col((s, Subscriptions::Environment)).equals((g, EntitlementGrants::Environment)))
+                .and(Expr::col((s, Subscriptions::Id)).equals((g, EntitlementGrants::SubscriptionId))),
+        )
+        .inner_join(
+            st,
+            Expr::col((st, Storefronts::TenantId))
+                .equals((s, Subscriptions::TenantId))
+                .and(Expr::col((st, Storefronts::Environment)).equals((s, Subscriptions::Environment)))
+                .and(Expr::col((st, Storefronts::Id)).equals((s, Subscriptions::StorefrontId))),
+        )
+        .and_where(Expr::col((g, EntitlementGrants::TenantId)).eq(tenant))
+        .and_where(Expr::col((g, EntitlementGrants::Environment)).eq(env))
+        .and_where(Expr::col((g, EntitlementGrants::CustomerId)).eq(customer_id))
+        .and_where(Expr::col((s, Subscriptions::Status)).ne("expired"))
+        .order_by((g, EntitlementGrants::EntitlementKey), Order::Asc)
+        .order_by((g, EntitlementGrants::SubscriptionId), Order::Asc)
+        .to_owned();
+    if let Some(k) = key {
+        q.and_where(Expr::col((g, EntitlementGrants::EntitlementKey)).eq(k));
+    }
+    tx.tx.fetch_all::<GrantState>(&q).await
+}
