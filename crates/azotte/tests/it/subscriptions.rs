@@ -471,3 +471,152 @@ both!(
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes
 );
+
+async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    // With a payment method: charged off session at trial end, then active.
+    let c = post(
+        &app,
+        "/v1/checkouts",
+        json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.trial, "payment_method_id": shop.pm}),
+        202,
+    )
+    .await;
+    let sid = settle(&app, &id(&c)).await["subscription_id"].as_str().unwrap().to_owned();
+    // Pausing a trial is against the storefront's policy.
+    let r = app
+        .post(&format!("/v1/subscriptions/{sid}/pause"), json!({}))
+        .tenant(T, ENV)
+        .expect(409)
+        .await
+        .problem();
+    assert_eq!(r.code, "trial_pause_not_allowed");
+    // Another customer without a payment method lapses.
+    let cus2 = id(&post(&app, "/v1/customers", json!({"external_id": "viewer-3"}), 201).await);
+    let o2 = post(&app, "/v1/offers", json!({"customer_id": cus2, "storefront_id": shop.sf}), 201).await;
+    let c2 = post(
+        &app,
+        "/v1/checkouts",
+        json!({"customer_id": cus2, "offer_id": o2["id"], "price_id": shop.trial}),
+        202,
+    )
+    .await;
+    let sid2 = settle(&app, &id(&c2)).await["subscription_id"].as_str().unwrap().to_owned();
+
+    let k = key(&app).await;
+    app.ctx.clock.advance(chrono::Duration::days(14) + chrono::Duration::minutes(1));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let read = |sid: String| {
+        let (app, k) = (&app, k.clone());
+        async move {
+            app.get(&format!("/v1/subscriptions/{sid}"))
+                .token(&k)
+                .header("x-tn", T)
+                .expect(200)
+                .await
+                .json::<Value>()
+        }
+    };
+    let converted = read(sid.clone()).await;
+    assert_eq!(converted["status"], "active", "{converted}");
+    assert!(converted["current_period_start"].as_str() == converted["trial_end"].as_str());
+    let charges: Vec<_> = app.ctx.psp.sandbox.ledger().entries();
+    let captured: i64 =
+        charges.iter().filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture)).map(|e| e.amount).sum();
+    assert_eq!(captured, 499, "one charge, the first period");
+    assert_eq!(read(sid2).await["status"], "expired");
+    // Running the jobs again changes nothing and charges nothing.
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().entries().len(), charges.len());
+}
+
+async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(waiting["status"], "requires_action");
+    assert!(waiting["next_action"].is_object(), "{waiting}");
+    // The customer authenticates; the PSP's webhook settles the payment; the worker finishes.
+    let payment = get(&app, &format!("/v1/payments/{}", waiting["payment_id"].as_str().unwrap())).await;
+    let account: azotte_domain::id::PspAccountId =
+        payment["psp_account_id"].as_str().unwrap().parse().unwrap();
+    let psp_id = app.ctx.psp.sandbox.events().iter().rev().find_map(|e| match &e.object {
+        azotte_payments::WebhookObject::Payment(p) => Some(p.psp_id.clone()),
+        _ => None,
+    });
+    app.ctx.psp.sandbox.complete_action(&account, &psp_id.unwrap(), true).unwrap();
+    let event = app.ctx.psp.sandbox.events().pop().unwrap();
+    let (headers, body) = azotte_payments::sandbox::webhook::sign(
+        &azotte_payments::Account::new(account),
+        &event,
+        app.ctx.clock.now(),
+    );
+    let tenant = app.raw_strings(&format!("SELECT id FROM tenants WHERE slug = '{T}'")).await.remove(0);
+    let mut call = app
+        .post(&format!("/v1/psp-webhooks/{tenant}/{ENV}/{account}"), json!(null))
+        .anon()
+        .body("application/json", body);
+    for (k, v) in headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-type")) {
+        call = call.header(k, v);
+    }
+    call.expect(200).await;
+    app.ctx.clock.advance(chrono::Duration::seconds(10));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let done = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!((done["status"].as_str(), done["next_action"].as_object()), (Some("succeeded"), None));
+    assert_eq!(app.ctx.psp.sandbox.ledger().captured(&id(&payment).parse().unwrap()), 999);
+}
+
+async fn foreign_ids_and_methods_are_refused(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    // A payment method of another storefront's PSP account.
+    let sf2 = id(&post(
+        &app,
+        "/v1/storefronts",
+        json!({"name": "App", "type": "mobile", "default_currency": "EUR", "default_language": "en", "countries": ["DE"],
+               "tax": {"kind": "inclusive", "rate_bp": 1900}}),
+        201,
+    )
+    .await);
+    let acc2 = id(&post(
+        &app,
+        &format!("/v1/storefronts/{sf2}/psp-accounts"),
+        json!({"connector": "sandbox", "display_name": "S2", "mode": "test"}),
+        201,
+    )
+    .await);
+    let pm2 = id(&post(
+        &app,
+        &format!("/v1/customers/{}/payment-methods", shop.cus),
+        json!({"storefront_id": sf2, "psp_account_id": acc2, "token": "tok_sandbox_success"}),
+        201,
+    )
+    .await);
+    let r = app
+        .post("/v1/checkouts", json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": pm2}))
+        .tenant(T, ENV)
+        .expect(422)
+        .await
+        .problem();
+    assert_eq!(r.errors[0].code, "payment_method_not_in_storefront");
+    // Another tenant sees none of it.
+    app.create_tenant("other").await;
+    for path in [format!("/v1/offers/{}", id(&o)), format!("/v1/customers/{}/entitlements", shop.cus)] {
+        app.get(&path).tenant("other", ENV).expect(404).await;
+    }
+    let r = app
+        .post("/v1/offers", json!({"customer_id": shop.cus, "storefront_id": shop.sf}))
+        .tenant("other", ENV)
+        .expect(404)
+        .await
+        .problem();
+    assert!(r.code.ends_with("_not_found"), "{}", r.code);
+}
+
+both!(
+    trials_convert_with_a_charge_or_lapse_without_a_method,
+    three_d_secure_checkout_waits_for_the_customer,
+    foreign_ids_and_methods_are_refused
+);
