@@ -416,6 +416,38 @@ impl DunningPolicy {
     }
 }
 
+/// How a storefront's subscriptions may move (issue 8): trial eligibility and pausing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifecyclePolicy {
+    /// Days after a customer's last trial or subscription of a bundle family ended before a new
+    /// trial of that family is offered (default 180; one trial per family per customer always).
+    #[serde(default = "default_cooldown")]
+    pub trial_cooldown_days: u32,
+    /// Whether a subscription may be paused during its trial (default false: a paused trial
+    /// would stretch it).
+    #[serde(default)]
+    pub pause_trials: bool,
+}
+
+fn default_cooldown() -> u32 {
+    180
+}
+
+impl Default for LifecyclePolicy {
+    fn default() -> Self {
+        LifecyclePolicy { trial_cooldown_days: default_cooldown(), pause_trials: false }
+    }
+}
+
+impl LifecyclePolicy {
+    pub fn validate(&self, errors: &mut Vec<FieldError>) {
+        if self.trial_cooldown_days > 3650 {
+            errors.push(FieldError::new("lifecycle.trial_cooldown_days", "out_of_range", "0 to 3650 days"));
+        }
+    }
+}
+
 /// Validates a stable key: `a-z`, digits and `_`, starting with a letter, 2 to 64 characters.
 pub fn validate_key(field: &str, s: &str) -> Result<(), FieldError> {
     let ok = (2..=64).contains(&s.len())

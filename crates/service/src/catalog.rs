@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use azotte_domain::catalog::{
     self as rules, ActiveStatus, BillingPeriod, BundleStatus, BundleType, Currency, DunningPolicy,
-    EntitlementKind, StorefrontStatus, StorefrontType, TaxKind, TaxScheme, Trial,
+    EntitlementKind, LifecyclePolicy, StorefrontStatus, StorefrontType, TaxKind, TaxScheme, Trial,
 };
 use azotte_domain::id::{BundleId, EntitlementId, PriceId, PriceVersionId, StorefrontId};
 use azotte_domain::permission::Permission;
@@ -80,6 +80,7 @@ pub struct StorefrontInput {
     pub tax: TaxScheme,
     pub status: Option<StorefrontStatus>,
     pub dunning: Option<DunningPolicy>,
+    pub lifecycle: Option<LifecyclePolicy>,
     pub invoice_prefix: Option<String>,
 }
 
@@ -95,6 +96,7 @@ pub struct StorefrontPatch {
     pub tax: Option<TaxScheme>,
     pub status: Option<StorefrontStatus>,
     pub dunning: Option<DunningPolicy>,
+    pub lifecycle: Option<LifecyclePolicy>,
     pub invoice_prefix: Option<String>,
 }
 
@@ -156,6 +158,7 @@ fn check_storefront(
     s.countries = set.iter().cloned().collect();
     s.tax.validate(&set, &mut errors.0);
     s.dunning.validate(&mut errors.0);
+    s.lifecycle.validate(&mut errors.0);
     errors.check(validate_prefix(&s.invoice_prefix));
     errors.finish()
 }
@@ -164,7 +167,7 @@ fn storefront_json(s: &Storefront) -> serde_json::Value {
     json!({
         "name": s.name, "type": s.type_, "default_currency": s.default_currency, "currencies": s.currencies,
         "default_language": s.default_language, "countries": s.countries, "tax": s.tax, "status": s.status,
-        "dunning": s.dunning, "invoice_prefix": s.invoice_prefix,
+        "dunning": s.dunning, "lifecycle": s.lifecycle, "invoice_prefix": s.invoice_prefix,
     })
 }
 
@@ -202,6 +205,7 @@ pub async fn create_storefront(ctx: &Ctx, scope: &TenantScope, input: Storefront
         tax: input.tax,
         status: input.status.unwrap_or(StorefrontStatus::Active),
         dunning: input.dunning.unwrap_or_default(),
+        lifecycle: input.lifecycle.unwrap_or_default(),
         invoice_prefix: input.invoice_prefix.unwrap_or_else(|| DEFAULT_INVOICE_PREFIX.into()),
         created_at: now,
         updated_at: now,
@@ -244,6 +248,9 @@ pub async fn update_storefront(
     }
     if let Some(v) = p.dunning {
         s.dunning = v;
+    }
+    if let Some(v) = p.lifecycle {
+        s.lifecycle = v;
     }
     if let Some(v) = p.invoice_prefix {
         s.invoice_prefix = v;

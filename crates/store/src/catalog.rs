@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use azotte_domain::catalog::{
     ActiveStatus, BillingPeriod, BundleStatus, BundleType, Currency, DunningPolicy, EntitlementKind,
-    PeriodUnit, StorefrontStatus, StorefrontType, TaxKind, TaxScheme, Trial,
+    LifecyclePolicy, PeriodUnit, StorefrontStatus, StorefrontType, TaxKind, TaxScheme, Trial,
 };
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, Order, Query, SelectStatement};
@@ -51,9 +51,10 @@ enum Storefronts {
     InvoicePrefix,
     CreatedAt,
     UpdatedAt,
+    Lifecycle,
 }
 
-const STOREFRONT_COLUMNS: [Storefronts; 14] = [
+const STOREFRONT_COLUMNS: [Storefronts; 15] = [
     Storefronts::Id,
     Storefronts::Name,
     Storefronts::Type,
@@ -67,6 +68,7 @@ const STOREFRONT_COLUMNS: [Storefronts; 14] = [
     Storefronts::InvoicePrefix,
     Storefronts::CreatedAt,
     Storefronts::UpdatedAt,
+    Storefronts::Lifecycle,
     Storefronts::Environment,
 ];
 
@@ -84,6 +86,7 @@ pub struct Storefront {
     pub tax: TaxScheme,
     pub status: StorefrontStatus,
     pub dunning: DunningPolicy,
+    pub lifecycle: LifecyclePolicy,
     pub invoice_prefix: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -102,6 +105,7 @@ struct StorefrontRow {
     tax: Json<TaxScheme>,
     status: String,
     dunning: Json<DunningPolicy>,
+    lifecycle: Json<LifecyclePolicy>,
     invoice_prefix: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -122,6 +126,7 @@ impl TryFrom<StorefrontRow> for Storefront {
             countries: r.countries.0,
             tax: r.tax.0,
             dunning: r.dunning.0,
+            lifecycle: r.lifecycle.0,
             invoice_prefix: r.invoice_prefix,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -129,7 +134,7 @@ impl TryFrom<StorefrontRow> for Storefront {
     }
 }
 
-fn storefront_values(s: &Storefront) -> [sea_query::SimpleExpr; 13] {
+fn storefront_values(s: &Storefront) -> [sea_query::SimpleExpr; 14] {
     [
         s.id.clone().into(),
         s.name.clone().into(),
@@ -144,6 +149,7 @@ fn storefront_values(s: &Storefront) -> [sea_query::SimpleExpr; 13] {
         s.invoice_prefix.clone().into(),
         s.created_at.into(),
         s.updated_at.into(),
+        serde_json::json!(s.lifecycle).into(),
     ]
 }
 
@@ -165,7 +171,7 @@ pub async fn update_storefront(tx: &mut TenantTx, s: &Storefront) -> Result<()> 
     let values = storefront_values(s);
     let q = Query::update()
         .table(Storefronts::Table)
-        .values(STOREFRONT_COLUMNS[1..13].iter().copied().zip(values.into_iter().skip(1)))
+        .values(STOREFRONT_COLUMNS[1..14].iter().copied().zip(values.into_iter().skip(1)))
         .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))
         .and_where(Expr::col(Storefronts::Id).eq(s.id.clone()))
         .to_owned();
@@ -175,7 +181,7 @@ pub async fn update_storefront(tx: &mut TenantTx, s: &Storefront) -> Result<()> 
 
 fn select_storefronts(tx: &TenantTx) -> SelectStatement {
     let mut q =
-        Query::select().columns(STOREFRONT_COLUMNS[..13].to_vec()).from(Storefronts::Table).to_owned();
+        Query::select().columns(STOREFRONT_COLUMNS[..14].to_vec()).from(Storefronts::Table).to_owned();
     scoped(&mut q, tx, Storefronts::TenantId, Storefronts::Environment);
     q
 }

@@ -492,6 +492,22 @@ async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
         .await
         .problem();
     assert_eq!(r.code, "trial_pause_not_allowed");
+    // The storefront may allow it.
+    let sf = app
+        .patch(&format!("/v1/storefronts/{}", shop.sf), json!({"lifecycle": {"pause_trials": true}}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await
+        .json::<Value>();
+    assert_eq!(sf["lifecycle"], json!({"trial_cooldown_days": 180, "pause_trials": true}));
+    assert_eq!(
+        post(&app, &format!("/v1/subscriptions/{sid}/pause"), json!({}), 200).await["status"],
+        "paused"
+    );
+    assert_eq!(
+        post(&app, &format!("/v1/subscriptions/{sid}/resume"), json!({}), 200).await["status"],
+        "trialing"
+    );
     // Another customer without a payment method lapses.
     let cus2 = id(&post(&app, "/v1/customers", json!({"external_id": "viewer-3"}), 201).await);
     let o2 = post(&app, "/v1/offers", json!({"customer_id": cus2, "storefront_id": shop.sf}), 201).await;
@@ -522,8 +538,11 @@ async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
     assert_eq!(converted["status"], "active", "{converted}");
     assert!(converted["current_period_start"].as_str() == converted["trial_end"].as_str());
     let charges: Vec<_> = app.ctx.psp.sandbox.ledger().entries();
-    let captured: i64 =
-        charges.iter().filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture)).map(|e| e.amount).sum();
+    let captured: i64 = charges
+        .iter()
+        .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture))
+        .map(|e| e.amount)
+        .sum();
     assert_eq!(captured, 499, "one charge, the first period");
     assert_eq!(read(sid2).await["status"], "expired");
     // Running the jobs again changes nothing and charges nothing.

@@ -21,7 +21,7 @@ use azotte_store::{StoreError, TenantScope};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::offers::{family_history, Offer, OfferItem, TRIAL_COOLDOWN_DAYS};
+use super::offers::{family_history, Offer, OfferItem};
 use crate::payments::{self, ChargeInput};
 use crate::{Ctx, Result, ServiceError};
 
@@ -293,7 +293,9 @@ async fn check_and_charge(
     let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
     let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
     let all = catalog_store::all_entitlements(&mut tx).await?;
+    let storefront = catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?;
     tx.commit().await?;
+    let Some(storefront) = storefront else { return Ok(Err("storefront_not_available")) };
     if existing.is_some() {
         return Ok(Ok(Step::Done));
     }
@@ -311,7 +313,8 @@ async fn check_and_charge(
         return Ok(Err("already_subscribed"));
     }
     let trial_days = item.trial_days;
-    if trial_days > 0 && !trial_eligibility(&history, now, TRIAL_COOLDOWN_DAYS).eligible {
+    if trial_days > 0 && !trial_eligibility(&history, now, storefront.lifecycle.trial_cooldown_days).eligible
+    {
         return Ok(Err("trial_not_eligible"));
     }
     // The charge (none for a trial): one payment per checkout, whoever runs the job.

@@ -214,9 +214,6 @@ pub enum Operation {
     Extend(u32),
 }
 
-/// Storefront policy: may a trial be paused? (Not by default: a paused trial would stretch it.)
-pub const PAUSE_TRIALS: bool = false;
-
 /// Reactivates, pauses, resumes, defers or extends a subscription.
 pub async fn operate(ctx: &Ctx, scope: &TenantScope, id: &str, op: Operation) -> Result<SubscriptionRow> {
     crate::security::require(ctx, scope, Permission::SubscriptionWrite).await?;
@@ -225,7 +222,7 @@ pub async fn operate(ctx: &Ctx, scope: &TenantScope, id: &str, op: Operation) ->
     let (event, action) = match op {
         Operation::Reactivate => (Event::Reactivate, "subscription.reactivate"),
         Operation::Pause => {
-            if row.status == "trialing" && !PAUSE_TRIALS {
+            if row.status == "trialing" && !pause_trials(ctx, scope, &row.storefront_id).await? {
                 return Err(ServiceError::Conflict {
                     code: "trial_pause_not_allowed",
                     message: "the storefront's policy does not allow pausing a trial".into(),
@@ -303,6 +300,14 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         }
     }
     Ok(moved)
+}
+
+/// The storefront's policy: may a trial be paused?
+async fn pause_trials(ctx: &Ctx, scope: &TenantScope, storefront_id: &str) -> Result<bool> {
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let sf = azotte_store::catalog::get_storefront(&mut tx, storefront_id).await?;
+    tx.commit().await?;
+    Ok(sf.is_some_and(|s| s.lifecycle.pause_trials))
 }
 
 /// Access during `past_due` follows the storefront's dunning policy.

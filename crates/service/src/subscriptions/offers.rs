@@ -18,8 +18,6 @@ use crate::{Ctx, Result, ServiceError};
 
 /// How long an offer can be checked out.
 pub const OFFER_TTL: chrono::Duration = chrono::Duration::minutes(30);
-/// Days after a family's last trial or subscription ended before a new trial is offered.
-pub const TRIAL_COOLDOWN_DAYS: u32 = 180;
 
 /// Why the offer is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +189,7 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
                 (Some(_), _, Intent::Winback) => (0, vec!["winback_has_no_trial".to_owned()]),
                 (Some(t), None, _) => (t.days, vec!["showcase".to_owned()]),
                 (Some(t), Some(h), Intent::New) => {
-                    let d = trial_eligibility(h, now, TRIAL_COOLDOWN_DAYS);
+                    let d = trial_eligibility(h, now, sf.lifecycle.trial_cooldown_days);
                     let reasons = d.reasons.iter().map(|r| (*r).to_owned()).collect();
                     (if d.eligible { t.days } else { 0 }, reasons)
                 }
@@ -225,7 +223,7 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
             now,
             "offer.eligibility",
             r,
-            json!({"items": decisions, "cooldown_days": TRIAL_COOLDOWN_DAYS}),
+            json!({"items": decisions, "cooldown_days": sf.lifecycle.trial_cooldown_days}),
         )
         .await?;
     }

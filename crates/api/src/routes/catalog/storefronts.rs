@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use azotte_domain::catalog::{
-    DunningPolicy, EntitlementKind, Money, StorefrontStatus, StorefrontType, TaxScheme,
+    DunningPolicy, EntitlementKind, LifecyclePolicy, Money, StorefrontStatus, StorefrontType, TaxScheme,
 };
 use azotte_domain::ValidationErrors;
 use azotte_service::catalog::{self, StorefrontInput, StorefrontPatch};
@@ -54,6 +54,9 @@ pub struct CreateStorefront {
     /// access; then expire).
     #[serde(default)]
     dunning: Option<DunningPolicy>,
+    /// Trial cooldown (default 180 days) and whether trials may be paused (default no).
+    #[serde(default)]
+    lifecycle: Option<LifecyclePolicy>,
     /// Prefix of invoice numbers (default `INV-`).
     #[serde(default)]
     invoice_prefix: Option<String>,
@@ -92,6 +95,9 @@ pub struct UpdateStorefront {
     #[schema(value_type = Option<DunningPolicy>)]
     dunning: Patch<DunningPolicy>,
     #[serde(default)]
+    #[schema(value_type = Option<LifecyclePolicy>)]
+    lifecycle: Patch<LifecyclePolicy>,
+    #[serde(default)]
     #[schema(value_type = Option<String>)]
     invoice_prefix: Patch<String>,
 }
@@ -112,6 +118,7 @@ pub struct StorefrontView {
     tax: TaxScheme,
     status: StorefrontStatus,
     dunning: DunningPolicy,
+    lifecycle: LifecyclePolicy,
     invoice_prefix: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -130,6 +137,7 @@ impl From<Storefront> for StorefrontView {
             tax: s.tax,
             status: s.status,
             dunning: s.dunning,
+            lifecycle: s.lifecycle,
             invoice_prefix: s.invoice_prefix,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -168,6 +176,7 @@ async fn create(
             tax: b.tax,
             status: b.status,
             dunning: b.dunning,
+            lifecycle: b.lifecycle,
             invoice_prefix: b.invoice_prefix,
         },
     )
@@ -235,6 +244,7 @@ async fn update(
         tax: e.check(b.tax.required("tax")).flatten(),
         status: e.check(b.status.required("status")).flatten(),
         dunning: e.check(b.dunning.required("dunning")).flatten(),
+        lifecycle: e.check(b.lifecycle.required("lifecycle")).flatten(),
         invoice_prefix: e.check(b.invoice_prefix.required("invoice_prefix")).flatten(),
     };
     e.finish().map_err(|e| ApiError::validation(e.0))?;

@@ -1,0 +1,2 @@
+-- A storefront's lifecycle policy (trial cooldown, pausing trials); '{}' means the defaults.
+ALTER TABLE storefronts ADD COLUMN lifecycle JSONB NOT NULL DEFAULT '{}';
