@@ -21,6 +21,7 @@ pub mod memberships;
 pub mod payment_ops;
 pub mod payments;
 pub mod psp_accounts;
+pub mod renewal_jobs;
 pub mod roles;
 mod scope;
 pub mod seal;

@@ -283,9 +283,11 @@ enum Subscriptions {
     CheckoutId,
     CreatedAt,
     UpdatedAt,
+    DunningAttempts,
+    NextRetryAt,
 }
 
-const SUB_COLUMNS: [Subscriptions; 27] = [
+const SUB_COLUMNS: [Subscriptions; 29] = [
     Subscriptions::Id,
     Subscriptions::CustomerId,
     Subscriptions::StorefrontId,
@@ -312,6 +314,8 @@ const SUB_COLUMNS: [Subscriptions; 27] = [
     Subscriptions::CheckoutId,
     Subscriptions::CreatedAt,
     Subscriptions::UpdatedAt,
+    Subscriptions::DunningAttempts,
+    Subscriptions::NextRetryAt,
     Subscriptions::Environment,
 ];
 
@@ -345,6 +349,10 @@ pub struct SubscriptionRow {
     pub checkout_id: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Failed retries of the current period (dunning).
+    pub dunning_attempts: i32,
+    /// When the next dunning retry is due.
+    pub next_retry_at: Option<DateTime<Utc>>,
 }
 
 fn sub_values(s: &SubscriptionRow) -> Vec<sea_query::SimpleExpr> {
@@ -375,6 +383,8 @@ fn sub_values(s: &SubscriptionRow) -> Vec<sea_query::SimpleExpr> {
         s.checkout_id.clone().into(),
         s.created_at.into(),
         s.updated_at.into(),
+        s.dunning_attempts.into(),
+        s.next_retry_at.into(),
     ]
 }
 
@@ -412,6 +422,8 @@ pub async fn update_subscription(
             (Subscriptions::PaymentMethodId, s.payment_method_id.clone().into()),
             (Subscriptions::CancelReason, s.cancel_reason.clone().into()),
             (Subscriptions::UpdatedAt, s.updated_at.into()),
+            (Subscriptions::DunningAttempts, s.dunning_attempts.into()),
+            (Subscriptions::NextRetryAt, s.next_retry_at.into()),
         ])
         .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
         .and_where(Expr::col(Subscriptions::Id).eq(s.id.clone()))
@@ -422,7 +434,7 @@ pub async fn update_subscription(
 
 fn select_subs(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(SUB_COLUMNS[..26].to_vec())
+        .columns(SUB_COLUMNS[..28].to_vec())
         .from(Subscriptions::Table)
         .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
         .to_owned()
@@ -485,6 +497,29 @@ pub async fn list_subscriptions(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     Ok((rows, more))
+}
+
+/// Subscriptions whose renewal is due: active ones whose period has ended, and past-due ones
+/// whose next dunning retry has come (oldest first).
+pub async fn due_renewals(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> Result<Vec<SubscriptionRow>> {
+    let q = select_subs(tx)
+        .cond_where(
+            sea_query::Cond::any()
+                .add(
+                    sea_query::Cond::all()
+                        .add(Expr::col(Subscriptions::Status).eq("active"))
+                        .add(Expr::col(Subscriptions::PeriodEnd).lte(now)),
+                )
+                .add(
+                    sea_query::Cond::all()
+                        .add(Expr::col(Subscriptions::Status).eq("past_due"))
+                        .add(Expr::col(Subscriptions::NextRetryAt).lte(now)),
+                ),
+        )
+        .order_by(Subscriptions::Id, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    tx.tx.fetch_all::<SubscriptionRow>(&q).await
 }
 
 /// Subscriptions in `status` whose `column` (a date) has come: trial ends, cancellation ends.

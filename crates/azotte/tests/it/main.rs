@@ -19,6 +19,7 @@ mod payment_ops;
 mod payments;
 mod psp_accounts;
 mod raw_card;
+mod renewals;
 mod route_walk;
 mod subscriptions;
 mod tamper;

@@ -458,6 +458,8 @@ async fn create_subscription(
         checkout_id: checkout.id.clone(),
         created_at: now,
         updated_at: now,
+        dunning_attempts: 0,
+        next_retry_at: None,
     };
     apply_state(&mut row, &state);
     let mut tx = ctx.db.tenant_tx(scope).await?;

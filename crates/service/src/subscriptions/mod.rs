@@ -6,6 +6,7 @@ pub mod checkout;
 pub mod entitlements;
 pub mod lifecycle;
 pub mod offers;
+pub mod renewals;
 
 use crate::{Ctx, Result};
 
@@ -17,5 +18,6 @@ pub async fn run_due_everywhere(ctx: &Ctx) -> Result<usize> {
         n += checkout::run_due(ctx, &scope).await?;
         n += lifecycle::run_due(ctx, &scope).await?;
     }
+    n += renewals::tick(ctx).await?;
     Ok(n)
 }

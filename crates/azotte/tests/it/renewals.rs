@@ -1,0 +1,246 @@
+//! Renewals and dunning, moved through time by the test clock: each period is charged once
+//! (also when catching up after downtime), failures enter dunning per the storefront's policy
+//! and recover or end, a new payment method retries at once, and safe mode defers renewals
+//! without taking access away.
+
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::helpers::TestApp;
+
+const T: &str = "renew";
+const ENV: &str = "development";
+
+struct Sub {
+    key: String,
+    sf: String,
+    acc: String,
+    cus: String,
+    pm: String,
+    sub: String,
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+impl Sub {
+    async fn post(&self, app: &TestApp, path: &str, body: Value, status: u16) -> Value {
+        app.post(path, body).token(&self.key).header("x-tn", T).expect(status).await.json()
+    }
+    async fn get(&self, app: &TestApp, path: &str) -> Value {
+        app.get(path).token(&self.key).header("x-tn", T).expect(200).await.json()
+    }
+    async fn state(&self, app: &TestApp) -> Value {
+        self.get(app, &format!("/v1/subscriptions/{}", self.sub)).await
+    }
+}
+
+/// A monthly 9.99 EUR subscription bought with `token`, and an API key (time travel outlives
+/// access tokens).
+async fn subscribe(app: &TestApp) -> Sub {
+    app.create_tenant(T).await;
+    app.admin_mfa().await;
+    let k = app.api_key(T, ENV, json!({"description": "ops", "role": "tenant_admin"})).await;
+    let mut s = Sub {
+        key: k["secret"].as_str().unwrap().to_owned(),
+        sf: String::new(),
+        acc: String::new(),
+        cus: String::new(),
+        pm: String::new(),
+        sub: String::new(),
+    };
+    s.sf = id(&s
+        .post(
+            app,
+            "/v1/storefronts",
+            json!({"name": "Web", "type": "web", "default_currency": "EUR", "default_language": "en", "countries": ["DE"],
+                   "tax": {"kind": "inclusive", "rate_bp": 1900}}),
+            201,
+        )
+        .await);
+    s.post(app, "/v1/entitlements", json!({"key": "video", "name": "Video", "kind": "boolean"}), 201).await;
+    let b = id(&s
+        .post(app, "/v1/bundles", json!({"key": "premium", "name": "Premium", "type": "subscription", "status": "active", "entitlements": [{"key": "video"}]}), 201)
+        .await);
+    let price = id(&s
+        .post(app, "/v1/prices", json!({"bundle_id": b, "storefront_id": s.sf, "currency": "EUR", "amount": 999, "billing_period": {"unit": "month", "count": 1}}), 201)
+        .await);
+    s.acc = id(&s
+        .post(
+            app,
+            &format!("/v1/storefronts/{}/psp-accounts", s.sf),
+            json!({"connector": "sandbox", "display_name": "S", "mode": "test"}),
+            201,
+        )
+        .await);
+    s.cus = id(&s.post(app, "/v1/customers", json!({"external_id": "renewer"}), 201).await);
+    s.pm = id(&s
+        .post(
+            app,
+            &format!("/v1/customers/{}/payment-methods", s.cus),
+            json!({"storefront_id": s.sf, "psp_account_id": s.acc, "token": "tok_sandbox_success"}),
+            201,
+        )
+        .await);
+    let offer = s.post(app, "/v1/offers", json!({"customer_id": s.cus, "storefront_id": s.sf}), 201).await;
+    let c = s
+        .post(app, "/v1/checkouts", json!({"customer_id": s.cus, "offer_id": offer["id"], "price_id": price, "payment_method_id": s.pm}), 202)
+        .await;
+    for _ in 0..200 {
+        let v = s.get(app, &format!("/v1/checkouts/{}", id(&c))).await;
+        if v["status"] == "succeeded" {
+            s.sub = v["subscription_id"].as_str().unwrap().to_owned();
+            return s;
+        }
+        assert_eq!(v["status"], "processing", "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("checkout did not finish");
+}
+
+fn captured(app: &TestApp) -> i64 {
+    app.ctx
+        .psp
+        .sandbox
+        .ledger()
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture))
+        .map(|e| e.amount)
+        .sum()
+}
+
+async fn tick(app: &TestApp) {
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+}
+
+async fn each_period_is_charged_once_also_after_downtime(app: TestApp) {
+    let s = subscribe(&app).await;
+    let first = s.state(&app).await;
+    assert_eq!(captured(&app), 999);
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    tick(&app).await;
+    tick(&app).await;
+    let renewed = s.state(&app).await;
+    assert_eq!(renewed["status"], "active");
+    assert_eq!(renewed["current_period_start"], first["current_period_end"], "no gap, no overlap");
+    assert_eq!(captured(&app), 2 * 999, "the second period, once");
+    // The scheduler was down for three months: each missed period is charged once.
+    app.ctx.clock.advance(chrono::Duration::days(92));
+    tick(&app).await;
+    tick(&app).await;
+    let caught_up = s.state(&app).await;
+    let end: chrono::DateTime<chrono::Utc> =
+        caught_up["current_period_end"].as_str().unwrap().parse().unwrap();
+    assert!(end > app.ctx.clock.now(), "caught up to the present: {caught_up}");
+    assert_eq!(captured(&app), 5 * 999, "periods 3, 4 and 5, once each");
+    let t: Value = s.get(&app, &format!("/v1/subscriptions/{}/timeline", s.sub)).await;
+    let renewals =
+        t["data"].as_array().unwrap().iter().filter(|e| e["type"] == "subscription.renewed").count();
+    assert_eq!(renewals, 4);
+}
+
+async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {
+    let s = subscribe(&app).await;
+    // The card is gone: the renewal fails and dunning starts; access continues during grace.
+    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    tick(&app).await;
+    let due = s.state(&app).await;
+    assert_eq!(due["status"], "past_due", "{due}");
+    assert_eq!(s.get(&app, &format!("/v1/customers/{}/entitlements/video", s.cus)).await["access"], "full");
+    // Retries on day 1 and 3 fail too.
+    for days in [1, 2] {
+        app.ctx.clock.advance(chrono::Duration::days(days));
+        tick(&app).await;
+        assert_eq!(s.state(&app).await["status"], "past_due");
+    }
+    // A new payment method retries at once and recovers.
+    s.post(
+        &app,
+        &format!("/v1/customers/{}/payment-methods", s.cus),
+        json!({"storefront_id": s.sf, "psp_account_id": s.acc, "token": "tok_sandbox_mastercard"}),
+        201,
+    )
+    .await;
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = s.state(&app).await;
+        if state["status"] == "active" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    assert_eq!(state["status"], "active", "{state}");
+    assert_eq!(captured(&app), 2 * 999);
+    let t: Value = s.get(&app, &format!("/v1/subscriptions/{}/timeline", s.sub)).await;
+    let types: Vec<&str> =
+        t["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"subscription.recovered") && types.contains(&"dunning.retry_scheduled"),
+        "{types:?}"
+    );
+}
+
+async fn exhausted_dunning_ends_the_subscription(app: TestApp) {
+    let s = subscribe(&app).await;
+    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    tick(&app).await;
+    // Retries at 1, 3 and 7 days after the period end, then the end action (expire).
+    for _ in 0..4 {
+        app.ctx.clock.advance(chrono::Duration::days(3));
+        tick(&app).await;
+    }
+    let ended = s.state(&app).await;
+    assert_eq!(ended["status"], "expired", "{ended}");
+    app.get(&format!("/v1/customers/{}/entitlements/video", s.cus))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(404)
+        .await;
+    assert_eq!(captured(&app), 999, "nothing more was charged");
+}
+
+async fn safe_mode_defers_renewals_and_keeps_access(app: TestApp) {
+    let s = subscribe(&app).await;
+    app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": true, "reason": "PSP incident"}))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    tick(&app).await;
+    assert_eq!(s.state(&app).await["status"], "active");
+    assert_eq!(s.get(&app, &format!("/v1/customers/{}/entitlements/video", s.cus)).await["access"], "full");
+    assert_eq!(captured(&app), 999, "nothing charged while paused");
+    let journal = app.raw_strings("SELECT type FROM journal_entries").await;
+    assert!(journal.iter().any(|t| t == "renewal.deferred"));
+    app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": false}))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::minutes(16));
+    tick(&app).await;
+    assert_eq!(captured(&app), 2 * 999, "renewed once the pause was lifted");
+    assert_eq!(s.state(&app).await["status"], "active");
+}
+
+both!(
+    each_period_is_charged_once_also_after_downtime,
+    dunning_retries_recovers_with_a_new_method_or_ends,
+    exhausted_dunning_ends_the_subscription,
+    safe_mode_defers_renewals_and_keeps_access
+);

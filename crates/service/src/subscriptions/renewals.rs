@@ -1,0 +1,382 @@
+//! Renewals and dunning (issue 9).
+//!
+//! Each tick, a scheduler looks at every tenant environment for subscriptions whose renewal is
+//! due (active ones past `period_end`, past-due ones past `next_retry_at`) and enqueues one job
+//! per subscription, period and dunning attempt in the platform-wide job table (a unique key:
+//! however many schedulers run, a period is enqueued once). Workers claim jobs (several
+//! processes may) and run each in its tenant's scope: charge the subscription's payment method
+//! off session through routing, under a request key per subscription, period and attempt — a
+//! rerun finds the same payment and never charges again — then advance the period (`active`
+//! again after dunning: `subscription.recovered`), or enter / continue dunning per the
+//! storefront's policy, or end it when retries are exhausted.
+//!
+//! Money movement paused (tenant safe mode) or the PSP down (every account's breaker open, or
+//! every account failing softly) defers the renewal with the reason journaled; the customer
+//! keeps access meanwhile (an overdue `active` subscription keeps full access) and the
+//! renewal runs once the PSP is back. A missed stretch of periods (the scheduler was stopped)
+//! is caught up period by period, each with its own key.
+
+use azotte_domain::catalog::DunningPolicy;
+use azotte_domain::subscription::{self as life, Event, SubscriptionStatus};
+use azotte_domain::tenant::Environment;
+use azotte_store::payment_ops;
+use azotte_store::psp_accounts as psp_store;
+use azotte_store::renewal_jobs::{self as jobs, RenewalJob};
+use azotte_store::subscriptions::{self as store, SubscriptionRow};
+use azotte_store::TenantScope;
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+
+use super::checkout::apply_state;
+use super::lifecycle::{period_of, state_of};
+use crate::payments::{self, ChargeInput};
+use crate::{Ctx, Result, ServiceError};
+
+/// How long a worker holds a claimed job.
+const LOCK_FOR: Duration = Duration::minutes(5);
+/// When a deferred renewal (safe mode, PSP down) is tried again.
+const DEFER_FOR: Duration = Duration::minutes(15);
+/// When a renewal whose payment is still pending at the PSP is looked at again.
+const WAIT_FOR: Duration = Duration::minutes(2);
+
+/// The job attempt a subscription's next charge is: 0 for the renewal itself, then one per
+/// dunning retry.
+fn job_attempt(s: &SubscriptionRow) -> i32 {
+    if s.status == "past_due" {
+        s.dunning_attempts + 1
+    } else {
+        0
+    }
+}
+
+/// Enqueues the due renewals of one tenant environment; returns how many jobs were new.
+pub async fn schedule(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
+    let now = ctx.clock.now();
+    let due = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let d = store::due_renewals(&mut tx, now, 1000).await?;
+        tx.commit().await?;
+        d
+    };
+    let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
+    let mut n = 0;
+    for s in due {
+        if jobs::enqueue(&ctx.db, &tenant, env, &s.id, job_attempt(&s), s.period_end, now).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// One scheduler pass and one worker pass over every tenant environment (the worker's tick).
+pub async fn tick(ctx: &Ctx) -> Result<usize> {
+    for scope in crate::payments::every_scope(ctx, "renewal_scheduler").await? {
+        schedule(ctx, &scope).await?;
+    }
+    run_jobs(ctx).await
+}
+
+/// Claims and runs due jobs until none is left (at most a few hundred per call).
+pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
+    let mut done = 0;
+    for _ in 0..10 {
+        let claimed = jobs::claim_due(&ctx.db, ctx.clock.now(), LOCK_FOR, 50).await?;
+        if claimed.is_empty() {
+            break;
+        }
+        for job in claimed {
+            let (Ok(tenant), Ok(env)) = (job.tenant_id.parse(), job.environment.parse::<Environment>())
+            else {
+                jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
+                continue;
+            };
+            let scope = match azotte_store::auth::system_scope(&ctx.db, tenant, env, "renewal").await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "renewal job's tenant unavailable");
+                    jobs::later(&ctx.db, &job.id, ctx.clock.now() + DEFER_FOR, ctx.clock.now(), false)
+                        .await?;
+                    continue;
+                }
+            };
+            match renew(ctx, &scope, &job).await {
+                Ok(End::Done) => {
+                    jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
+                    done += 1;
+                }
+                Ok(End::Later { after, new_key }) => {
+                    jobs::later(&ctx.db, &job.id, ctx.clock.now() + after, ctx.clock.now(), new_key).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "renewal failed; will retry");
+                    jobs::later(&ctx.db, &job.id, ctx.clock.now() + WAIT_FOR, ctx.clock.now(), false).await?;
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// How a job run ended.
+enum End {
+    Done,
+    /// Run again after this long; `new_key` when the last payment was refused before any
+    /// charge (the next run may send a new request).
+    Later {
+        after: Duration,
+        new_key: bool,
+    },
+}
+
+fn policy_of(storefront: &azotte_store::catalog::Storefront) -> DunningPolicy {
+    storefront.dunning.clone()
+}
+
+async fn defer(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    sub: &SubscriptionRow,
+    reason: &str,
+    new_key: bool,
+) -> Result<End> {
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let r = Some(("subscription", sub.id.as_str()));
+    tx.action(now, "subscription.renew", r, json!({"period_end": sub.period_end})).await?;
+    tx.decision(
+        now,
+        "renewal.deferred",
+        r,
+        json!({"reason": reason, "retry_at": now + DEFER_FOR, "access": "kept"}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(End::Later { after: DEFER_FOR, new_key })
+}
+
+async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> {
+    let now = ctx.clock.now();
+    let (sub, storefront, accounts, safe_mode) = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let sub = store::get_subscription(&mut tx, &job.subscription_id).await?;
+        let Some(sub) = sub else {
+            tx.commit().await?;
+            return Ok(End::Done);
+        };
+        let sf = azotte_store::catalog::get_storefront(&mut tx, &sub.storefront_id).await?;
+        let accounts = psp_store::of_storefront(&mut tx, &sub.storefront_id).await?;
+        let safe = payment_ops::safe_mode(&mut tx).await?;
+        tx.commit().await?;
+        (sub, sf, accounts, safe)
+    };
+    // A stale job (the period moved on, or another run settled it) has nothing left to do.
+    let due_status = matches!(sub.status.as_str(), "active" | "past_due");
+    if !due_status || sub.period_end != job.period_end || job_attempt(&sub) != job.attempt {
+        return Ok(End::Done);
+    }
+    let Some(storefront) = storefront else { return Ok(End::Done) };
+    if safe_mode.is_some() {
+        return defer(ctx, scope, &sub, "safe_mode", false).await;
+    }
+    let usable = accounts.iter().filter(|a| a.status == "active").collect::<Vec<_>>();
+    if !usable.is_empty() && usable.iter().all(|a| !ctx.psp.breakers.routable(&a.id, now)) {
+        return defer(ctx, scope, &sub, "psp_degraded", false).await;
+    }
+    let key = format!("renewal-{}-{}-a{}-r{}", sub.id, sub.period_end.timestamp(), job.attempt, job.runs);
+    let charged = match &sub.payment_method_id {
+        None => Err("no_payment_method"),
+        Some(pm) => {
+            let p = payments::charge(
+                ctx,
+                scope,
+                ChargeInput {
+                    customer_id: sub.customer_id.clone(),
+                    payment_method_id: pm.clone(),
+                    amount: sub.amount,
+                    currency: sub.currency.clone(),
+                    description: format!("subscription {} renewal, period ending {}", sub.id, sub.period_end),
+                    psp_account_id: None,
+                    off_session: true,
+                    request_key: Some(key),
+                },
+            )
+            .await;
+            match p {
+                Ok(p) => Ok(p),
+                Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
+                    Err("payment_method_not_usable")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let outcome = match &charged {
+        Ok(p) if p.status == "captured" => Ok(p.id.clone()),
+        Ok(p) if p.status == "failed" => {
+            match p.decline_code.as_deref() {
+                // Nothing was charged and no account could take it: the PSP is down, not the card.
+                Some("psp_unavailable" | "no_eligible_psp_account") => {
+                    return defer(ctx, scope, &sub, "psp_unavailable", true).await;
+                }
+                _ => Err(p.decline_code.clone().unwrap_or_else(|| "declined".into())),
+            }
+        }
+        // Pending, unknown, requires_action (off session it should not), queued: look later.
+        Ok(_) => return Ok(End::Later { after: WAIT_FOR, new_key: false }),
+        Err(code) => Err((*code).to_owned()),
+    };
+    settle(ctx, scope, sub, &policy_of(&storefront), outcome).await
+}
+
+/// Applies a renewal's result to the subscription in one transaction.
+async fn settle(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut sub: SubscriptionRow,
+    policy: &DunningPolicy,
+    outcome: std::result::Result<String, String>,
+) -> Result<End> {
+    let now = ctx.clock.now();
+    let period = period_of(&sub)?;
+    let before = state_of(&sub)?;
+    let expected = sub.updated_at;
+    let r_id = sub.id.clone();
+    let r = Some(("subscription", r_id.as_str()));
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    tx.action(
+        now,
+        "subscription.renew",
+        r,
+        json!({"period_end": sub.period_end, "attempt": sub.dunning_attempts}),
+    )
+    .await?;
+    let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
+    let (after, kind, body) = match &outcome {
+        Ok(payment_id) => {
+            let after = life::apply(&before, &Event::RenewalSucceeded, now, period).map_err(illegal)?;
+            let kind = if before.status == SubscriptionStatus::PastDue {
+                "subscription.recovered"
+            } else {
+                "subscription.renewed"
+            };
+            sub.dunning_attempts = 0;
+            sub.next_retry_at = None;
+            let body = json!({"payment_id": payment_id, "period_start": after.period_start, "period_end": after.period_end});
+            (after, kind, body)
+        }
+        Err(code) => {
+            let offsets = &policy.retry_offsets_days;
+            let attempt =
+                if before.status == SubscriptionStatus::PastDue { sub.dunning_attempts + 1 } else { 0 };
+            if before.status == SubscriptionStatus::PastDue && attempt as usize >= offsets.len() {
+                let after = life::apply(&before, &Event::DunningExhausted(policy.end_action), now, period)
+                    .map_err(illegal)?;
+                sub.next_retry_at = None;
+                sub.dunning_attempts = attempt;
+                tx.decision(
+                    now,
+                    "dunning.exhausted",
+                    r,
+                    json!({"attempts": attempt, "end_action": policy.end_action, "decline_code": code}),
+                )
+                .await?;
+                let body = json!({"status": after.status});
+                (after, "subscription.dunning_ended", body)
+            } else {
+                let after = life::apply(&before, &Event::RenewalFailed, now, period).map_err(illegal)?;
+                let retry_at = sub.period_end
+                    + Duration::days(i64::from(offsets.get(attempt as usize).copied().unwrap_or(1)));
+                sub.dunning_attempts = attempt;
+                sub.next_retry_at = Some(retry_at.max(now));
+                tx.decision(
+                    now,
+                    "dunning.retry_scheduled",
+                    r,
+                    json!({"attempt": attempt + 1, "retry_at": sub.next_retry_at, "decline_code": code,
+                           "grace_until": sub.period_end + Duration::days(i64::from(policy.grace_days)),
+                           "access_during_grace": policy.access_during_grace}),
+                )
+                .await?;
+                let body = json!({"decline_code": code, "status": after.status});
+                (after, "subscription.renewal_failed", body)
+            }
+        }
+    };
+    apply_state(&mut sub, &after);
+    sub.updated_at = now;
+    if !store::update_subscription(&mut tx, &sub, expected).await? {
+        // Changed meanwhile (cancelled, paused…): the job ends; the next scheduler pass sees
+        // the new state.
+        return Ok(End::Done);
+    }
+    tx.outcome(now, kind, r, body).await?;
+    tx.commit().await?;
+    // Catch-up: a period already over is enqueued at once.
+    if outcome.is_ok() && sub.period_end <= now && sub.status == "active" {
+        let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
+        jobs::enqueue(&ctx.db, &tenant, env, &sub.id, 0, sub.period_end, now).await?;
+    }
+    Ok(End::Done)
+}
+
+/// A customer updated their payment method: their past-due subscriptions of that storefront
+/// switch to it and retry now.
+pub async fn retry_with_new_method(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    customer_id: &str,
+    storefront_id: &str,
+    payment_method_id: &str,
+) -> Result<usize> {
+    let now = ctx.clock.now();
+    let filter = store::SubscriptionFilter {
+        customer_id: Some(customer_id),
+        status: Some("past_due"),
+        storefront_id: Some(storefront_id),
+        ..Default::default()
+    };
+    let subs = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let (s, _) = store::list_subscriptions(&mut tx, &filter, 100, None).await?;
+        tx.commit().await?;
+        s
+    };
+    let mut n = 0;
+    for mut sub in subs {
+        let expected = sub.updated_at;
+        sub.payment_method_id = Some(payment_method_id.to_owned());
+        sub.next_retry_at = Some(now);
+        sub.updated_at = now;
+        let mut tx = ctx.db.tenant_tx(scope).await?;
+        let r = Some(("subscription", sub.id.as_str()));
+        tx.action(
+            now,
+            "subscription.payment_method_update",
+            r,
+            json!({"payment_method_id": payment_method_id}),
+        )
+        .await?;
+        if !store::update_subscription(&mut tx, &sub, expected).await? {
+            continue;
+        }
+        tx.decision(
+            now,
+            "dunning.retry_scheduled",
+            r,
+            json!({"retry_at": now, "reason": "payment_method_updated"}),
+        )
+        .await?;
+        tx.commit().await?;
+        n += 1;
+    }
+    if n > 0 {
+        schedule(ctx, scope).await?;
+        run_jobs(ctx).await?;
+    }
+    Ok(n)
+}
+
+/// When a grace period ends (for reads that explain access).
+pub fn grace_until(sub: &SubscriptionRow, policy: &DunningPolicy) -> DateTime<Utc> {
+    sub.period_end + Duration::days(i64::from(policy.grace_days))
+}
