@@ -521,4 +521,22 @@ async fn every_token_is_charged_at_most_once_under_concurrent_duplicates(app: Te
     assert_eq!(all, payments.len(), "no payment beyond one per key");
 }
 
-both!(every_token_is_charged_at_most_once_under_concurrent_duplicates);
+async fn failing_reconciliation_lookups_back_off(app: TestApp) {
+    let (_, _, cus, pm) = sandbox_setup(&app, 1, "tok_sandbox_unknown").await;
+    let p = pay(&app, &cus, &pm, 800, 201).await;
+    assert_eq!(p["status"], "unknown");
+    // The PSP is down: the lookup fails and the payment waits a minute before the next one.
+    app.ctx.psp.sandbox.set_outage(true);
+    assert_eq!(azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap(), 0);
+    app.ctx.psp.sandbox.set_outage(false);
+    assert_eq!(azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap(), 0, "backing off");
+    app.ctx.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap(), 1);
+    let k = get(&app, &format!("/v1/payments/{}", id(&p))).await;
+    assert_eq!(k["status"], "captured");
+}
+
+both!(
+    every_token_is_charged_at_most_once_under_concurrent_duplicates,
+    failing_reconciliation_lookups_back_off
+);

@@ -52,6 +52,8 @@ pub struct Connectors {
     pub stripe: Option<StripeConnector>,
     /// One circuit breaker per PSP account.
     pub breakers: Breakers,
+    /// Reconciliation lookups that failed, by payment or refund id: (failures, next try).
+    pub(crate) lookup_backoff: Arc<std::sync::Mutex<std::collections::HashMap<String, (u32, chrono::DateTime<chrono::Utc>)>>>,
     /// How long after an attempt an empty PSP lookup still proves nothing (PSP search indexes
     /// lag), and how long an attempt may stay unrecorded before reconciliation asks the PSP.
     pub reconcile_grace: chrono::Duration,
@@ -79,7 +81,13 @@ impl Connectors {
                 None
             }
         };
-        Self { sandbox: Sandbox::new(), stripe, breakers: Breakers::default(), reconcile_grace }
+        Self {
+            sandbox: Sandbox::new(),
+            stripe,
+            breakers: Breakers::default(),
+            lookup_backoff: Arc::default(),
+            reconcile_grace,
+        }
     }
 
     /// Stripe at `stripe_base_url` with default timeouts; `reconcile_grace` as configured.

@@ -13,6 +13,28 @@ use serde_json::json;
 use super::{connector_for, every_scope, reference, refunds, stored_status};
 use crate::{Ctx, Result, ServiceError};
 
+/// Backoff of reconciliation lookups that fail (the PSP down or erroring): 1, 2, 4 … minutes,
+/// at most an hour, per payment or refund, in this process. An empty answer inside the grace
+/// period is not a failure (the grace already spaces those out).
+fn backing_off(ctx: &Ctx, id: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let map = ctx.psp.lookup_backoff.lock().unwrap_or_else(|p| p.into_inner());
+    map.get(id).is_some_and(|(_, next)| *next > now)
+}
+
+fn lookup_failed(ctx: &Ctx, id: &str, now: chrono::DateTime<chrono::Utc>) {
+    let mut map = ctx.psp.lookup_backoff.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() > 100_000 {
+        map.retain(|_, (_, next)| *next > now);
+    }
+    let e = map.entry(id.to_owned()).or_insert((0, now));
+    e.0 += 1;
+    e.1 = now + chrono::Duration::minutes(1i64 << e.0.saturating_sub(1).min(6)).min(chrono::Duration::hours(1));
+}
+
+fn lookup_done(ctx: &Ctx, id: &str) {
+    ctx.psp.lookup_backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+}
+
 async fn account_of(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -64,6 +86,9 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             .id
             .parse()
             .map_err(|_| ServiceError::Internal(format!("refund id {}", refund.id).into()))?;
+        if backing_off(ctx, &refund.id, ctx.clock.now()) {
+            continue;
+        }
         let answer = match connector.lookup_refund(&creds, &rid).await {
             Ok(found) => match found.into_iter().next() {
                 Some(f) => Ok(f),
@@ -75,9 +100,11 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             },
             Err(e) => {
                 tracing::warn!(refund_id = %refund.id, error = %e, "refund reconciliation lookup failed; will retry");
+                lookup_failed(ctx, &refund.id, ctx.clock.now());
                 continue;
             }
         };
+        lookup_done(ctx, &refund.id);
         let mut refund = refund;
         refunds::record(ctx, scope, &p, &mut refund, answer, "refund.reconcile").await?;
         if refund.status != "pending" {
@@ -93,14 +120,19 @@ async fn reconcile_payment(ctx: &Ctx, scope: &TenantScope, mut row: PaymentRow) 
         return Ok(false);
     };
     let id = reference(&row)?;
+    if backing_off(ctx, &row.id, ctx.clock.now()) {
+        return Ok(false);
+    }
     let (connector, creds) = connector_for(ctx, scope, &account).await?;
     let found = match connector.lookup_payment(&creds, &id).await {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!(payment_id = %row.id, error = %e, "reconciliation lookup failed; will retry");
+            tracing::warn!(payment_id = %row.id, error = %e, "reconciliation lookup failed; backing off");
+            lookup_failed(ctx, &row.id, ctx.clock.now());
             return Ok(false);
         }
     };
+    lookup_done(ctx, &row.id);
     let now = ctx.clock.now();
     if found.is_empty() && now - row.updated_at < ctx.psp.reconcile_grace {
         return Ok(false);
