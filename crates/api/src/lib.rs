@@ -63,6 +63,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::customers::router())
         .merge(routes::payments::router())
         .merge(routes::subscriptions::router())
+        .merge(routes::invoices::router())
 }
 
 /// The OpenAPI document of every documented route.

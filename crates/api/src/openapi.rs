@@ -28,7 +28,8 @@ use crate::error::Problem;
         (name = "journal", description = "The audit trail: actions, decisions, outcomes"),
         (name = "catalog", description = "Storefronts, entitlements, bundles and prices"),
         (name = "customers", description = "End customers (personal data in the PII vault) and payment methods"),
-        (name = "payments", description = "Charges through the storefront's PSP accounts, and refunds")
+        (name = "payments", description = "Charges through the storefront's PSP accounts, and refunds"),
+        (name = "invoices", description = "Invoices with gapless numbers, credit notes and fiscalization")
     )
 )]
 struct BaseDoc;

@@ -11,6 +11,7 @@ pub mod customer;
 pub mod email;
 pub mod id;
 pub mod idempotency;
+pub mod invoice;
 pub mod iso;
 pub mod pagination;
 pub mod payment;

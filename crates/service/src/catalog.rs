@@ -13,6 +13,7 @@ use azotte_domain::catalog::{
     EntitlementKind, LifecyclePolicy, StorefrontStatus, StorefrontType, TaxKind, TaxScheme, Trial,
 };
 use azotte_domain::id::{BundleId, EntitlementId, PriceId, PriceVersionId, StorefrontId};
+use azotte_domain::invoice::FiscalProvider;
 use azotte_domain::permission::Permission;
 use azotte_domain::{FieldError, ValidationErrors};
 use azotte_store::catalog::{
@@ -81,6 +82,8 @@ pub struct StorefrontInput {
     pub status: Option<StorefrontStatus>,
     pub dunning: Option<DunningPolicy>,
     pub lifecycle: Option<LifecyclePolicy>,
+    /// Default `none`.
+    pub fiscalization: Option<FiscalProvider>,
     pub invoice_prefix: Option<String>,
 }
 
@@ -97,6 +100,7 @@ pub struct StorefrontPatch {
     pub status: Option<StorefrontStatus>,
     pub dunning: Option<DunningPolicy>,
     pub lifecycle: Option<LifecyclePolicy>,
+    pub fiscalization: Option<FiscalProvider>,
     pub invoice_prefix: Option<String>,
 }
 
@@ -167,7 +171,7 @@ fn storefront_json(s: &Storefront) -> serde_json::Value {
     json!({
         "name": s.name, "type": s.type_, "default_currency": s.default_currency, "currencies": s.currencies,
         "default_language": s.default_language, "countries": s.countries, "tax": s.tax, "status": s.status,
-        "dunning": s.dunning, "lifecycle": s.lifecycle, "invoice_prefix": s.invoice_prefix,
+        "dunning": s.dunning, "lifecycle": s.lifecycle, "fiscalization": s.fiscalization, "invoice_prefix": s.invoice_prefix,
     })
 }
 
@@ -206,6 +210,7 @@ pub async fn create_storefront(ctx: &Ctx, scope: &TenantScope, input: Storefront
         status: input.status.unwrap_or(StorefrontStatus::Active),
         dunning: input.dunning.unwrap_or_default(),
         lifecycle: input.lifecycle.unwrap_or_default(),
+        fiscalization: input.fiscalization.unwrap_or(FiscalProvider::None),
         invoice_prefix: input.invoice_prefix.unwrap_or_else(|| DEFAULT_INVOICE_PREFIX.into()),
         created_at: now,
         updated_at: now,
@@ -251,6 +256,9 @@ pub async fn update_storefront(
     }
     if let Some(v) = p.lifecycle {
         s.lifecycle = v;
+    }
+    if let Some(v) = p.fiscalization {
+        s.fiscalization = v;
     }
     if let Some(v) = p.invoice_prefix {
         s.invoice_prefix = v;

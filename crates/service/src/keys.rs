@@ -28,6 +28,8 @@ pub struct Keys {
     pub customer_lookup: Key,
     /// Keyed fingerprints of requests sent with an `Idempotency-Key`.
     pub idempotency: Key,
+    /// Root of the per-tenant Ed25519 seeds that sign fiscal documents (`local` provider).
+    pub fiscal_signing: Key,
 }
 
 impl Keys {
@@ -39,6 +41,7 @@ impl Keys {
             seal: root.derive("seal-at-rest"),
             customer_lookup: root.derive("customer-lookup"),
             idempotency: root.derive("idempotency-fingerprint"),
+            fiscal_signing: root.derive("fiscal-signing"),
         }
     }
 }

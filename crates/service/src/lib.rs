@@ -10,6 +10,7 @@ pub mod customers;
 mod error;
 pub mod housekeeping;
 pub mod idempotency;
+pub mod invoices;
 pub mod journal;
 pub mod keys;
 pub mod mail;
@@ -60,6 +61,8 @@ pub struct Ctx {
     pub vault: Arc<vault::Vault>,
     /// PSP connectors of this process.
     pub psp: payments::Connectors,
+    /// Fiscalization providers of this process.
+    pub fiscal: invoices::fiscal::Providers,
 }
 
 impl Ctx {
@@ -83,6 +86,7 @@ impl Ctx {
             journal_key: Default::default(),
             vault: Arc::new(vault::Vault::new(master)),
             psp: Default::default(),
+            fiscal: Default::default(),
         }
     }
 

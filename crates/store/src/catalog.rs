@@ -7,6 +7,7 @@ use azotte_domain::catalog::{
     ActiveStatus, BillingPeriod, BundleStatus, BundleType, Currency, DunningPolicy, EntitlementKind,
     LifecyclePolicy, PeriodUnit, StorefrontStatus, StorefrontType, TaxKind, TaxScheme, Trial,
 };
+use azotte_domain::invoice::FiscalProvider;
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, Order, Query, SelectStatement};
 use sqlx::types::Json;
@@ -52,9 +53,10 @@ enum Storefronts {
     CreatedAt,
     UpdatedAt,
     Lifecycle,
+    Fiscalization,
 }
 
-const STOREFRONT_COLUMNS: [Storefronts; 15] = [
+const STOREFRONT_COLUMNS: [Storefronts; 16] = [
     Storefronts::Id,
     Storefronts::Name,
     Storefronts::Type,
@@ -69,6 +71,7 @@ const STOREFRONT_COLUMNS: [Storefronts; 15] = [
     Storefronts::CreatedAt,
     Storefronts::UpdatedAt,
     Storefronts::Lifecycle,
+    Storefronts::Fiscalization,
     Storefronts::Environment,
 ];
 
@@ -87,6 +90,8 @@ pub struct Storefront {
     pub status: StorefrontStatus,
     pub dunning: DunningPolicy,
     pub lifecycle: LifecyclePolicy,
+    /// Who fiscalizes its invoices and credit notes (default `none`).
+    pub fiscalization: FiscalProvider,
     pub invoice_prefix: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -106,6 +111,7 @@ struct StorefrontRow {
     status: String,
     dunning: Json<DunningPolicy>,
     lifecycle: Json<LifecyclePolicy>,
+    fiscalization: String,
     invoice_prefix: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -119,6 +125,7 @@ impl TryFrom<StorefrontRow> for Storefront {
             default_currency: Currency::parse("default_currency", &r.default_currency)
                 .map_err(|e| StoreError::Corrupt(e.message))?,
             status: parse("storefront status", &r.status)?,
+            fiscalization: parse("fiscalization provider", &r.fiscalization)?,
             id: r.id,
             name: r.name,
             currencies: r.currencies.0,
@@ -134,7 +141,7 @@ impl TryFrom<StorefrontRow> for Storefront {
     }
 }
 
-fn storefront_values(s: &Storefront) -> [sea_query::SimpleExpr; 14] {
+fn storefront_values(s: &Storefront) -> [sea_query::SimpleExpr; 15] {
     [
         s.id.clone().into(),
         s.name.clone().into(),
@@ -150,6 +157,7 @@ fn storefront_values(s: &Storefront) -> [sea_query::SimpleExpr; 14] {
         s.created_at.into(),
         s.updated_at.into(),
         serde_json::json!(s.lifecycle).into(),
+        s.fiscalization.as_str().into(),
     ]
 }
 
@@ -171,7 +179,7 @@ pub async fn update_storefront(tx: &mut TenantTx, s: &Storefront) -> Result<()> 
     let values = storefront_values(s);
     let q = Query::update()
         .table(Storefronts::Table)
-        .values(STOREFRONT_COLUMNS[1..14].iter().copied().zip(values.into_iter().skip(1)))
+        .values(STOREFRONT_COLUMNS[1..15].iter().copied().zip(values.into_iter().skip(1)))
         .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))
         .and_where(Expr::col(Storefronts::Id).eq(s.id.clone()))
         .to_owned();
@@ -181,7 +189,7 @@ pub async fn update_storefront(tx: &mut TenantTx, s: &Storefront) -> Result<()> 
 
 fn select_storefronts(tx: &TenantTx) -> SelectStatement {
     let mut q =
-        Query::select().columns(STOREFRONT_COLUMNS[..14].to_vec()).from(Storefronts::Table).to_owned();
+        Query::select().columns(STOREFRONT_COLUMNS[..15].to_vec()).from(Storefronts::Table).to_owned();
     scoped(&mut q, tx, Storefronts::TenantId, Storefronts::Environment);
     q
 }

@@ -46,6 +46,7 @@ const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
     ("customers_email_key", "customers.tenant_id, customers.environment, customers.email_hash"),
     ("customers_phone_key", "customers.tenant_id, customers.environment, customers.phone_hash"),
     ("subscriptions_checkout_key", "subscriptions.tenant_id, subscriptions.environment, subscriptions.checkout_id"),
+    ("credit_notes_refund_key", "credit_notes.tenant_id, credit_notes.environment, credit_notes.refund_id"),
     ("price_versions_version_key", "price_versions.tenant_id, price_versions.environment, price_versions.price_id, price_versions.version"),
 ];
 

@@ -14,6 +14,7 @@ mod error;
 mod exec;
 pub mod idempotency;
 pub mod invitations;
+pub mod invoices;
 #[cfg(test)]
 mod isolation_tests;
 pub mod journal;

@@ -101,6 +101,11 @@ async fn housekeeping(ctx: Ctx, config: WorkerConfig, mut shutdown: watch::Recei
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "subscription jobs failed; will retry"),
                     }
+                    match azotte_service::invoices::fiscal::run_due_everywhere(&ctx).await {
+                        Ok(n) if n > 0 => tracing::info!(attempts = n, "invoices sent to fiscalization"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "fiscalization failed; will retry"),
+                    }
                     match azotte_service::payments::reconcile_everywhere(&ctx).await {
                         Ok(n) if n > 0 => tracing::info!(resolved = n, "unknown payments reconciled"),
                         Ok(_) => {}

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod catalog;
 pub mod customers;
 pub mod health;
+pub mod invoices;
 pub mod journal;
 pub mod payments;
 pub mod platform_tenants;

@@ -12,6 +12,7 @@ mod health;
 mod http_errors;
 mod idempotency;
 mod identity;
+mod invoices;
 mod journal;
 mod jwt_attacks;
 mod openapi;

@@ -142,6 +142,10 @@ pub(super) async fn record(
         store::release_refund(&mut tx, &p.id, refund.amount, now).await?;
     }
     store::update_refund(&mut tx, refund).await?;
+    if refund.status == "succeeded" && before != "succeeded" {
+        // Money given back for an invoice is documented by a credit note.
+        crate::invoices::credit_note_for_refund(&mut tx, &p.id, &refund.id, refund.amount, now).await?;
+    }
     tx.outcome(
         now,
         &format!("refund.{}", refund.status),

@@ -211,6 +211,9 @@ async fn apply_refund(
         store::release_refund(tx, &payment.id, refund.amount, now).await?;
     }
     store::update_refund(tx, &refund).await?;
+    if rf.status == RefundStatus::Succeeded {
+        crate::invoices::credit_note_for_refund(tx, &payment.id, &refund.id, refund.amount, now).await?;
+    }
     tx.outcome(
         now,
         &format!("refund.{}", rf.status),

@@ -486,6 +486,8 @@ async fn create_subscription(
     }
     let granted = grants(bundle, all);
     store::insert_grants(&mut tx, &sid, &row.customer_id, &granted).await?;
+    // The first charge's invoice, paid by it (a trial charged nothing: no invoice).
+    crate::invoices::for_checkout(&mut tx, &row, item, checkout.payment_id.as_deref(), now).await?;
     checkout.status = "succeeded".into();
     checkout.subscription_id = Some(sid.clone());
     checkout.next_action = None;

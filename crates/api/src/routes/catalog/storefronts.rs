@@ -6,6 +6,7 @@ use axum::Json;
 use azotte_domain::catalog::{
     DunningPolicy, EntitlementKind, LifecyclePolicy, Money, StorefrontStatus, StorefrontType, TaxScheme,
 };
+use azotte_domain::invoice::FiscalProvider;
 use azotte_domain::ValidationErrors;
 use azotte_service::catalog::{self, StorefrontInput, StorefrontPatch};
 use azotte_store::catalog::Storefront;
@@ -57,6 +58,9 @@ pub struct CreateStorefront {
     /// Trial cooldown (default 180 days) and whether trials may be paused (default no).
     #[serde(default)]
     lifecycle: Option<LifecyclePolicy>,
+    /// Who fiscalizes its invoices: `none` (default) or `local` (Azotte signs each document).
+    #[serde(default)]
+    fiscalization: Option<FiscalProvider>,
     /// Prefix of invoice numbers (default `INV-`).
     #[serde(default)]
     invoice_prefix: Option<String>,
@@ -98,6 +102,9 @@ pub struct UpdateStorefront {
     #[schema(value_type = Option<LifecyclePolicy>)]
     lifecycle: Patch<LifecyclePolicy>,
     #[serde(default)]
+    #[schema(value_type = Option<FiscalProvider>)]
+    fiscalization: Patch<FiscalProvider>,
+    #[serde(default)]
     #[schema(value_type = Option<String>)]
     invoice_prefix: Patch<String>,
 }
@@ -119,6 +126,8 @@ pub struct StorefrontView {
     status: StorefrontStatus,
     dunning: DunningPolicy,
     lifecycle: LifecyclePolicy,
+    /// `none` or `local`.
+    fiscalization: FiscalProvider,
     invoice_prefix: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -138,6 +147,7 @@ impl From<Storefront> for StorefrontView {
             status: s.status,
             dunning: s.dunning,
             lifecycle: s.lifecycle,
+            fiscalization: s.fiscalization,
             invoice_prefix: s.invoice_prefix,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -177,6 +187,7 @@ async fn create(
             status: b.status,
             dunning: b.dunning,
             lifecycle: b.lifecycle,
+            fiscalization: b.fiscalization,
             invoice_prefix: b.invoice_prefix,
         },
     )
@@ -245,6 +256,7 @@ async fn update(
         status: e.check(b.status.required("status")).flatten(),
         dunning: e.check(b.dunning.required("dunning")).flatten(),
         lifecycle: e.check(b.lifecycle.required("lifecycle")).flatten(),
+        fiscalization: e.check(b.fiscalization.required("fiscalization")).flatten(),
         invoice_prefix: e.check(b.invoice_prefix.required("invoice_prefix")).flatten(),
     };
     e.finish().map_err(|e| ApiError::validation(e.0))?;

@@ -1,0 +1,530 @@
+//! Invoices: the checkout's paid invoice with tax per the storefront's scheme and the customer's
+//! country, credit notes for refunds, gapless numbers under concurrency and rollback, the status
+//! table, `local` fiscalization (signed, retried, tampering detected), filters and other tenants.
+
+use std::time::Duration;
+
+use azotte_domain::catalog::{Currency, TaxKind};
+use azotte_domain::tenant::Environment;
+use azotte_service::invoices::{self, LineInput, LineKind};
+use azotte_store::TenantScope;
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::helpers::TestApp;
+
+const T: &str = "inv";
+const ENV: &str = "development";
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn post(app: &TestApp, path: &str, body: Value, status: u16) -> Value {
+    app.post(path, body).tenant(T, ENV).expect(status).await.json()
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    app.get(path).tenant(T, ENV).expect(200).await.json()
+}
+
+/// A storefront selling one monthly price, with a customer and a payment method.
+struct Shop {
+    sf: String,
+    price: String,
+    cus: String,
+    pm: String,
+}
+
+/// The tenant and its one entitlement.
+async fn tenant(app: &TestApp) -> Value {
+    let t = app.create_tenant(T).await;
+    post(app, "/v1/entitlements", json!({"key": "video", "name": "Video", "kind": "boolean"}), 201).await;
+    t
+}
+
+/// `key` names the shop's bundle, price and customer; `tax` is the storefront's scheme.
+async fn shop(app: &TestApp, key: &str, prefix: &str, tax: Value, amount: i64, country: &str) -> Shop {
+    let sf = id(&post(
+        app,
+        "/v1/storefronts",
+        json!({"name": key, "type": "web", "default_currency": "EUR", "default_language": "en",
+               "countries": ["DE", "AT", "FR"], "tax": tax, "invoice_prefix": prefix}),
+        201,
+    )
+    .await);
+    let bundle = id(&post(
+        app,
+        "/v1/bundles",
+        json!({"key": key, "name": format!("Plan {key}"), "type": "subscription", "status": "active",
+               "family": key, "entitlements": [{"key": "video"}]}),
+        201,
+    )
+    .await);
+    let price = id(&post(
+        app,
+        "/v1/prices",
+        json!({"bundle_id": bundle, "storefront_id": sf, "currency": "EUR", "amount": amount,
+               "billing_period": {"unit": "month", "count": 1}}),
+        201,
+    )
+    .await);
+    let acc = id(&post(
+        app,
+        &format!("/v1/storefronts/{sf}/psp-accounts"),
+        json!({"connector": "sandbox", "display_name": "Sandbox", "mode": "test"}),
+        201,
+    )
+    .await);
+    let cus = id(&post(app, "/v1/customers", json!({"external_id": key, "country": country}), 201).await);
+    let pm = id(&post(
+        app,
+        &format!("/v1/customers/{cus}/payment-methods"),
+        json!({"storefront_id": sf, "psp_account_id": acc, "token": "tok_sandbox_success"}),
+        201,
+    )
+    .await);
+    Shop { sf, price, cus, pm }
+}
+
+/// Buys the shop's price; the succeeded checkout.
+async fn buy(app: &TestApp, s: &Shop) -> Value {
+    let o = post(app, "/v1/offers", json!({"customer_id": s.cus, "storefront_id": s.sf}), 201).await;
+    let c = post(
+        app,
+        "/v1/checkouts",
+        json!({"customer_id": s.cus, "offer_id": o["id"], "price_id": s.price, "payment_method_id": s.pm}),
+        202,
+    )
+    .await;
+    for _ in 0..200 {
+        let v = get(app, &format!("/v1/checkouts/{}", id(&c))).await;
+        if v["status"] != "processing" {
+            assert_eq!(v["status"], "succeeded", "{v}");
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("checkout still processing");
+}
+
+/// The one invoice of a subscription.
+async fn invoice_of(app: &TestApp, subscription: &Value) -> Value {
+    let list = get(app, &format!("/v1/invoices?subscription_id={}", subscription.as_str().unwrap())).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    get(app, &format!("/v1/invoices/{}", id(&list["data"][0]))).await
+}
+
+fn year(app: &TestApp) -> i32 {
+    use chrono::Datelike;
+    app.ctx.clock.now().year()
+}
+
+fn amounts(v: &Value) -> (i64, i64, i64) {
+    (
+        v["net"].as_i64().unwrap(),
+        v["tax"].as_i64().unwrap(),
+        v["total"].as_i64().unwrap_or_else(|| v["gross"].as_i64().unwrap()),
+    )
+}
+
+async fn checkout_invoices_carry_the_tax_of_the_scheme_and_country(app: TestApp) {
+    tenant(&app).await;
+    // Inclusive 19 %, 20 % in Austria: an Austrian customer pays 9.99 with 20 % inside.
+    let incl = shop(
+        &app,
+        "incl",
+        "INV-",
+        json!({"kind": "inclusive", "rate_bp": 1900, "overrides": {"AT": 2000}}),
+        999,
+        "AT",
+    )
+    .await;
+    // Exclusive 19 %, 5.5 % in France: 10.00 + 0.55.
+    let excl = shop(
+        &app,
+        "excl",
+        "EX-",
+        json!({"kind": "exclusive", "rate_bp": 1900, "overrides": {"FR": 550}}),
+        1000,
+        "FR",
+    )
+    .await;
+
+    let done = buy(&app, &incl).await;
+    let inv = invoice_of(&app, &done["subscription_id"]).await;
+    assert_eq!(inv["number"], format!("INV-{}-000001", year(&app)));
+    assert_eq!((inv["status"].as_str(), inv["currency"].as_str()), (Some("paid"), Some("EUR")));
+    assert_eq!(amounts(&inv), (833, 166, 999));
+    assert_eq!((inv["amount_paid"].as_i64(), inv["amount_due"].as_i64()), (Some(999), Some(0)));
+    assert_eq!(inv["customer_country"], "AT");
+    let line = &inv["lines"][0];
+    assert_eq!(
+        (line["tax_behaviour"].as_str(), line["tax_rate_bp"].as_i64()),
+        (Some("inclusive"), Some(2000))
+    );
+    assert_eq!((line["amount"].as_i64(), line["kind"].as_str()), (Some(999), Some("subscription")));
+    assert_eq!(amounts(line), (833, 166, 999));
+    assert_eq!(inv["tax_summary"], json!([{"tax_rate_bp": 2000, "net": 833, "tax": 166}]));
+    assert_eq!(inv["payments"][0]["payment_id"], done["payment_id"]);
+    assert_eq!(inv["payments"][0]["amount"], 999);
+    assert_eq!(inv["fiscal_status"], "not_required");
+    assert_eq!(inv["subscription_id"], done["subscription_id"]);
+
+    let done = buy(&app, &excl).await;
+    let inv = invoice_of(&app, &done["subscription_id"]).await;
+    // Its own series: the storefront's prefix, numbered from 1.
+    assert_eq!(inv["number"], format!("EX-{}-000001", year(&app)));
+    assert_eq!(amounts(&inv), (1000, 55, 1055));
+    let line = &inv["lines"][0];
+    assert_eq!(
+        (line["tax_behaviour"].as_str(), line["tax_rate_bp"].as_i64()),
+        (Some("exclusive"), Some(550))
+    );
+    let payment = done["payment_id"].as_str().unwrap();
+    assert_eq!(
+        app.ctx.psp.sandbox.ledger().captured(&payment.parse().unwrap()),
+        1055,
+        "charged what is invoiced"
+    );
+
+    // Filters, the customer's list, bad filters.
+    let paid = get(&app, "/v1/invoices?status=paid").await;
+    assert_eq!(paid["data"].as_array().unwrap().len(), 2);
+    assert!(get(&app, "/v1/invoices?status=void").await["data"].as_array().unwrap().is_empty());
+    let mine = get(&app, &format!("/v1/customers/{}/invoices", excl.cus)).await;
+    assert_eq!(mine["data"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["data"][0]["id"], inv["id"]);
+    let page = get(&app, "/v1/invoices?limit=1").await;
+    assert_eq!((page["has_more"].as_bool(), page["data"].as_array().unwrap().len()), (Some(true), 1));
+    let next =
+        get(&app, &format!("/v1/invoices?limit=1&starting_after={}", page["next_cursor"].as_str().unwrap()))
+            .await;
+    assert_eq!((next["has_more"].as_bool(), next["data"].as_array().unwrap().len()), (Some(false), 1));
+    assert_ne!(next["data"][0]["id"], page["data"][0]["id"]);
+    let p = app.get("/v1/invoices?status=late").tenant(T, ENV).expect(422).await.problem();
+    assert_eq!(p.errors[0].field, "status");
+    app.get("/v1/customers/cus_01jdq3m9x7e5k4w2c8v6b0n1p2/invoices").tenant(T, ENV).expect(404).await;
+
+    // Another tenant sees none of it.
+    app.create_tenant("other").await;
+    for path in [
+        format!("/v1/invoices/{}", id(&inv)),
+        format!("/v1/invoices/{}/verification", id(&inv)),
+        format!("/v1/customers/{}/invoices", excl.cus),
+    ] {
+        app.get(&path).tenant("other", ENV).expect(404).await;
+    }
+    assert!(app.get("/v1/invoices").tenant("other", ENV).expect(200).await.json::<Value>()["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+async fn refunds_get_credit_notes_that_add_up(app: TestApp) {
+    tenant(&app).await;
+    let s = shop(
+        &app,
+        "plan",
+        "INV-",
+        json!({"kind": "inclusive", "rate_bp": 1900, "overrides": {"AT": 2000}}),
+        999,
+        "AT",
+    )
+    .await;
+    let done = buy(&app, &s).await;
+    let payment = done["payment_id"].as_str().unwrap();
+    let r = post(
+        &app,
+        &format!("/v1/payments/{payment}/refunds"),
+        json!({"amount": 300, "reason": "goodwill"}),
+        201,
+    )
+    .await;
+    assert_eq!(r["status"], "succeeded");
+    let inv = invoice_of(&app, &done["subscription_id"]).await;
+    let cn = &inv["credit_notes"][0];
+    assert_eq!(cn["number"], format!("INV-{}-CN-000001", year(&app)));
+    assert_eq!((cn["refund_id"].as_str(), cn["reason"].as_str()), (r["id"].as_str(), Some("goodwill")));
+    assert_eq!(cn["total"], 300);
+    assert_eq!(cn["net"].as_i64().unwrap() + cn["tax"].as_i64().unwrap(), 300);
+    assert_eq!(cn["lines"][0]["invoice_line_no"], 1);
+    assert_eq!(inv["amount_credited"], 300);
+    // The rest: the two credit notes credit exactly the invoice's net and tax.
+    post(&app, &format!("/v1/payments/{payment}/refunds"), json!({"reason": "cancelled"}), 201).await;
+    let inv = invoice_of(&app, &done["subscription_id"]).await;
+    let notes = inv["credit_notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[1]["number"], format!("INV-{}-CN-000002", year(&app)));
+    let sum = |k: &str| notes.iter().map(|n| n[k].as_i64().unwrap()).sum::<i64>();
+    assert_eq!((sum("net"), sum("tax"), sum("total")), amounts(&inv));
+    assert_eq!(inv["amount_credited"], 999);
+    assert_eq!(inv["status"], "paid", "a paid invoice stays paid; credit notes correct it");
+    // A payment that settled no invoice gets no credit note.
+    let direct = post(
+        &app,
+        "/v1/payments",
+        json!({"customer_id": s.cus, "payment_method_id": s.pm, "amount": 500, "currency": "EUR"}),
+        201,
+    )
+    .await;
+    post(&app, &format!("/v1/payments/{}/refunds", id(&direct)), json!({}), 201).await;
+    assert_eq!(get(&app, "/v1/invoices").await["data"].as_array().unwrap().len(), 1);
+}
+
+/// A system scope in the test tenant.
+async fn scope(app: &TestApp, tenant: &Value) -> TenantScope {
+    let tid = tenant["id"].as_str().unwrap().parse().unwrap();
+    azotte_store::auth::system_scope(&app.ctx.db, tid, Environment::Development, "invoice-test")
+        .await
+        .unwrap()
+}
+
+async fn storefront(app: &TestApp, scope: &TenantScope, id: &str) -> azotte_store::catalog::Storefront {
+    let mut tx = app.ctx.db.tenant_read_tx(scope).await.unwrap();
+    let s = azotte_store::catalog::get_storefront(&mut tx, id).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    s
+}
+
+fn line(amount: i64) -> LineInput {
+    LineInput {
+        description: "Monthly".into(),
+        kind: LineKind::Subscription,
+        amount,
+        quantity: 1,
+        period_start: None,
+        period_end: None,
+        tax_behaviour: TaxKind::Inclusive,
+    }
+}
+
+async fn numbers_are_gapless_under_concurrency_and_rollback(app: TestApp) {
+    let t = tenant(&app).await;
+    let s = shop(&app, "plan", "GL-", json!({"kind": "inclusive", "rate_bp": 1900}), 999, "DE").await;
+    let scope = scope(&app, &t).await;
+    let sf = storefront(&app, &scope, &s.sf).await;
+    let eur = Currency::parse("currency", "EUR").unwrap();
+    // 32 issuers at once; every fourth rolls back after taking its number.
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (ctx, scope, sf, eur, cus) =
+            (app.ctx.clone(), scope.clone(), sf.clone(), eur.clone(), s.cus.clone());
+        tasks.push(tokio::spawn(async move {
+            let now = ctx.clock.now();
+            let mut tx = ctx.db.tenant_tx(&scope).await.unwrap();
+            tx.action(now, "test.bill", None, json!({"task": i})).await.unwrap();
+            let inv = invoices::issue(&mut tx, &sf, &cus, Some("DE"), None, &eur, &[line(100 + i)], now)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if i % 4 == 3 {
+                drop(tx);
+                return None;
+            }
+            tx.commit().await.unwrap();
+            Some((inv.sequence.unwrap(), inv.number.unwrap()))
+        }));
+    }
+    let mut taken: Vec<(i64, String)> = Vec::new();
+    for t in tasks {
+        taken.extend(t.await.unwrap());
+    }
+    taken.sort();
+    let seqs: Vec<i64> = taken.iter().map(|(n, _)| *n).collect();
+    assert_eq!(seqs, (1..=24).collect::<Vec<_>>(), "no gap, no duplicate");
+    for (n, number) in &taken {
+        assert_eq!(number, &format!("GL-{}-{n:06}", year(&app)));
+    }
+    // A rolled-back issuer gives its number back: the next one gets 25.
+    let now = app.ctx.clock.now();
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.bill", None, json!({})).await.unwrap();
+    let burnt = invoices::issue(&mut tx, &sf, &s.cus, None, None, &eur, &[line(1)], now).await.unwrap();
+    assert_eq!(burnt.sequence, Some(25));
+    drop(tx);
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.bill", None, json!({})).await.unwrap();
+    let kept = invoices::issue(&mut tx, &sf, &s.cus, None, None, &eur, &[line(1)], now).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(kept.number, Some(format!("GL-{}-000025", year(&app))));
+    let listed = get(&app, &format!("/v1/customers/{}/invoices?limit=100&status=open", s.cus)).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 25);
+}
+
+async fn open_invoices_move_by_the_table(app: TestApp) {
+    let t = tenant(&app).await;
+    let s = shop(&app, "plan", "ST-", json!({"kind": "exclusive", "rate_bp": 1000}), 999, "DE").await;
+    let scope = scope(&app, &t).await;
+    let sf = storefront(&app, &scope, &s.sf).await;
+    let eur = Currency::parse("currency", "EUR").unwrap();
+    let now = app.ctx.clock.now();
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.bill", None, json!({})).await.unwrap();
+    // 2 × 4.50 + 10 % = 9.90; a proration credit of 1.00 + 10 % = -1.10.
+    let lines =
+        [LineInput { quantity: 2, ..line(450) }, LineInput { kind: LineKind::Proration, ..line(-100) }];
+    let lines = lines.map(|l| LineInput { tax_behaviour: TaxKind::Exclusive, ..l });
+    let a = invoices::issue(&mut tx, &sf, &s.cus, Some("DE"), None, &eur, &lines, now).await.unwrap();
+    assert_eq!((a.net, a.tax, a.total), (800, 80, 880));
+    let b = invoices::issue(&mut tx, &sf, &s.cus, Some("DE"), None, &eur, &[line(500)], now).await.unwrap();
+    // A credit larger than the charge is refused.
+    let err = invoices::issue(
+        &mut tx,
+        &sf,
+        &s.cus,
+        None,
+        None,
+        &eur,
+        &[LineInput { kind: LineKind::Proration, ..line(-900) }, line(100)],
+        now,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("validation"), "{err}");
+    invoices::mark_uncollectible(&mut tx, &a.id, now).await.unwrap();
+    invoices::void(&mut tx, &b.id, now).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Paid late, by a captured payment of the customer covering it; again with it: unchanged.
+    let p = post(
+        &app,
+        "/v1/payments",
+        json!({"customer_id": s.cus, "payment_method_id": s.pm, "amount": 880, "currency": "EUR"}),
+        201,
+    )
+    .await;
+    let small = post(
+        &app,
+        "/v1/payments",
+        json!({"customer_id": s.cus, "payment_method_id": s.pm, "amount": 100, "currency": "EUR"}),
+        201,
+    )
+    .await;
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.pay", None, json!({})).await.unwrap();
+    let e = invoices::mark_paid(&mut tx, &a.id, &id(&small), now).await.unwrap_err();
+    assert!(
+        matches!(e, azotte_service::ServiceError::Conflict { code: "payment_does_not_settle_invoice", .. }),
+        "{e}"
+    );
+    let paid = invoices::mark_paid(&mut tx, &a.id, &id(&p), now).await.unwrap();
+    assert_eq!((paid.status.as_str(), paid.amount_paid), ("paid", 880));
+    assert_eq!(invoices::mark_paid(&mut tx, &a.id, &id(&p), now).await.unwrap(), paid);
+    let e = invoices::void(&mut tx, &a.id, now).await.unwrap_err();
+    assert!(
+        matches!(e, azotte_service::ServiceError::Conflict { code: "invoice_status_conflict", .. }),
+        "{e}"
+    );
+    let e = invoices::mark_paid(&mut tx, &b.id, &id(&p), now).await.unwrap_err();
+    assert!(matches!(e, azotte_service::ServiceError::Conflict { .. }), "{e}");
+    tx.commit().await.unwrap();
+
+    let a = get(&app, &format!("/v1/invoices/{}", a.id)).await;
+    assert_eq!(a["lines"][1]["kind"], "proration");
+    assert_eq!(amounts(&a["lines"][1]), (-100, -10, -110));
+    assert!(a["uncollectible_at"].is_string());
+    assert_eq!(get(&app, &format!("/v1/invoices/{}", b.id)).await["status"], "void");
+    assert_eq!(get(&app, "/v1/invoices?status=void").await["data"].as_array().unwrap().len(), 1);
+    // Each move is a journal outcome about the invoice.
+    let sql = format!("SELECT type FROM journal_entries WHERE resource_id = '{}' ORDER BY id", id(&a));
+    assert_eq!(app.raw_strings(&sql).await, ["invoice.issued", "invoice.uncollectible", "invoice.paid"]);
+}
+
+async fn local_fiscalization_signs_retries_and_detects_tampering(app: TestApp) {
+    tenant(&app).await;
+    app.admin_mfa().await;
+    let key = app.api_key(T, ENV, json!({"description": "ops", "role": "tenant_admin"})).await;
+    let key = key["secret"].as_str().unwrap().to_owned();
+    let s = shop(&app, "plan", "INV-", json!({"kind": "inclusive", "rate_bp": 1900}), 999, "DE").await;
+    let sf = app
+        .patch(&format!("/v1/storefronts/{}", s.sf), json!({"fiscalization": "local"}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await
+        .json::<Value>();
+    assert_eq!(sf["fiscalization"], "local");
+
+    // The provider is down at first: the attempt is recorded and retried later.
+    app.ctx.fiscal.set_outage(true);
+    let done = buy(&app, &s).await;
+    let inv = invoice_of(&app, &done["subscription_id"]).await;
+    let iid = id(&inv);
+    assert_eq!(inv["fiscal_status"], "pending");
+    assert_eq!(invoices::fiscal::run_due_everywhere(&app.ctx).await.unwrap(), 1);
+    let inv: Value =
+        app.get(&format!("/v1/invoices/{iid}")).token(&key).header("x-tn", T).expect(200).await.json();
+    let rec = &inv["fiscalization"][0];
+    assert_eq!((rec["status"].as_str(), rec["attempts"].as_i64()), (Some("pending"), Some(1)));
+    assert!(rec["last_error"].as_str().unwrap().contains("unavailable"));
+    assert_eq!(invoices::fiscal::run_due_everywhere(&app.ctx).await.unwrap(), 0, "not due yet");
+    app.ctx.fiscal.set_outage(false);
+    app.ctx.clock.advance(chrono::Duration::minutes(2));
+    assert_eq!(invoices::fiscal::run_due_everywhere(&app.ctx).await.unwrap(), 1);
+
+    let get_k = |path: String| {
+        let (app, key) = (&app, key.clone());
+        async move { app.get(&path).token(&key).header("x-tn", T).expect(200).await.json::<Value>() }
+    };
+    let inv = get_k(format!("/v1/invoices/{iid}")).await;
+    assert_eq!(inv["fiscal_status"], "done");
+    let rec = inv["fiscalization"][0].clone();
+    assert_eq!((rec["action"].as_str(), rec["attempts"].as_i64()), (Some("issue"), Some(2)));
+    let document = rec["document"].as_str().unwrap();
+    let doc: Value = serde_json::from_str(document).unwrap();
+    assert_eq!((doc["number"].as_str(), doc["total"].as_i64()), (inv["number"].as_str(), Some(999)));
+    let v = get_k(format!("/v1/invoices/{iid}/verification")).await;
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["public_key"], rec["public_key"]);
+    // Anyone with the public key can check it offline.
+    let (pk, sig) = (rec["public_key"].as_str().unwrap(), rec["signature"].as_str().unwrap());
+    assert!(invoices::fiscal::verify_signature(pk, document, sig));
+    assert!(!invoices::fiscal::verify_signature(pk, &document.replace("999", "998"), sig));
+
+    // A refund's credit note is fiscalized too.
+    let payment = done["payment_id"].as_str().unwrap();
+    post(&app, &format!("/v1/payments/{payment}/refunds"), json!({"amount": 100}), 201).await;
+    assert_eq!(invoices::fiscal::run_due_everywhere(&app.ctx).await.unwrap(), 1);
+    let v = get_k(format!("/v1/invoices/{iid}/verification")).await;
+    let actions: Vec<&str> =
+        v["documents"].as_array().unwrap().iter().map(|d| d["action"].as_str().unwrap()).collect();
+    assert_eq!((v["valid"].as_bool(), actions), (Some(true), vec!["issue", "credit_note"]));
+
+    // Tampering with the invoice after signing: the document no longer matches.
+    app.raw_exec(&format!(
+        "UPDATE invoice_lines SET description = 'Cheaper plan' WHERE invoice_id = '{iid}'"
+    ))
+    .await
+    .unwrap();
+    let v = get_k(format!("/v1/invoices/{iid}/verification")).await;
+    assert_eq!(v["valid"], false);
+    let issue = &v["documents"][0];
+    assert_eq!(
+        (issue["signature_valid"].as_bool(), issue["document_matches"].as_bool()),
+        (Some(true), Some(false))
+    );
+    // Rewriting the signed document as well breaks the signature.
+    let forged = document.replace("\"description\":\"Plan plan\"", "\"description\":\"Cheaper plan\"");
+    assert_ne!(forged, document);
+    app.raw_exec(&format!(
+        "UPDATE fiscal_records SET document = '{}' WHERE document_id = '{iid}' AND action = 'issue'",
+        forged.replace('\'', "''")
+    ))
+    .await
+    .unwrap();
+    let v = get_k(format!("/v1/invoices/{iid}/verification")).await;
+    let issue = &v["documents"][0];
+    assert_eq!(
+        (issue["signature_valid"].as_bool(), issue["document_matches"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(v["valid"], false);
+}
+
+both!(
+    checkout_invoices_carry_the_tax_of_the_scheme_and_country,
+    refunds_get_credit_notes_that_add_up,
+    numbers_are_gapless_under_concurrency_and_rollback,
+    open_invoices_move_by_the_table,
+    local_fiscalization_signs_retries_and_detects_tampering
+);

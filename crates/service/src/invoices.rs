@@ -1,0 +1,535 @@
+//! Invoices and credit notes (DESIGN.md section 2; issue 9).
+//!
+//! An invoice is issued `open`, with its number, inside the transaction of whatever bills the
+//! customer (the checkout's first charge, a renewal, a proration), and is marked `paid` in the
+//! transaction that records the payment settling it. Numbers are gapless per storefront series
+//! (see `docs/decisions/0008-invoice-numbering.md`): [`issue`] takes the next number with one
+//! upsert on the series row, which that row then keeps locked until the caller commits or rolls
+//! back — so call it late in the transaction and never hold the transaction across a PSP call.
+//!
+//! A refund that succeeds for a payment that settled an invoice gets a credit note, in the
+//! refund's transaction ([`credit_note_for_refund`]), numbered in the storefront's credit note
+//! series. A checkout that starts with a free trial charges nothing and issues no invoice: the
+//! first invoice is the one for the first charge.
+//!
+//! Every function here that writes expects the caller to have recorded its journal action in
+//! the transaction; the invoice's own outcomes (`invoice.issued`, `invoice.paid`,
+//! `invoice.voided`, `invoice.uncollectible`, `credit_note.issued`) follow it.
+
+pub mod fiscal;
+
+use azotte_domain::catalog::{Currency, TaxKind};
+use azotte_domain::id::{CreditNoteId, InvoiceId};
+use azotte_domain::invoice::{
+    self as rules, Amounts, DocumentKind, FiscalAction, FiscalProvider, InvoiceError, InvoiceEvent,
+    InvoiceStatus,
+};
+use azotte_domain::permission::Permission;
+use azotte_domain::{FieldError, ValidationErrors};
+use azotte_store::catalog::{self as catalog_store, Storefront};
+use azotte_store::invoices::{self as store, CreditNoteLineRow, InvoiceFilter, InvoicePaymentRow, LineRow};
+use azotte_store::payments as payment_store;
+use azotte_store::{TenantScope, TenantTx};
+use chrono::{DateTime, Datelike, Utc};
+use serde_json::json;
+
+use crate::subscriptions::offers::OfferItem;
+use crate::{Ctx, Result, ServiceError};
+
+pub use azotte_domain::invoice::LineKind;
+pub use azotte_store::invoices::{CreditNoteRow, FiscalRow, InvoiceRow};
+
+/// One line to bill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineInput {
+    pub description: String,
+    pub kind: LineKind,
+    /// The unit amount as priced, per `tax_behaviour` (tax included or not), minor units.
+    /// Negative only for a proration credit.
+    pub amount: i64,
+    pub quantity: u32,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    pub tax_behaviour: TaxKind,
+}
+
+fn invalid(e: InvoiceError) -> ServiceError {
+    let code = match e {
+        InvoiceError::NoLines => "invoice_without_lines",
+        InvoiceError::ZeroQuantity => "zero_quantity",
+        InvoiceError::RateOutOfRange => "rate_out_of_range",
+        InvoiceError::NegativeLine => "negative_line",
+        InvoiceError::TooLarge => "amount_too_large",
+        InvoiceError::NegativeTotal => "negative_total",
+        InvoiceError::CreditOutOfRange | InvoiceError::IllegalTransition { .. } => "invalid_credit",
+    };
+    ValidationErrors::from(FieldError::new("lines", code, e.to_string())).into()
+}
+
+fn conflict(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Conflict { code, message: message.into(), field: None }
+}
+
+fn status_of(row: &InvoiceRow) -> Result<InvoiceStatus> {
+    row.status
+        .parse()
+        .map_err(|_| ServiceError::Internal(format!("invoice {} has status {:?}", row.id, row.status).into()))
+}
+
+/// Issues an open invoice with a number, in the caller's transaction (journaled outcome
+/// `invoice.issued`). The tax rate is the storefront's for the customer's country.
+#[allow(clippy::too_many_arguments)]
+pub async fn issue(
+    tx: &mut TenantTx,
+    storefront: &Storefront,
+    customer_id: &str,
+    customer_country: Option<&str>,
+    subscription_id: Option<&str>,
+    currency: &Currency,
+    lines: &[LineInput],
+    now: DateTime<Utc>,
+) -> Result<InvoiceRow> {
+    let rate = storefront.tax.rate_for(customer_country);
+    issue_at_rate(tx, storefront, customer_id, customer_country, subscription_id, currency, lines, rate, now)
+        .await
+}
+
+/// [`issue`] at a given tax rate: the rate an offer quoted, so that the invoice bills exactly
+/// what was charged even if the storefront's rates changed since.
+#[allow(clippy::too_many_arguments)]
+pub async fn issue_at_rate(
+    tx: &mut TenantTx,
+    storefront: &Storefront,
+    customer_id: &str,
+    customer_country: Option<&str>,
+    subscription_id: Option<&str>,
+    currency: &Currency,
+    lines: &[LineInput],
+    rate_bp: u32,
+    now: DateTime<Utc>,
+) -> Result<InvoiceRow> {
+    let priced = lines
+        .iter()
+        .map(|l| rules::price_line(l.kind, l.amount, l.quantity, l.tax_behaviour, rate_bp))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let totals = rules::totals(priced.iter().map(|p| &p.amounts)).map_err(invalid)?;
+    let id = InvoiceId::new().to_string();
+    let line_rows: Vec<LineRow> = lines
+        .iter()
+        .zip(&priced)
+        .enumerate()
+        .map(|(i, (l, p))| LineRow {
+            line_no: i as i32 + 1,
+            kind: l.kind.as_str().to_owned(),
+            description: l.description.chars().take(500).collect(),
+            unit_amount: l.amount,
+            quantity: l.quantity as i32,
+            amount: p.amount,
+            tax_behaviour: p.tax_behaviour.as_str().to_owned(),
+            rate_bp: p.rate_bp as i32,
+            net: p.amounts.net,
+            tax: p.amounts.tax,
+            gross: p.amounts.gross,
+            period_start: l.period_start,
+            period_end: l.period_end,
+            invoice_id: id.clone(),
+        })
+        .collect();
+    // The number last: the series row stays locked from here until the caller commits.
+    let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
+    let sequence = store::next_number(tx, &storefront.id, &series).await?;
+    let number = rules::number(&series, sequence);
+    let row = InvoiceRow {
+        id: id.clone(),
+        storefront_id: storefront.id.clone(),
+        customer_id: customer_id.to_owned(),
+        subscription_id: subscription_id.map(str::to_owned),
+        series: Some(series),
+        sequence: Some(sequence),
+        number: Some(number.clone()),
+        status: InvoiceStatus::Open.as_str().to_owned(),
+        currency: currency.to_string(),
+        customer_country: customer_country.map(str::to_owned),
+        net: totals.net,
+        tax: totals.tax,
+        total: totals.gross,
+        amount_paid: 0,
+        amount_credited: 0,
+        fiscal_provider: storefront.fiscalization.as_str().to_owned(),
+        issued_at: Some(now),
+        paid_at: None,
+        voided_at: None,
+        uncollectible_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store::insert(tx, &row).await?;
+    store::insert_lines(tx, &line_rows).await?;
+    tx.outcome(
+        now,
+        "invoice.issued",
+        Some(("invoice", &id)),
+        json!({"number": number, "customer_id": customer_id, "subscription_id": subscription_id,
+               "currency": row.currency, "net": row.net, "tax": row.tax, "total": row.total,
+               "lines": line_rows.len(), "rate_bp": rate_bp}),
+    )
+    .await?;
+    Ok(row)
+}
+
+/// Moves an invoice by `event`, writing it only if nobody moved it meanwhile.
+async fn apply(
+    tx: &mut TenantTx,
+    invoice_id: &str,
+    event: InvoiceEvent,
+    now: DateTime<Utc>,
+    change: impl FnOnce(&mut InvoiceRow),
+) -> Result<(InvoiceRow, InvoiceStatus)> {
+    let mut row = store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    let from = status_of(&row)?;
+    let to =
+        rules::transition(from, event).map_err(|e| conflict("invoice_status_conflict", e.to_string()))?;
+    row.status = to.as_str().to_owned();
+    row.updated_at = now;
+    change(&mut row);
+    if !store::update_status(tx, &row, from.as_str()).await? {
+        return Err(conflict("invoice_changed", "the invoice changed meanwhile; read it again"));
+    }
+    Ok((row, from))
+}
+
+/// Marks an open (or uncollectible) invoice paid by a captured payment of the same customer,
+/// storefront and currency, in the caller's transaction (outcome `invoice.paid`), and queues its
+/// fiscalization. Paying it again with the same payment returns it unchanged.
+pub async fn mark_paid(
+    tx: &mut TenantTx,
+    invoice_id: &str,
+    payment_id: &str,
+    now: DateTime<Utc>,
+) -> Result<InvoiceRow> {
+    let current = store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    if current.status == InvoiceStatus::Paid.as_str() {
+        let paid_by = store::invoice_payments(tx, Some(invoice_id), None).await?;
+        if paid_by.iter().any(|p| p.payment_id == payment_id) {
+            return Ok(current);
+        }
+    }
+    let p =
+        payment_store::get(tx, payment_id).await?.ok_or(ServiceError::NotFound { resource: "payment" })?;
+    let due = current.total - current.amount_paid;
+    if p.status != "captured"
+        || p.customer_id != current.customer_id
+        || p.storefront_id != current.storefront_id
+        || p.currency != current.currency
+        || p.captured_amount < due
+    {
+        return Err(conflict(
+            "payment_does_not_settle_invoice",
+            "the payment must be captured, of the invoice's customer, storefront and currency, and cover what is due",
+        ));
+    }
+    let (row, _) = apply(tx, invoice_id, InvoiceEvent::Pay, now, |r| {
+        r.amount_paid = r.total;
+        r.paid_at = Some(now);
+    })
+    .await?;
+    store::insert_payment(
+        tx,
+        &InvoicePaymentRow {
+            invoice_id: invoice_id.to_owned(),
+            payment_id: payment_id.to_owned(),
+            amount: due,
+            created_at: now,
+        },
+    )
+    .await?;
+    tx.outcome(
+        now,
+        "invoice.paid",
+        Some(("invoice", invoice_id)),
+        json!({"payment_id": payment_id, "amount": due, "number": row.number}),
+    )
+    .await?;
+    fiscal::enqueue(tx, &row, invoice_id, FiscalAction::Issue, now).await?;
+    Ok(row)
+}
+
+/// Gives up collecting an open invoice (outcome `invoice.uncollectible`); it may still be paid.
+pub async fn mark_uncollectible(
+    tx: &mut TenantTx,
+    invoice_id: &str,
+    now: DateTime<Utc>,
+) -> Result<InvoiceRow> {
+    let (row, from) =
+        apply(tx, invoice_id, InvoiceEvent::MarkUncollectible, now, |r| r.uncollectible_at = Some(now))
+            .await?;
+    tx.outcome(now, "invoice.uncollectible", Some(("invoice", invoice_id)), json!({"was": from.as_str()}))
+        .await?;
+    Ok(row)
+}
+
+/// Voids an invoice that was not paid (outcome `invoice.voided`). Its number stays used: a
+/// void invoice is kept, so the series has no gap. If it was fiscalized, the provider is asked
+/// to cancel it.
+pub async fn void(tx: &mut TenantTx, invoice_id: &str, now: DateTime<Utc>) -> Result<InvoiceRow> {
+    let (row, from) = apply(tx, invoice_id, InvoiceEvent::Void, now, |r| r.voided_at = Some(now)).await?;
+    tx.outcome(now, "invoice.voided", Some(("invoice", invoice_id)), json!({"was": from.as_str()})).await?;
+    if store::get_fiscal(tx, invoice_id, FiscalAction::Issue.as_str()).await?.is_some() {
+        fiscal::enqueue(tx, &row, invoice_id, FiscalAction::Cancel, now).await?;
+    }
+    Ok(row)
+}
+
+/// A credit note for a refund of a payment that settled an invoice, in the refund's
+/// transaction (outcome `credit_note.issued`): `None` when the payment settled no invoice (or
+/// the invoice is fully credited). At most what is left to credit on the invoice; the amount is
+/// spread over its lines by `azotte_domain::invoice::allocate_credit`. Once per refund.
+pub async fn credit_note_for_refund(
+    tx: &mut TenantTx,
+    payment_id: &str,
+    refund_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<CreditNoteRow>> {
+    if let Some(existing) = store::credit_note_of_refund(tx, refund_id).await? {
+        return Ok(Some(existing));
+    }
+    let settled = store::invoice_payments(tx, None, Some(payment_id)).await?;
+    let mut invoice = None;
+    for s in &settled {
+        let i = store::get(tx, &s.invoice_id).await?;
+        if let Some(i) = i.filter(|i| i.amount_paid > i.amount_credited) {
+            invoice = Some(i);
+            break;
+        }
+    }
+    let Some(inv) = invoice else { return Ok(None) };
+    let amount = amount.min(inv.amount_paid - inv.amount_credited);
+    if amount <= 0 {
+        return Ok(None);
+    }
+    // Reserve the amount first: the update locks the invoice, so a concurrent credit note of
+    // the same invoice waits here and then reads this one's lines.
+    if !store::add_credited(tx, &inv.id, amount, now).await? {
+        return Err(conflict("invoice_fully_credited", "the invoice has no more to credit"));
+    }
+    let lines = store::lines_of(tx, &inv.id).await?;
+    let notes = store::credit_notes_of(tx, &inv.id).await?;
+    let ids: Vec<String> = notes.iter().map(|n| n.id.clone()).collect();
+    let mut credited = vec![Amounts::default(); lines.len()];
+    for l in store::credit_note_lines(tx, &ids).await? {
+        if let Some(c) = credited.get_mut(l.invoice_line_no as usize - 1) {
+            *c = Amounts { net: c.net + l.net, tax: c.tax + l.tax, gross: c.gross + l.gross };
+        }
+    }
+    let original: Vec<(u32, Amounts)> = lines
+        .iter()
+        .map(|l| (l.rate_bp as u32, Amounts { net: l.net, tax: l.tax, gross: l.gross }))
+        .collect();
+    let parts = rules::allocate_credit(&rules::remaining(&original, &credited), amount).map_err(invalid)?;
+    let totals = parts.iter().fold(Amounts::default(), |a, p| Amounts {
+        net: a.net + p.net,
+        tax: a.tax + p.tax,
+        gross: a.gross + p.gross,
+    });
+    let id = CreditNoteId::new().to_string();
+    let cn_lines: Vec<CreditNoteLineRow> = lines
+        .iter()
+        .zip(&parts)
+        .filter(|(_, p)| **p != Amounts::default())
+        .enumerate()
+        .map(|(i, (l, p))| CreditNoteLineRow {
+            credit_note_id: id.clone(),
+            line_no: i as i32 + 1,
+            invoice_line_no: l.line_no,
+            description: l.description.clone(),
+            rate_bp: l.rate_bp,
+            net: p.net,
+            tax: p.tax,
+            gross: p.gross,
+        })
+        .collect();
+    let reason =
+        payment_store::get_refund(tx, Some(refund_id), None).await?.map(|r| r.reason).unwrap_or_default();
+    let storefront = catalog_store::get_storefront(tx, &inv.storefront_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "storefront" })?;
+    let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::CreditNote);
+    let sequence = store::next_number(tx, &storefront.id, &series).await?;
+    let note = CreditNoteRow {
+        id: id.clone(),
+        storefront_id: inv.storefront_id.clone(),
+        invoice_id: inv.id.clone(),
+        payment_id: payment_id.to_owned(),
+        refund_id: refund_id.to_owned(),
+        number: rules::number(&series, sequence),
+        series,
+        sequence,
+        currency: inv.currency.clone(),
+        net: totals.net,
+        tax: totals.tax,
+        total: totals.gross,
+        reason,
+        created_at: now,
+    };
+    store::insert_credit_note(tx, &note).await?;
+    store::insert_credit_note_lines(tx, &cn_lines).await?;
+    tx.outcome(
+        now,
+        "credit_note.issued",
+        Some(("invoice", &inv.id)),
+        json!({"credit_note_id": id, "number": note.number, "refund_id": refund_id, "payment_id": payment_id,
+               "net": note.net, "tax": note.tax, "total": note.total}),
+    )
+    .await?;
+    fiscal::enqueue(tx, &inv, &id, FiscalAction::CreditNote, now).await?;
+    Ok(Some(note))
+}
+
+/// The initial invoice of a checkout that charged (none for a trial), issued at the offer's
+/// quoted rate for the price version bought, and paid by the checkout's payment — in the
+/// transaction that creates the subscription.
+pub(crate) async fn for_checkout(
+    tx: &mut TenantTx,
+    subscription: &azotte_store::subscriptions::SubscriptionRow,
+    item: &OfferItem,
+    payment_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<InvoiceRow>> {
+    let Some(payment_id) = payment_id else { return Ok(None) };
+    let missing = |what: &str| ServiceError::Internal(format!("checkout invoice: no {what}").into());
+    let storefront = catalog_store::get_storefront(tx, &subscription.storefront_id)
+        .await?
+        .ok_or_else(|| missing("storefront"))?;
+    let versions = catalog_store::versions_of(tx, std::slice::from_ref(&item.price_id)).await?;
+    let version =
+        versions.iter().find(|v| v.version == item.price_version).ok_or_else(|| missing("price version"))?;
+    let country =
+        azotte_store::customers::get_customer(tx, &subscription.customer_id).await?.and_then(|c| c.country);
+    let currency = Currency::parse("currency", &item.currency).map_err(|e| missing(&e.message))?;
+    let line = LineInput {
+        description: item.bundle_name.clone(),
+        kind: LineKind::Subscription,
+        amount: version.amount,
+        quantity: 1,
+        period_start: Some(subscription.period_start),
+        period_end: Some(subscription.period_end),
+        tax_behaviour: version.tax_behaviour,
+    };
+    let invoice = issue_at_rate(
+        tx,
+        &storefront,
+        &subscription.customer_id,
+        country.as_deref(),
+        Some(&subscription.id),
+        &currency,
+        &[line],
+        item.tax_rate_bp,
+        now,
+    )
+    .await?;
+    Ok(Some(mark_paid(tx, &invoice.id, payment_id, now).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// An invoice with everything about it.
+#[derive(Debug, Clone)]
+pub struct InvoiceDetail {
+    pub invoice: InvoiceRow,
+    pub lines: Vec<LineRow>,
+    pub payments: Vec<InvoicePaymentRow>,
+    pub credit_notes: Vec<(CreditNoteRow, Vec<CreditNoteLineRow>)>,
+    pub fiscal: Vec<FiscalRow>,
+}
+
+/// One invoice with its lines, payments, credit notes and fiscalization (permission
+/// `payment.read`).
+pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<InvoiceDetail> {
+    crate::security::require(ctx, scope, Permission::PaymentRead).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let d = detail(&mut tx, scope, id).await?;
+    tx.commit().await?;
+    Ok(d)
+}
+
+pub(crate) async fn detail(tx: &mut TenantTx, scope: &TenantScope, id: &str) -> Result<InvoiceDetail> {
+    let invoice = store::get(tx, id)
+        .await?
+        .filter(|i| scope.storefront_allowed(&i.storefront_id))
+        .ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    let lines = store::lines_of(tx, id).await?;
+    let payments = store::invoice_payments(tx, Some(id), None).await?;
+    let notes = store::credit_notes_of(tx, id).await?;
+    let ids: Vec<String> = notes.iter().map(|n| n.id.clone()).collect();
+    let mut note_lines = store::credit_note_lines(tx, &ids).await?;
+    let credit_notes = notes
+        .into_iter()
+        .map(|n| {
+            let (mine, rest) = note_lines.drain(..).partition(|l| l.credit_note_id == n.id);
+            note_lines = rest;
+            (n, mine)
+        })
+        .collect();
+    let fiscal = store::fiscal_of_invoice(tx, id).await?;
+    Ok(InvoiceDetail { invoice, lines, payments, credit_notes, fiscal })
+}
+
+/// Filters of an invoice list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub customer_id: Option<String>,
+    pub subscription_id: Option<String>,
+    pub status: Option<InvoiceStatus>,
+}
+
+/// Where an invoice's fiscalization stands: `not_required` (provider `none`), `not_sent` (not
+/// paid yet), or its `issue` request's status (`pending`, `done`, `failed`).
+pub fn fiscal_status(invoice: &InvoiceRow, records: &[FiscalRow]) -> String {
+    if invoice.fiscal_provider == FiscalProvider::None.as_str() {
+        return "not_required".into();
+    }
+    records
+        .iter()
+        .find(|r| r.document_id == invoice.id && r.action == FiscalAction::Issue.as_str())
+        .map_or_else(|| "not_sent".into(), |r| r.status.clone())
+}
+
+/// Invoices, a page at a time, each with its [`fiscal_status`] (permission `payment.read`).
+/// With a customer filter, an unknown customer is 404.
+pub async fn list(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    f: &ListFilter,
+    limit: u32,
+    starting_after: Option<&str>,
+) -> Result<(Vec<(InvoiceRow, String)>, bool)> {
+    crate::security::require(ctx, scope, Permission::PaymentRead).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    if let Some(c) = &f.customer_id {
+        azotte_store::customers::get_customer(&mut tx, c)
+            .await?
+            .ok_or(ServiceError::NotFound { resource: "customer" })?;
+    }
+    let filter = InvoiceFilter {
+        customer_id: f.customer_id.as_deref(),
+        subscription_id: f.subscription_id.as_deref(),
+        status: f.status.map(InvoiceStatus::as_str),
+        storefronts: scope.storefront_restriction(),
+    };
+    let (rows, more) = store::list(&mut tx, &filter, limit, starting_after).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let records = store::issue_records(&mut tx, &ids).await?;
+    tx.commit().await?;
+    Ok((
+        rows.into_iter()
+            .map(|r| {
+                let s = fiscal_status(&r, &records);
+                (r, s)
+            })
+            .collect(),
+        more,
+    ))
+}

@@ -1,0 +1,474 @@
+//! Invoices, their lines and payments, credit notes, number series and fiscalization records as
+//! stored. Numbers come from [`next_number`]: one upsert on the series row, inside the caller's
+//! transaction, so concurrent issuers serialize on that row and a rollback returns the number.
+
+use chrono::{DateTime, Utc};
+use sea_query::{Expr, Iden, OnConflict, Order, Query, SelectStatement};
+
+use crate::{Result, TenantTx};
+
+// ---------------------------------------------------------------------------------------------
+// Number series
+
+#[derive(Iden, Clone, Copy)]
+enum InvoiceSeries {
+    Table,
+    TenantId,
+    Environment,
+    StorefrontId,
+    Series,
+    LastNumber,
+}
+
+#[derive(sqlx::FromRow)]
+struct Taken {
+    last_number: i64,
+}
+
+/// Takes the next number of a storefront's series (1 for a new series), in the caller's
+/// transaction: `INSERT … ON CONFLICT DO UPDATE SET last_number = last_number + 1 RETURNING`.
+/// The row stays locked until the transaction ends, so a concurrent issuer of the same series
+/// waits and then sees the committed value (or the old one, if this transaction rolls back).
+pub async fn next_number(tx: &mut TenantTx, storefront_id: &str, series: &str) -> Result<i64> {
+    let q = Query::insert()
+        .into_table(InvoiceSeries::Table)
+        .columns([
+            InvoiceSeries::TenantId,
+            InvoiceSeries::Environment,
+            InvoiceSeries::StorefrontId,
+            InvoiceSeries::Series,
+            InvoiceSeries::LastNumber,
+        ])
+        .values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            storefront_id.into(),
+            series.into(),
+            1i64.into(),
+        ])
+        .on_conflict(
+            OnConflict::columns([
+                InvoiceSeries::TenantId,
+                InvoiceSeries::Environment,
+                InvoiceSeries::StorefrontId,
+                InvoiceSeries::Series,
+            ])
+            .value(
+                InvoiceSeries::LastNumber,
+                Expr::col((InvoiceSeries::Table, InvoiceSeries::LastNumber)).add(1),
+            )
+            .to_owned(),
+        )
+        .returning_col(InvoiceSeries::LastNumber)
+        .to_owned();
+    tx.writes += 1;
+    Ok(tx.tx.fetch_one::<Taken>(&q).await?.last_number)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invoices
+
+#[derive(Iden, Clone, Copy)]
+enum Invoices {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    StorefrontId,
+    CustomerId,
+    SubscriptionId,
+    Series,
+    Sequence,
+    Number,
+    Status,
+    Currency,
+    CustomerCountry,
+    Net,
+    Tax,
+    Total,
+    AmountPaid,
+    AmountCredited,
+    FiscalProvider,
+    IssuedAt,
+    PaidAt,
+    VoidedAt,
+    UncollectibleAt,
+    CreatedAt,
+    UpdatedAt,
+}
+
+const INVOICE_COLUMNS: [Invoices; 22] = [
+    Invoices::Id,
+    Invoices::StorefrontId,
+    Invoices::CustomerId,
+    Invoices::SubscriptionId,
+    Invoices::Series,
+    Invoices::Sequence,
+    Invoices::Number,
+    Invoices::Status,
+    Invoices::Currency,
+    Invoices::CustomerCountry,
+    Invoices::Net,
+    Invoices::Tax,
+    Invoices::Total,
+    Invoices::AmountPaid,
+    Invoices::AmountCredited,
+    Invoices::FiscalProvider,
+    Invoices::IssuedAt,
+    Invoices::PaidAt,
+    Invoices::VoidedAt,
+    Invoices::UncollectibleAt,
+    Invoices::CreatedAt,
+    Invoices::UpdatedAt,
+];
+
+/// An invoice as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InvoiceRow {
+    pub id: String,
+    pub storefront_id: String,
+    pub customer_id: String,
+    pub subscription_id: Option<String>,
+    /// The number series (`INV-2026`) and the position in it; none while `draft`.
+    pub series: Option<String>,
+    pub sequence: Option<i64>,
+    pub number: Option<String>,
+    /// `draft`, `open`, `paid`, `void` or `uncollectible`.
+    pub status: String,
+    pub currency: String,
+    /// The customer's country the tax rate was chosen for.
+    pub customer_country: Option<String>,
+    pub net: i64,
+    pub tax: i64,
+    pub total: i64,
+    pub amount_paid: i64,
+    /// Credited by credit notes (refunds).
+    pub amount_credited: i64,
+    /// The storefront's fiscalization provider when the invoice was issued.
+    pub fiscal_provider: String,
+    pub issued_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub voided_at: Option<DateTime<Utc>>,
+    pub uncollectible_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Adds an invoice.
+pub async fn insert(tx: &mut TenantTx, i: &InvoiceRow) -> Result<()> {
+    let v: Vec<sea_query::SimpleExpr> = vec![
+        tx.scope().tenant_id().to_string().into(),
+        tx.scope().environment().as_str().into(),
+        i.id.clone().into(),
+        i.storefront_id.clone().into(),
+        i.customer_id.clone().into(),
+        i.subscription_id.clone().into(),
+        i.series.clone().into(),
+        i.sequence.into(),
+        i.number.clone().into(),
+        i.status.clone().into(),
+        i.currency.clone().into(),
+        i.customer_country.clone().into(),
+        i.net.into(),
+        i.tax.into(),
+        i.total.into(),
+        i.amount_paid.into(),
+        i.amount_credited.into(),
+        i.fiscal_provider.clone().into(),
+        i.issued_at.into(),
+        i.paid_at.into(),
+        i.voided_at.into(),
+        i.uncollectible_at.into(),
+        i.created_at.into(),
+        i.updated_at.into(),
+    ];
+    let q = Query::insert()
+        .into_table(Invoices::Table)
+        .columns([Invoices::TenantId, Invoices::Environment].into_iter().chain(INVOICE_COLUMNS))
+        .values_panic(v)
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Writes an invoice's status and payment fields, only if it is still `expected_status`:
+/// `false` when another transaction moved it first.
+pub async fn update_status(tx: &mut TenantTx, i: &InvoiceRow, expected_status: &str) -> Result<bool> {
+    let q = Query::update()
+        .table(Invoices::Table)
+        .values([
+            (Invoices::Status, i.status.clone().into()),
+            (Invoices::AmountPaid, i.amount_paid.into()),
+            (Invoices::PaidAt, i.paid_at.into()),
+            (Invoices::VoidedAt, i.voided_at.into()),
+            (Invoices::UncollectibleAt, i.uncollectible_at.into()),
+            (Invoices::UpdatedAt, i.updated_at.into()),
+        ])
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .and_where(Expr::col(Invoices::Id).eq(i.id.clone()))
+        .and_where(Expr::col(Invoices::Status).eq(expected_status))
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+/// Adds `amount` to what credit notes have credited, atomically within what was paid: `false`
+/// (nothing changed) when it would credit more than was paid.
+pub async fn add_credited(
+    tx: &mut TenantTx,
+    invoice_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let q = Query::update()
+        .table(Invoices::Table)
+        .value(Invoices::AmountCredited, Expr::col(Invoices::AmountCredited).add(amount))
+        .value(Invoices::UpdatedAt, now)
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .and_where(Expr::col(Invoices::Id).eq(invoice_id))
+        .and_where(
+            Expr::expr(Expr::col(Invoices::AmountCredited).add(amount)).lte(Expr::col(Invoices::AmountPaid)),
+        )
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+fn select(tx: &TenantTx) -> SelectStatement {
+    Query::select()
+        .columns(INVOICE_COLUMNS)
+        .from(Invoices::Table)
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .to_owned()
+}
+
+/// One invoice.
+pub async fn get(tx: &mut TenantTx, id: &str) -> Result<Option<InvoiceRow>> {
+    let q = select(tx).and_where(Expr::col(Invoices::Id).eq(id)).to_owned();
+    tx.tx.fetch_optional::<InvoiceRow>(&q).await
+}
+
+/// Filters of an invoice list.
+#[derive(Debug, Clone, Default)]
+pub struct InvoiceFilter<'a> {
+    pub customer_id: Option<&'a str>,
+    pub subscription_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// Only these storefronts (a restricted API key).
+    pub storefronts: Option<&'a [String]>,
+}
+
+/// Invoices in id order after `starting_after`.
+pub async fn list(
+    tx: &mut TenantTx,
+    f: &InvoiceFilter<'_>,
+    limit: u32,
+    starting_after: Option<&str>,
+) -> Result<(Vec<InvoiceRow>, bool)> {
+    let mut q = select(tx).order_by(Invoices::Id, Order::Asc).limit(u64::from(limit) + 1).to_owned();
+    if let Some(a) = starting_after {
+        q.and_where(Expr::col(Invoices::Id).gt(a));
+    }
+    if let Some(c) = f.customer_id {
+        q.and_where(Expr::col(Invoices::CustomerId).eq(c));
+    }
+    if let Some(s) = f.subscription_id {
+        q.and_where(Expr::col(Invoices::SubscriptionId).eq(s));
+    }
+    if let Some(s) = f.status {
+        q.and_where(Expr::col(Invoices::Status).eq(s));
+    }
+    if let Some(s) = f.storefronts {
+        q.and_where(Expr::col(Invoices::StorefrontId).is_in(s.iter().cloned()));
+    }
+    let mut rows = tx.tx.fetch_all::<InvoiceRow>(&q).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok((rows, more))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lines
+
+#[derive(Iden, Clone, Copy)]
+enum InvoiceLines {
+    Table,
+    TenantId,
+    Environment,
+    InvoiceId,
+    LineNo,
+    Kind,
+    Description,
+    UnitAmount,
+    Quantity,
+    Amount,
+    TaxBehaviour,
+    RateBp,
+    Net,
+    Tax,
+    Gross,
+    PeriodStart,
+    PeriodEnd,
+}
+
+const LINE_COLUMNS: [InvoiceLines; 14] = [
+    InvoiceLines::LineNo,
+    InvoiceLines::Kind,
+    InvoiceLines::Description,
+    InvoiceLines::UnitAmount,
+    InvoiceLines::Quantity,
+    InvoiceLines::Amount,
+    InvoiceLines::TaxBehaviour,
+    InvoiceLines::RateBp,
+    InvoiceLines::Net,
+    InvoiceLines::Tax,
+    InvoiceLines::Gross,
+    InvoiceLines::PeriodStart,
+    InvoiceLines::PeriodEnd,
+    InvoiceLines::InvoiceId,
+];
+
+/// An invoice line as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LineRow {
+    pub line_no: i32,
+    /// `subscription`, `proration` or `one_time`.
+    pub kind: String,
+    pub description: String,
+    pub unit_amount: i64,
+    pub quantity: i32,
+    /// Unit amount × quantity, as priced.
+    pub amount: i64,
+    /// `inclusive` or `exclusive`.
+    pub tax_behaviour: String,
+    pub rate_bp: i32,
+    pub net: i64,
+    pub tax: i64,
+    pub gross: i64,
+    pub period_start: Option<DateTime<Utc>>,
+    pub period_end: Option<DateTime<Utc>>,
+    pub invoice_id: String,
+}
+
+/// Adds an invoice's lines.
+pub async fn insert_lines(tx: &mut TenantTx, lines: &[LineRow]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut q = Query::insert()
+        .into_table(InvoiceLines::Table)
+        .columns([InvoiceLines::TenantId, InvoiceLines::Environment].into_iter().chain(LINE_COLUMNS))
+        .to_owned();
+    for l in lines {
+        q.values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            l.line_no.into(),
+            l.kind.clone().into(),
+            l.description.clone().into(),
+            l.unit_amount.into(),
+            l.quantity.into(),
+            l.amount.into(),
+            l.tax_behaviour.clone().into(),
+            l.rate_bp.into(),
+            l.net.into(),
+            l.tax.into(),
+            l.gross.into(),
+            l.period_start.into(),
+            l.period_end.into(),
+            l.invoice_id.clone().into(),
+        ]);
+    }
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// An invoice's lines in order.
+pub async fn lines_of(tx: &mut TenantTx, invoice_id: &str) -> Result<Vec<LineRow>> {
+    let q = Query::select()
+        .columns(LINE_COLUMNS)
+        .from(InvoiceLines::Table)
+        .cond_where(tx.in_scope(InvoiceLines::TenantId, InvoiceLines::Environment))
+        .and_where(Expr::col(InvoiceLines::InvoiceId).eq(invoice_id))
+        .order_by(InvoiceLines::LineNo, Order::Asc)
+        .to_owned();
+    tx.tx.fetch_all::<LineRow>(&q).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payments of invoices
+
+#[derive(Iden, Clone, Copy)]
+enum InvoicePayments {
+    Table,
+    TenantId,
+    Environment,
+    InvoiceId,
+    PaymentId,
+    Amount,
+    CreatedAt,
+}
+
+/// A payment applied to an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InvoicePaymentRow {
+    pub invoice_id: String,
+    pub payment_id: String,
+    pub amount: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a payment applied to an invoice.
+pub async fn insert_payment(tx: &mut TenantTx, p: &InvoicePaymentRow) -> Result<()> {
+    let q = Query::insert()
+        .into_table(InvoicePayments::Table)
+        .columns([
+            InvoicePayments::TenantId,
+            InvoicePayments::Environment,
+            InvoicePayments::InvoiceId,
+            InvoicePayments::PaymentId,
+            InvoicePayments::Amount,
+            InvoicePayments::CreatedAt,
+        ])
+        .values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            p.invoice_id.clone().into(),
+            p.payment_id.clone().into(),
+            p.amount.into(),
+            p.created_at.into(),
+        ])
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Payments applied to an invoice (`invoice_id`) or invoices a payment settled (`payment_id`).
+pub async fn invoice_payments(
+    tx: &mut TenantTx,
+    invoice_id: Option<&str>,
+    payment_id: Option<&str>,
+) -> Result<Vec<InvoicePaymentRow>> {
+    let mut q = Query::select()
+        .columns([
+            InvoicePayments::InvoiceId,
+            InvoicePayments::PaymentId,
+            InvoicePayments::Amount,
+            InvoicePayments::CreatedAt,
+        ])
+        .from(InvoicePayments::Table)
+        .cond_where(tx.in_scope(InvoicePayments::TenantId, InvoicePayments::Environment))
+        .order_by(InvoicePayments::CreatedAt, Order::Asc)
+        .order_by(InvoicePayments::InvoiceId, Order::Asc)
+        .to_owned();
+    if let Some(i) = invoice_id {
+        q.and_where(Expr::col(InvoicePayments::InvoiceId).eq(i));
+    }
+    if let Some(p) = payment_id {
+        q.and_where(Expr::col(InvoicePayments::PaymentId).eq(p));
+    }
+    tx.tx.fetch_all::<InvoicePaymentRow>(&q).await
+}
+
+mod credit_notes;
+mod fiscal;
+pub use credit_notes::*;
+pub use fiscal::*;
