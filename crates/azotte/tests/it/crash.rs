@@ -240,3 +240,63 @@ mod payments_survive_sigkill_and_reconcile {
         super::payments_survive_sigkill_and_reconcile(crate::helpers::Backend::Postgres).await
     }
 }
+
+/// Operators switch safe mode with the CLI, against the same database as the running service.
+async fn safe_mode_from_the_cli(backend: Backend) {
+    let app = spawn_app_with(backend, &[]).await;
+    app.create_tenant("clisafe").await;
+    let tenant = app.raw_strings("SELECT id FROM tenants WHERE slug = 'clisafe'").await.remove(0);
+    let data = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_azotte"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AZOTTE_") {
+                c.env_remove(k);
+            }
+        }
+        let out = c
+            .args(args)
+            .current_dir(data.path())
+            .env("AZOTTE_DATABASE_URL", &app.db_url)
+            .env("AZOTTE_SECRET_KEY", "5e".repeat(32))
+            .env("AZOTTE_MASTER_KEY", TEST_MASTER_KEY)
+            .env("AZOTTE_DATA_DIR", data.path())
+            .env("AZOTTE_LOG_LEVEL", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = cli(&["safe-mode", "--tenant", &tenant, "on", "--reason", "PSP incident INC-7"]);
+    assert!(ok && out.contains("safe mode: on") && out.contains("INC-7"), "{out}");
+    let state: Value =
+        app.get("/v1/tenant/safe-mode").tenant("clisafe", "production").expect(200).await.json();
+    assert_eq!(
+        (state["enabled"].as_bool(), state["reason"].as_str()),
+        (Some(true), Some("PSP incident INC-7"))
+    );
+    let (ok, out) = cli(&["safe-mode", "--tenant", &tenant, "status"]);
+    assert!(ok && out.contains("safe mode: on"), "{out}");
+    let (ok, out) = cli(&["safe-mode", "--tenant", &tenant, "off"]);
+    assert!(ok && out.contains("safe mode: off"), "{out}");
+    let (ok, out) = cli(&["safe-mode", "--tenant", "ten_01jdq3m9x7e5k4w2c8v6b0n1p2", "status"]);
+    assert!(!ok, "an unknown tenant is an error: {out}");
+    let journal = app.raw_strings("SELECT type FROM journal_entries").await;
+    assert!(
+        journal.iter().any(|t| t == "tenant.safe_mode_enabled")
+            && journal.iter().any(|t| t == "tenant.safe_mode_disabled")
+    );
+}
+
+mod safe_mode_from_the_cli {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::safe_mode_from_the_cli(crate::helpers::Backend::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::safe_mode_from_the_cli(crate::helpers::Backend::Postgres).await
+    }
+}
