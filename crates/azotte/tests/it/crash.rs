@@ -300,3 +300,127 @@ mod safe_mode_from_the_cli {
         super::safe_mode_from_the_cli(crate::helpers::Backend::Postgres).await
     }
 }
+
+/// Horizontal safety: two `azotte serve` processes (each with its workers) on one PostgreSQL
+/// renew a batch of due subscriptions; each is renewed — and charged at Stripe — exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_renew_each_subscription_once() {
+    const N: usize = 12;
+    let fake = FakeStripe::start().await.unwrap();
+    let mut app = spawn_app_with(Backend::Postgres, &[("stripe_base_url", fake.base_url())]).await;
+    app.create_tenant(T).await;
+    let post = |path: String, body: Value| {
+        let app = &app;
+        async move { app.post(&path, body).tenant(T, ENV).expect(201).await.json::<Value>() }
+    };
+    let sf = post(
+        "/v1/storefronts".into(),
+        json!({"name": "Web", "type": "web", "default_currency": "EUR", "default_language": "en", "countries": ["DE"],
+               "tax": {"kind": "inclusive", "rate_bp": 1900}}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acc = post(
+        format!("/v1/storefronts/{sf}/psp-accounts"),
+        json!({"connector": "stripe", "display_name": "Stripe", "mode": "test",
+               "credentials": {"api_secret": "sk_test_workers0123456789", "webhook_secret": "whsec_workers0123456789"}}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post("/v1/entitlements".into(), json!({"key": "video", "name": "Video", "kind": "boolean"})).await;
+    let bundle = post(
+        "/v1/bundles".into(),
+        json!({"key": "premium", "name": "Premium", "type": "subscription", "status": "active", "entitlements": [{"key": "video"}]}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 30-day periods: shifting every date back by 30 days keeps the anchor arithmetic exact.
+    let price = post(
+        "/v1/prices".into(),
+        json!({"bundle_id": bundle, "storefront_id": sf, "currency": "EUR", "amount": 700, "billing_period": {"unit": "day", "count": 30}}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..N {
+        let cus = post("/v1/customers".into(), json!({"external_id": format!("w{i}")})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let pm = post(
+            format!("/v1/customers/{cus}/payment-methods"),
+            json!({"storefront_id": sf, "psp_account_id": acc, "token": "pm_card_visa"}),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let offer = post("/v1/offers".into(), json!({"customer_id": cus, "storefront_id": sf})).await;
+        let c = app
+            .post("/v1/checkouts", json!({"customer_id": cus, "offer_id": offer["id"], "price_id": price, "payment_method_id": pm}))
+            .tenant(T, ENV)
+            .expect(202)
+            .await
+            .json::<Value>();
+        let cid = c["id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: Value = app.get(&format!("/v1/checkouts/{cid}")).tenant(T, ENV).expect(200).await.json();
+            if v["status"] == "succeeded" {
+                break;
+            }
+            assert!(v["status"] == "processing" && Instant::now() < deadline, "{v}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    app.stop_server();
+    let shifted = app
+        .raw_exec(
+            "UPDATE subscriptions SET anchor = anchor - interval '30 days', \
+             period_start = period_start - interval '30 days', period_end = period_end - interval '30 days'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(shifted as usize, N);
+
+    let data = tempfile::tempdir().unwrap();
+    let (mut a, _) = start(&app, &fake, data.path()).await;
+    let (mut b, _) = start(&app, &fake, data.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = app.raw_strings("SELECT id FROM subscriptions WHERE periods < 2").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not renewed after 90 s: {left:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Let both keep ticking a little: nothing more may happen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for c in [&mut a, &mut b] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let renewals = app
+        .raw_strings(
+            "SELECT request_key FROM payments WHERE request_key LIKE 'renewal-%' ORDER BY request_key",
+        )
+        .await;
+    assert_eq!(renewals.len(), N, "one renewal payment per subscription: {renewals:?}");
+    let charges: Vec<_> = fake.movements().into_iter().filter(|m| m.kind == MovementKind::Charge).collect();
+    assert_eq!(charges.len(), 2 * N, "N first charges and N renewals at Stripe, nothing twice");
+    let mut per_reference: HashMap<String, usize> = HashMap::new();
+    for m in &charges {
+        *per_reference.entry(m.reference.clone().unwrap()).or_default() += 1;
+    }
+    assert!(per_reference.values().all(|n| *n == 1), "{per_reference:?}");
+    let statuses = app.raw_strings("SELECT status FROM subscriptions").await;
+    assert!(statuses.iter().all(|s| s == "active"), "{statuses:?}");
+}
