@@ -432,6 +432,62 @@ pub(crate) async fn for_checkout(
     Ok(Some(mark_paid(tx, &invoice.id, payment_id, now).await?))
 }
 
+/// The invoice of a later charge of a subscription (a renewal, a trial's conversion), in the
+/// caller's transaction: issued for `amount` (what is charged, tax included, as the
+/// subscription's amount is) over the period, and paid by `payment_id` when given (a captured
+/// payment). The line is the subscription's price version when that prices to exactly `amount`
+/// at the storefront's current rate for the customer (so an exclusive price shows its net as
+/// priced); otherwise `amount` itself, tax included.
+pub async fn for_subscription_charge(
+    tx: &mut TenantTx,
+    subscription: &azotte_store::subscriptions::SubscriptionRow,
+    description: &str,
+    amount: i64,
+    period: (DateTime<Utc>, DateTime<Utc>),
+    payment_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<InvoiceRow> {
+    let storefront = catalog_store::get_storefront(tx, &subscription.storefront_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "storefront" })?;
+    let country =
+        azotte_store::customers::get_customer(tx, &subscription.customer_id).await?.and_then(|c| c.country);
+    let rate = storefront.tax.rate_for(country.as_deref());
+    let versions = catalog_store::versions_of(tx, std::slice::from_ref(&subscription.price_id)).await?;
+    let as_priced = versions.iter().find(|v| {
+        v.version == subscription.price_version
+            && rules::price_line(LineKind::Subscription, v.amount, 1, v.tax_behaviour, rate)
+                .is_ok_and(|l| l.amounts.gross == amount)
+    });
+    let (unit, behaviour) = as_priced.map_or((amount, TaxKind::Inclusive), |v| (v.amount, v.tax_behaviour));
+    let currency = Currency::parse("currency", &subscription.currency)
+        .map_err(|e| ServiceError::Internal(e.message.into()))?;
+    let line = LineInput {
+        description: description.to_owned(),
+        kind: LineKind::Subscription,
+        amount: unit,
+        quantity: 1,
+        period_start: Some(period.0),
+        period_end: Some(period.1),
+        tax_behaviour: behaviour,
+    };
+    let invoice = issue(
+        tx,
+        &storefront,
+        &subscription.customer_id,
+        country.as_deref(),
+        Some(&subscription.id),
+        &currency,
+        &[line],
+        now,
+    )
+    .await?;
+    match payment_id {
+        Some(p) => mark_paid(tx, &invoice.id, p, now).await,
+        None => Ok(invoice),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading
 

@@ -188,6 +188,42 @@ async fn checkout_invoices_carry_the_tax_of_the_scheme_and_country(app: TestApp)
         "charged what is invoiced"
     );
 
+    // A free trial charges nothing and has no invoice.
+    let bundle = id(&post(
+        &app,
+        "/v1/bundles",
+        json!({"key": "trialplan", "name": "Trial plan", "type": "subscription", "status": "active",
+               "family": "trialplan", "entitlements": [{"key": "video"}]}),
+        201,
+    )
+    .await);
+    let trial = id(&post(
+        &app,
+        "/v1/prices",
+        json!({"bundle_id": bundle, "storefront_id": incl.sf, "currency": "EUR", "amount": 499,
+               "billing_period": {"unit": "month", "count": 1}, "trial": {"days": 14, "payment_method_required": false}}),
+        201,
+    )
+    .await);
+    let other =
+        id(&post(&app, "/v1/customers", json!({"external_id": "trialist", "country": "DE"}), 201).await);
+    let o = post(&app, "/v1/offers", json!({"customer_id": other, "storefront_id": incl.sf}), 201).await;
+    let c = post(
+        &app,
+        "/v1/checkouts",
+        json!({"customer_id": other, "offer_id": o["id"], "price_id": trial}),
+        202,
+    )
+    .await;
+    let mut c = c;
+    while c["status"] == "processing" {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        c = get(&app, &format!("/v1/checkouts/{}", id(&c))).await;
+    }
+    assert_eq!(c["status"], "succeeded", "{c}");
+    let none = get(&app, &format!("/v1/customers/{other}/invoices")).await;
+    assert!(none["data"].as_array().unwrap().is_empty(), "{none}");
+
     // Filters, the customer's list, bad filters.
     let paid = get(&app, "/v1/invoices?status=paid").await;
     assert_eq!(paid["data"].as_array().unwrap().len(), 2);
@@ -426,6 +462,34 @@ async fn open_invoices_move_by_the_table(app: TestApp) {
     assert!(a["uncollectible_at"].is_string());
     assert_eq!(get(&app, &format!("/v1/invoices/{}", b.id)).await["status"], "void");
     assert_eq!(get(&app, "/v1/invoices?status=void").await["data"].as_array().unwrap().len(), 1);
+    // A renewal's invoice: the subscription's price as priced (exclusive) when it adds up to
+    // the charge, else the charge itself, tax included.
+    let done = buy(&app, &s).await;
+    let sid = done["subscription_id"].as_str().unwrap();
+    let renewal = post(
+        &app,
+        "/v1/payments",
+        json!({"customer_id": s.cus, "payment_method_id": s.pm, "amount": 1099, "currency": "EUR"}),
+        201,
+    )
+    .await;
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.renew", None, json!({})).await.unwrap();
+    let sub = azotte_store::subscriptions::get_subscription(&mut tx, sid).await.unwrap().unwrap();
+    let period = (sub.period_end, sub.period_end + chrono::Duration::days(30));
+    let r =
+        invoices::for_subscription_charge(&mut tx, &sub, "Renewal", 1099, period, Some(&id(&renewal)), now)
+            .await
+            .unwrap();
+    let odd =
+        invoices::for_subscription_charge(&mut tx, &sub, "Renewal", 1000, period, None, now).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((r.status.as_str(), r.net, r.tax, r.total), ("paid", 999, 100, 1099));
+    assert_eq!(r.number, Some(format!("ST-{}-000004", year(&app))), "after a, b and the checkout's");
+    let line = &get(&app, &format!("/v1/invoices/{}", r.id)).await["lines"][0];
+    assert_eq!((line["tax_behaviour"].as_str(), line["amount"].as_i64()), (Some("exclusive"), Some(999)));
+    assert_eq!((odd.status.as_str(), odd.net, odd.tax, odd.total), ("open", 909, 91, 1000));
+
     // Each move is a journal outcome about the invoice.
     let sql = format!("SELECT type FROM journal_entries WHERE resource_id = '{}' ORDER BY id", id(&a));
     assert_eq!(app.raw_strings(&sql).await, ["invoice.issued", "invoice.uncollectible", "invoice.paid"]);
