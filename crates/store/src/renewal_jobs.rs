@@ -6,6 +6,7 @@ use azotte_domain::id::JournalId;
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, OnConflict, Order, Query};
 
+use crate::exec::Tx;
 use crate::{Db, Result};
 
 #[derive(Iden, Clone, Copy)]
@@ -23,6 +24,16 @@ enum RenewalJobs {
     LockedUntil,
     CreatedAt,
     UpdatedAt,
+}
+
+/// A transaction on the job table: a platform transaction (PostgreSQL's policy admits only
+/// those).
+async fn job_tx(db: &Db) -> Result<Tx> {
+    let mut tx = db.unscoped_tx().await?;
+    if let Tx::Postgres(t) = &mut tx {
+        sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
+    }
+    Ok(tx)
 }
 
 /// A renewal job.
@@ -90,7 +101,7 @@ pub async fn enqueue(
             .to_owned(),
         )
         .to_owned();
-    let mut tx = db.unscoped_tx().await?;
+    let mut tx = job_tx(db).await?;
     let n = tx.execute(&q).await?;
     tx.commit().await?;
     Ok(n == 1)
@@ -125,7 +136,7 @@ pub async fn claim_due(
         .limit(limit)
         .to_owned();
     let candidates: Vec<RenewalJob> = {
-        let mut tx = db.unscoped_tx().await?;
+        let mut tx = job_tx(db).await?;
         let rows = tx.fetch_all::<RenewalJob>(&due).await?;
         tx.commit().await?;
         rows
@@ -144,7 +155,7 @@ pub async fn claim_due(
                     .add(Expr::col(RenewalJobs::LockedUntil).lt(now)),
             )
             .to_owned();
-        let mut tx = db.unscoped_tx().await?;
+        let mut tx = job_tx(db).await?;
         let n = tx.execute(&q).await?;
         tx.commit().await?;
         if n == 1 {
@@ -163,7 +174,7 @@ pub async fn finish(db: &Db, id: &str, now: DateTime<Utc>) -> Result<()> {
         .value(RenewalJobs::UpdatedAt, now)
         .and_where(Expr::col(RenewalJobs::Id).eq(id))
         .to_owned();
-    let mut tx = db.unscoped_tx().await?;
+    let mut tx = job_tx(db).await?;
     tx.execute(&q).await?;
     tx.commit().await
 }
@@ -185,7 +196,7 @@ pub async fn later(
         .value(RenewalJobs::UpdatedAt, now)
         .and_where(Expr::col(RenewalJobs::Id).eq(id))
         .to_owned();
-    let mut tx = db.unscoped_tx().await?;
+    let mut tx = job_tx(db).await?;
     tx.execute(&q).await?;
     tx.commit().await
 }

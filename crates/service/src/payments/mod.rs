@@ -53,7 +53,7 @@ pub struct Connectors {
     /// One circuit breaker per PSP account.
     pub breakers: Breakers,
     /// Reconciliation lookups that failed, by payment or refund id: (failures, next try).
-    pub(crate) lookup_backoff: Arc<std::sync::Mutex<std::collections::HashMap<String, (u32, chrono::DateTime<chrono::Utc>)>>>,
+    pub(crate) lookup_backoff: Arc<std::sync::Mutex<Backoff>>,
     /// How long after an attempt an empty PSP lookup still proves nothing (PSP search indexes
     /// lag), and how long an attempt may stay unrecorded before reconciliation asks the PSP.
     pub reconcile_grace: chrono::Duration,
@@ -110,6 +110,9 @@ impl Connectors {
         }
     }
 }
+
+/// Failed reconciliation lookups by payment or refund id: (failures, next try).
+pub(crate) type Backoff = std::collections::HashMap<String, (u32, chrono::DateTime<chrono::Utc>)>;
 
 /// The default of [`Connectors::reconcile_grace`].
 pub const RECONCILE_GRACE: chrono::Duration = chrono::Duration::minutes(10);

@@ -28,7 +28,8 @@ fn lookup_failed(ctx: &Ctx, id: &str, now: chrono::DateTime<chrono::Utc>) {
     }
     let e = map.entry(id.to_owned()).or_insert((0, now));
     e.0 += 1;
-    e.1 = now + chrono::Duration::minutes(1i64 << e.0.saturating_sub(1).min(6)).min(chrono::Duration::hours(1));
+    e.1 =
+        now + chrono::Duration::minutes(1i64 << e.0.saturating_sub(1).min(6)).min(chrono::Duration::hours(1));
 }
 
 fn lookup_done(ctx: &Ctx, id: &str) {
