@@ -233,6 +233,7 @@ pub mod need {
         PaymentRefund,
         PaymentSafeMode,
         CatalogRead,
+        SubscriptionRead,
         SubscriptionWrite,
         SubscriptionCancel
     );

@@ -15,8 +15,10 @@ use crate::validation::FieldError;
 
 /// Declares a string enum with its wire names, `as_str`, parsing and an OpenAPI schema.
 /// Paths are spelled in full so other modules of the crate can use it (`crate::catalog::wire_enum!`).
+/// The wire names are `tt`, not `literal`: a `literal` fragment reaches the derives wrapped in an
+/// invisible group that utoipa does not read, and the schema listed the Rust variant names.
 macro_rules! wire_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $wire:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $wire:tt),+ $(,)? }) => {
         $(#[$m])*
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
@@ -416,7 +418,23 @@ impl DunningPolicy {
     }
 }
 
-/// How a storefront's subscriptions may move (issue 8): trial eligibility and pausing.
+wire_enum!(
+    /// When a plan change (replace) takes effect: now, with credit for the unused time of the old
+    /// price and a charge for the rest of the period at the new one (`immediate_prorated`), or
+    /// at the next renewal, which then charges the new price (`at_period_end`).
+    ReplacePolicy { ImmediateProrated => "immediate_prorated", AtPeriodEnd => "at_period_end" }
+);
+
+// `wire_enum!` owns the derives, so `#[derive(Default)]` is not an option here.
+#[allow(clippy::derivable_impls)]
+impl Default for ReplacePolicy {
+    fn default() -> Self {
+        ReplacePolicy::ImmediateProrated
+    }
+}
+
+/// How a storefront's subscriptions may move (issues 8 and 9): trial eligibility, pausing and
+/// plan changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifecyclePolicy {
@@ -428,6 +446,9 @@ pub struct LifecyclePolicy {
     /// would stretch it).
     #[serde(default)]
     pub pause_trials: bool,
+    /// How a plan change takes effect (default `immediate_prorated`).
+    #[serde(default)]
+    pub replace_policy: ReplacePolicy,
 }
 
 fn default_cooldown() -> u32 {
@@ -436,7 +457,11 @@ fn default_cooldown() -> u32 {
 
 impl Default for LifecyclePolicy {
     fn default() -> Self {
-        LifecyclePolicy { trial_cooldown_days: default_cooldown(), pause_trials: false }
+        LifecyclePolicy {
+            trial_cooldown_days: default_cooldown(),
+            pause_trials: false,
+            replace_policy: ReplacePolicy::ImmediateProrated,
+        }
     }
 }
 

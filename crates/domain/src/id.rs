@@ -206,6 +206,7 @@ id_kind!(PaymentMethodKind, PaymentMethodId, "pm");
 id_kind!(OfferKind, OfferId, "ofr");
 id_kind!(CheckoutKind, CheckoutId, "chk");
 id_kind!(SubscriptionKind, SubscriptionId, "sub");
+id_kind!(ReplacementKind, ReplacementId, "rpl");
 id_kind!(InvoiceKind, InvoiceId, "inv");
 id_kind!(CreditNoteKind, CreditNoteId, "cn");
 

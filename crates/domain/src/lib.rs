@@ -17,6 +17,7 @@ pub mod pagination;
 pub mod payment;
 pub mod permission;
 pub mod principal;
+pub mod proration;
 pub mod secret;
 pub mod subscription;
 pub mod tenant;

@@ -23,6 +23,7 @@ pub mod payment_ops;
 pub mod payments;
 pub mod psp_accounts;
 pub mod renewal_jobs;
+pub mod replacements;
 pub mod roles;
 mod scope;
 pub mod seal;

@@ -21,6 +21,7 @@ enum Offers {
     Items,
     CreatedAt,
     ExpiresAt,
+    SubscriptionId,
 }
 
 /// An offer as stored; `items` is the priced proposal (JSON, shaped by the service).
@@ -35,6 +36,8 @@ pub struct OfferRow {
     pub items: Value,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The subscription a `replace` offer would replace.
+    pub subscription_id: Option<String>,
 }
 
 /// Adds an offer.
@@ -51,6 +54,7 @@ pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
             Offers::Items,
             Offers::CreatedAt,
             Offers::ExpiresAt,
+            Offers::SubscriptionId,
         ])
         .values_panic([
             tx.scope().tenant_id().to_string().into(),
@@ -62,6 +66,7 @@ pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
             o.items.clone().into(),
             o.created_at.into(),
             o.expires_at.into(),
+            o.subscription_id.clone().into(),
         ])
         .to_owned();
     tx.write(&q).await?;
@@ -79,6 +84,7 @@ pub async fn get_offer(tx: &mut TenantTx, id: &str) -> Result<Option<OfferRow>> 
             Offers::Items,
             Offers::CreatedAt,
             Offers::ExpiresAt,
+            Offers::SubscriptionId,
         ])
         .from(Offers::Table)
         .cond_where(tx.in_scope(Offers::TenantId, Offers::Environment))
@@ -400,8 +406,9 @@ pub async fn insert_subscription(tx: &mut TenantTx, s: &SubscriptionRow) -> Resu
     Ok(())
 }
 
-/// Writes a subscription's lifecycle fields, only if it is still as `expected_updated_at`
-/// says (optimistic concurrency): `false` when someone else changed it first.
+/// Writes a subscription's lifecycle fields and its plan (bundle, price, amount: a replace
+/// changes them), only if it is still as `expected_updated_at` says (optimistic concurrency):
+/// `false` when someone else changed it first.
 pub async fn update_subscription(
     tx: &mut TenantTx,
     s: &SubscriptionRow,
@@ -424,6 +431,10 @@ pub async fn update_subscription(
             (Subscriptions::UpdatedAt, s.updated_at.into()),
             (Subscriptions::DunningAttempts, s.dunning_attempts.into()),
             (Subscriptions::NextRetryAt, s.next_retry_at.into()),
+            (Subscriptions::BundleId, s.bundle_id.clone().into()),
+            (Subscriptions::PriceId, s.price_id.clone().into()),
+            (Subscriptions::PriceVersion, s.price_version.into()),
+            (Subscriptions::Amount, s.amount.into()),
         ])
         .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
         .and_where(Expr::col(Subscriptions::Id).eq(s.id.clone()))
@@ -612,6 +623,16 @@ pub async fn insert_grants(
     }
     tx.write(&q).await?;
     Ok(())
+}
+
+/// Removes what a subscription grants (a plan change grants the new bundle's instead).
+pub async fn delete_grants(tx: &mut TenantTx, subscription_id: &str) -> Result<u64> {
+    let q = Query::delete()
+        .from_table(EntitlementGrants::Table)
+        .cond_where(tx.in_scope(EntitlementGrants::TenantId, EntitlementGrants::Environment))
+        .and_where(Expr::col(EntitlementGrants::SubscriptionId).eq(subscription_id))
+        .to_owned();
+    tx.write(&q).await
 }
 
 /// A grant with the state of the subscription behind it and its storefront's dunning policy

@@ -1,4 +1,6 @@
-//! Offers, checkouts, subscriptions and customers' entitlements.
+//! Offers, checkouts, subscriptions and customers' entitlements; plan changes in [`replace`].
+
+mod replace;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -40,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(extend))
         .routes(routes!(customer_entitlements))
         .routes(routes!(customer_entitlement))
+        .merge(replace::router())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -53,9 +56,13 @@ pub struct CreateOffer {
     #[serde(default)]
     customer_id: Option<String>,
     storefront_id: String,
-    /// `new` (default) or `winback`.
+    /// `new` (default), `winback` or `replace` (with `subscription_id`: the other prices of
+    /// the subscription's bundle family).
     #[serde(default)]
     intent: Option<String>,
+    /// The customer's subscription a `replace` offer replaces.
+    #[serde(default)]
+    subscription_id: Option<String>,
     #[serde(default)]
     promotion_code: Option<String>,
     /// ISO 4217; default the storefront's.
@@ -116,8 +123,10 @@ pub struct OfferView {
     id: String,
     customer_id: Option<String>,
     storefront_id: String,
-    /// `new`, `winback` or `showcase`.
+    /// `new`, `winback`, `replace` or `showcase`.
     intent: String,
+    /// The subscription a `replace` offer replaces.
+    subscription_id: Option<String>,
     items: Vec<OfferItemView>,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -130,6 +139,7 @@ impl From<Offer> for OfferView {
             customer_id: o.customer_id,
             storefront_id: o.storefront_id,
             intent: o.intent,
+            subscription_id: o.subscription_id,
             items: o.items.into_iter().map(Into::into).collect(),
             created_at: o.created_at,
             expires_at: o.expires_at,
@@ -154,18 +164,12 @@ async fn create_offer(
     let intent = match b.intent.as_deref() {
         None | Some("new") => Intent::New,
         Some("winback") => Intent::Winback,
-        Some("replace") => {
-            return Err(ApiError::validation(vec![azotte_domain::FieldError::new(
-                "intent",
-                "intent_not_available",
-                "plan changes (replace) are not available yet",
-            )]))
-        }
+        Some("replace") => Intent::Replace,
         Some(_) => {
             return Err(ApiError::validation(vec![azotte_domain::FieldError::new(
                 "intent",
                 "invalid_value",
-                "one of new, winback",
+                "one of new, winback, replace",
             )]))
         }
     };
@@ -178,6 +182,7 @@ async fn create_offer(
             intent,
             promotion_code: b.promotion_code,
             currency: b.currency,
+            subscription_id: b.subscription_id,
         },
     )
     .await?;

@@ -517,3 +517,24 @@ impl TestApp {
         out
     }
 }
+
+impl TestApp {
+    /// What the sandbox PSP has captured in all, by its own ledger (minor units).
+    pub fn sandbox_captured(&self) -> i64 {
+        self.ctx
+            .psp
+            .sandbox
+            .ledger()
+            .entries()
+            .iter()
+            .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture))
+            .map(|e| e.amount)
+            .sum()
+    }
+
+    /// One pass of the subscription jobs the worker runs each tick (checkouts, trial ends,
+    /// period ends, plan changes, renewals).
+    pub async fn subscription_tick(&self) {
+        azotte_service::subscriptions::run_due_everywhere(&self.ctx).await.unwrap();
+    }
+}

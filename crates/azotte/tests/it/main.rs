@@ -21,6 +21,7 @@ mod payments;
 mod psp_accounts;
 mod raw_card;
 mod renewals;
+mod replace;
 mod route_walk;
 mod subscriptions;
 mod tamper;

@@ -100,19 +100,11 @@ async fn subscribe(app: &TestApp) -> Sub {
 }
 
 fn captured(app: &TestApp) -> i64 {
-    app.ctx
-        .psp
-        .sandbox
-        .ledger()
-        .entries()
-        .iter()
-        .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture))
-        .map(|e| e.amount)
-        .sum()
+    app.sandbox_captured()
 }
 
 async fn tick(app: &TestApp) {
-    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    app.subscription_tick().await
 }
 
 async fn each_period_is_charged_once_also_after_downtime(app: TestApp) {

@@ -499,7 +499,10 @@ async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
         .expect(200)
         .await
         .json::<Value>();
-    assert_eq!(sf["lifecycle"], json!({"trial_cooldown_days": 180, "pause_trials": true}));
+    assert_eq!(
+        sf["lifecycle"],
+        json!({"trial_cooldown_days": 180, "pause_trials": true, "replace_policy": "immediate_prorated"})
+    );
     assert_eq!(
         post(&app, &format!("/v1/subscriptions/{sid}/pause"), json!({}), 200).await["status"],
         "paused"

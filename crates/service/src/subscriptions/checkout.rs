@@ -371,7 +371,7 @@ async fn check_and_charge(
 
 /// What a bundle grants, with `includes` expanded (an included entitlement is granted without
 /// a quantity of its own; the bundle's own quantity wins when it lists it too).
-fn grants(bundle: &Bundle, all: &[Entitlement]) -> Vec<Grant> {
+pub(crate) fn grants(bundle: &Bundle, all: &[Entitlement]) -> Vec<Grant> {
     let mut out: Vec<Grant> = Vec::new();
     let mut todo: Vec<(String, Option<i64>)> = bundle
         .entitlements

@@ -44,7 +44,8 @@ pub fn state_of(row: &SubscriptionRow) -> Result<life::State> {
     })
 }
 
-async fn load(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<SubscriptionRow> {
+/// A subscription the caller may see (its storefront allowed), else `404`.
+pub(crate) async fn load(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<SubscriptionRow> {
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let row = store::get_subscription(&mut tx, id)
         .await?

@@ -1,6 +1,7 @@
 //! Offers: what a customer may buy in a storefront right now, priced (tax per the storefront's
 //! scheme and the customer's country), with the trial each bundle family allows them. Stored,
-//! bound to the customer, and valid for [`OFFER_TTL`]; checkout accepts nothing else.
+//! bound to the customer, and valid for [`OFFER_TTL`]; checkout accepts nothing else. A
+//! `replace` offer lists what a live subscription may change to (see [`super::replace`]).
 
 use azotte_domain::catalog::{tax_split, Currency};
 use azotte_domain::id::OfferId;
@@ -26,6 +27,8 @@ pub enum Intent {
     New,
     /// Coming back after a subscription ended: no trial.
     Winback,
+    /// A plan change of the customer's live subscription: the other prices of its family.
+    Replace,
 }
 
 impl Intent {
@@ -33,6 +36,7 @@ impl Intent {
         match self {
             Intent::New => "new",
             Intent::Winback => "winback",
+            Intent::Replace => "replace",
         }
     }
 }
@@ -46,6 +50,8 @@ pub struct OfferInput {
     pub promotion_code: Option<String>,
     /// Defaults to the storefront's default currency.
     pub currency: Option<String>,
+    /// The subscription a `replace` offer replaces.
+    pub subscription_id: Option<String>,
 }
 
 /// One priced item of an offer.
@@ -82,6 +88,8 @@ pub struct Offer {
     pub items: Vec<OfferItem>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The subscription a `replace` offer replaces.
+    pub subscription_id: Option<String>,
 }
 
 impl Offer {
@@ -95,11 +103,12 @@ impl Offer {
             items,
             created_at: r.created_at,
             expires_at: r.expires_at,
+            subscription_id: r.subscription_id,
         })
     }
 }
 
-fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> ServiceError {
+pub(crate) fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> ServiceError {
     ValidationErrors::from(FieldError::new(field, code, message)).into()
 }
 
@@ -158,6 +167,24 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
         ),
         None => None,
     };
+    let replaced = match (input.intent, &customer, &input.subscription_id) {
+        (Intent::Replace, Some(c), Some(sid)) => {
+            let asked = input.currency.as_ref().map(|_| &currency);
+            Some(super::replace::replaceable_of(&mut tx, scope, sid, &c.id, &sf.id, asked, now).await?)
+        }
+        (Intent::Replace, _, _) => {
+            let field = if showcase { "customer_id" } else { "subscription_id" };
+            return Err(invalid(field, "required", "a replace offer is for a customer's subscription"));
+        }
+        (_, _, Some(_)) => {
+            return Err(invalid(
+                "subscription_id",
+                "not_allowed",
+                "only a replace offer names a subscription",
+            ))
+        }
+        _ => None,
+    };
     let country = customer.as_ref().and_then(|c| c.country.clone());
     let rate = sf.tax.rate_for(country.as_deref());
     let oid = OfferId::new().to_string();
@@ -171,7 +198,10 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
     )
     .await?;
     let mut items = Vec::new();
-    for item in &catalog.items {
+    if let Some(sub) = &replaced {
+        items = super::replace::candidates(&catalog, sub, rate);
+    }
+    for item in catalog.items.iter().filter(|_| replaced.is_none()) {
         let b = &item.bundle.bundle;
         let history = match &customer {
             Some(c) => Some(family_history(&mut tx, &c.id, &b.family).await?),
@@ -183,10 +213,10 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
         }
         for (price, version) in item.prices.iter().filter(|(p, _)| p.currency == currency) {
             let Some(period) = price.billing_period else { continue };
-            let (net, tax, gross) = tax_split(version.amount, version.tax_behaviour, rate);
             let (trial_days, reasons) = match (&version.trial, &history, input.intent) {
                 (None, _, _) => (0, vec!["no_trial_on_price".to_owned()]),
                 (Some(_), _, Intent::Winback) => (0, vec!["winback_has_no_trial".to_owned()]),
+                (Some(_), _, Intent::Replace) => (0, vec!["replace_has_no_trial".to_owned()]),
                 (Some(t), None, _) => (t.days, vec!["showcase".to_owned()]),
                 (Some(t), Some(h), Intent::New) => {
                     let d = trial_eligibility(h, now, sf.lifecycle.trial_cooldown_days);
@@ -194,24 +224,10 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
                     (if d.eligible { t.days } else { 0 }, reasons)
                 }
             };
-            items.push(OfferItem {
-                price_id: price.id.clone(),
-                price_version: version.version,
-                bundle_id: b.id.clone(),
-                bundle_key: b.key.clone(),
-                bundle_name: b.name.clone(),
-                family: b.family.clone(),
-                currency: currency.to_string(),
-                amount: gross,
-                net,
-                tax,
-                tax_rate_bp: rate,
-                period_unit: period.unit.as_str().to_owned(),
-                period_count: period.count,
-                trial_days,
-                trial_payment_method_required: version.trial.is_some_and(|t| t.payment_method_required),
-                trial_reasons: reasons,
-            });
+            let mut priced = priced_item(b, price, version, period, &currency, rate);
+            priced.trial_days = trial_days;
+            priced.trial_reasons = reasons;
+            items.push(priced);
         }
     }
     if customer.is_some() {
@@ -235,11 +251,42 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
         items: serde_json::to_value(&items).map_err(ServiceError::internal)?,
         created_at: now,
         expires_at: now + OFFER_TTL,
+        subscription_id: replaced.as_ref().map(|s| s.id.clone()),
     };
     store::insert_offer(&mut tx, &row).await?;
     tx.outcome(now, "offer.created", r, json!({"items": items.len(), "expires_at": row.expires_at})).await?;
     tx.commit().await?;
     Offer::from_row(row)
+}
+
+/// A price as offered to a customer taxed at `rate`, without a trial.
+pub(crate) fn priced_item(
+    b: &azotte_store::catalog::Bundle,
+    price: &azotte_store::catalog::Price,
+    version: &azotte_store::catalog::PriceVersion,
+    period: azotte_domain::catalog::BillingPeriod,
+    currency: &Currency,
+    rate: u32,
+) -> OfferItem {
+    let (net, tax, gross) = tax_split(version.amount, version.tax_behaviour, rate);
+    OfferItem {
+        price_id: price.id.clone(),
+        price_version: version.version,
+        bundle_id: b.id.clone(),
+        bundle_key: b.key.clone(),
+        bundle_name: b.name.clone(),
+        family: b.family.clone(),
+        currency: currency.to_string(),
+        amount: gross,
+        net,
+        tax,
+        tax_rate_bp: rate,
+        period_unit: period.unit.as_str().to_owned(),
+        period_count: period.count,
+        trial_days: 0,
+        trial_payment_method_required: version.trial.is_some_and(|t| t.payment_method_required),
+        trial_reasons: vec![],
+    }
 }
 
 /// One offer (permission `subscription.read`).

@@ -156,7 +156,7 @@ async fn defer(
 
 async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> {
     let now = ctx.clock.now();
-    let (sub, storefront, accounts, safe_mode) = {
+    let (sub, storefront, accounts, safe_mode, amount) = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
         let sub = store::get_subscription(&mut tx, &job.subscription_id).await?;
         let Some(sub) = sub else {
@@ -166,8 +166,10 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
         let sf = azotte_store::catalog::get_storefront(&mut tx, &sub.storefront_id).await?;
         let accounts = psp_store::of_storefront(&mut tx, &sub.storefront_id).await?;
         let safe = payment_ops::safe_mode(&mut tx).await?;
+        // A plan change scheduled for the period end: the next period costs the new price.
+        let amount = super::replace::renewal_amount(&mut tx, &sub).await?;
         tx.commit().await?;
-        (sub, sf, accounts, safe)
+        (sub, sf, accounts, safe, amount)
     };
     // A stale job (the period moved on, or another run settled it) has nothing left to do.
     let due_status = matches!(sub.status.as_str(), "active" | "past_due");
@@ -192,7 +194,7 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
                 ChargeInput {
                     customer_id: sub.customer_id.clone(),
                     payment_method_id: pm.clone(),
-                    amount: sub.amount,
+                    amount,
                     currency: sub.currency.clone(),
                     description: format!("subscription {} renewal, period ending {}", sub.id, sub.period_end),
                     psp_account_id: None,
@@ -261,6 +263,7 @@ async fn settle(
             };
             sub.dunning_attempts = 0;
             sub.next_retry_at = None;
+            super::replace::apply_scheduled(&mut tx, &mut sub, payment_id, now).await?;
             let body = json!({"payment_id": payment_id, "period_start": after.period_start, "period_end": after.period_end});
             (after, kind, body)
         }
