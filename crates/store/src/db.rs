@@ -34,7 +34,7 @@ pub enum Backend {
 pub struct DbOptions {
     /// `sqlite://path` or `postgres://…`; a secret because it may hold a password.
     pub url: Secret<String>,
-    /// Pool size.
+    /// Pool size. On SQLite, the readers' pool: writes go through one more connection.
     pub max_connections: u32,
     /// How long to wait for a connection before reporting the database unavailable.
     pub acquire_timeout: Duration,
@@ -77,7 +77,14 @@ fn redact_url(url: &str) -> String {
 
 #[derive(Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
+    /// SQLite admits one writer at a time. Every write transaction takes the one connection of
+    /// `write`, so a writer waits in that pool's queue and is woken the moment the previous one
+    /// commits; on SQLite's own lock it would poll, asleep for up to 100 ms between tries (the
+    /// busy handler), while the lock may sit free. Read transactions use `read`.
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -99,7 +106,7 @@ impl Db {
     pub async fn migrate(opts: &DbOptions) -> Result<()> {
         match opts.backend().map_err(StoreError::InvalidUrl)? {
             Backend::Sqlite => {
-                let pool = sqlite_pool(opts, 1).await?;
+                let pool = sqlite_pool(opts, 1, opts.acquire_timeout).await?;
                 SQLITE_MIGRATOR.run(&pool).await?;
                 pool.close().await;
             }
@@ -115,7 +122,12 @@ impl Db {
     /// Opens the serving pool. Migrations must have run (see [`Db::migrate`]).
     pub async fn connect(opts: &DbOptions) -> Result<Db> {
         let pool = match opts.backend().map_err(StoreError::InvalidUrl)? {
-            Backend::Sqlite => Pool::Sqlite(sqlite_pool(opts, opts.max_connections).await?),
+            Backend::Sqlite => {
+                let read = sqlite_pool(opts, opts.max_connections, opts.acquire_timeout).await?;
+                // A writer may wait for the others as long as it waited for SQLite's lock before.
+                let write = sqlite_pool(opts, 1, opts.acquire_timeout + SQLITE_BUSY_TIMEOUT).await?;
+                Pool::Sqlite { read, write }
+            }
             Backend::Postgres => {
                 let pg = PgPoolOptions::new()
                     .max_connections(opts.max_connections)
@@ -139,7 +151,7 @@ impl Db {
     /// Which engine this is.
     pub fn backend(&self) -> Backend {
         match self.pool {
-            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Sqlite { .. } => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
         }
     }
@@ -147,7 +159,7 @@ impl Db {
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<()> {
         match &self.pool {
-            Pool::Sqlite(p) => p.execute("SELECT 1").await.map(drop)?,
+            Pool::Sqlite { read: p, .. } => p.execute("SELECT 1").await.map(drop)?,
             Pool::Postgres(p) => p.execute("SELECT 1").await.map(drop)?,
         }
         Ok(())
@@ -156,7 +168,7 @@ impl Db {
     /// How many of the migrations this build knows have not been applied (successfully).
     pub async fn pending_migrations(&self) -> Result<usize> {
         let (migrator, applied): (&Migrator, Vec<(i64, bool)>) = match &self.pool {
-            Pool::Sqlite(p) => (
+            Pool::Sqlite { read: p, .. } => (
                 &SQLITE_MIGRATOR,
                 sqlx::query_as("SELECT version, success FROM _sqlx_migrations").fetch_all(p).await?,
             ),
@@ -171,7 +183,10 @@ impl Db {
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Sqlite { read, write } => {
+                write.close().await;
+                read.close().await;
+            }
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -183,7 +198,7 @@ impl Db {
         stmt: &impl sea_query_binder::SqlxBinder,
     ) -> Result<Option<T>> {
         Ok(match &self.pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite { read: p, .. } => {
                 let (sql, values) = stmt.build_sqlx(sea_query::SqliteQueryBuilder);
                 sqlx::query_as_with(&sql, values).fetch_optional(p).await?
             }
@@ -197,7 +212,7 @@ impl Db {
     /// A read-only transaction with no tenant set: sees only platform tables.
     pub(crate) async fn unscoped_read_tx(&self) -> Result<Tx> {
         Ok(match &self.pool {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Sqlite { read, .. } => Tx::Sqlite(read.begin().await?),
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -207,7 +222,7 @@ impl Db {
         Ok(match &self.pool {
             // IMMEDIATE takes SQLite's write lock up front: a deferred transaction that reads
             // and then writes can fail with SQLITE_BUSY instead of waiting for the lock.
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Sqlite { write, .. } => Tx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -256,12 +271,15 @@ impl Db {
     pub(crate) fn pg_pool(&self) -> Option<&PgPool> {
         match &self.pool {
             Pool::Postgres(p) => Some(p),
-            Pool::Sqlite(_) => None,
+            Pool::Sqlite { .. } => None,
         }
     }
 }
 
-async fn sqlite_pool(opts: &DbOptions, max: u32) -> Result<SqlitePool> {
+/// How long a SQLite connection waits for a lock another process holds.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn sqlite_pool(opts: &DbOptions, max: u32, acquire_timeout: Duration) -> Result<SqlitePool> {
     let url = opts.url.expose();
     let options = SqliteConnectOptions::from_str(url)
         .map_err(StoreError::Unavailable)?
@@ -269,14 +287,16 @@ async fn sqlite_pool(opts: &DbOptions, max: u32) -> Result<SqlitePool> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
     let path = options.get_filename();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
     }
     let pool = SqlitePoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(opts.acquire_timeout)
+        .acquire_timeout(acquire_timeout)
+        // An embedded database does not hang up: no ping (a round trip) on every acquire.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     Ok(pool)

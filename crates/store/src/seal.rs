@@ -2,10 +2,11 @@
 //! checkpoints, and reading a chain back for verification or export.
 //!
 //! Every new entry gets a row in `journal_pending` (a trigger, in the writer's statement). The
-//! sealer reads a chain's pending rows joined to their entries, seals them and deletes those rows
-//! in one transaction, so a pass touches only what is new. Each (tenant, environment) chain is
-//! sealed by one sealer at a time (an advisory lock on PostgreSQL; SQLite serializes writers
-//! anyway). Writers never wait for it: they take no lock a sealer holds.
+//! sealer reads a chain's pending entries, hashes them onto the chain, appends the seals and
+//! deletes those rows, so a pass touches only what is new. Each (tenant, environment) chain is
+//! sealed by one sealer at a time: on PostgreSQL in one transaction under an advisory lock that
+//! writers never take; on SQLite, which has one writer at a time, the reading and hashing happen
+//! in a read transaction beside the writers, and the write lock is taken only to append.
 
 use azotte_crypto::chain::{self, Checkpoint, EntryRecord, SealedEntry, Unsealed};
 use chrono::{DateTime, Utc};
@@ -21,6 +22,15 @@ enum JournalPending {
     OwnerTenantId,
     OwnerEnvironment,
     EntryId,
+}
+
+#[derive(Iden)]
+enum JournalEntries {
+    Table,
+    TenantId,
+    Environment,
+    Id,
+    OccurredAt,
 }
 
 #[derive(Iden)]
@@ -138,19 +148,54 @@ async fn enter(tx: &mut Tx, tenant: &str) -> Result<()> {
     Ok(())
 }
 
-/// Entries of a chain that have no seal, oldest first: the whole chain against its seals, for
-/// verification (which must not trust the work list: deleting a row there hides nothing).
-async fn unsealed_entries(tx: &mut Tx, tenant: &str, env: &str) -> Result<Vec<RawEntry>> {
-    // Positional parameters work on both engines ($n is accepted by SQLite too).
-    let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2 \
-         AND NOT EXISTS (SELECT 1 FROM journal_seals s WHERE s.tenant_id = e.tenant_id \
-           AND s.environment = e.environment AND s.entry_id = e.id) ORDER BY e.id"
-    );
-    Ok(match tx {
-        Tx::Sqlite(t) => sqlx::query_as(&sql).bind(tenant).bind(env).fetch_all(&mut **t).await?,
-        Tx::Postgres(t) => sqlx::query_as(&sql).bind(tenant).bind(env).fetch_all(&mut **t).await?,
-    })
+/// Up to `limit` entries of a chain (id and time) after the id `after`, in id order: one range
+/// of the primary key.
+async fn entry_page(
+    tx: &mut Tx,
+    tenant: &str,
+    env: &str,
+    after: &str,
+    limit: u64,
+) -> Result<Vec<(String, DateTime<Utc>)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        occurred_at: DateTime<Utc>,
+    }
+    let q = Query::select()
+        .columns([JournalEntries::Id, JournalEntries::OccurredAt])
+        .from(JournalEntries::Table)
+        .and_where(Expr::col(JournalEntries::TenantId).eq(tenant))
+        .and_where(Expr::col(JournalEntries::Environment).eq(env))
+        .and_where(Expr::col(JournalEntries::Id).gt(after))
+        .order_by(JournalEntries::Id, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| (r.id, r.occurred_at)).collect())
+}
+
+/// The ids of the chain's sealed entries whose id lies in `lo..=hi`: one range of the seals'
+/// unique key on the entry.
+async fn sealed_ids_between(
+    tx: &mut Tx,
+    tenant: &str,
+    env: &str,
+    lo: &str,
+    hi: &str,
+) -> Result<std::collections::HashSet<String>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        entry_id: String,
+    }
+    let q = Query::select()
+        .column(JournalSeals::EntryId)
+        .from(JournalSeals::Table)
+        .and_where(Expr::col(JournalSeals::TenantId).eq(tenant))
+        .and_where(Expr::col(JournalSeals::Environment).eq(env))
+        .and_where(Expr::col(JournalSeals::EntryId).gte(lo))
+        .and_where(Expr::col(JournalSeals::EntryId).lte(hi))
+        .to_owned();
+    Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| r.entry_id).collect())
 }
 
 /// Up to `limit` entry ids on a chain's work list, in id order. One table, no join: the plan
@@ -343,81 +388,97 @@ pub type Now = dyn Fn() -> DateTime<Utc> + Send + Sync;
 const PASS_LIMIT: u64 = 10_000;
 const SEALS_PER_STATEMENT: usize = 500;
 
-/// Seals the pending entries of one chain, in id order, removes them from the work list and
-/// signs a checkpoint when due, in one transaction. `sealed_at` is read from `now` when each
-/// statement of seals is built, after the chain's lock is held and its entries read.
-///
-/// On PostgreSQL, with `wait` false, returns `None` at once if another sealer holds the chain;
-/// with `wait` true it waits for that sealer to finish, so that when the call returns every
-/// entry committed before it started is sealed.
-pub async fn seal_chain(
-    db: &Db,
-    tenant: &str,
-    env: &str,
-    now: &Now,
-    policy: CheckpointPolicy,
-    sign: &CheckpointSigner,
-    wait: bool,
-) -> Result<Option<SealPass>> {
-    let mut tx = db.unscoped_tx().await?;
-    enter(&mut tx, tenant).await?;
-    if let Tx::Postgres(t) = &mut tx {
-        // One sealer per chain at a time; writers never take this lock.
-        const KEY: &str = "hashtext('azotte.seal:' || $1 || ':' || $2)";
-        if wait {
-            let sql = format!("SELECT pg_advisory_xact_lock({KEY})");
-            sqlx::query(&sql).bind(tenant).bind(env).execute(&mut **t).await?;
-        } else {
-            let sql = format!("SELECT pg_try_advisory_xact_lock({KEY})");
-            let got: bool = sqlx::query_scalar(&sql).bind(tenant).bind(env).fetch_one(&mut **t).await?;
-            if !got {
-                return Ok(None);
-            }
-        }
-    }
-    let pending = pending_ids(&mut tx, tenant, env, PASS_LIMIT).await?;
-    if pending.is_empty() {
-        return Ok(Some(SealPass::default()));
-    }
-    let last = last_seal(&mut tx, tenant, env).await?;
-    let (mut seq, mut prev) = match &last {
-        Some(s) => (
+/// What a sealing pass writes: the chain head it extends and the seals that follow it.
+struct Plan {
+    /// The work-list rows read, ascending; all are removed when the plan is applied.
+    pending: Vec<String>,
+    /// The chain's last position and chain value when the plan was made.
+    head: (i64, [u8; 32]),
+    /// (entry id, entry hash, chain value) for the positions after `head`, in order.
+    seals: Vec<(String, [u8; 32], [u8; 32])>,
+    /// Work-list rows that name no entry or an entry already sealed.
+    stale: u64,
+}
+
+/// The chain's last position and chain value (0 and zeros for an empty chain).
+async fn head(tx: &mut Tx, tenant: &str, env: &str) -> Result<(i64, [u8; 32])> {
+    match last_seal(tx, tenant, env).await? {
+        Some(s) => Ok((
             s.seq,
             hex::decode(&s.chain_hash)
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| StoreError::Corrupt("seal chain hash".into()))?,
-        ),
-        None => (0, [0u8; 32]),
-    };
-    let mut pass = SealPass { more: pending.len() as u64 == PASS_LIMIT, ..SealPass::default() };
+        )),
+        None => Ok((0, [0u8; 32])),
+    }
+}
+
+/// Reads a chain's pending entries (up to [`PASS_LIMIT`]) and hashes them onto its head; `None`
+/// when the work list is empty. Writes nothing.
+async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
+    let pending = pending_ids(tx, tenant, env, PASS_LIMIT).await?;
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let head = head(tx, tenant, env).await?;
+    let (mut seq, mut prev) = head;
+    let mut seals = Vec::with_capacity(pending.len());
+    let mut stale = 0;
     for ids in pending.chunks(SEALS_PER_STATEMENT) {
-        // A listed entry comes back unless it has a seal already or no row: the pending row
-        // commits with its entry, and only a sealer holding this chain writes seals. Such rows
-        // (not the journal's doing) are dropped with the others below.
-        let entries = entries_by_id(&mut tx, tenant, env, ids, true).await?;
-        pass.stale += (ids.len() - entries.len()) as u64;
-        if !entries.is_empty() {
-            let sealed_at = now();
-            let mut insert = seal_insert();
-            for e in entries {
-                let e = e.record();
-                seq += 1;
-                let h = chain::entry_hash(&e);
-                prev = chain::chain_next(&prev, seq, &h);
-                insert.values_panic([
-                    tenant.into(),
-                    env.into(),
-                    seq.into(),
-                    e.id.into(),
-                    hex::encode(h).into(),
-                    hex::encode(prev).into(),
-                    sealed_at.into(),
-                ]);
-                pass.sealed += 1;
-            }
-            tx.execute(&insert).await?;
+        // A listed entry comes back unless it has a seal already or no row. Neither is the
+        // journal's doing (the pending row commits with its entry and goes with its seal); such
+        // rows are dropped with the others.
+        let entries = entries_by_id(tx, tenant, env, ids, true).await?;
+        stale += (ids.len() - entries.len()) as u64;
+        for e in entries {
+            let e = e.record();
+            seq += 1;
+            let h = chain::entry_hash(&e);
+            prev = chain::chain_next(&prev, seq, &h);
+            seals.push((e.id, h, prev));
         }
+    }
+    Ok(Some(Plan { pending, head, seals, stale }))
+}
+
+/// Writes a plan's seals (`sealed_at` read from `now` per statement), removes its work-list rows
+/// and signs a checkpoint when due. The caller holds the chain and has checked its head.
+async fn apply(
+    tx: &mut Tx,
+    tenant: &str,
+    env: &str,
+    plan: Plan,
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+) -> Result<SealPass> {
+    let mut pass = SealPass {
+        sealed: plan.seals.len(),
+        stale: plan.stale,
+        more: plan.pending.len() as u64 == PASS_LIMIT,
+        checkpoint: None,
+    };
+    let (mut seq, mut last) = plan.head;
+    for chunk in plan.seals.chunks(SEALS_PER_STATEMENT) {
+        let sealed_at = now();
+        let mut insert = seal_insert();
+        for (id, h, c) in chunk {
+            seq += 1;
+            insert.values_panic([
+                tenant.into(),
+                env.into(),
+                seq.into(),
+                id.as_str().into(),
+                hex::encode(h).into(),
+                hex::encode(c).into(),
+                sealed_at.into(),
+            ]);
+            last = *c;
+        }
+        tx.execute(&insert).await?;
+    }
+    for ids in plan.pending.chunks(SEALS_PER_STATEMENT) {
         // Exactly the rows read (ascending: the range bounds the scan as in `entries_by_id`);
         // one committed meanwhile stays for the next pass.
         let done = Query::delete()
@@ -431,10 +492,9 @@ pub async fn seal_chain(
         tx.execute(&done).await?;
     }
     if pass.sealed == 0 {
-        tx.commit().await?;
-        return Ok(Some(pass));
+        return Ok(pass);
     }
-    let last_cp = checkpoints_query(&mut tx, tenant, env, true).await?.pop();
+    let last_cp = checkpoints_query(tx, tenant, env, true).await?.pop();
     let last_cp_seq = last_cp.as_ref().map(|c| c.seq).unwrap_or(0);
     let last_cp_at = last_cp
         .as_ref()
@@ -443,10 +503,9 @@ pub async fn seal_chain(
     let signed_at = now();
     let due =
         seq - last_cp_seq >= policy.every || last_cp_at.is_none_or(|t| signed_at - t >= policy.interval);
-    let mut checkpoint = None;
     if due && seq > last_cp_seq {
         let signed_at = signed_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-        let msg = chain::checkpoint_message(tenant, env, seq, &prev, &signed_at);
+        let msg = chain::checkpoint_message(tenant, env, seq, &last, &signed_at);
         let (kid, sig) = sign(&msg);
         let q = Query::insert()
             .into_table(JournalCheckpoints::Table)
@@ -463,18 +522,100 @@ pub async fn seal_chain(
                 tenant.into(),
                 env.into(),
                 seq.into(),
-                hex::encode(prev).into(),
+                hex::encode(last).into(),
                 signed_at.into(),
                 kid.into(),
                 hex::encode(sig).into(),
             ])
             .to_owned();
         tx.execute(&q).await?;
-        checkpoint = Some(seq);
+        pass.checkpoint = Some(seq);
     }
+    Ok(pass)
+}
+
+/// Seals the pending entries of one chain, in id order, removes them from the work list and
+/// signs a checkpoint when due. `sealed_at` is read from `now` when each statement of seals is
+/// built, while the chain is held for writing.
+///
+/// On PostgreSQL everything happens in one transaction holding the chain's advisory lock; with
+/// `wait` false, returns `None` at once if another sealer holds the chain; with `wait` true it
+/// waits for that sealer to finish, so that when the call returns every entry committed before
+/// it started is sealed. Writers never wait for it (MVCC).
+///
+/// On SQLite, which has one writer at a time, the entries are read and hashed in a read
+/// transaction, beside the writers (WAL), and the write lock is taken only to append the seals
+/// and remove the work-list rows, after checking that the chain's head is still the one the
+/// seals were computed from (seals are append-only, so an unchanged head means no other sealer
+/// sealed any of these entries meanwhile); if it moved, the pass is planned again under the lock.
+/// Reading and hashing is most of a pass's time, and writers no longer wait for it. `wait` does
+/// not apply (the result is never `None`).
+pub async fn seal_chain(
+    db: &Db,
+    tenant: &str,
+    env: &str,
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+    wait: bool,
+) -> Result<Option<SealPass>> {
+    if db.backend() == crate::Backend::Sqlite {
+        let mut read = db.unscoped_read_tx().await?;
+        let planned = plan(&mut read, tenant, env).await?;
+        read.commit().await?;
+        return match planned {
+            Some(p) => apply_checked(db, tenant, env, p, now, policy, sign).await.map(Some),
+            None => Ok(Some(SealPass::default())),
+        };
+    }
+    let mut tx = db.unscoped_tx().await?;
+    enter(&mut tx, tenant).await?;
+    if let Tx::Postgres(t) = &mut tx {
+        // One sealer per chain at a time; writers never take this lock.
+        const KEY: &str = "hashtext('azotte.seal:' || $1 || ':' || $2)";
+        if wait {
+            let sql = format!("SELECT pg_advisory_xact_lock({KEY})");
+            sqlx::query(&sql).bind(tenant).bind(env).execute(&mut **t).await?;
+        } else {
+            let sql = format!("SELECT pg_try_advisory_xact_lock({KEY})");
+            let got: bool = sqlx::query_scalar(&sql).bind(tenant).bind(env).fetch_one(&mut **t).await?;
+            if !got {
+                return Ok(None);
+            }
+        }
+    }
+    let pass = match plan(&mut tx, tenant, env).await? {
+        Some(p) => apply(&mut tx, tenant, env, p, now, policy, sign).await?,
+        None => SealPass::default(),
+    };
     tx.commit().await?;
-    pass.checkpoint = checkpoint;
     Ok(Some(pass))
+}
+
+/// Applies, on SQLite, a plan made in a read transaction: takes the write lock, and if the
+/// chain's head is no longer the one the plan extends (another sealer, in another process, sealed
+/// meanwhile), plans again under the lock.
+async fn apply_checked(
+    db: &Db,
+    tenant: &str,
+    env: &str,
+    planned: Plan,
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+) -> Result<SealPass> {
+    let mut tx = db.unscoped_tx().await?;
+    let planned = if head(&mut tx, tenant, env).await? == planned.head {
+        Some(planned)
+    } else {
+        plan(&mut tx, tenant, env).await?
+    };
+    let pass = match planned {
+        Some(p) => apply(&mut tx, tenant, env, p, now, policy, sign).await?,
+        None => SealPass::default(),
+    };
+    tx.commit().await?;
+    Ok(pass)
 }
 
 /// Seals per page when a chain is read back.
@@ -536,16 +677,40 @@ pub async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64)
         .collect())
 }
 
-/// The entries of a chain that have no seal yet (id and time), oldest first.
+/// The entries of a chain that have no seal yet (id and time), oldest first. Verification
+/// must not trust the work list (deleting a row there hides nothing), so this reads the chain
+/// itself.
+///
+/// It streams the chain by id range, [`PAGE`] entries at a time: each page is one range of the
+/// entries' primary key, compared with one range of the seals' key on the entry id, in the same
+/// transaction and in that order (an entry commits before its seal). Neither query can turn into
+/// a scan of the whole chain per entry, whatever the planner's statistics: a whole-chain
+/// `NOT EXISTS` took seconds on a young PostgreSQL table of a few thousand entries (no
+/// statistics yet, nested loops over all seals).
 pub async fn unsealed(db: &Db, tenant: &str, env: &str) -> Result<Vec<Unsealed>> {
-    let mut tx = db.unscoped_read_tx().await?;
-    enter(&mut tx, tenant).await?;
-    let rows = unsealed_entries(&mut tx, tenant, env).await?;
-    tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|e| Unsealed { entry_id: e.id, occurred_at: e.occurred_at.timestamp() })
-        .collect())
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let mut tx = db.unscoped_read_tx().await?;
+        enter(&mut tx, tenant).await?;
+        let page = entry_page(&mut tx, tenant, env, &after, PAGE).await?;
+        let (Some(first), Some(last)) = (page.first(), page.last()) else {
+            tx.commit().await?;
+            return Ok(out);
+        };
+        let sealed = sealed_ids_between(&mut tx, tenant, env, &first.0, &last.0).await?;
+        tx.commit().await?;
+        let full = page.len() as u64 == PAGE;
+        after = last.0.clone();
+        out.extend(
+            page.into_iter()
+                .filter(|(id, _)| !sealed.contains(id))
+                .map(|(entry_id, at)| Unsealed { entry_id, occurred_at: at.timestamp() }),
+        );
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// Every chain that has entries: the platform's and each tenant environment's.

@@ -48,6 +48,24 @@ async fn sealer(db: Db, stop: Arc<AtomicBool>, wait: bool) -> usize {
     sealed
 }
 
+/// Verifies the platform chain page by page, as the service does, with `unsealed` as the
+/// entries found without a seal.
+async fn verify_platform_chain(db: &Db, unsealed: &[chain::Unsealed]) -> chain::Report {
+    let checkpoints = super::checkpoints(db, "platform", "platform").await.unwrap();
+    let mut v = chain::ChainVerifier::new("platform", "platform", &checkpoints);
+    let mut after = 0;
+    loop {
+        let page = seal_page(db, "platform", "platform", after, PAGE).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for s in &page {
+            v.push(s);
+        }
+    }
+    let keys = [("test".to_owned(), chain::public_key(&SEED))].into_iter().collect();
+    v.finish(&checkpoints, &keys, unsealed, now().timestamp(), 30)
+}
+
 async fn concurrent_writers_and_sealers(backend: Backend) {
     let t = fresh_database(backend).await;
     let opts = DbOptions::new(t.url.clone());
@@ -84,15 +102,7 @@ async fn concurrent_writers_and_sealers(backend: Backend) {
     assert!(pending_chains(&db, 10).await.unwrap().is_empty(), "the work list is empty");
     assert!(unsealed(&db, "platform", "platform").await.unwrap().is_empty());
 
-    let checkpoints = super::checkpoints(&db, "platform", "platform").await.unwrap();
-    let mut v = chain::ChainVerifier::new("platform", "platform", &checkpoints);
-    let page = seal_page(&db, "platform", "platform", 0, PAGE).await.unwrap();
-    assert_eq!(page.len(), 240);
-    for s in &page {
-        v.push(s);
-    }
-    let keys = [("test".to_owned(), chain::public_key(&SEED))].into_iter().collect();
-    let report = v.finish(&checkpoints, &keys, &[], now().timestamp(), 30);
+    let report = verify_platform_chain(&db, &[]).await;
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     assert_eq!(report.entries_checked, 240);
 }
@@ -105,4 +115,115 @@ async fn concurrent_writers_and_sealers_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_and_sealers_postgres() {
     concurrent_writers_and_sealers(Backend::Postgres).await;
+}
+
+/// Runs one statement on the test database behind the service's back.
+async fn raw(t: &crate::testing::TestDatabase, db: &Db, sql: &str) {
+    use sqlx::Connection;
+    match db.pg_pool() {
+        Some(p) => drop(sqlx::query(sql).execute(p).await.unwrap()),
+        None => {
+            let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+            sqlx::query(sql).execute(&mut c).await.unwrap();
+            c.close().await.unwrap();
+        }
+    }
+}
+
+/// Verification streams the unsealed-entry check by id range, a page at a time: entries left
+/// unsealed anywhere in a chain of several pages are all found, and reported once older than the
+/// allowed lag; a recent one is listed but not reported.
+async fn unsealed_entries_are_found_on_every_page(backend: Backend) {
+    let t = fresh_database(backend).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let hour_ago = now() - chrono::Duration::hours(1);
+    let mut forged = Vec::new();
+    for batch in 0..3 {
+        let mut tx = db.platform_tx(&scope()).await.unwrap();
+        tx.action(now(), "test.batch", None, json!({"batch": batch})).await.unwrap();
+        for i in 0..1099 {
+            tx.outcome(now(), "test.item", None, json!({"i": i})).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        // Claims to be an hour old, and is taken off the sealer's work list: never sealed.
+        let mut tx = db.platform_tx(&scope()).await.unwrap();
+        let id = tx.action(hour_ago, "test.forged", None, json!({"batch": batch})).await.unwrap();
+        tx.commit().await.unwrap();
+        raw(&t, &db, &format!("DELETE FROM journal_pending WHERE entry_id = '{id}'")).await;
+        forged.push(id);
+    }
+    let pass = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap();
+    assert_eq!(pass.sealed, 3300);
+    let mut tx = db.platform_tx(&scope()).await.unwrap();
+    let recent = tx.action(now(), "test.recent", None, json!({})).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let found = unsealed(&db, "platform", "platform").await.unwrap();
+    let ids: Vec<&str> = found.iter().map(|u| u.entry_id.as_str()).collect();
+    let mut want: Vec<&str> = forged.iter().map(String::as_str).chain([recent.as_str()]).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "every unsealed entry, on whichever page, oldest id first");
+
+    let report = verify_platform_chain(&db, &found).await;
+    let mut reported: Vec<String> = report
+        .findings
+        .iter()
+        .map(|f| match f {
+            chain::Finding::UnsealedTooLong { entry_id } => entry_id.clone(),
+            other => panic!("unexpected finding {other:?}"),
+        })
+        .collect();
+    reported.sort_unstable();
+    forged.sort_unstable();
+    assert_eq!(reported, forged, "the three old ones, not the recent one");
+    assert_eq!(report.entries_checked, 3300);
+}
+
+#[tokio::test]
+async fn unsealed_entries_are_found_on_every_page_sqlite() {
+    unsealed_entries_are_found_on_every_page(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn unsealed_entries_are_found_on_every_page_postgres() {
+    unsealed_entries_are_found_on_every_page(Backend::Postgres).await;
+}
+
+/// On SQLite the sealer reads and hashes outside the write lock: a plan overtaken by another
+/// sealer (the chain's head moved) is made again under the lock, never applied on a stale head.
+#[tokio::test]
+async fn a_plan_overtaken_by_another_sealer_is_made_again() {
+    let t = fresh_database(Backend::Sqlite).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let write = |n: usize| {
+        let db = db.clone();
+        async move {
+            for i in 0..n {
+                let mut tx = db.platform_tx(&scope()).await.unwrap();
+                tx.action(now(), "test.write", None, json!({"i": i})).await.unwrap();
+                tx.outcome(now(), "test.written", None, json!({})).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+    };
+    write(3).await;
+    let mut read = db.unscoped_read_tx().await.unwrap();
+    let stale = super::plan(&mut read, "platform", "platform").await.unwrap().unwrap();
+    read.commit().await.unwrap();
+    assert_eq!(stale.seals.len(), 6);
+    // Another sealer seals those six first; then more is written.
+    let other = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, false).await.unwrap().unwrap();
+    assert_eq!(other.sealed, 6);
+    write(1).await;
+    let pass = super::apply_checked(&db, "platform", "platform", stale, &now, POLICY, &sign).await.unwrap();
+    assert_eq!(pass.sealed, 2, "only what was left, on the new head");
+    assert!(pending_chains(&db, 10).await.unwrap().is_empty(), "the work list is empty");
+
+    let report = verify_platform_chain(&db, &[]).await;
+    assert_eq!(report.entries_checked, 8);
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
