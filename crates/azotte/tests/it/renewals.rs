@@ -131,6 +131,11 @@ async fn each_period_is_charged_once_also_after_downtime(app: TestApp) {
     let renewals =
         t["data"].as_array().unwrap().iter().filter(|e| e["type"] == "subscription.renewed").count();
     assert_eq!(renewals, 4);
+    // An invoice per charged period, each paid.
+    let invoices = s.get(&app, &format!("/v1/invoices?subscription_id={}", s.sub)).await;
+    let invoices = invoices["data"].as_array().unwrap();
+    assert_eq!(invoices.len(), 5, "{invoices:?}");
+    assert!(invoices.iter().all(|i| i["status"] == "paid"), "{invoices:?}");
 }
 
 async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {

@@ -185,6 +185,24 @@ async fn from_offer_to_entitlements(app: TestApp) {
         .await
         .problem();
     assert_eq!(missing.code, "entitlement_not_found");
+    // A customer without subscriptions holds nothing; an unknown customer is not found.
+    let other =
+        id(&post(&app, "/v1/customers", json!({"external_id": "viewer-2", "country": "DE"}), 201).await);
+    assert_eq!(get(&app, &format!("/v1/customers/{other}/entitlements")).await["data"], json!([]));
+    for (cus, code) in
+        [(other.as_str(), "entitlement_not_found"), ("cus_00000000000000000000000000", "customer_not_found")]
+    {
+        let p = app
+            .get(&format!("/v1/customers/{cus}/entitlements/hd"))
+            .tenant(T, ENV)
+            .expect(404)
+            .await
+            .problem();
+        assert_eq!(p.code, code);
+    }
+    let p =
+        app.get("/v1/customers/cus_00000000000000000000000000/entitlements").tenant(T, ENV).expect(404).await;
+    assert_eq!(p.problem().code, "customer_not_found");
 
     // One correlation id from the checkout request to the subscription's outcomes.
     let timeline = get(&app, &format!("/v1/subscriptions/{}/timeline", id(&sub))).await;
@@ -547,6 +565,18 @@ async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
         .map(|e| e.amount)
         .sum();
     assert_eq!(captured, 499, "one charge, the first period");
+    let invoices: Value = app
+        .get(&format!("/v1/invoices?subscription_id={sid}"))
+        .token(&k)
+        .header("x-tn", T)
+        .expect(200)
+        .await
+        .json();
+    assert_eq!(
+        invoices["data"].as_array().unwrap().len(),
+        1,
+        "the first paid period is invoiced: {invoices}"
+    );
     assert_eq!(read(sid2).await["status"], "expired");
     // Running the jobs again changes nothing and charges nothing.
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();

@@ -82,11 +82,27 @@ pub async fn list(
 async fn transition(
     ctx: &Ctx,
     scope: &TenantScope,
+    row: SubscriptionRow,
+    event: Event,
+    action: &str,
+    body: serde_json::Value,
+    edit: impl FnOnce(&mut SubscriptionRow),
+) -> Result<SubscriptionRow> {
+    transition_paid(ctx, scope, row, event, action, body, edit, None).await
+}
+
+/// [`transition`], and when `paid_by` names the payment that paid the new period, its invoice
+/// (issued and marked paid in the same transaction).
+#[allow(clippy::too_many_arguments)]
+async fn transition_paid(
+    ctx: &Ctx,
+    scope: &TenantScope,
     mut row: SubscriptionRow,
     event: Event,
     action: &str,
     body: serde_json::Value,
     edit: impl FnOnce(&mut SubscriptionRow),
+    paid_by: Option<&str>,
 ) -> Result<SubscriptionRow> {
     let now = ctx.clock.now();
     let before = state_of(&row)?;
@@ -108,6 +124,20 @@ async fn transition(
             message: "the subscription changed meanwhile; read it again".into(),
             field: None,
         });
+    }
+    if let Some(payment_id) = paid_by {
+        let description = format!("subscription {}, period from {}", row.id, row.period_start.date_naive());
+        let period = (row.period_start, row.period_end);
+        crate::invoices::for_subscription_charge(
+            &mut tx,
+            &row,
+            &description,
+            row.amount,
+            period,
+            Some(payment_id),
+            now,
+        )
+        .await?;
     }
     let outcome = if before.status == after.status {
         format!("subscription.{}", event.name())
@@ -263,6 +293,7 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         }
     }
     for row in trials {
+        let mut paid_by = None;
         let event = match &row.payment_method_id {
             None => Event::TrialLapsed,
             Some(pm) => {
@@ -282,7 +313,10 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
                 )
                 .await;
                 match p.as_ref().map(|p| p.status.as_str()) {
-                    Ok("captured") => Event::TrialConverted,
+                    Ok("captured") => {
+                        paid_by = p.as_ref().ok().map(|p| p.id.clone());
+                        Event::TrialConverted
+                    }
                     Ok("failed") | Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
                         Event::TrialLapsed
                     }
@@ -296,7 +330,17 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             }
         };
         let body = json!({"job": "trial_end"});
-        if transition(ctx, scope, row, event, "subscription.trial_end", body, |_| {}).await.is_ok() {
+        let ended = transition_paid(
+            ctx,
+            scope,
+            row,
+            event,
+            "subscription.trial_end",
+            body,
+            |_| {},
+            paid_by.as_deref(),
+        );
+        if ended.await.is_ok() {
             moved += 1;
         }
     }

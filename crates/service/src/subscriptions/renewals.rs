@@ -312,6 +312,21 @@ async fn settle(
         // the new state.
         return Ok(End::Done);
     }
+    if let Ok(payment_id) = &outcome {
+        // The renewed period's invoice, paid by this charge, in the same transaction.
+        let description = format!("subscription {}, period from {}", sub.id, sub.period_start.date_naive());
+        let period = (sub.period_start, sub.period_end);
+        crate::invoices::for_subscription_charge(
+            &mut tx,
+            &sub,
+            &description,
+            sub.amount,
+            period,
+            Some(payment_id),
+            now,
+        )
+        .await?;
+    }
     tx.outcome(now, kind, r, body).await?;
     tx.commit().await?;
     // Catch-up: a period already over is enqueued at once.
