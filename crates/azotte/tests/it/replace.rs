@@ -407,6 +407,8 @@ async fn at_period_end_the_renewal_applies_the_change(app: TestApp) {
         (Some("at_period_end"), Some(0), Some(0))
     );
     assert_eq!(p["effective_at"], before["current_period_end"]);
+    // A first choice, then another: the later one supersedes the scheduled one.
+    assert_eq!(s.replace(&app, &sub, &offer, &s.premium, 200).await["replacement"]["status"], "scheduled");
     let r = s.replace(&app, &sub, &offer, &s.ultra, 200).await;
     assert_eq!(r["replacement"]["status"], "scheduled");
     assert_eq!(figures(&r["replacement"]), figures(&p));
@@ -414,6 +416,11 @@ async fn at_period_end_the_renewal_applies_the_change(app: TestApp) {
     assert_eq!(captured(&app), 499);
     assert!(!s.entitlements(&app).await.iter().any(|(k, _)| k == "hd"));
     assert!(s.journal_types(&app, &sub).await.iter().any(|t| t == "subscription.replace_scheduled"));
+
+    let listed = s.get(&app, &format!("/v1/subscriptions/{sub}/replacements"), 200).await;
+    assert_eq!(listed["data"][0]["status"], "scheduled");
+    assert_eq!(listed["data"][0]["to_price_id"], s.ultra.as_str());
+    assert_eq!(listed["data"][1]["status"], "superseded");
 
     // The renewal charges the new price and applies the change.
     app.ctx.clock.advance(chrono::Duration::days(29));
@@ -433,6 +440,9 @@ async fn at_period_end_the_renewal_applies_the_change(app: TestApp) {
         types.iter().position(|t| t == "subscription.renewed").unwrap(),
     );
     assert!(replaced < renewed_at, "{types:?}");
+    let listed = s.get(&app, &format!("/v1/subscriptions/{sub}/replacements"), 200).await;
+    assert_eq!(listed["data"][0]["status"], "applied");
+    assert!(listed["data"][0]["payment_id"].is_string(), "the renewal's payment");
     // The next renewal is just a renewal at the new price.
     app.ctx.clock.advance(chrono::Duration::days(31));
     tick(&app).await;

@@ -176,6 +176,17 @@ pub async fn preview(ctx: &Ctx, scope: &TenantScope, id: &str, price_id: &str) -
     })
 }
 
+/// A subscription's plan changes, newest first (permission `subscription.read`): a scheduled
+/// one is what the next renewal will apply.
+pub async fn list(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<Vec<ReplacementRow>> {
+    crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
+    let sub = load(ctx, scope, id).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let rows = rstore::of_subscription(&mut tx, &sub.id, 100).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 /// A plan change and the subscription as it is after it.
 #[derive(Debug, Clone)]
 pub struct Replaced {

@@ -19,7 +19,10 @@ use crate::extract::{need, Allowed, ApiJson, ApiQuery};
 use crate::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(preview_replace)).routes(routes!(replace_subscription))
+    OpenApiRouter::new()
+        .routes(routes!(preview_replace))
+        .routes(routes!(replace_subscription))
+        .routes(routes!(list_replacements))
 }
 
 /// The price to preview a change to.
@@ -195,4 +198,27 @@ async fn replace_subscription(
         replace::replace(&state.ctx, &scope, &id, &b.offer_id, &b.price_id).await?;
     let status = if replacement.status == "processing" { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((status, Json(ReplaceResult { replacement: replacement.into(), subscription: subscription.into() })))
+}
+
+/// A subscription's plan changes.
+#[derive(Serialize, ToSchema)]
+pub struct ReplacementList {
+    /// Newest first, at most 100.
+    data: Vec<ReplacementView>,
+}
+
+/// The subscription's plan changes, newest first: a `scheduled` one is what the next renewal
+/// applies (permission `subscription.read`).
+#[utoipa::path(
+    get, path = "/v1/subscriptions/{id}/replacements", tag = "subscriptions", security(("bearer" = [])),
+    params(("id" = String, Path), ("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
+    responses((status = 200, body = ReplacementList), (status = 404, body = crate::Problem, content_type = PROBLEM))
+)]
+async fn list_replacements(
+    State(state): State<AppState>,
+    Allowed(scope, _): Allowed<need::SubscriptionRead>,
+    Path(id): Path<String>,
+) -> Result<Json<ReplacementList>, ApiError> {
+    let rows = replace::list(&state.ctx, &scope, &id).await?;
+    Ok(Json(ReplacementList { data: rows.into_iter().map(Into::into).collect() }))
 }
