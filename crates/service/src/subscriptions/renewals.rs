@@ -227,7 +227,29 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
         Ok(_) => return Ok(End::Later { after: WAIT_FOR, new_key: false }),
         Err(code) => Err((*code).to_owned()),
     };
-    settle(ctx, scope, sub, &policy_of(&storefront), outcome).await
+    let policy = policy_of(&storefront);
+    let (job_period, mut sub) = (sub.period_end, sub);
+    // The subscription may change between the charge and the settling transaction (a new
+    // payment method, a support action): settle against what is stored then, a few times.
+    for _ in 0..5 {
+        if let Some(end) = settle(ctx, scope, sub.clone(), &policy, outcome.clone()).await? {
+            return Ok(end);
+        }
+        let fresh = {
+            let mut tx = ctx.db.tenant_read_tx(scope).await?;
+            let f = store::get_subscription(&mut tx, &sub.id).await?;
+            tx.commit().await?;
+            f
+        };
+        match fresh {
+            Some(f) if f.period_end == job_period && matches!(f.status.as_str(), "active" | "past_due") => {
+                sub = f
+            }
+            // Settled by another run, or no longer renewable.
+            _ => return Ok(End::Done),
+        }
+    }
+    Ok(End::Later { after: WAIT_FOR, new_key: false })
 }
 
 /// Applies a renewal's result to the subscription in one transaction.
@@ -237,7 +259,7 @@ async fn settle(
     mut sub: SubscriptionRow,
     policy: &DunningPolicy,
     outcome: std::result::Result<String, String>,
-) -> Result<End> {
+) -> Result<Option<End>> {
     let now = ctx.clock.now();
     let period = period_of(&sub)?;
     let before = state_of(&sub)?;
@@ -308,9 +330,7 @@ async fn settle(
     apply_state(&mut sub, &after);
     sub.updated_at = now;
     if !store::update_subscription(&mut tx, &sub, expected).await? {
-        // Changed meanwhile (cancelled, paused…): the job ends; the next scheduler pass sees
-        // the new state.
-        return Ok(End::Done);
+        return Ok(None); // changed meanwhile: the caller settles again against the new row
     }
     if let Ok(payment_id) = &outcome {
         // The renewed period's invoice, paid by this charge, in the same transaction.
@@ -334,7 +354,7 @@ async fn settle(
         let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
         jobs::enqueue(&ctx.db, &tenant, env, &sub.id, 0, sub.period_end, now).await?;
     }
-    Ok(End::Done)
+    Ok(Some(End::Done))
 }
 
 /// A customer updated their payment method: their past-due subscriptions of that storefront
