@@ -1,11 +1,12 @@
-# Shared helpers of the wrk benchmarks (bench/http.sh, bench/journal_write.sh); source it after
-# `cd` to the repository root with ROOT set, then call bench_init. It defines functions only,
-# apart from what bench_init sets up.
+# Shared helpers of the wrk benchmarks (bench/http.sh, bench/journal_write.sh, bench/payments.sh);
+# source it after `cd` to the repository root with ROOT set, then call bench_init. It defines
+# functions only, apart from what bench_init sets up.
 #
 # State (set by bench_init and the helpers): WORK (temporary directory, removed on exit), AZ_PID,
 # AZ_NAME and BASE of the running server, PG_DIR, PG_BIN, PG_PORT of the throw-away PostgreSQL
 # cluster, BIN (the azotte binary start_azotte runs; the caller sets it), THREADS, CONNECTIONS,
-# WRK_TIMEOUT, WARMUP and DURATION (the caller sets them), FAILED and CONTENDED (set by measure).
+# WRK_TIMEOUT, WARMUP and DURATION (the caller sets them), FAILED and CONTENDED (set by measure
+# and cpu_end).
 
 BENCH_SCRIPT=bench/$(basename "$0")
 
@@ -96,6 +97,24 @@ print_machine() {
 # commit_id: the checked-out commit (with -dirty when the tree has changes).
 commit_id() { git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown; }
 
+# azotte_binary: sets BIN and BIN_ORIGIN. BENCH_AZOTTE_BIN (an absolute or relative path) runs
+# that binary; otherwise target/release/azotte is built and copied into WORK (other scripts may
+# rebuild it meanwhile).
+azotte_binary() {
+  if [ -n "${BENCH_AZOTTE_BIN:-}" ]; then
+    BIN=$(realpath "$BENCH_AZOTTE_BIN" 2>/dev/null || echo "$BENCH_AZOTTE_BIN")
+    [ -x "$BIN" ] || die "BENCH_AZOTTE_BIN=$BENCH_AZOTTE_BIN is not an executable"
+    BIN_ORIGIN="binary $BIN (given, not built here; working tree at $(commit_id))"
+  else
+    log "building the release binary"
+    timeout 3600 cargo build --release -p azotte >&2 || die "cargo build --release -p azotte failed"
+    [ -x "$ROOT/target/release/azotte" ] || die "target/release/azotte not found after the build"
+    BIN=$WORK/azotte
+    cp "$ROOT/target/release/azotte" "$BIN"
+    BIN_ORIGIN="$(commit_id) (release build)"
+  fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # Server, bootstrap, measurement
 
@@ -149,11 +168,16 @@ start_azotte() {
   die "$name: azotte did not answer /healthz within 60 s"
 }
 
-# bootstrap NAME [ROLE]: exchanges the printed secret for a bearer token (TOKEN), creates the
-# tenant `bench`, checks that one tenant read answers 200 and creates an API key. ROLE is the API key's role (default
-# read_only).
+# bootstrap NAME [ROLE]: bootstrap_tenant, then api_key NAME ROLE (default read_only).
 bootstrap() {
-  local name=$1 role=${2:-read_only} secret="" resp code i
+  bootstrap_tenant "$1"
+  api_key "$1" "${2:-read_only}"
+}
+
+# bootstrap_tenant NAME: exchanges the printed secret for a bearer token (TOKEN), creates the
+# tenant `bench` and checks that one tenant read answers 200.
+bootstrap_tenant() {
+  local name=$1 secret="" resp code i
   for i in $(seq 1 100); do
     secret=$(grep -o 'azboot_[A-Za-z0-9_-]*' "$WORK/$name.stdout" | head -n 1 || true)
     [ -n "$secret" ] && break
@@ -171,7 +195,6 @@ bootstrap() {
   code=$(curl -sS --max-time 30 -o "$WORK/$name.read.json" -w '%{http_code}' "$BASE/v1/tenant" \
     -H "authorization: Bearer $TOKEN" -H 'x-tn: bench' -H 'x-env: production')
   [ "$code" = 200 ] || die "$name: GET /v1/tenant returned $code: $(cat "$WORK/$name.read.json")"
-  api_key "$name" "$role"
 }
 
 # totp BASE32: the current RFC 6238 code (SHA-1, 6 digits, 30 s).
@@ -186,11 +209,16 @@ print("%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1000000))
 PY
 }
 
-# api_key NAME [ROLE]: enrols the administrator in TOTP (key management needs fresh MFA) and
-# creates an API key with ROLE (default read_only) for the production environment of `bench`
-# (APIKEY).
+# api_key NAME [ROLE]: mfa_enrol, then an API key with ROLE (default read_only) for the
+# production environment of `bench` (APIKEY).
 api_key() {
-  local name=$1 role=${2:-read_only} resp secret code
+  mfa_enrol "$1"
+  create_api_key "$1" production "{\"description\":\"bench\",\"role\":\"${2:-read_only}\"}"
+}
+
+# mfa_enrol NAME: enrols the administrator (TOKEN) in TOTP; key management needs fresh MFA.
+mfa_enrol() {
+  local name=$1 resp secret code
   resp=$(curl -sS --max-time 30 -XPOST "$BASE/v1/auth/mfa/totp" -H "authorization: Bearer $TOKEN")
   secret=$(printf '%s' "$resp" | grep -oE '"secret":"[^"]+"' | cut -d'"' -f4 || true)
   [ -n "$secret" ] || die "$name: TOTP enrolment failed: $resp"
@@ -198,9 +226,15 @@ api_key() {
   resp=$(curl -sS --max-time 30 -XPOST "$BASE/v1/auth/mfa/totp/confirm" -H "authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' -d "{\"code\":\"$code\"}")
   printf '%s' "$resp" | grep -q recovery_codes || die "$name: TOTP confirmation failed: $resp"
+}
+
+# create_api_key NAME ENVIRONMENT BODY: creates an API key of `bench` in ENVIRONMENT from the JSON
+# BODY of POST /v1/api-keys (role and/or permissions); sets APIKEY (az_live_… or az_test_…).
+create_api_key() {
+  local name=$1 environment=$2 body=$3 resp
   resp=$(curl -sS --max-time 30 -XPOST "$BASE/v1/api-keys" -H "authorization: Bearer $TOKEN" -H 'x-tn: bench' \
-    -H 'x-env: production' -H 'content-type: application/json' -d "{\"description\":\"bench\",\"role\":\"$role\"}")
-  APIKEY=$(printf '%s' "$resp" | grep -oE '"secret":"az_live_[^"]+"' | cut -d'"' -f4 || true)
+    -H "x-env: $environment" -H 'content-type: application/json' -d "$body")
+  APIKEY=$(printf '%s' "$resp" | grep -oE '"secret":"az_(live|test)_[^"]+"' | cut -d'"' -f4 || true)
   [ -n "$APIKEY" ] || die "$name: creating the API key failed: $resp"
 }
 
@@ -235,9 +269,72 @@ log_summary() {
 
 pct() { awk -v v="$1" -v d="$2" 'BEGIN {printf "%.0f%%", 100 * v / d}'; }
 
+# cpu_begin: snapshots the CPU counters before a measured run: azotte (if AZ_PID is set), the
+# PostgreSQL cluster (if PG_DIR is set), the machine and this shell's finished children; then
+# the start time. Call it in this shell (not in a $(…) subshell), then run the client in the
+# foreground, then cpu_end.
+cpu_begin() {
+  C_AZ0=0
+  [ -z "$AZ_PID" ] || C_AZ0=$(proc_ticks "$AZ_PID")
+  C_PG0=0
+  [ -z "$PG_DIR" ] || C_PG0=$(pg_ticks)
+  C_M0=$(machine_ticks)
+  times >"$WORK/times.0"
+  C_T0=$EPOCHREALTIME
+}
+
+# cpu_end LABEL: the CPU shares of wall time since cpu_begin (200% = two cores fully busy):
+# M_CPU_AZ (azotte; "-" without a server), M_CPU_PG (PostgreSQL; "-" without a cluster),
+# M_CPU_WRK (the client: this shell's children that finished meanwhile), M_CPU_OTHER (everything
+# else on the machine: kernel softirq work not charged to a process, and any unrelated load,
+# which makes the figures unreliable and is warned about, as is CPU stolen by the hypervisor);
+# the same in CPU seconds as M_S_AZ, M_S_PG, M_S_WRK, M_S_OTHER; M_T0/M_T1 (epoch seconds) and
+# M_WALL. Sets CONTENDED on a warning.
+cpu_end() {
+  local label=$1 t1 m1 az1=0 pg1=0 m0=$C_M0
+  t1=$EPOCHREALTIME
+  times >"$WORK/times.1"
+  m1=$(machine_ticks)
+  [ -z "$AZ_PID" ] || az1=$(proc_ticks "$AZ_PID")
+  [ -z "$PG_DIR" ] || pg1=$(pg_ticks)
+  local wall az pg wrk machine other stolen
+  wall=$(awk -v a="$C_T0" -v b="$t1" 'BEGIN {print b - a}')
+  stolen=$(awk -v a="${m0#* }" -v b="${m1#* }" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
+  m0=${m0% *}
+  m1=${m1% *}
+  if awk -v x="$stolen" -v d="$wall" -v n="$(nproc)" 'BEGIN {exit !(x / d > 0.05 * n)}'; then
+    CONTENDED=1
+    log "WARNING: $label: the hypervisor stole $(pct "$stolen" "$wall") CPU during the run"
+  fi
+  az=$(awk -v a="$C_AZ0" -v b="$az1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
+  pg=$(awk -v a="$C_PG0" -v b="$pg1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
+  wrk=$(awk -v a="$(children_cpu "$WORK/times.0")" -v b="$(children_cpu "$WORK/times.1")" 'BEGIN {print b - a}')
+  machine=$(awk -v a="$m0" -v b="$m1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
+  other=$(awk -v m="$machine" -v a="$az" -v p="$pg" -v w="$wrk" 'BEGIN {o = m - a - p - w; print (o < 0 ? 0 : o)}')
+  if awk -v o="$other" -v d="$wall" -v n="$(nproc)" 'BEGIN {exit !(o / d > 0.15 * n)}'; then
+    CONTENDED=1
+    log "WARNING: $label: other processes used $(pct "$other" "$wall") CPU during the run; the machine was not quiet:"
+    top -b -n 2 -d 0.5 -w 120 | awk '/^top -/ {n++} n == 2' | sed -n '7,12p' | sed 's/^/    /' >&2
+  fi
+  M_CPU_AZ="-"
+  [ -z "$AZ_PID" ] || M_CPU_AZ=$(pct "$az" "$wall")
+  M_CPU_PG="-"
+  [ -z "$PG_DIR" ] || M_CPU_PG=$(pct "$pg" "$wall")
+  M_CPU_WRK=$(pct "$wrk" "$wall")
+  M_CPU_OTHER=$(pct "$other" "$wall")
+  M_S_AZ=$az
+  M_S_PG=$pg
+  M_S_WRK=$wrk
+  M_S_OTHER=$other
+  M_T0=$C_T0
+  M_T1=$t1
+  M_WALL=$wall
+}
+
 # measure BACKEND LABEL PATH [wrk args...]: warm-up, measured run, parse. Sets RPS, M_P50 and
-# M_P99 (ms), M_REQS, M_NON2XX, M_SOCK, the CPU shares M_CPU_AZ, M_CPU_PG ("-" on SQLite),
-# M_CPU_WRK, M_CPU_OTHER, and M_T0/M_T1 (epoch seconds around the measured run).
+# M_P99 (ms), M_REQS, M_NON2XX, M_SOCK, and what cpu_end sets (the CPU shares M_CPU_AZ,
+# M_CPU_PG ("-" on SQLite), M_CPU_WRK, M_CPU_OTHER, M_T0/M_T1 around the measured run, …).
+# Any non-2xx answer fails the run unless EXPECT_NON2XX=yes.
 measure() {
   local backend=$1 label=$2 path=$3
   shift 3
@@ -245,20 +342,9 @@ measure() {
   if [ "$WARMUP" -gt 0 ]; then
     run_wrk "$WARMUP" "$path" "$@" >"$out.warmup" 2>&1 || { cat "$out.warmup" >&2; die "$backend $label: wrk warm-up failed"; }
   fi
-  local az0 pg0 m0 t0 az1 pg1 m1 t1
-  az0=$(proc_ticks "$AZ_PID")
-  pg0=0
-  [ "$backend" = postgres ] && pg0=$(pg_ticks)
-  m0=$(machine_ticks)
-  times >"$WORK/times.0"
-  t0=$EPOCHREALTIME
+  cpu_begin
   run_wrk "$DURATION" "$path" "$@" >"$out" 2>&1 || { cat "$out" >&2; die "$backend $label: wrk failed"; }
-  t1=$EPOCHREALTIME
-  times >"$WORK/times.1"
-  m1=$(machine_ticks)
-  az1=$(proc_ticks "$AZ_PID")
-  pg1=0
-  [ "$backend" = postgres ] && pg1=$(pg_ticks)
+  cpu_end "$backend $label"
   kill -0 "$AZ_PID" 2>/dev/null || { tail -n 50 "$WORK/$AZ_NAME.stderr" >&2; die "$backend: azotte died under load"; }
   sed "s/^/    [$backend $label] /" "$out" >&2
 
@@ -272,56 +358,29 @@ measure() {
   non2xx=${non2xx:-0}
   sock=${sock:-0}
   [ -n "$rps" ] && [ -n "$p50" ] && [ -n "$p99" ] || die "$backend $label: cannot parse wrk output ($out)"
-  if [ "$non2xx" != 0 ] || [ "$sock" != 0 ]; then
+  # EXPECT_NON2XX=yes: the caller's Lua script checks the statuses itself (e.g. expected 404s).
+  if { [ "$non2xx" != 0 ] && [ "${EXPECT_NON2XX:-no}" != yes ]; } || [ "$sock" != 0 ]; then
     FAILED=1
     log "WARNING: $backend $label: $non2xx non-2xx/3xx responses and $sock socket errors out of $reqs requests"
     log "  wrk: $(grep 'Socket errors' "$out" || echo 'no socket errors')"
     log "  server log errors and warnings so far (count, level, message):"
     log_summary "$AZ_NAME" | sed 's/^/    /' >&2
   fi
-
-  # CPU shares of wall time (200% = two cores fully busy): azotte, PostgreSQL, the wrk client,
-  # and everything else on the machine (kernel softirq work not charged to a process, and any
-  # unrelated load, which would make the figures unreliable).
-  local wall az pg wrk machine other stolen
-  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
-  stolen=$(awk -v a="${m0#* }" -v b="${m1#* }" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
-  m0=${m0% *}
-  m1=${m1% *}
-  if awk -v x="$stolen" -v d="$wall" -v n="$(nproc)" 'BEGIN {exit !(x / d > 0.05 * n)}'; then
-    CONTENDED=1
-    log "WARNING: $backend $label: the hypervisor stole $(pct "$stolen" "$wall") CPU during the run"
-  fi
-  az=$(awk -v a="$az0" -v b="$az1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
-  pg=$(awk -v a="$pg0" -v b="$pg1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
-  wrk=$(awk -v a="$(children_cpu "$WORK/times.0")" -v b="$(children_cpu "$WORK/times.1")" 'BEGIN {print b - a}')
-  machine=$(awk -v a="$m0" -v b="$m1" -v t="$CLK_TCK" 'BEGIN {print (b - a) / t}')
-  other=$(awk -v m="$machine" -v a="$az" -v p="$pg" -v w="$wrk" 'BEGIN {o = m - a - p - w; print (o < 0 ? 0 : o)}')
-  if awk -v o="$other" -v d="$wall" -v n="$(nproc)" 'BEGIN {exit !(o / d > 0.15 * n)}'; then
-    CONTENDED=1
-    log "WARNING: $backend $label: other processes used $(pct "$other" "$wall") CPU during the run; the machine was not quiet:"
-    top -b -n 2 -d 0.5 -w 120 | awk '/^top -/ {n++} n == 2' | sed -n '7,12p' | sed 's/^/    /' >&2
-  fi
-  local cpu_pg="-"
-  [ "$backend" = postgres ] && cpu_pg=$(pct "$pg" "$wall")
   RPS=$rps
   M_P50=$(to_ms "$p50")
   M_P99=$(to_ms "$p99")
   M_REQS=$reqs
   M_NON2XX=$non2xx
   M_SOCK=$sock
-  M_CPU_AZ=$(pct "$az" "$wall")
-  M_CPU_PG=$cpu_pg
-  M_CPU_WRK=$(pct "$wrk" "$wall")
-  M_CPU_OTHER=$(pct "$other" "$wall")
-  M_T0=$t0
-  M_T1=$t1
 }
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL: a throw-away cluster on a free loopback port, normal durability (fsync on).
 
+# start_postgres: the cluster and its database azotte_bench. PG_EXTRA_OPTIONS (the caller may
+# set it, e.g. "-c shared_preload_libraries=pg_stat_statements") is added to the server's options.
 start_postgres() {
+  local extra=${PG_EXTRA_OPTIONS:-}
   if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
     PG_BIN=$(pg_config --bindir)
   else
@@ -341,9 +400,168 @@ start_postgres() {
   timeout 300 "${as_pg[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U azotte -A trust -E UTF8 --no-sync \
     >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
   timeout 120 "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c shared_buffers=256MB" \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c shared_buffers=256MB${extra:+ $extra}" \
     >/dev/null || { cat "$PG_DIR/server.log" >&2; die "PostgreSQL did not start"; }
   timeout 60 "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U azotte azotte_bench || die "createdb failed"
   PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
-  log "PostgreSQL $PG_VERSION on 127.0.0.1:$PG_PORT (fsync on, synchronous_commit on, shared_buffers=256MB)"
+  log "PostgreSQL $PG_VERSION on 127.0.0.1:$PG_PORT (fsync on, synchronous_commit on, shared_buffers=256MB${extra:+ $extra})"
+}
+
+# ---------------------------------------------------------------------------------------------
+# SQL, percentiles and pgbench (bench/payments.sh, bench/checkout.sh)
+
+# sql DATABASE QUERY: one query as the throw-away cluster's superuser, unaligned output.
+sql() {
+  timeout 120 "$PG_BIN/psql" -X -At -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U azotte -d "$1" -c "$2" \
+    || die "psql on $1 failed: $2"
+}
+
+# Nearest-rank percentiles (ms) of the microsecond values in a file, as "p50 p99".
+percentiles_ms() {
+  sort -n "$1" | awk '{ v[NR] = $1 }
+    function rank(p,  i) { i = int(p * NR); if (i < p * NR) i++; return i < 1 ? 1 : i }
+    END { if (NR == 0) { print "- -"; exit } printf "%.2f %.2f\n", v[rank(0.5)] / 1000, v[rank(0.99)] / 1000 }'
+}
+
+# pgbench_tpcb SCALE CLIENTS: pgbench's built-in TPC-B in its own database `pgbench` of the
+# cluster: initialise at SCALE, warm up for WARMUP s, CHECKPOINT, then DURATION s measured with
+# CLIENTS clients over TCP (-j THREADS) between cpu_begin and cpu_end; the tables are vacuumed
+# afterwards so later runs do not pay for its dead tuples. Sets PGB_TPS, PGB_TXNS, PGB_FAILED,
+# PGB_P50 and PGB_P99 (ms, from the per-transaction log), PGB_WAL (bytes of WAL written during
+# the measured run) and what cpu_end sets; FAILED on failed transactions.
+pgbench_tpcb() {
+  local scale=$1 clients=$2 pgbench=$PG_BIN/pgbench
+  [ -x "$pgbench" ] || die "$pgbench not found (it ships with the PostgreSQL server binaries)"
+  sql postgres "CREATE DATABASE pgbench" >/dev/null
+  log "pgbench: initializing (scale $scale)"
+  timeout 1800 "$pgbench" -h 127.0.0.1 -p "$PG_PORT" -U azotte -i -q -s "$scale" pgbench >"$WORK/pgbench.init" 2>&1 \
+    || { cat "$WORK/pgbench.init" >&2; die "pgbench -i failed"; }
+  local run=("$pgbench" -h 127.0.0.1 -p "$PG_PORT" -U azotte -c "$clients" -j "$THREADS")
+  if [ "$WARMUP" -gt 0 ]; then
+    timeout $((WARMUP + 120)) "${run[@]}" -T "$WARMUP" pgbench >"$WORK/pgbench.warmup" 2>&1 \
+      || { cat "$WORK/pgbench.warmup" >&2; die "pgbench warm-up failed"; }
+  fi
+  sql postgres "CHECKPOINT" >/dev/null
+  mkdir -p "$WORK/pgbench-log"
+  local lsn0
+  lsn0=$(sql postgres "SELECT pg_current_wal_lsn()")
+  cpu_begin
+  timeout $((DURATION + 120)) "${run[@]}" -T "$DURATION" -l --log-prefix="$WORK/pgbench-log/tx" pgbench \
+    >"$WORK/pgbench.out" 2>&1 || { cat "$WORK/pgbench.out" >&2; die "pgbench failed"; }
+  cpu_end pgbench
+  PGB_WAL=$(sql postgres "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')")
+  sed "s/^/    [pgbench] /" "$WORK/pgbench.out" >&2
+  PGB_TPS=$(awk '/^tps = / {print $3; exit}' "$WORK/pgbench.out")
+  PGB_TXNS=$(awk '/actually processed:/ {print $NF}' "$WORK/pgbench.out")
+  PGB_FAILED=$(awk '/number of failed transactions:/ {print $5}' "$WORK/pgbench.out")
+  PGB_FAILED=${PGB_FAILED:-0}
+  [ -n "$PGB_TPS" ] && [ -n "$PGB_TXNS" ] || die "cannot parse pgbench output ($WORK/pgbench.out)"
+  if [ "$PGB_FAILED" != 0 ]; then
+    FAILED=1
+    log "WARNING: pgbench: $PGB_FAILED failed transactions"
+  fi
+  # Per-transaction log: client, transaction, latency in µs (or "failed"), script, epoch s, µs.
+  cat "$WORK"/pgbench-log/tx.* | awk '$3 ~ /^[0-9]+$/ {print $3}' >"$WORK/pgbench.latency"
+  read -r PGB_P50 PGB_P99 < <(percentiles_ms "$WORK/pgbench.latency")
+  sql pgbench "VACUUM" >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup through the HTTP API (bench/payments.sh, bench/checkout.sh, bench/entitlements.sh)
+
+# call METHOD PATH BODY STATUS: the request with the administrator's session (TOKEN) in the
+# development environment of `bench`; dies unless it answers STATUS; the body is left in
+# $WORK/call.json.
+call() {
+  local code
+  code=$(curl -sS --max-time 30 -o "$WORK/call.json" -w '%{http_code}' -X "$1" "$BASE$2" \
+    -H "authorization: Bearer $TOKEN" -H 'x-tn: bench' -H 'x-env: development' -H 'content-type: application/json' \
+    -d "$3")
+  [ "$code" = "$4" ] || die "$1 $2 answered $code (expected $4): $(cat "$WORK/call.json")"
+}
+
+# json_id PREFIX: the first id with that prefix in $WORK/call.json.
+json_id() {
+  local id
+  id=$(grep -oE "\"id\":\"$1_[^\"]+\"" "$WORK/call.json" | head -n 1 | cut -d'"' -f4 || true)
+  [ -n "$id" ] || die "no $1_ id in $(cat "$WORK/call.json")"
+  echo "$id"
+}
+
+# subscription_catalog: in the development environment, a storefront (EUR, DE, 19 % VAT
+# included) with a sandbox PSP account, entitlements `hd`, `screens` (quantity) and `downloads`
+# in the active bundle `premium` (family `video`), EUR 9.99 a month without trial, and the
+# entitlement `uhd` in no bundle. Sets SF, PSP, PRICE.
+subscription_catalog() {
+  call POST /v1/storefronts '{"name":"Bench","type":"web","default_currency":"EUR","default_language":"en",
+    "countries":["DE"],"tax":{"kind":"inclusive","rate_bp":1900}}' 201
+  SF=$(json_id sfr)
+  call POST "/v1/storefronts/$SF/psp-accounts" '{"connector":"sandbox","display_name":"Sandbox","mode":"test"}' 201
+  PSP=$(json_id psp)
+  call POST /v1/entitlements '{"key":"hd","name":"HD","kind":"boolean"}' 201
+  call POST /v1/entitlements '{"key":"screens","name":"Screens","kind":"quantity","unit":"screens"}' 201
+  call POST /v1/entitlements '{"key":"downloads","name":"Downloads","kind":"boolean"}' 201
+  call POST /v1/entitlements '{"key":"uhd","name":"UHD","kind":"boolean"}' 201
+  call POST /v1/bundles '{"key":"premium","name":"Premium","type":"subscription","status":"active","family":"video",
+    "entitlements":[{"key":"hd"},{"key":"screens","quantity":4},{"key":"downloads"}]}' 201
+  local bundle
+  bundle=$(json_id bnd)
+  call POST /v1/prices "{\"bundle_id\":\"$bundle\",\"storefront_id\":\"$SF\",\"currency\":\"EUR\",\"amount\":999,
+    \"billing_period\":{\"unit\":\"month\",\"count\":1}}" 201
+  PRICE=$(json_id prc)
+}
+
+# checkout_load ARGS...: bench/checkout_load.py against this server with APIKEY and the catalog
+# of subscription_catalog (its summary line on stdout; see the script).
+checkout_load() {
+  python3 "$ROOT/bench/checkout_load.py" --base "$BASE" --key "$APIKEY" --storefront "$SF" --psp "$PSP" \
+    --price "$PRICE" "$@"
+}
+
+# summary_field NAME LINE: a field of checkout_load's summary line.
+summary_field() { printf '%s\n' "$2" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+
+# ---------------------------------------------------------------------------------------------
+# Statement profile (PostgreSQL): start the cluster with
+# PG_EXTRA_OPTIONS="-c shared_preload_libraries=pg_stat_statements" and call pg_profile_off
+# once; then pg_profile_begin, the load, pg_profile_end.
+
+# pg_profile_off: loads pg_stat_statements with tracking off (set with ALTER SYSTEM, which a
+# command-line setting would override), so measured runs do not pay for it.
+pg_profile_off() {
+  sql postgres "ALTER SYSTEM SET pg_stat_statements.track = 'none'" >/dev/null
+  sql postgres "SELECT pg_reload_conf()" >/dev/null
+}
+
+# pg_profile_begin: clears the statistics and turns tracking on.
+pg_profile_begin() {
+  sql postgres "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+  sql postgres "ALTER SYSTEM SET pg_stat_statements.track = 'top'" >/dev/null
+  sql postgres "SELECT pg_reload_conf()" >/dev/null
+  sleep 1
+  sql postgres "SELECT pg_stat_statements_reset()" >/dev/null
+}
+
+# pg_profile_end DATABASE N UNIT [ROWS]: turns tracking off and prints, per UNIT (N of them were
+# done meanwhile), the statements, transactions, database execution time and WAL, then the ROWS
+# (default 25) statements of DATABASE taking the most time. Execution time is the statements'
+# own: it leaves out waiting for the WAL flush at commit and the round trips.
+pg_profile_end() {
+  local db="dbid = (SELECT oid FROM pg_database WHERE datname = '$1')" n=$2 unit=$3 rows=${4:-25}
+  pg_profile_off
+  echo "statements per $unit: $(sql postgres "SELECT round(sum(calls)::numeric / $n, 1)
+      || ' (BEGIN ' || round(coalesce(sum(calls) FILTER (WHERE query ~* '^\\s*(BEGIN|START)'), 0)::numeric / $n, 2)
+      || ', COMMIT ' || round(coalesce(sum(calls) FILTER (WHERE query ~* '^\\s*(COMMIT|END)'), 0)::numeric / $n, 2)
+      || ', ROLLBACK ' || round(coalesce(sum(calls) FILTER (WHERE query ~* '^\\s*ROLLBACK'), 0)::numeric / $n, 2)
+      || '); database execution time per $unit: ' || round((sum(total_exec_time) / $n * 1000)::numeric, 0)
+      || ' µs; WAL per $unit: ' || pg_size_pretty((sum(wal_bytes) / $n)::bigint)
+      FROM pg_stat_statements WHERE $db")"
+  echo
+  echo "| calls per $unit | µs per $unit | µs per call | rows per call | buffers per call | statement |"
+  echo "|---:|---:|---:|---:|---:|---|"
+  sql postgres "SELECT '| ' || round(calls::numeric / $n, 2) || ' | ' || round((total_exec_time / $n * 1000)::numeric, 0)
+      || ' | ' || round((mean_exec_time * 1000)::numeric, 0) || ' | ' || round(rows::numeric / greatest(calls, 1), 1)
+      || ' | ' || round((shared_blks_hit + shared_blks_read)::numeric / greatest(calls, 1), 0)
+      || ' | \`' || left(regexp_replace(regexp_replace(query, '\\s+', ' ', 'g'), '[|\`]', '/', 'g'), 140) || '\` |'
+      FROM pg_stat_statements WHERE $db ORDER BY total_exec_time DESC LIMIT $rows"
 }

@@ -8,7 +8,7 @@ use sea_query::{Expr, Iden, Order, Query, SelectStatement};
 use crate::{Result, TenantTx};
 
 #[derive(Iden, Clone, Copy)]
-enum Customers {
+pub(crate) enum Customers {
     Table,
     TenantId,
     Environment,

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, Order, Query, SelectStatement};
 use serde_json::Value;
 
+use crate::customers::Customers;
 use crate::{Result, TenantTx};
 
 // ---------------------------------------------------------------------------------------------
@@ -657,15 +658,90 @@ pub struct GrantState {
     pub dunning: Value,
 }
 
+/// A row of [`grants_of`]: the customer, left-joined with a grant (none: nothing granted) and
+/// its subscription (none: expired) and storefront.
+#[derive(sqlx::FromRow)]
+struct GrantRow {
+    entitlement_key: Option<String>,
+    kind: Option<String>,
+    quantity: Option<i64>,
+    unit: Option<String>,
+    subscription_id: Option<String>,
+    status: Option<String>,
+    period_start: Option<DateTime<Utc>>,
+    period_end: Option<DateTime<Utc>>,
+    periods: Option<i32>,
+    anchor: Option<DateTime<Utc>>,
+    trial_end: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    canceled_immediately: Option<bool>,
+    paused_at: Option<DateTime<Utc>>,
+    #[sqlx(json(nullable))]
+    dunning: Option<Value>,
+}
+
+impl GrantRow {
+    /// The grant, if the row has one whose subscription has not expired.
+    fn into_state(self) -> Option<GrantState> {
+        Some(GrantState {
+            entitlement_key: self.entitlement_key?,
+            kind: self.kind?,
+            quantity: self.quantity,
+            unit: self.unit,
+            subscription_id: self.subscription_id?,
+            status: self.status?,
+            period_start: self.period_start?,
+            period_end: self.period_end?,
+            periods: self.periods?,
+            anchor: self.anchor?,
+            trial_end: self.trial_end,
+            ends_at: self.ends_at,
+            canceled_immediately: self.canceled_immediately?,
+            paused_at: self.paused_at,
+            dunning: self.dunning?,
+        })
+    }
+}
+
 /// A customer's grants (one entitlement's, when `key` is given) with their subscriptions'
-/// state, in one query: the hottest read path.
-pub async fn grants_of(tx: &mut TenantTx, customer_id: &str, key: Option<&str>) -> Result<Vec<GrantState>> {
+/// state, in one query, by key then subscription: the hottest read path. `None` if there is no
+/// such customer: the query starts from the customer, so an entitlement not held is told from an
+/// unknown customer without a second query.
+pub async fn grants_of(
+    tx: &mut TenantTx,
+    customer_id: &str,
+    key: Option<&str>,
+) -> Result<Option<Vec<GrantState>>> {
+    let tenant = tx.scope().tenant_id().to_string();
+    let q = grants_query(&tenant, tx.scope().environment().as_str(), customer_id, key);
+    let rows = tx.tx.fetch_all::<GrantRow>(&q).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    // Sorted here, not by the query: asked for one key, an ORDER BY (key, subscription) can be
+    // served by the primary key's order (tenant, environment, subscription, key), and SQLite
+    // then preferred scanning every grant of the environment to the customer's index.
+    let mut grants: Vec<GrantState> = rows.into_iter().filter_map(GrantRow::into_state).collect();
+    grants.sort_by(|a, b| {
+        (&a.entitlement_key, &a.subscription_id).cmp(&(&b.entitlement_key, &b.subscription_id))
+    });
+    Ok(Some(grants))
+}
+
+/// The statement of [`grants_of`].
+fn grants_query(tenant: &str, env: &str, customer_id: &str, key: Option<&str>) -> SelectStatement {
+    let c = Customers::Table;
     let g = EntitlementGrants::Table;
     let s = Subscriptions::Table;
     let st = Storefronts::Table;
-    let tenant = tx.scope().tenant_id().to_string();
-    let env = tx.scope().environment().as_str().to_owned();
-    let mut q = Query::select()
+    let mut grant = Expr::col((g, EntitlementGrants::TenantId))
+        .equals((c, Customers::TenantId))
+        .and(Expr::col((g, EntitlementGrants::Environment)).equals((c, Customers::Environment)))
+        .and(Expr::col((g, EntitlementGrants::CustomerId)).equals((c, Customers::Id)));
+    if let Some(k) = key {
+        grant = grant.and(Expr::col((g, EntitlementGrants::EntitlementKey)).eq(k));
+    }
+    Query::select()
         .columns([
             (g, EntitlementGrants::EntitlementKey),
             (g, EntitlementGrants::Kind),
@@ -685,30 +761,69 @@ pub async fn grants_of(tx: &mut TenantTx, customer_id: &str, key: Option<&str>) 
             (s, Subscriptions::PausedAt),
         ])
         .column((st, Storefronts::Dunning))
-        .from(g)
-        .inner_join(
+        .from(c)
+        .left_join(g, grant)
+        .left_join(
             s,
             Expr::col((s, Subscriptions::TenantId))
                 .equals((g, EntitlementGrants::TenantId))
                 .and(Expr::col((s, Subscriptions::Environment)).equals((g, EntitlementGrants::Environment)))
-                .and(Expr::col((s, Subscriptions::Id)).equals((g, EntitlementGrants::SubscriptionId))),
+                .and(Expr::col((s, Subscriptions::Id)).equals((g, EntitlementGrants::SubscriptionId)))
+                .and(Expr::col((s, Subscriptions::Status)).ne("expired")),
         )
-        .inner_join(
+        .left_join(
             st,
             Expr::col((st, Storefronts::TenantId))
                 .equals((s, Subscriptions::TenantId))
                 .and(Expr::col((st, Storefronts::Environment)).equals((s, Subscriptions::Environment)))
                 .and(Expr::col((st, Storefronts::Id)).equals((s, Subscriptions::StorefrontId))),
         )
-        .and_where(Expr::col((g, EntitlementGrants::TenantId)).eq(tenant))
-        .and_where(Expr::col((g, EntitlementGrants::Environment)).eq(env))
-        .and_where(Expr::col((g, EntitlementGrants::CustomerId)).eq(customer_id))
-        .and_where(Expr::col((s, Subscriptions::Status)).ne("expired"))
-        .order_by((g, EntitlementGrants::EntitlementKey), Order::Asc)
-        .order_by((g, EntitlementGrants::SubscriptionId), Order::Asc)
-        .to_owned();
-    if let Some(k) = key {
-        q.and_where(Expr::col((g, EntitlementGrants::EntitlementKey)).eq(k));
+        .and_where(Expr::col((c, Customers::TenantId)).eq(tenant))
+        .and_where(Expr::col((c, Customers::Environment)).eq(env))
+        .and_where(Expr::col((c, Customers::Id)).eq(customer_id))
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_query::SqliteQueryBuilder;
+    use sea_query_binder::SqlxBinder;
+    use sqlx::Row;
+
+    use super::grants_query;
+    use crate::exec::Tx;
+    use crate::testing::fresh_database;
+    use crate::{Backend, Db, DbOptions};
+
+    /// The entitlement check reads the customer's grants by the customer index, never every
+    /// grant of the environment: without statistics SQLite chose the latter, in the primary
+    /// key's order, when the query asked for that order (its cost grew with the environment).
+    #[tokio::test]
+    async fn sqlite_reads_a_customers_grants_by_the_customer_index() {
+        let t = fresh_database(Backend::Sqlite).await;
+        let opts = DbOptions::new(t.url.clone());
+        Db::migrate(&opts).await.unwrap();
+        let db = Db::connect(&opts).await.unwrap();
+        for key in [Some("hd"), None] {
+            let (sql, values) =
+                grants_query("ten_x", "development", "cus_x", key).build_sqlx(SqliteQueryBuilder);
+            let mut tx = db.unscoped_read_tx().await.unwrap();
+            let Tx::Sqlite(conn) = &mut tx else { unreachable!("SQLite test") };
+            let plan: Vec<String> = sqlx::query_with(&format!("EXPLAIN QUERY PLAN {sql}"), values)
+                .fetch_all(&mut **conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>("detail"))
+                .collect();
+            let grants: Vec<&String> = plan.iter().filter(|d| d.contains(" entitlement_grants ")).collect();
+            assert_eq!(grants.len(), 1, "{plan:?}");
+            assert!(
+                grants[0]
+                    .starts_with("SEARCH entitlement_grants USING INDEX entitlement_grants_customer_idx")
+                    && grants[0].contains("customer_id=?"),
+                "{plan:?}"
+            );
+        }
     }
-    tx.tx.fetch_all::<GrantState>(&q).await
 }

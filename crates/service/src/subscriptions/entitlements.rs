@@ -51,11 +51,9 @@ pub async fn of_customer(
     crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
-    let grants = store::grants_of(&mut tx, customer_id, key).await?;
-    if grants.is_empty() {
-        // Tell "no such customer" from "nothing held".
-        crate::customers::exists(&mut tx, customer_id).await?;
-    }
+    let grants = store::grants_of(&mut tx, customer_id, key)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "customer" })?;
     tx.commit().await?;
     let mut held: Vec<Held> = Vec::new();
     for g in &grants {
