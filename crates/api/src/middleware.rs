@@ -99,6 +99,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
             // Stored in the journal: never one holding a card number.
             .filter(|v| crate::raw_card::loggable_header(v).is_some()),
         source: "api",
+        causation_id: None,
     };
     req.extensions_mut().insert(info.clone());
     let mut resp = REQUEST

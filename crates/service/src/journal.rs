@@ -1,7 +1,7 @@
 //! Reading the journal: filtered listings and lineage trees.
 
 use azotte_domain::permission::Permission;
-use azotte_store::journal::{self, Entry, Filter};
+use azotte_store::journal::{self, Entry, Filter, RequestMeta};
 use azotte_store::TenantScope;
 use serde_json::json;
 
@@ -63,4 +63,27 @@ pub async fn timeline(
     let entries = journal::timeline(&mut tx, resource_type, resource_id).await?;
     tx.commit().await?;
     Ok(entries)
+}
+
+/// The latest entry about a resource that `is_cause` accepts: what a job continues (its
+/// correlation id) and is caused by (its id), when the job did not carry them itself (a retry
+/// by the worker). No permission check: for jobs running as the system.
+pub(crate) async fn cause(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    resource: (&str, &str),
+    is_cause: impl Fn(&Entry) -> bool,
+) -> Result<Option<Entry>> {
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let entries = journal::timeline(&mut tx, resource.0, resource.1).await?;
+    tx.commit().await?;
+    Ok(entries.into_iter().rev().find(is_cause))
+}
+
+/// The request context of a job caused by `cause`, or a fresh system context without one.
+pub(crate) fn job_meta(cause: Option<Entry>) -> RequestMeta {
+    match cause {
+        Some(e) => RequestMeta::caused_by(&e.correlation_id, &e.id),
+        None => RequestMeta::system(),
+    }
 }

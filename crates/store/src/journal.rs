@@ -31,6 +31,10 @@ pub struct RequestMeta {
     pub user_agent: Option<String>,
     /// `api`, `console`, `system` or `channel`.
     pub source: &'static str,
+    /// For a job: the entry that caused it (the request's action that queued it, or the outcome
+    /// it follows up). The job's actions are recorded as caused by it, so the lineage of the
+    /// correlation id shows them under their cause.
+    pub causation_id: Option<String>,
 }
 
 impl RequestMeta {
@@ -42,6 +46,16 @@ impl RequestMeta {
             client_ip: None,
             user_agent: None,
             source: "system",
+            causation_id: None,
+        }
+    }
+
+    /// Context for a job caused by journal entry `entry_id` of correlation `correlation_id`.
+    pub fn caused_by(correlation_id: &str, entry_id: &str) -> Self {
+        Self {
+            correlation_id: correlation_id.to_owned(),
+            causation_id: Some(entry_id.to_owned()),
+            ..Self::system()
         }
     }
 }
@@ -169,7 +183,8 @@ fn record(buf: &mut Buffer, tenant_id: &str, environment: &str, e: NewEntry<'_>)
         e.type_.into(),
         e.occurred_at.into(),
         meta.correlation_id.into(),
-        e.causation_id.map(str::to_owned).into(),
+        // An action of a job is caused by what queued the job.
+        e.causation_id.map(str::to_owned).or(meta.causation_id).into(),
         kind.as_str().unwrap_or("system").into(),
         e.principal.id.clone().into(),
         serde_json::json!(e.principal.roles).into(),

@@ -553,6 +553,19 @@ async fn local_fiscalization_signs_retries_and_detects_tampering(app: TestApp) {
     let actions: Vec<&str> =
         v["documents"].as_array().unwrap().iter().map(|d| d["action"].as_str().unwrap()).collect();
     assert_eq!((v["valid"].as_bool(), actions), (Some(true), vec!["issue", "credit_note"]));
+    // Each fiscalization attempt (a job) continues the lineage of what queued it: caused by the
+    // invoice's `invoice.paid` or its `credit_note.issued`, in that entry's correlation.
+    let entries =
+        get_k(format!("/v1/journal?resource_type=invoice&resource_id={iid}&limit=100")).await["data"].clone();
+    let entries = entries.as_array().unwrap();
+    let of_type = |t: &str| entries.iter().filter(|e| e["type"] == t).cloned().collect::<Vec<Value>>();
+    let (paid, noted, attempts) =
+        (of_type("invoice.paid"), of_type("credit_note.issued"), of_type("fiscal.attempt"));
+    assert_eq!((paid.len(), noted.len(), attempts.len()), (1, 1, 3), "{entries:#?}");
+    for (attempt, cause) in [(&attempts[0], &paid[0]), (&attempts[1], &paid[0]), (&attempts[2], &noted[0])] {
+        assert_eq!(attempt["causation_id"], cause["id"]);
+        assert_eq!(attempt["correlation_id"], cause["correlation_id"]);
+    }
 
     // Tampering with the invoice after signing: the document no longer matches.
     app.raw_exec(&format!(

@@ -235,7 +235,66 @@ async fn safe_mode_defers_renewals_and_keeps_access(app: TestApp) {
     assert_eq!(s.state(&app).await["status"], "active");
 }
 
+/// A subscription cancelled while the PSP is charging its renewal: the charge is refunded in
+/// full, the period is not advanced, no invoice is issued for it, and the subscription's
+/// timeline says why.
+async fn a_renewal_charged_while_the_subscription_was_cancelled_is_refunded(app: TestApp) {
+    let s = subscribe(&app).await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    app.ctx.psp.sandbox.set_extra_latency(std::time::Duration::from_millis(1500));
+    let cancel = async {
+        // Once the renewal's attempt is recorded (before the PSP is called), cancel.
+        for _ in 0..500 {
+            let n = app.raw_strings("SELECT id FROM payments WHERE status = 'pending'").await.len();
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        s.post(
+            &app,
+            &format!("/v1/subscriptions/{}/cancel", s.sub),
+            json!({"method": "immediate", "reason_code": "other"}),
+            200,
+        )
+        .await
+    };
+    let (_, cancelled) = tokio::join!(tick(&app), cancel);
+    app.ctx.psp.sandbox.set_extra_latency(std::time::Duration::ZERO);
+    assert_eq!(cancelled["status"], "canceled", "{cancelled}");
+    let ledger = app.ctx.psp.sandbox.ledger();
+    let refunds: i64 = ledger
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Refund))
+        .map(|e| e.amount)
+        .sum();
+    assert_eq!((captured(&app), refunds), (2 * 999, 999), "the renewal's charge went back");
+    let after = s.state(&app).await;
+    assert_eq!(after["current_period_end"], cancelled["current_period_end"], "not advanced: {after}");
+    let invoices = s.get(&app, &format!("/v1/invoices?subscription_id={}", s.sub)).await;
+    assert_eq!(invoices["data"].as_array().unwrap().len(), 1, "only the first period's: {invoices}");
+    let t = s.get(&app, &format!("/v1/subscriptions/{}/timeline", s.sub)).await;
+    let refunded = t["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "subscription.renewal_refunded")
+        .cloned()
+        .unwrap_or_else(|| panic!("no refund recorded: {t:#}"));
+    let payment =
+        s.get(&app, &format!("/v1/payments/{}", refunded["body"]["payment_id"].as_str().unwrap())).await;
+    assert_eq!(
+        (payment["captured_amount"].as_i64(), payment["refunded_amount"].as_i64()),
+        (Some(999), Some(999))
+    );
+    // Later ticks change nothing.
+    tick(&app).await;
+    assert_eq!(captured(&app), 2 * 999);
+}
+
 both!(
+    a_renewal_charged_while_the_subscription_was_cancelled_is_refunded,
     each_period_is_charged_once_also_after_downtime,
     dunning_retries_recovers_with_a_new_method_or_ends,
     exhausted_dunning_ends_the_subscription,

@@ -215,6 +215,14 @@ async fn from_offer_to_entitlements(app: TestApp) {
         .clone();
     let cor = created["correlation_id"].as_str().unwrap();
     let lineage: Value = get(&app, &format!("/v1/lineage/{cor}")).await;
+    // The job's entries hang under the request's action that queued it (causation ids): one tree.
+    let roots = lineage["roots"].as_array().unwrap();
+    assert_eq!(roots.len(), 1, "{lineage:#}");
+    assert_eq!(roots[0]["type"], "checkout.create");
+    let job_actions: Vec<&Value> =
+        roots[0]["children"].as_array().unwrap().iter().filter(|e| e["kind"] == "action").collect();
+    assert!(!job_actions.is_empty(), "{lineage:#}");
+    assert!(job_actions.iter().all(|e| e["causation_id"] == roots[0]["id"]));
     let text = lineage.to_string();
     for t in [
         "checkout.create",
@@ -618,6 +626,17 @@ async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
     let done = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
     assert_eq!((done["status"].as_str(), done["next_action"].as_object()), (Some("succeeded"), None));
     assert_eq!(app.ctx.psp.sandbox.ledger().captured(&id(&payment).parse().unwrap()), 999);
+    // The worker's run continues the request's lineage: its actions are caused by the
+    // request's `checkout.create`, as the first run's were.
+    let cor = payment["correlation_id"].as_str().map(str::to_owned);
+    let timeline =
+        get(&app, &format!("/v1/subscriptions/{}/timeline", done["subscription_id"].as_str().unwrap())).await;
+    let cor = cor.unwrap_or_else(|| timeline["data"][0]["correlation_id"].as_str().unwrap().to_owned());
+    let lineage: Value = get(&app, &format!("/v1/lineage/{cor}")).await;
+    let roots = lineage["roots"].as_array().unwrap();
+    assert_eq!((roots.len(), roots[0]["type"].as_str()), (1, Some("checkout.create")), "{lineage:#}");
+    let text = lineage.to_string();
+    assert!(text.contains("subscription.created") && text.contains("checkout.succeeded"), "{lineage:#}");
 }
 
 async fn foreign_ids_and_methods_are_refused(app: TestApp) {

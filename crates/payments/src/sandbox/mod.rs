@@ -14,7 +14,7 @@ mod refund;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -195,6 +195,8 @@ impl State {
 struct Inner {
     config: SandboxConfig,
     outage: AtomicBool,
+    /// Latency added to the configured one at run time, in microseconds.
+    extra_latency_us: AtomicU64,
     state: Mutex<State>,
     ledger: Ledger,
 }
@@ -239,6 +241,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 config,
                 outage: AtomicBool::new(false),
+                extra_latency_us: AtomicU64::new(0),
                 state: Mutex::new(State::default()),
                 ledger: Ledger::default(),
             }),
@@ -253,6 +256,12 @@ impl Sandbox {
     /// Turns the outage on or off: while on, every call answers `Retryable` (maintenance).
     pub fn set_outage(&self, on: bool) {
         self.inner.outage.store(on, Ordering::SeqCst);
+    }
+
+    /// Sets latency added to every call from now on (a slow PSP; tests use it to act while a
+    /// call is in flight).
+    pub fn set_extra_latency(&self, latency: Duration) {
+        self.inner.extra_latency_us.store(latency.as_micros().min(u64::MAX as u128) as u64, Ordering::SeqCst);
     }
 
     /// Whether the outage is on.
@@ -305,8 +314,10 @@ impl Sandbox {
 
     /// The network and the PSP's front door: latency, then the outage switch.
     async fn gate(&self) -> ConnectorResult<()> {
-        if !self.inner.config.latency.is_zero() {
-            tokio::time::sleep(self.inner.config.latency).await;
+        let latency = self.inner.config.latency
+            + Duration::from_micros(self.inner.extra_latency_us.load(Ordering::SeqCst));
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
         if self.outage() {
             return Err(ConnectorError::Retryable {

@@ -18,7 +18,7 @@ use azotte_crypto::chain;
 use azotte_domain::invoice::{FiscalAction, FiscalProvider, FiscalStatus};
 use azotte_domain::permission::Permission;
 use azotte_store::invoices::{self as store, FiscalRow, InvoiceRow};
-use azotte_store::journal::{self, RequestMeta};
+use azotte_store::journal;
 use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -306,7 +306,20 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     };
     let mut n = 0;
     for rec in due {
-        if journal::with_meta(RequestMeta::system(), attempt(ctx, scope, rec)).await? {
+        // The attempt continues the lineage of what queued it: the invoice paid or voided, or
+        // the credit note issued.
+        let (doc, wanted) = (rec.document_id.clone(), rec.action.clone());
+        let cause = crate::journal::cause(ctx, scope, ("invoice", &rec.invoice_id), |e| {
+            match (wanted.as_str(), e.type_.as_str()) {
+                ("issue", "invoice.paid") | ("cancel", "invoice.voided") => true,
+                ("credit_note", "credit_note.issued") => {
+                    e.body_json().get("credit_note_id").and_then(|v| v.as_str()) == Some(doc.as_str())
+                }
+                _ => false,
+            }
+        })
+        .await?;
+        if journal::with_meta(crate::journal::job_meta(cause), attempt(ctx, scope, rec)).await? {
             n += 1;
         }
     }

@@ -160,26 +160,28 @@ pub async fn start(ctx: &Ctx, scope: &TenantScope, input: CheckoutInput) -> Resu
         updated_at: now,
     };
     let r = Some(("checkout", id.as_str()));
-    tx.action(
-        now,
-        "checkout.create",
-        r,
-        json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
-    )
-    .await?;
+    let action_id = tx
+        .action(
+            now,
+            "checkout.create",
+            r,
+            json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
+        )
+        .await?;
     store::insert_checkout(&mut tx, &row).await?;
     tx.outcome(now, "checkout.processing", r, json!({})).await?;
     tx.commit().await?;
-    spawn(ctx, scope, &row);
+    spawn(ctx, scope, &row, &action_id);
     Ok(row)
 }
 
-/// Runs a checkout's job in the background, under its correlation id.
-fn spawn(ctx: &Ctx, scope: &TenantScope, row: &CheckoutRow) {
-    let (ctx, tenant, env, id, cor) =
-        (ctx.clone(), scope.tenant_id(), scope.environment(), row.id.clone(), row.correlation_id.clone());
+/// Runs a checkout's job in the background, under its correlation id, caused by the request's
+/// action `cause`.
+fn spawn(ctx: &Ctx, scope: &TenantScope, row: &CheckoutRow, cause: &str) {
+    let (ctx, tenant, env, id) = (ctx.clone(), scope.tenant_id(), scope.environment(), row.id.clone());
+    let meta = RequestMeta::caused_by(&row.correlation_id, cause);
     tokio::spawn(async move {
-        if let Err(e) = run_job(&ctx, tenant, env, &id, &cor).await {
+        if let Err(e) = run_job(&ctx, tenant, env, &id, meta).await {
             tracing::warn!(checkout_id = %id, error = %e, "checkout job failed; the worker will retry");
         }
     });
@@ -195,15 +197,8 @@ pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<CheckoutRow
     Ok(row)
 }
 
-async fn run_job(
-    ctx: &Ctx,
-    tenant: TenantId,
-    env: Environment,
-    id: &str,
-    correlation_id: &str,
-) -> Result<()> {
+async fn run_job(ctx: &Ctx, tenant: TenantId, env: Environment, id: &str, meta: RequestMeta) -> Result<()> {
     let scope = azotte_store::auth::system_scope(&ctx.db, tenant, env, "checkout").await?;
-    let meta = RequestMeta { correlation_id: correlation_id.to_owned(), ..RequestMeta::system() };
     journal::with_meta(meta, process(ctx, &scope, id)).await
 }
 
@@ -527,7 +522,13 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         if now - c.created_at < chrono::Duration::seconds(5) {
             continue;
         }
-        let meta = RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() };
+        // The retry continues the request's lineage, caused by its action.
+        let cause =
+            crate::journal::cause(ctx, scope, ("checkout", &c.id), |e| e.type_ == "checkout.create").await?;
+        let meta = match cause {
+            Some(_) => crate::journal::job_meta(cause),
+            None => RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() },
+        };
         journal::with_meta(meta, process(ctx, scope, &c.id)).await?;
         n += 1;
     }

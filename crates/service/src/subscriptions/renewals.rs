@@ -245,11 +245,61 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
             Some(f) if f.period_end == job_period && matches!(f.status.as_str(), "active" | "past_due") => {
                 sub = f
             }
-            // Settled by another run, or no longer renewable.
-            _ => return Ok(End::Done),
+            // Settled by another run (with this same payment: one per request key), or changed
+            // while the PSP was charging it — cancelled, paused, its period deferred — so that
+            // this charge will not pay for the period it was taken for: the money goes back.
+            Some(f) => {
+                if let Ok(payment_id) = &outcome {
+                    let settled = {
+                        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+                        let i =
+                            azotte_store::invoices::invoice_payments(&mut tx, None, Some(payment_id)).await?;
+                        tx.commit().await?;
+                        !i.is_empty()
+                    };
+                    if !settled {
+                        refund_unused(ctx, scope, &f, payment_id).await?;
+                    }
+                }
+                return Ok(End::Done);
+            }
+            None => return Ok(End::Done),
         }
     }
     Ok(End::Later { after: WAIT_FOR, new_key: false })
+}
+
+/// Refunds in full a renewal charge whose subscription changed (ended, paused, deferred) before
+/// the renewal settled, and records why on the subscription.
+async fn refund_unused(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    sub: &SubscriptionRow,
+    payment_id: &str,
+) -> Result<()> {
+    let refund =
+        payments::refund(ctx, scope, payment_id, None, "subscription changed before its renewal settled")
+            .await?;
+    let now = ctx.clock.now();
+    let r = Some(("subscription", sub.id.as_str()));
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    tx.action(
+        now,
+        "subscription.renew",
+        r,
+        json!({"period_end": sub.period_end, "attempt": sub.dunning_attempts}),
+    )
+    .await?;
+    tx.outcome(
+        now,
+        "subscription.renewal_refunded",
+        r,
+        json!({"payment_id": payment_id, "refund_id": refund.id, "status": sub.status,
+               "reason": "subscription_changed_during_renewal"}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Applies a renewal's result to the subscription in one transaction.
