@@ -99,6 +99,24 @@ async fn subscribe(app: &TestApp) -> Sub {
     panic!("checkout did not finish");
 }
 
+/// The subscription's invoices, oldest first: (status, number, total, amount paid).
+async fn invoices_of(app: &TestApp, s: &Sub) -> Vec<(String, String, i64, i64)> {
+    let v = s.get(app, &format!("/v1/invoices?subscription_id={}", s.sub)).await;
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["status"].as_str().unwrap().to_owned(),
+                i["number"].as_str().unwrap_or_default().to_owned(),
+                i["total"].as_i64().unwrap(),
+                i["amount_paid"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn captured(app: &TestApp) -> i64 {
     app.sandbox_captured()
 }
@@ -151,11 +169,16 @@ async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {
     let due = s.state(&app).await;
     assert_eq!(due["status"], "past_due", "{due}");
     assert_eq!(s.get(&app, &format!("/v1/customers/{}/entitlements/video", s.cus)).await["access"], "full");
-    // Retries on day 1 and 3 fail too.
+    // The period's invoice was issued before the charge and stays open while dunning runs.
+    let invoices = invoices_of(&app, &s).await;
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    assert_eq!((invoices[1].0.as_str(), invoices[1].2, invoices[1].3), ("open", 999, 0));
+    // Retries on day 1 and 3 fail too, against that same invoice.
     for days in [1, 2] {
         app.ctx.clock.advance(chrono::Duration::days(days));
         tick(&app).await;
         assert_eq!(s.state(&app).await["status"], "past_due");
+        assert_eq!(invoices_of(&app, &s).await, invoices);
     }
     // A new payment method retries at once and recovers.
     s.post(
@@ -175,6 +198,10 @@ async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {
     }
     assert_eq!(state["status"], "active", "{state}");
     assert_eq!(captured(&app), 2 * 999);
+    // Recovery paid the open invoice: same number, nothing new issued.
+    let after = invoices_of(&app, &s).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!((after[1].0.as_str(), &after[1].1, after[1].3), ("paid", &invoices[1].1, 999));
     let t: Value = s.get(&app, &format!("/v1/subscriptions/{}/timeline", s.sub)).await;
     let types: Vec<&str> =
         t["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -206,6 +233,10 @@ async fn exhausted_dunning_ends_the_subscription(app: TestApp) {
         .expect(404)
         .await;
     assert_eq!(captured(&app), 999, "nothing more was charged");
+    // The period's invoice, open during dunning, is given up as uncollectible.
+    let invoices = invoices_of(&app, &s).await;
+    let statuses: Vec<&str> = invoices.iter().map(|i| i.0.as_str()).collect();
+    assert_eq!(statuses, ["paid", "uncollectible"], "{invoices:?}");
 }
 
 async fn safe_mode_defers_renewals_and_keeps_access(app: TestApp) {
@@ -236,7 +267,7 @@ async fn safe_mode_defers_renewals_and_keeps_access(app: TestApp) {
 }
 
 /// A subscription cancelled while the PSP is charging its renewal: the charge is refunded in
-/// full, the period is not advanced, no invoice is issued for it, and the subscription's
+/// full, the period is not advanced, the period's invoice is void, and the subscription's
 /// timeline says why.
 async fn a_renewal_charged_while_the_subscription_was_cancelled_is_refunded(app: TestApp) {
     let s = subscribe(&app).await;
@@ -272,8 +303,10 @@ async fn a_renewal_charged_while_the_subscription_was_cancelled_is_refunded(app:
     assert_eq!((captured(&app), refunds), (2 * 999, 999), "the renewal's charge went back");
     let after = s.state(&app).await;
     assert_eq!(after["current_period_end"], cancelled["current_period_end"], "not advanced: {after}");
-    let invoices = s.get(&app, &format!("/v1/invoices?subscription_id={}", s.sub)).await;
-    assert_eq!(invoices["data"].as_array().unwrap().len(), 1, "only the first period's: {invoices}");
+    // The renewal's invoice, issued before the charge, is void (its number stays used).
+    let invoices = invoices_of(&app, &s).await;
+    let statuses: Vec<&str> = invoices.iter().map(|i| i.0.as_str()).collect();
+    assert_eq!(statuses, ["paid", "void"], "{invoices:?}");
     let t = s.get(&app, &format!("/v1/subscriptions/{}/timeline", s.sub)).await;
     let refunded = t["data"]
         .as_array()

@@ -184,6 +184,8 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     if !usable.is_empty() && usable.iter().all(|a| !ctx.psp.breakers.routable(&a.id, now)) {
         return defer(ctx, scope, &sub, "psp_degraded", false).await;
     }
+    // The period's invoice first (open until paid); a dunning retry charges what it bills.
+    let (invoice_id, amount) = period_invoice(ctx, scope, &sub, amount).await?;
     let key = format!("renewal-{}-{}-a{}-r{}", sub.id, sub.period_end.timestamp(), job.attempt, job.runs);
     let charged = match &sub.payment_method_id {
         None => Err("no_payment_method"),
@@ -196,7 +198,10 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
                     payment_method_id: pm.clone(),
                     amount,
                     currency: sub.currency.clone(),
-                    description: format!("subscription {} renewal, period ending {}", sub.id, sub.period_end),
+                    description: format!(
+                        "subscription {} renewal, period ending {}, invoice {invoice_id}",
+                        sub.id, sub.period_end
+                    ),
                     psp_account_id: None,
                     off_session: true,
                     request_key: Some(key),
@@ -232,7 +237,7 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     // The subscription may change between the charge and the settling transaction (a new
     // payment method, a support action): settle against what is stored then, a few times.
     for _ in 0..5 {
-        if let Some(end) = settle(ctx, scope, sub.clone(), &policy, outcome.clone()).await? {
+        if let Some(end) = settle(ctx, scope, sub.clone(), &policy, &invoice_id, outcome.clone()).await? {
             return Ok(end);
         }
         let fresh = {
@@ -258,7 +263,7 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
                         !i.is_empty()
                     };
                     if !settled {
-                        refund_unused(ctx, scope, &f, payment_id).await?;
+                        refund_unused(ctx, scope, &f, payment_id, &invoice_id).await?;
                     }
                 }
                 return Ok(End::Done);
@@ -269,13 +274,54 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     Ok(End::Later { after: WAIT_FOR, new_key: false })
 }
 
+/// The invoice of the period a renewal charges for, and what it bills: issued (open) before the
+/// first charge of the period, in its own transaction, and found again by every later attempt
+/// (dunning retries, reruns) by its subscription line's period start. The renewal's end pays it,
+/// makes it uncollectible (dunning exhausted) or voids it (the subscription changed meanwhile).
+async fn period_invoice(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    sub: &SubscriptionRow,
+    amount: i64,
+) -> Result<(String, i64)> {
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    for status in ["open", "uncollectible"] {
+        let filter = azotte_store::invoices::InvoiceFilter {
+            subscription_id: Some(&sub.id),
+            status: Some(status),
+            ..Default::default()
+        };
+        let (open, _) = azotte_store::invoices::list(&mut tx, &filter, 100, None).await?;
+        for inv in open {
+            let lines = azotte_store::invoices::lines_of(&mut tx, &inv.id).await?;
+            if lines.iter().any(|l| l.kind == "subscription" && l.period_start == Some(sub.period_end)) {
+                tx.commit().await?;
+                return Ok((inv.id, inv.total - inv.amount_paid));
+            }
+        }
+    }
+    let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
+    let next =
+        life::apply(&state_of(sub)?, &Event::RenewalSucceeded, now, period_of(sub)?).map_err(illegal)?;
+    let r = Some(("subscription", sub.id.as_str()));
+    tx.action(now, "subscription.renew", r, json!({"period_end": sub.period_end, "step": "invoice"})).await?;
+    let description = format!("subscription {}, period from {}", sub.id, next.period_start.date_naive());
+    let period = (next.period_start, next.period_end);
+    let inv = crate::invoices::for_subscription_charge(&mut tx, sub, &description, amount, period, None, now)
+        .await?;
+    tx.commit().await?;
+    Ok((inv.id, inv.total))
+}
+
 /// Refunds in full a renewal charge whose subscription changed (ended, paused, deferred) before
-/// the renewal settled, and records why on the subscription.
+/// the renewal settled, voids the period's invoice, and records why on the subscription.
 async fn refund_unused(
     ctx: &Ctx,
     scope: &TenantScope,
     sub: &SubscriptionRow,
     payment_id: &str,
+    invoice_id: &str,
 ) -> Result<()> {
     let refund =
         payments::refund(ctx, scope, payment_id, None, "subscription changed before its renewal settled")
@@ -295,9 +341,10 @@ async fn refund_unused(
         "subscription.renewal_refunded",
         r,
         json!({"payment_id": payment_id, "refund_id": refund.id, "status": sub.status,
-               "reason": "subscription_changed_during_renewal"}),
+               "invoice_id": invoice_id, "reason": "subscription_changed_during_renewal"}),
     )
     .await?;
+    crate::invoices::void(&mut tx, invoice_id, now).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -308,6 +355,7 @@ async fn settle(
     scope: &TenantScope,
     mut sub: SubscriptionRow,
     policy: &DunningPolicy,
+    invoice_id: &str,
     outcome: std::result::Result<String, String>,
 ) -> Result<Option<End>> {
     let now = ctx.clock.now();
@@ -352,7 +400,8 @@ async fn settle(
                     now,
                     "dunning.exhausted",
                     r,
-                    json!({"attempts": attempt, "end_action": policy.end_action, "decline_code": code}),
+                    json!({"attempts": attempt, "end_action": policy.end_action, "decline_code": code,
+                           "invoice_id": invoice_id}),
                 )
                 .await?;
                 let body = json!({"status": after.status});
@@ -368,6 +417,7 @@ async fn settle(
                     "dunning.retry_scheduled",
                     r,
                     json!({"attempt": attempt + 1, "retry_at": sub.next_retry_at, "decline_code": code,
+                           "invoice_id": invoice_id,
                            "grace_until": sub.period_end + Duration::days(i64::from(policy.grace_days)),
                            "access_during_grace": policy.access_during_grace}),
                 )
@@ -382,20 +432,17 @@ async fn settle(
     if !store::update_subscription(&mut tx, &sub, expected).await? {
         return Ok(None); // changed meanwhile: the caller settles again against the new row
     }
-    if let Ok(payment_id) = &outcome {
+    match &outcome {
         // The renewed period's invoice, paid by this charge, in the same transaction.
-        let description = format!("subscription {}, period from {}", sub.id, sub.period_start.date_naive());
-        let period = (sub.period_start, sub.period_end);
-        crate::invoices::for_subscription_charge(
-            &mut tx,
-            &sub,
-            &description,
-            sub.amount,
-            period,
-            Some(payment_id),
-            now,
-        )
-        .await?;
+        Ok(payment_id) => {
+            crate::invoices::mark_paid(&mut tx, invoice_id, payment_id, now).await?;
+        }
+        // Collection given up: the invoice stays on record as uncollectible (a later payment
+        // may still settle it).
+        Err(_) if after.status != SubscriptionStatus::PastDue => {
+            crate::invoices::mark_uncollectible(&mut tx, invoice_id, now).await?;
+        }
+        Err(_) => {}
     }
     tx.outcome(now, kind, r, body).await?;
     tx.commit().await?;
