@@ -130,6 +130,10 @@ fn db_options(config: &Config) -> DbOptions {
         url: config.database_url.clone(),
         max_connections: config.database_max_connections,
         acquire_timeout: std::time::Duration::from_secs(5),
+        cache: azotte_store::CacheOptions {
+            max_age: config.read_cache_max_age,
+            capacity: config.read_cache_entries,
+        },
     }
 }
 

@@ -33,6 +33,12 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database_url: Secret<String>,
     pub database_max_connections: u32,
+    /// How long a cached API key or customer's grants may be served without reading the
+    /// database again (zero: no caching). Changes made through the database are applied sooner:
+    /// see docs/decisions/0011-read-cache.md.
+    pub read_cache_max_age: Duration,
+    /// Entries per read cache (API keys; customers' grants).
+    pub read_cache_entries: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     pub body_limit_bytes: usize,
@@ -81,6 +87,8 @@ const KEYS: &[Key] = &[
     Key { name: "listen", default: "127.0.0.1:8080", secret: false },
     Key { name: "database_url", default: "sqlite://./azotte-data/azotte.db", secret: true },
     Key { name: "database_max_connections", default: "10", secret: false },
+    Key { name: "read_cache_max_age_ms", default: "1000", secret: false },
+    Key { name: "read_cache_entries", default: "20000", secret: false },
     Key { name: "log_format", default: "auto", secret: false },
     Key { name: "log_level", default: "info", secret: false },
     Key { name: "body_limit_bytes", default: "1048576", secret: false },
@@ -215,6 +223,14 @@ impl Config {
                 "database_max_connections",
                 |v| range(v, 1, 1000),
             )?,
+            read_cache_max_age: Duration::from_millis(parse(
+                get("read_cache_max_age_ms"),
+                "read_cache_max_age_ms",
+                |v| range(v, 0, 60_000),
+            )?),
+            read_cache_entries: parse(get("read_cache_entries"), "read_cache_entries", |v| {
+                range(v, 1, 10_000_000)
+            })?,
             log_format: parse(get("log_format"), "log_format", |v| match v {
                 "auto" => Ok(LogFormat::Auto),
                 "json" => Ok(LogFormat::Json),

@@ -4,6 +4,8 @@
 //! service layer through the closures it passes); a [`PlatformScope`] or [`TenantScope`] comes
 //! out only when everything matches.
 
+use std::sync::Arc;
+
 use azotte_domain::id::{SessionId, UserId};
 use azotte_domain::permission::{platform_role_permissions, Permission, PermissionSet};
 use azotte_domain::tenant::{Environment, TenantStatus};
@@ -11,6 +13,7 @@ use azotte_domain::{Principal, PrincipalKind};
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Query};
 
+use crate::cache::ApiKeyRecord;
 use crate::exec::Tx;
 use crate::scope::Credential;
 use crate::sessions::Family;
@@ -323,8 +326,10 @@ pub async fn enter_tenant(
     Ok((scope, tenant))
 }
 
-/// What checking an API key's secret needs: the stored hashes. The closure returns whether the
-/// presented key matches `current`, or `previous` while its overlap lasts.
+/// Authenticates an API key presented with `x-tn`: its record comes from this process's cache
+/// when it holds one (see [`crate::cache`]), else from the database; the presented secret is
+/// checked either way, by `matches` against the stored hashes: `current`, or `previous` while
+/// its overlap lasts.
 pub async fn authenticate_api_key(
     db: &Db,
     key_id: &str,
@@ -333,6 +338,38 @@ pub async fn authenticate_api_key(
     matches: impl Fn(&str) -> bool,
     now: DateTime<Utc>,
 ) -> std::result::Result<(TenantScope, Tenant), AuthError> {
+    let record = match db.cache.api_key(tenant_ref, key_id) {
+        Some(r) => r,
+        None => {
+            let ticket = db.cache.ticket();
+            let r = Arc::new(load_api_key(db, key_id, tenant_ref).await?);
+            if let Some(t) = ticket {
+                db.cache.store_api_key(t, tenant_ref, r.clone());
+            }
+            r
+        }
+    };
+    let scope = api_key_scope(&record, environment_header, matches, now)?;
+    let key = &record.key;
+    if key.last_used_at.is_none_or(|t| t < now - chrono::Duration::seconds(60)) {
+        // Best effort and off the request's transaction: a lost update only delays the stamp.
+        let owner = record.tenant.id.to_string();
+        let mut w = db.tenant_write_tx_for(record.tenant.id).await?;
+        api_keys::touch(&mut w, &owner, &key.id, now).await?;
+        w.commit().await?;
+        // The cached record still has the old stamp: read it again next time.
+        db.cache.apply(&crate::cache::Change::ApiKey(key.key_id.clone()));
+    }
+    Ok((scope, record.tenant.clone()))
+}
+
+/// Reads what authenticating an API key needs: the key's tenant (which `x-tn` must name), the
+/// key with its hashes, and its permissions.
+async fn load_api_key(
+    db: &Db,
+    key_id: &str,
+    tenant_ref: &str,
+) -> std::result::Result<ApiKeyRecord, AuthError> {
     let owner = api_keys::owner_of(db, key_id).await?.ok_or(AuthError::InvalidCredentials)?;
     let (mut tx, tenant) = match open_tenant(db, tenant_ref).await {
         Err(AuthError::TenantNotFound) => return Err(AuthError::TenantMismatch),
@@ -343,6 +380,23 @@ pub async fn authenticate_api_key(
     }
     let (key, hashes) =
         api_keys::by_key_id(&mut tx, &owner, key_id).await?.ok_or(AuthError::InvalidCredentials)?;
+    let role_names: Vec<String> = key.role.iter().cloned().collect();
+    let mut permissions = roles::resolve(&mut tx, &owner, &role_names).await?;
+    permissions.extend(key.permissions.iter().filter_map(|p| p.parse::<Permission>().ok()));
+    // Key management is for people with fresh MFA, never for keys.
+    permissions.remove(&Permission::ApiKeyManage);
+    tx.commit().await?;
+    Ok(ApiKeyRecord { tenant, key, hashes, permissions })
+}
+
+/// The scope an API key grants, once the presented secret matches and the key is usable now.
+fn api_key_scope(
+    record: &ApiKeyRecord,
+    environment_header: Option<Environment>,
+    matches: impl Fn(&str) -> bool,
+    now: DateTime<Utc>,
+) -> std::result::Result<TenantScope, AuthError> {
+    let (key, hashes) = (&record.key, &record.hashes);
     let current = matches(&hashes.current);
     let previous = hashes.previous.as_ref().is_some_and(|(h, until)| *until > now && matches(h));
     if !(current || previous) {
@@ -357,27 +411,18 @@ pub async fn authenticate_api_key(
     if environment_header.is_some_and(|e| e != key.environment) {
         return Err(AuthError::EnvironmentMismatch);
     }
-    let role_names: Vec<String> = key.role.iter().cloned().collect();
-    let mut permissions = roles::resolve(&mut tx, &owner, &role_names).await?;
-    permissions.extend(key.permissions.iter().filter_map(|p| p.parse::<Permission>().ok()));
-    // Key management is for people with fresh MFA, never for keys.
-    permissions.remove(&Permission::ApiKeyManage);
-    tx.commit().await?;
-    if key.last_used_at.is_none_or(|t| t < now - chrono::Duration::seconds(60)) {
-        // Best effort and off the request's transaction: a lost update only delays the stamp.
-        let mut w = db.tenant_write_tx_for(tenant.id).await?;
-        api_keys::touch(&mut w, &owner, &key.id, now).await?;
-        w.commit().await?;
-    }
-    let scope = TenantScope {
-        tenant_id: tenant.id,
+    Ok(TenantScope {
+        tenant_id: record.tenant.id,
         environment: key.environment,
-        principal: Principal { kind: PrincipalKind::ApiKey, id: key.id.clone(), roles: role_names },
-        permissions,
-        credential: Credential::ApiKey { id: key.id, storefront_ids: key.storefront_ids },
+        principal: Principal {
+            kind: PrincipalKind::ApiKey,
+            id: key.id.clone(),
+            roles: key.role.iter().cloned().collect(),
+        },
+        permissions: record.permissions.clone(),
+        credential: Credential::ApiKey { id: key.id.clone(), storefront_ids: key.storefront_ids.clone() },
         platform_access: false,
-    };
-    Ok((scope, tenant))
+    })
 }
 
 /// The roles a user holds in a tenant, read inside that tenant's row-level-security scope.

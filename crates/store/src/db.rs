@@ -1,6 +1,7 @@
 //! The database handle, connection setup per backend, migrations and scoped transactions.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use azotte_domain::Secret;
@@ -9,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, SqlitePool};
 
+use crate::cache::{CacheOptions, ReadCache};
 use crate::exec::Tx;
 use crate::scope::{PlatformScope, TenantScope};
 use crate::{Result, StoreError};
@@ -38,12 +40,19 @@ pub struct DbOptions {
     pub max_connections: u32,
     /// How long to wait for a connection before reporting the database unavailable.
     pub acquire_timeout: Duration,
+    /// The read caches (API keys, grants) and their staleness bound.
+    pub cache: CacheOptions,
 }
 
 impl DbOptions {
     /// Options for a URL with default pool settings.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: Secret::new(url.into()), max_connections: 10, acquire_timeout: Duration::from_secs(5) }
+        Self {
+            url: Secret::new(url.into()),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            cache: CacheOptions::default(),
+        }
     }
 
     /// The backend the URL names, or an error naming what was wrong.
@@ -88,10 +97,11 @@ enum Pool {
     Postgres(PgPool),
 }
 
-/// A connection pool to one database. Cheap to clone.
+/// A connection pool to one database, with this process's read caches. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    pub(crate) cache: Arc<ReadCache>,
 }
 
 impl std::fmt::Debug for Db {
@@ -106,7 +116,7 @@ impl Db {
     pub async fn migrate(opts: &DbOptions) -> Result<()> {
         match opts.backend().map_err(StoreError::InvalidUrl)? {
             Backend::Sqlite => {
-                let pool = sqlite_pool(opts, 1, opts.acquire_timeout).await?;
+                let pool = sqlite_pool(opts, 1, opts.acquire_timeout, None).await?;
                 SQLITE_MIGRATOR.run(&pool).await?;
                 pool.close().await;
             }
@@ -121,11 +131,17 @@ impl Db {
 
     /// Opens the serving pool. Migrations must have run (see [`Db::migrate`]).
     pub async fn connect(opts: &DbOptions) -> Result<Db> {
-        let pool = match opts.backend().map_err(StoreError::InvalidUrl)? {
+        let backend = opts.backend().map_err(StoreError::InvalidUrl)?;
+        // On SQLite every write of this process goes through the hooked writer connection: the
+        // change feed works from the start. PostgreSQL's starts with its LISTEN connection.
+        let cache = Arc::new(ReadCache::new(opts.cache, backend == Backend::Sqlite));
+        let pool = match backend {
             Backend::Sqlite => {
-                let read = sqlite_pool(opts, opts.max_connections, opts.acquire_timeout).await?;
+                let read = sqlite_pool(opts, opts.max_connections, opts.acquire_timeout, None).await?;
                 // A writer may wait for the others as long as it waited for SQLite's lock before.
-                let write = sqlite_pool(opts, 1, opts.acquire_timeout + SQLITE_BUSY_TIMEOUT).await?;
+                let write =
+                    sqlite_pool(opts, 1, opts.acquire_timeout + SQLITE_BUSY_TIMEOUT, Some(cache.clone()))
+                        .await?;
                 Pool::Sqlite { read, write }
             }
             Backend::Postgres => {
@@ -142,10 +158,13 @@ impl Db {
                     })
                     .connect_with(pg_options(opts)?)
                     .await?;
+                if cache.enabled() {
+                    crate::cache_listen::spawn(&cache, pg_options(opts)?);
+                }
                 Pool::Postgres(pg)
             }
         };
-        Ok(Db { pool })
+        Ok(Db { pool, cache })
     }
 
     /// Which engine this is.
@@ -241,7 +260,14 @@ impl Db {
         if let Tx::Postgres(t) = &mut tx {
             sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
         }
-        Ok(PlatformTx { tx, scope: scope.clone(), action_id: None, writes: 0, journal: Default::default() })
+        Ok(PlatformTx {
+            tx,
+            scope: scope.clone(),
+            action_id: None,
+            writes: 0,
+            journal: Default::default(),
+            cache: Some(self.cache.clone()),
+        })
     }
 
     /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
@@ -263,7 +289,14 @@ impl Db {
             (_, false) => self.unscoped_tx().await?,
         };
         tx.enter_environment(&scope.tenant_id.to_string(), scope.environment.as_str()).await?;
-        Ok(TenantTx { tx, scope: scope.clone(), action_id: None, writes: 0, journal: Default::default() })
+        Ok(TenantTx {
+            tx,
+            scope: scope.clone(),
+            action_id: None,
+            writes: 0,
+            journal: Default::default(),
+            cache: (!read_only).then(|| self.cache.clone()),
+        })
     }
 
     /// The PostgreSQL pool, for tests in this crate that must run raw SQL.
@@ -279,7 +312,13 @@ impl Db {
 /// How long a SQLite connection waits for a lock another process holds.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn sqlite_pool(opts: &DbOptions, max: u32, acquire_timeout: Duration) -> Result<SqlitePool> {
+/// A SQLite pool; `changes`, for the writer's, gets every row change its connection makes.
+async fn sqlite_pool(
+    opts: &DbOptions,
+    max: u32,
+    acquire_timeout: Duration,
+    changes: Option<Arc<ReadCache>>,
+) -> Result<SqlitePool> {
     let url = opts.url.expose();
     let options = SqliteConnectOptions::from_str(url)
         .map_err(StoreError::Unavailable)?
@@ -292,14 +331,24 @@ async fn sqlite_pool(opts: &DbOptions, max: u32, acquire_timeout: Duration) -> R
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
     }
-    let pool = SqlitePoolOptions::new()
+    let mut pool = SqlitePoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire_timeout)
         // An embedded database does not hang up: no ping (a round trip) on every acquire.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await?;
-    Ok(pool)
+        .test_before_acquire(false);
+    if let Some(cache) = changes.filter(|c| c.enabled()) {
+        pool = pool.after_connect(move |conn, _| {
+            let cache = cache.clone();
+            Box::pin(async move {
+                conn.lock_handle().await?.set_update_hook(move |r| {
+                    cache
+                        .sqlite_changed(r.table, matches!(r.operation, sqlx::sqlite::SqliteOperation::Insert))
+                });
+                Ok(())
+            })
+        });
+    }
+    Ok(pool.connect_with(options).await?)
 }
 
 fn pg_options(opts: &DbOptions) -> Result<PgConnectOptions> {
@@ -318,6 +367,9 @@ macro_rules! journaled_tx {
             pub(crate) writes: u32,
             /// Journal entries recorded, written at commit.
             pub(crate) journal: crate::journal::Buffer,
+            /// A write transaction's read caches: its changes are applied to them before its
+            /// commit returns.
+            cache: Option<Arc<ReadCache>>,
         }
 
         impl $name {
@@ -339,7 +391,28 @@ macro_rules! journaled_tx {
                     return Err(StoreError::Unjournaled);
                 }
                 crate::journal::flush(&mut self.tx, std::mem::take(&mut self.journal)).await?;
-                self.tx.commit().await
+                let Some(cache) = self.cache.take() else { return self.tx.commit().await };
+                let ack = if self.writes > 0 {
+                    crate::cache_listen::request_ack(&cache, &mut self.tx).await?
+                } else {
+                    None
+                };
+                // SQLite: what the update hook saw of this transaction (the writer connection is
+                // this transaction's alone until it commits).
+                let changed = cache.take_sqlite_pending();
+                if let Err(e) = self.tx.commit().await {
+                    if let Some(ack) = ack {
+                        crate::cache_listen::forget_ack(&cache, ack);
+                    }
+                    return Err(e);
+                }
+                for c in &changed {
+                    cache.apply(c);
+                }
+                if let Some(ack) = ack {
+                    crate::cache_listen::await_ack(&cache, ack).await;
+                }
+                Ok(())
             }
         }
     };

@@ -7,6 +7,8 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod cache;
+mod cache_listen;
 pub mod catalog;
 pub mod customers;
 mod db;
@@ -35,6 +37,7 @@ pub mod tenants;
 pub mod testing;
 pub mod users;
 
+pub use cache::CacheOptions;
 pub use db::{Backend, Db, DbOptions, PlatformTx, TenantTx};
 pub use error::StoreError;
 pub use scope::{Credential, Denied, PlatformScope, TenantScope};

@@ -1,11 +1,13 @@
 //! Offers, checkouts, subscriptions and entitlement grants as stored.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, Order, Query, SelectStatement};
 use serde_json::Value;
 
 use crate::customers::Customers;
-use crate::{Result, TenantTx};
+use crate::{Result, TenantScope, TenantTx};
 
 // ---------------------------------------------------------------------------------------------
 // Offers
@@ -725,6 +727,30 @@ pub async fn grants_of(
     grants.sort_by(|a, b| {
         (&a.entitlement_key, &a.subscription_id).cmp(&(&b.entitlement_key, &b.subscription_id))
     });
+    Ok(Some(grants))
+}
+
+/// Every grant of a customer with its subscription's state, from this process's cache when it
+/// holds them (see [`crate::cache`]), else read in a read-only transaction of the scope; `None`
+/// when the customer does not exist (not cached).
+pub async fn grants_of_customer(
+    db: &crate::Db,
+    scope: &TenantScope,
+    customer_id: &str,
+) -> Result<Option<Arc<Vec<GrantState>>>> {
+    let key = (scope.tenant_id(), scope.environment(), customer_id.to_owned());
+    if let Some(g) = db.cache.grants(&key) {
+        return Ok(Some(g));
+    }
+    let ticket = db.cache.ticket();
+    let mut tx = db.tenant_read_tx(scope).await?;
+    let grants = grants_of(&mut tx, customer_id, None).await?;
+    tx.commit().await?;
+    let Some(grants) = grants else { return Ok(None) };
+    let grants = Arc::new(grants);
+    if let Some(t) = ticket {
+        db.cache.store_grants(t, key, grants.clone());
+    }
     Ok(Some(grants))
 }
 

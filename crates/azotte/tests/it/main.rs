@@ -8,6 +8,7 @@ mod catalog;
 mod cli;
 mod crash;
 mod customers;
+mod entitlement_cache;
 mod health;
 mod http_errors;
 mod idempotency;

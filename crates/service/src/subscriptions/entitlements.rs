@@ -1,6 +1,7 @@
 //! What a customer may use now: the hottest read path. One query joins the customer's grants
-//! with their subscriptions' state and storefront dunning policy; access is then decided by
-//! the domain's rules per subscription, and the best grant per entitlement wins.
+//! with their subscriptions' state and storefront dunning policy (kept in the store's read
+//! cache); access is then decided by the domain's rules per subscription at `now`, and the best
+//! grant per entitlement wins.
 
 use azotte_domain::permission::Permission;
 use azotte_domain::subscription::{self as life, Access, SubscriptionStatus};
@@ -50,13 +51,12 @@ pub async fn of_customer(
 ) -> Result<Vec<Held>> {
     crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
     let now = ctx.clock.now();
-    let mut tx = ctx.db.tenant_read_tx(scope).await?;
-    let grants = store::grants_of(&mut tx, customer_id, key)
+    // Cached per customer (all keys); access is decided here, from `now`, on every read.
+    let grants = store::grants_of_customer(&ctx.db, scope, customer_id)
         .await?
         .ok_or(ServiceError::NotFound { resource: "customer" })?;
-    tx.commit().await?;
     let mut held: Vec<Held> = Vec::new();
-    for g in &grants {
+    for g in grants.iter().filter(|g| key.is_none_or(|k| g.entitlement_key == k)) {
         let Some(s) = state(g) else { continue };
         let dunning = dunning_of(&g.dunning);
         let access = life::access(&s, now, &dunning);

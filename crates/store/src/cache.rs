@@ -1,0 +1,408 @@
+//! Per-process caches of the hottest reads: verified API keys (with their tenant and resolved
+//! permissions) and customers' grant states. See docs/decisions/0011-read-cache.md.
+//!
+//! An entry is served while it is younger than `max_age` and no change to the rows it was read
+//! from has been reported since. Changes are reported by the database itself, so every writer is
+//! covered without touching its code: on PostgreSQL by triggers that `pg_notify` at commit and a
+//! LISTEN connection per process ([`crate::cache_listen`]); on SQLite by the update hook of the
+//! one writer connection (decision 0010), per table. A write transaction of this process returns
+//! from its commit only after its changes have been applied here (read-your-writes).
+//!
+//! A load races with changes: it takes a [`Ticket`] (the change counter) before it reads, and its
+//! result is stored only if no change was applied in between; applying a change bumps the counter
+//! before evicting, and storing checks the counter under the shard's lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use azotte_domain::id::TenantId;
+use azotte_domain::permission::PermissionSet;
+use azotte_domain::tenant::Environment;
+use lru::LruCache;
+
+use crate::api_keys::{ApiKey, KeyHashes};
+use crate::subscriptions::GrantState;
+use crate::tenants::Tenant;
+
+/// How the caches behave.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheOptions {
+    /// The longest an entry is served; zero disables caching.
+    pub max_age: Duration,
+    /// Entries per cache (least recently used ones make room).
+    pub capacity: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self { max_age: Duration::from_secs(1), capacity: 20_000 }
+    }
+}
+
+/// A change to rows some cached entries were read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Anything may have changed (a lost listener, a timed-out acknowledgement).
+    All,
+    /// Some API key, role or tenant changed; which one is not known (SQLite).
+    Keys,
+    /// Some customer, grant, subscription or storefront changed; which one is not known (SQLite).
+    Grants,
+    /// The tenant itself, one of its roles or storefronts: everything cached for it.
+    Tenant(String),
+    /// One API key, by its public key id.
+    ApiKey(String),
+    /// One customer's grants or subscriptions.
+    Customer { tenant: String, environment: String, customer: String },
+}
+
+impl Change {
+    /// Parses a notification payload of the PostgreSQL triggers (migration 0022):
+    /// `t|tenant`, `k|key_id`, `c|tenant|environment|customer`.
+    pub(crate) fn parse(payload: &str) -> Option<Change> {
+        let mut parts = payload.split('|');
+        let change = match parts.next()? {
+            "t" => Change::Tenant(parts.next()?.to_owned()),
+            "k" => Change::ApiKey(parts.next()?.to_owned()),
+            "c" => Change::Customer {
+                tenant: parts.next()?.to_owned(),
+                environment: parts.next()?.to_owned(),
+                customer: parts.next()?.to_owned(),
+            },
+            _ => return None,
+        };
+        parts.next().is_none().then_some(change)
+    }
+
+    /// The change a write to `table` on SQLite implies, if any. Inserts of customers,
+    /// subscriptions, tenants and keys change no cached answer: only existing customers and
+    /// verified keys are cached, and a subscription grants nothing without grant rows.
+    pub(crate) fn of_sqlite_write(table: &str, insert: bool) -> Option<Change> {
+        match (table, insert) {
+            ("entitlement_grants", _) | ("customers" | "subscriptions" | "storefronts", false) => {
+                Some(Change::Grants)
+            }
+            ("roles", _) | ("tenants" | "api_keys" | "api_key_directory", false) => Some(Change::Keys),
+            _ => None,
+        }
+    }
+}
+
+/// What authenticating an API key reads from the database, kept to check the next
+/// presentation of the same key against (the secret is verified every time).
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub tenant: Tenant,
+    pub key: ApiKey,
+    pub hashes: KeyHashes,
+    /// The key's role's permissions and its own, resolved.
+    pub permissions: PermissionSet,
+}
+
+/// The change counter read before a load: the load may be stored only if it is unchanged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket(u64);
+
+const SHARDS: usize = 16;
+
+/// A bounded map in shards, each entry stamped with when it was loaded.
+struct Shards<K, V> {
+    shards: Vec<Mutex<LruCache<K, (Instant, V)>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
+    fn new(capacity: usize) -> Self {
+        let per = NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per))).collect(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, k: &K) -> MutexGuard<'_, LruCache<K, (Instant, V)>> {
+        let i = (self.hasher.hash_one(k) as usize) % SHARDS;
+        // A panic while holding a shard leaves a map that is still consistent.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, k: &K, max_age: Duration) -> Option<V> {
+        let mut s = self.shard(k);
+        match s.get(k) {
+            Some((at, v)) if at.elapsed() < max_age => Some(v.clone()),
+            Some(_) => {
+                s.pop(k);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove(&self, k: &K) {
+        self.shard(k).pop(k);
+    }
+
+    fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        for s in &self.shards {
+            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<K> = s.iter().filter(|(k, (_, v))| !keep(k, v)).map(|(k, _)| k.clone()).collect();
+            for k in gone {
+                s.pop(&k);
+            }
+        }
+    }
+
+    fn clear(&self) {
+        for s in &self.shards {
+            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+/// (tenant reference as presented in `x-tn`, key id).
+type KeyKey = (String, String);
+/// (tenant, environment, customer).
+type GrantsKey = (TenantId, Environment, String);
+
+/// The caches of one [`crate::Db`] (one process, in production).
+pub struct ReadCache {
+    options: CacheOptions,
+    /// False while changes may go unreported (PostgreSQL's listener not connected): nothing is
+    /// served or stored then.
+    live: AtomicBool,
+    changes: AtomicU64,
+    keys: Shards<KeyKey, Arc<ApiKeyRecord>>,
+    grants: Shards<GrantsKey, Arc<Vec<GrantState>>>,
+    /// SQLite: the changes made by the transaction holding the writer connection, reported by
+    /// its update hook; applied once that transaction has committed.
+    pub(crate) sqlite_pending: Mutex<Vec<Change>>,
+    /// PostgreSQL: this process's commit acknowledgements awaited from the listener, by number.
+    acks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    next_ack: AtomicU64,
+    /// Tells this process's acknowledgements apart from other processes' on the channel.
+    pub(crate) instance: String,
+    /// Dropped with the cache: ends the listener task.
+    pub(crate) _stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache").field("options", &self.options).field("live", &self.is_live()).finish()
+    }
+}
+
+impl ReadCache {
+    pub(crate) fn new(options: CacheOptions, live: bool) -> Self {
+        let capacity = options.capacity.max(1);
+        Self {
+            options,
+            live: AtomicBool::new(live),
+            changes: AtomicU64::new(0),
+            keys: Shards::new(capacity),
+            grants: Shards::new(capacity),
+            sqlite_pending: Mutex::new(Vec::new()),
+            acks: Mutex::new(HashMap::new()),
+            next_ack: AtomicU64::new(1),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            _stop: Mutex::new(None),
+        }
+    }
+
+    /// Whether caching is configured at all.
+    pub fn enabled(&self) -> bool {
+        !self.options.max_age.is_zero()
+    }
+
+    /// Whether entries are served now.
+    pub fn is_live(&self) -> bool {
+        self.enabled() && self.live.load(Ordering::SeqCst)
+    }
+
+    /// Marks the change feed as working (entries served) or not (nothing served); either way
+    /// everything cached so far is dropped, since changes may have gone unreported.
+    pub(crate) fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::SeqCst);
+        self.apply(&Change::All);
+        if !live {
+            // Nobody will acknowledge these: their writers stop waiting.
+            self.acks.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    /// The ticket for a load, or `None` when nothing may be stored.
+    pub(crate) fn ticket(&self) -> Option<Ticket> {
+        self.is_live().then(|| Ticket(self.changes.load(Ordering::SeqCst)))
+    }
+
+    fn admits(&self, t: Ticket) -> bool {
+        self.is_live() && self.changes.load(Ordering::SeqCst) == t.0
+    }
+
+    pub(crate) fn api_key(&self, tenant_ref: &str, key_id: &str) -> Option<Arc<ApiKeyRecord>> {
+        if !self.is_live() {
+            return None;
+        }
+        self.keys.get(&(tenant_ref.to_owned(), key_id.to_owned()), self.options.max_age)
+    }
+
+    pub(crate) fn store_api_key(&self, t: Ticket, tenant_ref: &str, record: Arc<ApiKeyRecord>) {
+        let k = (tenant_ref.to_owned(), record.key.key_id.clone());
+        let mut s = self.keys.shard(&k);
+        if self.admits(t) {
+            s.put(k, (Instant::now(), record));
+        }
+    }
+
+    pub(crate) fn grants(&self, k: &GrantsKey) -> Option<Arc<Vec<GrantState>>> {
+        if !self.is_live() {
+            return None;
+        }
+        self.grants.get(k, self.options.max_age)
+    }
+
+    pub(crate) fn store_grants(&self, t: Ticket, k: GrantsKey, grants: Arc<Vec<GrantState>>) {
+        let mut s = self.grants.shard(&k);
+        if self.admits(t) {
+            s.put(k, (Instant::now(), grants));
+        }
+    }
+
+    /// Drops what a change makes stale. The counter moves first, so a load that read before
+    /// the change cannot store its result after the eviction.
+    pub fn apply(&self, change: &Change) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        match change {
+            Change::All => {
+                self.keys.clear();
+                self.grants.clear();
+            }
+            Change::Keys => self.keys.clear(),
+            Change::Grants => self.grants.clear(),
+            Change::Tenant(t) => {
+                self.keys.retain(|_, r| r.tenant.id.to_string() != *t);
+                self.grants.retain(|(tenant, _, _), _| tenant.to_string() != *t);
+            }
+            Change::ApiKey(key_id) => self.keys.retain(|(_, k), _| k != key_id),
+            Change::Customer { tenant, environment, customer } => {
+                let (Ok(t), Ok(e)) = (tenant.parse::<TenantId>(), environment.parse::<Environment>()) else {
+                    self.grants.clear();
+                    return;
+                };
+                self.grants.remove(&(t, e, customer.clone()));
+            }
+        }
+    }
+
+    /// A new acknowledgement to await (PostgreSQL).
+    pub(crate) fn register_ack(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let n = self.next_ack.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).insert(n, tx);
+        (n, rx)
+    }
+
+    /// The sender of acknowledgement `n`, if still awaited.
+    pub(crate) fn take_ack(&self, n: u64) -> Option<tokio::sync::oneshot::Sender<()>> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&n)
+    }
+
+    /// SQLite's update hook: a row of `table` changed in the open write transaction.
+    pub(crate) fn sqlite_changed(&self, table: &str, insert: bool) {
+        if let Some(c) = Change::of_sqlite_write(table, insert) {
+            let mut p = self.sqlite_pending.lock().unwrap_or_else(|p| p.into_inner());
+            if !p.contains(&c) {
+                p.push(c);
+            }
+        }
+    }
+
+    /// SQLite: the changes of the write transaction about to commit (or roll back).
+    pub(crate) fn take_sqlite_pending(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.sqlite_pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(Change::parse("t|ten_1"), Some(Change::Tenant("ten_1".into())));
+        assert_eq!(Change::parse("k|abc"), Some(Change::ApiKey("abc".into())));
+        assert_eq!(
+            Change::parse("c|ten_1|production|cus_1"),
+            Some(Change::Customer {
+                tenant: "ten_1".into(),
+                environment: "production".into(),
+                customer: "cus_1".into()
+            })
+        );
+        assert_eq!(Change::parse("c|ten_1|production"), None);
+        assert_eq!(Change::parse("k|a|b"), None);
+        assert_eq!(Change::parse("x|a"), None);
+    }
+
+    #[test]
+    fn sqlite_tables() {
+        assert_eq!(Change::of_sqlite_write("subscriptions", false), Some(Change::Grants));
+        assert_eq!(Change::of_sqlite_write("subscriptions", true), None);
+        assert_eq!(Change::of_sqlite_write("entitlement_grants", true), Some(Change::Grants));
+        assert_eq!(Change::of_sqlite_write("api_keys", false), Some(Change::Keys));
+        assert_eq!(Change::of_sqlite_write("roles", true), Some(Change::Keys));
+        assert_eq!(Change::of_sqlite_write("journal_entries", false), None);
+    }
+
+    #[test]
+    fn a_load_overtaken_by_a_change_is_not_stored() {
+        let c = ReadCache::new(CacheOptions::default(), true);
+        let k: GrantsKey = (TenantId::new(), Environment::Production, "cus_1".into());
+        let t = c.ticket().unwrap();
+        c.apply(&Change::Grants);
+        c.store_grants(t, k.clone(), Arc::new(vec![]));
+        assert!(c.grants(&k).is_none());
+        let t = c.ticket().unwrap();
+        c.store_grants(t, k.clone(), Arc::new(vec![]));
+        assert!(c.grants(&k).is_some());
+        c.apply(&Change::Customer {
+            tenant: k.0.to_string(),
+            environment: "production".into(),
+            customer: "cus_1".into(),
+        });
+        assert!(c.grants(&k).is_none());
+    }
+
+    #[test]
+    fn entries_expire_and_capacity_is_bounded() {
+        let c = ReadCache::new(CacheOptions { max_age: Duration::from_millis(30), capacity: 32 }, true);
+        let tenant = TenantId::new();
+        for i in 0..1000 {
+            let t = c.ticket().unwrap();
+            c.store_grants(t, (tenant, Environment::Production, format!("cus_{i}")), Arc::new(vec![]));
+        }
+        let held: usize = c.grants.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= 32 + SHARDS, "{held}");
+        let k = (tenant, Environment::Production, "cus_999".to_owned());
+        assert!(c.grants(&k).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(c.grants(&k).is_none());
+    }
+
+    #[test]
+    fn not_live_serves_nothing() {
+        let c = ReadCache::new(CacheOptions::default(), true);
+        let k: GrantsKey = (TenantId::new(), Environment::Production, "cus_1".into());
+        c.store_grants(c.ticket().unwrap(), k.clone(), Arc::new(vec![]));
+        c.set_live(false);
+        assert!(c.ticket().is_none());
+        assert!(c.grants(&k).is_none());
+        c.set_live(true);
+        assert!(c.grants(&k).is_none(), "dropped when the feed was lost");
+        let off = ReadCache::new(CacheOptions { max_age: Duration::ZERO, capacity: 10 }, true);
+        assert!(off.ticket().is_none());
+    }
+}
