@@ -471,6 +471,25 @@ pub fn access_until(state: &State, now: DateTime<Utc>, dunning: &DunningPolicy) 
     }
 }
 
+/// [`access_until`] with a grace extension: a past-due subscription whose renewal retry was
+/// deferred (tenant safe mode, the PSP down) keeps access until `extended_until` even past its
+/// policy's grace — an outage must not churn customers. Nothing changes where the policy gives no
+/// access during grace, nor in any other state.
+pub fn access_until_extended(
+    state: &State,
+    now: DateTime<Utc>,
+    dunning: &DunningPolicy,
+    extended_until: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let base = access_until(state, now, dunning);
+    match extended_until {
+        Some(e) if state.status == SubscriptionStatus::PastDue && dunning.access_during_grace && now < e => {
+            Some(base.map_or(e, |b| b.max(e)))
+        }
+        _ => base,
+    }
+}
+
 /// What a customer has had of a bundle family, for trial eligibility.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FamilyHistory {

@@ -294,9 +294,10 @@ enum Subscriptions {
     UpdatedAt,
     DunningAttempts,
     NextRetryAt,
+    GraceExtendedUntil,
 }
 
-const SUB_COLUMNS: [Subscriptions; 29] = [
+const SUB_COLUMNS: [Subscriptions; 30] = [
     Subscriptions::Id,
     Subscriptions::CustomerId,
     Subscriptions::StorefrontId,
@@ -325,6 +326,7 @@ const SUB_COLUMNS: [Subscriptions; 29] = [
     Subscriptions::UpdatedAt,
     Subscriptions::DunningAttempts,
     Subscriptions::NextRetryAt,
+    Subscriptions::GraceExtendedUntil,
     Subscriptions::Environment,
 ];
 
@@ -362,6 +364,8 @@ pub struct SubscriptionRow {
     pub dunning_attempts: i32,
     /// When the next dunning retry is due.
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// Past due with its retry deferred (safe mode, PSP down): access lasts at least until then.
+    pub grace_extended_until: Option<DateTime<Utc>>,
 }
 
 fn sub_values(s: &SubscriptionRow) -> Vec<sea_query::SimpleExpr> {
@@ -394,6 +398,7 @@ fn sub_values(s: &SubscriptionRow) -> Vec<sea_query::SimpleExpr> {
         s.updated_at.into(),
         s.dunning_attempts.into(),
         s.next_retry_at.into(),
+        s.grace_extended_until.into(),
     ]
 }
 
@@ -434,6 +439,7 @@ pub async fn update_subscription(
             (Subscriptions::UpdatedAt, s.updated_at.into()),
             (Subscriptions::DunningAttempts, s.dunning_attempts.into()),
             (Subscriptions::NextRetryAt, s.next_retry_at.into()),
+            (Subscriptions::GraceExtendedUntil, s.grace_extended_until.into()),
             (Subscriptions::BundleId, s.bundle_id.clone().into()),
             (Subscriptions::PriceId, s.price_id.clone().into()),
             (Subscriptions::PriceVersion, s.price_version.into()),
@@ -448,7 +454,8 @@ pub async fn update_subscription(
 
 fn select_subs(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(SUB_COLUMNS[..28].to_vec())
+        // Every column but the environment (last).
+        .columns(SUB_COLUMNS[..SUB_COLUMNS.len() - 1].to_vec())
         .from(Subscriptions::Table)
         .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
         .to_owned()
@@ -656,6 +663,7 @@ pub struct GrantState {
     pub ends_at: Option<DateTime<Utc>>,
     pub canceled_immediately: bool,
     pub paused_at: Option<DateTime<Utc>>,
+    pub grace_extended_until: Option<DateTime<Utc>>,
     #[sqlx(json)]
     pub dunning: Value,
 }
@@ -678,6 +686,7 @@ struct GrantRow {
     ends_at: Option<DateTime<Utc>>,
     canceled_immediately: Option<bool>,
     paused_at: Option<DateTime<Utc>>,
+    grace_extended_until: Option<DateTime<Utc>>,
     #[sqlx(json(nullable))]
     dunning: Option<Value>,
 }
@@ -700,6 +709,7 @@ impl GrantRow {
             ends_at: self.ends_at,
             canceled_immediately: self.canceled_immediately?,
             paused_at: self.paused_at,
+            grace_extended_until: self.grace_extended_until,
             dunning: self.dunning?,
         })
     }
@@ -785,6 +795,7 @@ fn grants_query(tenant: &str, env: &str, customer_id: &str, key: Option<&str>) -
             (s, Subscriptions::EndsAt),
             (s, Subscriptions::CanceledImmediately),
             (s, Subscriptions::PausedAt),
+            (s, Subscriptions::GraceExtendedUntil),
         ])
         .column((st, Storefronts::Dunning))
         .from(c)

@@ -266,6 +266,83 @@ async fn safe_mode_defers_renewals_and_keeps_access(app: TestApp) {
     assert_eq!(s.state(&app).await["status"], "active");
 }
 
+/// Moves the test clock forward to `t`.
+fn advance_to(app: &TestApp, t: chrono::DateTime<chrono::Utc>) {
+    let d = t - app.ctx.clock.now();
+    assert!(d > chrono::Duration::zero(), "the clock only moves forward");
+    app.ctx.clock.advance(d);
+}
+
+/// Whether the customer may use `video` now (200 with full access, or 404).
+async fn has_video(app: &TestApp, s: &Sub) -> bool {
+    let r = app
+        .get(&format!("/v1/customers/{}/entitlements/video", s.cus))
+        .token(&s.key)
+        .header("x-tn", T)
+        .send()
+        .await;
+    match r.status {
+        200 => r.json::<Value>()["access"] == "full",
+        404 => false,
+        other => panic!("entitlement check answered {other}"),
+    }
+}
+
+/// Safe mode during dunning: the last retry falls due as the policy's grace ends; it is deferred
+/// and the customer keeps access past the grace (journaled with the extension) for as long as the
+/// deferral lasts; once the pause is lifted the retry runs and dunning ends per policy.
+async fn deferred_dunning_retries_extend_the_grace(app: TestApp) {
+    let s = subscribe(&app).await;
+    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    let pe: chrono::DateTime<chrono::Utc> =
+        s.state(&app).await["current_period_end"].as_str().unwrap().parse().unwrap();
+    let minute = chrono::Duration::minutes(1);
+    // The renewal and the retries on days 1 and 3 fail (no payment method).
+    for day in [0, 1, 3] {
+        advance_to(&app, pe + chrono::Duration::days(day) + minute);
+        tick(&app).await;
+        assert_eq!(s.state(&app).await["status"], "past_due");
+    }
+    app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": true, "reason": "PSP incident"}))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    // Day 7: the grace (7 days) is over and the last retry is due.
+    advance_to(&app, pe + chrono::Duration::days(7) + minute);
+    assert!(!has_video(&app, &s).await, "the policy's grace is over");
+    tick(&app).await;
+    assert!(has_video(&app, &s).await, "deferred: the grace is extended");
+    // Deferred again and again while the pause lasts: access stays.
+    for _ in 0..3 {
+        app.ctx.clock.advance(chrono::Duration::minutes(20));
+        tick(&app).await;
+        assert!(has_video(&app, &s).await);
+        assert_eq!(s.state(&app).await["status"], "past_due");
+    }
+    let deferred =
+        app.raw_strings("SELECT body FROM journal_entries WHERE type = 'renewal.deferred' ORDER BY id").await;
+    assert!(deferred.len() >= 4, "{deferred:?}");
+    assert!(deferred.iter().all(|b| b.contains("grace_extended_until")), "{deferred:?}");
+    // Lifted: the retry runs, fails, and dunning ends (expire); access ends with it.
+    app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+        .json(json!({"enabled": false}))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::minutes(16));
+    tick(&app).await;
+    assert_eq!(s.state(&app).await["status"], "expired");
+    assert!(!has_video(&app, &s).await);
+    assert_eq!(captured(&app), 999, "nothing charged but the first period");
+}
+
 /// A subscription cancelled while the PSP is charging its renewal: the charge is refunded in
 /// full, the period is not advanced, the period's invoice is void, and the subscription's
 /// timeline says why.
@@ -328,6 +405,7 @@ async fn a_renewal_charged_while_the_subscription_was_cancelled_is_refunded(app:
 
 both!(
     a_renewal_charged_while_the_subscription_was_cancelled_is_refunded,
+    deferred_dunning_retries_extend_the_grace,
     each_period_is_charged_once_also_after_downtime,
     dunning_retries_recovers_with_a_new_method_or_ends,
     exhausted_dunning_ends_the_subscription,

@@ -455,6 +455,7 @@ async fn create_subscription(
         updated_at: now,
         dunning_attempts: 0,
         next_retry_at: None,
+        grace_extended_until: None,
     };
     apply_state(&mut row, &state);
     let mut tx = ctx.db.tenant_tx(scope).await?;

@@ -59,11 +59,11 @@ pub async fn of_customer(
     for g in grants.iter().filter(|g| key.is_none_or(|k| g.entitlement_key == k)) {
         let Some(s) = state(g) else { continue };
         let dunning = dunning_of(&g.dunning);
-        let access = life::access(&s, now, &dunning);
+        let until = life::access_until_extended(&s, now, &dunning, g.grace_extended_until);
+        let access = if until.is_some() { Access::Full } else { Access::None };
         if access == Access::None {
             continue;
         }
-        let until = life::access_until(&s, now, &dunning);
         match held.iter_mut().find(|h| h.key == g.entitlement_key) {
             Some(h) => {
                 h.quantity = match (h.quantity, g.quantity) {

@@ -143,11 +143,27 @@ async fn defer(
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let r = Some(("subscription", sub.id.as_str()));
     tx.action(now, "subscription.renew", r, json!({"period_end": sub.period_end})).await?;
+    // A past-due customer keeps access while the retry waits, even past the policy's grace: the
+    // extension outlasts the next deferral, which extends it again; the renewal clears it.
+    let mut extended = None;
+    if sub.status == "past_due" {
+        let until = now + DEFER_FOR * 2;
+        if sub.grace_extended_until.is_none_or(|e| e < until) {
+            let mut row = sub.clone();
+            row.grace_extended_until = Some(until);
+            row.updated_at = now;
+            // Changed meanwhile: the next deferral (in DEFER_FOR) extends it.
+            if store::update_subscription(&mut tx, &row, sub.updated_at).await? {
+                extended = Some(until);
+            }
+        }
+    }
     tx.decision(
         now,
         "renewal.deferred",
         r,
-        json!({"reason": reason, "retry_at": now + DEFER_FOR, "access": "kept"}),
+        json!({"reason": reason, "retry_at": now + DEFER_FOR, "access": "kept",
+               "grace_extended_until": extended.or(sub.grace_extended_until)}),
     )
     .await?;
     tx.commit().await?;
@@ -383,6 +399,7 @@ async fn settle(
             };
             sub.dunning_attempts = 0;
             sub.next_retry_at = None;
+            sub.grace_extended_until = None;
             super::replace::apply_scheduled(&mut tx, &mut sub, payment_id, now).await?;
             let body = json!({"payment_id": payment_id, "period_start": after.period_start, "period_end": after.period_end});
             (after, kind, body)
@@ -511,7 +528,8 @@ pub async fn retry_with_new_method(
     Ok(n)
 }
 
-/// When a grace period ends (for reads that explain access).
+/// When a grace period ends (for reads that explain access), extensions included.
 pub fn grace_until(sub: &SubscriptionRow, policy: &DunningPolicy) -> DateTime<Utc> {
-    sub.period_end + Duration::days(i64::from(policy.grace_days))
+    let by_policy = sub.period_end + Duration::days(i64::from(policy.grace_days));
+    sub.grace_extended_until.map_or(by_policy, |e| e.max(by_policy))
 }
