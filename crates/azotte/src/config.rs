@@ -87,7 +87,7 @@ const KEYS: &[Key] = &[
     Key { name: "listen", default: "127.0.0.1:8080", secret: false },
     Key { name: "database_url", default: "sqlite://./azotte-data/azotte.db", secret: true },
     Key { name: "database_max_connections", default: "10", secret: false },
-    Key { name: "read_cache_max_age_ms", default: "1000", secret: false },
+    Key { name: "read_cache_max_age_ms", default: "2000", secret: false },
     Key { name: "read_cache_entries", default: "20000", secret: false },
     Key { name: "log_format", default: "auto", secret: false },
     Key { name: "log_level", default: "info", secret: false },

@@ -39,7 +39,7 @@ pub struct CacheOptions {
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        Self { max_age: Duration::from_secs(1), capacity: 20_000 }
+        Self { max_age: Duration::from_secs(2), capacity: 20_000 }
     }
 }
 
