@@ -3,7 +3,9 @@
 # functions only, apart from what bench_init sets up.
 #
 # State (set by bench_init and the helpers): WORK (temporary directory, removed on exit), AZ_PID,
-# AZ_NAME and BASE of the running server, PG_DIR, PG_BIN, PG_PORT of the throw-away PostgreSQL
+# AZ_NAME and BASE of the running server, AZ_EXTRA_PIDS (further azotte processes the caller
+# started, e.g. bench/renewals.sh's extra workers: stopped with the server, their CPU counted as
+# azotte's), PG_DIR, PG_BIN, PG_PORT of the throw-away PostgreSQL
 # cluster, BIN (the azotte binary start_azotte runs; the caller sets it), THREADS, CONNECTIONS,
 # WRK_TIMEOUT, WARMUP and DURATION (the caller sets them), FAILED and CONTENDED (set by measure
 # and cpu_end).
@@ -21,6 +23,7 @@ log() { echo "$BENCH_SCRIPT: $*" >&2; }
 bench_init() {
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/azotte-bench.XXXXXX")
   AZ_PID=""
+  AZ_EXTRA_PIDS=""
   AZ_NAME=""
   PG_DIR=""
   PG_BIN=""
@@ -34,7 +37,13 @@ bench_init() {
 }
 
 stop_azotte() {
-  local pid=$AZ_PID
+  local pid=$AZ_PID extra=$AZ_EXTRA_PIDS p
+  AZ_EXTRA_PIDS=""
+  for p in $extra; do
+    AZ_PID=$p
+    stop_azotte
+  done
+  AZ_PID=$pid
   [ -n "$pid" ] || return 0
   AZ_PID=""
   if kill -0 "$pid" 2>/dev/null; then
@@ -122,6 +131,16 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # CPU ticks (user + system) of one process, or 0 if it is gone.
 proc_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# CPU ticks of azotte: the server (AZ_PID) and AZ_EXTRA_PIDS.
+az_ticks() {
+  local total p
+  total=$(proc_ticks "$AZ_PID")
+  for p in $AZ_EXTRA_PIDS; do
+    total=$((total + $(proc_ticks "$p")))
+  done
+  echo "$total"
+}
 
 # CPU ticks of the throw-away PostgreSQL cluster: the postmaster including its exited children
 # (backends of connections closed during the run), plus its live children.
@@ -275,7 +294,7 @@ pct() { awk -v v="$1" -v d="$2" 'BEGIN {printf "%.0f%%", 100 * v / d}'; }
 # foreground, then cpu_end.
 cpu_begin() {
   C_AZ0=0
-  [ -z "$AZ_PID" ] || C_AZ0=$(proc_ticks "$AZ_PID")
+  [ -z "$AZ_PID" ] || C_AZ0=$(az_ticks)
   C_PG0=0
   [ -z "$PG_DIR" ] || C_PG0=$(pg_ticks)
   C_M0=$(machine_ticks)
@@ -295,7 +314,7 @@ cpu_end() {
   t1=$EPOCHREALTIME
   times >"$WORK/times.1"
   m1=$(machine_ticks)
-  [ -z "$AZ_PID" ] || az1=$(proc_ticks "$AZ_PID")
+  [ -z "$AZ_PID" ] || az1=$(az_ticks)
   [ -z "$PG_DIR" ] || pg1=$(pg_ticks)
   local wall az pg wrk machine other stolen
   wall=$(awk -v a="$C_T0" -v b="$t1" 'BEGIN {print b - a}')

@@ -176,6 +176,24 @@ fn bench_unjournaled_guard() -> Result<(), String> {
     Ok(())
 }
 
+/// A file to write the sandbox PSP's ledger to (tab-separated, one money movement a line) once
+/// the server has stopped; read here, not by the configuration. For bench/renewals.sh, which
+/// compares it with the invoices: the sandbox keeps its ledger in memory only.
+const BENCH_SANDBOX_LEDGER_VAR: &str = "AZOTTE_BENCH_SANDBOX_LEDGER";
+
+fn write_sandbox_ledger(
+    write: impl FnOnce(std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), String> {
+    let Some(path) = std::env::var_os(BENCH_SANDBOX_LEDGER_VAR) else { return Ok(()) };
+    let path = path.to_string_lossy().into_owned();
+    let file = std::fs::File::create(&path)
+        .map_err(|e| format!("{BENCH_SANDBOX_LEDGER_VAR}: cannot create {path}: {e}"))?;
+    write(std::io::BufWriter::new(file))
+        .map_err(|e| format!("{BENCH_SANDBOX_LEDGER_VAR}: cannot write {path}: {e}"))?;
+    tracing::info!(path = %path, "sandbox ledger written");
+    Ok(())
+}
+
 async fn run(command: Command, config: Config) -> Result<(), String> {
     match command {
         Command::Migrate => {
@@ -199,7 +217,9 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             if let Some(secret) = app.bootstrap().await.map_err(|e| e.to_string())? {
                 print_bootstrap_secret(secret.expose());
             }
-            app.run_until(app::shutdown_signal()).await.map_err(|e| e.to_string())
+            let ledger = app.ctx().psp.sandbox.ledger();
+            app.run_until(app::shutdown_signal()).await.map_err(|e| e.to_string())?;
+            write_sandbox_ledger(|w| ledger.write_tsv(w))
         }
         Command::Openapi => Ok(()),
         Command::Journal(cmd) => {

@@ -97,4 +97,60 @@ impl Ledger {
     fn sum(&self, payment: &PaymentId, kind: EntryKind) -> i64 {
         self.lock().iter().filter(|e| e.payment == *payment && e.kind == kind).map(|e| e.amount).sum()
     }
+
+    /// Writes every entry as one tab-separated line (seq, account, kind, payment, refund or
+    /// `-`, PSP id, amount, currency, idempotency key), in order, so that a benchmark can load
+    /// the ledger into SQL and compare it with the invoices (bench/renewals.sh).
+    pub fn write_tsv(&self, mut w: impl std::io::Write) -> std::io::Result<()> {
+        for e in self.entries() {
+            let kind = match e.kind {
+                EntryKind::Authorization => "authorization",
+                EntryKind::Capture => "capture",
+                EntryKind::Void => "void",
+                EntryKind::Refund => "refund",
+            };
+            let refund = e.refund.map_or_else(|| "-".to_owned(), |r| r.to_string());
+            writeln!(
+                w,
+                "{}\t{}\t{kind}\t{}\t{refund}\t{}\t{}\t{}\t{}",
+                e.seq, e.account, e.payment, e.psp_id, e.amount, e.currency, e.idempotency_key
+            )?;
+        }
+        w.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_tab_separated_line_per_entry_in_order() {
+        let ledger = Ledger::default();
+        let (account, payment) = (PspAccountId::new(), PaymentId::new());
+        let currency = Currency::parse("currency", "EUR").unwrap();
+        for kind in [EntryKind::Authorization, EntryKind::Capture] {
+            ledger.record(LedgerEntry {
+                seq: 0,
+                account,
+                kind,
+                payment,
+                refund: None,
+                psp_id: "sbxpay_00000001".into(),
+                amount: 999,
+                currency: currency.clone(),
+                idempotency_key: "renewal-key".into(),
+            });
+        }
+        let mut out = Vec::new();
+        ledger.write_tsv(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[1],
+            format!("2\t{account}\tcapture\t{payment}\t-\tsbxpay_00000001\t999\tEUR\trenewal-key")
+        );
+        assert!(lines[0].starts_with(&format!("1\t{account}\tauthorization\t")));
+    }
 }
