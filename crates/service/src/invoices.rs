@@ -108,6 +108,138 @@ pub async fn issue_at_rate(
     rate_bp: u32,
     now: DateTime<Utc>,
 ) -> Result<InvoiceRow> {
+    let (mut row, line_rows) =
+        priced(storefront, customer_id, customer_country, subscription_id, currency, lines, rate_bp, now)?;
+    // The number last: the series row stays locked from here until the caller commits.
+    let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
+    let sequence = store::next_number(tx, &storefront.id, &series).await?;
+    number_row(&mut row, series, sequence, InvoiceStatus::Open, now);
+    store::insert(tx, &row).await?;
+    store::insert_lines(tx, &line_rows).await?;
+    issued_outcome(tx, &row, line_rows.len(), rate_bp, now).await?;
+    Ok(row)
+}
+
+/// An invoice priced and written as a `draft` (no number yet) in the caller's transaction, so
+/// that [`Draft::issue`] can take the number — which keeps the series row locked until the
+/// transaction ends — as the transaction's last write. Nobody outside the transaction ever sees
+/// the draft: it commits issued or not at all.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    row: InvoiceRow,
+    lines: usize,
+    rate_bp: u32,
+    prefix: String,
+    /// The captured payment recorded as settling it in full.
+    paid_by: Option<String>,
+}
+
+/// Writes a [`Draft`] invoice and its lines at a given tax rate, in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn draft_at_rate(
+    tx: &mut TenantTx,
+    storefront: &Storefront,
+    customer_id: &str,
+    customer_country: Option<&str>,
+    subscription_id: Option<&str>,
+    currency: &Currency,
+    lines: &[LineInput],
+    rate_bp: u32,
+    now: DateTime<Utc>,
+) -> Result<Draft> {
+    let (row, line_rows) =
+        priced(storefront, customer_id, customer_country, subscription_id, currency, lines, rate_bp, now)?;
+    store::insert(tx, &row).await?;
+    store::insert_lines(tx, &line_rows).await?;
+    Ok(Draft {
+        row,
+        lines: line_rows.len(),
+        rate_bp,
+        prefix: storefront.invoice_prefix.clone(),
+        paid_by: None,
+    })
+}
+
+impl Draft {
+    /// Records `payment` as settling the invoice in full (it must be captured, of the invoice's
+    /// customer, storefront and currency, and cover the total); [`Draft::issue`] then issues it
+    /// paid.
+    pub(crate) async fn pay_with(
+        &mut self,
+        tx: &mut TenantTx,
+        payment: &payment_store::PaymentRow,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if !settles(payment, &self.row) {
+            return Err(conflict(
+                "payment_does_not_settle_invoice",
+                "the payment must be captured, of the invoice's customer, storefront and currency, and cover what is due",
+            ));
+        }
+        store::insert_payment(
+            tx,
+            &InvoicePaymentRow {
+                invoice_id: self.row.id.clone(),
+                payment_id: payment.id.clone(),
+                amount: self.row.total,
+                created_at: now,
+            },
+        )
+        .await?;
+        self.paid_by = Some(payment.id.clone());
+        Ok(())
+    }
+
+    /// Takes the next number of the series and issues the draft — `open`, or `paid` after
+    /// [`Draft::pay_with`] — journaled as [`issue`] and [`mark_paid`] are (outcomes
+    /// `invoice.issued`, `invoice.paid`; fiscalization queued once paid). Call it as the last
+    /// write before commit: from here the series row is locked until the transaction ends.
+    pub(crate) async fn issue(self, tx: &mut TenantTx, now: DateTime<Utc>) -> Result<InvoiceRow> {
+        let Draft { mut row, lines, rate_bp, prefix, paid_by } = self;
+        let open = rules::transition(InvoiceStatus::Draft, InvoiceEvent::Finalize)
+            .map_err(|e| conflict("invoice_status_conflict", e.to_string()))?;
+        let status = match paid_by {
+            Some(_) => rules::transition(open, InvoiceEvent::Pay)
+                .map_err(|e| conflict("invoice_status_conflict", e.to_string()))?,
+            None => open,
+        };
+        let series = rules::series(&prefix, now.year(), DocumentKind::Invoice);
+        let sequence = store::next_number(tx, &row.storefront_id, &series).await?;
+        number_row(&mut row, series, sequence, status, now);
+        if paid_by.is_some() {
+            row.amount_paid = row.total;
+            row.paid_at = Some(now);
+        }
+        if !store::issue_draft(tx, &row).await? {
+            return Err(ServiceError::Internal(format!("draft invoice {} vanished", row.id).into()));
+        }
+        issued_outcome(tx, &row, lines, rate_bp, now).await?;
+        if let Some(payment_id) = paid_by {
+            tx.outcome(
+                now,
+                "invoice.paid",
+                Some(("invoice", &row.id)),
+                json!({"payment_id": payment_id, "amount": row.total, "number": row.number}),
+            )
+            .await?;
+            fiscal::enqueue(tx, &row, &row.id, FiscalAction::Issue, now).await?;
+        }
+        Ok(row)
+    }
+}
+
+/// An invoice's row (a `draft`, no number) and lines, priced at `rate_bp`.
+#[allow(clippy::too_many_arguments)]
+fn priced(
+    storefront: &Storefront,
+    customer_id: &str,
+    customer_country: Option<&str>,
+    subscription_id: Option<&str>,
+    currency: &Currency,
+    lines: &[LineInput],
+    rate_bp: u32,
+    now: DateTime<Utc>,
+) -> Result<(InvoiceRow, Vec<LineRow>)> {
     let priced = lines
         .iter()
         .map(|l| rules::price_line(l.kind, l.amount, l.quantity, l.tax_behaviour, rate_bp))
@@ -136,19 +268,15 @@ pub async fn issue_at_rate(
             invoice_id: id.clone(),
         })
         .collect();
-    // The number last: the series row stays locked from here until the caller commits.
-    let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
-    let sequence = store::next_number(tx, &storefront.id, &series).await?;
-    let number = rules::number(&series, sequence);
     let row = InvoiceRow {
-        id: id.clone(),
+        id,
         storefront_id: storefront.id.clone(),
         customer_id: customer_id.to_owned(),
         subscription_id: subscription_id.map(str::to_owned),
-        series: Some(series),
-        sequence: Some(sequence),
-        number: Some(number.clone()),
-        status: InvoiceStatus::Open.as_str().to_owned(),
+        series: None,
+        sequence: None,
+        number: None,
+        status: InvoiceStatus::Draft.as_str().to_owned(),
         currency: currency.to_string(),
         customer_country: customer_country.map(str::to_owned),
         net: totals.net,
@@ -157,25 +285,58 @@ pub async fn issue_at_rate(
         amount_paid: 0,
         amount_credited: 0,
         fiscal_provider: storefront.fiscalization.as_str().to_owned(),
-        issued_at: Some(now),
+        issued_at: None,
         paid_at: None,
         voided_at: None,
         uncollectible_at: None,
         created_at: now,
         updated_at: now,
     };
-    store::insert(tx, &row).await?;
-    store::insert_lines(tx, &line_rows).await?;
+    Ok((row, line_rows))
+}
+
+/// Gives a row its number in `series` and the status it is issued in.
+fn number_row(
+    row: &mut InvoiceRow,
+    series: String,
+    sequence: i64,
+    status: InvoiceStatus,
+    now: DateTime<Utc>,
+) {
+    row.number = Some(rules::number(&series, sequence));
+    row.series = Some(series);
+    row.sequence = Some(sequence);
+    row.status = status.as_str().to_owned();
+    row.issued_at = Some(now);
+    row.updated_at = now;
+}
+
+async fn issued_outcome(
+    tx: &mut TenantTx,
+    row: &InvoiceRow,
+    lines: usize,
+    rate_bp: u32,
+    now: DateTime<Utc>,
+) -> Result<()> {
     tx.outcome(
         now,
         "invoice.issued",
-        Some(("invoice", &id)),
-        json!({"number": number, "customer_id": customer_id, "subscription_id": subscription_id,
+        Some(("invoice", &row.id)),
+        json!({"number": row.number, "customer_id": row.customer_id, "subscription_id": row.subscription_id,
                "currency": row.currency, "net": row.net, "tax": row.tax, "total": row.total,
-               "lines": line_rows.len(), "rate_bp": rate_bp}),
+               "lines": lines, "rate_bp": rate_bp}),
     )
     .await?;
-    Ok(row)
+    Ok(())
+}
+
+/// Whether a payment settles what is due on an invoice.
+fn settles(p: &payment_store::PaymentRow, invoice: &InvoiceRow) -> bool {
+    p.status == "captured"
+        && p.customer_id == invoice.customer_id
+        && p.storefront_id == invoice.storefront_id
+        && p.currency == invoice.currency
+        && p.captured_amount >= invoice.total - invoice.amount_paid
 }
 
 /// Moves an invoice by `event`, writing it only if nobody moved it meanwhile.
@@ -218,12 +379,7 @@ pub async fn mark_paid(
     let p =
         payment_store::get(tx, payment_id).await?.ok_or(ServiceError::NotFound { resource: "payment" })?;
     let due = current.total - current.amount_paid;
-    if p.status != "captured"
-        || p.customer_id != current.customer_id
-        || p.storefront_id != current.storefront_id
-        || p.currency != current.currency
-        || p.captured_amount < due
-    {
+    if !settles(&p, &current) {
         return Err(conflict(
             "payment_does_not_settle_invoice",
             "the payment must be captured, of the invoice's customer, storefront and currency, and cover what is due",
@@ -387,27 +543,23 @@ pub async fn credit_note_for_refund(
     Ok(Some(note))
 }
 
-/// The initial invoice of a checkout that charged (none for a trial), issued at the offer's
-/// quoted rate for the price version bought, and paid by the checkout's payment — in the
-/// transaction that creates the subscription.
+/// The initial invoice of a checkout that charged (none for a trial): a [`Draft`] at the
+/// offer's quoted rate for the price version bought, settled by the checkout's captured
+/// payment, in the transaction that creates the subscription — whose last write is then
+/// [`Draft::issue`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn for_checkout(
     tx: &mut TenantTx,
     subscription: &azotte_store::subscriptions::SubscriptionRow,
     item: &OfferItem,
-    payment_id: Option<&str>,
+    storefront: &Storefront,
+    version: &catalog_store::PriceVersion,
+    customer_country: Option<&str>,
+    payment: &payment_store::PaymentRow,
     now: DateTime<Utc>,
-) -> Result<Option<InvoiceRow>> {
-    let Some(payment_id) = payment_id else { return Ok(None) };
-    let missing = |what: &str| ServiceError::Internal(format!("checkout invoice: no {what}").into());
-    let storefront = catalog_store::get_storefront(tx, &subscription.storefront_id)
-        .await?
-        .ok_or_else(|| missing("storefront"))?;
-    let versions = catalog_store::versions_of(tx, std::slice::from_ref(&item.price_id)).await?;
-    let version =
-        versions.iter().find(|v| v.version == item.price_version).ok_or_else(|| missing("price version"))?;
-    let country =
-        azotte_store::customers::get_customer(tx, &subscription.customer_id).await?.and_then(|c| c.country);
-    let currency = Currency::parse("currency", &item.currency).map_err(|e| missing(&e.message))?;
+) -> Result<Draft> {
+    let currency = Currency::parse("currency", &item.currency)
+        .map_err(|e| ServiceError::Internal(format!("checkout invoice: {}", e.message).into()))?;
     let line = LineInput {
         description: item.bundle_name.clone(),
         kind: LineKind::Subscription,
@@ -417,11 +569,11 @@ pub(crate) async fn for_checkout(
         period_end: Some(subscription.period_end),
         tax_behaviour: version.tax_behaviour,
     };
-    let invoice = issue_at_rate(
+    let mut draft = draft_at_rate(
         tx,
-        &storefront,
+        storefront,
         &subscription.customer_id,
-        country.as_deref(),
+        customer_country,
         Some(&subscription.id),
         &currency,
         &[line],
@@ -429,7 +581,8 @@ pub(crate) async fn for_checkout(
         now,
     )
     .await?;
-    Ok(Some(mark_paid(tx, &invoice.id, payment_id, now).await?))
+    draft.pay_with(tx, payment, now).await?;
+    Ok(draft)
 }
 
 /// The invoice of a later charge of a subscription (a renewal, a trial's conversion), in the

@@ -167,22 +167,17 @@ pub async fn attach(
     .await?;
     tx.commit().await?;
     // Dunning: the customer's past-due subscriptions of this storefront retry with it now.
-    let (ctx2, tenant, env) = (ctx.clone(), scope.tenant_id(), scope.environment());
+    let (ctx2, job_scope) = (ctx.clone(), scope.for_job("dunning"));
     let (customer, storefront, pm_id) = (pm.customer_id.clone(), pm.storefront_id.clone(), pm.id.clone());
     tokio::spawn(async move {
-        let retried = match azotte_store::auth::system_scope(&ctx2.db, tenant, env, "dunning").await {
-            Ok(scope) => {
-                crate::subscriptions::renewals::retry_with_new_method(
-                    &ctx2,
-                    &scope,
-                    &customer,
-                    &storefront,
-                    &pm_id,
-                )
-                .await
-            }
-            Err(e) => Err(e.into()),
-        };
+        let retried = crate::subscriptions::renewals::retry_with_new_method(
+            &ctx2,
+            &job_scope,
+            &customer,
+            &storefront,
+            &pm_id,
+        )
+        .await;
         if let Err(e) = retried {
             tracing::warn!(customer_id = %customer, error = %e, "retry with the new payment method failed; dunning continues");
         }

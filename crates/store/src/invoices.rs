@@ -211,6 +211,28 @@ pub async fn update_status(tx: &mut TenantTx, i: &InvoiceRow, expected_status: &
     Ok(tx.write(&q).await? == 1)
 }
 
+/// Issues a `draft` invoice written earlier in the transaction: its number, status and payment
+/// fields as in `i`. `false` when it is no longer a draft.
+pub async fn issue_draft(tx: &mut TenantTx, i: &InvoiceRow) -> Result<bool> {
+    let q = Query::update()
+        .table(Invoices::Table)
+        .values([
+            (Invoices::Series, i.series.clone().into()),
+            (Invoices::Sequence, i.sequence.into()),
+            (Invoices::Number, i.number.clone().into()),
+            (Invoices::Status, i.status.clone().into()),
+            (Invoices::AmountPaid, i.amount_paid.into()),
+            (Invoices::IssuedAt, i.issued_at.into()),
+            (Invoices::PaidAt, i.paid_at.into()),
+            (Invoices::UpdatedAt, i.updated_at.into()),
+        ])
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .and_where(Expr::col(Invoices::Id).eq(i.id.clone()))
+        .and_where(Expr::col(Invoices::Status).eq("draft"))
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
 /// Adds `amount` to what credit notes have credited, atomically within what was paid: `false`
 /// (nothing changed) when it would credit more than was paid.
 pub async fn add_credited(

@@ -104,6 +104,25 @@ impl TenantScope {
     pub fn can(&self, p: Permission) -> bool {
         self.permissions.contains(&p)
     }
+
+    /// The scope of a system job (`job`) that this request starts in its own tenant
+    /// environment: what [`crate::auth::system_scope`] builds, without reading the tenant again
+    /// (the request authenticated against it a moment ago).
+    pub fn for_job(&self, job: &str) -> TenantScope {
+        TenantScope {
+            tenant_id: self.tenant_id,
+            environment: self.environment,
+            principal: Principal {
+                kind: azotte_domain::PrincipalKind::System,
+                id: job.to_owned(),
+                roles: vec![],
+            },
+            permissions: azotte_domain::permission::tenant_role_permissions("tenant_admin")
+                .unwrap_or_default(),
+            credential: Credential::System { job: job.to_owned() },
+            platform_access: false,
+        }
+    }
     /// The one place tenant authorization is decided.
     pub fn require(&self, p: Permission) -> Result<(), Denied> {
         if self.can(p) {

@@ -273,19 +273,55 @@ fn checkout_response(status: StatusCode, c: CheckoutRow) -> Response {
     resp
 }
 
+/// The longest `Prefer: wait` honoured on `POST /v1/checkouts`.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The `wait` preference of a request (RFC 7240: `Prefer: wait=5`, seconds), at most
+/// [`MAX_WAIT`]; none when absent, malformed, zero, or beside `respond-async` (the client asked
+/// for the asynchronous answer).
+fn prefer_wait(headers: &axum::http::HeaderMap) -> Option<std::time::Duration> {
+    let mut wait = None;
+    for value in headers.get_all("prefer") {
+        let Ok(value) = value.to_str() else { continue };
+        for pref in value.split(',') {
+            // A preference may carry parameters after `;`; `wait` has none of interest.
+            let token = pref.split(';').next().unwrap_or("").trim();
+            let (name, v) = token.split_once('=').map_or((token, ""), |(n, v)| (n.trim(), v.trim()));
+            if name.eq_ignore_ascii_case("respond-async") {
+                return None;
+            }
+            if name.eq_ignore_ascii_case("wait") && wait.is_none() {
+                wait = v.trim_matches('"').parse::<u64>().ok().filter(|s| *s > 0);
+            }
+        }
+    }
+    wait.map(|s| std::time::Duration::from_secs(s).min(MAX_WAIT))
+}
+
 /// Starts a checkout of one item of an offer (permission `subscription.write`): `202` with
 /// the tracking id; the purchase runs as a job. Use `Idempotency-Key`.
+///
+/// With `Prefer: wait=N` (RFC 7240; seconds, at most 10) the request waits up to N seconds for
+/// the job and answers `201` with the checkout as the job left it — `succeeded`, `failed` or
+/// `requires_action` — so the client does not poll; a job not done by then (a slow PSP, a
+/// payment still pending) is answered `202` with `processing` as without the preference, and
+/// the job goes on in the background either way.
 #[utoipa::path(
     post, path = "/v1/checkouts", tag = "subscriptions", security(("bearer" = [])),
-    params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
+    params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)"),
+           ("prefer" = Option<String>, Header, description = "`wait=N`: wait up to N seconds (at most 10) for the job and answer 201 with its result")),
     request_body = CreateCheckout,
-    responses((status = 202, body = CheckoutView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
+    responses((status = 201, body = CheckoutView, description = "With `Prefer: wait`: the job finished in time (`succeeded`, `failed` or `requires_action`)"),
+              (status = 202, body = CheckoutView, description = "`processing`: poll `GET /v1/checkouts/{id}` after `Retry-After`"),
+              (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
 )]
 async fn create_checkout(
     State(state): State<AppState>,
     Allowed(scope, _): Allowed<need::SubscriptionWrite>,
+    headers: axum::http::HeaderMap,
     ApiJson(b): ApiJson<CreateCheckout>,
 ) -> Result<Response, ApiError> {
+    let wait = prefer_wait(&headers);
     let c = checkout::start(
         &state.ctx,
         &scope,
@@ -296,9 +332,11 @@ async fn create_checkout(
             payment_method_id: b.payment_method_id,
             token: b.payment_method.map(|m| (m.psp_account_id, m.token)),
         },
+        wait,
     )
     .await?;
-    Ok(checkout_response(StatusCode::ACCEPTED, c))
+    let status = if c.status == "processing" { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    Ok(checkout_response(status, c))
 }
 
 /// Where a checkout stands (permission `subscription.read`).
@@ -701,4 +739,33 @@ async fn customer_entitlement(
 ) -> Result<Json<EntitlementView>, ApiError> {
     let mut held = entitlements::of_customer(&state.ctx, &scope, &id, Some(&key)).await?;
     Ok(Json(held.remove(0).into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+    use std::time::Duration;
+
+    fn wait_of(values: &[&str]) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("prefer", HeaderValue::from_str(v).unwrap());
+        }
+        prefer_wait(&h)
+    }
+
+    #[test]
+    fn prefer_wait_is_parsed_per_rfc_7240() {
+        assert_eq!(wait_of(&[]), None);
+        assert_eq!(wait_of(&["wait=5"]), Some(Duration::from_secs(5)));
+        assert_eq!(wait_of(&["return=minimal, Wait = 3"]), Some(Duration::from_secs(3)));
+        assert_eq!(wait_of(&["handling=lenient", "wait=\"2\""]), Some(Duration::from_secs(2)));
+        assert_eq!(wait_of(&["wait=3600"]), Some(MAX_WAIT));
+        assert_eq!(wait_of(&["wait=0"]), None);
+        assert_eq!(wait_of(&["wait=soon"]), None);
+        assert_eq!(wait_of(&["wait=-1"]), None);
+        // The client asked for the asynchronous answer.
+        assert_eq!(wait_of(&["respond-async, wait=5"]), None);
+    }
 }

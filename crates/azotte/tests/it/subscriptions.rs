@@ -686,8 +686,108 @@ async fn foreign_ids_and_methods_are_refused(app: TestApp) {
     assert!(r.code.ends_with("_not_found"), "{}", r.code);
 }
 
+/// `POST /v1/checkouts` with `Prefer: wait=N`: the answer is the job's result (201), so the client
+/// need not poll; the same key replays it; `respond-async` keeps the 202.
+async fn prefer_wait_answers_with_the_checkouts_result(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let send = || {
+        app.post("/v1/checkouts", body.clone())
+            .tenant(T, ENV)
+            .header("Prefer", "wait=5")
+            .header("Idempotency-Key", "buy-and-wait")
+    };
+    let r = send().expect(201).await;
+    assert_eq!(r.header("retry-after"), None);
+    let done: Value = r.json();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let stored = get(&app, &format!("/v1/checkouts/{}", id(&done))).await;
+    for field in ["status", "subscription_id", "payment_id", "failure_code", "next_action"] {
+        assert_eq!(stored[field], done[field], "{field}");
+    }
+    let sub = get(&app, &format!("/v1/subscriptions/{}", done["subscription_id"].as_str().unwrap())).await;
+    assert_eq!(sub["status"], "active");
+    assert_eq!(
+        app.ctx.psp.sandbox.ledger().captured(&done["payment_id"].as_str().unwrap().parse().unwrap()),
+        999
+    );
+    // Its invoice: numbered (the first of the series), paid by the checkout's payment.
+    let invoices = get(&app, &format!("/v1/invoices?subscription_id={}", id(&sub))).await;
+    let inv = &invoices["data"].as_array().unwrap()[0];
+    assert_eq!(inv["status"], "paid");
+    let number = inv["number"].as_str().unwrap();
+    assert!(number.starts_with("INV-") && number.ends_with("-000001"), "{number}");
+    // The same key again: the same answer, marked as a replay; nothing charged twice.
+    let again = send().expect(201).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json::<Value>()["id"], done["id"]);
+    let captures = app
+        .ctx
+        .psp
+        .sandbox
+        .ledger()
+        .entries()
+        .into_iter()
+        .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Capture));
+    assert_eq!(captures.map(|e| e.amount).sum::<i64>(), 999, "charged once");
+    // A client that asks for the asynchronous answer gets the 202 and polls, as without `wait`.
+    let trial = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.trial});
+    let r = app
+        .post("/v1/checkouts", trial)
+        .tenant(T, ENV)
+        .header("Prefer", "respond-async, wait=5")
+        .expect(202)
+        .await;
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let c: Value = r.json();
+    assert_eq!(c["status"], "processing");
+    assert_eq!(settle(&app, &id(&c)).await["status"], "succeeded");
+}
+
+/// With `Prefer: wait`, a declined card answers 201 `failed` with its reason.
+async fn prefer_wait_answers_a_decline(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_decline_insufficient_funds").await;
+    let o = offer(&app, &shop).await;
+    let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let done: Value =
+        app.post("/v1/checkouts", body).tenant(T, ENV).header("Prefer", "wait=5").expect(201).await.json();
+    assert_eq!(
+        (done["status"].as_str(), done["failure_code"].as_str()),
+        (Some("failed"), Some("insufficient_funds"))
+    );
+    assert_eq!(get(&app, &format!("/v1/checkouts/{}", id(&done))).await["status"], "failed");
+}
+
+/// With `Prefer: wait`, 3-D Secure answers 201 `requires_action` with the PSP's next action; a
+/// PSP slower than the wait leaves the answer `processing` (202) and the job finishes anyway.
+async fn prefer_wait_answers_requires_action_or_processing(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let o = offer(&app, &shop).await;
+    let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let waiting: Value = app
+        .post("/v1/checkouts", body.clone())
+        .tenant(T, ENV)
+        .header("Prefer", "wait=5")
+        .expect(201)
+        .await
+        .json();
+    assert_eq!(waiting["status"], "requires_action");
+    assert!(waiting["next_action"].is_object(), "{waiting}");
+
+    app.ctx.psp.sandbox.set_extra_latency(Duration::from_millis(1500));
+    let c: Value =
+        app.post("/v1/checkouts", body).tenant(T, ENV).header("Prefer", "wait=1").expect(202).await.json();
+    assert_eq!(c["status"], "processing");
+    // The job goes on without the request.
+    assert_eq!(settle(&app, &id(&c)).await["status"], "requires_action");
+}
+
 both!(
     trials_convert_with_a_charge_or_lapse_without_a_method,
     three_d_secure_checkout_waits_for_the_customer,
-    foreign_ids_and_methods_are_refused
+    foreign_ids_and_methods_are_refused,
+    prefer_wait_answers_with_the_checkouts_result,
+    prefer_wait_answers_a_decline,
+    prefer_wait_answers_requires_action_or_processing
 );

@@ -183,11 +183,13 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
     errors.finish()?;
     let currency = currency.ok_or_else(|| ServiceError::Internal("validated".into()))?;
 
-    // 1. Create and route, in one transaction that also starts the first attempt.
-    if let Some(existing) = created_under_key(ctx, scope, &input).await? {
+    // 1. Create and route, in one transaction that also starts the first attempt — unless an
+    // earlier request with the same key created the payment (read in the same transaction).
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    if let Some(existing) = under_key(&mut tx, &input).await? {
+        tx.commit().await?;
         return Ok(existing);
     }
-    let mut tx = ctx.db.tenant_tx(scope).await?;
     customer_store::get_customer(&mut tx, &input.customer_id)
         .await?
         .ok_or(ServiceError::NotFound { resource: "customer" })?;
@@ -294,11 +296,19 @@ async fn created_under_key(
     scope: &TenantScope,
     input: &ChargeInput,
 ) -> Result<Option<PaymentRow>> {
-    let Some(key) = &input.request_key else { return Ok(None) };
+    if input.request_key.is_none() {
+        return Ok(None);
+    }
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
-    let existing = store::by_request_key(&mut tx, key).await?;
+    let existing = under_key(&mut tx, input).await?;
     tx.commit().await?;
-    let Some(p) = existing else { return Ok(None) };
+    Ok(existing)
+}
+
+/// [`created_under_key`] in the caller's transaction.
+async fn under_key(tx: &mut azotte_store::TenantTx, input: &ChargeInput) -> Result<Option<PaymentRow>> {
+    let Some(key) = &input.request_key else { return Ok(None) };
+    let Some(p) = store::by_request_key(tx, key).await? else { return Ok(None) };
     let same = p.customer_id == input.customer_id
         && p.payment_method_id == input.payment_method_id
         && p.amount == input.amount

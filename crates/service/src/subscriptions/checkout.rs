@@ -8,16 +8,16 @@
 //! (unique in the database).
 
 use azotte_domain::catalog::{BillingPeriod, PeriodUnit};
-use azotte_domain::id::{CheckoutId, SubscriptionId, TenantId};
+use azotte_domain::id::{CheckoutId, SubscriptionId};
 use azotte_domain::permission::Permission;
 use azotte_domain::subscription::{self as life, trial_eligibility};
-use azotte_domain::tenant::Environment;
 use azotte_domain::{FieldError, ValidationErrors};
-use azotte_store::catalog::{self as catalog_store, Bundle, Entitlement};
+use azotte_store::catalog::{self as catalog_store, Bundle, Entitlement, PriceVersion, Storefront};
 use azotte_store::customers as customer_store;
 use azotte_store::journal::{self, RequestMeta};
+use azotte_store::payments::PaymentRow;
 use azotte_store::subscriptions::{self as store, CheckoutRow, Grant, SubscriptionRow};
-use azotte_store::{StoreError, TenantScope};
+use azotte_store::{StoreError, TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -68,7 +68,16 @@ fn offered_item(offer: &Offer, customer_id: &str, price_id: &str, now: DateTime<
 }
 
 /// Starts a checkout (permission `subscription.write`): `processing`, with the job started.
-pub async fn start(ctx: &Ctx, scope: &TenantScope, input: CheckoutInput) -> Result<CheckoutRow> {
+/// With `wait`, the caller waits up to that long for the job's first run and gets the checkout
+/// as that run left it (`succeeded`, `failed`, `requires_action`, or still `processing` when
+/// the PSP has not answered for good); after `wait` it gets the `processing` checkout and the
+/// job goes on in the background as without `wait`.
+pub async fn start(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    input: CheckoutInput,
+    wait: Option<std::time::Duration>,
+) -> Result<CheckoutRow> {
     crate::security::require(ctx, scope, Permission::SubscriptionWrite).await?;
     let now = ctx.clock.now();
     let offer = {
@@ -111,8 +120,11 @@ pub async fn start(ctx: &Ctx, scope: &TenantScope, input: CheckoutInput) -> Resu
         (None, None) => None,
     };
     let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
+    // A method just attached for this checkout is of the offer's storefront and active.
+    let attached = input.token.is_some();
     let mut tx = ctx.db.tenant_tx(scope).await?;
     match &pm_id {
+        Some(_) if attached => {}
         Some(id) => {
             let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id)
                 .await?
@@ -171,20 +183,41 @@ pub async fn start(ctx: &Ctx, scope: &TenantScope, input: CheckoutInput) -> Resu
     store::insert_checkout(&mut tx, &row).await?;
     tx.outcome(now, "checkout.processing", r, json!({})).await?;
     tx.commit().await?;
-    spawn(ctx, scope, &row, &action_id);
+    let done = spawn(ctx, scope, row.clone(), offer, &action_id);
+    if let Some(wait) = wait {
+        if let Ok(Ok(ended)) = tokio::time::timeout(wait, done).await {
+            return Ok(ended);
+        }
+    }
     Ok(row)
 }
 
 /// Runs a checkout's job in the background, under its correlation id, caused by the request's
-/// action `cause`.
-fn spawn(ctx: &Ctx, scope: &TenantScope, row: &CheckoutRow, cause: &str) {
-    let (ctx, tenant, env, id) = (ctx.clone(), scope.tenant_id(), scope.environment(), row.id.clone());
+/// action `cause`, as the system job `checkout` of the request's tenant environment: the
+/// checkout as its run left it, once it has run (nothing if it failed or another runner got
+/// there first). The task runs to its end even when nobody waits for it any more.
+fn spawn(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    row: CheckoutRow,
+    offer: Offer,
+    cause: &str,
+) -> tokio::sync::oneshot::Receiver<CheckoutRow> {
+    let (ctx, job_scope, id) = (ctx.clone(), scope.for_job("checkout"), row.id.clone());
     let meta = RequestMeta::caused_by(&row.correlation_id, cause);
+    let (done, ended) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        if let Err(e) = run_job(&ctx, tenant, env, &id, meta).await {
-            tracing::warn!(checkout_id = %id, error = %e, "checkout job failed; the worker will retry");
+        match journal::with_meta(meta, process(&ctx, &job_scope, &id, Some((row, offer)))).await {
+            Ok(Some(row)) => {
+                let _ = done.send(row); // nobody waiting any more: fine
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(checkout_id = %id, error = %e, "checkout job failed; the worker will retry")
+            }
         }
     });
+    ended
 }
 
 /// One checkout (permission `subscription.read`).
@@ -197,11 +230,6 @@ pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<CheckoutRow
     Ok(row)
 }
 
-async fn run_job(ctx: &Ctx, tenant: TenantId, env: Environment, id: &str, meta: RequestMeta) -> Result<()> {
-    let scope = azotte_store::auth::system_scope(&ctx.db, tenant, env, "checkout").await?;
-    journal::with_meta(meta, process(ctx, &scope, id)).await
-}
-
 /// Where the job ended this time.
 enum Step {
     Failed(&'static str),
@@ -209,28 +237,40 @@ enum Step {
     Done,
 }
 
-/// Does (or continues) a checkout's work; `Ok` also when it is left waiting for the PSP.
-async fn process(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<()> {
+/// Does (or continues) a checkout's work; `Ok` also when it is left waiting for the PSP. With
+/// `known`, the checkout just started and its offer (nothing to read again). Returns the
+/// checkout as this run left it, or `None` when there was nothing to do.
+async fn process(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    id: &str,
+    known: Option<(CheckoutRow, Offer)>,
+) -> Result<Option<CheckoutRow>> {
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
-    let Some(mut checkout) = store::get_checkout(&mut tx, id).await? else { return Ok(()) };
-    if !matches!(checkout.status.as_str(), "processing" | "requires_action") {
-        return Ok(());
-    }
-    let offer = store::get_offer(&mut tx, &checkout.offer_id)
-        .await?
-        .ok_or(ServiceError::NotFound { resource: "offer" })?;
-    let offer = Offer::from_row(offer)?;
-    tx.commit().await?;
-    let step = match check_and_charge(ctx, scope, &mut checkout, &offer, now).await? {
+    let (mut checkout, offer) = match known {
+        Some(k) => k,
+        None => {
+            let Some(checkout) = store::get_checkout(&mut tx, id).await? else { return Ok(None) };
+            if !matches!(checkout.status.as_str(), "processing" | "requires_action") {
+                return Ok(None);
+            }
+            let offer = store::get_offer(&mut tx, &checkout.offer_id)
+                .await?
+                .ok_or(ServiceError::NotFound { resource: "offer" })?;
+            (checkout, Offer::from_row(offer)?)
+        }
+    };
+    // The job's reads share this transaction.
+    let step = match check_and_charge(ctx, scope, tx, &mut checkout, &offer, now).await? {
         Ok(step) => step,
         Err(code) => Step::Failed(code),
     };
     let now = ctx.clock.now();
-    let mut tx = ctx.db.tenant_tx(scope).await?;
     let r = Some(("checkout", checkout.id.as_str()));
     match step {
         Step::Waiting => {
+            let mut tx = ctx.db.tenant_tx(scope).await?;
             let current = store::get_checkout(&mut tx, id).await?;
             if current.as_ref().map(|c| (&c.status, &c.payment_id))
                 != Some((&checkout.status, &checkout.payment_id))
@@ -247,8 +287,10 @@ async fn process(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<()> {
                 .await?;
                 tx.commit().await?;
             }
+            Ok(Some(checkout))
         }
         Step::Failed(code) => {
+            let mut tx = ctx.db.tenant_tx(scope).await?;
             tx.action(now, "checkout.process", r, json!({})).await?;
             checkout.status = "failed".into();
             checkout.failure_code = Some(code.to_owned());
@@ -263,10 +305,10 @@ async fn process(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<()> {
             )
             .await?;
             tx.commit().await?;
+            Ok(Some(checkout))
         }
-        Step::Done => {}
+        Step::Done => Ok((checkout.status == "succeeded").then_some(checkout)),
     }
-    Ok(())
 }
 
 /// Re-checks everything, charges if needed and, once paid (or for a trial), creates the
@@ -274,6 +316,7 @@ async fn process(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<()> {
 async fn check_and_charge(
     ctx: &Ctx,
     scope: &TenantScope,
+    mut tx: TenantTx,
     checkout: &mut CheckoutRow,
     offer: &Offer,
     now: DateTime<Utc>,
@@ -281,7 +324,6 @@ async fn check_and_charge(
     let Ok(item) = offered_item(offer, &checkout.customer_id, &checkout.price_id, checkout.created_at) else {
         return Ok(Err("offer_invalid"));
     };
-    let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let bundle = catalog_store::get_bundle(&mut tx, &item.bundle_id).await?;
     let price = catalog_store::get_price(&mut tx, &item.price_id).await?;
     let versions = catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?;
@@ -289,6 +331,8 @@ async fn check_and_charge(
     let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
     let all = catalog_store::all_entitlements(&mut tx).await?;
     let storefront = catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?;
+    // For the invoice: the country its tax was quoted for.
+    let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
     tx.commit().await?;
     let Some(storefront) = storefront else { return Ok(Err("storefront_not_available")) };
     if existing.is_some() {
@@ -300,9 +344,9 @@ async fn check_and_charge(
     let Some(price) = price.filter(|p| p.status == azotte_domain::catalog::ActiveStatus::Active) else {
         return Ok(Err("price_not_available"));
     };
-    if !versions.iter().any(|v| v.version == item.price_version) {
+    let Some(version) = versions.into_iter().find(|v| v.version == item.price_version) else {
         return Ok(Err("price_not_available"));
-    }
+    };
     let Some(period) = price.billing_period else { return Ok(Err("price_not_recurring")) };
     if history.has_live_subscription {
         return Ok(Err("already_subscribed"));
@@ -313,6 +357,7 @@ async fn check_and_charge(
         return Ok(Err("trial_not_eligible"));
     }
     // The charge (none for a trial): one payment per checkout, whoever runs the job.
+    let mut payment = None;
     if trial_days == 0 {
         let Some(pm) = checkout.payment_method_id.clone() else { return Ok(Err("payment_method_required")) };
         let p = payments::charge(
@@ -338,7 +383,7 @@ async fn check_and_charge(
         };
         checkout.payment_id = Some(p.id.clone());
         match p.status.as_str() {
-            "captured" => {}
+            "captured" => payment = Some(p.clone()),
             "failed" | "canceled" => {
                 return Ok(Err(match p.decline_code.as_deref() {
                     Some("insufficient_funds") => "insufficient_funds",
@@ -358,7 +403,13 @@ async fn check_and_charge(
             }
         }
     }
-    match create_subscription(ctx, scope, checkout, &item, &bundle, period, trial_days, &all).await? {
+    let paid = Paid {
+        storefront: &storefront,
+        version: &version,
+        country: country.as_deref(),
+        payment: payment.as_ref(),
+    };
+    match create_subscription(ctx, scope, checkout, &item, &bundle, period, trial_days, &all, paid).await? {
         None => Ok(Ok(Step::Done)),
         Some(code) => Ok(Err(code)),
     }
@@ -412,6 +463,17 @@ pub(crate) fn apply_state(row: &mut SubscriptionRow, s: &life::State) {
     row.paused_at = s.paused_at;
 }
 
+/// What the first invoice of a checkout is made of (no invoice without a captured payment).
+struct Paid<'a> {
+    storefront: &'a Storefront,
+    version: &'a PriceVersion,
+    country: Option<&'a str>,
+    payment: Option<&'a PaymentRow>,
+}
+
+/// Creates the subscription, its grants and its first invoice, and marks the checkout
+/// `succeeded`, in one transaction. Its last write is the invoice's number: the series row it
+/// locks is held only for the commit (decision 0008).
 #[allow(clippy::too_many_arguments)]
 async fn create_subscription(
     ctx: &Ctx,
@@ -422,6 +484,7 @@ async fn create_subscription(
     period: BillingPeriod,
     trial_days: u32,
     all: &[Entitlement],
+    paid: Paid<'_>,
 ) -> Result<Option<&'static str>> {
     let now = ctx.clock.now();
     let state = life::start(now, period, trial_days);
@@ -429,7 +492,7 @@ async fn create_subscription(
     let mut row = SubscriptionRow {
         id: sid.clone(),
         customer_id: checkout.customer_id.clone(),
-        storefront_id: String::new(),
+        storefront_id: paid.storefront.id.clone(),
         bundle_id: bundle.id.clone(),
         family: bundle.family.clone(),
         price_id: item.price_id.clone(),
@@ -459,10 +522,6 @@ async fn create_subscription(
     };
     apply_state(&mut row, &state);
     let mut tx = ctx.db.tenant_tx(scope).await?;
-    let offer = store::get_offer(&mut tx, &checkout.offer_id)
-        .await?
-        .ok_or(ServiceError::NotFound { resource: "offer" })?;
-    row.storefront_id = offer.storefront_id;
     let r = Some(("checkout", checkout.id.as_str()));
     tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
     match store::insert_subscription(&mut tx, &row).await {
@@ -482,8 +541,24 @@ async fn create_subscription(
     }
     let granted = grants(bundle, all);
     store::insert_grants(&mut tx, &sid, &row.customer_id, &granted).await?;
-    // The first charge's invoice, paid by it (a trial charged nothing: no invoice).
-    crate::invoices::for_checkout(&mut tx, &row, item, checkout.payment_id.as_deref(), now).await?;
+    // The first charge's invoice, paid by it (a trial charged nothing: no invoice), written as a
+    // draft now and numbered last.
+    let invoice = match paid.payment {
+        Some(p) => Some(
+            crate::invoices::for_checkout(
+                &mut tx,
+                &row,
+                item,
+                paid.storefront,
+                paid.version,
+                paid.country,
+                p,
+                now,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     checkout.status = "succeeded".into();
     checkout.subscription_id = Some(sid.clone());
     checkout.next_action = None;
@@ -502,6 +577,9 @@ async fn create_subscription(
     let keys: Vec<&str> = granted.iter().map(|g| g.entitlement_key.as_str()).collect();
     tx.outcome(now, "entitlements.granted", sr, json!({"customer_id": row.customer_id, "keys": keys}))
         .await?;
+    if let Some(invoice) = invoice {
+        invoice.issue(&mut tx, now).await?;
+    }
     tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sid})).await?;
     tx.commit().await?;
     Ok(None)
@@ -530,7 +608,7 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             Some(_) => crate::journal::job_meta(cause),
             None => RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() },
         };
-        journal::with_meta(meta, process(ctx, scope, &c.id)).await?;
+        journal::with_meta(meta, process(ctx, scope, &c.id, None)).await?;
         n += 1;
     }
     Ok(n)
