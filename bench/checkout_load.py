@@ -6,11 +6,15 @@ integrates first, with an API key of the test environment (`x-api-key`, `x-tn`):
 
     PUT  /v1/customers/by-external-id/{prefix}-{client}-{n}   a new customer (201)
     POST /v1/offers                                           an offer for it (201)
-    POST /v1/checkouts (Idempotency-Key)                      with a new sandbox token (202)
-    GET  /v1/checkouts/{id}                                   until no longer `processing`
+    POST /v1/checkouts (Idempotency-Key, Prefer: wait=WAIT)   with a new sandbox token
+    GET  /v1/checkouts/{id}                                   while still `processing`
 
-Polling: the first poll POLL_MS after the 202, then each wait doubles, capped at the
-`Retry-After` the server sends (1 s), so a slow job is not hammered and a fast one is seen soon.
+With --wait S > 0 (default 5) the checkout is sent with `Prefer: wait=S` (RFC 7240): the server
+answers 201 with the job's result when the job finishes within S seconds, so no poll is needed,
+and 202 `processing` otherwise. With --wait 0 it asks for nothing and gets the plain 202.
+Polling (only while `processing`): the first poll POLL_MS after the answer, then each wait
+doubles, capped at the `Retry-After` the server sends (1 s), so a slow job is not hammered and
+a fast one is seen soon.
 
 --count N runs N iterations in all (seeding); --duration S starts iterations for S seconds, then
 finishes the ones in flight. A checkout counts as completed in the window when its final state was
@@ -50,6 +54,7 @@ def parse_args():
     g.add_argument("--count", type=int, help="iterations in all")
     g.add_argument("--duration", type=float, help="seconds during which iterations start")
     p.add_argument("--poll-ms", type=float, default=25.0, help="first poll after this many ms")
+    p.add_argument("--wait", type=int, default=5, help="Prefer: wait=S on the checkout (0: none)")
     p.add_argument("--out", required=True, help="one line per checkout")
     return p.parse_args()
 
@@ -146,8 +151,12 @@ def one(c, n_client, n, shared, args):
         "price_id": args.price,
         "payment_method": {"psp_account_id": args.psp, "token": args.token},
     }
-    st, retry, raw = c.call("POST", "/v1/checkouts", body, {"idempotency-key": f"checkout-{ext}"})
-    chk = expect(shared, "POST /v1/checkouts", st, raw, 202)
+    extra = {"idempotency-key": f"checkout-{ext}"}
+    if args.wait > 0:
+        extra["prefer"] = f"wait={args.wait}"
+    st, retry, raw = c.call("POST", "/v1/checkouts", body, extra)
+    # 201: the job's result (with Prefer: wait); 202: still processing.
+    chk = expect(shared, "POST /v1/checkouts", st, raw, 201 if args.wait > 0 and st == 201 else 202)
     if chk is None:
         return
     polls = 0
