@@ -157,7 +157,12 @@ pub(crate) struct NewEntry<'a> {
 /// Entries recorded in a transaction and not written yet, oldest first: one row of values per
 /// entry, in the column order of [`ENTRY_COLUMNS`] preceded by `tenant_id`.
 #[derive(Default)]
-pub(crate) struct Buffer(Vec<Vec<sea_query::Value>>);
+pub(crate) struct Buffer {
+    rows: Vec<Vec<sea_query::Value>>,
+    /// The request context of the transaction's entries, taken at its first entry: outside a
+    /// request or job scope every entry of one transaction still shares one correlation id.
+    meta: Option<RequestMeta>,
+}
 
 /// Entries per INSERT statement (19 bound values each: well under either engine's limit).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -173,9 +178,9 @@ fn record(buf: &mut Buffer, tenant_id: &str, environment: &str, e: NewEntry<'_>)
     if cfg!(feature = "bench-unjournaled") {
         return id;
     }
-    let meta = current_meta();
+    let meta = buf.meta.get_or_insert_with(current_meta).clone();
     let kind = serde_json::to_value(e.principal.kind).unwrap_or(Value::Null);
-    buf.0.push(vec![
+    buf.rows.push(vec![
         tenant_id.into(),
         environment.into(),
         id.clone().into(),
@@ -205,7 +210,7 @@ fn record(buf: &mut Buffer, tenant_id: &str, environment: &str, e: NewEntry<'_>)
 /// entries). The database adds each to the sealer's work list (`journal_pending`, by trigger)
 /// in the same statement; nothing else is written.
 pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
-    let mut rows = buf.0.into_iter().peekable();
+    let mut rows = buf.rows.into_iter().peekable();
     while rows.peek().is_some() {
         let mut q = Query::insert()
             .into_table(JournalEntries::Table)

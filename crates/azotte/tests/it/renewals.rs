@@ -149,6 +149,15 @@ async fn each_period_is_charged_once_also_after_downtime(app: TestApp) {
     let renewals =
         t["data"].as_array().unwrap().iter().filter(|e| e["type"] == "subscription.renewed").count();
     assert_eq!(renewals, 4);
+    // Each renewal is one correlation: its invoice, charge and outcome share it.
+    let renewed = t["data"].as_array().unwrap().iter().find(|e| e["type"] == "subscription.renewed").unwrap();
+    let cor = renewed["correlation_id"].as_str().unwrap();
+    let lineage = s.get(&app, &format!("/v1/lineage/{cor}")).await.to_string();
+    for t in
+        ["subscription.renew", "invoice.issued", "payment.captured", "invoice.paid", "subscription.renewed"]
+    {
+        assert!(lineage.contains(t), "{t} in the renewal's lineage: {lineage}");
+    }
     // An invoice per charged period, each paid.
     let invoices = s.get(&app, &format!("/v1/invoices?subscription_id={}", s.sub)).await;
     let invoices = invoices["data"].as_array().unwrap();

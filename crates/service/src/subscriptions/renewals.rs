@@ -19,6 +19,7 @@
 use azotte_domain::catalog::DunningPolicy;
 use azotte_domain::subscription::{self as life, Event, SubscriptionStatus};
 use azotte_domain::tenant::Environment;
+use azotte_store::journal::{self, RequestMeta};
 use azotte_store::payment_ops;
 use azotte_store::psp_accounts as psp_store;
 use azotte_store::renewal_jobs::{self as jobs, RenewalJob};
@@ -76,45 +77,76 @@ pub async fn tick(ctx: &Ctx) -> Result<usize> {
     run_jobs(ctx).await
 }
 
-/// Claims and runs due jobs until none is left (at most a few hundred per call).
+/// Renewal jobs one process runs at once. A job waits mostly on the PSP and on its commits'
+/// flushes, so several in flight keep the database busy; each is claimed by this process alone.
+const JOBS_AT_ONCE: usize = 8;
+
+/// Claims and runs due jobs until none is left (at most a few hundred per call), up to
+/// [`JOBS_AT_ONCE`] at a time, each under its own correlation id.
 pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
     let mut done = 0;
+    let mut failure = None;
     for _ in 0..10 {
         let claimed = jobs::claim_due(&ctx.db, ctx.clock.now(), LOCK_FOR, 50).await?;
         if claimed.is_empty() {
             break;
         }
-        for job in claimed {
-            let (Ok(tenant), Ok(env)) = (job.tenant_id.parse(), job.environment.parse::<Environment>())
-            else {
-                jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
-                continue;
-            };
-            let scope = match azotte_store::auth::system_scope(&ctx.db, tenant, env, "renewal").await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "renewal job's tenant unavailable");
-                    jobs::later(&ctx.db, &job.id, ctx.clock.now() + DEFER_FOR, ctx.clock.now(), false)
-                        .await?;
-                    continue;
-                }
-            };
-            match renew(ctx, &scope, &job).await {
-                Ok(End::Done) => {
-                    jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
-                    done += 1;
-                }
-                Ok(End::Later { after, new_key }) => {
-                    jobs::later(&ctx.db, &job.id, ctx.clock.now() + after, ctx.clock.now(), new_key).await?;
-                }
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "renewal failed; will retry");
-                    jobs::later(&ctx.db, &job.id, ctx.clock.now() + WAIT_FOR, ctx.clock.now(), false).await?;
-                }
+        let mut claimed = claimed.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < JOBS_AT_ONCE {
+                let Some(job) = claimed.next() else { break };
+                let ctx = ctx.clone();
+                running.spawn(journal::with_meta(
+                    RequestMeta::system(),
+                    async move { run_one(&ctx, job).await },
+                ));
             }
+            // Every job started is awaited, even after a failure: none is cut off midway.
+            match running.join_next().await {
+                None => break,
+                Some(Ok(Ok(true))) => done += 1,
+                Some(Ok(Ok(false))) => {}
+                Some(Ok(Err(e))) => failure = failure.or(Some(e)),
+                Some(Err(e)) => failure = failure.or(Some(ServiceError::Internal(e.to_string().into()))),
+            }
+        }
+        if let Some(e) = failure.take() {
+            return Err(e);
         }
     }
     Ok(done)
+}
+
+/// Runs one claimed job and records how it ended; `true` when it is done.
+async fn run_one(ctx: &Ctx, job: RenewalJob) -> Result<bool> {
+    let (Ok(tenant), Ok(env)) = (job.tenant_id.parse(), job.environment.parse::<Environment>()) else {
+        jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
+        return Ok(false);
+    };
+    let scope = match azotte_store::auth::system_scope(&ctx.db, tenant, env, "renewal").await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "renewal job's tenant unavailable");
+            jobs::later(&ctx.db, &job.id, ctx.clock.now() + DEFER_FOR, ctx.clock.now(), false).await?;
+            return Ok(false);
+        }
+    };
+    match renew(ctx, &scope, &job).await {
+        Ok(End::Done) => {
+            jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
+            Ok(true)
+        }
+        Ok(End::Later { after, new_key }) => {
+            jobs::later(&ctx.db, &job.id, ctx.clock.now() + after, ctx.clock.now(), new_key).await?;
+            Ok(false)
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "renewal failed; will retry");
+            jobs::later(&ctx.db, &job.id, ctx.clock.now() + WAIT_FOR, ctx.clock.now(), false).await?;
+            Ok(false)
+        }
+    }
 }
 
 /// How a job run ended.
