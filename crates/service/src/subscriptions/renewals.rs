@@ -172,9 +172,8 @@ async fn defer(
     new_key: bool,
 ) -> Result<End> {
     let now = ctx.clock.now();
-    let mut tx = ctx.db.tenant_tx(scope).await?;
     let r = Some(("subscription", sub.id.as_str()));
-    tx.action(now, "subscription.renew", r, json!({"period_end": sub.period_end})).await?;
+    let mut tx = renew_tx(ctx, scope, sub, "defer", now).await?;
     // A past-due customer keeps access while the retry waits, even past the policy's grace: the
     // extension outlasts the next deferral, which extends it again; the renewal clears it.
     let mut extended = None;
@@ -352,14 +351,34 @@ async fn period_invoice(
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
     let next =
         life::apply(&state_of(sub)?, &Event::RenewalSucceeded, now, period_of(sub)?).map_err(illegal)?;
-    let r = Some(("subscription", sub.id.as_str()));
-    tx.action(now, "subscription.renew", r, json!({"period_end": sub.period_end, "step": "invoice"})).await?;
+    // This transaction read the invoices first; its action is recorded now that it writes.
+    tx.action(now, "subscription.renew", Some(("subscription", sub.id.as_str())), renew_body(sub, "invoice"))
+        .await?;
     let description = format!("subscription {}, period from {}", sub.id, next.period_start.date_naive());
     let period = (next.period_start, next.period_end);
     let inv = crate::invoices::for_subscription_charge(&mut tx, sub, &description, amount, period, None, now)
         .await?;
     tx.commit().await?;
     Ok((inv.id, inv.total))
+}
+
+/// The body of a renewal's `subscription.renew` action: which period, attempt and step.
+fn renew_body(sub: &SubscriptionRow, step: &str) -> serde_json::Value {
+    json!({"period_end": sub.period_end, "attempt": sub.dunning_attempts, "step": step})
+}
+
+/// A write transaction of a renewal step, its `subscription.renew` action recorded.
+async fn renew_tx(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    sub: &SubscriptionRow,
+    step: &str,
+    now: DateTime<Utc>,
+) -> Result<azotte_store::TenantTx> {
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    tx.action(now, "subscription.renew", Some(("subscription", sub.id.as_str())), renew_body(sub, step))
+        .await?;
+    Ok(tx)
 }
 
 /// Refunds in full a renewal charge whose subscription changed (ended, paused, deferred) before
@@ -376,14 +395,7 @@ async fn refund_unused(
             .await?;
     let now = ctx.clock.now();
     let r = Some(("subscription", sub.id.as_str()));
-    let mut tx = ctx.db.tenant_tx(scope).await?;
-    tx.action(
-        now,
-        "subscription.renew",
-        r,
-        json!({"period_end": sub.period_end, "attempt": sub.dunning_attempts}),
-    )
-    .await?;
+    let mut tx = renew_tx(ctx, scope, sub, "refund", now).await?;
     tx.outcome(
         now,
         "subscription.renewal_refunded",
@@ -412,14 +424,7 @@ async fn settle(
     let expected = sub.updated_at;
     let r_id = sub.id.clone();
     let r = Some(("subscription", r_id.as_str()));
-    let mut tx = ctx.db.tenant_tx(scope).await?;
-    tx.action(
-        now,
-        "subscription.renew",
-        r,
-        json!({"period_end": sub.period_end, "attempt": sub.dunning_attempts}),
-    )
-    .await?;
+    let mut tx = renew_tx(ctx, scope, &sub, "settle", now).await?;
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
     let (after, kind, body) = match &outcome {
         Ok(payment_id) => {
