@@ -125,21 +125,20 @@ pub async fn verify(ctx: &Ctx, tenant: Option<&str>) -> Result<Vec<Report>> {
     let now = ctx.clock.now().timestamp();
     let mut reports = Vec::new();
     for (t, e) in store_seal::chains(&ctx.db, tenant).await? {
-        // Streaming, in the read order `store_seal::chain_state` documents: memory stays bounded
-        // by one page however long the chain is.
-        let checkpoints = store_seal::checkpoints(&ctx.db, &t, &e).await?;
-        let mut v = chain::ChainVerifier::new(&t, &e, &checkpoints);
-        let mut after = 0;
+        // Streaming, in the read order `ChainReader` documents (an entry a sealer seals
+        // meanwhile is still seen): memory stays bounded by one page however long the chain is.
+        let mut reader = store_seal::ChainReader::open(&ctx.db, &t, &e).await?;
+        let mut v = chain::ChainVerifier::new(&t, &e, &reader.checkpoints);
         loop {
-            let page = store_seal::seal_page(&ctx.db, &t, &e, after, store_seal::PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
+            let page = reader.next_page().await?;
+            if page.is_empty() {
+                break;
+            }
             for s in &page {
                 v.push(s);
             }
         }
-        let unsealed = store_seal::unsealed(&ctx.db, &t, &e).await?;
-        reports.push(v.finish(&checkpoints, &keys, &unsealed, now, MAX_SEAL_LAG_SECS));
+        reports.push(v.finish(&reader.checkpoints, &keys, &reader.unsealed, now, MAX_SEAL_LAG_SECS));
     }
     Ok(reports)
 }

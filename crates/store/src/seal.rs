@@ -629,31 +629,67 @@ pub struct ChainState {
     pub unsealed: Vec<Unsealed>,
 }
 
-/// Reads a whole chain into memory (for export); verification streams with
-/// [`seal_page`] instead.
-///
-/// Pieces are read in commit-dependency order so a sealer committing meanwhile cannot make a
-/// consistent journal look broken: checkpoints first (a checkpoint's seals commit with or before
-/// it), then the seals page by page, each page's entries after its seals (an entry commits
-/// before its seal), then the unsealed entries; every read sees at least what the previous one
-/// saw.
+/// Reads a whole chain into memory (for export); verification streams with [`ChainReader`]
+/// instead.
 pub async fn chain_state(db: &Db, tenant: &str, env: &str) -> Result<ChainState> {
-    let checkpoints = checkpoints(db, tenant, env).await?;
+    let mut reader = ChainReader::open(db, tenant, env).await?;
     let mut seals = Vec::new();
     loop {
-        let page = seal_page(db, tenant, env, seals.last().map_or(0, |s: &SealedEntry| s.seq), PAGE).await?;
+        let page = reader.next_page().await?;
         if page.is_empty() {
             break;
         }
         seals.extend(page);
     }
-    let unsealed = unsealed(db, tenant, env).await?;
-    Ok(ChainState { seals, checkpoints, unsealed })
+    Ok(ChainState { seals, checkpoints: reader.checkpoints, unsealed: reader.unsealed })
+}
+
+/// A chain being read back, its seals a page at a time, in an order that lets sealers commit at
+/// any moment without hiding an entry or making a consistent journal look broken:
+///
+/// 1. the entries without a seal, first: an entry sealed after that read gets a position after
+///    the ones already there, so the seal pages read next include it. (Read after the seals, an
+///    entry sealed in between is in neither: a forged entry was once missed that way.)
+/// 2. the checkpoints: a checkpoint's seals commit with or before it;
+/// 3. the seals page by page, each page's entries after its seals: an entry commits before its
+///    seal.
+///
+/// Every read sees at least what the previous one saw, so each entry committed before
+/// [`ChainReader::open`] is either in `unsealed` or in a page.
+pub struct ChainReader<'a> {
+    db: &'a Db,
+    tenant: &'a str,
+    env: &'a str,
+    after: i64,
+    /// The entries that had no seal when the chain was opened, oldest id first.
+    pub unsealed: Vec<Unsealed>,
+    /// The chain's checkpoints, oldest first.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+impl<'a> ChainReader<'a> {
+    /// Reads the unsealed entries, then the checkpoints; the seals follow with
+    /// [`next_page`](Self::next_page).
+    pub async fn open(db: &'a Db, tenant: &'a str, env: &'a str) -> Result<Self> {
+        let unsealed = unsealed(db, tenant, env).await?;
+        let checkpoints = checkpoints(db, tenant, env).await?;
+        Ok(ChainReader { db, tenant, env, after: 0, unsealed, checkpoints })
+    }
+
+    /// The next [`PAGE`] seals, in position order, each with its entry as it is now; empty at
+    /// the end of the chain.
+    pub async fn next_page(&mut self) -> Result<Vec<SealedEntry>> {
+        let page = seal_page(self.db, self.tenant, self.env, self.after, PAGE).await?;
+        if let Some(last) = page.last() {
+            self.after = last.seq;
+        }
+        Ok(page)
+    }
 }
 
 /// Up to `limit` seals of a chain after position `after`, in order, each with its entry as it
 /// is now (`None` if the row is gone).
-pub async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64) -> Result<Vec<SealedEntry>> {
+async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64) -> Result<Vec<SealedEntry>> {
     let mut tx = db.unscoped_read_tx().await?;
     enter(&mut tx, tenant).await?;
     let rows = seals(&mut tx, tenant, env, after, limit).await?;
@@ -687,7 +723,7 @@ pub async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64)
 /// a scan of the whole chain per entry, whatever the planner's statistics: a whole-chain
 /// `NOT EXISTS` took seconds on a young PostgreSQL table of a few thousand entries (no
 /// statistics yet, nested loops over all seals).
-pub async fn unsealed(db: &Db, tenant: &str, env: &str) -> Result<Vec<Unsealed>> {
+async fn unsealed(db: &Db, tenant: &str, env: &str) -> Result<Vec<Unsealed>> {
     let mut out = Vec::new();
     let mut after = String::new();
     loop {

@@ -8,7 +8,7 @@ use azotte_crypto::chain;
 use azotte_domain::{Principal, PrincipalKind};
 use serde_json::json;
 
-use super::{pending_chains, seal_chain, seal_page, unsealed, CheckpointPolicy, PAGE};
+use super::{pending_chains, seal_chain, unsealed, ChainReader, CheckpointPolicy};
 use crate::testing::fresh_database;
 use crate::{Backend, Db, DbOptions, PlatformScope};
 
@@ -48,22 +48,25 @@ async fn sealer(db: Db, stop: Arc<AtomicBool>, wait: bool) -> usize {
     sealed
 }
 
-/// Verifies the platform chain page by page, as the service does, with `unsealed` as the
-/// entries found without a seal.
-async fn verify_platform_chain(db: &Db, unsealed: &[chain::Unsealed]) -> chain::Report {
-    let checkpoints = super::checkpoints(db, "platform", "platform").await.unwrap();
-    let mut v = chain::ChainVerifier::new("platform", "platform", &checkpoints);
-    let mut after = 0;
+/// Verifies the platform chain page by page, as the service does.
+async fn verify_platform_chain(db: &Db) -> chain::Report {
+    verify_read(ChainReader::open(db, "platform", "platform").await.unwrap()).await
+}
+
+/// Reads the rest of an opened chain and verifies it.
+async fn verify_read(mut reader: ChainReader<'_>) -> chain::Report {
+    let mut v = chain::ChainVerifier::new("platform", "platform", &reader.checkpoints);
     loop {
-        let page = seal_page(db, "platform", "platform", after, PAGE).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.seq;
+        let page = reader.next_page().await.unwrap();
+        if page.is_empty() {
+            break;
+        }
         for s in &page {
             v.push(s);
         }
     }
     let keys = [("test".to_owned(), chain::public_key(&SEED))].into_iter().collect();
-    v.finish(&checkpoints, &keys, unsealed, now().timestamp(), 30)
+    v.finish(&reader.checkpoints, &keys, &reader.unsealed, now().timestamp(), 30)
 }
 
 async fn concurrent_writers_and_sealers(backend: Backend) {
@@ -102,7 +105,7 @@ async fn concurrent_writers_and_sealers(backend: Backend) {
     assert!(pending_chains(&db, 10).await.unwrap().is_empty(), "the work list is empty");
     assert!(unsealed(&db, "platform", "platform").await.unwrap().is_empty());
 
-    let report = verify_platform_chain(&db, &[]).await;
+    let report = verify_platform_chain(&db).await;
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     assert_eq!(report.entries_checked, 240);
 }
@@ -166,7 +169,7 @@ async fn unsealed_entries_are_found_on_every_page(backend: Backend) {
     want.sort_unstable();
     assert_eq!(ids, want, "every unsealed entry, on whichever page, oldest id first");
 
-    let report = verify_platform_chain(&db, &found).await;
+    let report = verify_platform_chain(&db).await;
     let mut reported: Vec<String> = report
         .findings
         .iter()
@@ -223,7 +226,43 @@ async fn a_plan_overtaken_by_another_sealer_is_made_again() {
     assert_eq!(pass.sealed, 2, "only what was left, on the new head");
     assert!(pending_chains(&db, 10).await.unwrap().is_empty(), "the work list is empty");
 
-    let report = verify_platform_chain(&db, &[]).await;
+    let report = verify_platform_chain(&db).await;
     assert_eq!(report.entries_checked, 8);
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+/// An entry sealed while verification reads its chain is still seen: it was unsealed when the
+/// chain was opened, and its seal is on a page read after. Read the other way round (seals, then
+/// unsealed entries), a forged entry sealed in between was in neither and the chain verified.
+async fn an_entry_sealed_while_its_chain_is_read_is_not_missed(backend: Backend) {
+    let t = fresh_database(backend).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let mut tx = db.platform_tx(&scope()).await.unwrap();
+    tx.action(now(), "test.write", None, json!({})).await.unwrap();
+    tx.commit().await.unwrap();
+    seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap();
+    // Claims to be an hour old; still on the work list, so a sealer takes it.
+    let mut tx = db.platform_tx(&scope()).await.unwrap();
+    let forged = tx.action(now() - chrono::Duration::hours(1), "test.forged", None, json!({})).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let reader = ChainReader::open(&db, "platform", "platform").await.unwrap();
+    // A sealer seals it while the chain is being read.
+    let pass = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap();
+    assert_eq!(pass.sealed, 1);
+    let report = verify_read(reader).await;
+    assert_eq!(report.entries_checked, 2, "the seal made meanwhile is checked");
+    assert_eq!(report.findings, [chain::Finding::UnsealedTooLong { entry_id: forged }]);
+}
+
+#[tokio::test]
+async fn an_entry_sealed_while_its_chain_is_read_is_not_missed_sqlite() {
+    an_entry_sealed_while_its_chain_is_read_is_not_missed(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_entry_sealed_while_its_chain_is_read_is_not_missed_postgres() {
+    an_entry_sealed_while_its_chain_is_read_is_not_missed(Backend::Postgres).await;
 }
