@@ -80,13 +80,17 @@ impl Change {
 
     /// The change a write to `table` on SQLite implies, if any. Inserts of customers,
     /// subscriptions, tenants and keys change no cached answer: only existing customers and
-    /// verified keys are cached, and a subscription grants nothing without grant rows.
+    /// verified keys are cached, and a subscription grants nothing without grant rows. Nor do
+    /// inserts of roles: a key may only be given an existing role, and a role in use cannot be
+    /// deleted, so a new role is nobody's; should a key still name a role that had no row (a
+    /// deletion racing the key's creation), its cached entry lacks the new role's permissions
+    /// for at most the max age — it denies, never grants, what it should not.
     pub(crate) fn of_sqlite_write(table: &str, insert: bool) -> Option<Change> {
         match (table, insert) {
             ("entitlement_grants", _) | ("customers" | "subscriptions" | "storefronts", false) => {
                 Some(Change::Grants)
             }
-            ("roles", _) | ("tenants" | "api_keys" | "api_key_directory", false) => Some(Change::Keys),
+            ("roles" | "tenants" | "api_keys" | "api_key_directory", false) => Some(Change::Keys),
             _ => None,
         }
     }
@@ -353,7 +357,8 @@ mod tests {
         assert_eq!(Change::of_sqlite_write("subscriptions", true), None);
         assert_eq!(Change::of_sqlite_write("entitlement_grants", true), Some(Change::Grants));
         assert_eq!(Change::of_sqlite_write("api_keys", false), Some(Change::Keys));
-        assert_eq!(Change::of_sqlite_write("roles", true), Some(Change::Keys));
+        assert_eq!(Change::of_sqlite_write("roles", true), None);
+        assert_eq!(Change::of_sqlite_write("roles", false), Some(Change::Keys));
         assert_eq!(Change::of_sqlite_write("journal_entries", false), None);
     }
 

@@ -142,6 +142,7 @@ impl Db {
                 let write =
                     sqlite_pool(opts, 1, opts.acquire_timeout + SQLITE_BUSY_TIMEOUT, Some(cache.clone()))
                         .await?;
+                spawn_checkpointer(read.clone(), write.clone(), Arc::downgrade(&cache));
                 Pool::Sqlite { read, write }
             }
             Backend::Postgres => {
@@ -327,6 +328,8 @@ async fn sqlite_pool(
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    // The writer never checkpoints: [`spawn_checkpointer`] does, beside it.
+    let options = if changes.is_some() { options.pragma("wal_autocheckpoint", "0") } else { options };
     let path = options.get_filename();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
@@ -349,6 +352,49 @@ async fn sqlite_pool(
         });
     }
     Ok(pool.connect_with(options).await?)
+}
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// A WAL this long (in 4 KiB frames) has not been restarted since the last pass: see
+/// [`spawn_checkpointer`]. Lower in tests, which write less.
+#[cfg(not(test))]
+const WAL_RESTART_FRAMES: i64 = 4096;
+#[cfg(test)]
+const WAL_RESTART_FRAMES: i64 = 64;
+
+/// Copies SQLite's write-ahead log into the database file, off the writer connection, for as
+/// long as `alive` (the process's read cache, which lives as long as the [`Db`]) does.
+///
+/// SQLite's automatic checkpoint runs on the connection that commits, after its commit: on the
+/// one writer connection (decision 0010) every writer waited for it — copying the pages and two
+/// fsyncs, a few ms each time the log passed 1,000 pages, which journaling makes it do about
+/// twice as often. So the writer has `wal_autocheckpoint = 0`, and this task runs a PASSIVE
+/// checkpoint on a reader connection every [`CHECKPOINT_EVERY`]: it takes no lock writers need,
+/// and copies what no reader still needs. The log restarts from its beginning when a writer
+/// starts while everything in it has been copied. Under unbroken writes a reader-side pass may
+/// never end with the log fully copied (commits land while it runs); so when the log has reached
+/// [`WAL_RESTART_FRAMES`], the pass runs on the writer connection instead, where no commit of
+/// this process can land meanwhile, and the next writer restarts the log. That pass copies only
+/// what the previous ones left, so writers wait for little more than its fsyncs.
+fn spawn_checkpointer(read: SqlitePool, write: SqlitePool, alive: std::sync::Weak<ReadCache>) {
+    tokio::spawn(async move {
+        let mut on_writer = false;
+        loop {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            if alive.upgrade().is_none() || read.is_closed() || write.is_closed() {
+                return;
+            }
+            let pool = if on_writer { &write } else { &read };
+            match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await
+            {
+                Ok((_busy, log, _copied)) => on_writer = !on_writer && log >= WAL_RESTART_FRAMES,
+                Err(_) if read.is_closed() || write.is_closed() => return,
+                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; retrying"),
+            }
+        }
+    });
 }
 
 fn pg_options(opts: &DbOptions) -> Result<PgConnectOptions> {
@@ -390,7 +436,21 @@ macro_rules! journaled_tx {
                 if self.writes > 0 && self.action_id.is_none() {
                     return Err(StoreError::Unjournaled);
                 }
-                crate::journal::flush(&mut self.tx, std::mem::take(&mut self.journal)).await?;
+                let journal = crate::journal::statements(std::mem::take(&mut self.journal));
+                if let Tx::Sqlite(_) = &self.tx {
+                    // The entries go with the COMMIT in one round trip. What the update hook saw
+                    // of this transaction is taken while the writer connection is still its own.
+                    let Some(cache) = self.cache.take() else { return self.tx.commit_after(&journal, || ()).await };
+                    let mut changed = Vec::new();
+                    self.tx.commit_after(&journal, || changed = cache.take_sqlite_pending()).await?;
+                    for c in &changed {
+                        cache.apply(c);
+                    }
+                    return Ok(());
+                }
+                for q in &journal {
+                    self.tx.execute(q).await?;
+                }
                 let Some(cache) = self.cache.take() else { return self.tx.commit().await };
                 let ack = if self.writes > 0 {
                     crate::cache_listen::request_ack(&cache, &mut self.tx).await?
@@ -443,6 +503,10 @@ impl TenantTx {
             .add(Expr::col(env_col).eq(self.scope().environment().as_str()))
     }
 }
+
+#[cfg(test)]
+#[path = "checkpoint_tests.rs"]
+mod checkpoint_tests;
 
 #[cfg(test)]
 mod tests {

@@ -83,6 +83,52 @@ impl Tx {
         Ok(())
     }
 
+    /// Runs `stmts` (inserts that return nothing), then commits; `before_release` runs once
+    /// they have committed, while the connection is still this transaction's.
+    ///
+    /// On SQLite every statement is a round trip to the connection's own thread, and the
+    /// writer connection is held by one transaction at a time (decision 0010), so each round
+    /// trip lengthens every writer's wait. Here the statements and the `COMMIT` go as one
+    /// batch: `stmts…; COMMIT; BEGIN`. The trailing deferred `BEGIN` (no lock, no I/O) leaves
+    /// the connection in the transaction sqlx still counts as open; dropping sqlx's handle
+    /// queues its `ROLLBACK` of that empty transaction on the connection's thread, ahead of
+    /// anything the next user of the connection sends. A failure before the `COMMIT` leaves
+    /// the real transaction open, and the drop rolls it back, as for any failed statement.
+    pub(crate) async fn commit_after<S: SqlxBinder>(
+        self,
+        stmts: &[S],
+        before_release: impl FnOnce(),
+    ) -> Result<()> {
+        match self {
+            Tx::Sqlite(mut t) if !stmts.is_empty() => {
+                let mut sql = String::new();
+                let mut values = Vec::new();
+                for stmt in stmts {
+                    let (q, v) = stmt.build_sqlx(SqliteQueryBuilder);
+                    sql.push_str(&q);
+                    sql.push_str(";\n");
+                    // Unnumbered `?` parameters are bound in order across the batch.
+                    values.extend(v.0 .0);
+                }
+                sql.push_str("COMMIT;\nBEGIN");
+                sqlx::query_with(&sql, sea_query_binder::SqlxValues(sea_query::Values(values)))
+                    .execute(&mut *t)
+                    .await?;
+                before_release();
+                drop(t);
+                Ok(())
+            }
+            mut tx => {
+                for stmt in stmts {
+                    tx.execute(stmt).await?;
+                }
+                tx.commit().await?;
+                before_release();
+                Ok(())
+            }
+        }
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
             Tx::Sqlite(t) => t.commit().await?,

@@ -210,6 +210,16 @@ fn record(buf: &mut Buffer, tenant_id: &str, environment: &str, e: NewEntry<'_>)
 /// entries). The database adds each to the sealer's work list (`journal_pending`, by trigger)
 /// in the same statement; nothing else is written.
 pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
+    for q in statements(buf) {
+        tx.execute(&q).await?;
+    }
+    Ok(())
+}
+
+/// The statements that write the recorded entries (none when nothing was recorded), for a
+/// caller that runs them itself, e.g. together with its `COMMIT` ([`Tx::commit_after`]).
+pub(crate) fn statements(buf: Buffer) -> Vec<sea_query::InsertStatement> {
+    let mut out = Vec::new();
     let mut rows = buf.rows.into_iter().peekable();
     while rows.peek().is_some() {
         let mut q = Query::insert()
@@ -219,9 +229,9 @@ pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
         for row in rows.by_ref().take(ROWS_PER_STATEMENT) {
             q.values_panic(row.into_iter().map(Into::into));
         }
-        tx.execute(&q).await?;
+        out.push(q);
     }
-    Ok(())
+    out
 }
 
 /// Writes one entry now, in `tx`; returns the entry's id. For transactions that are not a

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use azotte_crypto::chain;
-use azotte_domain::{Principal, PrincipalKind};
 use serde_json::json;
 
 use super::{pending_chains, seal_chain, unsealed, ChainReader, CheckpointPolicy};
@@ -15,15 +14,7 @@ use crate::{Backend, Db, DbOptions, PlatformScope};
 const SEED: [u8; 32] = [7; 32];
 
 fn scope() -> PlatformScope {
-    PlatformScope {
-        principal: Principal { kind: PrincipalKind::System, id: "system".into(), roles: vec![] },
-        permissions: Default::default(),
-        credential: crate::Credential::Session {
-            family_id: azotte_domain::id::SessionId::new(),
-            amr: vec![],
-            mfa_at: None,
-        },
-    }
+    crate::testing::system_platform_scope()
 }
 
 fn sign(msg: &[u8]) -> (String, Vec<u8>) {

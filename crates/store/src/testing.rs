@@ -45,3 +45,17 @@ pub async fn fresh_database(backend: Backend) -> TestDatabase {
         }
     }
 }
+
+/// A platform scope acting as the system, for tests that write journaled platform transactions.
+pub fn system_platform_scope() -> crate::PlatformScope {
+    use azotte_domain::{Principal, PrincipalKind};
+    crate::PlatformScope {
+        principal: Principal { kind: PrincipalKind::System, id: "system".into(), roles: vec![] },
+        permissions: Default::default(),
+        credential: crate::Credential::Session {
+            family_id: azotte_domain::id::SessionId::new(),
+            amr: vec![],
+            mfa_at: None,
+        },
+    }
+}

@@ -1,7 +1,7 @@
 //! The audit journal: what every mutation records, reading it back, and its immutability.
 
 use crate::both;
-use crate::helpers::TestApp;
+use crate::helpers::{Backend, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -117,6 +117,64 @@ async fn a_failed_mutation_leaves_no_entry(app: TestApp) {
     assert!(rows.iter().any(|r| r.contains("\"tenant.created\"") && r.contains("\"platform\"")), "{rows:#?}");
 }
 
+/// The entries are written with the COMMIT (on SQLite in one batch with it): when writing them
+/// fails, the change is rolled back with them, and the connection is clean for the next writer.
+async fn a_journal_write_that_fails_at_commit_rolls_the_change_back(app: TestApp) {
+    app.create_tenant("jcommit").await;
+    match app.backend {
+        Backend::Sqlite => {
+            app.raw_exec(
+                "CREATE TRIGGER refuse_role_created BEFORE INSERT ON journal_entries \
+                 WHEN NEW.type = 'role.created' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            )
+            .await
+            .unwrap();
+        }
+        Backend::Postgres => {
+            app.raw_exec(
+                "CREATE FUNCTION refuse_role_created() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            )
+            .await
+            .unwrap();
+            app.raw_exec(
+                "CREATE TRIGGER refuse_role_created BEFORE INSERT ON journal_entries FOR EACH ROW \
+                 WHEN (NEW.type = 'role.created') EXECUTE FUNCTION refuse_role_created()",
+            )
+            .await
+            .unwrap();
+        }
+    }
+    app.post("/v1/roles", json!({"name": "lost", "permissions": ["audit.read"]}))
+        .tenant("jcommit", "development")
+        .expect(500)
+        .await;
+    let drop_trigger = match app.backend {
+        Backend::Sqlite => "DROP TRIGGER refuse_role_created",
+        Backend::Postgres => "DROP TRIGGER refuse_role_created ON journal_entries",
+    };
+    app.raw_exec(drop_trigger).await.unwrap();
+    let roles: Value = app.get("/v1/roles").tenant("jcommit", "development").expect(200).await.json();
+    let names: Vec<&str> =
+        roles["data"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"lost"), "the role of the failed commit is gone: {names:?}");
+    let page: Value =
+        app.get("/v1/journal?type=role.create").tenant("jcommit", "development").expect(200).await.json();
+    assert!(page["data"].as_array().unwrap().is_empty(), "no entry of the failed commit: {page:#}");
+    // The next writers find the connection outside any transaction, and their commits stick.
+    for name in ["kept", "kept2"] {
+        app.post("/v1/roles", json!({"name": name, "permissions": ["audit.read"]}))
+            .tenant("jcommit", "development")
+            .expect(201)
+            .await;
+    }
+    let roles: Value = app.get("/v1/roles").tenant("jcommit", "development").expect(200).await.json();
+    assert_eq!(roles["data"].as_array().unwrap().len(), 2, "{roles:#}");
+    let page: Value =
+        app.get("/v1/journal?type=role.created").tenant("jcommit", "development").expect(200).await.json();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2, "{page:#}");
+}
+
 async fn denials_are_recorded_once_per_window(app: TestApp) {
     app.create_tenant("jdeny").await;
     app.admin_mfa().await;
@@ -209,6 +267,7 @@ async fn no_personal_data_or_secret_reaches_the_journal(app: TestApp) {
 both!(
     a_mutation_records_action_and_outcome_under_one_correlation_id,
     a_failed_mutation_leaves_no_entry,
+    a_journal_write_that_fails_at_commit_rolls_the_change_back,
     denials_are_recorded_once_per_window,
     the_database_refuses_to_change_or_delete_entries,
     no_personal_data_or_secret_reaches_the_journal
