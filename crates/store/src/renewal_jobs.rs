@@ -60,51 +60,76 @@ pub async fn enqueue(
     period_end: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    let id = JournalId::new().to_string().replacen("jnl_", "rnj_", 1);
-    let q = Query::insert()
-        .into_table(RenewalJobs::Table)
-        .columns([
-            RenewalJobs::Id,
-            RenewalJobs::TenantId,
-            RenewalJobs::Environment,
-            RenewalJobs::SubscriptionId,
-            RenewalJobs::Attempt,
-            RenewalJobs::PeriodEnd,
-            RenewalJobs::Status,
-            RenewalJobs::Runs,
-            RenewalJobs::RunAfter,
-            RenewalJobs::CreatedAt,
-            RenewalJobs::UpdatedAt,
-        ])
-        .values_panic([
-            id.into(),
-            tenant_id.into(),
-            environment.into(),
-            subscription_id.into(),
-            attempt.into(),
-            period_end.into(),
-            "queued".into(),
-            0.into(),
-            now.into(),
-            now.into(),
-            now.into(),
-        ])
-        .on_conflict(
-            OnConflict::columns([
+    Ok(enqueue_many(db, tenant_id, environment, &[(subscription_id, attempt, period_end)], now).await? == 1)
+}
+
+/// Rows per `INSERT` of [`enqueue_many`] (11 parameters each).
+const JOBS_PER_STATEMENT: usize = 500;
+
+/// Enqueues the jobs for (subscription, attempt, period end) triples of one tenant environment
+/// in one transaction, skipping those that exist; returns how many were new. A scheduler pass
+/// offers every due subscription, most of them queued by an earlier pass: one commit for all of
+/// them instead of one each.
+pub async fn enqueue_many(
+    db: &Db,
+    tenant_id: &str,
+    environment: &str,
+    jobs: &[(&str, i32, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = job_tx(db).await?;
+    let mut new = 0;
+    for chunk in jobs.chunks(JOBS_PER_STATEMENT) {
+        let mut q = Query::insert()
+            .into_table(RenewalJobs::Table)
+            .columns([
+                RenewalJobs::Id,
                 RenewalJobs::TenantId,
                 RenewalJobs::Environment,
                 RenewalJobs::SubscriptionId,
-                RenewalJobs::PeriodEnd,
                 RenewalJobs::Attempt,
+                RenewalJobs::PeriodEnd,
+                RenewalJobs::Status,
+                RenewalJobs::Runs,
+                RenewalJobs::RunAfter,
+                RenewalJobs::CreatedAt,
+                RenewalJobs::UpdatedAt,
             ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .to_owned();
-    let mut tx = job_tx(db).await?;
-    let n = tx.execute(&q).await?;
+            .on_conflict(
+                OnConflict::columns([
+                    RenewalJobs::TenantId,
+                    RenewalJobs::Environment,
+                    RenewalJobs::SubscriptionId,
+                    RenewalJobs::PeriodEnd,
+                    RenewalJobs::Attempt,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .to_owned();
+        for &(subscription_id, attempt, period_end) in chunk {
+            let id = JournalId::new().to_string().replacen("jnl_", "rnj_", 1);
+            q.values_panic([
+                id.into(),
+                tenant_id.into(),
+                environment.into(),
+                subscription_id.into(),
+                attempt.into(),
+                period_end.into(),
+                "queued".into(),
+                0.into(),
+                now.into(),
+                now.into(),
+                now.into(),
+            ]);
+        }
+        new += tx.execute(&q).await?;
+    }
     tx.commit().await?;
-    Ok(n == 1)
+    Ok(new)
 }
 
 /// Claims up to `limit` due jobs for `lock_for`: each is held by this caller only.
@@ -132,7 +157,9 @@ pub async fn claim_due(
                 .add(Expr::col(RenewalJobs::LockedUntil).is_null())
                 .add(Expr::col(RenewalJobs::LockedUntil).lt(now)),
         )
+        // A total order: concurrent claimers lock rows in the same order (no deadlock).
         .order_by(RenewalJobs::RunAfter, Order::Asc)
+        .order_by(RenewalJobs::Id, Order::Asc)
         .limit(limit)
         .to_owned();
     let candidates: Vec<RenewalJob> = {
@@ -141,7 +168,10 @@ pub async fn claim_due(
         tx.commit().await?;
         rows
     };
+    // One transaction claims them all (one commit, not one per job); each row's condition
+    // still lets only one claimer have it.
     let mut claimed = Vec::new();
+    let mut tx = job_tx(db).await?;
     for job in candidates {
         let q = Query::update()
             .table(RenewalJobs::Table)
@@ -155,13 +185,11 @@ pub async fn claim_due(
                     .add(Expr::col(RenewalJobs::LockedUntil).lt(now)),
             )
             .to_owned();
-        let mut tx = job_tx(db).await?;
-        let n = tx.execute(&q).await?;
-        tx.commit().await?;
-        if n == 1 {
+        if tx.execute(&q).await? == 1 {
             claimed.push(job);
         }
     }
+    tx.commit().await?;
     Ok(claimed)
 }
 
@@ -199,4 +227,54 @@ pub async fn later(
     let mut tx = job_tx(db).await?;
     tx.execute(&q).await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::fresh_database;
+    use crate::{Backend, DbOptions};
+
+    /// A scheduler pass offers every due subscription, most already queued: only the new jobs
+    /// are added, each (subscription, period end, attempt) once per tenant environment, and each
+    /// claimed by one claimer.
+    async fn offered_jobs_are_queued_once_and_claimed_once(backend: Backend) {
+        let t = fresh_database(backend).await;
+        let opts = DbOptions::new(t.url.clone());
+        Db::migrate(&opts).await.unwrap();
+        let db = Db::connect(&opts).await.unwrap();
+        let now = Utc::now();
+        let end = now - chrono::Duration::minutes(1);
+        assert!(enqueue(&db, "ten_1", "production", "sub_a", 0, end, now).await.unwrap());
+        assert!(!enqueue(&db, "ten_1", "production", "sub_a", 0, end, now).await.unwrap());
+        // Over three statements: sub_a's renewal is queued already, its first retry is new.
+        let ids: Vec<String> = (0..1200).map(|i| format!("sub_{i}")).collect();
+        let mut offered = vec![("sub_a", 0, end), ("sub_a", 1, end)];
+        offered.extend(ids.iter().map(|id| (id.as_str(), 0, end)));
+        assert_eq!(enqueue_many(&db, "ten_1", "production", &offered, now).await.unwrap(), 1201);
+        assert_eq!(enqueue_many(&db, "ten_1", "production", &offered, now).await.unwrap(), 0);
+        assert_eq!(enqueue_many(&db, "ten_1", "development", &offered[..2], now).await.unwrap(), 2);
+        assert_eq!(enqueue_many(&db, "ten_1", "development", &[], now).await.unwrap(), 0);
+
+        // Two claimers at once: every job goes to exactly one of them.
+        let lock = chrono::Duration::minutes(5);
+        let (a, b) = tokio::join!(claim_due(&db, now, lock, 5000), claim_due(&db, now, lock, 5000));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut all: Vec<_> = a.iter().chain(&b).map(|j| j.id.clone()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(a.len() + b.len(), 1204, "claimed {} and {}", a.len(), b.len());
+        assert_eq!(all.len(), 1204, "no job claimed twice");
+        assert!(claim_due(&db, now, lock, 5000).await.unwrap().is_empty(), "all are held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offered_jobs_are_queued_once_and_claimed_once_sqlite() {
+        offered_jobs_are_queued_once_and_claimed_once(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offered_jobs_are_queued_once_and_claimed_once_postgres() {
+        offered_jobs_are_queued_once_and_claimed_once(Backend::Postgres).await;
+    }
 }

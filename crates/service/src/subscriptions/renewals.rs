@@ -60,13 +60,8 @@ pub async fn schedule(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         d
     };
     let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
-    let mut n = 0;
-    for s in due {
-        if jobs::enqueue(&ctx.db, &tenant, env, &s.id, job_attempt(&s), s.period_end, now).await? {
-            n += 1;
-        }
-    }
-    Ok(n)
+    let offered: Vec<_> = due.iter().map(|s| (s.id.as_str(), job_attempt(s), s.period_end)).collect();
+    Ok(jobs::enqueue_many(&ctx.db, &tenant, env, &offered, now).await? as usize)
 }
 
 /// One scheduler pass and one worker pass over every tenant environment (the worker's tick).
