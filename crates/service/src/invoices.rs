@@ -624,7 +624,9 @@ pub async fn for_subscription_charge(
         period_end: Some(period.1),
         tax_behaviour: behaviour,
     };
-    let invoice = issue(
+    // Written as a draft and numbered last: the series row is locked only from the number to
+    // the commit (decision 0008), not through the invoice's and its lines' inserts.
+    let draft = draft_at_rate(
         tx,
         &storefront,
         &subscription.customer_id,
@@ -632,9 +634,11 @@ pub async fn for_subscription_charge(
         Some(&subscription.id),
         &currency,
         &[line],
+        rate,
         now,
     )
     .await?;
+    let invoice = draft.issue(tx, now).await?;
     match payment_id {
         Some(p) => mark_paid(tx, &invoice.id, p, now).await,
         None => Ok(invoice),
