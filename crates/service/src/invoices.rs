@@ -108,16 +108,22 @@ pub async fn issue_at_rate(
     rate_bp: u32,
     now: DateTime<Utc>,
 ) -> Result<InvoiceRow> {
-    let (mut row, line_rows) =
-        priced(storefront, customer_id, customer_country, subscription_id, currency, lines, rate_bp, now)?;
-    // The number last: the series row stays locked from here until the caller commits.
-    let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
-    let sequence = store::next_number(tx, &storefront.id, &series).await?;
-    number_row(&mut row, series, sequence, InvoiceStatus::Open, now);
-    store::insert(tx, &row).await?;
-    store::insert_lines(tx, &line_rows).await?;
-    issued_outcome(tx, &row, line_rows.len(), rate_bp, now).await?;
-    Ok(row)
+    // Written as a draft, then numbered: the series row stays locked from the number until the
+    // caller commits, so callers issue last.
+    draft_at_rate(
+        tx,
+        storefront,
+        customer_id,
+        customer_country,
+        subscription_id,
+        currency,
+        lines,
+        rate_bp,
+        now,
+    )
+    .await?
+    .issue(tx, now)
+    .await
 }
 
 /// An invoice priced and written as a `draft` (no number yet) in the caller's transaction, so
@@ -624,9 +630,7 @@ pub async fn for_subscription_charge(
         period_end: Some(period.1),
         tax_behaviour: behaviour,
     };
-    // Written as a draft and numbered last: the series row is locked only from the number to
-    // the commit (decision 0008), not through the invoice's and its lines' inserts.
-    let draft = draft_at_rate(
+    let invoice = issue_at_rate(
         tx,
         &storefront,
         &subscription.customer_id,
@@ -638,7 +642,6 @@ pub async fn for_subscription_charge(
         now,
     )
     .await?;
-    let invoice = draft.issue(tx, now).await?;
     match payment_id {
         Some(p) => mark_paid(tx, &invoice.id, p, now).await,
         None => Ok(invoice),
