@@ -13,7 +13,7 @@ use azotte_domain::{Principal, PrincipalKind};
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Query};
 
-use crate::cache::ApiKeyRecord;
+use crate::cache::{ApiKeyRecord, KeyFlight};
 use crate::exec::Tx;
 use crate::scope::Credential;
 use crate::sessions::Family;
@@ -340,14 +340,7 @@ pub async fn authenticate_api_key(
 ) -> std::result::Result<(TenantScope, Tenant), AuthError> {
     let record = match db.cache.api_key(tenant_ref, key_id) {
         Some(r) => r,
-        None => {
-            let ticket = db.cache.ticket();
-            let r = Arc::new(load_api_key(db, key_id, tenant_ref).await?);
-            if let Some(t) = ticket {
-                db.cache.store_api_key(t, tenant_ref, r.clone());
-            }
-            r
-        }
+        None => load_api_key_once(db, key_id, tenant_ref).await?,
     };
     let scope = api_key_scope(&record, environment_header, matches, now)?;
     let key = &record.key;
@@ -361,6 +354,39 @@ pub async fn authenticate_api_key(
         db.cache.apply(&crate::cache::Change::ApiKey(key.key_id.clone()));
     }
     Ok((scope, record.tenant.clone()))
+}
+
+/// A cache miss. While the cache is live, one request per key reads it and the others presenting
+/// the same key wait for that read, then take what it stored; if it stored nothing (the read
+/// failed, the key is unknown, a change overtook the read, the request was dropped) each reads
+/// for itself, as every request did before. What is shared is only the cached record: each
+/// request still checks its own secret against it.
+async fn load_api_key_once(
+    db: &Db,
+    key_id: &str,
+    tenant_ref: &str,
+) -> std::result::Result<Arc<ApiKeyRecord>, AuthError> {
+    // Held until this request's read is over: its waiters then look in the cache.
+    let _lead = match db.cache.api_key_flight(tenant_ref, key_id) {
+        Some(KeyFlight::Lead(lead)) => Some(lead),
+        Some(KeyFlight::Wait(w)) => {
+            w.finished().await;
+            None
+        }
+        None => None,
+    };
+    // A leader looks again too: the previous leader may have stored it since this request missed.
+    if let Some(r) = db.cache.api_key(tenant_ref, key_id) {
+        return Ok(r);
+    }
+    let ticket = db.cache.ticket();
+    #[cfg(any(test, feature = "testing"))]
+    db.cache.api_key_loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let r = Arc::new(load_api_key(db, key_id, tenant_ref).await?);
+    if let Some(t) = ticket {
+        db.cache.store_api_key(t, tenant_ref, r.clone());
+    }
+    Ok(r)
 }
 
 /// Reads what authenticating an API key needs: the key's tenant (which `x-tn` must name), the

@@ -11,6 +11,10 @@
 //! A load races with changes: it takes a [`Ticket`] (the change counter) before it reads, and its
 //! result is stored only if no change was applied in between; applying a change bumps the counter
 //! before evicting, and storing checks the counter under the shard's lock.
+//!
+//! An API key missed by many requests at once is read once: the first to miss leads a
+//! [`KeyFlight`], the others wait for it to end and then look in the cache again, reading the key
+//! themselves only if the leader stored nothing (see [`crate::auth::authenticate_api_key`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -107,6 +111,39 @@ pub struct ApiKeyRecord {
     pub permissions: PermissionSet,
 }
 
+/// One request's part in reading an API key that several requests missed at once.
+pub(crate) enum KeyFlight<'a> {
+    /// This request reads the key; the others wait until the lead is dropped.
+    Lead(FlightLead<'a>),
+    /// Another request is reading it.
+    Wait(FlightWait),
+}
+
+/// Held by a request waiting for another's read of an API key.
+pub(crate) struct FlightWait(tokio::sync::watch::Receiver<()>);
+
+impl FlightWait {
+    /// Until the read is over, whatever its outcome: the leader stored the key, failed, was
+    /// overtaken by a change, or its request was dropped.
+    pub(crate) async fn finished(mut self) {
+        // Nothing is ever sent: this returns when the leader's sender is dropped.
+        let _ = self.0.changed().await;
+    }
+}
+
+/// Held by the request reading an API key; dropping it, however the read ended, lets the
+/// waiting requests look in the cache again.
+pub(crate) struct FlightLead<'a> {
+    cache: &'a ReadCache,
+    key: KeyKey,
+}
+
+impl Drop for FlightLead<'_> {
+    fn drop(&mut self) {
+        self.cache.key_flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
 /// The change counter read before a load: the load may be stored only if it is unchanged.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket(u64);
@@ -180,6 +217,11 @@ pub struct ReadCache {
     live: AtomicBool,
     changes: AtomicU64,
     keys: Shards<KeyKey, Arc<ApiKeyRecord>>,
+    /// The keys being read now, each by one request: dropping the sender wakes its waiters.
+    key_flights: Mutex<HashMap<KeyKey, tokio::sync::watch::Sender<()>>>,
+    /// How many times an API key was read from the database (tests count them).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) api_key_loads: AtomicU64,
     grants: Shards<GrantsKey, Arc<Vec<GrantState>>>,
     /// SQLite: the changes made by the transaction holding the writer connection, reported by
     /// its update hook; applied once that transaction has committed.
@@ -207,6 +249,9 @@ impl ReadCache {
             live: AtomicBool::new(live),
             changes: AtomicU64::new(0),
             keys: Shards::new(capacity),
+            key_flights: Mutex::new(HashMap::new()),
+            #[cfg(any(test, feature = "testing"))]
+            api_key_loads: AtomicU64::new(0),
             grants: Shards::new(capacity),
             sqlite_pending: Mutex::new(Vec::new()),
             acks: Mutex::new(HashMap::new()),
@@ -259,6 +304,23 @@ impl ReadCache {
         if self.admits(t) {
             s.put(k, (Instant::now(), record));
         }
+    }
+
+    /// A read of an API key about to start: the caller leads it, or waits for the one under way.
+    /// `None` while nothing may be stored (nobody would find the leader's result).
+    pub(crate) fn api_key_flight(&self, tenant_ref: &str, key_id: &str) -> Option<KeyFlight<'_>> {
+        if !self.is_live() {
+            return None;
+        }
+        let k = (tenant_ref.to_owned(), key_id.to_owned());
+        let mut flights = self.key_flights.lock().unwrap_or_else(|p| p.into_inner());
+        Some(match flights.get(&k) {
+            Some(leader) => KeyFlight::Wait(FlightWait(leader.subscribe())),
+            None => {
+                flights.insert(k.clone(), tokio::sync::watch::channel(()).0);
+                KeyFlight::Lead(FlightLead { cache: self, key: k })
+            }
+        })
     }
 
     pub(crate) fn grants(&self, k: &GrantsKey) -> Option<Arc<Vec<GrantState>>> {
@@ -330,6 +392,15 @@ impl ReadCache {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl crate::Db {
+    /// How many times this process read an API key from the database to authenticate it (the
+    /// misses not served by another request's read).
+    pub fn api_key_loads(&self) -> u64 {
+        self.cache.api_key_loads.load(Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +466,26 @@ mod tests {
         assert!(c.grants(&k).is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(c.grants(&k).is_none());
+    }
+
+    /// One request per key leads its read; the others wait until the lead is dropped however
+    /// the read ended (stored, failed, cancelled), then a new read may be led.
+    #[tokio::test]
+    async fn one_read_per_key_at_a_time() {
+        let c = ReadCache::new(CacheOptions::default(), true);
+        let lead = c.api_key_flight("acme", "k1");
+        assert!(matches!(lead, Some(KeyFlight::Lead(_))));
+        let Some(KeyFlight::Wait(waiter)) = c.api_key_flight("acme", "k1") else { panic!("not waiting") };
+        assert!(matches!(c.api_key_flight("acme", "k2"), Some(KeyFlight::Lead(_))), "another key");
+        assert!(matches!(c.api_key_flight("other", "k1"), Some(KeyFlight::Lead(_))), "another x-tn");
+        let waiting = tokio::spawn(waiter.finished());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "waits while the read is under way");
+        drop(lead);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert!(matches!(c.api_key_flight("acme", "k1"), Some(KeyFlight::Lead(_))), "not left behind");
+        c.set_live(false);
+        assert!(c.api_key_flight("acme", "k1").is_none(), "nothing to share while not live");
     }
 
     #[test]

@@ -153,6 +153,13 @@ fn secret(key: &Value) -> String {
     key["secret"].as_str().unwrap().to_owned()
 }
 
+/// The same key id with another secret (same length, valid base32).
+fn forge(k: &str) -> String {
+    let mid = k.len() - 10;
+    let flipped = if &k[mid..=mid] == "a" { "b" } else { "a" };
+    format!("{}{flipped}{}", &k[..mid], &k[mid + 1..])
+}
+
 /// The single-entitlement check as a tenant integrates it: `x-api-key` and `x-tn`.
 async fn check(app: &TestApp, key: &str, tenant: &str, cus: &str) -> (u16, String) {
     let r = app
@@ -237,11 +244,8 @@ async fn key_changes_apply_on_the_next_request(app: TestApp) {
     let k = secret(&key);
     held(&app, &k, &shop.cus).await;
 
-    // Same key id, another secret (same length, valid base32): refused although the key is cached.
-    let mid = k.len() - 10;
-    let flipped = if &k[mid..=mid] == "a" { "b" } else { "a" };
-    let forged = format!("{}{flipped}{}", &k[..mid], &k[mid + 1..]);
-    assert_eq!(check(&app, &forged, T, &shop.cus).await.0, 401);
+    // Same key id, another secret: refused although the key is cached.
+    assert_eq!(check(&app, &forge(&k), T, &shop.cus).await.0, 401);
     held(&app, &k, &shop.cus).await;
 
     // The role loses subscription.read, then gets it back.
@@ -280,6 +284,54 @@ async fn key_changes_apply_on_the_next_request(app: TestApp) {
     // Revoked: refused on the next request.
     app.post(&format!("/v1/api-keys/{}/revoke", id(&key)), json!({})).tenant(T, ENV).expect(200).await;
     assert_eq!(check(&app, &k2, T, &shop.cus).await.0, 401);
+}
+
+/// Many requests presenting one key whose cached entry expired read it from the database once:
+/// one leads the read, the others wait for it and use what it cached, each still checking its
+/// own secret (forged ones are refused in the same burst). A revocation is seen by the next
+/// burst; on PostgreSQL a read that fails fails its waiters' requests too, and the next request
+/// after the failure reads the key again.
+async fn an_expired_key_is_read_once_by_concurrent_requests(app: TestApp) {
+    let shop = shop(&app, T).await;
+    let (key, _) = checker_key(&app, T).await;
+    let k = secret(&key);
+    let forged = forge(&k);
+    // The first use stamps the key's last use, which evicts it; the second caches it.
+    held(&app, &k, &shop.cus).await;
+    held(&app, &k, &shop.cus).await;
+    let expire = || tokio::time::sleep(Duration::from_millis(MAX_AGE_MS + 100));
+    let burst = |n: usize| {
+        let (app, k, forged, cus) = (&app, &k, &forged, &shop.cus);
+        futures::future::join_all((0..n).map(move |i| async move {
+            let key = if i % 4 == 3 { forged } else { k };
+            (i % 4 == 3, check(app, key, T, cus).await)
+        }))
+    };
+    for _ in 0..2 {
+        expire().await;
+        let before = app.ctx.db.api_key_loads();
+        for (is_forged, answer) in burst(16).await {
+            let want = if is_forged { (401, "unauthenticated") } else { (200, "") };
+            assert_eq!((answer.0, answer.1.as_str()), want);
+        }
+        assert_eq!(app.ctx.db.api_key_loads() - before, 1, "one read for the whole burst");
+    }
+
+    if app.backend == Backend::Postgres {
+        expire().await;
+        app.raw_exec("REVOKE SELECT ON api_keys FROM azotte_app").await.unwrap();
+        for (_, answer) in burst(8).await {
+            assert_eq!(answer.0, 500, "the read failed");
+        }
+        app.raw_exec("GRANT SELECT ON api_keys TO azotte_app").await.unwrap();
+        held(&app, &k, &shop.cus).await;
+    }
+
+    app.post(&format!("/v1/api-keys/{}/revoke", id(&key)), json!({})).tenant(T, ENV).expect(200).await;
+    for (is_forged, answer) in burst(8).await {
+        let want = if is_forged { "unauthenticated" } else { "api_key_revoked" };
+        assert_eq!((answer.0, answer.1.as_str()), (401, want));
+    }
 }
 
 /// Cache entries are per tenant and environment: another tenant's key, or this tenant's key of
@@ -427,6 +479,9 @@ mod changes_beside_the_service {
     }
 }
 cached!(0 => max_age_zero_caches_nothing);
+/// Long enough for a burst of checks to run within it on a busy machine.
+const MAX_AGE_MS: u64 = 2_000;
+cached!(super::MAX_AGE_MS => an_expired_key_is_read_once_by_concurrent_requests);
 
 mod postgres_hits_read_nothing {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
