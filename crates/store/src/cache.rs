@@ -403,6 +403,8 @@ impl crate::Db {
 
 #[cfg(test)]
 mod tests {
+    use azotte_domain::catalog::DunningPolicy;
+
     use super::*;
 
     #[test]
@@ -486,6 +488,53 @@ mod tests {
         assert!(matches!(c.api_key_flight("acme", "k1"), Some(KeyFlight::Lead(_))), "not left behind");
         c.set_live(false);
         assert!(c.api_key_flight("acme", "k1").is_none(), "nothing to share while not live");
+    }
+
+    /// A customer's grant state as cached: the storefront's dunning policy already decoded.
+    fn granted(dunning: DunningPolicy) -> Arc<Vec<GrantState>> {
+        let now = chrono::Utc::now();
+        Arc::new(vec![GrantState {
+            entitlement_key: "hd".into(),
+            kind: "boolean".into(),
+            quantity: None,
+            unit: None,
+            subscription_id: "sub_1".into(),
+            status: "past_due".into(),
+            period_start: now,
+            period_end: now,
+            periods: 1,
+            anchor: now,
+            trial_end: None,
+            ends_at: None,
+            canceled_immediately: false,
+            paused_at: None,
+            grace_extended_until: None,
+            dunning,
+        }])
+    }
+
+    /// Hits hand out the state loaded, typed policy included (nothing is decoded on a hit); a
+    /// storefront change evicts it (PostgreSQL names the tenant, SQLite the grants' tables), and
+    /// the next load's policy is the one served.
+    #[test]
+    fn grant_hits_serve_the_decoded_dunning_policy_until_a_change() {
+        let c = ReadCache::new(CacheOptions::default(), true);
+        let tenant = TenantId::new();
+        let k: GrantsKey = (tenant, Environment::Production, "cus_1".into());
+        let loaded = granted(DunningPolicy::default());
+        c.store_grants(c.ticket().unwrap(), k.clone(), loaded.clone());
+        for _ in 0..2 {
+            let hit = c.grants(&k).unwrap();
+            assert!(Arc::ptr_eq(&hit, &loaded), "the loaded value itself");
+            assert_eq!(hit[0].dunning, DunningPolicy::default());
+        }
+        let strict = DunningPolicy { access_during_grace: false, ..DunningPolicy::default() };
+        for change in [Change::Tenant(tenant.to_string()), Change::Grants] {
+            c.apply(&change);
+            assert!(c.grants(&k).is_none(), "{change:?}");
+            c.store_grants(c.ticket().unwrap(), k.clone(), granted(strict.clone()));
+            assert_eq!(c.grants(&k).unwrap()[0].dunning, strict);
+        }
     }
 
     #[test]

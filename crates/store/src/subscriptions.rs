@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use azotte_domain::catalog::DunningPolicy;
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, Order, Query, SelectStatement};
 use serde_json::Value;
@@ -647,7 +648,7 @@ pub async fn delete_grants(tx: &mut TenantTx, subscription_id: &str) -> Result<u
 
 /// A grant with the state of the subscription behind it and its storefront's dunning policy
 /// (what access during `past_due` depends on).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GrantState {
     pub entitlement_key: String,
     pub kind: String,
@@ -664,8 +665,8 @@ pub struct GrantState {
     pub canceled_immediately: bool,
     pub paused_at: Option<DateTime<Utc>>,
     pub grace_extended_until: Option<DateTime<Utc>>,
-    #[sqlx(json)]
-    pub dunning: Value,
+    /// Decoded once, when the row is read: cached states are used as they are.
+    pub dunning: DunningPolicy,
 }
 
 /// A row of [`grants_of`]: the customer, left-joined with a grant (none: nothing granted) and
@@ -710,7 +711,8 @@ impl GrantRow {
             canceled_immediately: self.canceled_immediately?,
             paused_at: self.paused_at,
             grace_extended_until: self.grace_extended_until,
-            dunning: self.dunning?,
+            // A policy that no longer decodes counts as the default one.
+            dunning: serde_json::from_value(self.dunning?).unwrap_or_default(),
         })
     }
 }
@@ -827,10 +829,46 @@ mod tests {
     use sea_query_binder::SqlxBinder;
     use sqlx::Row;
 
-    use super::grants_query;
+    use azotte_domain::catalog::DunningPolicy;
+    use serde_json::json;
+
+    use super::{grants_query, GrantRow};
     use crate::exec::Tx;
     use crate::testing::fresh_database;
     use crate::{Backend, Db, DbOptions};
+
+    /// The storefront's dunning policy is decoded when the row is read, into the typed policy the
+    /// cache then holds; one that does not decode counts as the default.
+    #[test]
+    fn grant_rows_decode_the_dunning_policy_once() {
+        let row = |dunning: serde_json::Value| {
+            let now = chrono::Utc::now();
+            GrantRow {
+                entitlement_key: Some("hd".into()),
+                kind: Some("boolean".into()),
+                quantity: None,
+                unit: None,
+                subscription_id: Some("sub_1".into()),
+                status: Some("past_due".into()),
+                period_start: Some(now),
+                period_end: Some(now),
+                periods: Some(1),
+                anchor: Some(now),
+                trial_end: None,
+                ends_at: None,
+                canceled_immediately: Some(false),
+                paused_at: None,
+                grace_extended_until: None,
+                dunning: Some(dunning),
+            }
+            .into_state()
+            .unwrap()
+            .dunning
+        };
+        let strict = row(json!({"grace_days": 3, "access_during_grace": false}));
+        assert_eq!(strict, DunningPolicy { grace_days: 3, access_during_grace: false, ..Default::default() });
+        assert_eq!(row(json!({"grace_days": "many"})), DunningPolicy::default());
+    }
 
     /// The entitlement check reads the customer's grants by the customer index, never every
     /// grant of the environment: without statistics SQLite chose the latter, in the primary

@@ -334,6 +334,29 @@ async fn an_expired_key_is_read_once_by_concurrent_requests(app: TestApp) {
     }
 }
 
+/// A past-due customer keeps access during grace as the storefront's dunning policy says; the
+/// policy is cached decoded with the customer's grants, and a change of it through the service
+/// shows on the very next check.
+async fn a_changed_dunning_policy_shows_on_the_next_check(app: TestApp) {
+    let shop = shop(&app, T).await;
+    let (key, _) = checker_key(&app, T).await;
+    let k = secret(&key);
+    // The renewal failed (by SQL, before the customer was ever checked, so nothing is cached):
+    // past due, within grace. Loaded, then served from the cache.
+    app.raw_exec(&format!("UPDATE subscriptions SET status = 'past_due' WHERE id = '{}'", shop.sub))
+        .await
+        .unwrap();
+    held(&app, &k, &shop.cus).await;
+    held(&app, &k, &shop.cus).await;
+    let dunning = |during_grace: bool| json!({"dunning": {"access_during_grace": during_grace}});
+    let storefront = format!("/v1/storefronts/{}", shop.sf);
+    app.patch(&storefront, dunning(false)).tenant(T, ENV).expect(200).await;
+    not_held(&app, &k, &shop.cus).await;
+    not_held(&app, &k, &shop.cus).await;
+    app.patch(&storefront, dunning(true)).tenant(T, ENV).expect(200).await;
+    held(&app, &k, &shop.cus).await;
+}
+
 /// Cache entries are per tenant and environment: another tenant's key, or this tenant's key of
 /// another environment, never reaches what the first one cached.
 async fn nothing_crosses_tenants_or_environments(app: TestApp) {
@@ -481,7 +504,10 @@ mod changes_beside_the_service {
 cached!(0 => max_age_zero_caches_nothing);
 /// Long enough for a burst of checks to run within it on a busy machine.
 const MAX_AGE_MS: u64 = 2_000;
-cached!(super::MAX_AGE_MS => an_expired_key_is_read_once_by_concurrent_requests);
+cached!(super::MAX_AGE_MS =>
+    an_expired_key_is_read_once_by_concurrent_requests,
+    a_changed_dunning_policy_shows_on_the_next_check
+);
 
 mod postgres_hits_read_nothing {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@ use azotte_store::subscriptions::{self as store, GrantState};
 use azotte_store::TenantScope;
 use chrono::{DateTime, Utc};
 
-use super::lifecycle::dunning_of;
 use crate::{Ctx, Result, ServiceError};
 
 /// One entitlement the customer holds now.
@@ -58,8 +57,7 @@ pub async fn of_customer(
     let mut held: Vec<Held> = Vec::new();
     for g in grants.iter().filter(|g| key.is_none_or(|k| g.entitlement_key == k)) {
         let Some(s) = state(g) else { continue };
-        let dunning = dunning_of(&g.dunning);
-        let until = life::access_until_extended(&s, now, &dunning, g.grace_extended_until);
+        let until = life::access_until_extended(&s, now, &g.dunning, g.grace_extended_until);
         let access = if until.is_some() { Access::Full } else { Access::None };
         if access == Access::None {
             continue;

@@ -2,7 +2,7 @@
 //! applied under optimistic concurrency and journaled as action → outcome; and the jobs that
 //! move subscriptions when a date comes (trial end, end of a canceled period).
 
-use azotte_domain::catalog::{BillingPeriod, DunningPolicy, PeriodUnit};
+use azotte_domain::catalog::{BillingPeriod, PeriodUnit};
 use azotte_domain::permission::Permission;
 use azotte_domain::subscription::{self as life, CancelMethod, Event, SubscriptionStatus};
 use azotte_store::subscriptions::{self as store, SubscriptionFilter, SubscriptionRow};
@@ -353,9 +353,4 @@ async fn pause_trials(ctx: &Ctx, scope: &TenantScope, storefront_id: &str) -> Re
     let sf = azotte_store::catalog::get_storefront(&mut tx, storefront_id).await?;
     tx.commit().await?;
     Ok(sf.is_some_and(|s| s.lifecycle.pause_trials))
-}
-
-/// Access during `past_due` follows the storefront's dunning policy.
-pub fn dunning_of(v: &serde_json::Value) -> DunningPolicy {
-    serde_json::from_value(v.clone()).unwrap_or_default()
 }
