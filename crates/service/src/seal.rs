@@ -60,12 +60,14 @@ async fn signer(ctx: &Ctx) -> Result<(String, [u8; 32])> {
         .cloned()
 }
 
-/// Seals every entry waiting; returns how many were sealed. One sweep over the chains with
-/// pending entries, repeated only while a listing or a pass was full, so entries written during
-/// the sweep wait for the next call (the worker's tick) and are sealed in larger batches. A chain
-/// another sealer (another process) is working on is skipped at first and waited for at the end,
-/// so sealers share the work, and when this returns every entry committed before it started is
-/// sealed.
+/// Seals every entry waiting; returns how many were sealed, and when this returns every entry
+/// committed before it started is sealed.
+///
+/// On SQLite, passes over the log ([`store_seal::seal_log`]) until one is not full. On
+/// PostgreSQL, one sweep over the chains with pending entries, repeated only while a listing or a
+/// pass was full, so entries written during the sweep wait for the next call (the worker's tick)
+/// and are sealed in larger batches; a chain another sealer (another process) is working on is
+/// skipped at first and waited for at the end, so sealers share the work.
 pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
     const CHAINS: u64 = 200;
     let (kid, seed) = signer(ctx).await?;
@@ -74,6 +76,15 @@ pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
     let now = move || clock.now();
     let policy = CheckpointPolicy { every: CHECKPOINT_EVERY, interval: CHECKPOINT_INTERVAL };
     let mut total = 0;
+    if ctx.db.backend() == azotte_store::Backend::Sqlite {
+        loop {
+            let p = store_seal::seal_log(&ctx.db, &now, policy, &sign).await?;
+            total += p.sealed;
+            if !p.more {
+                return Ok(total);
+            }
+        }
+    }
     loop {
         let chains = store_seal::pending_chains(&ctx.db, CHAINS).await?;
         let mut again = chains.len() as u64 == CHAINS;

@@ -129,6 +129,20 @@ impl Db {
         Ok(())
     }
 
+    /// Runs SQLite's migrations before `version` only: a database as an older release left it,
+    /// for tests of a later migration.
+    #[cfg(test)]
+    pub(crate) async fn migrate_sqlite_before(opts: &DbOptions, version: i64) -> Result<()> {
+        let older = Migrator {
+            migrations: SQLITE_MIGRATOR.migrations.iter().filter(|m| m.version < version).cloned().collect(),
+            ..Migrator::DEFAULT
+        };
+        let pool = sqlite_pool(opts, 1, opts.acquire_timeout, None).await?;
+        older.run(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
     /// Opens the serving pool. Migrations must have run (see [`Db::migrate`]).
     pub async fn connect(opts: &DbOptions) -> Result<Db> {
         let backend = opts.backend().map_err(StoreError::InvalidUrl)?;

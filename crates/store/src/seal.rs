@@ -1,12 +1,16 @@
-//! The sealer's storage side: the work list of entries not sealed yet, appending seals and
+//! The sealer's storage side: finding the entries not sealed yet, appending seals and
 //! checkpoints, and reading a chain back for verification or export.
 //!
-//! Every new entry gets a row in `journal_pending` (a trigger, in the writer's statement). The
-//! sealer reads a chain's pending entries, hashes them onto the chain, appends the seals and
-//! deletes those rows, so a pass touches only what is new. Each (tenant, environment) chain is
-//! sealed by one sealer at a time: on PostgreSQL in one transaction under an advisory lock that
-//! writers never take; on SQLite, which has one writer at a time, the reading and hashing happen
-//! in a read transaction beside the writers, and the write lock is taken only to append.
+//! On PostgreSQL every new entry gets a row in `journal_pending` (a trigger, in the writer's
+//! statement). The sealer reads a chain's pending entries, hashes them onto the chain, appends
+//! the seals and deletes those rows, so a pass touches only what is new; each (tenant,
+//! environment) chain is sealed by one sealer at a time, in one transaction under an advisory
+//! lock that writers never take.
+//!
+//! SQLite has one writer at a time, so an entry's log position is its commit order and one mark
+//! says how far the journal is sealed ([`seal_log`]): writers write nothing but the entry. The
+//! reading and hashing happen in a read transaction beside the writers, and the write lock is
+//! taken only to append the seals and move the mark.
 
 use azotte_crypto::chain::{self, Checkpoint, EntryRecord, SealedEntry, Unsealed};
 use chrono::{DateTime, Utc};
@@ -66,7 +70,8 @@ enum JournalKeys {
     CreatedAt,
 }
 
-/// Up to `limit` chains that have entries waiting for their seal.
+/// Up to `limit` chains that have entries waiting for their seal: on the work list
+/// (PostgreSQL), or after the seal mark (SQLite).
 pub async fn pending_chains(db: &Db, limit: u64) -> Result<Vec<(String, String)>> {
     #[derive(sqlx::FromRow)]
     struct Row {
@@ -74,13 +79,26 @@ pub async fn pending_chains(db: &Db, limit: u64) -> Result<Vec<(String, String)>
         owner_environment: String,
     }
     let mut tx = db.unscoped_read_tx().await?;
-    let q = Query::select()
-        .distinct()
-        .columns([JournalPending::OwnerTenantId, JournalPending::OwnerEnvironment])
-        .from(JournalPending::Table)
-        .limit(limit)
-        .to_owned();
-    let rows = tx.fetch_all::<Row>(&q).await?;
+    let rows = match &mut tx {
+        Tx::Sqlite(t) => {
+            sqlx::query_as::<_, Row>(
+                "SELECT DISTINCT tenant_id AS owner_tenant_id, environment AS owner_environment \
+                 FROM journal_entries WHERE pos > (SELECT pos FROM journal_seal_mark WHERE id = 1) LIMIT ?1",
+            )
+            .bind(limit as i64)
+            .fetch_all(&mut **t)
+            .await?
+        }
+        Tx::Postgres(_) => {
+            let q = Query::select()
+                .distinct()
+                .columns([JournalPending::OwnerTenantId, JournalPending::OwnerEnvironment])
+                .from(JournalPending::Table)
+                .limit(limit)
+                .to_owned();
+            tx.fetch_all::<Row>(&q).await?
+        }
+    };
     tx.commit().await?;
     Ok(rows.into_iter().map(|r| (r.owner_tenant_id, r.owner_environment)).collect())
 }
@@ -346,8 +364,10 @@ async fn checkpoints_query(tx: &mut Tx, tenant: &str, env: &str, last_only: bool
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SealPass {
     pub sealed: usize,
+    /// The position of the last checkpoint signed.
     pub checkpoint: Option<i64>,
-    /// Work-list rows removed that named no entry or an entry already sealed.
+    /// Work-list rows removed that named no entry or an entry already sealed (PostgreSQL), or
+    /// entries after the mark that had a seal already (SQLite).
     pub stale: u64,
     /// The pass took as many entries as one pass may: more may be waiting.
     pub more: bool,
@@ -384,11 +404,12 @@ pub type CheckpointSigner = dyn Fn(&[u8]) -> (String, Vec<u8>) + Send + Sync;
 /// The time now (the service's clock, which tests control).
 pub type Now = dyn Fn() -> DateTime<Utc> + Send + Sync;
 
-/// Entries sealed per pass of one chain, and per statement.
+/// Entries sealed per pass (of one chain on PostgreSQL, of the log on SQLite), and per statement.
 const PASS_LIMIT: u64 = 10_000;
 const SEALS_PER_STATEMENT: usize = 500;
 
-/// What a sealing pass writes: the chain head it extends and the seals that follow it.
+/// What a sealing pass over one chain's work list writes (PostgreSQL): the chain head it extends
+/// and the seals that follow it.
 struct Plan {
     /// The work-list rows read, ascending; all are removed when the plan is applied.
     pending: Vec<String>,
@@ -442,8 +463,8 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
     Ok(Some(Plan { pending, head, seals, stale }))
 }
 
-/// Writes a plan's seals (`sealed_at` read from `now` per statement), removes its work-list rows
-/// and signs a checkpoint when due. The caller holds the chain and has checked its head.
+/// Writes a plan's seals, removes its work-list rows and signs a checkpoint when due (see
+/// [`append`]). The caller holds the chain and has checked its head.
 async fn apply(
     tx: &mut Tx,
     tenant: &str,
@@ -453,14 +474,44 @@ async fn apply(
     policy: CheckpointPolicy,
     sign: &CheckpointSigner,
 ) -> Result<SealPass> {
-    let mut pass = SealPass {
+    let checkpoint = append(tx, tenant, env, plan.head, &plan.seals, now, policy, sign).await?;
+    for ids in plan.pending.chunks(SEALS_PER_STATEMENT) {
+        // Exactly the rows read (ascending: the range bounds the scan as in `entries_by_id`);
+        // one committed meanwhile stays for the next pass.
+        let done = Query::delete()
+            .from_table(JournalPending::Table)
+            .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
+            .and_where(Expr::col(JournalPending::OwnerEnvironment).eq(env))
+            .and_where(Expr::col(JournalPending::EntryId).gte(ids[0].as_str()))
+            .and_where(Expr::col(JournalPending::EntryId).lte(ids[ids.len() - 1].as_str()))
+            .and_where(Expr::col(JournalPending::EntryId).is_in(ids.iter().cloned()))
+            .to_owned();
+        tx.execute(&done).await?;
+    }
+    Ok(SealPass {
         sealed: plan.seals.len(),
         stale: plan.stale,
         more: plan.pending.len() as u64 == PASS_LIMIT,
-        checkpoint: None,
-    };
-    let (mut seq, mut last) = plan.head;
-    for chunk in plan.seals.chunks(SEALS_PER_STATEMENT) {
+        checkpoint,
+    })
+}
+
+/// Appends `seals` to a chain after `head` (`sealed_at` read from `now` per statement) and signs
+/// a checkpoint when due, returning its position. The caller holds the chain and has checked
+/// its head.
+#[allow(clippy::too_many_arguments)]
+async fn append(
+    tx: &mut Tx,
+    tenant: &str,
+    env: &str,
+    head: (i64, [u8; 32]),
+    seals: &[(String, [u8; 32], [u8; 32])],
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+) -> Result<Option<i64>> {
+    let (mut seq, mut last) = head;
+    for chunk in seals.chunks(SEALS_PER_STATEMENT) {
         let sealed_at = now();
         let mut insert = seal_insert();
         for (id, h, c) in chunk {
@@ -478,21 +529,8 @@ async fn apply(
         }
         tx.execute(&insert).await?;
     }
-    for ids in plan.pending.chunks(SEALS_PER_STATEMENT) {
-        // Exactly the rows read (ascending: the range bounds the scan as in `entries_by_id`);
-        // one committed meanwhile stays for the next pass.
-        let done = Query::delete()
-            .from_table(JournalPending::Table)
-            .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
-            .and_where(Expr::col(JournalPending::OwnerEnvironment).eq(env))
-            .and_where(Expr::col(JournalPending::EntryId).gte(ids[0].as_str()))
-            .and_where(Expr::col(JournalPending::EntryId).lte(ids[ids.len() - 1].as_str()))
-            .and_where(Expr::col(JournalPending::EntryId).is_in(ids.iter().cloned()))
-            .to_owned();
-        tx.execute(&done).await?;
-    }
-    if pass.sealed == 0 {
-        return Ok(pass);
+    if seals.is_empty() {
+        return Ok(None);
     }
     let last_cp = checkpoints_query(tx, tenant, env, true).await?.pop();
     let last_cp_seq = last_cp.as_ref().map(|c| c.seq).unwrap_or(0);
@@ -503,35 +541,35 @@ async fn apply(
     let signed_at = now();
     let due =
         seq - last_cp_seq >= policy.every || last_cp_at.is_none_or(|t| signed_at - t >= policy.interval);
-    if due && seq > last_cp_seq {
-        let signed_at = signed_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-        let msg = chain::checkpoint_message(tenant, env, seq, &last, &signed_at);
-        let (kid, sig) = sign(&msg);
-        let q = Query::insert()
-            .into_table(JournalCheckpoints::Table)
-            .columns([
-                JournalCheckpoints::TenantId,
-                JournalCheckpoints::Environment,
-                JournalCheckpoints::Seq,
-                JournalCheckpoints::ChainHash,
-                JournalCheckpoints::SignedAt,
-                JournalCheckpoints::Kid,
-                JournalCheckpoints::Signature,
-            ])
-            .values_panic([
-                tenant.into(),
-                env.into(),
-                seq.into(),
-                hex::encode(last).into(),
-                signed_at.into(),
-                kid.into(),
-                hex::encode(sig).into(),
-            ])
-            .to_owned();
-        tx.execute(&q).await?;
-        pass.checkpoint = Some(seq);
+    if !(due && seq > last_cp_seq) {
+        return Ok(None);
     }
-    Ok(pass)
+    let signed_at = signed_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let msg = chain::checkpoint_message(tenant, env, seq, &last, &signed_at);
+    let (kid, sig) = sign(&msg);
+    let q = Query::insert()
+        .into_table(JournalCheckpoints::Table)
+        .columns([
+            JournalCheckpoints::TenantId,
+            JournalCheckpoints::Environment,
+            JournalCheckpoints::Seq,
+            JournalCheckpoints::ChainHash,
+            JournalCheckpoints::SignedAt,
+            JournalCheckpoints::Kid,
+            JournalCheckpoints::Signature,
+        ])
+        .values_panic([
+            tenant.into(),
+            env.into(),
+            seq.into(),
+            hex::encode(last).into(),
+            signed_at.into(),
+            kid.into(),
+            hex::encode(sig).into(),
+        ])
+        .to_owned();
+    tx.execute(&q).await?;
+    Ok(Some(seq))
 }
 
 /// Seals the pending entries of one chain, in id order, removes them from the work list and
@@ -543,13 +581,9 @@ async fn apply(
 /// waits for that sealer to finish, so that when the call returns every entry committed before
 /// it started is sealed. Writers never wait for it (MVCC).
 ///
-/// On SQLite, which has one writer at a time, the entries are read and hashed in a read
-/// transaction, beside the writers (WAL), and the write lock is taken only to append the seals
-/// and remove the work-list rows, after checking that the chain's head is still the one the
-/// seals were computed from (seals are append-only, so an unchanged head means no other sealer
-/// sealed any of these entries meanwhile); if it moved, the pass is planned again under the lock.
-/// Reading and hashing is most of a pass's time, and writers no longer wait for it. `wait` does
-/// not apply (the result is never `None`).
+/// On SQLite, whose journal is sealed as one log ([`seal_log`]), this is one pass of
+/// [`seal_log`]: it seals every chain's new entries, this one's among them, and `wait` does not
+/// apply (the result is never `None`).
 pub async fn seal_chain(
     db: &Db,
     tenant: &str,
@@ -560,13 +594,7 @@ pub async fn seal_chain(
     wait: bool,
 ) -> Result<Option<SealPass>> {
     if db.backend() == crate::Backend::Sqlite {
-        let mut read = db.unscoped_read_tx().await?;
-        let planned = plan(&mut read, tenant, env).await?;
-        read.commit().await?;
-        return match planned {
-            Some(p) => apply_checked(db, tenant, env, p, now, policy, sign).await.map(Some),
-            None => Ok(Some(SealPass::default())),
-        };
+        return seal_log(db, now, policy, sign).await.map(Some);
     }
     let mut tx = db.unscoped_tx().await?;
     enter(&mut tx, tenant).await?;
@@ -592,28 +620,147 @@ pub async fn seal_chain(
     Ok(Some(pass))
 }
 
-/// Applies, on SQLite, a plan made in a read transaction: takes the write lock, and if the
-/// chain's head is no longer the one the plan extends (another sealer, in another process, sealed
-/// meanwhile), plans again under the lock.
-async fn apply_checked(
+/// What a pass over SQLite's log writes: for each chain with new entries, its head and the
+/// seals that follow it, and how far the mark moves.
+struct LogPlan {
+    /// The mark the plan starts after.
+    mark: i64,
+    /// The last position read: the mark once the plan is applied.
+    upto: i64,
+    /// Entries read (sealed ones included).
+    read: u64,
+    chains: Vec<ChainPlan>,
+    /// Entries after the mark that had a seal already.
+    stale: u64,
+}
+
+struct ChainPlan {
+    tenant: String,
+    env: String,
+    head: (i64, [u8; 32]),
+    seals: Vec<(String, [u8; 32], [u8; 32])>,
+}
+
+/// SQLite's seal mark: the last log position sealed through.
+async fn mark(tx: &mut Tx) -> Result<i64> {
+    let Tx::Sqlite(t) = tx else { return Err(StoreError::Corrupt("the seal mark is SQLite's".into())) };
+    Ok(sqlx::query_scalar("SELECT pos FROM journal_seal_mark WHERE id = 1").fetch_one(&mut **t).await?)
+}
+
+/// Reads up to [`PASS_LIMIT`] entries after the mark, in log order, and hashes each onto its
+/// chain's head; `None` when there is nothing after the mark. Writes nothing.
+///
+/// An entry that has a seal already (only after tampering with the mark) is skipped and counted
+/// as stale; the mark still moves past it.
+async fn plan_log(tx: &mut Tx) -> Result<Option<LogPlan>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        pos: i64,
+        sealed: bool,
+        #[sqlx(flatten)]
+        entry: RawEntry,
+    }
+    let mark = mark(tx).await?;
+    let sql = format!(
+        "SELECT pos, EXISTS (SELECT 1 FROM journal_seals s WHERE s.tenant_id = e.tenant_id \
+           AND s.environment = e.environment AND s.entry_id = e.id) AS sealed, {ENTRY_COLUMNS} \
+         FROM journal_entries e WHERE pos > ?1 ORDER BY pos LIMIT ?2"
+    );
+    let Tx::Sqlite(t) = &mut *tx else { return Err(StoreError::Corrupt("the seal log is SQLite's".into())) };
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(mark).bind(PASS_LIMIT as i64).fetch_all(&mut **t).await?;
+    let Some(upto) = rows.last().map(|r| r.pos) else {
+        return Ok(None);
+    };
+    let mut plan = LogPlan { mark, upto, read: rows.len() as u64, chains: Vec::new(), stale: 0 };
+    let mut index = std::collections::HashMap::<(String, String), usize>::new();
+    // Each chain's running (position, chain value), beside `plan.chains`.
+    let mut tips = Vec::<(i64, [u8; 32])>::new();
+    for row in rows {
+        if row.sealed {
+            plan.stale += 1;
+            continue;
+        }
+        let key = (row.entry.tenant_id.clone(), row.entry.environment.clone());
+        let i = match index.get(&key) {
+            Some(&i) => i,
+            None => {
+                let head = head(tx, &key.0, &key.1).await?;
+                plan.chains.push(ChainPlan {
+                    tenant: key.0.clone(),
+                    env: key.1.clone(),
+                    head,
+                    seals: Vec::new(),
+                });
+                tips.push(head);
+                index.insert(key, plan.chains.len() - 1);
+                plan.chains.len() - 1
+            }
+        };
+        let e = row.entry.record();
+        let (seq, prev) = &mut tips[i];
+        *seq += 1;
+        let h = chain::entry_hash(&e);
+        *prev = chain::chain_next(prev, *seq, &h);
+        plan.chains[i].seals.push((e.id, h, *prev));
+    }
+    Ok(Some(plan))
+}
+
+/// One sealing pass over SQLite's journal, which is sealed as one log: every entry committed
+/// after the seal mark, in commit order, is appended to its own chain, checkpoints are signed
+/// where due, and the mark moves past what was read, all in one write transaction.
+///
+/// SQLite has one writer at a time, so the log position of an entry is commit order and a
+/// reader's snapshot holds every position up to the highest it sees (migration 0025): the mark
+/// alone says what is sealed, with no per-entry work list for writers to fill. The entries are
+/// read and hashed in a read transaction beside the writers (WAL); the write lock is taken only
+/// to append, after checking that the mark has not moved (seals are append-only and every pass
+/// that appends moves the mark, so an unchanged mark means no other sealer, in another process,
+/// sealed anything meanwhile); if it moved, the pass is planned again under the lock.
+pub async fn seal_log(
     db: &Db,
-    tenant: &str,
-    env: &str,
-    planned: Plan,
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+) -> Result<SealPass> {
+    let mut read = db.unscoped_read_tx().await?;
+    let planned = plan_log(&mut read).await?;
+    read.commit().await?;
+    match planned {
+        Some(p) => apply_log_checked(db, p, now, policy, sign).await,
+        None => Ok(SealPass::default()),
+    }
+}
+
+/// Applies a log plan made in a read transaction: takes the write lock and, if the mark moved
+/// meanwhile, plans again under it.
+async fn apply_log_checked(
+    db: &Db,
+    planned: LogPlan,
     now: &Now,
     policy: CheckpointPolicy,
     sign: &CheckpointSigner,
 ) -> Result<SealPass> {
     let mut tx = db.unscoped_tx().await?;
-    let planned = if head(&mut tx, tenant, env).await? == planned.head {
-        Some(planned)
-    } else {
-        plan(&mut tx, tenant, env).await?
+    let planned =
+        if mark(&mut tx).await? == planned.mark { Some(planned) } else { plan_log(&mut tx).await? };
+    let Some(plan) = planned else {
+        tx.commit().await?;
+        return Ok(SealPass::default());
     };
-    let pass = match planned {
-        Some(p) => apply(&mut tx, tenant, env, p, now, policy, sign).await?,
-        None => SealPass::default(),
-    };
+    let mut pass = SealPass { stale: plan.stale, more: plan.read == PASS_LIMIT, ..SealPass::default() };
+    for c in &plan.chains {
+        pass.sealed += c.seals.len();
+        if let Some(cp) = append(&mut tx, &c.tenant, &c.env, c.head, &c.seals, now, policy, sign).await? {
+            pass.checkpoint = Some(cp);
+        }
+    }
+    if let Tx::Sqlite(t) = &mut tx {
+        sqlx::query("UPDATE journal_seal_mark SET pos = ?1 WHERE id = 1")
+            .bind(plan.upto)
+            .execute(&mut **t)
+            .await?;
+    }
     tx.commit().await?;
     Ok(pass)
 }
@@ -714,8 +861,8 @@ async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64) -> 
 }
 
 /// The entries of a chain that have no seal yet (id and time), oldest first. Verification
-/// must not trust the work list (deleting a row there hides nothing), so this reads the chain
-/// itself.
+/// must not trust the work list or the seal mark (deleting a row there, or moving the mark, hides
+/// nothing), so this reads the chain itself.
 ///
 /// It streams the chain by id range, [`PAGE`] entries at a time: each page is one range of the
 /// entries' primary key, compared with one range of the seals' key on the entry id, in the same

@@ -8,6 +8,7 @@ use azotte_crypto::chain;
 use serde_json::json;
 
 use super::{pending_chains, seal_chain, unsealed, ChainReader, CheckpointPolicy};
+use crate::exec::Tx;
 use crate::testing::fresh_database;
 use crate::{Backend, Db, DbOptions, PlatformScope};
 
@@ -124,6 +125,19 @@ async fn raw(t: &crate::testing::TestDatabase, db: &Db, sql: &str) {
     }
 }
 
+/// Takes a committed entry off the sealer's to-do, as an attacker with database access would, so
+/// that it is never sealed: its work-list row (PostgreSQL), or the seal mark moved past it
+/// (SQLite; everything before it must be sealed already, or that is skipped too).
+async fn hide_from_sealer(t: &crate::testing::TestDatabase, db: &Db, id: &str) {
+    let sql = match db.backend() {
+        Backend::Postgres => format!("DELETE FROM journal_pending WHERE entry_id = '{id}'"),
+        Backend::Sqlite => {
+            format!("UPDATE journal_seal_mark SET pos = (SELECT pos FROM journal_entries WHERE id = '{id}')")
+        }
+    };
+    raw(t, db, &sql).await;
+}
+
 /// Verification streams the unsealed-entry check by id range, a page at a time: entries left
 /// unsealed anywhere in a chain of several pages are all found, and reported once older than the
 /// allowed lag; a recent one is listed but not reported.
@@ -134,6 +148,7 @@ async fn unsealed_entries_are_found_on_every_page(backend: Backend) {
     let db = Db::connect(&opts).await.unwrap();
     let hour_ago = now() - chrono::Duration::hours(1);
     let mut forged = Vec::new();
+    let mut sealed = 0;
     for batch in 0..3 {
         let mut tx = db.platform_tx(&scope()).await.unwrap();
         tx.action(now(), "test.batch", None, json!({"batch": batch})).await.unwrap();
@@ -141,15 +156,18 @@ async fn unsealed_entries_are_found_on_every_page(backend: Backend) {
             tx.outcome(now(), "test.item", None, json!({"i": i})).await.unwrap();
         }
         tx.commit().await.unwrap();
-        // Claims to be an hour old, and is taken off the sealer's work list: never sealed.
+        sealed +=
+            seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap().sealed;
+        // Claims to be an hour old, and is taken off the sealer's to-do: never sealed.
         let mut tx = db.platform_tx(&scope()).await.unwrap();
         let id = tx.action(hour_ago, "test.forged", None, json!({"batch": batch})).await.unwrap();
         tx.commit().await.unwrap();
-        raw(&t, &db, &format!("DELETE FROM journal_pending WHERE entry_id = '{id}'")).await;
+        hide_from_sealer(&t, &db, &id).await;
         forged.push(id);
     }
-    let pass = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap();
-    assert_eq!(pass.sealed, 3300);
+    sealed +=
+        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap().sealed;
+    assert_eq!(sealed, 3300);
     let mut tx = db.platform_tx(&scope()).await.unwrap();
     let recent = tx.action(now(), "test.recent", None, json!({})).await.unwrap();
     tx.commit().await.unwrap();
@@ -186,7 +204,7 @@ async fn unsealed_entries_are_found_on_every_page_postgres() {
 }
 
 /// On SQLite the sealer reads and hashes outside the write lock: a plan overtaken by another
-/// sealer (the chain's head moved) is made again under the lock, never applied on a stale head.
+/// sealer (the mark moved) is made again under the lock, never applied on a stale head.
 #[tokio::test]
 async fn a_plan_overtaken_by_another_sealer_is_made_again() {
     let t = fresh_database(Backend::Sqlite).await;
@@ -206,20 +224,77 @@ async fn a_plan_overtaken_by_another_sealer_is_made_again() {
     };
     write(3).await;
     let mut read = db.unscoped_read_tx().await.unwrap();
-    let stale = super::plan(&mut read, "platform", "platform").await.unwrap().unwrap();
+    let stale = super::plan_log(&mut read).await.unwrap().unwrap();
     read.commit().await.unwrap();
-    assert_eq!(stale.seals.len(), 6);
+    assert_eq!(stale.chains.iter().map(|c| c.seals.len()).sum::<usize>(), 6);
     // Another sealer seals those six first; then more is written.
-    let other = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, false).await.unwrap().unwrap();
+    let other = super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
     assert_eq!(other.sealed, 6);
     write(1).await;
-    let pass = super::apply_checked(&db, "platform", "platform", stale, &now, POLICY, &sign).await.unwrap();
+    let pass = super::apply_log_checked(&db, stale, &now, POLICY, &sign).await.unwrap();
     assert_eq!(pass.sealed, 2, "only what was left, on the new head");
-    assert!(pending_chains(&db, 10).await.unwrap().is_empty(), "the work list is empty");
+    assert!(pending_chains(&db, 10).await.unwrap().is_empty(), "nothing after the mark");
 
     let report = verify_platform_chain(&db).await;
     assert_eq!(report.entries_checked, 8);
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+/// SQLite seals its journal as one log: entries of several chains, written interleaved, are each
+/// sealed onto their own chain in commit order, in one pass; an entry the mark is moved back over
+/// (already sealed) is passed over, not sealed twice; and the mark cannot be set to a second row.
+#[tokio::test]
+async fn the_sqlite_log_is_sealed_onto_each_chain_once() {
+    let t = fresh_database(Backend::Sqlite).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    use azotte_domain::tenant::Environment;
+    let dev = crate::testing::tenant_scope(&db, "log", Environment::Development).await;
+    let prod = crate::TenantScope { environment: Environment::Production, ..dev.clone() };
+    let ten = dev.tenant_id.to_string();
+    super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
+    for i in 0..4 {
+        let mut tx = db.platform_tx(&scope()).await.unwrap();
+        tx.action(now(), "test.platform", None, json!({"i": i})).await.unwrap();
+        tx.commit().await.unwrap();
+        for s in [&dev, &prod] {
+            let mut tx = db.tenant_tx(s).await.unwrap();
+            tx.action(now(), "test.tenant", None, json!({"i": i})).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+    let pass = super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
+    assert_eq!((pass.sealed, pass.stale, pass.more), (12, 0, false));
+    let chains = [("platform", "platform"), (ten.as_str(), "development"), (ten.as_str(), "production")];
+    for (tenant, env) in chains {
+        let mut reader = ChainReader::open(&db, tenant, env).await.unwrap();
+        let page = reader.next_page().await.unwrap();
+        // The platform chain starts with the tenant's creation.
+        let new = &page[page.len() - 4..];
+        assert_eq!(page.len(), if tenant == "platform" { 5 } else { 4 }, "{tenant}/{env}");
+        let seqs: Vec<i64> = page.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, (1..=page.len() as i64).collect::<Vec<_>>());
+        let by_seq: Vec<&str> = new.iter().map(|s| s.entry_id.as_str()).collect();
+        let mut sorted = by_seq.clone();
+        sorted.sort_unstable();
+        assert_eq!(by_seq, sorted, "commit order, which is id order here");
+    }
+
+    raw(&t, &db, "UPDATE journal_seal_mark SET pos = 0").await;
+    assert_eq!(pending_chains(&db, 10).await.unwrap().len(), 3);
+    let pass = super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
+    assert_eq!((pass.sealed, pass.stale), (0, 13), "passed over, not sealed twice");
+    assert!(pending_chains(&db, 10).await.unwrap().is_empty());
+    let report = verify_platform_chain(&db).await;
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(report.entries_checked, 5);
+
+    use sqlx::Connection;
+    let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+    let second = sqlx::query("INSERT INTO journal_seal_mark (id, pos) VALUES (2, 0)").execute(&mut c).await;
+    assert!(second.is_err(), "one mark");
+    c.close().await.unwrap();
 }
 
 /// An entry sealed while verification reads its chain is still seen: it was unsealed when the
@@ -256,4 +331,50 @@ async fn an_entry_sealed_while_its_chain_is_read_is_not_missed_sqlite() {
 #[tokio::test]
 async fn an_entry_sealed_while_its_chain_is_read_is_not_missed_postgres() {
     an_entry_sealed_while_its_chain_is_read_is_not_missed(Backend::Postgres).await;
+}
+
+/// Migration 0025 on a journal an older release left: every entry keeps its place (positions in
+/// commit order), the mark starts just before the first entry still on the work list, the
+/// entries stay immutable, and the next pass seals exactly what the work list held.
+#[tokio::test]
+async fn sqlite_entries_waiting_on_the_old_work_list_are_sealed_after_the_migration() {
+    let t = fresh_database(Backend::Sqlite).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate_sqlite_before(&opts, 25).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let mut tx = db.platform_tx(&scope()).await.unwrap();
+        ids.push(tx.action(now(), "test.write", None, json!({"i": i})).await.unwrap());
+        ids.push(tx.outcome(now(), "test.written", None, json!({})).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    // The first two are off the work list, as if sealed (this test cannot run the old sealer).
+    raw(&t, &db, &format!("DELETE FROM journal_pending WHERE entry_id IN ('{}', '{}')", ids[0], ids[1]))
+        .await;
+    db.close().await;
+
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let mut read = db.unscoped_read_tx().await.unwrap();
+    assert_eq!(super::mark(&mut read).await.unwrap(), 2);
+    let Tx::Sqlite(c) = &mut read else { unreachable!() };
+    let by_pos: Vec<(i64, String)> =
+        sqlx::query_as("SELECT pos, id FROM journal_entries ORDER BY pos").fetch_all(&mut **c).await.unwrap();
+    assert_eq!(by_pos, ids.iter().enumerate().map(|(i, id)| (i as i64 + 1, id.clone())).collect::<Vec<_>>());
+    read.commit().await.unwrap();
+
+    use sqlx::Connection;
+    let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+    let upd = sqlx::query("UPDATE journal_entries SET body = '{}'").execute(&mut c).await;
+    assert!(upd.unwrap_err().to_string().contains("immutable"));
+    let del = sqlx::query("DELETE FROM journal_entries").execute(&mut c).await;
+    assert!(del.unwrap_err().to_string().contains("immutable"));
+    c.close().await.unwrap();
+
+    let pass = super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
+    assert_eq!((pass.sealed, pass.stale), (4, 0));
+    let left: Vec<String> =
+        unsealed(&db, "platform", "platform").await.unwrap().into_iter().map(|u| u.entry_id).collect();
+    assert_eq!(left, ids[..2], "the two taken off the list before are still unsealed");
 }

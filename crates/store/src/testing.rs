@@ -59,3 +59,34 @@ pub fn system_platform_scope() -> crate::PlatformScope {
         },
     }
 }
+
+/// Creates a tenant (journaled by the system) and returns a scope acting in one of its
+/// environments as the system.
+pub async fn tenant_scope(
+    db: &crate::Db,
+    slug: &str,
+    environment: azotte_domain::tenant::Environment,
+) -> crate::TenantScope {
+    use azotte_domain::tenant::{TenantName, TenantSlug};
+    let now = chrono::Utc::now();
+    let platform = system_platform_scope();
+    let mut tx = db.platform_tx(&platform).await.unwrap_or_else(|e| panic!("platform tx: {e}"));
+    let (t, _) = crate::tenants::create(
+        &mut tx,
+        &TenantSlug::parse(slug).unwrap_or_else(|e| panic!("slug: {e:?}")),
+        &TenantName::parse(slug).unwrap_or_else(|e| panic!("name: {e:?}")),
+        now,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create tenant: {e}"));
+    tx.action(now, "tenant.create", None, serde_json::json!({})).await.unwrap_or_else(|e| panic!("{e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
+    crate::TenantScope {
+        tenant_id: t.id,
+        environment,
+        principal: platform.principal,
+        permissions: Default::default(),
+        credential: platform.credential,
+        platform_access: true,
+    }
+}

@@ -99,9 +99,18 @@ async fn a_forged_entry_is_named_before_and_after_sealing(app: TestApp) {
         ids[2]
     );
     assert_eq!(app.raw_exec(&sql).await.unwrap(), 1);
-    // The row got its place on the sealer's work list (a trigger); the attacker removes it so the
-    // sealer never sees it. Verification does not trust that list: it checks entries against seals.
-    app.raw_exec(&format!("DELETE FROM journal_pending WHERE entry_id = '{forged}'")).await.unwrap();
+    // The row is on the sealer's to-do: a work-list row by trigger (PostgreSQL), or a log position
+    // after the seal mark (SQLite). The attacker takes it off so the sealer never sees it.
+    // Verification trusts neither: it checks entries against seals.
+    let hide = match app.backend {
+        Backend::Postgres => format!("DELETE FROM journal_pending WHERE entry_id = '{forged}'"),
+        Backend::Sqlite => {
+            format!(
+                "UPDATE journal_seal_mark SET pos = (SELECT pos FROM journal_entries WHERE id = '{forged}')"
+            )
+        }
+    };
+    app.raw_exec(&hide).await.unwrap();
     let f = findings(&app).await;
     // Unsealed and too old — unless the background sealer got to it before the deletion, in which
     // case it is already an out-of-order insertion.
@@ -109,42 +118,56 @@ async fn a_forged_entry_is_named_before_and_after_sealing(app: TestApp) {
         has(&f, "unsealed_too_long", Some(&forged)) || has(&f, "inserted_entry", Some(&forged)),
         "{f:#?}"
     );
-    // Put back on the list (or, if it was sealed already, listed twice: the sealer drops that).
-    app.raw_exec(&format!(
-        "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
-         SELECT tenant_id, environment, id FROM journal_entries WHERE id = '{forged}'"
-    ))
-    .await
-    .unwrap();
+    // Put back (or, if it was sealed already, listed again: the sealer passes over that).
+    let unhide = match app.backend {
+        Backend::Postgres => format!(
+            "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
+             SELECT tenant_id, environment, id FROM journal_entries WHERE id = '{forged}'"
+        ),
+        Backend::Sqlite => {
+            format!("UPDATE journal_seal_mark SET pos = (SELECT pos - 1 FROM journal_entries WHERE id = '{forged}')")
+        }
+    };
+    app.raw_exec(&unhide).await.unwrap();
     azotte_service::seal::seal_once(&app.ctx).await.unwrap();
     let f = findings(&app).await;
     assert!(has(&f, "inserted_entry", Some(&forged)), "{f:#?}");
-    assert_eq!(pending(&app).await, 0, "the work list is empty");
+    assert_eq!(pending(&app).await, 0, "nothing waits for the sealer");
 }
 
-/// Rows on the sealer's work list that name no entry, or an entry already sealed, are dropped:
-/// they neither stop the sealer nor keep it busy.
+/// What the sealer is told to do again is dropped, not sealed twice, and neither stops it nor
+/// keeps it busy: work-list rows that name no entry or an entry already sealed (PostgreSQL), or
+/// the seal mark moved back over sealed entries (SQLite).
 async fn stale_work_list_rows_do_not_stall_the_sealer(app: TestApp) {
     let ids = setup(&app).await;
-    app.raw_exec(&format!(
-        "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
-         SELECT tenant_id, environment, 'jnl_nothing_here' FROM journal_entries WHERE id = '{0}' \
-         UNION ALL SELECT tenant_id, environment, id FROM journal_entries WHERE id = '{0}'",
-        ids[0]
-    ))
-    .await
-    .unwrap();
+    let stale = match app.backend {
+        Backend::Postgres => format!(
+            "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
+             SELECT tenant_id, environment, 'jnl_nothing_here' FROM journal_entries WHERE id = '{0}' \
+             UNION ALL SELECT tenant_id, environment, id FROM journal_entries WHERE id = '{0}'",
+            ids[0]
+        ),
+        Backend::Sqlite => "UPDATE journal_seal_mark SET pos = 0".to_owned(),
+    };
+    app.raw_exec(&stale).await.unwrap();
     app.post("/v1/roles", json!({"name": "delta_role", "permissions": ["audit.read"]}))
         .tenant("tamper", "development")
         .expect(201)
         .await;
     azotte_service::seal::seal_once(&app.ctx).await.unwrap();
-    assert_eq!(pending(&app).await, 0, "the work list is empty");
+    assert_eq!(pending(&app).await, 0, "nothing waits for the sealer");
     assert_eq!(verify(&app).await["ok"], true);
 }
 
+/// Entries waiting for the sealer: on its work list (PostgreSQL), or after its mark (SQLite).
 async fn pending(app: &TestApp) -> usize {
-    app.raw_strings("SELECT CAST(count(*) AS TEXT) FROM journal_pending").await[0].parse().unwrap()
+    let sql = match app.backend {
+        Backend::Postgres => "SELECT CAST(count(*) AS TEXT) FROM journal_pending",
+        Backend::Sqlite => {
+            "SELECT CAST(count(*) AS TEXT) FROM journal_entries WHERE pos > (SELECT pos FROM journal_seal_mark)"
+        }
+    };
+    app.raw_strings(sql).await[0].parse().unwrap()
 }
 
 async fn swapped_seals_break_the_chain(app: TestApp) {
@@ -223,7 +246,7 @@ async fn a_chain_of_several_pages_verifies_and_names_a_change_on_a_later_page(ap
          e.user_agent, e.resource_type, e.resource_id, e.body FROM journal_entries e, (VALUES {values}) v WHERE e.id = '{}'",
         ids[2]
     );
-    // Each row joined the sealer's work list as it was inserted (a trigger).
+    // Each row is on the sealer's to-do once inserted (a work-list row by trigger, or a log position).
     assert_eq!(app.raw_exec(&sql).await.unwrap(), 2500);
     azotte_service::seal::seal_once(&app.ctx).await.unwrap();
     let v = verify(&app).await;
