@@ -17,11 +17,16 @@
 # journal_seals.sealed_at - journal_entries.occurred_at (count, mean, p50, p99, max) and the
 # entries written per second. After each unjournaled run it checks that the window holds no entry.
 #
+# The summary gives, per backend, the overhead from the mean requests/s of each build (judged
+# against the target), the median of the rounds' overheads (each journaled run against the
+# unjournaled run right after it), and the server's CPU time per request of each build (azotte,
+# plus PostgreSQL on that backend), which the hypervisor's steal moves far less than throughput.
+#
 # Environment:
 #   BENCH_DURATION     seconds per measured run (default 10)
 #   BENCH_CONNECTIONS  wrk connections (default 16; wrk threads are fixed at 2)
 #   BENCH_WARMUP       seconds of warm-up before each measured run (default 2)
-#   BENCH_ROUNDS       journaled/unjournaled pairs per backend (default 2)
+#   BENCH_ROUNDS       journaled/unjournaled pairs per backend (default 2, at most 20)
 #   BENCH_BACKENDS     "sqlite postgres" (default), or one of them
 #
 # Only 127.0.0.1 is targeted. Every process and temporary directory made here is removed on exit,
