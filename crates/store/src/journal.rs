@@ -207,8 +207,9 @@ fn record(buf: &mut Buffer, tenant_id: &str, environment: &str, e: NewEntry<'_>)
 }
 
 /// Writes the recorded entries in `tx`, in recording order, as one multi-row INSERT (per 500
-/// entries). The database adds each to the sealer's work list (`journal_pending`, by trigger)
-/// in the same statement; nothing else is written.
+/// entries). On PostgreSQL the database adds each to the sealer's work list (`journal_pending`,
+/// by trigger) in the same statement; on SQLite the sealer finds them by log position. Nothing
+/// else is written.
 pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
     for q in statements(buf) {
         tx.execute(&q).await?;

@@ -364,7 +364,8 @@ async fn checkpoints_query(tx: &mut Tx, tenant: &str, env: &str, last_only: bool
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SealPass {
     pub sealed: usize,
-    /// The position of the last checkpoint signed.
+    /// The position of a checkpoint signed by the pass (on SQLite, whose passes cover every
+    /// chain, of the last chain that got one).
     pub checkpoint: Option<i64>,
     /// Work-list rows removed that named no entry or an entry already sealed (PostgreSQL), or
     /// entries after the mark that had a seal already (SQLite).
@@ -642,9 +643,13 @@ struct ChainPlan {
 }
 
 /// SQLite's seal mark: the last log position sealed through.
+/// A missing mark row counts as 0: every entry is read again, and those sealed already are passed
+/// over, so sealing goes on instead of failing every pass.
 async fn mark(tx: &mut Tx) -> Result<i64> {
     let Tx::Sqlite(t) = tx else { return Err(StoreError::Corrupt("the seal mark is SQLite's".into())) };
-    Ok(sqlx::query_scalar("SELECT pos FROM journal_seal_mark WHERE id = 1").fetch_one(&mut **t).await?)
+    let m: Option<i64> =
+        sqlx::query_scalar("SELECT pos FROM journal_seal_mark WHERE id = 1").fetch_optional(&mut **t).await?;
+    Ok(m.unwrap_or(0))
 }
 
 /// Reads up to [`PASS_LIMIT`] entries after the mark, in log order, and hashes each onto its
@@ -667,7 +672,22 @@ async fn plan_log(tx: &mut Tx) -> Result<Option<LogPlan>> {
          FROM journal_entries e WHERE pos > ?1 ORDER BY pos LIMIT ?2"
     );
     let Tx::Sqlite(t) = &mut *tx else { return Err(StoreError::Corrupt("the seal log is SQLite's".into())) };
-    let rows: Vec<Row> = sqlx::query_as(&sql).bind(mark).bind(PASS_LIMIT as i64).fetch_all(&mut **t).await?;
+    // The log ends below the mark only if entries were deleted behind the database's triggers
+    // and their positions taken again by new ones, which would then never be sealed: read the
+    // whole log again (what is sealed is passed over). Verification reports the deletion.
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(pos) FROM journal_entries").fetch_one(&mut **t).await?;
+    let from = if last.unwrap_or(0) < mark {
+        tracing::warn!(
+            mark,
+            last,
+            "the journal's log ends before the seal mark; reading it again from the start"
+        );
+        0
+    } else {
+        mark
+    };
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(from).bind(PASS_LIMIT as i64).fetch_all(&mut **t).await?;
     let Some(upto) = rows.last().map(|r| r.pos) else {
         return Ok(None);
     };
@@ -756,7 +776,9 @@ async fn apply_log_checked(
         }
     }
     if let Tx::Sqlite(t) = &mut tx {
-        sqlx::query("UPDATE journal_seal_mark SET pos = ?1 WHERE id = 1")
+        sqlx::query(
+            "INSERT INTO journal_seal_mark (id, pos) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET pos = excluded.pos",
+        )
             .bind(plan.upto)
             .execute(&mut **t)
             .await?;

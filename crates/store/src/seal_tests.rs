@@ -349,9 +349,31 @@ async fn sqlite_entries_waiting_on_the_old_work_list_are_sealed_after_the_migrat
         ids.push(tx.outcome(now(), "test.written", None, json!({})).await.unwrap());
         tx.commit().await.unwrap();
     }
-    // The first two are off the work list, as if sealed (this test cannot run the old sealer).
+    // The first two are off the work list, as if sealed (this test cannot run the old sealer);
+    // the first one is sealed and yet listed again (a stale row): it does not move the mark back.
     raw(&t, &db, &format!("DELETE FROM journal_pending WHERE entry_id IN ('{}', '{}')", ids[0], ids[1]))
         .await;
+    raw(&t, &db, "DROP TRIGGER journal_seals_no_delete").await;
+    raw(
+        &t,
+        &db,
+        &format!(
+            "INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, sealed_at) \
+             VALUES ('platform', 'platform', 1, '{0}', 'x', 'x', 'x')",
+            ids[0]
+        ),
+    )
+    .await;
+    raw(
+        &t,
+        &db,
+        &format!(
+            "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
+             VALUES ('platform', 'platform', '{}')",
+            ids[0]
+        ),
+    )
+    .await;
     db.close().await;
 
     Db::migrate(&opts).await.unwrap();
@@ -372,9 +394,87 @@ async fn sqlite_entries_waiting_on_the_old_work_list_are_sealed_after_the_migrat
     assert!(del.unwrap_err().to_string().contains("immutable"));
     c.close().await.unwrap();
 
+    // The stand-in seal goes again, so that only the mark decides what is read.
+    raw(&t, &db, "DELETE FROM journal_seals").await;
     let pass = super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
     assert_eq!((pass.sealed, pass.stale), (4, 0));
     let left: Vec<String> =
         unsealed(&db, "platform", "platform").await.unwrap().into_iter().map(|u| u.entry_id).collect();
     assert_eq!(left, ids[..2], "the two taken off the list before are still unsealed");
+}
+
+/// SQLite seals in commit order, not id order: an entry committed after others but with an older
+/// id (here written behind the service's back) is sealed after them. And sealing does not stall
+/// on tampering with the log or the mark: when the newest entries are deleted behind the
+/// triggers so that the log ends below the mark, new entries are still sealed (the deletion is
+/// reported); a missing mark row counts as 0.
+#[tokio::test]
+async fn the_sqlite_log_is_sealed_in_commit_order_and_survives_a_reused_position() {
+    let t = fresh_database(Backend::Sqlite).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let write = |n: usize| {
+        let db = db.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let mut tx = db.platform_tx(&scope()).await.unwrap();
+                ids.push(tx.action(now(), "test.write", None, json!({"i": i})).await.unwrap());
+                tx.commit().await.unwrap();
+            }
+            ids
+        }
+    };
+    let first = write(3).await;
+    let older = azotte_domain::id::JournalId::from_uuid(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (now() - chrono::Duration::seconds(5)).timestamp() as u64,
+        0,
+    )))
+    .to_string();
+    raw(
+        &t,
+        &db,
+        &format!(
+            "INSERT INTO journal_entries (tenant_id, environment, id, kind, type, occurred_at, correlation_id, \
+             causation_id, principal_kind, principal_id, principal_roles, mfa, source, request_id, client_ip, \
+             user_agent, resource_type, resource_id, body) SELECT tenant_id, environment, '{older}', kind, type, \
+             occurred_at, correlation_id, causation_id, principal_kind, principal_id, principal_roles, mfa, source, \
+             request_id, client_ip, user_agent, resource_type, resource_id, body FROM journal_entries WHERE id = '{}'",
+            first[0]
+        ),
+    )
+    .await;
+    assert_eq!(super::seal_log(&db, &now, POLICY, &sign).await.unwrap().sealed, 4);
+    let mut reader = ChainReader::open(&db, "platform", "platform").await.unwrap();
+    let order: Vec<String> = reader.next_page().await.unwrap().into_iter().map(|s| s.entry_id).collect();
+    let mut want = first.clone();
+    want.push(older.clone());
+    assert_eq!(order, want, "commit order: the older id last");
+
+    // The two newest entries are deleted behind the triggers; the next one takes the first's
+    // position, so the log now ends below the mark.
+    raw(&t, &db, "DROP TRIGGER journal_entries_no_delete").await;
+    let gone = [first[2].clone(), older.clone()];
+    raw(&t, &db, &format!("DELETE FROM journal_entries WHERE id IN ('{}', '{}')", gone[0], gone[1])).await;
+    let late = write(1).await;
+    let pass = super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
+    assert_eq!((pass.sealed, pass.stale), (1, 2), "read again from the start; the new entry sealed");
+    let report = verify_platform_chain(&db).await;
+    assert_eq!(
+        report.findings,
+        [
+            chain::Finding::DeletedEntry { seq: 3, entry_id: gone[0].clone() },
+            chain::Finding::DeletedEntry { seq: 4, entry_id: gone[1].clone() }
+        ]
+    );
+    assert!(unsealed(&db, "platform", "platform").await.unwrap().is_empty(), "{late:?} sealed");
+
+    raw(&t, &db, "DELETE FROM journal_seal_mark").await;
+    let more = write(2).await;
+    let pass = super::seal_log(&db, &now, POLICY, &sign).await.unwrap();
+    assert_eq!(pass.sealed, 2, "no mark row: from the start, {more:?} sealed");
+    assert!(unsealed(&db, "platform", "platform").await.unwrap().is_empty());
+    assert_eq!(super::seal_log(&db, &now, POLICY, &sign).await.unwrap(), super::SealPass::default());
 }

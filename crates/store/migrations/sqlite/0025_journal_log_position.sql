@@ -46,8 +46,9 @@ SELECT rowid, tenant_id, environment, id, kind, type, occurred_at, correlation_i
     resource_type, resource_id, body
 FROM journal_entries ORDER BY rowid;
 
--- The mark starts just before the first entry still on the work list (or after the last entry
--- when nothing waits). Entries after it that are sealed already are skipped by the sealer.
+-- The mark starts just before the first entry still waiting on the work list (or after the last
+-- entry when nothing waits); a stale work-list row of an entry sealed already does not count.
+-- Entries after the mark that are sealed already are skipped by the sealer.
 CREATE TABLE journal_seal_mark (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     pos  INTEGER NOT NULL
@@ -55,7 +56,9 @@ CREATE TABLE journal_seal_mark (
 INSERT INTO journal_seal_mark (id, pos) VALUES (1, COALESCE(
     (SELECT MIN(e.rowid) - 1 FROM journal_entries e JOIN journal_pending p
         ON p.owner_tenant_id = e.tenant_id AND p.owner_environment = e.environment
-        AND p.entry_id = e.id),
+        AND p.entry_id = e.id
+        WHERE NOT EXISTS (SELECT 1 FROM journal_seals s WHERE s.tenant_id = e.tenant_id
+            AND s.environment = e.environment AND s.entry_id = e.id)),
     (SELECT MAX(rowid) FROM journal_entries),
     0));
 
