@@ -67,8 +67,8 @@ async fn the_log_is_checkpointed_beside_the_writer_and_stays_bounded() {
     let grew = size(&file) - db_size_before;
     assert!(commits > 100, "too few commits to tell: {commits}");
     assert!(grew > commits * 2 * 1500 / 2, "the database file grew by {grew} bytes for {commits} commits");
-    // Each commit appends at least four pages to the log (the entries' table, primary key,
-    // correlation index and work list). Copied but never restarted, the log would hold all of
+    // Each commit appends at least four pages to the log (the entries' table, their key,
+    // correlation and resource indexes). Copied but never restarted, the log would hold all of
     // it; it restarts once copied, so it never held more than a part (the part depends on how
     // fast the passes run on this machine).
     let written = commits * 4;

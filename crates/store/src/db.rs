@@ -450,38 +450,39 @@ macro_rules! journaled_tx {
                 if self.writes > 0 && self.action_id.is_none() {
                     return Err(StoreError::Unjournaled);
                 }
-                let journal = crate::journal::statements(std::mem::take(&mut self.journal));
+                let journal = std::mem::take(&mut self.journal);
                 if let Tx::Sqlite(_) = &self.tx {
                     // The entries go with the COMMIT in one round trip. What the update hook saw
                     // of this transaction is taken while the writer connection is still its own.
-                    let Some(cache) = self.cache.take() else { return self.tx.commit_after(&journal, || ()).await };
+                    let cache = self.cache.take();
                     let mut changed = Vec::new();
-                    self.tx.commit_after(&journal, || changed = cache.take_sqlite_pending()).await?;
-                    for c in &changed {
-                        cache.apply(c);
+                    let statements = crate::journal::statements(journal);
+                    self.tx
+                        .commit_after(&statements, || {
+                            if let Some(c) = &cache {
+                                changed = c.take_sqlite_pending();
+                            }
+                        })
+                        .await?;
+                    if let Some(c) = &cache {
+                        for ch in &changed {
+                            c.apply(ch);
+                        }
                     }
                     return Ok(());
                 }
-                for q in &journal {
-                    self.tx.execute(q).await?;
-                }
+                crate::journal::flush(&mut self.tx, journal).await?;
                 let Some(cache) = self.cache.take() else { return self.tx.commit().await };
                 let ack = if self.writes > 0 {
                     crate::cache_listen::request_ack(&cache, &mut self.tx).await?
                 } else {
                     None
                 };
-                // SQLite: what the update hook saw of this transaction (the writer connection is
-                // this transaction's alone until it commits).
-                let changed = cache.take_sqlite_pending();
                 if let Err(e) = self.tx.commit().await {
                     if let Some(ack) = ack {
                         crate::cache_listen::forget_ack(&cache, ack);
                     }
                     return Err(e);
-                }
-                for c in &changed {
-                    cache.apply(c);
                 }
                 if let Some(ack) = ack {
                     crate::cache_listen::await_ack(&cache, ack).await;

@@ -83,7 +83,8 @@ pub async fn pending_chains(db: &Db, limit: u64) -> Result<Vec<(String, String)>
         Tx::Sqlite(t) => {
             sqlx::query_as::<_, Row>(
                 "SELECT DISTINCT tenant_id AS owner_tenant_id, environment AS owner_environment \
-                 FROM journal_entries WHERE pos > (SELECT pos FROM journal_seal_mark WHERE id = 1) LIMIT ?1",
+                 FROM journal_entries \
+                 WHERE pos > COALESCE((SELECT pos FROM journal_seal_mark WHERE id = 1), 0) LIMIT ?1",
             )
             .bind(limit as i64)
             .fetch_all(&mut **t)
@@ -643,6 +644,7 @@ struct ChainPlan {
 }
 
 /// SQLite's seal mark: the last log position sealed through.
+///
 /// A missing mark row counts as 0: every entry is read again, and those sealed already are passed
 /// over, so sealing goes on instead of failing every pass.
 async fn mark(tx: &mut Tx) -> Result<i64> {

@@ -28,6 +28,30 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 
 const POLICY: CheckpointPolicy = CheckpointPolicy { every: 50, interval: chrono::Duration::seconds(60) };
 
+/// A fresh, migrated database of `backend`, connected.
+async fn migrated(backend: Backend) -> (crate::testing::TestDatabase, Db) {
+    let t = fresh_database(backend).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    (t, db)
+}
+
+/// Commits `n` platform transactions, each an action (and, `with_outcome`, its outcome); returns
+/// the actions' ids.
+async fn write(db: &Db, n: usize, with_outcome: bool) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut tx = db.platform_tx(&scope()).await.unwrap();
+        ids.push(tx.action(now(), "test.write", None, json!({"i": i})).await.unwrap());
+        if with_outcome {
+            tx.outcome(now(), "test.written", None, json!({})).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    ids
+}
+
 /// One sealer: passes over the platform chain until told to stop.
 async fn sealer(db: Db, stop: Arc<AtomicBool>, wait: bool) -> usize {
     let mut sealed = 0;
@@ -62,10 +86,7 @@ async fn verify_read(mut reader: ChainReader<'_>) -> chain::Report {
 }
 
 async fn concurrent_writers_and_sealers(backend: Backend) {
-    let t = fresh_database(backend).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
+    let (_t, db) = migrated(backend).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sealers = [false, true].map(|wait| tokio::spawn(sealer(db.clone(), stop.clone(), wait)));
@@ -142,10 +163,7 @@ async fn hide_from_sealer(t: &crate::testing::TestDatabase, db: &Db, id: &str) {
 /// unsealed anywhere in a chain of several pages are all found, and reported once older than the
 /// allowed lag; a recent one is listed but not reported.
 async fn unsealed_entries_are_found_on_every_page(backend: Backend) {
-    let t = fresh_database(backend).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
+    let (t, db) = migrated(backend).await;
     let hour_ago = now() - chrono::Duration::hours(1);
     let mut forged = Vec::new();
     let mut sealed = 0;
@@ -207,21 +225,8 @@ async fn unsealed_entries_are_found_on_every_page_postgres() {
 /// sealer (the mark moved) is made again under the lock, never applied on a stale head.
 #[tokio::test]
 async fn a_plan_overtaken_by_another_sealer_is_made_again() {
-    let t = fresh_database(Backend::Sqlite).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
-    let write = |n: usize| {
-        let db = db.clone();
-        async move {
-            for i in 0..n {
-                let mut tx = db.platform_tx(&scope()).await.unwrap();
-                tx.action(now(), "test.write", None, json!({"i": i})).await.unwrap();
-                tx.outcome(now(), "test.written", None, json!({})).await.unwrap();
-                tx.commit().await.unwrap();
-            }
-        }
-    };
+    let (_t, db) = migrated(Backend::Sqlite).await;
+    let write = |n: usize| write(&db, n, true);
     write(3).await;
     let mut read = db.unscoped_read_tx().await.unwrap();
     let stale = super::plan_log(&mut read).await.unwrap().unwrap();
@@ -245,10 +250,7 @@ async fn a_plan_overtaken_by_another_sealer_is_made_again() {
 /// (already sealed) is passed over, not sealed twice; and the mark cannot be set to a second row.
 #[tokio::test]
 async fn the_sqlite_log_is_sealed_onto_each_chain_once() {
-    let t = fresh_database(Backend::Sqlite).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
+    let (t, db) = migrated(Backend::Sqlite).await;
     use azotte_domain::tenant::Environment;
     let dev = crate::testing::tenant_scope(&db, "log", Environment::Development).await;
     let prod = crate::TenantScope { environment: Environment::Production, ..dev.clone() };
@@ -301,10 +303,7 @@ async fn the_sqlite_log_is_sealed_onto_each_chain_once() {
 /// chain was opened, and its seal is on a page read after. Read the other way round (seals, then
 /// unsealed entries), a forged entry sealed in between was in neither and the chain verified.
 async fn an_entry_sealed_while_its_chain_is_read_is_not_missed(backend: Backend) {
-    let t = fresh_database(backend).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
+    let (_t, db) = migrated(backend).await;
     let mut tx = db.platform_tx(&scope()).await.unwrap();
     tx.action(now(), "test.write", None, json!({})).await.unwrap();
     tx.commit().await.unwrap();
@@ -410,22 +409,8 @@ async fn sqlite_entries_waiting_on_the_old_work_list_are_sealed_after_the_migrat
 /// reported); a missing mark row counts as 0.
 #[tokio::test]
 async fn the_sqlite_log_is_sealed_in_commit_order_and_survives_a_reused_position() {
-    let t = fresh_database(Backend::Sqlite).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
-    let write = |n: usize| {
-        let db = db.clone();
-        async move {
-            let mut ids = Vec::new();
-            for i in 0..n {
-                let mut tx = db.platform_tx(&scope()).await.unwrap();
-                ids.push(tx.action(now(), "test.write", None, json!({"i": i})).await.unwrap());
-                tx.commit().await.unwrap();
-            }
-            ids
-        }
-    };
+    let (t, db) = migrated(Backend::Sqlite).await;
+    let write = |n: usize| write(&db, n, false);
     let first = write(3).await;
     let older = azotte_domain::id::JournalId::from_uuid(uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
         uuid::NoContext,
