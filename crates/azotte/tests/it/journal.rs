@@ -223,6 +223,14 @@ async fn the_database_refuses_to_change_or_delete_entries(app: TestApp) {
         assert_eq!(grants, ["false"], "the service role cannot change entries");
     }
     assert_eq!(app.raw_journal().await, before);
+    // Seals and checkpoints as well (on SQLite, journal_seals was rebuilt by migration 0026).
+    azotte_service::seal::seal_once(&app.ctx).await.unwrap();
+    for table in ["journal_seals", "journal_checkpoints"] {
+        let upd = app.raw_exec(&format!("UPDATE {table} SET chain_hash = 'forged'")).await;
+        assert!(upd.as_ref().is_err_and(|e| e.contains("immutable")), "{table}: {upd:?}");
+        let del = app.raw_exec(&format!("DELETE FROM {table}")).await;
+        assert!(del.as_ref().is_err_and(|e| e.contains("immutable")), "{table}: {del:?}");
+    }
 }
 
 async fn no_personal_data_or_secret_reaches_the_journal(app: TestApp) {
