@@ -449,6 +449,65 @@ fn select_entries() -> sea_query::SelectStatement {
     Query::select().columns(ENTRY_COLUMNS).from(JournalEntries::Table).to_owned()
 }
 
+/// On SQLite, the conditions that find a tenant's entries by correlation id
+/// (`journal_by_correlation`) or by resource (`journal_by_resource`), to add to the plain column
+/// conditions (which stay: a lookup row can narrow the search, never add an entry). The sealer
+/// keeps those lookup tables for the entries up to the seal mark, so the entries after it — the
+/// few not sealed yet — are found by scanning the log from the mark (migration 0027, decision
+/// 0010). The tenant is compared as `+tenant_id`, which keeps SQLite's planner from walking the
+/// tenant's whole journal by its id index instead of fetching the positions found; the log's
+/// tail is read `NOT INDEXED`, by position.
+///
+/// `keys` are the lookup table's key columns after `tenant_id`, with their values; table and
+/// column names are the code's own (`'static`), only values are bound.
+fn sqlite_lookup(
+    table: &'static str,
+    tenant: &str,
+    keys: &[(&'static str, &str)],
+) -> [sea_query::SimpleExpr; 2] {
+    let cond = std::iter::once("tenant_id")
+        .chain(keys.iter().map(|(k, _)| *k))
+        .map(|k| format!("{k} = ?"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let values = || {
+        std::iter::once(sea_query::Value::from(tenant.to_owned()))
+            .chain(keys.iter().map(|(_, v)| sea_query::Value::from((*v).to_owned())))
+    };
+    [
+        Expr::cust_with_values("+tenant_id = ?", [tenant.to_owned()]),
+        Expr::cust_with_values(
+            format!(
+                "pos IN (SELECT pos FROM {table} WHERE {cond} UNION ALL SELECT pos FROM journal_entries \
+                 NOT INDEXED WHERE pos > COALESCE((SELECT pos FROM journal_seal_mark WHERE id = 1), 0) \
+                 AND {cond})"
+            ),
+            values().chain(values()),
+        ),
+    ]
+}
+
+/// The tenant's entries: on SQLite through a lookup table when `lookup` names one (see
+/// [`sqlite_lookup`]), else by the tenant column.
+fn tenant_entries(
+    tx: &TenantTx,
+    lookup: Option<(&'static str, Vec<(&'static str, &str)>)>,
+) -> sea_query::SelectStatement {
+    let tenant = tx.scope().tenant_id().to_string();
+    let mut q = select_entries();
+    match lookup {
+        Some((table, keys)) if matches!(tx.tx, Tx::Sqlite(_)) => {
+            for cond in sqlite_lookup(table, &tenant, &keys) {
+                q.and_where(cond);
+            }
+        }
+        _ => {
+            q.and_where(Expr::col(JournalEntries::TenantId).eq(tenant));
+        }
+    }
+    q
+}
+
 /// Entries of the scope's tenant and environment, oldest first, after `starting_after`.
 pub async fn list(
     tx: &mut TenantTx,
@@ -456,8 +515,16 @@ pub async fn list(
     limit: u32,
     starting_after: Option<&str>,
 ) -> Result<(Vec<Entry>, bool)> {
-    let mut q = select_entries()
-        .and_where(Expr::col(JournalEntries::TenantId).eq(tx.scope().tenant_id().to_string()))
+    let lookup = match (&f.correlation_id, &f.resource_type) {
+        (Some(c), _) => Some(("journal_by_correlation", vec![("correlation_id", c.as_str())])),
+        (None, Some(t)) => {
+            let mut keys = vec![("resource_type", t.as_str())];
+            keys.extend(f.resource_id.as_deref().map(|r| ("resource_id", r)));
+            Some(("journal_by_resource", keys))
+        }
+        (None, None) => None,
+    };
+    let mut q = tenant_entries(tx, lookup)
         .and_where(Expr::col(JournalEntries::Environment).eq(tx.scope().environment().as_str()))
         .order_by(JournalEntries::Id, Order::Asc)
         .limit(u64::from(limit) + 1)
@@ -490,24 +557,35 @@ pub async fn list(
 
 /// Every entry of the tenant (any environment) with a correlation id, oldest first.
 pub async fn by_correlation(tx: &mut TenantTx, correlation_id: &str) -> Result<Vec<Entry>> {
-    let q = select_entries()
-        .and_where(Expr::col(JournalEntries::TenantId).eq(tx.scope().tenant_id().to_string()))
+    let q = by_correlation_query(tx, correlation_id);
+    tx.tx.fetch_all::<Entry>(&q).await
+}
+
+fn by_correlation_query(tx: &TenantTx, correlation_id: &str) -> sea_query::SelectStatement {
+    tenant_entries(tx, Some(("journal_by_correlation", vec![("correlation_id", correlation_id)])))
         .and_where(Expr::col(JournalEntries::CorrelationId).eq(correlation_id))
         .order_by(JournalEntries::Id, Order::Asc)
         .limit(10_000)
-        .to_owned();
-    tx.tx.fetch_all::<Entry>(&q).await
+        .to_owned()
 }
 
 /// Every entry about one resource in the scope's environment, oldest first: its timeline.
 pub async fn timeline(tx: &mut TenantTx, resource_type: &str, resource_id: &str) -> Result<Vec<Entry>> {
-    let q = select_entries()
-        .and_where(Expr::col(JournalEntries::TenantId).eq(tx.scope().tenant_id().to_string()))
+    let q = timeline_query(tx, resource_type, resource_id);
+    tx.tx.fetch_all::<Entry>(&q).await
+}
+
+fn timeline_query(tx: &TenantTx, resource_type: &str, resource_id: &str) -> sea_query::SelectStatement {
+    let keys = vec![("resource_type", resource_type), ("resource_id", resource_id)];
+    tenant_entries(tx, Some(("journal_by_resource", keys)))
         .and_where(Expr::col(JournalEntries::Environment).eq(tx.scope().environment().as_str()))
         .and_where(Expr::col(JournalEntries::ResourceType).eq(resource_type))
         .and_where(Expr::col(JournalEntries::ResourceId).eq(resource_id))
         .order_by(JournalEntries::Id, Order::Asc)
         .limit(10_000)
-        .to_owned();
-    tx.tx.fetch_all::<Entry>(&q).await
+        .to_owned()
 }
+
+#[cfg(test)]
+#[path = "journal_lookup_tests.rs"]
+mod lookup_tests;

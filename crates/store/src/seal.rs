@@ -627,6 +627,8 @@ pub async fn seal_chain(
 struct LogPlan {
     /// The mark the plan starts after.
     mark: i64,
+    /// The position the entries were read after: the mark, or 0 when the log was read again.
+    from: i64,
     /// The last position read: the mark once the plan is applied.
     upto: i64,
     /// Entries read (sealed ones included).
@@ -693,7 +695,7 @@ async fn plan_log(tx: &mut Tx) -> Result<Option<LogPlan>> {
     let Some(upto) = rows.last().map(|r| r.pos) else {
         return Ok(None);
     };
-    let mut plan = LogPlan { mark, upto, read: rows.len() as u64, chains: Vec::new(), stale: 0 };
+    let mut plan = LogPlan { mark, from, upto, read: rows.len() as u64, chains: Vec::new(), stale: 0 };
     let mut index = std::collections::HashMap::<(String, String), usize>::new();
     // Each chain's running (position, chain value), beside `plan.chains`.
     let mut tips = Vec::<(i64, [u8; 32])>::new();
@@ -778,6 +780,17 @@ async fn apply_log_checked(
         }
     }
     if let Tx::Sqlite(t) = &mut tx {
+        // The lookup rows of what was read (migration 0027): readers find entries up to the
+        // mark through them, and scan the log after it.
+        for sql in [
+            "INSERT OR IGNORE INTO journal_by_correlation (tenant_id, correlation_id, pos) \
+             SELECT tenant_id, correlation_id, pos FROM journal_entries WHERE pos > ?1 AND pos <= ?2",
+            "INSERT OR IGNORE INTO journal_by_resource (tenant_id, resource_type, resource_id, pos) \
+             SELECT tenant_id, resource_type, resource_id, pos FROM journal_entries \
+             WHERE pos > ?1 AND pos <= ?2 AND resource_type IS NOT NULL AND resource_id IS NOT NULL",
+        ] {
+            sqlx::query(sql).bind(plan.from).bind(plan.upto).execute(&mut **t).await?;
+        }
         sqlx::query(
             "INSERT INTO journal_seal_mark (id, pos) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET pos = excluded.pos",
         )
