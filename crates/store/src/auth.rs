@@ -13,7 +13,7 @@ use azotte_domain::{Principal, PrincipalKind};
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Query};
 
-use crate::cache::{ApiKeyRecord, KeyFlight};
+use crate::cache::{ApiKeyRecord, Flight};
 use crate::exec::Tx;
 use crate::scope::Credential;
 use crate::sessions::Family;
@@ -367,14 +367,7 @@ async fn load_api_key_once(
     tenant_ref: &str,
 ) -> std::result::Result<Arc<ApiKeyRecord>, AuthError> {
     // Held until this request's read is over: its waiters then look in the cache.
-    let _lead = match db.cache.api_key_flight(tenant_ref, key_id) {
-        Some(KeyFlight::Lead(lead)) => Some(lead),
-        Some(KeyFlight::Wait(w)) => {
-            w.finished().await;
-            None
-        }
-        None => None,
-    };
+    let _lead = Flight::join(db.cache.api_key_flight(tenant_ref, key_id)).await;
     // A leader looks again too: the previous leader may have stored it since this request missed.
     if let Some(r) = db.cache.api_key(tenant_ref, key_id) {
         return Ok(r);

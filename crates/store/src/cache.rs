@@ -12,9 +12,10 @@
 //! result is stored only if no change was applied in between; applying a change bumps the counter
 //! before evicting, and storing checks the counter under the shard's lock.
 //!
-//! An API key missed by many requests at once is read once: the first to miss leads a
-//! [`KeyFlight`], the others wait for it to end and then look in the cache again, reading the key
-//! themselves only if the leader stored nothing (see [`crate::auth::authenticate_api_key`]).
+//! An API key, or a customer's grants, missed by many requests at once is read once: the first
+//! to miss leads a [`Flight`], the others wait for it to end and then look in the cache again,
+//! reading themselves only if the leader stored nothing (see
+//! [`crate::auth::authenticate_api_key`] and [`crate::subscriptions::grants_of_customer`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
@@ -111,15 +112,53 @@ pub struct ApiKeyRecord {
     pub permissions: PermissionSet,
 }
 
-/// One request's part in reading an API key that several requests missed at once.
-pub(crate) enum KeyFlight<'a> {
-    /// This request reads the key; the others wait until the lead is dropped.
-    Lead(FlightLead<'a>),
+/// One request's part in a read (an API key, a customer's grants) that several requests missed
+/// at once.
+pub(crate) enum Flight<'a, K: Hash + Eq> {
+    /// This request reads; the others wait until the lead is dropped.
+    Lead(FlightLead<'a, K>),
     /// Another request is reading it.
     Wait(FlightWait),
 }
 
-/// Held by a request waiting for another's read of an API key.
+impl<'a, K: Hash + Eq> Flight<'a, K> {
+    /// Takes part in a read: returns the lead to hold while reading, or waits for the read under
+    /// way to end and returns `None` (also for no flight at all); either way the caller then
+    /// looks in the cache again and reads only if it is still missing.
+    pub(crate) async fn join(flight: Option<Self>) -> Option<FlightLead<'a, K>> {
+        match flight? {
+            Flight::Lead(lead) => Some(lead),
+            Flight::Wait(w) => {
+                w.finished().await;
+                None
+            }
+        }
+    }
+}
+
+/// The reads in flight, by cache key, each led by one request: dropping the sender (with its
+/// [`FlightLead`]) wakes the waiters.
+struct Flights<K>(Mutex<HashMap<K, tokio::sync::watch::Sender<()>>>);
+
+impl<K: Hash + Eq + Clone> Flights<K> {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    /// Leads the read of `k`, or waits for the one under way.
+    fn begin(&self, k: K) -> Flight<'_, K> {
+        let mut flights = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match flights.get(&k) {
+            Some(leader) => Flight::Wait(FlightWait(leader.subscribe())),
+            None => {
+                flights.insert(k.clone(), tokio::sync::watch::channel(()).0);
+                Flight::Lead(FlightLead { flights: self, key: k })
+            }
+        }
+    }
+}
+
+/// Held by a request waiting for another's read.
 pub(crate) struct FlightWait(tokio::sync::watch::Receiver<()>);
 
 impl FlightWait {
@@ -131,16 +170,16 @@ impl FlightWait {
     }
 }
 
-/// Held by the request reading an API key; dropping it, however the read ended, lets the
-/// waiting requests look in the cache again.
-pub(crate) struct FlightLead<'a> {
-    cache: &'a ReadCache,
-    key: KeyKey,
+/// Held by the request doing a read; dropping it, however the read ended, lets the waiting
+/// requests look in the cache again.
+pub(crate) struct FlightLead<'a, K: Hash + Eq> {
+    flights: &'a Flights<K>,
+    key: K,
 }
 
-impl Drop for FlightLead<'_> {
+impl<K: Hash + Eq> Drop for FlightLead<'_, K> {
     fn drop(&mut self) {
-        self.cache.key_flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.flights.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 
@@ -207,7 +246,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Shards<K, V> {
 /// (tenant reference as presented in `x-tn`, key id).
 type KeyKey = (String, String);
 /// (tenant, environment, customer).
-type GrantsKey = (TenantId, Environment, String);
+pub(crate) type GrantsKey = (TenantId, Environment, String);
 
 /// The caches of one [`crate::Db`] (one process, in production).
 pub struct ReadCache {
@@ -217,12 +256,17 @@ pub struct ReadCache {
     live: AtomicBool,
     changes: AtomicU64,
     keys: Shards<KeyKey, Arc<ApiKeyRecord>>,
-    /// The keys being read now, each by one request: dropping the sender wakes its waiters.
-    key_flights: Mutex<HashMap<KeyKey, tokio::sync::watch::Sender<()>>>,
+    /// The keys being read now, each by one request.
+    key_flights: Flights<KeyKey>,
     /// How many times an API key was read from the database (tests count them).
     #[cfg(any(test, feature = "testing"))]
     pub(crate) api_key_loads: AtomicU64,
     grants: Shards<GrantsKey, Arc<Vec<GrantState>>>,
+    /// The customers whose grants are being read now, each by one request.
+    grant_flights: Flights<GrantsKey>,
+    /// How many times a customer's grants were read from the database (tests count them).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) grant_loads: AtomicU64,
     /// SQLite: the changes made by the transaction holding the writer connection, reported by
     /// its update hook; applied once that transaction has committed.
     pub(crate) sqlite_pending: Mutex<Vec<Change>>,
@@ -249,10 +293,13 @@ impl ReadCache {
             live: AtomicBool::new(live),
             changes: AtomicU64::new(0),
             keys: Shards::new(capacity),
-            key_flights: Mutex::new(HashMap::new()),
+            key_flights: Flights::new(),
             #[cfg(any(test, feature = "testing"))]
             api_key_loads: AtomicU64::new(0),
             grants: Shards::new(capacity),
+            grant_flights: Flights::new(),
+            #[cfg(any(test, feature = "testing"))]
+            grant_loads: AtomicU64::new(0),
             sqlite_pending: Mutex::new(Vec::new()),
             acks: Mutex::new(HashMap::new()),
             next_ack: AtomicU64::new(1),
@@ -308,19 +355,13 @@ impl ReadCache {
 
     /// A read of an API key about to start: the caller leads it, or waits for the one under way.
     /// `None` while nothing may be stored (nobody would find the leader's result).
-    pub(crate) fn api_key_flight(&self, tenant_ref: &str, key_id: &str) -> Option<KeyFlight<'_>> {
-        if !self.is_live() {
-            return None;
-        }
-        let k = (tenant_ref.to_owned(), key_id.to_owned());
-        let mut flights = self.key_flights.lock().unwrap_or_else(|p| p.into_inner());
-        Some(match flights.get(&k) {
-            Some(leader) => KeyFlight::Wait(FlightWait(leader.subscribe())),
-            None => {
-                flights.insert(k.clone(), tokio::sync::watch::channel(()).0);
-                KeyFlight::Lead(FlightLead { cache: self, key: k })
-            }
-        })
+    pub(crate) fn api_key_flight(&self, tenant_ref: &str, key_id: &str) -> Option<Flight<'_, KeyKey>> {
+        self.is_live().then(|| self.key_flights.begin((tenant_ref.to_owned(), key_id.to_owned())))
+    }
+
+    /// A read of a customer's grants about to start, as [`ReadCache::api_key_flight`].
+    pub(crate) fn grants_flight(&self, k: &GrantsKey) -> Option<Flight<'_, GrantsKey>> {
+        self.is_live().then(|| self.grant_flights.begin(k.clone()))
     }
 
     pub(crate) fn grants(&self, k: &GrantsKey) -> Option<Arc<Vec<GrantState>>> {
@@ -399,6 +440,12 @@ impl crate::Db {
     pub fn api_key_loads(&self) -> u64 {
         self.cache.api_key_loads.load(Ordering::SeqCst)
     }
+
+    /// How many times this process read a customer's grants from the database (the misses not
+    /// served by another request's read).
+    pub fn grant_loads(&self) -> u64 {
+        self.cache.grant_loads.load(Ordering::SeqCst)
+    }
 }
 
 #[cfg(test)]
@@ -476,16 +523,16 @@ mod tests {
     async fn one_read_per_key_at_a_time() {
         let c = ReadCache::new(CacheOptions::default(), true);
         let lead = c.api_key_flight("acme", "k1");
-        assert!(matches!(lead, Some(KeyFlight::Lead(_))));
-        let Some(KeyFlight::Wait(waiter)) = c.api_key_flight("acme", "k1") else { panic!("not waiting") };
-        assert!(matches!(c.api_key_flight("acme", "k2"), Some(KeyFlight::Lead(_))), "another key");
-        assert!(matches!(c.api_key_flight("other", "k1"), Some(KeyFlight::Lead(_))), "another x-tn");
+        assert!(matches!(lead, Some(Flight::Lead(_))));
+        let Some(Flight::Wait(waiter)) = c.api_key_flight("acme", "k1") else { panic!("not waiting") };
+        assert!(matches!(c.api_key_flight("acme", "k2"), Some(Flight::Lead(_))), "another key");
+        assert!(matches!(c.api_key_flight("other", "k1"), Some(Flight::Lead(_))), "another x-tn");
         let waiting = tokio::spawn(waiter.finished());
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "waits while the read is under way");
         drop(lead);
         tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
-        assert!(matches!(c.api_key_flight("acme", "k1"), Some(KeyFlight::Lead(_))), "not left behind");
+        assert!(matches!(c.api_key_flight("acme", "k1"), Some(Flight::Lead(_))), "not left behind");
         c.set_live(false);
         assert!(c.api_key_flight("acme", "k1").is_none(), "nothing to share while not live");
     }

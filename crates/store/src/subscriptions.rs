@@ -745,6 +745,10 @@ pub async fn grants_of(
 /// Every grant of a customer with its subscription's state, from this process's cache when it
 /// holds them (see [`crate::cache`]), else read in a read-only transaction of the scope; `None`
 /// when the customer does not exist (not cached).
+///
+/// Requests that miss one customer at once read it once: the first leads the read, the others
+/// wait for it and take what it stored; if it stored nothing (the read failed, the customer does
+/// not exist, a change overtook the read, the request was dropped), each reads for itself.
 pub async fn grants_of_customer(
     db: &crate::Db,
     scope: &TenantScope,
@@ -754,7 +758,15 @@ pub async fn grants_of_customer(
     if let Some(g) = db.cache.grants(&key) {
         return Ok(Some(g));
     }
+    // Held until this request's read is over: its waiters then look in the cache.
+    let _lead = crate::cache::Flight::join(db.cache.grants_flight(&key)).await;
+    // A leader looks again too: the previous leader may have stored them since this missed.
+    if let Some(g) = db.cache.grants(&key) {
+        return Ok(Some(g));
+    }
     let ticket = db.cache.ticket();
+    #[cfg(any(test, feature = "testing"))]
+    db.cache.grant_loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut tx = db.tenant_read_tx(scope).await?;
     let grants = grants_of(&mut tx, customer_id, None).await?;
     tx.commit().await?;

@@ -334,6 +334,38 @@ async fn an_expired_key_is_read_once_by_concurrent_requests(app: TestApp) {
     }
 }
 
+/// Many checks of one customer whose cached grants expired read the grants once: one request
+/// leads the read, the others wait for it and answer from what it cached. A customer that does
+/// not exist is never cached, so each check of it reads for itself.
+async fn expired_grants_are_read_once_by_concurrent_checks(app: TestApp) {
+    let shop = shop(&app, T).await;
+    let (key, _) = checker_key(&app, T).await;
+    let k = secret(&key);
+    // The first use stamps the key's last use (a change, which evicts); the second caches.
+    held(&app, &k, &shop.cus).await;
+    held(&app, &k, &shop.cus).await;
+    let burst = |n: usize, cus: &str| {
+        let (app, k, cus) = (&app, &k, cus.to_owned());
+        futures::future::join_all((0..n).map(move |_| {
+            let cus = cus.clone();
+            async move { check(app, k, T, &cus).await }
+        }))
+    };
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(MAX_AGE_MS + 100)).await;
+        let before = app.ctx.db.grant_loads();
+        for answer in burst(16, &shop.cus).await {
+            assert_eq!(answer, (200, String::new()));
+        }
+        assert_eq!(app.ctx.db.grant_loads() - before, 1, "one read for the whole burst");
+    }
+    let before = app.ctx.db.grant_loads();
+    for answer in burst(8, "cus_0190c0de0000700080000000000000aa").await {
+        assert_eq!(answer.0, 404, "{answer:?}");
+    }
+    assert_eq!(app.ctx.db.grant_loads() - before, 8, "an unknown customer is read by each check");
+}
+
 /// A past-due customer keeps access during grace as the storefront's dunning policy says; the
 /// policy is cached decoded with the customer's grants, and a change of it through the service
 /// shows on the very next check.
@@ -506,6 +538,7 @@ cached!(0 => max_age_zero_caches_nothing);
 const MAX_AGE_MS: u64 = 2_000;
 cached!(super::MAX_AGE_MS =>
     an_expired_key_is_read_once_by_concurrent_requests,
+    expired_grants_are_read_once_by_concurrent_checks,
     a_changed_dunning_policy_shows_on_the_next_check
 );
 
