@@ -195,15 +195,27 @@ pub async fn claim_due(
 
 /// Marks a job done.
 pub async fn finish(db: &Db, id: &str, now: DateTime<Utc>) -> Result<()> {
-    let q = Query::update()
-        .table(RenewalJobs::Table)
-        .value(RenewalJobs::Status, "done")
-        .value(RenewalJobs::LockedUntil, Option::<DateTime<Utc>>::None)
-        .value(RenewalJobs::UpdatedAt, now)
-        .and_where(Expr::col(RenewalJobs::Id).eq(id))
-        .to_owned();
+    finish_many(db, &[id.to_owned()], now).await
+}
+
+/// Marks jobs done in one transaction (a worker's batch: one commit for many renewals). A job
+/// left unfinished by a crash before this runs again once its lock expires and finds nothing left
+/// to do (its period settled), so finishing late never renews twice.
+pub async fn finish_many(db: &Db, ids: &[String], now: DateTime<Utc>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     let mut tx = job_tx(db).await?;
-    tx.execute(&q).await?;
+    for chunk in ids.chunks(500) {
+        let q = Query::update()
+            .table(RenewalJobs::Table)
+            .value(RenewalJobs::Status, "done")
+            .value(RenewalJobs::LockedUntil, Option::<DateTime<Utc>>::None)
+            .value(RenewalJobs::UpdatedAt, now)
+            .and_where(Expr::col(RenewalJobs::Id).is_in(chunk.iter().cloned()))
+            .to_owned();
+        tx.execute(&q).await?;
+    }
     tx.commit().await
 }
 

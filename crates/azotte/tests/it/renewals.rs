@@ -136,6 +136,19 @@ async fn each_period_is_charged_once_also_after_downtime(app: TestApp) {
     assert_eq!(renewed["status"], "active");
     assert_eq!(renewed["current_period_start"], first["current_period_end"], "no gap, no overlap");
     assert_eq!(captured(&app), 2 * 999, "the second period, once");
+    // A worker stopped after renewing but before its batch of jobs was marked done: the jobs
+    // run again (here at once, as if their lock had expired) and find nothing left to do.
+    let again = app
+        .raw_exec("UPDATE renewal_jobs SET status = 'queued', locked_until = NULL WHERE status = 'done'")
+        .await
+        .unwrap();
+    assert!(again >= 1, "jobs made due again: {again}");
+    tick(&app).await;
+    assert_eq!(captured(&app), 2 * 999, "a job run again charges nothing");
+    assert_eq!(s.state(&app).await["current_period_end"], renewed["current_period_end"]);
+    let open =
+        app.raw_strings("SELECT CAST(COUNT(*) AS TEXT) FROM renewal_jobs WHERE status <> 'done'").await;
+    assert_eq!(open, ["0"], "every job is done again");
     // The scheduler was down for three months: each missed period is charged once.
     app.ctx.clock.advance(chrono::Duration::days(92));
     tick(&app).await;

@@ -77,7 +77,8 @@ pub async fn tick(ctx: &Ctx) -> Result<usize> {
 const JOBS_AT_ONCE: usize = 8;
 
 /// Claims and runs due jobs until none is left (at most a few hundred per call), up to
-/// [`JOBS_AT_ONCE`] at a time, each under its own correlation id.
+/// [`JOBS_AT_ONCE`] at a time, each under its own correlation id. The jobs of a claimed batch
+/// that ended are marked done together, in one transaction, once the batch has run.
 pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
     let mut done = 0;
     let mut failure = None;
@@ -88,6 +89,7 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
         }
         let mut claimed = claimed.into_iter();
         let mut running = tokio::task::JoinSet::new();
+        let mut finished = Vec::new();
         loop {
             while running.len() < JOBS_AT_ONCE {
                 let Some(job) = claimed.next() else { break };
@@ -100,12 +102,16 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
             // Every job started is awaited, even after a failure: none is cut off midway.
             match running.join_next().await {
                 None => break,
-                Some(Ok(Ok(true))) => done += 1,
-                Some(Ok(Ok(false))) => {}
+                Some(Ok(Ok(Ran::Finished { id, renewed }))) => {
+                    finished.push(id);
+                    done += usize::from(renewed);
+                }
+                Some(Ok(Ok(Ran::Released))) => {}
                 Some(Ok(Err(e))) => failure = failure.or(Some(e)),
                 Some(Err(e)) => failure = failure.or(Some(ServiceError::Internal(e.to_string().into()))),
             }
         }
+        jobs::finish_many(&ctx.db, &finished, ctx.clock.now()).await?;
         if let Some(e) = failure.take() {
             return Err(e);
         }
@@ -113,33 +119,38 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
     Ok(done)
 }
 
-/// Runs one claimed job and records how it ended; `true` when it is done.
-async fn run_one(ctx: &Ctx, job: RenewalJob) -> Result<bool> {
+/// How a claimed job's run ended.
+enum Ran {
+    /// Nothing is left to do: the job is to be marked done (`renewed` when this run renewed).
+    Finished { id: String, renewed: bool },
+    /// Released to run again later (recorded already).
+    Released,
+}
+
+/// Runs one claimed job; a job that is to run again is released here, one that ended is left
+/// for its batch to mark done.
+async fn run_one(ctx: &Ctx, job: RenewalJob) -> Result<Ran> {
     let (Ok(tenant), Ok(env)) = (job.tenant_id.parse(), job.environment.parse::<Environment>()) else {
-        jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
-        return Ok(false);
+        return Ok(Ran::Finished { id: job.id, renewed: false });
     };
     let scope = match azotte_store::auth::system_scope(&ctx.db, tenant, env, "renewal").await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "renewal job's tenant unavailable");
             jobs::later(&ctx.db, &job.id, ctx.clock.now() + DEFER_FOR, ctx.clock.now(), false).await?;
-            return Ok(false);
+            return Ok(Ran::Released);
         }
     };
     match renew(ctx, &scope, &job).await {
-        Ok(End::Done) => {
-            jobs::finish(&ctx.db, &job.id, ctx.clock.now()).await?;
-            Ok(true)
-        }
+        Ok(End::Done) => Ok(Ran::Finished { id: job.id, renewed: true }),
         Ok(End::Later { after, new_key }) => {
             jobs::later(&ctx.db, &job.id, ctx.clock.now() + after, ctx.clock.now(), new_key).await?;
-            Ok(false)
+            Ok(Ran::Released)
         }
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "renewal failed; will retry");
             jobs::later(&ctx.db, &job.id, ctx.clock.now() + WAIT_FOR, ctx.clock.now(), false).await?;
-            Ok(false)
+            Ok(Ran::Released)
         }
     }
 }
