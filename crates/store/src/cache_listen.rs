@@ -109,21 +109,51 @@ pub(crate) struct Ack {
 /// Inside a write transaction about to commit: if its writes made the triggers notify and the
 /// cache is being served, queues an acknowledgement behind those notifications (one
 /// transaction's notifications are delivered together, in order).
-pub(crate) async fn request_ack(cache: &ReadCache, tx: &mut Tx) -> Result<Option<Ack>> {
-    let Tx::Postgres(t) = tx else { return Ok(None) };
-    if !cache.is_live() {
+///
+/// `last`, an `INSERT` that returns nothing and is the transaction's last statement before its
+/// commit (the journal's entries), is run in the same round trip:
+/// `WITH ack AS (SELECT pg_notify(…) WHERE …) INSERT … RETURNING (SELECT count(*) FROM ack)`;
+/// the acknowledgement is still queued after every change the transaction made.
+pub(crate) async fn request_ack(
+    cache: &ReadCache,
+    tx: &mut Tx,
+    last: Option<&sea_query::InsertStatement>,
+) -> Result<Option<Ack>> {
+    if !(cache.is_live() && matches!(tx, Tx::Postgres(_))) {
+        if let Some(q) = last {
+            tx.execute(q).await?;
+        }
         return Ok(None);
     }
+    let Tx::Postgres(t) = tx else { return Ok(None) };
     let (n, rx) = cache.register_ack();
     let payload = format!("s|{}|{n}", cache.instance);
-    let sent = sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM (SELECT pg_notify($1, $2) \
-         WHERE current_setting('azotte.cache_changed', true) = 'on') n",
-    )
-    .bind(CHANNEL)
-    .bind(payload)
-    .fetch_one(&mut **t)
-    .await;
+    let notify = |a: usize, b: usize| {
+        format!("SELECT pg_notify(${a}, ${b}) WHERE current_setting('azotte.cache_changed', true) = 'on'")
+    };
+    let sent = match last {
+        None => {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM ({}) n", notify(1, 2)))
+                .bind(CHANNEL)
+                .bind(payload)
+                .fetch_one(&mut **t)
+                .await
+        }
+        Some(q) => {
+            use sea_query_binder::SqlxBinder;
+            // The notification's two parameters follow the statement's own.
+            let (sql, sea_query_binder::SqlxValues(mut values)) =
+                q.build_sqlx(sea_query::PostgresQueryBuilder);
+            let k = values.0.len();
+            let sql =
+                format!("WITH ack AS ({}) {sql} RETURNING (SELECT count(*) FROM ack)", notify(k + 1, k + 2));
+            values.0.push(CHANNEL.into());
+            values.0.push(payload.into());
+            let rows: std::result::Result<Vec<i64>, sqlx::Error> =
+                sqlx::query_scalar_with(&sql, sea_query_binder::SqlxValues(values)).fetch_all(&mut **t).await;
+            rows.map(|r| r.first().copied().unwrap_or(0))
+        }
+    };
     match sent {
         Ok(1) => Ok(Some(Ack { n, rx })),
         Ok(_) => {

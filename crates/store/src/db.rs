@@ -471,11 +471,24 @@ macro_rules! journaled_tx {
                     }
                     return Ok(());
                 }
-                crate::journal::flush(&mut self.tx, journal).await?;
-                let Some(cache) = self.cache.take() else { return self.tx.commit().await };
+                let mut statements = crate::journal::statements(journal);
+                let Some(cache) = self.cache.take() else {
+                    for q in &statements {
+                        self.tx.execute(q).await?;
+                    }
+                    return self.tx.commit().await;
+                };
+                // The acknowledgement goes with the entries' last statement: one round trip.
+                let last = statements.pop();
+                for q in &statements {
+                    self.tx.execute(q).await?;
+                }
                 let ack = if self.writes > 0 {
-                    crate::cache_listen::request_ack(&cache, &mut self.tx).await?
+                    crate::cache_listen::request_ack(&cache, &mut self.tx, last.as_ref()).await?
                 } else {
+                    if let Some(q) = &last {
+                        self.tx.execute(q).await?;
+                    }
                     None
                 };
                 if let Err(e) = self.tx.commit().await {
