@@ -472,25 +472,19 @@ macro_rules! journaled_tx {
                     return Ok(());
                 }
                 let mut statements = crate::journal::statements(journal);
-                let Some(cache) = self.cache.take() else {
-                    for q in &statements {
-                        self.tx.execute(q).await?;
-                    }
-                    return self.tx.commit().await;
-                };
-                // The acknowledgement goes with the entries' last statement: one round trip.
                 let last = statements.pop();
                 for q in &statements {
                     self.tx.execute(q).await?;
                 }
-                let ack = if self.writes > 0 {
-                    crate::cache_listen::request_ack(&cache, &mut self.tx, last.as_ref()).await?
-                } else {
+                // A write transaction's acknowledgement goes with the entries' last statement,
+                // in one round trip.
+                let Some(cache) = self.cache.take().filter(|_| self.writes > 0) else {
                     if let Some(q) = &last {
                         self.tx.execute(q).await?;
                     }
-                    None
+                    return self.tx.commit().await;
                 };
+                let ack = crate::cache_listen::request_ack(&cache, &mut self.tx, last.as_ref()).await?;
                 if let Err(e) = self.tx.commit().await {
                     if let Some(ack) = ack {
                         crate::cache_listen::forget_ack(&cache, ack);

@@ -193,11 +193,6 @@ pub async fn claim_due(
     Ok(claimed)
 }
 
-/// Marks a job done.
-pub async fn finish(db: &Db, id: &str, now: DateTime<Utc>) -> Result<()> {
-    finish_many(db, &[id.to_owned()], now).await
-}
-
 /// Marks jobs done in one transaction (a worker's batch: one commit for many renewals). A job
 /// left unfinished by a crash before this runs again once its lock expires and finds nothing left
 /// to do (its period settled), so finishing late never renews twice.
