@@ -8,16 +8,8 @@ use serde_json::json;
 
 use super::{by_correlation, list, timeline, Filter};
 use crate::exec::Tx;
-use crate::testing::{fresh_database, tenant_scope, TestDatabase};
+use crate::testing::{fresh_database, migrated, tenant_scope};
 use crate::{Backend, Db, DbOptions, TenantScope};
-
-async fn migrated(backend: Backend) -> (TestDatabase, Db) {
-    let t = fresh_database(backend).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
-    (t, db)
-}
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()

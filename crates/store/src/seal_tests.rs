@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{pending_chains, seal_chain, unsealed, ChainReader, CheckpointPolicy};
 use crate::exec::Tx;
-use crate::testing::fresh_database;
+use crate::testing::{fresh_database, migrated};
 use crate::{Backend, Db, DbOptions, PlatformScope};
 
 const SEED: [u8; 32] = [7; 32];
@@ -27,15 +27,6 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 }
 
 const POLICY: CheckpointPolicy = CheckpointPolicy { every: 50, interval: chrono::Duration::seconds(60) };
-
-/// A fresh, migrated database of `backend`, connected.
-async fn migrated(backend: Backend) -> (crate::testing::TestDatabase, Db) {
-    let t = fresh_database(backend).await;
-    let opts = DbOptions::new(t.url.clone());
-    Db::migrate(&opts).await.unwrap();
-    let db = Db::connect(&opts).await.unwrap();
-    (t, db)
-}
 
 /// Commits `n` platform transactions, each an action (and, `with_outcome`, its outcome); returns
 /// the actions' ids.

@@ -17,6 +17,15 @@ pub struct TestDatabase {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// A fresh database of `backend`, migrated and connected.
+pub async fn migrated(backend: Backend) -> (TestDatabase, crate::Db) {
+    let t = fresh_database(backend).await;
+    let opts = crate::DbOptions::new(t.url.clone());
+    crate::Db::migrate(&opts).await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    let db = crate::Db::connect(&opts).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    (t, db)
+}
+
 /// Creates a fresh, empty database (not migrated).
 pub async fn fresh_database(backend: Backend) -> TestDatabase {
     match backend {
