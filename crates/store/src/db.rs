@@ -246,7 +246,7 @@ impl Db {
     /// A read-only transaction with no tenant set: sees only platform tables.
     pub(crate) async fn unscoped_read_tx(&self) -> Result<Tx> {
         Ok(match &self.pool {
-            Pool::Sqlite { read, .. } => Tx::Sqlite(read.begin().await?),
+            Pool::Sqlite { read, .. } => Tx::Sqlite(crate::exec::SqliteTx::begin(read, "BEGIN").await?),
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -256,7 +256,9 @@ impl Db {
         Ok(match &self.pool {
             // IMMEDIATE takes SQLite's write lock up front: a deferred transaction that reads
             // and then writes can fail with SQLITE_BUSY instead of waiting for the lock.
-            Pool::Sqlite { write, .. } => Tx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Sqlite { write, .. } => {
+                Tx::Sqlite(crate::exec::SqliteTx::begin(write, "BEGIN IMMEDIATE").await?)
+            }
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }

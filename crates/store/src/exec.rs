@@ -20,8 +20,79 @@ impl<T> DbRow for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r
 
 /// An open transaction on either backend.
 pub(crate) enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// A SQLite transaction on a pooled connection, begun and ended by plain statements.
+///
+/// sqlx's own transaction handle sends `BEGIN`, `COMMIT` and `ROLLBACK` as commands of their
+/// own to the connection's thread, and its drop always queues a `ROLLBACK` unless its `commit`
+/// ran. That rules out committing in the same batch as the transaction's last statements
+/// (`INSERT …; COMMIT`) without an extra empty transaction for the handle to roll back — one
+/// more wake-up of the connection's thread per write (see [`Tx::commit_after`]). Here the
+/// transaction is what SQLite says it is: `BEGIN` and `COMMIT` are statements like any other,
+/// so a batch may end with the `COMMIT`.
+///
+/// A transaction dropped before it committed (an error, a cancelled request) is rolled back
+/// before the connection goes back to its pool: the drop hands the connection to a task that
+/// runs `ROLLBACK` and then releases it, so no other user can get the connection while the
+/// transaction is still open. If that is impossible (no runtime, or the `ROLLBACK` fails for
+/// a reason other than there being no transaction), the connection is closed instead of
+/// returned.
+pub(crate) struct SqliteTx {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
+    /// Whether the transaction may still be open: set before `BEGIN` is sent, so that a
+    /// `BEGIN` cancelled midway is rolled back too.
+    open: bool,
+}
+
+impl SqliteTx {
+    /// Takes a connection from `pool` and runs `begin` on it (`BEGIN` or `BEGIN IMMEDIATE`).
+    pub(crate) async fn begin(pool: &sqlx::SqlitePool, begin: &'static str) -> Result<Self> {
+        let conn = pool.acquire().await?;
+        let mut tx = SqliteTx { conn: Some(conn), open: true };
+        sqlx::query(begin).execute(tx.conn()?).await?;
+        Ok(tx)
+    }
+
+    /// The connection, for running statements in the transaction.
+    pub(crate) fn conn(&mut self) -> Result<&mut sqlx::SqliteConnection> {
+        // Only the drop takes the connection out.
+        self.conn.as_deref_mut().ok_or_else(|| crate::StoreError::Corrupt("SQLite transaction ended".into()))
+    }
+
+    /// Runs `sql` (which must end with `COMMIT`) with `values` bound in order; the transaction
+    /// counts as ended once it has run. On an error the transaction is still open (SQLite
+    /// stops a batch at its first failing statement) and the drop rolls it back.
+    async fn finish(&mut self, sql: &str, values: sea_query_binder::SqlxValues) -> Result<()> {
+        sqlx::query_with(sql, values).execute(self.conn()?).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take().filter(|_| self.open) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            conn.close_on_drop();
+            return;
+        };
+        rt.spawn(async move {
+            match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                Ok(_) => {}
+                // SQLite ended it already (a failed COMMIT, or an error that rolls back).
+                Err(e) if e.to_string().contains("no transaction is active") => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "SQLite ROLLBACK failed; closing the connection");
+                    conn.close_on_drop();
+                }
+            }
+        });
+    }
 }
 
 macro_rules! on_backend {
@@ -29,7 +100,7 @@ macro_rules! on_backend {
         match $self {
             Tx::Sqlite(t) => {
                 let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
-                let $conn = &mut **t;
+                let $conn = t.conn()?;
                 $body
             }
             Tx::Postgres(t) => {
@@ -89,18 +160,15 @@ impl Tx {
     /// On SQLite every statement is a round trip to the connection's own thread, and the
     /// writer connection is held by one transaction at a time (decision 0010), so each round
     /// trip lengthens every writer's wait. Here the statements and the `COMMIT` go as one
-    /// batch: `stmts…; COMMIT; BEGIN`. The trailing deferred `BEGIN` (no lock, no I/O) leaves
-    /// the connection in the transaction sqlx still counts as open; dropping sqlx's handle
-    /// queues its `ROLLBACK` of that empty transaction on the connection's thread, ahead of
-    /// anything the next user of the connection sends. A failure before the `COMMIT` leaves
-    /// the real transaction open, and the drop rolls it back, as for any failed statement.
+    /// batch, `stmts…; COMMIT` ([`SqliteTx`]). A failure before the `COMMIT` leaves the
+    /// transaction open, and the drop rolls it back, as for any failed statement.
     pub(crate) async fn commit_after<S: SqlxBinder>(
         self,
         stmts: &[S],
         before_release: impl FnOnce(),
     ) -> Result<()> {
         match self {
-            Tx::Sqlite(mut t) if !stmts.is_empty() => {
+            Tx::Sqlite(mut t) => {
                 let mut sql = String::new();
                 let mut values = Vec::new();
                 for stmt in stmts {
@@ -110,12 +178,10 @@ impl Tx {
                     // Unnumbered `?` parameters are bound in order across the batch.
                     values.extend(v.0 .0);
                 }
-                sql.push_str("COMMIT;\nBEGIN");
-                sqlx::query_with(&sql, sea_query_binder::SqlxValues(sea_query::Values(values)))
-                    .execute(&mut *t)
-                    .await?;
+                sql.push_str("COMMIT");
+                t.finish(&sql, sea_query_binder::SqlxValues(sea_query::Values(values))).await?;
+                // The connection goes back to its pool when `t` is dropped, after this.
                 before_release();
-                drop(t);
                 Ok(())
             }
             mut tx => {
@@ -131,9 +197,15 @@ impl Tx {
 
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
-            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Sqlite(mut t) => {
+                t.finish("COMMIT", sea_query_binder::SqlxValues(sea_query::Values(Vec::new()))).await?
+            }
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "sqlite_tx_tests.rs"]
+mod sqlite_tx_tests;

@@ -64,7 +64,7 @@ async fn lookup_rows(db: &Db, scope: &TenantScope) -> (i64, i64) {
     for (i, table) in ["journal_by_correlation", "journal_by_resource"].iter().enumerate() {
         n[i] = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE tenant_id = ?1"))
             .bind(&tenant)
-            .fetch_one(&mut **c)
+            .fetch_one(c.conn().unwrap())
             .await
             .unwrap();
     }
@@ -157,7 +157,7 @@ async fn sqlite_lookups_read_entries_by_position() {
         let (sql, values) = q.build_sqlx(SqliteQueryBuilder);
         let plan: Vec<(i64, i64, i64, String)> =
             sqlx::query_as_with(&format!("EXPLAIN QUERY PLAN {sql}"), values)
-                .fetch_all(&mut **c)
+                .fetch_all(c.conn().unwrap())
                 .await
                 .unwrap();
         let details: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();

@@ -87,7 +87,7 @@ pub async fn pending_chains(db: &Db, limit: u64) -> Result<Vec<(String, String)>
                  WHERE pos > COALESCE((SELECT pos FROM journal_seal_mark WHERE id = 1), 0) LIMIT ?1",
             )
             .bind(limit as i64)
-            .fetch_all(&mut **t)
+            .fetch_all(t.conn()?)
             .await?
         }
         Tx::Postgres(_) => {
@@ -270,7 +270,7 @@ async fn entries_by_id(
             for id in ids {
                 q = q.bind(id);
             }
-            q.fetch_all(&mut **t).await?
+            q.fetch_all(t.conn()?).await?
         }
         Tx::Postgres(t) => {
             let mut q = sqlx::query_as(&sql).bind(tenant).bind(env).bind(lo).bind(hi);
@@ -651,8 +651,9 @@ struct ChainPlan {
 /// over, so sealing goes on instead of failing every pass.
 async fn mark(tx: &mut Tx) -> Result<i64> {
     let Tx::Sqlite(t) = tx else { return Err(StoreError::Corrupt("the seal mark is SQLite's".into())) };
-    let m: Option<i64> =
-        sqlx::query_scalar("SELECT pos FROM journal_seal_mark WHERE id = 1").fetch_optional(&mut **t).await?;
+    let m: Option<i64> = sqlx::query_scalar("SELECT pos FROM journal_seal_mark WHERE id = 1")
+        .fetch_optional(t.conn()?)
+        .await?;
     Ok(m.unwrap_or(0))
 }
 
@@ -680,7 +681,7 @@ async fn plan_log(tx: &mut Tx) -> Result<Option<LogPlan>> {
     // and their positions taken again by new ones, which would then never be sealed: read the
     // whole log again (what is sealed is passed over). Verification reports the deletion.
     let last: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(pos) FROM journal_entries").fetch_one(&mut **t).await?;
+        sqlx::query_scalar("SELECT MAX(pos) FROM journal_entries").fetch_one(t.conn()?).await?;
     let from = if last.unwrap_or(0) < mark {
         tracing::warn!(
             mark,
@@ -691,7 +692,7 @@ async fn plan_log(tx: &mut Tx) -> Result<Option<LogPlan>> {
     } else {
         mark
     };
-    let rows: Vec<Row> = sqlx::query_as(&sql).bind(from).bind(PASS_LIMIT as i64).fetch_all(&mut **t).await?;
+    let rows: Vec<Row> = sqlx::query_as(&sql).bind(from).bind(PASS_LIMIT as i64).fetch_all(t.conn()?).await?;
     let Some(upto) = rows.last().map(|r| r.pos) else {
         return Ok(None);
     };
@@ -789,13 +790,13 @@ async fn apply_log_checked(
              SELECT tenant_id, resource_type, resource_id, pos FROM journal_entries \
              WHERE pos > ?1 AND pos <= ?2 AND resource_type IS NOT NULL AND resource_id IS NOT NULL",
         ] {
-            sqlx::query(sql).bind(plan.from).bind(plan.upto).execute(&mut **t).await?;
+            sqlx::query(sql).bind(plan.from).bind(plan.upto).execute(t.conn()?).await?;
         }
         sqlx::query(
             "INSERT INTO journal_seal_mark (id, pos) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET pos = excluded.pos",
         )
             .bind(plan.upto)
-            .execute(&mut **t)
+            .execute(t.conn()?)
             .await?;
     }
     tx.commit().await?;

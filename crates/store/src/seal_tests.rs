@@ -371,8 +371,10 @@ async fn sqlite_entries_waiting_on_the_old_work_list_are_sealed_after_the_migrat
     let mut read = db.unscoped_read_tx().await.unwrap();
     assert_eq!(super::mark(&mut read).await.unwrap(), 2);
     let Tx::Sqlite(c) = &mut read else { unreachable!() };
-    let by_pos: Vec<(i64, String)> =
-        sqlx::query_as("SELECT pos, id FROM journal_entries ORDER BY pos").fetch_all(&mut **c).await.unwrap();
+    let by_pos: Vec<(i64, String)> = sqlx::query_as("SELECT pos, id FROM journal_entries ORDER BY pos")
+        .fetch_all(c.conn().unwrap())
+        .await
+        .unwrap();
     assert_eq!(by_pos, ids.iter().enumerate().map(|(i, id)| (i as i64 + 1, id.clone())).collect::<Vec<_>>());
     read.commit().await.unwrap();
 

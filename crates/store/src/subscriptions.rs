@@ -897,7 +897,7 @@ mod tests {
             let mut tx = db.unscoped_read_tx().await.unwrap();
             let Tx::Sqlite(conn) = &mut tx else { unreachable!("SQLite test") };
             let plan: Vec<String> = sqlx::query_with(&format!("EXPLAIN QUERY PLAN {sql}"), values)
-                .fetch_all(&mut **conn)
+                .fetch_all(conn.conn().unwrap())
                 .await
                 .unwrap()
                 .iter()
