@@ -458,3 +458,33 @@ async fn the_sqlite_log_is_sealed_in_commit_order_and_survives_a_reused_position
     assert!(unsealed(&db, "platform", "platform").await.unwrap().is_empty());
     assert_eq!(super::seal_log(&db, &now, POLICY, &sign).await.unwrap(), super::SealPass::default());
 }
+
+/// SQLite's sealer reads the log with an entry's columns packed into one JSON array
+/// (`PACKED_COLUMNS`), verification reads them column by column: an entry with every kind of
+/// value — NULLs, `mfa` set, quotes, backslashes, control characters, non-ASCII text — hashes
+/// the same both ways, so verification finds its seal intact.
+#[tokio::test]
+async fn the_sqlite_sealer_reads_an_entry_as_verification_does() {
+    let (t, db) = migrated(Backend::Sqlite).await;
+    let id = "jnl_0000000000000000000000000A";
+    raw(
+        &t,
+        &db,
+        &format!(
+            "INSERT INTO journal_entries (tenant_id, environment, id, kind, type, occurred_at, correlation_id, \
+             causation_id, principal_kind, principal_id, principal_roles, mfa, source, request_id, client_ip, \
+             user_agent, resource_type, resource_id, body) VALUES ('platform', 'platform', '{id}', 'action', \
+             'odd.values', '2026-11-26 18:00:00.123456+00:00', 'cor_x', NULL, 'user', 'usr_\"q\"', \
+             '[\"tenant_admin\",\"a\\\"b\"]', 1, 'api', NULL, '203.0.113.9', \
+             'Mozilla/5.0 (\"quoted\") \\ back' || char(9) || 'tab', NULL, 'r' || char(1), \
+             '{{\"k\":\"é 😀 \\\\n' || char(10) || '\"}}')"
+        ),
+    )
+    .await;
+    let policy = CheckpointPolicy { every: 1, interval: chrono::Duration::seconds(60) };
+    let pass = seal_chain(&db, "platform", "platform", &now, policy, &sign, true).await.unwrap().unwrap();
+    assert_eq!(pass.sealed, 1);
+    let report = verify_read(ChainReader::open(&db, "platform", "platform").await.unwrap()).await;
+    assert_eq!(report.entries_checked, 1);
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
