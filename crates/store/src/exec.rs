@@ -195,6 +195,16 @@ impl Tx {
         }
     }
 
+    /// SQLite: runs `sql`, a batch that must end with `COMMIT`, with `values` bound by number
+    /// (`?1`, `?2`, … may recur across the batch's statements); the transaction ends with it.
+    /// A failure rolls the transaction back, as for [`Tx::commit_after`].
+    pub(crate) async fn finish_sqlite(self, sql: &str, values: Vec<sea_query::Value>) -> Result<()> {
+        match self {
+            Tx::Sqlite(mut t) => t.finish(sql, sea_query_binder::SqlxValues(sea_query::Values(values))).await,
+            Tx::Postgres(_) => Err(crate::StoreError::Corrupt("a SQLite batch on PostgreSQL".into())),
+        }
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
             Tx::Sqlite(mut t) => {

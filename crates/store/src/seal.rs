@@ -578,7 +578,34 @@ async fn append(
     sign: &CheckpointSigner,
 ) -> Result<Option<i64>> {
     let (mut seq, mut last) = head;
-    for chunk in seals.chunks(SEALS_PER_STATEMENT) {
+    if let Tx::Sqlite(t) = tx {
+        // One statement of one text for any number of seals: prepared once and kept, where a
+        // multi-row VALUES list of a different length each pass was parsed anew each time,
+        // while the sealer held the writer.
+        let rows: Vec<_> = seals
+            .iter()
+            .map(|(id, h, c)| {
+                seq += 1;
+                last = *c;
+                serde_json::json!([seq, id, hex::encode(h), hex::encode(c)])
+            })
+            .collect();
+        if !rows.is_empty() {
+            sqlx::query(
+                "INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, \
+                 sealed_at) SELECT ?1, ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3 \
+                 FROM json_each(?4)",
+            )
+            .bind(tenant)
+            .bind(env)
+            .bind(now())
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(t.conn()?)
+            .await?;
+        }
+    }
+    let on_postgres = matches!(tx, Tx::Postgres(_));
+    for chunk in seals.chunks(SEALS_PER_STATEMENT).filter(|_| on_postgres) {
         let sealed_at = now();
         let mut insert = seal_insert();
         for (id, h, c) in chunk {
@@ -847,26 +874,21 @@ async fn apply_log_checked(
             pass.checkpoint = Some(cp);
         }
     }
-    if let Tx::Sqlite(t) = &mut tx {
-        // The lookup rows of what was read (migration 0027): readers find entries up to the
-        // mark through them, and scan the log after it.
-        for sql in [
-            "INSERT OR IGNORE INTO journal_by_correlation (tenant_id, correlation_id, pos) \
-             SELECT tenant_id, correlation_id, pos FROM journal_entries WHERE pos > ?1 AND pos <= ?2",
-            "INSERT OR IGNORE INTO journal_by_resource (tenant_id, resource_type, resource_id, pos) \
-             SELECT tenant_id, resource_type, resource_id, pos FROM journal_entries \
-             WHERE pos > ?1 AND pos <= ?2 AND resource_type IS NOT NULL AND resource_id IS NOT NULL",
-        ] {
-            sqlx::query(sql).bind(plan.from).bind(plan.upto).execute(t.conn()?).await?;
-        }
-        sqlx::query(
-            "INSERT INTO journal_seal_mark (id, pos) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET pos = excluded.pos",
-        )
-            .bind(plan.upto)
-            .execute(t.conn()?)
-            .await?;
-    }
-    tx.commit().await?;
+    // The lookup rows of what was read (migration 0027): readers find entries up to the mark
+    // through them, and scan the log after it. Then the mark moves, and the pass commits: one
+    // batch, one round trip while the sealer holds the writer.
+    tx.finish_sqlite(
+        "INSERT OR IGNORE INTO journal_by_correlation (tenant_id, correlation_id, pos) \
+         SELECT tenant_id, correlation_id, pos FROM journal_entries WHERE pos > ?1 AND pos <= ?2;
+         INSERT OR IGNORE INTO journal_by_resource (tenant_id, resource_type, resource_id, pos) \
+         SELECT tenant_id, resource_type, resource_id, pos FROM journal_entries \
+         WHERE pos > ?1 AND pos <= ?2 AND resource_type IS NOT NULL AND resource_id IS NOT NULL;
+         INSERT INTO journal_seal_mark (id, pos) VALUES (1, ?2) \
+         ON CONFLICT (id) DO UPDATE SET pos = excluded.pos;
+         COMMIT",
+        vec![plan.from.into(), plan.upto.into()],
+    )
+    .await?;
     Ok(pass)
 }
 
