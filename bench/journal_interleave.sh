@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Several azotte builds served at once on SQLite, hit in turn with short bursts of the journaled
+# mutation of bench/journal_write.sh (`POST /v1/roles`, a unique name per request): per build,
+# requests/s and azotte's CPU time per request.
+#
+# Why: on a virtual machine whose hypervisor steals CPU, one build's throughput can move by 2x
+# between runs a minute apart, which hides effects of a few percent. Serving every build for the
+# whole run and rotating which goes first in each round exposes them all to the same conditions;
+# CPU time per request (from /proc, utime + stime) is moved by the steal far less than requests/s.
+# bench/journal_write.sh stays the reference figure (fresh server per run, seal lag, PostgreSQL);
+# this script is for comparing builds, e.g. a change against its parent commit.
+#
+# Usage:
+#   bench/journal_interleave.sh NAME=BINARY[:VAR=VALUE[,VAR=VALUE…]] …
+# Each argument names a build, its azotte binary and, optionally, environment variables for its
+# server (a `bench-unjournaled` build needs AZOTTE_BENCH_UNJOURNALED=yes). With no argument, it
+# builds the normal and the `bench-unjournaled` release binaries of the working tree (normal last,
+# so target/release/azotte stays the normal build) and compares those two. Example:
+#   cp target/release/azotte /tmp/azotte-new      # after building each variant
+#   bench/journal_interleave.sh new=/tmp/azotte-new old=/tmp/azotte-old \
+#     unjournaled=/tmp/azotte-u:AZOTTE_BENCH_UNJOURNALED=yes
+#
+# Environment:
+#   BENCH_ROUNDS       rounds (default 10); each round runs every build once, in rotated order
+#   BENCH_DURATION     seconds per burst (default 8)
+#   BENCH_CONNECTIONS  wrk connections (default 16; wrk threads are fixed at 2)
+#
+# Only 127.0.0.1 is targeted; every server and temporary directory is removed on exit. Exits
+# non-zero if a burst saw a non-2xx response or a socket error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ROUNDS=${BENCH_ROUNDS:-10}
+DURATION=${BENCH_DURATION:-8}
+CONNECTIONS=${BENCH_CONNECTIONS:-16}
+THREADS=2
+WRK_TIMEOUT=5s
+
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
+for v in ROUNDS DURATION CONNECTIONS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "BENCH_$v must be a whole number, got '${!v}'"
+done
+[ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 100 ] || die "BENCH_ROUNDS must be between 1 and 100"
+[ "$DURATION" -ge 1 ] && [ "$DURATION" -le 300 ] || die "BENCH_DURATION must be between 1 and 300 seconds"
+[ "$CONNECTIONS" -ge "$THREADS" ] || die "BENCH_CONNECTIONS must be at least $THREADS"
+
+# Nothing from the caller's environment may point the servers elsewhere.
+while read -r v; do unset "$v"; done < <(compgen -e | grep '^AZOTTE_' || true)
+
+bench_init
+ensure_tools
+
+specs=("$@")
+if [ ${#specs[@]} -eq 0 ]; then
+  log "building the release binary with --features bench-unjournaled"
+  timeout 3600 cargo build --release -p azotte --features bench-unjournaled >&2 \
+    || die "cargo build --release -p azotte --features bench-unjournaled failed"
+  cp "$ROOT/target/release/azotte" "$WORK/azotte-unjournaled"
+  log "building the normal release binary"
+  timeout 3600 cargo build --release -p azotte >&2 || die "cargo build --release -p azotte failed"
+  cp "$ROOT/target/release/azotte" "$WORK/azotte-journaled"
+  specs=("journaled=$WORK/azotte-journaled" "unjournaled=$WORK/azotte-unjournaled:AZOTTE_BENCH_UNJOURNALED=yes")
+fi
+
+cat >"$WORK/roles.lua" <<'LUA'
+local f = assert(io.open("/proc/sys/kernel/random/uuid", "r"))
+local run = f:read("*l"):gsub("-", ""):sub(1, 12)
+f:close()
+local counter = 0
+function request()
+  counter = counter + 1
+  local body = string.format('{"name":"r%s_%d","permissions":["audit.read"]}', run, counter)
+  return wrk.format("POST", nil, nil, body)
+end
+LUA
+
+names=()
+declare -A B K P REQ TICKS
+for spec in "${specs[@]}"; do
+  [[ $spec == *=* ]] || die "'$spec' is not NAME=BINARY[:VAR=VALUE,…]"
+  name=${spec%%=*}
+  rest=${spec#*=}
+  bin=${rest%%:*}
+  [[ $name =~ ^[A-Za-z0-9_-]+$ ]] || die "build name '$name' must be letters, digits, - or _"
+  [ -z "${B[$name]:-}" ] || die "build name '$name' given twice"
+  [ -x "$bin" ] || die "$name: '$bin' is not an executable"
+  env=()
+  if [[ $rest == *:* ]]; then
+    IFS=, read -ra env <<<"${rest#*:}"
+    for e in "${env[@]}"; do [[ $e =~ ^[A-Z_][A-Z0-9_]*=.*$ ]] || die "$name: '$e' is not VAR=VALUE"; done
+  fi
+  BIN=$bin
+  start_azotte "$name" "$WORK/$name" "${env[@]}"
+  bootstrap "$name" tenant_admin
+  B[$name]=$BASE
+  K[$name]=$APIKEY
+  P[$name]=$AZ_PID
+  AZ_EXTRA_PIDS="$AZ_EXTRA_PIDS $AZ_PID"
+  AZ_PID=""
+  names+=("$name")
+  REQ[$name]=0
+  TICKS[$name]=0
+  log "$name: $bin ${env[*]:-} on $BASE"
+done
+
+n=${#names[@]}
+for r in $(seq 1 "$ROUNDS"); do
+  line="round $r:"
+  for i in $(seq 0 $((n - 1))); do
+    name=${names[$(((i + r) % n))]}
+    BASE=${B[$name]}
+    t0=$(proc_ticks "${P[$name]}")
+    out=$(run_wrk "$DURATION" /v1/roles -s "$WORK/roles.lua" -H "x-api-key: ${K[$name]}" -H 'x-tn: bench' \
+      -H 'content-type: application/json')
+    t1=$(proc_ticks "${P[$name]}")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    bad=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+    [ -z "$bad" ] || die "$name, round $r: $bad"
+    REQ[$name]=$((REQ[$name] + reqs))
+    TICKS[$name]=$((TICKS[$name] + t1 - t0))
+    line="$line $name=${rps%.*}"
+  done
+  echo "$line"
+done
+
+echo
+echo "| build | requests | requests/s | azotte CPU µs/request |"
+echo "|---|---:|---:|---:|"
+for name in "${names[@]}"; do
+  awk -v n="$name" -v r="${REQ[$name]}" -v t="${TICKS[$name]}" -v hz="$CLK_TCK" -v s="$DURATION" -v R="$ROUNDS" \
+    'BEGIN {printf "| %s | %d | %.0f | %.0f |\n", n, r, r / (s * R), t / hz * 1e6 / r}'
+done
