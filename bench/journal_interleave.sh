@@ -55,27 +55,11 @@ ensure_tools
 
 specs=("$@")
 if [ ${#specs[@]} -eq 0 ]; then
-  log "building the release binary with --features bench-unjournaled"
-  timeout 3600 cargo build --release -p azotte --features bench-unjournaled >&2 \
-    || die "cargo build --release -p azotte --features bench-unjournaled failed"
-  cp "$ROOT/target/release/azotte" "$WORK/azotte-unjournaled"
-  log "building the normal release binary"
-  timeout 3600 cargo build --release -p azotte >&2 || die "cargo build --release -p azotte failed"
-  cp "$ROOT/target/release/azotte" "$WORK/azotte-journaled"
-  specs=("journaled=$WORK/azotte-journaled" "unjournaled=$WORK/azotte-unjournaled:AZOTTE_BENCH_UNJOURNALED=yes")
+  build_journal_binaries
+  specs=("journaled=$BIN_J" "unjournaled=$BIN_U:AZOTTE_BENCH_UNJOURNALED=yes")
 fi
 
-cat >"$WORK/roles.lua" <<'LUA'
-local f = assert(io.open("/proc/sys/kernel/random/uuid", "r"))
-local run = f:read("*l"):gsub("-", ""):sub(1, 12)
-f:close()
-local counter = 0
-function request()
-  counter = counter + 1
-  local body = string.format('{"name":"r%s_%d","permissions":["audit.read"]}', run, counter)
-  return wrk.format("POST", nil, nil, body)
-end
-LUA
+roles_lua "$WORK/roles.lua"
 
 names=()
 declare -A B K P REQ TICKS

@@ -68,16 +68,7 @@ ensure_tools
 # ---------------------------------------------------------------------------------------------
 # Binaries: the unjournaled one first, the normal one last (it stays in target/release).
 
-log "building the release binary with --features bench-unjournaled"
-timeout 3600 cargo build --release -p azotte --features bench-unjournaled >&2 \
-  || die "cargo build --release -p azotte --features bench-unjournaled failed"
-BIN_U=$WORK/azotte-unjournaled
-cp "$ROOT/target/release/azotte" "$BIN_U"
-log "building the normal release binary"
-timeout 3600 cargo build --release -p azotte >&2 || die "cargo build --release -p azotte failed"
-BIN_J=$WORK/azotte-journaled
-cp "$ROOT/target/release/azotte" "$BIN_J"
-cmp -s "$BIN_J" "$BIN_U" && die "the two builds are identical: the feature did not take effect"
+build_journal_binaries
 
 # The benchmark build must refuse to serve without the explicit opt-in.
 mkdir -p "$WORK/refuse"
@@ -101,17 +92,7 @@ echo
 # ---------------------------------------------------------------------------------------------
 # The load: each wrk thread draws a random run id, so names never repeat across runs or threads.
 
-cat >"$WORK/roles.lua" <<'LUA'
-local f = assert(io.open("/proc/sys/kernel/random/uuid", "r"))
-local run = f:read("*l"):gsub("-", ""):sub(1, 12)
-f:close()
-local counter = 0
-function request()
-  counter = counter + 1
-  local body = string.format('{"name":"r%s_%d","permissions":["audit.read"]}', run, counter)
-  return wrk.format("POST", nil, nil, body)
-end
-LUA
+roles_lua "$WORK/roles.lua"
 
 # seal_stats BACKEND RUN TENANT_ID T0 T1: waits until every entry of the tenant is sealed, then
 # prints "entries mean_ms p50_ms p99_ms max_ms unsealed" for the entries that occurred in [T0, T1].

@@ -584,3 +584,36 @@ pg_profile_end() {
       || ' | \`' || left(regexp_replace(regexp_replace(query, '\\s+', ' ', 'g'), '[|\`]', '/', 'g'), 140) || '\` |'
       FROM pg_stat_statements WHERE $db ORDER BY total_exec_time DESC LIMIT $rows"
 }
+
+# build_journal_binaries: builds the release binary with --features bench-unjournaled, then the
+# normal one (last, so target/release/azotte stays the normal build), and copies them to
+# BIN_U=$WORK/azotte-unjournaled and BIN_J=$WORK/azotte-journaled.
+build_journal_binaries() {
+  log "building the release binary with --features bench-unjournaled"
+  timeout 3600 cargo build --release -p azotte --features bench-unjournaled >&2 \
+    || die "cargo build --release -p azotte --features bench-unjournaled failed"
+  BIN_U=$WORK/azotte-unjournaled
+  cp "$ROOT/target/release/azotte" "$BIN_U"
+  log "building the normal release binary"
+  timeout 3600 cargo build --release -p azotte >&2 || die "cargo build --release -p azotte failed"
+  BIN_J=$WORK/azotte-journaled
+  cp "$ROOT/target/release/azotte" "$BIN_J"
+  cmp -s "$BIN_J" "$BIN_U" && die "the two builds are identical: the feature did not take effect"
+  return 0
+}
+
+# roles_lua FILE: writes the wrk script of the journaled mutation, POST /v1/roles with a custom
+# role; each wrk thread draws a random run id, so names never repeat across runs or threads.
+roles_lua() {
+  cat >"$1" <<'LUA'
+local f = assert(io.open("/proc/sys/kernel/random/uuid", "r"))
+local run = f:read("*l"):gsub("-", ""):sub(1, 12)
+f:close()
+local counter = 0
+function request()
+  counter = counter + 1
+  local body = string.format('{"name":"r%s_%d","permissions":["audit.read"]}', run, counter)
+  return wrk.format("POST", nil, nil, body)
+end
+LUA
+}

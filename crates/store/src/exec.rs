@@ -65,7 +65,8 @@ impl SqliteTx {
     /// Runs `sql` (which must end with `COMMIT`) with `values` bound in order; the transaction
     /// counts as ended once it has run. On an error the transaction is still open (SQLite
     /// stops a batch at its first failing statement) and the drop rolls it back.
-    async fn finish(&mut self, sql: &str, values: sea_query_binder::SqlxValues) -> Result<()> {
+    async fn finish(&mut self, sql: &str, values: Vec<sea_query::Value>) -> Result<()> {
+        let values = sea_query_binder::SqlxValues(sea_query::Values(values));
         sqlx::query_with(sql, values).execute(self.conn()?).await?;
         self.open = false;
         Ok(())
@@ -179,7 +180,7 @@ impl Tx {
                     values.extend(v.0 .0);
                 }
                 sql.push_str("COMMIT");
-                t.finish(&sql, sea_query_binder::SqlxValues(sea_query::Values(values))).await?;
+                t.finish(&sql, values).await?;
                 // The connection goes back to its pool when `t` is dropped, after this.
                 before_release();
                 Ok(())
@@ -200,16 +201,14 @@ impl Tx {
     /// A failure rolls the transaction back, as for [`Tx::commit_after`].
     pub(crate) async fn finish_sqlite(self, sql: &str, values: Vec<sea_query::Value>) -> Result<()> {
         match self {
-            Tx::Sqlite(mut t) => t.finish(sql, sea_query_binder::SqlxValues(sea_query::Values(values))).await,
+            Tx::Sqlite(mut t) => t.finish(sql, values).await,
             Tx::Postgres(_) => Err(crate::StoreError::Corrupt("a SQLite batch on PostgreSQL".into())),
         }
     }
 
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
-            Tx::Sqlite(mut t) => {
-                t.finish("COMMIT", sea_query_binder::SqlxValues(sea_query::Values(Vec::new()))).await?
-            }
+            Tx::Sqlite(mut t) => t.finish("COMMIT", Vec::new()).await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())

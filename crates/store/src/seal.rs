@@ -471,7 +471,8 @@ pub type CheckpointSigner = dyn Fn(&[u8]) -> (String, Vec<u8>) + Send + Sync;
 /// The time now (the service's clock, which tests control).
 pub type Now = dyn Fn() -> DateTime<Utc> + Send + Sync;
 
-/// Entries sealed per pass (of one chain on PostgreSQL, of the log on SQLite), and per statement.
+/// Entries sealed per pass (of one chain on PostgreSQL, of the log on SQLite), and per statement
+/// on PostgreSQL (SQLite's go in one statement, see [`append`]).
 const PASS_LIMIT: u64 = 10_000;
 const SEALS_PER_STATEMENT: usize = 500;
 
@@ -577,8 +578,11 @@ async fn append(
     policy: CheckpointPolicy,
     sign: &CheckpointSigner,
 ) -> Result<Option<i64>> {
+    if seals.is_empty() {
+        return Ok(None);
+    }
     let (mut seq, mut last) = head;
-    if let Tx::Sqlite(t) = tx {
+    if let Tx::Sqlite(t) = &mut *tx {
         // One statement of one text for any number of seals: prepared once and kept, where a
         // multi-row VALUES list of a different length each pass was parsed anew each time,
         // while the sealer held the writer.
@@ -590,41 +594,36 @@ async fn append(
                 serde_json::json!([seq, id, hex::encode(h), hex::encode(c)])
             })
             .collect();
-        if !rows.is_empty() {
-            sqlx::query(
-                "INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, \
-                 sealed_at) SELECT ?1, ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3 \
-                 FROM json_each(?4)",
-            )
-            .bind(tenant)
-            .bind(env)
-            .bind(now())
-            .bind(serde_json::Value::Array(rows).to_string())
-            .execute(t.conn()?)
-            .await?;
+        sqlx::query(
+            "INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, \
+             sealed_at) SELECT ?1, ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3 \
+             FROM json_each(?4)",
+        )
+        .bind(tenant)
+        .bind(env)
+        .bind(now())
+        .bind(serde_json::Value::Array(rows).to_string())
+        .execute(t.conn()?)
+        .await?;
+    } else {
+        for chunk in seals.chunks(SEALS_PER_STATEMENT) {
+            let sealed_at = now();
+            let mut insert = seal_insert();
+            for (id, h, c) in chunk {
+                seq += 1;
+                insert.values_panic([
+                    tenant.into(),
+                    env.into(),
+                    seq.into(),
+                    id.as_str().into(),
+                    hex::encode(h).into(),
+                    hex::encode(c).into(),
+                    sealed_at.into(),
+                ]);
+                last = *c;
+            }
+            tx.execute(&insert).await?;
         }
-    }
-    let on_postgres = matches!(tx, Tx::Postgres(_));
-    for chunk in seals.chunks(SEALS_PER_STATEMENT).filter(|_| on_postgres) {
-        let sealed_at = now();
-        let mut insert = seal_insert();
-        for (id, h, c) in chunk {
-            seq += 1;
-            insert.values_panic([
-                tenant.into(),
-                env.into(),
-                seq.into(),
-                id.as_str().into(),
-                hex::encode(h).into(),
-                hex::encode(c).into(),
-                sealed_at.into(),
-            ]);
-            last = *c;
-        }
-        tx.execute(&insert).await?;
-    }
-    if seals.is_empty() {
-        return Ok(None);
     }
     let last_cp = checkpoints_query(tx, tenant, env, true).await?.pop();
     let last_cp_seq = last_cp.as_ref().map(|c| c.seq).unwrap_or(0);

@@ -417,12 +417,11 @@ async fn the_sqlite_log_is_sealed_in_commit_order_and_survives_a_reused_position
         &t,
         &db,
         &format!(
-            "INSERT INTO journal_entries (tenant_id, environment, id, kind, type, occurred_at, correlation_id, \
-             causation_id, principal_kind, principal_id, principal_roles, mfa, source, request_id, client_ip, \
-             user_agent, resource_type, resource_id, body) SELECT tenant_id, environment, '{older}', kind, type, \
+            "INSERT INTO journal_entries ({cols}) SELECT tenant_id, environment, '{older}', kind, type, \
              occurred_at, correlation_id, causation_id, principal_kind, principal_id, principal_roles, mfa, source, \
              request_id, client_ip, user_agent, resource_type, resource_id, body FROM journal_entries WHERE id = '{}'",
-            first[0]
+            first[0],
+            cols = super::ENTRY_COLUMNS,
         ),
     )
     .await;
@@ -471,13 +470,12 @@ async fn the_sqlite_sealer_reads_an_entry_as_verification_does() {
         &t,
         &db,
         &format!(
-            "INSERT INTO journal_entries (tenant_id, environment, id, kind, type, occurred_at, correlation_id, \
-             causation_id, principal_kind, principal_id, principal_roles, mfa, source, request_id, client_ip, \
-             user_agent, resource_type, resource_id, body) VALUES ('platform', 'platform', '{id}', 'action', \
+            "INSERT INTO journal_entries ({cols}) VALUES ('platform', 'platform', '{id}', 'action', \
              'odd.values', '2026-11-26 18:00:00.123456+00:00', 'cor_x', NULL, 'user', 'usr_\"q\"', \
              '[\"tenant_admin\",\"a\\\"b\"]', 1, 'api', NULL, '203.0.113.9', \
              'Mozilla/5.0 (\"quoted\") \\ back' || char(9) || 'tab', NULL, 'r' || char(1), \
-             '{{\"k\":\"é 😀 \\\\n' || char(10) || '\"}}')"
+             '{{\"k\":\"é 😀 \\\\n' || char(10) || '\"}}')",
+            cols = super::ENTRY_COLUMNS,
         ),
     )
     .await;
