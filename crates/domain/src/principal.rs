@@ -21,6 +21,19 @@ pub enum PrincipalKind {
     Channel,
 }
 
+impl PrincipalKind {
+    /// The kind as it is serialized (`api_key`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::ApiKey => "api_key",
+            PrincipalKind::PlatformUser => "platform_user",
+            PrincipalKind::System => "system",
+            PrincipalKind::Channel => "channel",
+        }
+    }
+}
+
 /// An authenticated actor: kind, id and the roles it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Principal {
@@ -42,5 +55,17 @@ impl Principal {
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}:{}", self.kind, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrincipalKind::*;
+
+    #[test]
+    fn a_kind_reads_as_it_serializes() {
+        for k in [User, ApiKey, PlatformUser, System, Channel] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 }

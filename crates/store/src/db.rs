@@ -422,7 +422,7 @@ macro_rules! journaled_tx {
         $(#[$m])*
         pub struct $name {
             pub(crate) tx: Tx,
-            scope: $scope,
+            pub(crate) scope: $scope,
             /// The action recorded in this transaction, parent of its decisions and outcomes.
             pub(crate) action_id: Option<String>,
             /// Statements that changed data.
@@ -458,9 +458,9 @@ macro_rules! journaled_tx {
                     // of this transaction is taken while the writer connection is still its own.
                     let cache = self.cache.take();
                     let mut changed = Vec::new();
-                    let statements = crate::journal::statements(journal);
+                    let (sql, entries) = crate::journal::sqlite_commit(journal);
                     self.tx
-                        .commit_after(&statements, || {
+                        .commit_sqlite(entries.bind(sqlx::query(&sql)), || {
                             if let Some(c) = &cache {
                                 changed = c.take_sqlite_pending();
                             }

@@ -11,6 +11,9 @@ use sqlx::FromRow;
 
 use crate::Result;
 
+/// A SQLite statement with its values bound.
+pub(crate) type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
 /// A row type decodable from both backends.
 pub(crate) trait DbRow:
     for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
@@ -155,44 +158,25 @@ impl Tx {
         Ok(())
     }
 
-    /// Runs `stmts` (inserts that return nothing), then commits; `before_release` runs once
-    /// they have committed, while the connection is still this transaction's.
+    /// SQLite: runs `q`, a batch of statements that return nothing ending with `COMMIT`, and
+    /// ends the transaction with it; `before_release` runs once it has committed, while the
+    /// connection is still this transaction's.
     ///
     /// On SQLite every statement is a round trip to the connection's own thread, and the
     /// writer connection is held by one transaction at a time (decision 0010), so each round
-    /// trip lengthens every writer's wait. Here the statements and the `COMMIT` go as one
-    /// batch, `stmts…; COMMIT` ([`SqliteTx`]). A failure before the `COMMIT` leaves the
-    /// transaction open, and the drop rolls it back, as for any failed statement.
-    pub(crate) async fn commit_after<S: SqlxBinder>(
-        self,
-        stmts: &[S],
-        before_release: impl FnOnce(),
-    ) -> Result<()> {
+    /// trip lengthens every writer's wait: a transaction's last writes (its journal entries)
+    /// and its `COMMIT` go as one batch ([`SqliteTx`]). A failure before the `COMMIT` leaves
+    /// the transaction open, and the drop rolls it back, as for any failed statement.
+    pub(crate) async fn commit_sqlite(self, q: SqliteQuery<'_>, before_release: impl FnOnce()) -> Result<()> {
         match self {
             Tx::Sqlite(mut t) => {
-                let mut sql = String::new();
-                let mut values = Vec::new();
-                for stmt in stmts {
-                    let (q, v) = stmt.build_sqlx(SqliteQueryBuilder);
-                    sql.push_str(&q);
-                    sql.push_str(";\n");
-                    // Unnumbered `?` parameters are bound in order across the batch.
-                    values.extend(v.0 .0);
-                }
-                sql.push_str("COMMIT");
-                t.finish(&sql, values).await?;
+                q.execute(t.conn()?).await?;
+                t.open = false;
                 // The connection goes back to its pool when `t` is dropped, after this.
                 before_release();
                 Ok(())
             }
-            mut tx => {
-                for stmt in stmts {
-                    tx.execute(stmt).await?;
-                }
-                tx.commit().await?;
-                before_release();
-                Ok(())
-            }
+            Tx::Postgres(_) => Err(crate::StoreError::Corrupt("a SQLite batch on PostgreSQL".into())),
         }
     }
 

@@ -6,7 +6,9 @@
 //! cannot land without its entry. Request context (correlation id, client address, user agent)
 //! comes from a task-local set by the HTTP layer or the worker running the job.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::sync::OnceLock;
 
 use azotte_domain::id::JournalId;
 use azotte_domain::Principal;
@@ -15,7 +17,7 @@ use sea_query::{Expr, Iden, Order, Query};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use crate::exec::Tx;
+use crate::exec::{SqliteQuery, Tx};
 use crate::scope::Credential;
 use crate::{Db, PlatformTx, Result, StoreError, TenantTx};
 
@@ -154,14 +156,90 @@ pub(crate) struct NewEntry<'a> {
     pub body: Value,
 }
 
-/// Entries recorded in a transaction and not written yet, oldest first: one row of values per
-/// entry, in the column order of [`ENTRY_COLUMNS`] preceded by `tenant_id`.
-#[derive(Default)]
+/// Entries recorded in a transaction and not written yet, oldest first.
+#[derive(Default, Clone)]
 pub(crate) struct Buffer {
-    rows: Vec<Vec<sea_query::Value>>,
+    rows: Vec<Row>,
     /// The request context of the transaction's entries, taken at its first entry: outside a
     /// request or job scope every entry of one transaction still shares one correlation id.
     meta: Option<RequestMeta>,
+}
+
+/// One recorded entry: the values of its row, `tenant_id` then [`ENTRY_COLUMNS`].
+#[derive(Clone)]
+struct Row {
+    tenant_id: String,
+    environment: String,
+    id: String,
+    kind: Kind,
+    type_: String,
+    occurred_at: DateTime<Utc>,
+    correlation_id: String,
+    causation_id: Option<String>,
+    principal_kind: &'static str,
+    principal_id: String,
+    principal_roles: Vec<String>,
+    mfa: bool,
+    source: &'static str,
+    request_id: Option<String>,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    /// Hashed byte for byte by the sealer: canonical text, written once.
+    body: String,
+}
+
+impl Row {
+    /// The values for a sea-query `INSERT`, in column order.
+    fn values(self) -> [sea_query::SimpleExpr; 19] {
+        [
+            self.tenant_id.into(),
+            self.environment.into(),
+            self.id.into(),
+            self.kind.as_str().into(),
+            self.type_.into(),
+            self.occurred_at.into(),
+            self.correlation_id.into(),
+            self.causation_id.into(),
+            self.principal_kind.into(),
+            self.principal_id.into(),
+            serde_json::json!(self.principal_roles).into(),
+            self.mfa.into(),
+            self.source.into(),
+            self.request_id.into(),
+            self.client_ip.into(),
+            self.user_agent.into(),
+            self.resource_type.into(),
+            self.resource_id.into(),
+            self.body.into(),
+        ]
+    }
+
+    /// Binds the values to the next 19 parameters of a SQLite statement, encoded as the
+    /// sea-query `INSERT` of [`Row::values`] encodes them (the test
+    /// `a_sqlite_batch_writes_what_the_statements_write` compares the two).
+    fn bind(self, q: SqliteQuery<'_>) -> SqliteQuery<'_> {
+        q.bind(self.tenant_id)
+            .bind(self.environment)
+            .bind(self.id)
+            .bind(self.kind.as_str())
+            .bind(self.type_)
+            .bind(self.occurred_at)
+            .bind(self.correlation_id)
+            .bind(self.causation_id)
+            .bind(self.principal_kind)
+            .bind(self.principal_id)
+            .bind(Json(self.principal_roles))
+            .bind(self.mfa)
+            .bind(self.source)
+            .bind(self.request_id)
+            .bind(self.client_ip)
+            .bind(self.user_agent)
+            .bind(self.resource_type)
+            .bind(self.resource_id)
+            .bind(self.body)
+    }
 }
 
 /// Entries per INSERT statement (19 bound values each: well under either engine's limit).
@@ -173,36 +251,34 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// With the `bench-unjournaled` feature (for `bench/journal_write.sh` only, never for a real
 /// deployment) it records nothing and only returns a fresh id, so the benchmark can measure what
 /// journaling costs a mutation.
-fn record(buf: &mut Buffer, tenant_id: &str, environment: &str, e: NewEntry<'_>) -> String {
+fn record(buf: &mut Buffer, tenant_id: String, environment: &str, e: NewEntry<'_>) -> String {
     let id = JournalId::new().to_string();
     if cfg!(feature = "bench-unjournaled") {
         return id;
     }
     let meta = buf.meta.get_or_insert_with(current_meta).clone();
-    let kind = serde_json::to_value(e.principal.kind).unwrap_or(Value::Null);
-    buf.rows.push(vec![
-        tenant_id.into(),
-        environment.into(),
-        id.clone().into(),
-        e.kind.as_str().into(),
-        e.type_.into(),
-        e.occurred_at.into(),
-        meta.correlation_id.into(),
+    buf.rows.push(Row {
+        tenant_id,
+        environment: environment.to_owned(),
+        id: id.clone(),
+        kind: e.kind,
+        type_: e.type_.to_owned(),
+        occurred_at: e.occurred_at,
+        correlation_id: meta.correlation_id,
         // An action of a job is caused by what queued the job.
-        e.causation_id.map(str::to_owned).or(meta.causation_id).into(),
-        kind.as_str().unwrap_or("system").into(),
-        e.principal.id.clone().into(),
-        serde_json::json!(e.principal.roles).into(),
-        e.mfa.into(),
-        meta.source.into(),
-        meta.request_id.into(),
-        meta.client_ip.into(),
-        meta.user_agent.into(),
-        e.resource.map(|r| r.0.to_owned()).into(),
-        e.resource.map(|r| r.1.to_owned()).into(),
-        // Hashed byte for byte by the sealer: canonical text, written once.
-        azotte_crypto::chain::canonical_json(&e.body).into(),
-    ]);
+        causation_id: e.causation_id.map(str::to_owned).or(meta.causation_id),
+        principal_kind: e.principal.kind.as_str(),
+        principal_id: e.principal.id.clone(),
+        principal_roles: e.principal.roles.clone(),
+        mfa: e.mfa,
+        source: meta.source,
+        request_id: meta.request_id,
+        client_ip: meta.client_ip,
+        user_agent: meta.user_agent,
+        resource_type: e.resource.map(|r| r.0.to_owned()),
+        resource_id: e.resource.map(|r| r.1.to_owned()),
+        body: azotte_crypto::chain::canonical_json(&e.body),
+    });
     id
 }
 
@@ -218,7 +294,7 @@ pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
 }
 
 /// The statements that write the recorded entries (none when nothing was recorded), for a
-/// caller that runs them itself, e.g. together with its `COMMIT` ([`Tx::commit_after`]).
+/// caller that runs them itself.
 pub(crate) fn statements(buf: Buffer) -> Vec<sea_query::InsertStatement> {
     let mut out = Vec::new();
     let mut rows = buf.rows.into_iter().peekable();
@@ -228,11 +304,69 @@ pub(crate) fn statements(buf: Buffer) -> Vec<sea_query::InsertStatement> {
             .columns(std::iter::once(JournalEntries::TenantId).chain(ENTRY_COLUMNS))
             .to_owned();
         for row in rows.by_ref().take(ROWS_PER_STATEMENT) {
-            q.values_panic(row.into_iter().map(Into::into));
+            q.values_panic(row.values());
         }
         out.push(q);
     }
     out
+}
+
+/// SQLite: the batch that writes the recorded entries and commits — `INSERT …; COMMIT`, or only
+/// `COMMIT` when nothing was recorded — and the entries to bind to it ([`EntryRows::bind`]), for
+/// [`Tx::commit_sqlite`](crate::exec::Tx::commit_sqlite).
+///
+/// This is the commit of every journaled write, run while the transaction holds SQLite's one
+/// writer connection, so it skips the query builder: the text for up to [`CACHED_ROWS`] entries
+/// is built once per count and kept (a transaction commonly records two or three), and the
+/// values are bound straight from the rows.
+pub(crate) fn sqlite_commit(buf: Buffer) -> (Cow<'static, str>, EntryRows) {
+    static TEXTS: [OnceLock<String>; CACHED_ROWS + 1] = [const { OnceLock::new() }; CACHED_ROWS + 1];
+    let n = buf.rows.len();
+    let sql = match TEXTS.get(n) {
+        Some(text) => Cow::Borrowed(text.get_or_init(|| sqlite_commit_text(n)).as_str()),
+        None => Cow::Owned(sqlite_commit_text(n)),
+    };
+    (sql, EntryRows(buf.rows))
+}
+
+/// Recorded entries, to bind to the text of [`sqlite_commit`].
+pub(crate) struct EntryRows(Vec<Row>);
+
+impl EntryRows {
+    /// Binds every entry's values, in order, to the next parameters of `q`.
+    pub(crate) fn bind(self, mut q: SqliteQuery<'_>) -> SqliteQuery<'_> {
+        for row in self.0 {
+            q = row.bind(q);
+        }
+        q
+    }
+}
+
+/// Entry counts whose [`sqlite_commit`] text is kept.
+const CACHED_ROWS: usize = 8;
+
+/// `INSERT INTO journal_entries (…) VALUES (?, …), …;` per [`ROWS_PER_STATEMENT`] of `n`
+/// entries, then `COMMIT`.
+fn sqlite_commit_text(n: usize) -> String {
+    let columns: Vec<String> = std::iter::once(JournalEntries::TenantId)
+        .chain(ENTRY_COLUMNS)
+        .map(|c| format!("\"{}\"", c.to_string()))
+        .collect();
+    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+    let mut sql = String::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(ROWS_PER_STATEMENT);
+        sql.push_str(&format!(
+            "INSERT INTO \"{}\" ({}) VALUES {};\n",
+            JournalEntries::Table.to_string(),
+            columns.join(", "),
+            vec![row.as_str(); k].join(", ")
+        ));
+        left -= k;
+    }
+    sql.push_str("COMMIT");
+    sql
 }
 
 /// Writes one entry now, in `tx`; returns the entry's id. For transactions that are not a
@@ -244,7 +378,7 @@ pub(crate) async fn insert(
     e: NewEntry<'_>,
 ) -> Result<String> {
     let mut buf = Buffer::default();
-    let id = record(&mut buf, tenant_id, environment, e);
+    let id = record(&mut buf, tenant_id.to_owned(), environment, e);
     flush(tx, buf).await?;
     Ok(id)
 }
@@ -255,7 +389,7 @@ fn mfa_of(c: &Credential) -> bool {
 
 /// Where an entry sits in the chain of a request: the action, then what it caused.
 macro_rules! journal_methods {
-    ($t:ty, $tenant:expr, $env:expr, $principal:expr, $mfa:expr) => {
+    ($t:ty, $scope:ty, $tenant:expr, $env:expr) => {
         impl $t {
             /// Records the action this transaction performs. Call it before or after the change;
             /// `commit` refuses a transaction that wrote without one. Entries are written at
@@ -267,23 +401,7 @@ macro_rules! journal_methods {
                 resource: Option<(&str, &str)>,
                 body: Value,
             ) -> Result<String> {
-                let (tenant, env, principal, mfa) =
-                    ($tenant(&*self), $env(&*self), $principal(&*self), $mfa(&*self));
-                let id = record(
-                    &mut self.journal,
-                    &tenant,
-                    &env,
-                    NewEntry {
-                        kind: Kind::Action,
-                        type_,
-                        occurred_at: now,
-                        causation_id: None,
-                        principal: &principal,
-                        mfa,
-                        resource,
-                        body,
-                    },
-                );
+                let id = self.record(Kind::Action, now, type_, None, resource, body);
                 self.action_id = Some(id.clone());
                 Ok(id)
             }
@@ -296,7 +414,7 @@ macro_rules! journal_methods {
                 resource: Option<(&str, &str)>,
                 body: Value,
             ) -> Result<String> {
-                self.follow_up(Kind::Decision, now, type_, resource, body).await
+                self.follow_up(Kind::Decision, now, type_, resource, body)
             }
 
             /// Records an outcome: the domain event with what changed (caused by the action).
@@ -307,10 +425,10 @@ macro_rules! journal_methods {
                 resource: Option<(&str, &str)>,
                 body: Value,
             ) -> Result<String> {
-                self.follow_up(Kind::Outcome, now, type_, resource, body).await
+                self.follow_up(Kind::Outcome, now, type_, resource, body)
             }
 
-            async fn follow_up(
+            fn follow_up(
                 &mut self,
                 kind: Kind,
                 now: DateTime<Utc>,
@@ -319,23 +437,34 @@ macro_rules! journal_methods {
                 body: Value,
             ) -> Result<String> {
                 let cause = self.action_id.clone().ok_or(StoreError::Unjournaled)?;
-                let (tenant, env, principal, mfa) =
-                    ($tenant(&*self), $env(&*self), $principal(&*self), $mfa(&*self));
-                Ok(record(
+                Ok(self.record(kind, now, type_, Some(&cause), resource, body))
+            }
+
+            fn record(
+                &mut self,
+                kind: Kind,
+                now: DateTime<Utc>,
+                type_: &str,
+                causation_id: Option<&str>,
+                resource: Option<(&str, &str)>,
+                body: Value,
+            ) -> String {
+                let scope: &$scope = &self.scope;
+                record(
                     &mut self.journal,
-                    &tenant,
-                    &env,
+                    $tenant(scope),
+                    $env(scope),
                     NewEntry {
                         kind,
                         type_,
                         occurred_at: now,
-                        causation_id: Some(&cause),
-                        principal: &principal,
-                        mfa,
+                        causation_id,
+                        principal: scope.principal(),
+                        mfa: mfa_of(scope.credential()),
                         resource,
                         body,
                     },
-                ))
+                )
             }
         }
     };
@@ -343,17 +472,15 @@ macro_rules! journal_methods {
 
 journal_methods!(
     TenantTx,
-    |t: &TenantTx| t.scope().tenant_id().to_string(),
-    |t: &TenantTx| t.scope().environment().as_str().to_owned(),
-    |t: &TenantTx| t.scope().principal().clone(),
-    |t: &TenantTx| mfa_of(t.scope().credential())
+    crate::TenantScope,
+    |s: &crate::TenantScope| s.tenant_id().to_string(),
+    |s: &crate::TenantScope| s.environment().as_str()
 );
 journal_methods!(
     PlatformTx,
-    |_: &PlatformTx| PLATFORM.to_owned(),
-    |_: &PlatformTx| PLATFORM.to_owned(),
-    |t: &PlatformTx| t.scope().principal().clone(),
-    |t: &PlatformTx| mfa_of(t.scope().credential())
+    crate::PlatformScope,
+    |_: &crate::PlatformScope| PLATFORM.to_owned(),
+    |_: &crate::PlatformScope| PLATFORM
 );
 
 /// A security decision outside any mutation (failed login, denied request, token reuse), in
@@ -589,3 +716,7 @@ fn timeline_query(tx: &TenantTx, resource_type: &str, resource_id: &str) -> sea_
 #[cfg(test)]
 #[path = "journal_lookup_tests.rs"]
 mod lookup_tests;
+
+#[cfg(test)]
+#[path = "journal_batch_tests.rs"]
+mod batch_tests;

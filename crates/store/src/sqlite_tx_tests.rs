@@ -23,6 +23,17 @@ fn row(pos: i64) -> sea_query::InsertStatement {
         .to_owned()
 }
 
+/// The text of a commit batch writing `n` rows, then `COMMIT`.
+fn batch_text(n: usize) -> String {
+    let insert = "INSERT INTO journal_by_correlation (tenant_id, correlation_id, pos) VALUES ('t', ?, ?);";
+    format!("{}COMMIT", insert.repeat(n))
+}
+
+/// `text` with a row per position in `pos` bound.
+fn batch<'q>(text: &'q str, pos: &[i64]) -> super::SqliteQuery<'q> {
+    pos.iter().fold(sqlx::query(text), |q, p| q.bind(MARKER).bind(*p))
+}
+
 async fn rows(db: &Db) -> Vec<i64> {
     let mut tx = db.unscoped_read_tx().await.unwrap();
     let Tx::Sqlite(t) = &mut tx else { unreachable!("SQLite test") };
@@ -60,12 +71,14 @@ async fn a_commit_batch_that_fails_leaves_nothing_and_the_writer_goes_on() {
     tx.execute(&row(1)).await.unwrap();
     // The batch's second statement breaks the primary key: the batch stops there, before its
     // COMMIT, so the first statement of the batch and the write before it go too.
-    let err = tx.commit_after(&[row(2), row(1)], || panic!("ran after a failed commit")).await;
+    let two = batch_text(2);
+    let err = tx.commit_sqlite(batch(&two, &[2, 1]), || panic!("ran after a failed commit")).await;
     assert!(err.is_err(), "the duplicate key must fail the commit");
     let mut tx = db.unscoped_tx().await.unwrap();
     tx.execute(&row(3)).await.unwrap();
     let mut released = false;
-    tx.commit_after(&[row(4)], || released = true).await.unwrap();
+    let one = batch_text(1);
+    tx.commit_sqlite(batch(&one, &[4]), || released = true).await.unwrap();
     assert!(released);
     assert_eq!(rows(&db).await, vec![3, 4]);
 }
