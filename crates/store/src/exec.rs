@@ -33,7 +33,7 @@ pub(crate) enum Tx {
 /// own to the connection's thread, and its drop always queues a `ROLLBACK` unless its `commit`
 /// ran. That rules out committing in the same batch as the transaction's last statements
 /// (`INSERT …; COMMIT`) without an extra empty transaction for the handle to roll back — one
-/// more wake-up of the connection's thread per write (see [`Tx::commit_after`]). Here the
+/// more wake-up of the connection's thread per write (see [`Tx::commit_sqlite`]). Here the
 /// transaction is what SQLite says it is: `BEGIN` and `COMMIT` are statements like any other,
 /// so a batch may end with the `COMMIT`.
 ///
@@ -182,7 +182,7 @@ impl Tx {
 
     /// SQLite: runs `sql`, a batch that must end with `COMMIT`, with `values` bound by number
     /// (`?1`, `?2`, … may recur across the batch's statements); the transaction ends with it.
-    /// A failure rolls the transaction back, as for [`Tx::commit_after`].
+    /// A failure rolls the transaction back, as for [`Tx::commit_sqlite`].
     pub(crate) async fn finish_sqlite(self, sql: &str, values: Vec<sea_query::Value>) -> Result<()> {
         match self {
             Tx::Sqlite(mut t) => t.finish(sql, values).await,
