@@ -65,12 +65,14 @@ impl SqliteTx {
         self.conn.as_deref_mut().ok_or_else(|| crate::StoreError::Corrupt("SQLite transaction ended".into()))
     }
 
-    /// Runs `sql` (which must end with `COMMIT`) with `values` bound in order; the transaction
-    /// counts as ended once it has run. On an error the transaction is still open (SQLite
-    /// stops a batch at its first failing statement) and the drop rolls it back.
-    async fn finish(&mut self, sql: &str, values: Vec<sea_query::Value>) -> Result<()> {
-        let values = sea_query_binder::SqlxValues(sea_query::Values(values));
-        sqlx::query_with(sql, values).execute(self.conn()?).await?;
+    /// Runs `q`, a batch that must end with `COMMIT`; the transaction counts as ended once it
+    /// has run. On an error the transaction is still open (SQLite stops a batch at its first
+    /// failing statement) and the drop rolls it back.
+    async fn finish<'q, A>(&mut self, q: sqlx::query::Query<'q, sqlx::Sqlite, A>) -> Result<()>
+    where
+        A: sqlx::IntoArguments<'q, sqlx::Sqlite> + 'q,
+    {
+        q.execute(self.conn()?).await?;
         self.open = false;
         Ok(())
     }
@@ -170,8 +172,7 @@ impl Tx {
     pub(crate) async fn commit_sqlite(self, q: SqliteQuery<'_>, before_release: impl FnOnce()) -> Result<()> {
         match self {
             Tx::Sqlite(mut t) => {
-                q.execute(t.conn()?).await?;
-                t.open = false;
+                t.finish(q).await?;
                 // The connection goes back to its pool when `t` is dropped, after this.
                 before_release();
                 Ok(())
@@ -185,14 +186,16 @@ impl Tx {
     /// A failure rolls the transaction back, as for [`Tx::commit_sqlite`].
     pub(crate) async fn finish_sqlite(self, sql: &str, values: Vec<sea_query::Value>) -> Result<()> {
         match self {
-            Tx::Sqlite(mut t) => t.finish(sql, values).await,
+            Tx::Sqlite(mut t) => {
+                t.finish(sqlx::query_with(sql, sea_query_binder::SqlxValues(sea_query::Values(values)))).await
+            }
             Tx::Postgres(_) => Err(crate::StoreError::Corrupt("a SQLite batch on PostgreSQL".into())),
         }
     }
 
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
-            Tx::Sqlite(mut t) => t.finish("COMMIT", Vec::new()).await?,
+            Tx::Sqlite(mut t) => t.finish(sqlx::query("COMMIT")).await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())
