@@ -207,6 +207,7 @@ impl Application {
             .map_err(|e| StartError::Database { url: opts.redacted_url(), reason: reason(&e) })?;
         let mut ctx = Ctx::new(db, clock, &root, master, mailer, config.issuer.clone());
         ctx.psp = connectors(config);
+        ctx.numbering = config.invoice_numbering;
         ctx.init().await.map_err(|e| StartError::Keys(e.to_string()))?;
         let router = azotte_api::router(
             ctx.clone(),
@@ -224,6 +225,7 @@ impl Application {
             ctx,
             workers: WorkerConfig {
                 housekeeping_every: config.housekeeping_interval,
+                number_every: config.invoice_numbering_interval,
                 ..WorkerConfig::default()
             },
             shutdown_timeout: config.shutdown_timeout,

@@ -66,6 +66,11 @@ pub struct Config {
     /// (PSP search indexes lag); also how long an attempt may stay unrecorded before
     /// reconciliation asks the PSP about it.
     pub reconcile_grace: Duration,
+    /// When invoices get their gapless number: `auto` (in the issuing transaction unless the
+    /// series is busy, then by the numbering pass) or `deferred` (always by the pass).
+    pub invoice_numbering: azotte_service::invoices::Numbering,
+    /// How often the numbering pass numbers queued drafts.
+    pub invoice_numbering_interval: Duration,
 }
 
 /// A configuration error, naming the key and the source of the bad value.
@@ -103,6 +108,8 @@ const KEYS: &[Key] = &[
     Key { name: "issuer", default: "azotte", secret: false },
     Key { name: "stripe_base_url", default: "https://api.stripe.com", secret: false },
     Key { name: "reconcile_grace_secs", default: "600", secret: false },
+    Key { name: "invoice_numbering", default: "auto", secret: false },
+    Key { name: "invoice_numbering_interval_ms", default: "200", secret: false },
 ];
 
 /// A raw value and where it came from.
@@ -288,6 +295,16 @@ impl Config {
                 get("reconcile_grace_secs"),
                 "reconcile_grace_secs",
                 |v| range(v, 1, 86_400),
+            )?),
+            invoice_numbering: parse(get("invoice_numbering"), "invoice_numbering", |v| match v {
+                "auto" => Ok(azotte_service::invoices::Numbering::Auto),
+                "deferred" => Ok(azotte_service::invoices::Numbering::Deferred),
+                _ => Err("expected auto or deferred".into()),
+            })?,
+            invoice_numbering_interval: Duration::from_millis(parse(
+                get("invoice_numbering_interval_ms"),
+                "invoice_numbering_interval_ms",
+                |v| range(v, 10, 3_600_000),
             )?),
         })
     }

@@ -7,6 +7,13 @@
 //! upsert on the series row, which that row then keeps locked until the caller commits or rolls
 //! back — so call it late in the transaction and never hold the transaction across a PSP call.
 //!
+//! When another transaction holds the series row ([`Numbering::Auto`]), or always
+//! ([`Numbering::Deferred`]), the issuer does not wait: the invoice commits as a `draft` without
+//! a number, queued, and the numbering pass ([`number_pending`], run by the worker every 200 ms)
+//! gives the queued drafts of a series consecutive numbers in one transaction — one hold of the
+//! series row for the whole batch. Meanwhile the draft can be paid (it is then issued `paid`);
+//! voiding it, giving up on it or crediting it numbers it first.
+//!
 //! A refund that succeeds for a payment that settled an invoice gets a credit note, in the
 //! refund's transaction ([`credit_note_for_refund`]), numbered in the storefront's credit note
 //! series. A checkout that starts with a free trial charges nothing and issues no invoice: the
@@ -27,7 +34,10 @@ use azotte_domain::invoice::{
 use azotte_domain::permission::Permission;
 use azotte_domain::{FieldError, ValidationErrors};
 use azotte_store::catalog::{self as catalog_store, Storefront};
-use azotte_store::invoices::{self as store, CreditNoteLineRow, InvoiceFilter, InvoicePaymentRow, LineRow};
+use azotte_store::invoices::{
+    self as store, CreditNoteLineRow, InvoiceFilter, InvoicePaymentRow, LineRow, NumberingRow,
+};
+use azotte_store::journal::Cause;
 use azotte_store::payments as payment_store;
 use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Datelike, Utc};
@@ -53,6 +63,21 @@ pub struct LineInput {
     pub tax_behaviour: TaxKind,
 }
 
+/// When an invoice gets its gapless number (configuration `invoice_numbering`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Numbering {
+    /// In the issuing transaction, unless another transaction holds the series row: then the
+    /// invoice commits as a queued `draft` and the numbering pass numbers it, with the others
+    /// queued meanwhile, shortly after. (SQLite's one writer never finds the row held.)
+    #[default]
+    Auto,
+    /// Always by the numbering pass: issuers never touch the series row.
+    Deferred,
+}
+
+/// Drafts one numbering transaction numbers at most.
+const NUMBERING_BATCH: u64 = 500;
+
 fn invalid(e: InvoiceError) -> ServiceError {
     let code = match e {
         InvoiceError::NoLines => "invoice_without_lines",
@@ -77,10 +102,13 @@ fn status_of(row: &InvoiceRow) -> Result<InvoiceStatus> {
 }
 
 /// Issues an open invoice with a number, in the caller's transaction (journaled outcome
-/// `invoice.issued`). The tax rate is the storefront's for the customer's country.
+/// `invoice.issued`) — or, when the series is busy ([`Numbering`]), a queued `draft` that the
+/// numbering pass numbers after the commit. The tax rate is the storefront's for the customer's
+/// country.
 #[allow(clippy::too_many_arguments)]
 pub async fn issue(
     tx: &mut TenantTx,
+    numbering: Numbering,
     storefront: &Storefront,
     customer_id: &str,
     customer_country: Option<&str>,
@@ -90,8 +118,19 @@ pub async fn issue(
     now: DateTime<Utc>,
 ) -> Result<InvoiceRow> {
     let rate = storefront.tax.rate_for(customer_country);
-    issue_at_rate(tx, storefront, customer_id, customer_country, subscription_id, currency, lines, rate, now)
-        .await
+    issue_at_rate(
+        tx,
+        numbering,
+        storefront,
+        customer_id,
+        customer_country,
+        subscription_id,
+        currency,
+        lines,
+        rate,
+        now,
+    )
+    .await
 }
 
 /// [`issue`] at a given tax rate: the rate an offer quoted, so that the invoice bills exactly
@@ -99,6 +138,7 @@ pub async fn issue(
 #[allow(clippy::too_many_arguments)]
 pub async fn issue_at_rate(
     tx: &mut TenantTx,
+    numbering: Numbering,
     storefront: &Storefront,
     customer_id: &str,
     customer_country: Option<&str>,
@@ -122,7 +162,7 @@ pub async fn issue_at_rate(
         now,
     )
     .await?
-    .issue(tx, now)
+    .issue(tx, numbering, now)
     .await
 }
 
@@ -200,17 +240,26 @@ impl Draft {
     /// [`Draft::pay_with`] — journaled as [`issue`] and [`mark_paid`] are (outcomes
     /// `invoice.issued`, `invoice.paid`; fiscalization queued once paid). Call it as the last
     /// write before commit: from here the series row is locked until the transaction ends.
-    pub(crate) async fn issue(self, tx: &mut TenantTx, now: DateTime<Utc>) -> Result<InvoiceRow> {
+    ///
+    /// If another transaction holds the series row ([`Numbering::Auto`]) or numbering is
+    /// [`Numbering::Deferred`], the draft is queued for the numbering pass instead and returned
+    /// as a `draft` (paid already when it was, `invoice.paid` journaled now).
+    pub(crate) async fn issue(
+        self,
+        tx: &mut TenantTx,
+        numbering: Numbering,
+        now: DateTime<Utc>,
+    ) -> Result<InvoiceRow> {
         let Draft { mut row, lines, rate_bp, prefix, paid_by } = self;
-        let open = rules::transition(InvoiceStatus::Draft, InvoiceEvent::Finalize)
-            .map_err(|e| conflict("invoice_status_conflict", e.to_string()))?;
-        let status = match paid_by {
-            Some(_) => rules::transition(open, InvoiceEvent::Pay)
-                .map_err(|e| conflict("invoice_status_conflict", e.to_string()))?,
-            None => open,
-        };
         let series = rules::series(&prefix, now.year(), DocumentKind::Invoice);
-        let sequence = store::next_number(tx, &row.storefront_id, &series).await?;
+        let sequence = match numbering {
+            Numbering::Auto => store::try_next_number(tx, &row.storefront_id, &series).await?,
+            Numbering::Deferred => None,
+        };
+        let Some(sequence) = sequence else {
+            return queue(tx, row, lines, rate_bp, paid_by, now).await;
+        };
+        let status = issued_status(paid_by.is_some())?;
         number_row(&mut row, series, sequence, status, now);
         if paid_by.is_some() {
             row.amount_paid = row.total;
@@ -232,6 +281,155 @@ impl Draft {
         }
         Ok(row)
     }
+}
+
+/// The status a draft is issued in: `open`, or `paid` when a payment settled it.
+fn issued_status(paid: bool) -> Result<InvoiceStatus> {
+    let open = rules::transition(InvoiceStatus::Draft, InvoiceEvent::Finalize)
+        .map_err(|e| conflict("invoice_status_conflict", e.to_string()))?;
+    if !paid {
+        return Ok(open);
+    }
+    rules::transition(open, InvoiceEvent::Pay).map_err(|e| conflict("invoice_status_conflict", e.to_string()))
+}
+
+/// Leaves a draft of this transaction for the numbering pass: recorded paid if `paid_by` settled
+/// it (outcome `invoice.paid`, without a number yet), and queued with this transaction's lineage,
+/// which its `invoice.issued` outcome will join.
+async fn queue(
+    tx: &mut TenantTx,
+    mut row: InvoiceRow,
+    lines: usize,
+    rate_bp: u32,
+    paid_by: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<InvoiceRow> {
+    if let Some(payment_id) = paid_by {
+        if !paid_while_queued(tx, &mut row, &payment_id, now).await? {
+            return Err(ServiceError::Internal(format!("draft invoice {} vanished", row.id).into()));
+        }
+    }
+    let cause = tx.cause();
+    store::queue_numbering(
+        tx,
+        &NumberingRow {
+            invoice_id: row.id.clone(),
+            storefront_id: row.storefront_id.clone(),
+            correlation_id: cause.correlation_id,
+            causation_id: cause.action_id,
+            lines: lines as i32,
+            rate_bp: rate_bp as i32,
+            queued_at: now,
+        },
+    )
+    .await?;
+    Ok(row)
+}
+
+/// Numbers queued drafts in the caller's transaction, oldest first: per storefront, one
+/// reservation of consecutive numbers in the current year's series, then each draft issued
+/// (`paid` if it was paid while queued, fiscalization then queued) with its `invoice.issued`
+/// outcome in its issuer's lineage. `only`: that invoice alone, waiting for the series row and
+/// for the draft if another transaction holds them (a caller about to void, give up on or credit
+/// it); otherwise drafts another transaction holds are left for the next pass. A transaction
+/// without an action records `invoice.number` first. Returns how many it numbered.
+pub(crate) async fn number_queued(
+    tx: &mut TenantTx,
+    only: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let queued = store::numbering_queue(tx, only, NUMBERING_BATCH).await?;
+    if queued.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<String> = queued.iter().map(|q| q.invoice_id.clone()).collect();
+    let mut drafts: std::collections::HashMap<String, InvoiceRow> =
+        store::lock_drafts(tx, &ids, only.is_none()).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
+    // Another pass numbered what is missing (and dequeued it), or holds it now.
+    let queued: Vec<NumberingRow> =
+        queued.into_iter().filter(|q| drafts.contains_key(&q.invoice_id)).collect();
+    if queued.is_empty() {
+        return Ok(0);
+    }
+    let numbering_action = match tx.cause().action_id {
+        Some(a) => a,
+        None => tx.action(now, "invoice.number", None, json!({"invoices": queued.len()})).await?,
+    };
+    let mut storefronts: Vec<&str> = Vec::new();
+    for q in &queued {
+        if !storefronts.contains(&q.storefront_id.as_str()) {
+            storefronts.push(&q.storefront_id);
+        }
+    }
+    let mut numbered = Vec::with_capacity(queued.len());
+    for sf in storefronts {
+        let storefront = catalog_store::get_storefront(tx, sf)
+            .await?
+            .ok_or_else(|| ServiceError::Internal(format!("storefront {sf} of a queued invoice").into()))?;
+        let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
+        let mine: Vec<&NumberingRow> = queued.iter().filter(|q| q.storefront_id == sf).collect();
+        let first = store::reserve_numbers(tx, sf, &series, mine.len() as i64).await?;
+        for (i, q) in mine.into_iter().enumerate() {
+            // Each kept draft once: a number reserved and not given would be a gap.
+            let mut row = drafts.remove(&q.invoice_id).ok_or_else(|| {
+                ServiceError::Internal(format!("queued invoice {} listed twice", q.invoice_id).into())
+            })?;
+            let paid = row.paid_at.is_some();
+            number_row(&mut row, series.clone(), first + i as i64, issued_status(paid)?, now);
+            if !store::issue_draft(tx, &row).await? {
+                return Err(ServiceError::Internal(format!("queued invoice {} vanished", row.id).into()));
+            }
+            let cause = Cause { correlation_id: q.correlation_id.clone(), action_id: q.causation_id.clone() };
+            let mut body = issued_body(&row, q.lines as usize, q.rate_bp as u32);
+            body["status"] = json!(row.status);
+            body["numbered_by"] = json!(numbering_action);
+            tx.outcome_of(&cause, now, "invoice.issued", Some(("invoice", &row.id)), body).await?;
+            if paid {
+                fiscal::enqueue(tx, &row, &row.id, FiscalAction::Issue, now).await?;
+            }
+            numbered.push(row.id);
+        }
+    }
+    store::dequeue_numbering(tx, &numbered).await?;
+    Ok(numbered.len())
+}
+
+/// The numbering pass over one tenant environment: numbers its queued drafts in transactions of
+/// up to 500 until none is left (or the rest is held by other transactions). Returns how many.
+pub async fn number_pending(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
+    let mut total = 0;
+    loop {
+        let mut tx = ctx.db.tenant_tx(scope).await?;
+        let n = number_queued(&mut tx, None, ctx.clock.now()).await?;
+        tx.commit().await?;
+        total += n;
+        if n < NUMBERING_BATCH as usize {
+            return Ok(total);
+        }
+    }
+}
+
+/// [`number_pending`] in every tenant environment with queued drafts (the worker's pass).
+pub async fn number_pending_everywhere(ctx: &Ctx) -> Result<usize> {
+    let mut total = 0;
+    for (tenant, env) in store::environments_numbering(&ctx.db, 1000).await? {
+        let (Ok(tenant_id), Ok(environment)) = (tenant.parse(), env.parse()) else { continue };
+        match azotte_store::auth::system_scope(&ctx.db, tenant_id, environment, "invoice_numbering").await {
+            Ok(scope) => total += number_pending(ctx, &scope).await?,
+            Err(e) => tracing::warn!(tenant = %tenant, error = %e, "invoice numbering: tenant skipped"),
+        }
+    }
+    Ok(total)
+}
+
+/// A committed draft is one waiting for its number: numbers it now, in the caller's
+/// transaction, and returns the invoice as it then is.
+async fn numbered_now(tx: &mut TenantTx, row: InvoiceRow, now: DateTime<Utc>) -> Result<InvoiceRow> {
+    if row.status != InvoiceStatus::Draft.as_str() {
+        return Ok(row);
+    }
+    number_queued(tx, Some(&row.id), now).await?;
+    store::get(tx, &row.id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })
 }
 
 /// An invoice's row (a `draft`, no number) and lines, priced at `rate_bp`.
@@ -317,6 +515,12 @@ fn number_row(
     row.updated_at = now;
 }
 
+fn issued_body(row: &InvoiceRow, lines: usize, rate_bp: u32) -> serde_json::Value {
+    json!({"number": row.number, "customer_id": row.customer_id, "subscription_id": row.subscription_id,
+           "currency": row.currency, "net": row.net, "tax": row.tax, "total": row.total,
+           "lines": lines, "rate_bp": rate_bp})
+}
+
 async fn issued_outcome(
     tx: &mut TenantTx,
     row: &InvoiceRow,
@@ -324,15 +528,7 @@ async fn issued_outcome(
     rate_bp: u32,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    tx.outcome(
-        now,
-        "invoice.issued",
-        Some(("invoice", &row.id)),
-        json!({"number": row.number, "customer_id": row.customer_id, "subscription_id": row.subscription_id,
-               "currency": row.currency, "net": row.net, "tax": row.tax, "total": row.total,
-               "lines": lines, "rate_bp": rate_bp}),
-    )
-    .await?;
+    tx.outcome(now, "invoice.issued", Some(("invoice", &row.id)), issued_body(row, lines, rate_bp)).await?;
     Ok(())
 }
 
@@ -353,7 +549,8 @@ async fn apply(
     now: DateTime<Utc>,
     change: impl FnOnce(&mut InvoiceRow),
 ) -> Result<(InvoiceRow, InvoiceStatus)> {
-    let mut row = store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    let row = store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    let mut row = numbered_now(tx, row, now).await?;
     let from = status_of(&row)?;
     let to =
         rules::transition(from, event).map_err(|e| conflict("invoice_status_conflict", e.to_string()))?;
@@ -375,7 +572,15 @@ pub async fn mark_paid(
     payment_id: &str,
     now: DateTime<Utc>,
 ) -> Result<InvoiceRow> {
-    let current = store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    let mut current =
+        store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    if current.status == InvoiceStatus::Draft.as_str() {
+        if let Some(paid) = pay_queued(tx, &current, payment_id, now).await? {
+            return Ok(paid);
+        }
+        // Numbered meanwhile: paid as any open invoice.
+        current = store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
+    }
     if current.status == InvoiceStatus::Paid.as_str() {
         let paid_by = store::invoice_payments(tx, Some(invoice_id), None).await?;
         if paid_by.iter().any(|p| p.payment_id == payment_id) {
@@ -415,6 +620,71 @@ pub async fn mark_paid(
     .await?;
     fiscal::enqueue(tx, &row, invoice_id, FiscalAction::Issue, now).await?;
     Ok(row)
+}
+
+/// [`mark_paid`] for a draft waiting for its number: records the payment (outcome
+/// `invoice.paid` without a number; the numbering pass issues it `paid` and queues its
+/// fiscalization). `None` when it was numbered meanwhile.
+async fn pay_queued(
+    tx: &mut TenantTx,
+    draft: &InvoiceRow,
+    payment_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<InvoiceRow>> {
+    if draft.paid_at.is_some() {
+        let paid_by = store::invoice_payments(tx, Some(&draft.id), None).await?;
+        if paid_by.iter().any(|p| p.payment_id == payment_id) {
+            return Ok(Some(draft.clone()));
+        }
+        return Err(conflict("invoice_status_conflict", "the invoice is paid already"));
+    }
+    let p =
+        payment_store::get(tx, payment_id).await?.ok_or(ServiceError::NotFound { resource: "payment" })?;
+    if !settles(&p, draft) {
+        return Err(conflict(
+            "payment_does_not_settle_invoice",
+            "the payment must be captured, of the invoice's customer, storefront and currency, and cover what is due",
+        ));
+    }
+    let mut row = draft.clone();
+    if !paid_while_queued(tx, &mut row, payment_id, now).await? {
+        return Ok(None);
+    }
+    store::insert_payment(
+        tx,
+        &InvoicePaymentRow {
+            invoice_id: draft.id.clone(),
+            payment_id: payment_id.to_owned(),
+            amount: draft.total,
+            created_at: now,
+        },
+    )
+    .await?;
+    Ok(Some(row))
+}
+
+/// Records a queued draft as paid in full by `payment_id` (outcome `invoice.paid`, no number
+/// yet): `false` when it is no longer an unpaid draft.
+async fn paid_while_queued(
+    tx: &mut TenantTx,
+    row: &mut InvoiceRow,
+    payment_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    if !store::pay_draft(tx, &row.id, now).await? {
+        return Ok(false);
+    }
+    row.amount_paid = row.total;
+    row.paid_at = Some(now);
+    row.updated_at = now;
+    tx.outcome(
+        now,
+        "invoice.paid",
+        Some(("invoice", &row.id)),
+        json!({"payment_id": payment_id, "amount": row.total, "number": null, "numbering": "queued"}),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Gives up collecting an open invoice (outcome `invoice.uncollectible`); it may still be paid.
@@ -467,6 +737,8 @@ pub async fn credit_note_for_refund(
         }
     }
     let Some(inv) = invoice else { return Ok(None) };
+    // A credit note names the invoice it credits: a draft waiting for its number gets it first.
+    let inv = numbered_now(tx, inv, now).await?;
     let amount = amount.min(inv.amount_paid - inv.amount_credited);
     if amount <= 0 {
         return Ok(None);
@@ -597,8 +869,10 @@ pub(crate) async fn for_checkout(
 /// payment). The line is the subscription's price version when that prices to exactly `amount`
 /// at the storefront's current rate for the customer (so an exclusive price shows its net as
 /// priced); otherwise `amount` itself, tax included.
+#[allow(clippy::too_many_arguments)]
 pub async fn for_subscription_charge(
     tx: &mut TenantTx,
+    numbering: Numbering,
     subscription: &azotte_store::subscriptions::SubscriptionRow,
     description: &str,
     amount: i64,
@@ -632,6 +906,7 @@ pub async fn for_subscription_charge(
     };
     let invoice = issue_at_rate(
         tx,
+        numbering,
         &storefront,
         &subscription.customer_id,
         country.as_deref(),

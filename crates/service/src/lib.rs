@@ -63,6 +63,8 @@ pub struct Ctx {
     pub psp: payments::Connectors,
     /// Fiscalization providers of this process.
     pub fiscal: invoices::fiscal::Providers,
+    /// When invoices get their number (configuration `invoice_numbering`).
+    pub numbering: invoices::Numbering,
 }
 
 impl Ctx {
@@ -87,6 +89,7 @@ impl Ctx {
             vault: Arc::new(vault::Vault::new(master)),
             psp: Default::default(),
             fiscal: Default::default(),
+            numbering: Default::default(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Invoices, their lines and payments, credit notes, number series and fiscalization records as
-//! stored. Numbers come from [`next_number`]: one upsert on the series row, inside the caller's
+//! stored. Numbers come from [`next_number`] (or [`try_next_number`], which does not wait, and
+//! [`reserve_numbers`], many at once): one upsert on the series row, inside the caller's
 //! transaction, so concurrent issuers serialize on that row and a rollback returns the number.
+//! Drafts whose issuer found the row busy wait in `invoice_numbering` for the numbering pass.
 
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, OnConflict, Order, Query, SelectStatement};
@@ -30,6 +32,20 @@ struct Taken {
 /// The row stays locked until the transaction ends, so a concurrent issuer of the same series
 /// waits and then sees the committed value (or the old one, if this transaction rolls back).
 pub async fn next_number(tx: &mut TenantTx, storefront_id: &str, series: &str) -> Result<i64> {
+    // One statement text with one parameter type for both: PostgreSQL prepares it once per
+    // connection, and a `+ $6` prepared for an INT4 cannot take an INT8 later.
+    reserve_numbers(tx, storefront_id, series, 1).await
+}
+
+/// Takes `count` consecutive numbers of a storefront's series at once and returns the first:
+/// the same upsert as [`next_number`], adding `count`. The numbering pass gives a batch of
+/// drafts their numbers with it, holding the series row once for all of them.
+pub async fn reserve_numbers(
+    tx: &mut TenantTx,
+    storefront_id: &str,
+    series: &str,
+    count: i64,
+) -> Result<i64> {
     let q = Query::insert()
         .into_table(InvoiceSeries::Table)
         .columns([
@@ -44,7 +60,7 @@ pub async fn next_number(tx: &mut TenantTx, storefront_id: &str, series: &str) -
             tx.scope().environment().as_str().into(),
             storefront_id.into(),
             series.into(),
-            1i64.into(),
+            count.into(),
         ])
         .on_conflict(
             OnConflict::columns([
@@ -55,14 +71,211 @@ pub async fn next_number(tx: &mut TenantTx, storefront_id: &str, series: &str) -
             ])
             .value(
                 InvoiceSeries::LastNumber,
-                Expr::col((InvoiceSeries::Table, InvoiceSeries::LastNumber)).add(1),
+                Expr::col((InvoiceSeries::Table, InvoiceSeries::LastNumber)).add(count),
             )
             .to_owned(),
         )
         .returning_col(InvoiceSeries::LastNumber)
         .to_owned();
     tx.writes += 1;
-    Ok(tx.tx.fetch_one::<Taken>(&q).await?.last_number)
+    Ok(tx.tx.fetch_one::<Taken>(&q).await?.last_number - count + 1)
+}
+
+/// PostgreSQL's [`try_next_number`]: the increment only if the series row can be locked without
+/// waiting (`FOR UPDATE SKIP LOCKED`), or the new series' row with 1 if there is none yet.
+const TRY_NEXT_NUMBER_PG: &str = "\
+WITH up AS (
+    UPDATE invoice_series SET last_number = last_number + 1
+    WHERE tenant_id = $1 AND environment = $2 AND storefront_id = $3 AND series = $4
+      AND EXISTS (SELECT 1 FROM invoice_series
+                  WHERE tenant_id = $1 AND environment = $2 AND storefront_id = $3 AND series = $4
+                  FOR UPDATE SKIP LOCKED)
+    RETURNING last_number),
+new AS (
+    INSERT INTO invoice_series (tenant_id, environment, storefront_id, series, last_number)
+    SELECT $1, $2, $3, $4, 1
+    WHERE NOT EXISTS (SELECT 1 FROM invoice_series
+                      WHERE tenant_id = $1 AND environment = $2 AND storefront_id = $3 AND series = $4)
+    ON CONFLICT DO NOTHING
+    RETURNING last_number)
+SELECT last_number FROM up UNION ALL SELECT last_number FROM new";
+
+/// [`next_number`] without waiting: `None` when another transaction holds the series row (it
+/// is issuing an invoice of the series and has not committed yet). On SQLite a write
+/// transaction never meets another (one writer), so this always takes the number.
+pub async fn try_next_number(tx: &mut TenantTx, storefront_id: &str, series: &str) -> Result<Option<i64>> {
+    let (tenant, env) = (tx.scope().tenant_id().to_string(), tx.scope().environment().as_str());
+    match &mut tx.tx {
+        crate::exec::Tx::Postgres(t) => {
+            let n: Option<i64> = sqlx::query_scalar(TRY_NEXT_NUMBER_PG)
+                .bind(tenant)
+                .bind(env)
+                .bind(storefront_id)
+                .bind(series)
+                .fetch_optional(&mut **t)
+                .await?;
+            tx.writes += 1;
+            Ok(n)
+        }
+        crate::exec::Tx::Sqlite(_) => Ok(Some(next_number(tx, storefront_id, series).await?)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drafts waiting for their number
+
+#[derive(Iden, Clone, Copy)]
+enum InvoiceNumbering {
+    Table,
+    TenantId,
+    Environment,
+    InvoiceId,
+    StorefrontId,
+    CorrelationId,
+    CausationId,
+    Lines,
+    RateBp,
+    QueuedAt,
+}
+
+/// A draft invoice committed without its number, waiting for the numbering pass: who issued it
+/// (the lineage its `invoice.issued` outcome joins) and what that outcome tells.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct NumberingRow {
+    pub invoice_id: String,
+    pub storefront_id: String,
+    pub correlation_id: String,
+    /// The issuing transaction's action.
+    pub causation_id: Option<String>,
+    pub lines: i32,
+    pub rate_bp: i32,
+    pub queued_at: DateTime<Utc>,
+}
+
+/// Queues a draft of this transaction for the numbering pass.
+pub async fn queue_numbering(tx: &mut TenantTx, r: &NumberingRow) -> Result<()> {
+    let q = Query::insert()
+        .into_table(InvoiceNumbering::Table)
+        .columns([
+            InvoiceNumbering::TenantId,
+            InvoiceNumbering::Environment,
+            InvoiceNumbering::InvoiceId,
+            InvoiceNumbering::StorefrontId,
+            InvoiceNumbering::CorrelationId,
+            InvoiceNumbering::CausationId,
+            InvoiceNumbering::Lines,
+            InvoiceNumbering::RateBp,
+            InvoiceNumbering::QueuedAt,
+        ])
+        .values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            r.invoice_id.clone().into(),
+            r.storefront_id.clone().into(),
+            r.correlation_id.clone().into(),
+            r.causation_id.clone().into(),
+            r.lines.into(),
+            r.rate_bp.into(),
+            r.queued_at.into(),
+        ])
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// Drafts waiting for their number, oldest first (`only`: that invoice alone, if it waits).
+pub async fn numbering_queue(tx: &mut TenantTx, only: Option<&str>, limit: u64) -> Result<Vec<NumberingRow>> {
+    let mut q = Query::select()
+        .columns([
+            InvoiceNumbering::InvoiceId,
+            InvoiceNumbering::StorefrontId,
+            InvoiceNumbering::CorrelationId,
+            InvoiceNumbering::CausationId,
+            InvoiceNumbering::Lines,
+            InvoiceNumbering::RateBp,
+            InvoiceNumbering::QueuedAt,
+        ])
+        .from(InvoiceNumbering::Table)
+        .cond_where(tx.in_scope(InvoiceNumbering::TenantId, InvoiceNumbering::Environment))
+        .order_by(InvoiceNumbering::QueuedAt, Order::Asc)
+        .order_by(InvoiceNumbering::InvoiceId, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    if let Some(id) = only {
+        q.and_where(Expr::col(InvoiceNumbering::InvoiceId).eq(id));
+    }
+    tx.tx.fetch_all::<NumberingRow>(&q).await
+}
+
+/// Takes numbered drafts off the queue.
+pub async fn dequeue_numbering(tx: &mut TenantTx, invoice_ids: &[String]) -> Result<u64> {
+    if invoice_ids.is_empty() {
+        return Ok(0);
+    }
+    let q = Query::delete()
+        .from_table(InvoiceNumbering::Table)
+        .cond_where(tx.in_scope(InvoiceNumbering::TenantId, InvoiceNumbering::Environment))
+        .and_where(Expr::col(InvoiceNumbering::InvoiceId).is_in(invoice_ids.iter().cloned()))
+        .to_owned();
+    tx.write(&q).await
+}
+
+/// The tenant environments with drafts waiting for their number (a platform read, before the
+/// pass enters each).
+pub async fn environments_numbering(db: &crate::Db, limit: u64) -> Result<Vec<(String, String)>> {
+    #[derive(sqlx::FromRow)]
+    struct Env {
+        tenant_id: String,
+        environment: String,
+    }
+    let q = Query::select()
+        .distinct()
+        .columns([InvoiceNumbering::TenantId, InvoiceNumbering::Environment])
+        .from(InvoiceNumbering::Table)
+        .limit(limit)
+        .to_owned();
+    let mut tx = db.unscoped_read_tx().await?;
+    if let crate::exec::Tx::Postgres(t) = &mut tx {
+        sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
+    }
+    let rows = tx.fetch_all::<Env>(&q).await?;
+    tx.commit().await?;
+    Ok(rows.into_iter().map(|e| (e.tenant_id, e.environment)).collect())
+}
+
+/// The drafts among `ids`, each locked for this transaction (PostgreSQL: `FOR UPDATE`; with
+/// `skip_locked`, those another transaction holds are left out rather than waited for).
+pub async fn lock_drafts(tx: &mut TenantTx, ids: &[String], skip_locked: bool) -> Result<Vec<InvoiceRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = select(tx)
+        .and_where(Expr::col(Invoices::Id).is_in(ids.iter().cloned()))
+        .and_where(Expr::col(Invoices::Status).eq("draft"))
+        .order_by(Invoices::Id, Order::Asc)
+        .to_owned();
+    if skip_locked {
+        q.lock_with_behavior(sea_query::LockType::Update, sea_query::LockBehavior::SkipLocked);
+    } else {
+        q.lock(sea_query::LockType::Update);
+    }
+    tx.tx.fetch_all::<InvoiceRow>(&q).await
+}
+
+/// Records a draft as paid in full (`amount_paid`, `paid_at`) while it waits for its number;
+/// `false` when it is no longer an unpaid draft.
+pub async fn pay_draft(tx: &mut TenantTx, invoice_id: &str, now: DateTime<Utc>) -> Result<bool> {
+    let q = Query::update()
+        .table(Invoices::Table)
+        .value(Invoices::AmountPaid, Expr::col(Invoices::Total))
+        .value(Invoices::PaidAt, now)
+        .value(Invoices::UpdatedAt, now)
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .and_where(Expr::col(Invoices::Id).eq(invoice_id))
+        .and_where(Expr::col(Invoices::Status).eq("draft"))
+        .and_where(Expr::col(Invoices::PaidAt).is_null())
+        .to_owned();
+    Ok(tx.write(&q).await? == 1)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -62,6 +62,15 @@ impl RequestMeta {
     }
 }
 
+/// Where a transaction's entries sit in the journal, for work that continues them later in
+/// another transaction ([`TenantTx::cause`], [`TenantTx::outcome_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub correlation_id: String,
+    /// The transaction's action, once recorded.
+    pub action_id: Option<String>,
+}
+
 tokio::task_local! {
     static META: RequestMeta;
 }
@@ -150,6 +159,8 @@ pub(crate) struct NewEntry<'a> {
     pub type_: &'a str,
     pub occurred_at: DateTime<Utc>,
     pub causation_id: Option<&'a str>,
+    /// Another lineage than the transaction's ([`Cause`]); `None`: the request's or job's.
+    pub correlation_id: Option<&'a str>,
     pub principal: &'a Principal,
     pub mfa: bool,
     pub resource: Option<(&'a str, &'a str)>,
@@ -264,7 +275,7 @@ fn record(buf: &mut Buffer, tenant_id: String, environment: &str, e: NewEntry<'_
         kind: e.kind,
         type_: e.type_.to_owned(),
         occurred_at: e.occurred_at,
-        correlation_id: meta.correlation_id,
+        correlation_id: e.correlation_id.map_or(meta.correlation_id, str::to_owned),
         // An action of a job is caused by what queued the job.
         causation_id: e.causation_id.map(str::to_owned).or(meta.causation_id),
         principal_kind: e.principal.kind.as_str(),
@@ -401,7 +412,7 @@ macro_rules! journal_methods {
                 resource: Option<(&str, &str)>,
                 body: Value,
             ) -> Result<String> {
-                let id = self.record(Kind::Action, now, type_, None, resource, body);
+                let id = self.record(Kind::Action, now, type_, None, None, resource, body);
                 self.action_id = Some(id.clone());
                 Ok(id)
             }
@@ -437,15 +448,58 @@ macro_rules! journal_methods {
                 body: Value,
             ) -> Result<String> {
                 let cause = self.action_id.clone().ok_or(StoreError::Unjournaled)?;
-                Ok(self.record(kind, now, type_, Some(&cause), resource, body))
+                Ok(self.record(kind, now, type_, Some(&cause), None, resource, body))
             }
 
+            /// Where this transaction's entries sit: their correlation id and its action (once
+            /// recorded), for work that continues them later, in another transaction.
+            pub fn cause(&self) -> Cause {
+                Cause {
+                    correlation_id: self
+                        .journal
+                        .meta
+                        .as_ref()
+                        .map_or_else(current_correlation_id, |m| m.correlation_id.clone()),
+                    action_id: self.action_id.clone(),
+                }
+            }
+
+            /// Records an outcome of an action of another transaction, in that action's lineage
+            /// (`cause`, from [`Self::cause`] there): work finished later on its behalf, such as
+            /// an invoice numbered after its issuer committed. This transaction's own action must
+            /// be recorded first, as for any outcome.
+            pub async fn outcome_of(
+                &mut self,
+                cause: &Cause,
+                now: DateTime<Utc>,
+                type_: &str,
+                resource: Option<(&str, &str)>,
+                body: Value,
+            ) -> Result<String> {
+                if self.action_id.is_none() {
+                    return Err(StoreError::Unjournaled);
+                }
+                let own = self.action_id.clone();
+                let causation = cause.action_id.as_deref().or(own.as_deref()).map(str::to_owned);
+                Ok(self.record(
+                    Kind::Outcome,
+                    now,
+                    type_,
+                    causation.as_deref(),
+                    Some(&cause.correlation_id),
+                    resource,
+                    body,
+                ))
+            }
+
+            #[allow(clippy::too_many_arguments)]
             fn record(
                 &mut self,
                 kind: Kind,
                 now: DateTime<Utc>,
                 type_: &str,
                 causation_id: Option<&str>,
+                correlation_id: Option<&str>,
                 resource: Option<(&str, &str)>,
                 body: Value,
             ) -> String {
@@ -459,6 +513,7 @@ macro_rules! journal_methods {
                         type_,
                         occurred_at: now,
                         causation_id,
+                        correlation_id,
                         principal: scope.principal(),
                         mfa: mfa_of(scope.credential()),
                         resource,
@@ -516,6 +571,7 @@ pub async fn record_security(
             type_,
             occurred_at: now,
             causation_id: None,
+            correlation_id: None,
             principal,
             mfa: false,
             resource,

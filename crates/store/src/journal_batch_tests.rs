@@ -45,6 +45,7 @@ async fn buffer(n: usize) -> Buffer {
                     type_: if first { "widget.create" } else { "widget.created" },
                     occurred_at: at + chrono::Duration::milliseconds(i as i64),
                     causation_id: (!first).then_some("jnl_cause"),
+                    correlation_id: (i % 3 == 2).then_some("cor_elsewhere"),
                     principal: if first { &admin } else { &system },
                     mfa: first,
                     resource: first.then_some(("widget", "wid_1")),

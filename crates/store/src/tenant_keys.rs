@@ -232,7 +232,17 @@ async fn platform_entry(
         tx,
         PLATFORM,
         PLATFORM,
-        NewEntry { kind, type_, occurred_at: now, causation_id, principal, mfa: false, resource, body },
+        NewEntry {
+            kind,
+            type_,
+            occurred_at: now,
+            causation_id,
+            correlation_id: None,
+            principal,
+            mfa: false,
+            resource,
+            body,
+        },
     )
     .await
 }

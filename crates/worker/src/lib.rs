@@ -17,11 +17,17 @@ pub struct WorkerConfig {
     pub housekeeping_every: Duration,
     /// Interval of the journal sealer (seal lag stays under about this plus one pass).
     pub seal_every: Duration,
+    /// Interval of the invoice numbering pass (how long a queued draft waits for its number).
+    pub number_every: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { housekeeping_every: Duration::from_secs(60), seal_every: Duration::from_millis(200) }
+        Self {
+            housekeeping_every: Duration::from_secs(60),
+            seal_every: Duration::from_millis(200),
+            number_every: Duration::from_millis(200),
+        }
     }
 }
 
@@ -44,25 +50,36 @@ pub async fn housekeeping_once(ctx: &Ctx) -> azotte_service::Result<Housekeeping
 
 /// Starts the workers; they stop when `shutdown` turns true, finishing the pass in progress.
 pub fn spawn(ctx: Ctx, config: WorkerConfig, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-    let sealer = tokio::spawn(sealer(ctx.clone(), config.seal_every, shutdown.clone()));
+    let sealer = tokio::spawn(every(ctx.clone(), config.seal_every, shutdown.clone(), |ctx| async move {
+        if let Err(e) = azotte_service::seal::seal_once(&ctx).await {
+            tracing::warn!(error = %e, "journal sealing failed; will retry");
+        }
+    }));
+    let numbering =
+        tokio::spawn(every(ctx.clone(), config.number_every, shutdown.clone(), |ctx| async move {
+            if let Err(e) = azotte_service::invoices::number_pending_everywhere(&ctx).await {
+                tracing::warn!(error = %e, "invoice numbering failed; will retry");
+            }
+        }));
     let housekeeping = tokio::spawn(housekeeping(ctx, config, shutdown));
     tokio::spawn(async move {
-        let _ = tokio::join!(sealer, housekeeping);
+        let _ = tokio::join!(sealer, numbering, housekeeping);
         tracing::info!("workers stopped");
     })
 }
 
-/// Seals journal entries into their chains, continuously.
-async fn sealer(ctx: Ctx, every: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
+/// Runs `pass` every `period` (a pass that overruns delays the next) until shutdown: the
+/// journal sealer, the invoice numbering pass.
+async fn every<F, Fut>(ctx: Ctx, period: Duration, mut shutdown: watch::Receiver<bool>, pass: F)
+where
+    F: Fn(Ctx) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = azotte_service::seal::seal_once(&ctx).await {
-                    tracing::warn!(error = %e, "journal sealing failed; will retry");
-                }
-            }
+            _ = tick.tick() => pass(ctx.clone()).await,
             _ = shutdown.changed() => break,
         }
         if *shutdown.borrow() {

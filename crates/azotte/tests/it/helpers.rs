@@ -37,6 +37,38 @@ macro_rules! both {
     )+};
 }
 
+/// As [`both!`], and each body again with `invoice_numbering = "deferred"`, where every invoice
+/// is numbered by the numbering pass after its issuer commits: `name::sqlite_deferred`,
+/// `name::postgres_deferred`.
+#[macro_export]
+macro_rules! both_numberings {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            use $crate::helpers::{spawn_app, spawn_app_with, Backend};
+            const DEFERRED: &[(&str, &str)] = &[("invoice_numbering", "deferred")];
+            fn deferred() -> Vec<(&'static str, String)> {
+                DEFERRED.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(spawn_app(Backend::Sqlite).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(spawn_app(Backend::Postgres).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_deferred() {
+                super::$name(spawn_app_with(Backend::Sqlite, &deferred()).await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_deferred() {
+                super::$name(spawn_app_with(Backend::Postgres, &deferred()).await).await
+            }
+        }
+    )+};
+}
+
 /// Everything the test process logged, for assertions on log content.
 #[derive(Clone, Default)]
 pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
@@ -536,5 +568,11 @@ impl TestApp {
     /// period ends, plan changes, renewals).
     pub async fn subscription_tick(&self) {
         azotte_service::subscriptions::run_due_everywhere(&self.ctx).await.unwrap();
+        self.number_invoices().await;
+    }
+
+    /// One pass of the invoice numbering the worker runs every 200 ms: numbers queued drafts.
+    pub async fn number_invoices(&self) -> usize {
+        azotte_service::invoices::number_pending_everywhere(&self.ctx).await.unwrap()
     }
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use azotte_domain::catalog::{Currency, TaxKind};
 use azotte_domain::tenant::Environment;
-use azotte_service::invoices::{self, LineInput, LineKind};
+use azotte_service::invoices::{self, LineInput, LineKind, Numbering::Auto};
 use azotte_store::TenantScope;
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::helpers::TestApp;
+use crate::helpers::{spawn_app_with, TestApp};
 
 const T: &str = "inv";
 const ENV: &str = "development";
@@ -341,7 +341,9 @@ async fn numbers_are_gapless_under_concurrency_and_rollback(app: TestApp) {
     let scope = scope(&app, &t).await;
     let sf = storefront(&app, &scope, &s.sf).await;
     let eur = Currency::parse("currency", "EUR").unwrap();
-    // 32 issuers at once; every fourth rolls back after taking its number.
+    // 32 issuers at once; every fourth rolls back after taking its number. On PostgreSQL an
+    // issuer that finds the series row held by another does not wait: its invoice commits as a
+    // queued draft, numbered by the pass below (SQLite's one writer never finds it held).
     let mut tasks = Vec::new();
     for i in 0..32 {
         let (ctx, scope, sf, eur, cus) =
@@ -350,25 +352,49 @@ async fn numbers_are_gapless_under_concurrency_and_rollback(app: TestApp) {
             let now = ctx.clock.now();
             let mut tx = ctx.db.tenant_tx(&scope).await.unwrap();
             tx.action(now, "test.bill", None, json!({"task": i})).await.unwrap();
-            let inv = invoices::issue(&mut tx, &sf, &cus, Some("DE"), None, &eur, &[line(100 + i)], now)
-                .await
-                .unwrap();
+            let inv =
+                invoices::issue(&mut tx, Auto, &sf, &cus, Some("DE"), None, &eur, &[line(100 + i)], now)
+                    .await
+                    .unwrap();
             tokio::time::sleep(Duration::from_millis(2)).await;
             if i % 4 == 3 {
                 drop(tx);
                 return None;
             }
             tx.commit().await.unwrap();
-            Some((inv.sequence.unwrap(), inv.number.unwrap()))
+            Some(inv)
         }));
     }
-    let mut taken: Vec<(i64, String)> = Vec::new();
+    let mut kept = Vec::new();
     for t in tasks {
-        taken.extend(t.await.unwrap());
+        kept.extend(t.await.unwrap());
     }
+    let queued = kept.iter().filter(|i| i.number.is_none()).count();
+    if app.backend == crate::helpers::Backend::Sqlite {
+        assert_eq!(queued, 0, "one writer: every issuer numbers its own");
+    }
+    // The pass (the worker's runs too, every 200 ms: each leaves what the other holds).
+    for _ in 0..100 {
+        invoices::number_pending(&app.ctx, &scope).await.unwrap();
+        if app.raw_strings("SELECT invoice_id FROM invoice_numbering").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut taken: Vec<(i64, String)> = Vec::new();
+    let mut tx = app.ctx.db.tenant_read_tx(&scope).await.unwrap();
+    for inv in &kept {
+        let now = azotte_store::invoices::get(&mut tx, &inv.id).await.unwrap().unwrap();
+        assert_eq!(now.status, "open", "{inv:?}");
+        if inv.number.is_some() {
+            assert_eq!((&now.number, now.sequence), (&inv.number, inv.sequence), "a number never changes");
+        }
+        taken.push((now.sequence.unwrap(), now.number.unwrap()));
+    }
+    tx.commit().await.unwrap();
     taken.sort();
     let seqs: Vec<i64> = taken.iter().map(|(n, _)| *n).collect();
-    assert_eq!(seqs, (1..=24).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(seqs, (1..=24).collect::<Vec<_>>(), "no gap, no duplicate ({queued} numbered by the pass)");
     for (n, number) in &taken {
         assert_eq!(number, &format!("GL-{}-{n:06}", year(&app)));
     }
@@ -376,12 +402,12 @@ async fn numbers_are_gapless_under_concurrency_and_rollback(app: TestApp) {
     let now = app.ctx.clock.now();
     let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
     tx.action(now, "test.bill", None, json!({})).await.unwrap();
-    let burnt = invoices::issue(&mut tx, &sf, &s.cus, None, None, &eur, &[line(1)], now).await.unwrap();
+    let burnt = invoices::issue(&mut tx, Auto, &sf, &s.cus, None, None, &eur, &[line(1)], now).await.unwrap();
     assert_eq!(burnt.sequence, Some(25));
     drop(tx);
     let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
     tx.action(now, "test.bill", None, json!({})).await.unwrap();
-    let kept = invoices::issue(&mut tx, &sf, &s.cus, None, None, &eur, &[line(1)], now).await.unwrap();
+    let kept = invoices::issue(&mut tx, Auto, &sf, &s.cus, None, None, &eur, &[line(1)], now).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(kept.number, Some(format!("GL-{}-000025", year(&app))));
     let listed = get(&app, &format!("/v1/customers/{}/invoices?limit=100&status=open", s.cus)).await;
@@ -401,12 +427,14 @@ async fn open_invoices_move_by_the_table(app: TestApp) {
     let lines =
         [LineInput { quantity: 2, ..line(450) }, LineInput { kind: LineKind::Proration, ..line(-100) }];
     let lines = lines.map(|l| LineInput { tax_behaviour: TaxKind::Exclusive, ..l });
-    let a = invoices::issue(&mut tx, &sf, &s.cus, Some("DE"), None, &eur, &lines, now).await.unwrap();
+    let a = invoices::issue(&mut tx, Auto, &sf, &s.cus, Some("DE"), None, &eur, &lines, now).await.unwrap();
     assert_eq!((a.net, a.tax, a.total), (800, 80, 880));
-    let b = invoices::issue(&mut tx, &sf, &s.cus, Some("DE"), None, &eur, &[line(500)], now).await.unwrap();
+    let b =
+        invoices::issue(&mut tx, Auto, &sf, &s.cus, Some("DE"), None, &eur, &[line(500)], now).await.unwrap();
     // A credit larger than the charge is refused.
     let err = invoices::issue(
         &mut tx,
+        Auto,
         &sf,
         &s.cus,
         None,
@@ -477,12 +505,21 @@ async fn open_invoices_move_by_the_table(app: TestApp) {
     tx.action(now, "test.renew", None, json!({})).await.unwrap();
     let sub = azotte_store::subscriptions::get_subscription(&mut tx, sid).await.unwrap().unwrap();
     let period = (sub.period_end, sub.period_end + chrono::Duration::days(30));
-    let r =
-        invoices::for_subscription_charge(&mut tx, &sub, "Renewal", 1099, period, Some(&id(&renewal)), now)
-            .await
-            .unwrap();
-    let odd =
-        invoices::for_subscription_charge(&mut tx, &sub, "Renewal", 1000, period, None, now).await.unwrap();
+    let r = invoices::for_subscription_charge(
+        &mut tx,
+        Auto,
+        &sub,
+        "Renewal",
+        1099,
+        period,
+        Some(&id(&renewal)),
+        now,
+    )
+    .await
+    .unwrap();
+    let odd = invoices::for_subscription_charge(&mut tx, Auto, &sub, "Renewal", 1000, period, None, now)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!((r.status.as_str(), r.net, r.tax, r.total), ("paid", 999, 100, 1099));
     assert_eq!(r.number, Some(format!("ST-{}-000004", year(&app))), "after a, b and the checkout's");
@@ -605,3 +642,175 @@ both!(
     open_invoices_move_by_the_table,
     local_fiscalization_signs_retries_and_detects_tampering
 );
+
+/// Deferred numbering, the pass left to the test (`invoice_numbering_interval_ms` an hour).
+const DEFERRED: &[(&str, &str)] =
+    &[("invoice_numbering", "deferred"), ("invoice_numbering_interval_ms", "3600000")];
+
+fn config(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+fn journal_of(iid: &str) -> String {
+    format!("SELECT type FROM journal_entries WHERE resource_id = '{iid}' ORDER BY id")
+}
+
+/// A checkout's invoice commits as a paid draft, queued; the numbering pass issues it `paid`
+/// with the next number, its `invoice.issued` in the checkout's lineage. Paying, voiding and
+/// crediting a queued draft: voiding and crediting number it first; a paid one is issued paid.
+async fn queued_drafts_are_numbered_by_the_pass(app: TestApp) {
+    let t = tenant(&app).await;
+    let s = shop(&app, "plan", "DF-", json!({"kind": "inclusive", "rate_bp": 1900}), 999, "DE").await;
+    let done = buy(&app, &s).await;
+    let inv = invoice_of(&app, &done["subscription_id"]).await;
+    let iid = id(&inv);
+    assert_eq!(
+        (inv["status"].as_str(), inv["number"].as_str(), inv["amount_paid"].as_i64()),
+        (Some("draft"), None, Some(999)),
+        "{inv}"
+    );
+    assert_eq!(inv["payments"].as_array().unwrap().len(), 1, "{inv}");
+    assert_eq!(app.raw_strings(&journal_of(&iid)).await, ["invoice.paid"]);
+    assert_eq!(app.number_invoices().await, 1);
+    assert_eq!(app.number_invoices().await, 0, "nothing left");
+    let inv = get(&app, &format!("/v1/invoices/{iid}")).await;
+    assert_eq!(inv["status"], "paid");
+    assert_eq!(inv["number"].as_str(), Some(format!("DF-{}-000001", year(&app)).as_str()));
+    assert!(inv["issued_at"].is_string(), "{inv}");
+    assert_eq!(app.raw_strings(&journal_of(&iid)).await, ["invoice.paid", "invoice.issued"]);
+    // Both outcomes are the checkout's: one correlation id, caused by its action.
+    let lineage = format!(
+        "SELECT correlation_id || ' ' || causation_id FROM journal_entries WHERE resource_id = '{iid}'"
+    );
+    let rows = app.raw_strings(&lineage).await;
+    assert_eq!(rows[0], rows[1]);
+    let cause = rows[0].split(' ').nth(1).unwrap();
+    let action = app
+        .raw_strings(&format!("SELECT kind || ' ' || type FROM journal_entries WHERE id = '{cause}'"))
+        .await;
+    assert_eq!(action.len(), 1);
+    assert!(action[0].starts_with("action "), "{action:?}");
+
+    // Drafts queued by a transaction, then paid, voided and credited before any pass.
+    let scope = scope(&app, &t).await;
+    let sf = storefront(&app, &scope, &s.sf).await;
+    let eur = Currency::parse("currency", "EUR").unwrap();
+    let deferred = invoices::Numbering::Deferred;
+    let now = app.ctx.clock.now();
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.bill", None, json!({})).await.unwrap();
+    let to_pay = invoices::issue(&mut tx, deferred, &sf, &s.cus, Some("DE"), None, &eur, &[line(999)], now)
+        .await
+        .unwrap();
+    let to_void = invoices::issue(&mut tx, deferred, &sf, &s.cus, Some("DE"), None, &eur, &[line(500)], now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((to_pay.status.as_str(), &to_pay.number), ("draft", &None));
+    let p = post(
+        &app,
+        "/v1/payments",
+        json!({"customer_id": s.cus, "payment_method_id": s.pm, "amount": 999, "currency": "EUR"}),
+        201,
+    )
+    .await;
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.pay", None, json!({})).await.unwrap();
+    let paid = invoices::mark_paid(&mut tx, &to_pay.id, &id(&p), now).await.unwrap();
+    assert_eq!((paid.status.as_str(), paid.amount_paid, &paid.number), ("draft", 999, &None));
+    assert_eq!(
+        invoices::mark_paid(&mut tx, &to_pay.id, &id(&p), now).await.unwrap(),
+        paid,
+        "again: unchanged"
+    );
+    let void = invoices::void(&mut tx, &to_void.id, now).await.unwrap();
+    assert_eq!(void.status, "void");
+    assert_eq!(
+        void.number.as_deref(),
+        Some(format!("DF-{}-000002", year(&app)).as_str()),
+        "numbered, then void"
+    );
+    tx.commit().await.unwrap();
+    // A refund of the payment credits the paid draft: it is numbered first.
+    post(&app, &format!("/v1/payments/{}/refunds", id(&p)), json!({"amount": 100}), 201).await;
+    let credited = get(&app, &format!("/v1/invoices/{}", to_pay.id)).await;
+    assert_eq!(credited["status"], "paid", "{credited}");
+    assert_eq!(credited["number"].as_str(), Some(format!("DF-{}-000003", year(&app)).as_str()));
+    assert_eq!(credited["credit_notes"].as_array().unwrap().len(), 1, "{credited}");
+    assert_eq!(app.number_invoices().await, 0, "nothing left");
+    assert_eq!(
+        app.raw_strings(&journal_of(&to_pay.id)).await,
+        ["invoice.paid", "invoice.issued", "credit_note.issued"]
+    );
+    let left = app.raw_strings("SELECT invoice_id FROM invoice_numbering").await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+mod queued_drafts_are_numbered_by_the_pass {
+    use crate::helpers::{spawn_app_with, Backend};
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::queued_drafts_are_numbered_by_the_pass(
+            spawn_app_with(Backend::Sqlite, &super::config(super::DEFERRED)).await,
+        )
+        .await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::queued_drafts_are_numbered_by_the_pass(
+            spawn_app_with(Backend::Postgres, &super::config(super::DEFERRED)).await,
+        )
+        .await
+    }
+}
+
+/// PostgreSQL, `auto`: an issuer that finds the series row held by another transaction does not
+/// wait for it; its invoice commits as a queued draft and the pass gives it the next number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_series_queues_the_draft_instead_of_waiting() {
+    let app = spawn_app_with(
+        crate::helpers::Backend::Postgres,
+        &config(&[("invoice_numbering_interval_ms", "3600000")]),
+    )
+    .await;
+    let t = tenant(&app).await;
+    let s = shop(&app, "plan", "BZ-", json!({"kind": "inclusive", "rate_bp": 1900}), 999, "DE").await;
+    let scope = scope(&app, &t).await;
+    let sf = storefront(&app, &scope, &s.sf).await;
+    let eur = Currency::parse("currency", "EUR").unwrap();
+    let now = app.ctx.clock.now();
+    // The series' first invoice creates its row (a second issuer would wait for that insert).
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(now, "test.bill", None, json!({})).await.unwrap();
+    invoices::issue(&mut tx, Auto, &sf, &s.cus, None, None, &eur, &[line(50)], now).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut holder = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    holder.action(now, "test.bill", None, json!({})).await.unwrap();
+    let first =
+        invoices::issue(&mut holder, Auto, &sf, &s.cus, None, None, &eur, &[line(100)], now).await.unwrap();
+    assert_eq!(first.sequence, Some(2), "the series row is free: numbered at once, and now held");
+    let mut other = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    other.action(now, "test.bill", None, json!({})).await.unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        invoices::issue(&mut other, Auto, &sf, &s.cus, None, None, &eur, &[line(200)], now),
+    )
+    .await
+    .expect("the second issuer does not wait for the first")
+    .unwrap();
+    assert_eq!((second.status.as_str(), second.number.as_deref()), ("draft", None));
+    other.commit().await.unwrap();
+    holder.commit().await.unwrap();
+    assert_eq!(app.number_invoices().await, 1);
+    let listed = get(&app, &format!("/v1/customers/{}/invoices?limit=10", s.cus)).await;
+    let mut numbers: Vec<String> =
+        listed["data"].as_array().unwrap().iter().map(|i| i["number"].as_str().unwrap().to_owned()).collect();
+    numbers.sort();
+    let y = year(&app);
+    assert_eq!(numbers, [1, 2, 3].map(|n| format!("BZ-{y}-{n:06}")));
+    let second = get(&app, &format!("/v1/invoices/{}", second.id)).await;
+    assert_eq!(
+        (second["status"].as_str(), second["number"].as_str()),
+        (Some("open"), Some(format!("BZ-{y}-000003").as_str()))
+    );
+}

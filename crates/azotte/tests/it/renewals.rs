@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::both;
+use crate::both_numberings;
 use crate::helpers::TestApp;
 
 const T: &str = "renew";
@@ -425,7 +425,7 @@ async fn a_renewal_charged_while_the_subscription_was_cancelled_is_refunded(app:
     assert_eq!(captured(&app), 2 * 999);
 }
 
-both!(
+both_numberings!(
     a_renewal_charged_while_the_subscription_was_cancelled_is_refunded,
     deferred_dunning_retries_extend_the_grace,
     each_period_is_charged_once_also_after_downtime,

@@ -578,7 +578,7 @@ async fn create_subscription(
     tx.outcome(now, "entitlements.granted", sr, json!({"customer_id": row.customer_id, "keys": keys}))
         .await?;
     if let Some(invoice) = invoice {
-        invoice.issue(&mut tx, now).await?;
+        invoice.issue(&mut tx, ctx.numbering, now).await?;
     }
     tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sid})).await?;
     tx.commit().await?;

@@ -130,6 +130,7 @@ async fn transition_paid(
         let period = (row.period_start, row.period_end);
         crate::invoices::for_subscription_charge(
             &mut tx,
+            ctx.numbering,
             &row,
             &description,
             row.amount,

@@ -339,7 +339,8 @@ async fn period_invoice(
 ) -> Result<(String, i64)> {
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_tx(scope).await?;
-    for status in ["open", "uncollectible"] {
+    // A draft here waits for its number (decision 0008): it is the period's invoice all the same.
+    for status in ["open", "uncollectible", "draft"] {
         let filter = azotte_store::invoices::InvoiceFilter {
             subscription_id: Some(&sub.id),
             status: Some(status),
@@ -362,8 +363,17 @@ async fn period_invoice(
         .await?;
     let description = format!("subscription {}, period from {}", sub.id, next.period_start.date_naive());
     let period = (next.period_start, next.period_end);
-    let inv = crate::invoices::for_subscription_charge(&mut tx, sub, &description, amount, period, None, now)
-        .await?;
+    let inv = crate::invoices::for_subscription_charge(
+        &mut tx,
+        ctx.numbering,
+        sub,
+        &description,
+        amount,
+        period,
+        None,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     Ok((inv.id, inv.total))
 }

@@ -494,7 +494,7 @@ async fn apply_paid(ctx: &Ctx, scope: &TenantScope, mut r: ReplacementRow) -> Re
         sub.updated_at = now;
         if store::update_subscription(&mut tx, &sub, expected).await? {
             // Last: the invoice number's series row stays locked until the commit.
-            proration_invoice(&mut tx, &sub, &r, now).await?;
+            proration_invoice(&mut tx, ctx.numbering, &sub, &r, now).await?;
             tx.commit().await?;
             return Ok(Replaced { replacement: r, subscription: sub });
         }
@@ -559,6 +559,7 @@ async fn switch(
 /// (tax included, as the subscription's amounts are), totalling the amount charged.
 async fn proration_invoice(
     tx: &mut TenantTx,
+    numbering: crate::invoices::Numbering,
     sub: &SubscriptionRow,
     r: &ReplacementRow,
     now: DateTime<Utc>,
@@ -588,6 +589,7 @@ async fn proration_invoice(
     ];
     let invoice = crate::invoices::issue(
         tx,
+        numbering,
         &storefront,
         &sub.customer_id,
         country.as_deref(),
