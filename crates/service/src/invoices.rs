@@ -310,6 +310,10 @@ async fn queue(
         }
     }
     let cause = tx.cause();
+    // The pass journals `invoice.issued` as caused by this transaction's action.
+    if cause.action_id.is_none() {
+        return Err(azotte_store::StoreError::Unjournaled.into());
+    }
     store::queue_numbering(
         tx,
         &NumberingRow {
@@ -355,12 +359,12 @@ pub(crate) async fn number_queued(
         Some(a) => a,
         None => tx.action(now, "invoice.number", None, json!({"invoices": queued.len()})).await?,
     };
-    let mut storefronts: Vec<&str> = Vec::new();
-    for q in &queued {
-        if !storefronts.contains(&q.storefront_id.as_str()) {
-            storefronts.push(&q.storefront_id);
-        }
-    }
+    // Series rows are locked in storefront id order: two passes (two worker processes) that
+    // hold drafts of the same storefronts wait for each other's series in one order, never in
+    // a cycle.
+    let mut storefronts: Vec<&str> = queued.iter().map(|q| q.storefront_id.as_str()).collect();
+    storefronts.sort_unstable();
+    storefronts.dedup();
     let mut numbered = Vec::with_capacity(queued.len());
     for sf in storefronts {
         let storefront = catalog_store::get_storefront(tx, sf)
@@ -409,17 +413,40 @@ pub async fn number_pending(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     }
 }
 
-/// [`number_pending`] in every tenant environment with queued drafts (the worker's pass).
+/// [`number_pending`] in every tenant environment with queued drafts, longest waiting first
+/// (the worker's pass). A failure in one environment is logged and the others still run; the
+/// first failure is returned once all have had their turn.
 pub async fn number_pending_everywhere(ctx: &Ctx) -> Result<usize> {
     let mut total = 0;
+    let mut failure = None;
     for (tenant, env) in store::environments_numbering(&ctx.db, 1000).await? {
         let (Ok(tenant_id), Ok(environment)) = (tenant.parse(), env.parse()) else { continue };
-        match azotte_store::auth::system_scope(&ctx.db, tenant_id, environment, "invoice_numbering").await {
-            Ok(scope) => total += number_pending(ctx, &scope).await?,
-            Err(e) => tracing::warn!(tenant = %tenant, error = %e, "invoice numbering: tenant skipped"),
+        let scope = match azotte_store::auth::system_scope(
+            &ctx.db,
+            tenant_id,
+            environment,
+            "invoice_numbering",
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "invoice numbering: tenant skipped");
+                continue;
+            }
+        };
+        match number_pending(ctx, &scope).await {
+            Ok(n) => total += n,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, environment = %env, error = %e, "invoice numbering failed; will retry");
+                failure = failure.or(Some(e));
+            }
         }
     }
-    Ok(total)
+    match failure {
+        Some(e) if total == 0 => Err(e),
+        _ => Ok(total),
+    }
 }
 
 /// A committed draft is one waiting for its number: numbers it now, in the caller's
@@ -578,7 +605,8 @@ pub async fn mark_paid(
         if let Some(paid) = pay_queued(tx, &current, payment_id, now).await? {
             return Ok(paid);
         }
-        // Numbered meanwhile: paid as any open invoice.
+        // Numbered meanwhile: paid as any open invoice. (Paid meanwhile by another payment: the
+        // status checks below refuse it.)
         current = store::get(tx, invoice_id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })?;
     }
     if current.status == InvoiceStatus::Paid.as_str() {

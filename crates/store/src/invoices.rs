@@ -220,8 +220,8 @@ pub async fn dequeue_numbering(tx: &mut TenantTx, invoice_ids: &[String]) -> Res
     tx.write(&q).await
 }
 
-/// The tenant environments with drafts waiting for their number (a platform read, before the
-/// pass enters each).
+/// The tenant environments with drafts waiting for their number, the longest waiting first (a
+/// platform read, before the pass enters each).
 pub async fn environments_numbering(db: &crate::Db, limit: u64) -> Result<Vec<(String, String)>> {
     #[derive(sqlx::FromRow)]
     struct Env {
@@ -229,9 +229,10 @@ pub async fn environments_numbering(db: &crate::Db, limit: u64) -> Result<Vec<(S
         environment: String,
     }
     let q = Query::select()
-        .distinct()
         .columns([InvoiceNumbering::TenantId, InvoiceNumbering::Environment])
         .from(InvoiceNumbering::Table)
+        .group_by_columns([InvoiceNumbering::TenantId, InvoiceNumbering::Environment])
+        .order_by_expr(Expr::col(InvoiceNumbering::QueuedAt).min(), Order::Asc)
         .limit(limit)
         .to_owned();
     let mut tx = db.unscoped_read_tx().await?;

@@ -465,9 +465,10 @@ macro_rules! journal_methods {
             }
 
             /// Records an outcome of an action of another transaction, in that action's lineage
-            /// (`cause`, from [`Self::cause`] there): work finished later on its behalf, such as
-            /// an invoice numbered after its issuer committed. This transaction's own action must
-            /// be recorded first, as for any outcome.
+            /// (`cause`, from [`Self::cause`] there, taken once its action was recorded): work
+            /// finished later on its behalf, such as an invoice numbered after its issuer
+            /// committed. This transaction's own action must be recorded first, as for any
+            /// outcome.
             pub async fn outcome_of(
                 &mut self,
                 cause: &Cause,
@@ -476,16 +477,14 @@ macro_rules! journal_methods {
                 resource: Option<(&str, &str)>,
                 body: Value,
             ) -> Result<String> {
-                if self.action_id.is_none() {
+                if self.action_id.is_none() || cause.action_id.is_none() {
                     return Err(StoreError::Unjournaled);
                 }
-                let own = self.action_id.clone();
-                let causation = cause.action_id.as_deref().or(own.as_deref()).map(str::to_owned);
                 Ok(self.record(
                     Kind::Outcome,
                     now,
                     type_,
-                    causation.as_deref(),
+                    cause.action_id.as_deref(),
                     Some(&cause.correlation_id),
                     resource,
                     body,
