@@ -355,6 +355,9 @@ pub(crate) async fn number_queued(
     if queued.is_empty() {
         return Ok(0);
     }
+    // Off the queue first: from the series row's lock on, only the numbers and the commit.
+    let kept: Vec<String> = queued.iter().map(|q| q.invoice_id.clone()).collect();
+    store::dequeue_numbering(tx, &kept).await?;
     let numbering_action = match tx.cause().action_id {
         Some(a) => a,
         None => tx.action(now, "invoice.number", None, json!({"invoices": queued.len()})).await?,
@@ -373,28 +376,32 @@ pub(crate) async fn number_queued(
         let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
         let mine: Vec<&NumberingRow> = queued.iter().filter(|q| q.storefront_id == sf).collect();
         let first = store::reserve_numbers(tx, sf, &series, mine.len() as i64).await?;
-        for (i, q) in mine.into_iter().enumerate() {
+        let mut rows = Vec::with_capacity(mine.len());
+        for (i, q) in mine.iter().enumerate() {
             // Each kept draft once: a number reserved and not given would be a gap.
             let mut row = drafts.remove(&q.invoice_id).ok_or_else(|| {
                 ServiceError::Internal(format!("queued invoice {} listed twice", q.invoice_id).into())
             })?;
             let paid = row.paid_at.is_some();
             number_row(&mut row, series.clone(), first + i as i64, issued_status(paid)?, now);
-            if !store::issue_draft(tx, &row).await? {
-                return Err(ServiceError::Internal(format!("queued invoice {} vanished", row.id).into()));
-            }
+            rows.push(row);
+        }
+        // One statement for the whole batch: the drafts and the series row are held briefly.
+        if store::issue_drafts(tx, &rows, now).await? != rows.len() as u64 {
+            return Err(ServiceError::Internal("a queued invoice left its draft state".into()));
+        }
+        for (q, row) in mine.into_iter().zip(rows) {
             let cause = Cause { correlation_id: q.correlation_id.clone(), action_id: q.causation_id.clone() };
             let mut body = issued_body(&row, q.lines as usize, q.rate_bp as u32);
             body["status"] = json!(row.status);
             body["numbered_by"] = json!(numbering_action);
             tx.outcome_of(&cause, now, "invoice.issued", Some(("invoice", &row.id)), body).await?;
-            if paid {
+            if row.paid_at.is_some() {
                 fiscal::enqueue(tx, &row, &row.id, FiscalAction::Issue, now).await?;
             }
             numbered.push(row.id);
         }
     }
-    store::dequeue_numbering(tx, &numbered).await?;
     Ok(numbered.len())
 }
 

@@ -447,6 +447,37 @@ pub async fn issue_draft(tx: &mut TenantTx, i: &InvoiceRow) -> Result<bool> {
     Ok(tx.write(&q).await? == 1)
 }
 
+/// Issues many `draft` invoices in one statement: each row's series, sequence, number and
+/// status as in `rows` (one `CASE` per column, by id), `issued_at` and `updated_at` = `now`.
+/// Returns how many drafts it issued (a row no longer a draft is left alone).
+pub async fn issue_drafts(tx: &mut TenantTx, rows: &[InvoiceRow], now: DateTime<Utc>) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let by_id = |col: Invoices, value: &dyn Fn(&InvoiceRow) -> sea_query::SimpleExpr| {
+        let case = rows.iter().fold(sea_query::CaseStatement::new(), |c, r| {
+            c.case(Expr::col(Invoices::Id).eq(r.id.clone()), value(r))
+        });
+        let expr: sea_query::SimpleExpr = case.finally(Expr::col(col)).into();
+        (col, expr)
+    };
+    let q = Query::update()
+        .table(Invoices::Table)
+        .values([
+            by_id(Invoices::Series, &|r| r.series.clone().into()),
+            by_id(Invoices::Sequence, &|r| r.sequence.into()),
+            by_id(Invoices::Number, &|r| r.number.clone().into()),
+            by_id(Invoices::Status, &|r| r.status.clone().into()),
+            (Invoices::IssuedAt, now.into()),
+            (Invoices::UpdatedAt, now.into()),
+        ])
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .and_where(Expr::col(Invoices::Id).is_in(rows.iter().map(|r| r.id.clone())))
+        .and_where(Expr::col(Invoices::Status).eq("draft"))
+        .to_owned();
+    tx.write(&q).await
+}
+
 /// Adds `amount` to what credit notes have credited, atomically within what was paid: `false`
 /// (nothing changed) when it would credit more than was paid.
 pub async fn add_credited(
