@@ -78,6 +78,11 @@ pub enum Numbering {
 /// Drafts one numbering transaction numbers at most.
 const NUMBERING_BATCH: u64 = 500;
 
+/// How long the pass leaves an unpaid queued draft alone: a renewal queues its invoice just
+/// before charging and pays it a moment later, and the pass then issues it `paid` at once
+/// instead of holding it while the renewal's settling transaction waits to pay it.
+const UNPAID_GRACE: chrono::Duration = chrono::Duration::seconds(1);
+
 fn invalid(e: InvoiceError) -> ServiceError {
     let code = match e {
         InvoiceError::NoLines => "invoice_without_lines",
@@ -347,9 +352,18 @@ pub(crate) async fn number_queued(
         return Ok(0);
     }
     let ids: Vec<String> = queued.iter().map(|q| q.invoice_id.clone()).collect();
+    let (skip_locked, unpaid_before) = match only {
+        Some(_) => (false, None),
+        None => (true, Some(now - UNPAID_GRACE)),
+    };
     let mut drafts: std::collections::HashMap<String, InvoiceRow> =
-        store::lock_drafts(tx, &ids, only.is_none()).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
-    // Another pass numbered what is missing (and dequeued it), or holds it now.
+        store::lock_drafts(tx, &ids, skip_locked, unpaid_before)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+    // Another pass numbered what is missing (and dequeued it), or holds it now, or it is an
+    // unpaid draft younger than the grace.
     let queued: Vec<NumberingRow> =
         queued.into_iter().filter(|q| drafts.contains_key(&q.invoice_id)).collect();
     if queued.is_empty() {

@@ -245,8 +245,15 @@ pub async fn environments_numbering(db: &crate::Db, limit: u64) -> Result<Vec<(S
 }
 
 /// The drafts among `ids`, each locked for this transaction (PostgreSQL: `FOR UPDATE`; with
-/// `skip_locked`, those another transaction holds are left out rather than waited for).
-pub async fn lock_drafts(tx: &mut TenantTx, ids: &[String], skip_locked: bool) -> Result<Vec<InvoiceRow>> {
+/// `skip_locked`, those another transaction holds are left out rather than waited for). With
+/// `unpaid_before`, a draft not paid yet is left out (and not locked) unless it was created
+/// before then.
+pub async fn lock_drafts(
+    tx: &mut TenantTx,
+    ids: &[String],
+    skip_locked: bool,
+    unpaid_before: Option<DateTime<Utc>>,
+) -> Result<Vec<InvoiceRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -255,6 +262,13 @@ pub async fn lock_drafts(tx: &mut TenantTx, ids: &[String], skip_locked: bool) -
         .and_where(Expr::col(Invoices::Status).eq("draft"))
         .order_by(Invoices::Id, Order::Asc)
         .to_owned();
+    if let Some(t) = unpaid_before {
+        q.cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(Invoices::PaidAt).is_not_null())
+                .add(Expr::col(Invoices::CreatedAt).lt(t)),
+        );
+    }
     if skip_locked {
         q.lock_with_behavior(sea_query::LockType::Update, sea_query::LockBehavior::SkipLocked);
     } else {

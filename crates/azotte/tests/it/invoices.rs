@@ -373,7 +373,9 @@ async fn numbers_are_gapless_under_concurrency_and_rollback(app: TestApp) {
     if app.backend == crate::helpers::Backend::Sqlite {
         assert_eq!(queued, 0, "one writer: every issuer numbers its own");
     }
-    // The pass (the worker's runs too, every 200 ms: each leaves what the other holds).
+    // The pass (the worker's runs too, every 200 ms: each leaves what the other holds), once
+    // the unpaid drafts are older than its grace.
+    app.ctx.clock.advance(chrono::Duration::seconds(2));
     for _ in 0..100 {
         invoices::number_pending(&app.ctx, &scope).await.unwrap();
         if app.raw_strings("SELECT invoice_id FROM invoice_numbering").await.is_empty() {
@@ -801,6 +803,8 @@ async fn a_busy_series_queues_the_draft_instead_of_waiting() {
     assert_eq!((second.status.as_str(), second.number.as_deref()), ("draft", None));
     other.commit().await.unwrap();
     holder.commit().await.unwrap();
+    assert_eq!(app.number_invoices().await, 0, "an unpaid draft is left alone for a second");
+    app.ctx.clock.advance(chrono::Duration::seconds(2));
     assert_eq!(app.number_invoices().await, 1);
     let listed = get(&app, &format!("/v1/customers/{}/invoices?limit=10", s.cus)).await;
     let mut numbers: Vec<String> =
