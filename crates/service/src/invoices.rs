@@ -173,8 +173,8 @@ pub async fn issue_at_rate(
 
 /// An invoice priced and written as a `draft` (no number yet) in the caller's transaction, so
 /// that [`Draft::issue`] can take the number — which keeps the series row locked until the
-/// transaction ends — as the transaction's last write. Nobody outside the transaction ever sees
-/// the draft: it commits issued or not at all.
+/// transaction ends — as the transaction's last write. It commits issued, or queued for the
+/// numbering pass when the series row is busy ([`Numbering`]), or not at all.
 #[derive(Debug)]
 pub(crate) struct Draft {
     row: InvoiceRow,
