@@ -1057,6 +1057,7 @@ pub async fn list(
         customer_id: f.customer_id.as_deref(),
         subscription_id: f.subscription_id.as_deref(),
         status: f.status.map(InvoiceStatus::as_str),
+        any_status: &[],
         storefronts: scope.storefront_restriction(),
     };
     let (rows, more) = store::list(&mut tx, &filter, limit, starting_after).await?;

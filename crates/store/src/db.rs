@@ -274,9 +274,7 @@ impl Db {
     /// A transaction for platform work (tenants, platform users), flagged as such for RLS.
     pub async fn platform_tx(&self, scope: &PlatformScope) -> Result<PlatformTx> {
         let mut tx = self.unscoped_tx().await?;
-        if let Tx::Postgres(t) = &mut tx {
-            sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
-        }
+        tx.enter_platform().await?;
         Ok(PlatformTx {
             tx,
             scope: scope.clone(),

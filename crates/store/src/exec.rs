@@ -145,6 +145,15 @@ impl Tx {
             .rows_affected()))
     }
 
+    /// Flags the transaction as platform work, which the platform-only row-level security
+    /// policies admit (PostgreSQL; SQLite has no row-level security).
+    pub(crate) async fn enter_platform(&mut self) -> Result<()> {
+        if let Tx::Postgres(t) = self {
+            sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
+        }
+        Ok(())
+    }
+
     /// Sets the tenant and environment that row-level security admits for the rest of the
     /// transaction (PostgreSQL; SQLite has no row-level security).
     pub(crate) async fn enter_environment(&mut self, tenant_id: &str, environment: &str) -> Result<()> {

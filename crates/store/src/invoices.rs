@@ -236,9 +236,7 @@ pub async fn environments_numbering(db: &crate::Db, limit: u64) -> Result<Vec<(S
         .limit(limit)
         .to_owned();
     let mut tx = db.unscoped_read_tx().await?;
-    if let crate::exec::Tx::Postgres(t) = &mut tx {
-        sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
-    }
+    tx.enter_platform().await?;
     let rows = tx.fetch_all::<Env>(&q).await?;
     tx.commit().await?;
     Ok(rows.into_iter().map(|e| (e.tenant_id, e.environment)).collect())
@@ -533,6 +531,8 @@ pub struct InvoiceFilter<'a> {
     pub customer_id: Option<&'a str>,
     pub subscription_id: Option<&'a str>,
     pub status: Option<&'a str>,
+    /// Any of these statuses (none: any status).
+    pub any_status: &'a [&'a str],
     /// Only these storefronts (a restricted API key).
     pub storefronts: Option<&'a [String]>,
 }
@@ -556,6 +556,9 @@ pub async fn list(
     }
     if let Some(s) = f.status {
         q.and_where(Expr::col(Invoices::Status).eq(s));
+    }
+    if !f.any_status.is_empty() {
+        q.and_where(Expr::col(Invoices::Status).is_in(f.any_status.iter().copied()));
     }
     if let Some(s) = f.storefronts {
         q.and_where(Expr::col(Invoices::StorefrontId).is_in(s.iter().cloned()));

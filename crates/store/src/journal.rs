@@ -555,9 +555,7 @@ pub async fn record_security(
             (id.to_string(), env.to_owned())
         }
         None => {
-            if let Tx::Postgres(t) = &mut tx {
-                sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
-            }
+            tx.enter_platform().await?;
             (PLATFORM.to_owned(), PLATFORM.to_owned())
         }
     };

@@ -30,9 +30,7 @@ enum RenewalJobs {
 /// those).
 async fn job_tx(db: &Db) -> Result<Tx> {
     let mut tx = db.unscoped_tx().await?;
-    if let Tx::Postgres(t) = &mut tx {
-        sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
-    }
+    tx.enter_platform().await?;
     Ok(tx)
 }
 

@@ -170,9 +170,7 @@ pub struct Rewrap<'a> {
 pub async fn rewrap(db: &Db, principal: &Principal, r: Rewrap<'_>, now: DateTime<Utc>) -> Result<bool> {
     let tenant: TenantId = r.tenant_id.parse().map_err(|_| StoreError::Corrupt("tenant id".into()))?;
     let mut tx = db.unscoped_tx().await?;
-    if let Tx::Postgres(t) = &mut tx {
-        sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
-    }
+    tx.enter_platform().await?;
     crate::tenants::enter_tenant(&mut tx, tenant).await?;
     let q = Query::update()
         .table(TenantKeys::Table)

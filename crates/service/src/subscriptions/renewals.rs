@@ -340,19 +340,17 @@ async fn period_invoice(
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_tx(scope).await?;
     // A draft here waits for its number (decision 0008): it is the period's invoice all the same.
-    for status in ["open", "uncollectible", "draft"] {
-        let filter = azotte_store::invoices::InvoiceFilter {
-            subscription_id: Some(&sub.id),
-            status: Some(status),
-            ..Default::default()
-        };
-        let (open, _) = azotte_store::invoices::list(&mut tx, &filter, 100, None).await?;
-        for inv in open {
-            let lines = azotte_store::invoices::lines_of(&mut tx, &inv.id).await?;
-            if lines.iter().any(|l| l.kind == "subscription" && l.period_start == Some(sub.period_end)) {
-                tx.commit().await?;
-                return Ok((inv.id, inv.total - inv.amount_paid));
-            }
+    let filter = azotte_store::invoices::InvoiceFilter {
+        subscription_id: Some(&sub.id),
+        any_status: &["open", "uncollectible", "draft"],
+        ..Default::default()
+    };
+    let (unpaid, _) = azotte_store::invoices::list(&mut tx, &filter, 100, None).await?;
+    for inv in unpaid {
+        let lines = azotte_store::invoices::lines_of(&mut tx, &inv.id).await?;
+        if lines.iter().any(|l| l.kind == "subscription" && l.period_start == Some(sub.period_end)) {
+            tx.commit().await?;
+            return Ok((inv.id, inv.total - inv.amount_paid));
         }
     }
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
