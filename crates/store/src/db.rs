@@ -129,17 +129,26 @@ impl Db {
         Ok(())
     }
 
-    /// Runs SQLite's migrations before `version` only: a database as an older release left it,
-    /// for tests of a later migration.
+    /// Runs the backend's migrations before `version` only: a database as an older release left
+    /// it, for tests of a later migration.
     #[cfg(test)]
-    pub(crate) async fn migrate_sqlite_before(opts: &DbOptions, version: i64) -> Result<()> {
-        let older = Migrator {
-            migrations: SQLITE_MIGRATOR.migrations.iter().filter(|m| m.version < version).cloned().collect(),
+    pub(crate) async fn migrate_before(opts: &DbOptions, version: i64) -> Result<()> {
+        let older = |m: &Migrator| Migrator {
+            migrations: m.migrations.iter().filter(|m| m.version < version).cloned().collect(),
             ..Migrator::DEFAULT
         };
-        let pool = sqlite_pool(opts, 1, opts.acquire_timeout, None).await?;
-        older.run(&pool).await?;
-        pool.close().await;
+        match opts.backend().map_err(StoreError::InvalidUrl)? {
+            Backend::Sqlite => {
+                let pool = sqlite_pool(opts, 1, opts.acquire_timeout, None).await?;
+                older(&SQLITE_MIGRATOR).run(&pool).await?;
+                pool.close().await;
+            }
+            Backend::Postgres => {
+                let mut conn = pg_options(opts)?.connect().await?;
+                older(&POSTGRES_MIGRATOR).run(&mut conn).await?;
+                conn.close().await?;
+            }
+        }
         Ok(())
     }
 

@@ -12,6 +12,8 @@
 //! reading and hashing happen in a read transaction beside the writers, and the write lock is
 //! taken only to append the seals and move the mark.
 
+use std::sync::OnceLock;
+
 use azotte_crypto::chain::{self, Checkpoint, EntryRecord, SealedEntry, Unsealed};
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, Iden, Order, Query};
@@ -46,7 +48,6 @@ enum JournalSeals {
     EntryId,
     EntryHash,
     ChainHash,
-    SealedAt,
 }
 
 #[derive(Iden)]
@@ -318,19 +319,22 @@ async fn entries_by_id(
     let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
         return Ok(Vec::new());
     };
-    let list = (0..ids.len()).map(|i| format!("${}", i + 5)).collect::<Vec<_>>().join(", ");
     let unsealed = if unsealed_only {
         " AND e.id NOT IN (SELECT s.entry_id FROM journal_seals s WHERE s.tenant_id = $1 \
            AND s.environment = $2 AND s.entry_id >= $3 AND s.entry_id <= $4)"
     } else {
         ""
     };
-    let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2 \
-         AND e.id >= $3 AND e.id <= $4 AND e.id IN ({list}){unsealed} ORDER BY e.id"
-    );
+    let sql = |list: &str| {
+        format!(
+            "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.tenant_id = $1 AND e.environment = $2 \
+             AND e.id >= $3 AND e.id <= $4 AND e.id {list}{unsealed} ORDER BY e.id"
+        )
+    };
     Ok(match tx {
         Tx::Sqlite(t) => {
+            let list = (0..ids.len()).map(|i| format!("${}", i + 5)).collect::<Vec<_>>().join(", ");
+            let sql = sql(&format!("IN ({list})"));
             let mut q = sqlx::query_as(&sql).bind(tenant).bind(env).bind(lo).bind(hi);
             for id in ids {
                 q = q.bind(id);
@@ -338,11 +342,10 @@ async fn entries_by_id(
             q.fetch_all(t.conn()?).await?
         }
         Tx::Postgres(t) => {
-            let mut q = sqlx::query_as(&sql).bind(tenant).bind(env).bind(lo).bind(hi);
-            for id in ids {
-                q = q.bind(id);
-            }
-            q.fetch_all(&mut **t).await?
+            // One array: one statement text for any number of ids, prepared once per connection.
+            static SQL: [OnceLock<String>; 2] = [const { OnceLock::new() }; 2];
+            let sql = SQL[usize::from(unsealed_only)].get_or_init(|| sql("= ANY($5)"));
+            sqlx::query_as(sql).bind(tenant).bind(env).bind(lo).bind(hi).bind(ids).fetch_all(&mut **t).await?
         }
     })
 }
@@ -449,30 +452,14 @@ pub struct CheckpointPolicy {
     pub interval: chrono::Duration,
 }
 
-/// An empty multi-row insert into the seal table.
-fn seal_insert() -> sea_query::InsertStatement {
-    Query::insert()
-        .into_table(JournalSeals::Table)
-        .columns([
-            JournalSeals::TenantId,
-            JournalSeals::Environment,
-            JournalSeals::Seq,
-            JournalSeals::EntryId,
-            JournalSeals::EntryHash,
-            JournalSeals::ChainHash,
-            JournalSeals::SealedAt,
-        ])
-        .to_owned()
-}
-
 /// Signs a checkpoint message, returning (kid, signature).
 pub type CheckpointSigner = dyn Fn(&[u8]) -> (String, Vec<u8>) + Send + Sync;
 
 /// The time now (the service's clock, which tests control).
 pub type Now = dyn Fn() -> DateTime<Utc> + Send + Sync;
 
-/// Entries sealed per pass (of one chain on PostgreSQL, of the log on SQLite), and per statement
-/// on PostgreSQL (SQLite's go in one statement, see [`append`]).
+/// Entries sealed per pass (of one chain on PostgreSQL, of the log on SQLite), and entries read per
+/// statement by a PostgreSQL pass (its writes are one statement, see [`apply`]).
 const PASS_LIMIT: u64 = 10_000;
 const SEALS_PER_STATEMENT: usize = 500;
 
@@ -487,6 +474,14 @@ struct Plan {
     seals: Vec<(String, [u8; 32], [u8; 32])>,
     /// Work-list rows that name no entry or an entry already sealed.
     stale: u64,
+    /// The sealed entries' lookup keys (migration 0029), in the order of `seals`.
+    lookups: Vec<LookupKeys>,
+}
+
+/// An entry's keys in the lookup tables (PostgreSQL, migration 0029).
+struct LookupKeys {
+    correlation_id: String,
+    resource: Option<(String, String)>,
 }
 
 /// The chain's last position and chain value (0 and zeros for an empty chain).
@@ -513,6 +508,7 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
     let head = head(tx, tenant, env).await?;
     let (mut seq, mut prev) = head;
     let mut seals = Vec::with_capacity(pending.len());
+    let mut lookups = Vec::with_capacity(pending.len());
     let mut stale = 0;
     for ids in pending.chunks(SEALS_PER_STATEMENT) {
         // A listed entry comes back unless it has a seal already or no row. Neither is the
@@ -521,6 +517,8 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
         let entries = entries_by_id(tx, tenant, env, ids, true).await?;
         stale += (ids.len() - entries.len()) as u64;
         for e in entries {
+            let resource = e.resource_type.clone().zip(e.resource_id.clone());
+            lookups.push(LookupKeys { correlation_id: e.correlation_id.clone(), resource });
             let e = e.record();
             seq += 1;
             let h = chain::entry_hash(&e);
@@ -528,11 +526,15 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
             seals.push((e.id, h, prev));
         }
     }
-    Ok(Some(Plan { pending, head, seals, stale }))
+    Ok(Some(Plan { pending, head, seals, stale, lookups }))
 }
 
-/// Writes a plan's seals, removes its work-list rows and signs a checkpoint when due (see
-/// [`append`]). The caller holds the chain and has checked its head.
+/// Writes a plan's seals and its entries' lookup rows, removes its work-list rows and signs a
+/// checkpoint when due. The caller holds the chain and has checked its head.
+///
+/// The seals, the lookup rows and the removal are one statement (data-modifying `WITH`s over
+/// arrays bound whole): one round trip and one statement text for any number of entries,
+/// prepared once per connection.
 async fn apply(
     tx: &mut Tx,
     tenant: &str,
@@ -542,31 +544,78 @@ async fn apply(
     policy: CheckpointPolicy,
     sign: &CheckpointSigner,
 ) -> Result<SealPass> {
-    let checkpoint = append(tx, tenant, env, plan.head, &plan.seals, now, policy, sign).await?;
-    for ids in plan.pending.chunks(SEALS_PER_STATEMENT) {
-        // Exactly the rows read (ascending: the range bounds the scan as in `entries_by_id`);
-        // one committed meanwhile stays for the next pass.
-        let done = Query::delete()
-            .from_table(JournalPending::Table)
-            .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
-            .and_where(Expr::col(JournalPending::OwnerEnvironment).eq(env))
-            .and_where(Expr::col(JournalPending::EntryId).gte(ids[0].as_str()))
-            .and_where(Expr::col(JournalPending::EntryId).lte(ids[ids.len() - 1].as_str()))
-            .and_where(Expr::col(JournalPending::EntryId).is_in(ids.iter().cloned()))
-            .to_owned();
-        tx.execute(&done).await?;
-    }
-    Ok(SealPass {
+    let Tx::Postgres(t) = &mut *tx else {
+        return Err(StoreError::Corrupt("a work-list pass is PostgreSQL's".into()));
+    };
+    let pass = SealPass {
         sealed: plan.seals.len(),
         stale: plan.stale,
         more: plan.pending.len() as u64 == PASS_LIMIT,
-        checkpoint,
-    })
+        checkpoint: None,
+    };
+    let (mut seq, mut last) = plan.head;
+    let (mut seqs, mut ids, mut hashes, mut chains) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, h, c) in &plan.seals {
+        seq += 1;
+        last = *c;
+        seqs.push(seq);
+        ids.push(id.as_str());
+        hashes.push(hex::encode(h));
+        chains.push(hex::encode(c));
+    }
+    let correlations: Vec<&str> = plan.lookups.iter().map(|l| l.correlation_id.as_str()).collect();
+    let (mut about, mut types, mut resources) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, l) in ids.iter().zip(&plan.lookups) {
+        if let Some((t, r)) = &l.resource {
+            about.push(*id);
+            types.push(t.as_str());
+            resources.push(r.as_str());
+        }
+    }
+    // Exactly the work-list rows read (ascending: the range bounds the scan as in
+    // `entries_by_id`); one committed meanwhile stays for the next pass.
+    let (lo, hi) = (plan.pending.first(), plan.pending.last());
+    sqlx::query(
+        "WITH seals AS (
+             INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, sealed_at)
+             SELECT $1, $2, s, i, h, c, $3 FROM unnest($4::int8[], $5::text[], $6::text[], $7::text[]) AS u(s, i, h, c)
+         ), by_correlation AS (
+             INSERT INTO journal_by_correlation (tenant_id, correlation_id, environment, entry_id)
+             SELECT $1, c, $2, i FROM unnest($5::text[], $8::text[]) AS u(i, c) ON CONFLICT DO NOTHING
+         ), by_resource AS (
+             INSERT INTO journal_by_resource (tenant_id, environment, resource_type, resource_id, entry_id)
+             SELECT $1, $2, t, r, i FROM unnest($9::text[], $10::text[], $11::text[]) AS u(i, t, r)
+             ON CONFLICT DO NOTHING
+         )
+         DELETE FROM journal_pending WHERE owner_tenant_id = $1 AND owner_environment = $2
+             AND entry_id >= $12 AND entry_id <= $13 AND entry_id = ANY($14::text[])",
+    )
+    .bind(tenant)
+    .bind(env)
+    .bind(now())
+    .bind(&seqs)
+    .bind(&ids)
+    .bind(&hashes)
+    .bind(&chains)
+    .bind(&correlations)
+    .bind(&about)
+    .bind(&types)
+    .bind(&resources)
+    .bind(lo)
+    .bind(hi)
+    .bind(&plan.pending)
+    .execute(&mut **t)
+    .await?;
+    if plan.seals.is_empty() {
+        return Ok(pass);
+    }
+    let checkpoint = checkpoint_if_due(tx, tenant, env, seq, last, now, policy, sign).await?;
+    Ok(SealPass { checkpoint, ..pass })
 }
 
-/// Appends `seals` to a chain after `head` (`sealed_at` read from `now` per statement) and signs
-/// a checkpoint when due, returning its position. The caller holds the chain and has checked
-/// its head.
+/// SQLite: appends `seals` to a chain after `head` (`sealed_at` read from `now`) and signs a
+/// checkpoint when due, returning its position. The caller holds the writer and has checked the
+/// mark.
 #[allow(clippy::too_many_arguments)]
 async fn append(
     tx: &mut Tx,
@@ -582,49 +631,45 @@ async fn append(
         return Ok(None);
     }
     let (mut seq, mut last) = head;
-    if let Tx::Sqlite(t) = &mut *tx {
-        // One statement of one text for any number of seals: prepared once and kept, where a
-        // multi-row VALUES list of a different length each pass was parsed anew each time,
-        // while the sealer held the writer.
-        let rows: Vec<_> = seals
-            .iter()
-            .map(|(id, h, c)| {
-                seq += 1;
-                last = *c;
-                serde_json::json!([seq, id, hex::encode(h), hex::encode(c)])
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, \
-             sealed_at) SELECT ?1, ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3 \
-             FROM json_each(?4)",
-        )
-        .bind(tenant)
-        .bind(env)
-        .bind(now())
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(t.conn()?)
-        .await?;
-    } else {
-        for chunk in seals.chunks(SEALS_PER_STATEMENT) {
-            let sealed_at = now();
-            let mut insert = seal_insert();
-            for (id, h, c) in chunk {
-                seq += 1;
-                insert.values_panic([
-                    tenant.into(),
-                    env.into(),
-                    seq.into(),
-                    id.as_str().into(),
-                    hex::encode(h).into(),
-                    hex::encode(c).into(),
-                    sealed_at.into(),
-                ]);
-                last = *c;
-            }
-            tx.execute(&insert).await?;
-        }
-    }
+    let Tx::Sqlite(t) = &mut *tx else { return Err(StoreError::Corrupt("the seal log is SQLite's".into())) };
+    // One statement of one text for any number of seals: prepared once and kept, where a
+    // multi-row VALUES list of a different length each pass was parsed anew each time, while the
+    // sealer held the writer.
+    let rows: Vec<_> = seals
+        .iter()
+        .map(|(id, h, c)| {
+            seq += 1;
+            last = *c;
+            serde_json::json!([seq, id, hex::encode(h), hex::encode(c)])
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, \
+         sealed_at) SELECT ?1, ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?3 \
+         FROM json_each(?4)",
+    )
+    .bind(tenant)
+    .bind(env)
+    .bind(now())
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(t.conn()?)
+    .await?;
+    checkpoint_if_due(tx, tenant, env, seq, last, now, policy, sign).await
+}
+
+/// Signs a checkpoint of a chain whose last position is `seq` with chain value `last`, when the
+/// policy says one is due; returns its position.
+#[allow(clippy::too_many_arguments)]
+async fn checkpoint_if_due(
+    tx: &mut Tx,
+    tenant: &str,
+    env: &str,
+    seq: i64,
+    last: [u8; 32],
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+) -> Result<Option<i64>> {
     let last_cp = checkpoints_query(tx, tenant, env, true).await?.pop();
     let last_cp_seq = last_cp.as_ref().map(|c| c.seq).unwrap_or(0);
     let last_cp_at = last_cp

@@ -330,7 +330,7 @@ async fn an_entry_sealed_while_its_chain_is_read_is_not_missed_postgres() {
 async fn sqlite_entries_waiting_on_the_old_work_list_are_sealed_after_the_migration() {
     let t = fresh_database(Backend::Sqlite).await;
     let opts = DbOptions::new(t.url.clone());
-    Db::migrate_sqlite_before(&opts, 25).await.unwrap();
+    Db::migrate_before(&opts, 25).await.unwrap();
     let db = Db::connect(&opts).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..3 {
