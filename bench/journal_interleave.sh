@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Several azotte builds served at once on SQLite, hit in turn with short bursts of the journaled
+# Several azotte builds served at once on SQLite (or PostgreSQL), hit in turn with short bursts of the journaled
 # mutation of bench/journal_write.sh (`POST /v1/roles`, a unique name per request): per build,
 # requests/s and azotte's CPU time per request.
 #
@@ -24,6 +24,11 @@
 #   BENCH_ROUNDS       rounds (default 10); each round runs every build once, in rotated order
 #   BENCH_DURATION     seconds per burst (default 8)
 #   BENCH_CONNECTIONS  wrk connections (default 16; wrk threads are fixed at 2)
+#   BENCH_BACKEND      sqlite (default) or postgres: one throw-away cluster, a database per build;
+#                      PostgreSQL's CPU during a build's burst (every server process, the shared
+#                      ones included) is counted to that build
+#   BENCH_PROFILE      PostgreSQL only: after the rounds, one more burst per build with
+#                      pg_stat_statements on, and its statements per request (default off: 0)
 #
 # Only 127.0.0.1 is targeted; every server and temporary directory is removed on exit. Exits
 # non-zero if a burst saw a non-2xx response or a socket error.
@@ -34,6 +39,8 @@ ROOT=$PWD
 ROUNDS=${BENCH_ROUNDS:-10}
 DURATION=${BENCH_DURATION:-8}
 CONNECTIONS=${BENCH_CONNECTIONS:-16}
+BACKEND=${BENCH_BACKEND:-sqlite}
+PROFILE=${BENCH_PROFILE:-0}
 THREADS=2
 WRK_TIMEOUT=5s
 
@@ -46,6 +53,7 @@ done
 [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 100 ] || die "BENCH_ROUNDS must be between 1 and 100"
 [ "$DURATION" -ge 1 ] && [ "$DURATION" -le 300 ] || die "BENCH_DURATION must be between 1 and 300 seconds"
 [ "$CONNECTIONS" -ge "$THREADS" ] || die "BENCH_CONNECTIONS must be at least $THREADS"
+case $BACKEND in sqlite | postgres) ;; *) die "BENCH_BACKEND must be sqlite or postgres, got '$BACKEND'" ;; esac
 
 # Nothing from the caller's environment may point the servers elsewhere.
 while read -r v; do unset "$v"; done < <(compgen -e | grep '^AZOTTE_' || true)
@@ -60,9 +68,14 @@ if [ ${#specs[@]} -eq 0 ]; then
 fi
 
 roles_lua "$WORK/roles.lua"
+if [ "$BACKEND" = postgres ]; then
+  [ "$PROFILE" = 0 ] || PG_EXTRA_OPTIONS="-c shared_preload_libraries=pg_stat_statements"
+  start_postgres
+  [ "$PROFILE" = 0 ] || pg_profile_off
+fi
 
 names=()
-declare -A B K P REQ TICKS
+declare -A B K P REQ TICKS PGTICKS
 for spec in "${specs[@]}"; do
   [[ $spec == *=* ]] || die "'$spec' is not NAME=BINARY[:VAR=VALUE,…]"
   name=${spec%%=*}
@@ -76,6 +89,10 @@ for spec in "${specs[@]}"; do
     IFS=, read -ra env <<<"${rest#*:}"
     for e in "${env[@]}"; do [[ $e =~ ^[A-Z_][A-Z0-9_]*=.*$ ]] || die "$name: '$e' is not VAR=VALUE"; done
   fi
+  if [ "$BACKEND" = postgres ]; then
+    timeout 60 "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U azotte "bench_$name" || die "createdb bench_$name failed"
+    env+=("AZOTTE_DATABASE_URL=postgres://azotte@127.0.0.1:$PG_PORT/bench_$name")
+  fi
   BIN=$bin
   start_azotte "$name" "$WORK/$name" "${env[@]}"
   bootstrap "$name" tenant_admin
@@ -87,6 +104,7 @@ for spec in "${specs[@]}"; do
   names+=("$name")
   REQ[$name]=0
   TICKS[$name]=0
+  PGTICKS[$name]=0
   log "$name: $bin ${env[*]:-} on $BASE"
 done
 
@@ -97,24 +115,45 @@ for r in $(seq 1 "$ROUNDS"); do
     name=${names[$(((i + r) % n))]}
     BASE=${B[$name]}
     t0=$(proc_ticks "${P[$name]}")
+    g0=0
+    [ "$BACKEND" = postgres ] && g0=$(pg_ticks)
     out=$(run_wrk "$DURATION" /v1/roles -s "$WORK/roles.lua" -H "x-api-key: ${K[$name]}" -H 'x-tn: bench' \
       -H 'content-type: application/json')
     t1=$(proc_ticks "${P[$name]}")
+    g1=0
+    [ "$BACKEND" = postgres ] && g1=$(pg_ticks)
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     bad=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
     [ -z "$bad" ] || die "$name, round $r: $bad"
     REQ[$name]=$((REQ[$name] + reqs))
     TICKS[$name]=$((TICKS[$name] + t1 - t0))
+    PGTICKS[$name]=$((PGTICKS[$name] + g1 - g0))
     line="$line $name=${rps%.*}"
   done
   echo "$line"
 done
 
 echo
-echo "| build | requests | requests/s | azotte CPU µs/request |"
-echo "|---|---:|---:|---:|"
+echo "| build | requests | requests/s | azotte CPU µs/request | PostgreSQL CPU µs/request |"
+echo "|---|---:|---:|---:|---:|"
 for name in "${names[@]}"; do
-  awk -v n="$name" -v r="${REQ[$name]}" -v t="${TICKS[$name]}" -v hz="$CLK_TCK" -v s="$DURATION" -v R="$ROUNDS" \
-    'BEGIN {printf "| %s | %d | %.0f | %.0f |\n", n, r, r / (s * R), t / hz * 1e6 / r}'
+  awk -v n="$name" -v r="${REQ[$name]}" -v t="${TICKS[$name]}" -v g="${PGTICKS[$name]}" -v hz="$CLK_TCK" \
+    -v s="$DURATION" -v R="$ROUNDS" -v b="$BACKEND" \
+    'BEGIN {printf "| %s | %d | %.0f | %.0f | %s |\n", n, r, r / (s * R), t / hz * 1e6 / r,
+      (b == "postgres" ? sprintf("%.0f", g / hz * 1e6 / r) : "-")}'
 done
+
+if [ "$BACKEND" = postgres ] && [ "$PROFILE" != 0 ]; then
+  for name in "${names[@]}"; do
+    BASE=${B[$name]}
+    pg_profile_begin
+    out=$(run_wrk "$DURATION" /v1/roles -s "$WORK/roles.lua" -H "x-api-key: ${K[$name]}" -H 'x-tn: bench' \
+      -H 'content-type: application/json')
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    echo
+    echo "### $name: pg_stat_statements over one burst of $reqs requests"
+    echo
+    pg_profile_end "bench_$name" "$reqs" request 12
+  done
+fi

@@ -667,92 +667,23 @@ fn sqlite_lookup(
     ]
 }
 
-/// PostgreSQL's counterpart of [`sqlite_lookup`] (migration 0029): the entry ids found in the
-/// lookup table, which the sealer fills as it seals, and among the tenant's entries still on the
-/// sealer's work list (`journal_pending`), whose rows go in the transaction that adds the lookup
-/// rows — one statement, one snapshot, so an entry is found either way from its commit on.
-///
-/// The ids are gathered into an array first (`ARRAY(…)`, evaluated once), so the entries are
-/// fetched by their primary key with `= ANY`; `environments` narrows the key's second column
-/// (lineage crosses the tenant's environments). The work list is read first and each of its
-/// entries checked by key (`LATERAL … LIMIT 1`, which the planner cannot turn around into a
-/// walk of the tenant's journal, whatever it estimates of a queue table's size).
-fn postgres_lookup(
-    table: &'static str,
-    tenant: &str,
-    environments: &[&str],
-    keys: &[(&'static str, &str)],
-) -> [sea_query::SimpleExpr; 3] {
-    // Placeholders are numbered within the expression (sea-query renumbers them in the query):
-    // the tenant and the keys' values, once for the lookup table and once for the work list.
-    let n = keys.len();
-    let cond = |prefix: &str, first: usize| {
-        keys.iter()
-            .enumerate()
-            .map(|(i, (k, _))| format!(" AND {prefix}{k} = ${}", first + i))
-            .collect::<String>()
-    };
-    let values = || keys.iter().map(|(_, v)| sea_query::Value::from((*v).to_owned()));
-    let found = std::iter::once(sea_query::Value::from(tenant.to_owned()))
-        .chain(values())
-        .chain(std::iter::once(sea_query::Value::from(tenant.to_owned())))
-        .chain(values());
-    [
-        Expr::col(JournalEntries::TenantId).eq(tenant.to_owned()),
-        Expr::col(JournalEntries::Environment).is_in(environments.iter().map(|e| (*e).to_owned())),
-        Expr::cust_with_values(
-            format!(
-                "id = ANY(ARRAY(SELECT entry_id FROM {table} WHERE tenant_id = $1{} UNION ALL \
-                 SELECT e.id FROM journal_pending p, LATERAL (SELECT e.id FROM journal_entries e \
-                 WHERE e.tenant_id = p.owner_tenant_id AND e.environment = p.owner_environment \
-                 AND e.id = p.entry_id{} LIMIT 1) e WHERE p.owner_tenant_id = ${}))",
-                cond("", 2),
-                cond("e.", n + 3),
-                n + 2
-            ),
-            found,
-        ),
-    ]
-}
-
-/// A lookup of entries by an indexed key.
-enum Lookup<'a> {
-    /// By correlation id, in every environment of the tenant.
-    Correlation(&'a str),
-    /// By resource type, and resource id if given, in the scope's environment.
-    Resource(&'a str, Option<&'a str>),
-}
-
-/// The tenant's entries, through the lookup tables when `lookup` names a key (see
-/// [`sqlite_lookup`], [`postgres_lookup`]), else by the tenant column.
-fn tenant_entries(tx: &TenantTx, lookup: Option<Lookup<'_>>) -> sea_query::SelectStatement {
+/// The tenant's entries: on SQLite through a lookup table when `lookup` names one (see
+/// [`sqlite_lookup`]), else by the tenant column.
+fn tenant_entries(
+    tx: &TenantTx,
+    lookup: Option<(&'static str, Vec<(&'static str, &str)>)>,
+) -> sea_query::SelectStatement {
     let tenant = tx.scope().tenant_id().to_string();
-    let env = tx.scope().environment().as_str();
     let mut q = select_entries();
-    let conds: Vec<sea_query::SimpleExpr> = match (lookup, &tx.tx) {
-        (None, _) => vec![Expr::col(JournalEntries::TenantId).eq(tenant)],
-        (Some(Lookup::Correlation(c)), Tx::Sqlite(_)) => {
-            sqlite_lookup("journal_by_correlation", &tenant, &[("correlation_id", c)]).into()
+    match lookup {
+        Some((table, keys)) if matches!(tx.tx, Tx::Sqlite(_)) => {
+            for cond in sqlite_lookup(table, &tenant, &keys) {
+                q.and_where(cond);
+            }
         }
-        (Some(Lookup::Resource(t, r)), Tx::Sqlite(_)) => {
-            let mut keys = vec![("resource_type", t)];
-            keys.extend(r.map(|r| ("resource_id", r)));
-            sqlite_lookup("journal_by_resource", &tenant, &keys).into()
+        _ => {
+            q.and_where(Expr::col(JournalEntries::TenantId).eq(tenant));
         }
-        (Some(Lookup::Correlation(c)), Tx::Postgres(_)) => {
-            let mut environments: Vec<&str> =
-                azotte_domain::tenant::Environment::ALL.iter().map(|e| e.as_str()).collect();
-            environments.push(PLATFORM);
-            postgres_lookup("journal_by_correlation", &tenant, &environments, &[("correlation_id", c)]).into()
-        }
-        (Some(Lookup::Resource(t, r)), Tx::Postgres(_)) => {
-            let mut keys = vec![("environment", env), ("resource_type", t)];
-            keys.extend(r.map(|r| ("resource_id", r)));
-            postgres_lookup("journal_by_resource", &tenant, &[env], &keys).into()
-        }
-    };
-    for c in conds {
-        q.and_where(c);
     }
     q
 }
@@ -765,8 +696,12 @@ pub async fn list(
     starting_after: Option<&str>,
 ) -> Result<(Vec<Entry>, bool)> {
     let lookup = match (&f.correlation_id, &f.resource_type) {
-        (Some(c), _) => Some(Lookup::Correlation(c)),
-        (None, Some(t)) => Some(Lookup::Resource(t, f.resource_id.as_deref())),
+        (Some(c), _) => Some(("journal_by_correlation", vec![("correlation_id", c.as_str())])),
+        (None, Some(t)) => {
+            let mut keys = vec![("resource_type", t.as_str())];
+            keys.extend(f.resource_id.as_deref().map(|r| ("resource_id", r)));
+            Some(("journal_by_resource", keys))
+        }
         (None, None) => None,
     };
     let mut q = tenant_entries(tx, lookup)
@@ -807,7 +742,7 @@ pub async fn by_correlation(tx: &mut TenantTx, correlation_id: &str) -> Result<V
 }
 
 fn by_correlation_query(tx: &TenantTx, correlation_id: &str) -> sea_query::SelectStatement {
-    tenant_entries(tx, Some(Lookup::Correlation(correlation_id)))
+    tenant_entries(tx, Some(("journal_by_correlation", vec![("correlation_id", correlation_id)])))
         .and_where(Expr::col(JournalEntries::CorrelationId).eq(correlation_id))
         .order_by(JournalEntries::Id, Order::Asc)
         .limit(10_000)
@@ -821,7 +756,8 @@ pub async fn timeline(tx: &mut TenantTx, resource_type: &str, resource_id: &str)
 }
 
 fn timeline_query(tx: &TenantTx, resource_type: &str, resource_id: &str) -> sea_query::SelectStatement {
-    tenant_entries(tx, Some(Lookup::Resource(resource_type, Some(resource_id))))
+    let keys = vec![("resource_type", resource_type), ("resource_id", resource_id)];
+    tenant_entries(tx, Some(("journal_by_resource", keys)))
         .and_where(Expr::col(JournalEntries::Environment).eq(tx.scope().environment().as_str()))
         .and_where(Expr::col(JournalEntries::ResourceType).eq(resource_type))
         .and_where(Expr::col(JournalEntries::ResourceId).eq(resource_id))

@@ -474,14 +474,6 @@ struct Plan {
     seals: Vec<(String, [u8; 32], [u8; 32])>,
     /// Work-list rows that name no entry or an entry already sealed.
     stale: u64,
-    /// The sealed entries' lookup keys (migration 0029), in the order of `seals`.
-    lookups: Vec<LookupKeys>,
-}
-
-/// An entry's keys in the lookup tables (PostgreSQL, migration 0029).
-struct LookupKeys {
-    correlation_id: String,
-    resource: Option<(String, String)>,
 }
 
 /// The chain's last position and chain value (0 and zeros for an empty chain).
@@ -508,7 +500,6 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
     let head = head(tx, tenant, env).await?;
     let (mut seq, mut prev) = head;
     let mut seals = Vec::with_capacity(pending.len());
-    let mut lookups = Vec::with_capacity(pending.len());
     let mut stale = 0;
     for ids in pending.chunks(SEALS_PER_STATEMENT) {
         // A listed entry comes back unless it has a seal already or no row. Neither is the
@@ -517,8 +508,6 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
         let entries = entries_by_id(tx, tenant, env, ids, true).await?;
         stale += (ids.len() - entries.len()) as u64;
         for e in entries {
-            let resource = e.resource_type.clone().zip(e.resource_id.clone());
-            lookups.push(LookupKeys { correlation_id: e.correlation_id.clone(), resource });
             let e = e.record();
             seq += 1;
             let h = chain::entry_hash(&e);
@@ -526,15 +515,16 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
             seals.push((e.id, h, prev));
         }
     }
-    Ok(Some(Plan { pending, head, seals, stale, lookups }))
+    Ok(Some(Plan { pending, head, seals, stale }))
 }
 
-/// Writes a plan's seals and its entries' lookup rows, removes its work-list rows and signs a
-/// checkpoint when due. The caller holds the chain and has checked its head.
+/// Writes a plan's seals, removes its work-list rows and signs a checkpoint when due. The caller
+/// holds the chain and has checked its head.
 ///
-/// The seals, the lookup rows and the removal are one statement (data-modifying `WITH`s over
-/// arrays bound whole): one round trip and one statement text for any number of entries,
-/// prepared once per connection.
+/// The seals and the removal are one statement (a data-modifying `WITH` over arrays bound
+/// whole): one round trip and one statement text for any number of entries, prepared once per
+/// connection, where multi-row `VALUES` and `IN` lists of a new length each pass were parsed and
+/// planned anew.
 async fn apply(
     tx: &mut Tx,
     tenant: &str,
@@ -563,15 +553,6 @@ async fn apply(
         hashes.push(hex::encode(h));
         chains.push(hex::encode(c));
     }
-    let correlations: Vec<&str> = plan.lookups.iter().map(|l| l.correlation_id.as_str()).collect();
-    let (mut about, mut types, mut resources) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, l) in ids.iter().zip(&plan.lookups) {
-        if let Some((t, r)) = &l.resource {
-            about.push(*id);
-            types.push(t.as_str());
-            resources.push(r.as_str());
-        }
-    }
     // Exactly the work-list rows read (ascending: the range bounds the scan as in
     // `entries_by_id`); one committed meanwhile stays for the next pass.
     let (lo, hi) = (plan.pending.first(), plan.pending.last());
@@ -579,16 +560,9 @@ async fn apply(
         "WITH seals AS (
              INSERT INTO journal_seals (tenant_id, environment, seq, entry_id, entry_hash, chain_hash, sealed_at)
              SELECT $1, $2, s, i, h, c, $3 FROM unnest($4::int8[], $5::text[], $6::text[], $7::text[]) AS u(s, i, h, c)
-         ), by_correlation AS (
-             INSERT INTO journal_by_correlation (tenant_id, correlation_id, environment, entry_id)
-             SELECT $1, c, $2, i FROM unnest($5::text[], $8::text[]) AS u(i, c) ON CONFLICT DO NOTHING
-         ), by_resource AS (
-             INSERT INTO journal_by_resource (tenant_id, environment, resource_type, resource_id, entry_id)
-             SELECT $1, $2, t, r, i FROM unnest($9::text[], $10::text[], $11::text[]) AS u(i, t, r)
-             ON CONFLICT DO NOTHING
          )
          DELETE FROM journal_pending WHERE owner_tenant_id = $1 AND owner_environment = $2
-             AND entry_id >= $12 AND entry_id <= $13 AND entry_id = ANY($14::text[])",
+             AND entry_id >= $8 AND entry_id <= $9 AND entry_id = ANY($10::text[])",
     )
     .bind(tenant)
     .bind(env)
@@ -597,10 +571,6 @@ async fn apply(
     .bind(&ids)
     .bind(&hashes)
     .bind(&chains)
-    .bind(&correlations)
-    .bind(&about)
-    .bind(&types)
-    .bind(&resources)
     .bind(lo)
     .bind(hi)
     .bind(&plan.pending)
