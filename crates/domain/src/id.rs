@@ -66,6 +66,17 @@ impl<K: IdKind> Id<K> {
         self.uuid
     }
 
+    /// The milliseconds since the Unix epoch in the id's time prefix (UUIDv7's first 48 bits).
+    pub fn unix_ms(&self) -> u64 {
+        (self.uuid.as_u128() >> 80) as u64
+    }
+
+    /// The smallest id of millisecond `ms`: every id made in that millisecond or later sorts at or
+    /// after it, as a string too; every id of an earlier one, before it.
+    pub fn first_of_unix_ms(ms: u64) -> Self {
+        Self::from_uuid(Uuid::from_u128(u128::from(ms & 0xffff_ffff_ffff) << 80))
+    }
+
     fn encode_body(&self) -> String {
         let n = self.uuid.as_u128();
         // 26 characters of 5 bits = 130 bits; the first character carries the top 3 bits.
@@ -239,6 +250,21 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = TenantId::new();
         assert!(a.to_string() < b.to_string());
+    }
+
+    #[test]
+    fn the_first_id_of_a_millisecond_bounds_the_ids_around_it() {
+        let id = TenantId::new();
+        let ms = id.unix_ms();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(ms <= now && now - ms < 60_000, "{ms} against {now}");
+        let floor = TenantId::first_of_unix_ms(ms);
+        assert_eq!(floor.unix_ms(), ms);
+        assert!(floor.to_string() <= id.to_string());
+        let before = TenantId::from_uuid(Uuid::from_u128((u128::from(ms - 1) << 80) | ((1 << 80) - 1)));
+        assert!(before.to_string() < floor.to_string());
+        assert!(TenantId::first_of_unix_ms(ms + 1).to_string() > id.to_string());
     }
 
     proptest! {

@@ -69,6 +69,18 @@ async fn signer(ctx: &Ctx) -> Result<(String, [u8; 32])> {
 /// and are sealed in larger batches; a chain another sealer (another process) is working on is
 /// skipped at first and waited for at the end, so sealers share the work.
 pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
+    sweep(ctx, false).await
+}
+
+/// The worker's pass every `seal_every`: [`seal_once`], except that on PostgreSQL a chain's work
+/// list is read from just before its last sealed entry (`store::seal::seal_chain_near_head`), past
+/// the rows earlier passes deleted, and whole only every few seconds — so an entry whose
+/// transaction committed long after it was recorded may be sealed a few seconds late.
+pub async fn seal_tick(ctx: &Ctx) -> Result<usize> {
+    sweep(ctx, true).await
+}
+
+async fn sweep(ctx: &Ctx, near_head: bool) -> Result<usize> {
     const CHAINS: u64 = 200;
     let (kid, seed) = signer(ctx).await?;
     let sign = move |msg: &[u8]| (kid.clone(), chain::sign(&seed, msg).to_vec());
@@ -96,7 +108,12 @@ pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
             again |= p.more;
         };
         for (tenant, env) in chains {
-            match store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, false).await? {
+            let pass = if near_head {
+                store_seal::seal_chain_near_head(&ctx.db, &tenant, &env, &now, policy, &sign).await?
+            } else {
+                store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, false).await?
+            };
+            match pass {
                 Some(p) => count(p),
                 None => busy.push((tenant, env)),
             }

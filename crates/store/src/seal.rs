@@ -283,14 +283,21 @@ async fn sealed_ids_between(
     Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| r.entry_id).collect())
 }
 
-/// Up to `limit` entry ids on a chain's work list, in id order. One table, no join: the plan
-/// cannot degrade into a scan of the chain, whatever the planner's statistics.
-async fn pending_ids(tx: &mut Tx, tenant: &str, env: &str, limit: u64) -> Result<Vec<String>> {
+/// Up to `limit` entry ids on a chain's work list, in id order, from `from` on if given. One
+/// table, no join: the plan cannot degrade into a scan of the chain, whatever the planner's
+/// statistics.
+async fn pending_ids(
+    tx: &mut Tx,
+    tenant: &str,
+    env: &str,
+    from: Option<&str>,
+    limit: u64,
+) -> Result<Vec<String>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         entry_id: String,
     }
-    let q = Query::select()
+    let mut q = Query::select()
         .column(JournalPending::EntryId)
         .from(JournalPending::Table)
         .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
@@ -298,6 +305,9 @@ async fn pending_ids(tx: &mut Tx, tenant: &str, env: &str, limit: u64) -> Result
         .order_by(JournalPending::EntryId, Order::Asc)
         .limit(limit)
         .to_owned();
+    if let Some(from) = from {
+        q.and_where(Expr::col(JournalPending::EntryId).gte(from));
+    }
     Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| r.entry_id).collect())
 }
 
@@ -478,7 +488,11 @@ struct Plan {
 
 /// The chain's last position and chain value (0 and zeros for an empty chain).
 async fn head(tx: &mut Tx, tenant: &str, env: &str) -> Result<(i64, [u8; 32])> {
-    match last_seal(tx, tenant, env).await? {
+    head_of(last_seal(tx, tenant, env).await?.as_ref())
+}
+
+fn head_of(last: Option<&SealRow>) -> Result<(i64, [u8; 32])> {
+    match last {
         Some(s) => Ok((
             s.seq,
             hex::decode(&s.chain_hash)
@@ -490,14 +504,68 @@ async fn head(tx: &mut Tx, tenant: &str, env: &str) -> Result<(i64, [u8; 32])> {
     }
 }
 
+/// How far before the chain's last sealed entry (by the time in its id) a pass starts reading the
+/// work list, and how often it reads the whole list instead (PostgreSQL, the sealer's tick:
+/// [`seal_chain_near_head`]; [`seal_chain`] always reads the whole list).
+///
+/// The sealer deletes each work-list row it seals, and autovacuum clears the dead rows at most
+/// once a minute, so a chain's list is a long run of dead rows (everything sealed lately, in id
+/// order) before the live ones; reading it from its first row walked all of them on every pass
+/// (hundreds to thousands of buffers at a few thousand entries a second). New entries have ids
+/// from about the time they were recorded, a moment before their commit, so they sort after the
+/// last sealed one or just before it. An entry whose transaction committed more than
+/// [`LATE_WINDOW_MS`] after it was recorded sorts lower: the whole list is read every
+/// [`FULL_READ_EVERY`] for each chain and when nothing is found near the head, so such an entry is
+/// sealed at most a few seconds late — never missed (and verification, which ignores
+/// the work list, would report it if it were). The window is well inside verification's
+/// tolerance for commit order ([`chain::REORDER_TOLERANCE_MS`], 60 s).
+const LATE_WINDOW_MS: u64 = 5_000;
+const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a near-head pass over a chain reads its whole work list this time (and if so, notes
+/// when).
+fn full_read_due(tenant: &str, env: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: Mutex<Option<HashMap<(String, String), Instant>>> = Mutex::new(None);
+    let now = Instant::now();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let last = last.get_or_insert_with(HashMap::new);
+    let key = (tenant.to_owned(), env.to_owned());
+    let due = last.get(&key).is_none_or(|t| now.duration_since(*t) >= FULL_READ_EVERY);
+    if due {
+        last.insert(key, now);
+    }
+    due
+}
+
+/// The lowest work-list id a pass reads after the chain's last sealed entry `last_sealed`: the
+/// smallest id of the millisecond [`LATE_WINDOW_MS`] before the one in its id. `None` (read from
+/// the start) if the id has no time in it.
+fn read_floor(last_sealed: &str) -> Option<String> {
+    use azotte_domain::id::JournalId;
+    let id: JournalId = last_sealed.parse().ok()?;
+    let ms = id.unix_ms().checked_sub(LATE_WINDOW_MS)?;
+    Some(JournalId::first_of_unix_ms(ms).to_string())
+}
+
 /// Reads a chain's pending entries (up to [`PASS_LIMIT`]) and hashes them onto its head; `None`
-/// when the work list is empty. Writes nothing.
-async fn plan(tx: &mut Tx, tenant: &str, env: &str) -> Result<Option<Plan>> {
-    let pending = pending_ids(tx, tenant, env, PASS_LIMIT).await?;
+/// when the work list has nothing to read. Writes nothing. Reads from just before the chain's
+/// last sealed entry unless `full` (see [`LATE_WINDOW_MS`]).
+async fn plan(tx: &mut Tx, tenant: &str, env: &str, full: bool) -> Result<Option<Plan>> {
+    let last = last_seal(tx, tenant, env).await?;
+    let floor = if full { None } else { last.as_ref().and_then(|s| read_floor(&s.entry_id)) };
+    let mut pending = pending_ids(tx, tenant, env, floor.as_deref(), PASS_LIMIT).await?;
+    if pending.is_empty() && floor.is_some() {
+        // Nothing new near the head, yet the chain was listed as having work: what waits is
+        // below it. Read the whole list now rather than at the next whole read.
+        pending = pending_ids(tx, tenant, env, None, PASS_LIMIT).await?;
+    }
     if pending.is_empty() {
         return Ok(None);
     }
-    let head = head(tx, tenant, env).await?;
+    let head = head_of(last.as_ref())?;
     let (mut seq, mut prev) = head;
     let mut seals = Vec::with_capacity(pending.len());
     let mut stale = 0;
@@ -701,6 +769,34 @@ pub async fn seal_chain(
     sign: &CheckpointSigner,
     wait: bool,
 ) -> Result<Option<SealPass>> {
+    seal_chain_reading(db, tenant, env, now, policy, sign, wait, false).await
+}
+
+/// [`seal_chain`] without waiting, for a sealer's frequent tick: on PostgreSQL it reads the work
+/// list from just before the chain's last sealed entry (see [`LATE_WINDOW_MS`]), so an entry whose
+/// transaction committed late may wait a few seconds for the next whole read.
+pub async fn seal_chain_near_head(
+    db: &Db,
+    tenant: &str,
+    env: &str,
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+) -> Result<Option<SealPass>> {
+    seal_chain_reading(db, tenant, env, now, policy, sign, false, true).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn seal_chain_reading(
+    db: &Db,
+    tenant: &str,
+    env: &str,
+    now: &Now,
+    policy: CheckpointPolicy,
+    sign: &CheckpointSigner,
+    wait: bool,
+    near_head: bool,
+) -> Result<Option<SealPass>> {
     if db.backend() == crate::Backend::Sqlite {
         return seal_log(db, now, policy, sign).await.map(Some);
     }
@@ -720,7 +816,7 @@ pub async fn seal_chain(
             }
         }
     }
-    let pass = match plan(&mut tx, tenant, env).await? {
+    let pass = match plan(&mut tx, tenant, env, !near_head || full_read_due(tenant, env)).await? {
         Some(p) => apply(&mut tx, tenant, env, p, now, policy, sign).await?,
         None => SealPass::default(),
     };

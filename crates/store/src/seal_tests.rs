@@ -486,3 +486,66 @@ async fn the_sqlite_sealer_reads_an_entry_as_verification_does() {
     assert_eq!(report.entries_checked, 1);
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
+
+/// PostgreSQL: the sealer's tick reads a chain's work list from just before its last sealed
+/// entry, past the dead rows of what it sealed before. An entry whose transaction committed long
+/// after its id was made (below that point) waits for a whole read — the tick's every few
+/// seconds, any other pass's always, or the tick's at once when nothing newer waits — and is
+/// sealed then, never missed.
+#[tokio::test]
+async fn a_late_committed_entry_is_sealed_by_the_next_whole_read() {
+    use azotte_domain::id::JournalId;
+    let (t, db) = migrated(Backend::Postgres).await;
+    let first = write(&db, 1, false).await;
+    let tick = |db| super::seal_chain_near_head(db, "platform", "platform", &now, POLICY, &sign);
+    // The first tick reads the whole list (and notes when).
+    assert_eq!(tick(&db).await.unwrap().unwrap().sealed, 1);
+
+    // An entry recorded 30 s ago (past the tick's window, within verification's tolerance for
+    // commit order) whose transaction commits only now.
+    let late = |secs: u64| {
+        let id = JournalId::first_of_unix_ms(JournalId::new().unix_ms() - secs * 1000).to_string();
+        let sql = format!(
+            "DO $$ BEGIN PERFORM set_config('azotte.platform', 'on', true); \
+             INSERT INTO journal_entries (tenant_id, environment, id, kind, type, occurred_at, correlation_id, \
+             causation_id, principal_kind, principal_id, principal_roles, mfa, source, request_id, client_ip, \
+             user_agent, resource_type, resource_id, body) SELECT tenant_id, environment, '{id}', kind, type, \
+             occurred_at, correlation_id, causation_id, principal_kind, principal_id, principal_roles, mfa, source, \
+             request_id, client_ip, user_agent, resource_type, resource_id, body FROM journal_entries \
+             WHERE id = '{}'; END $$",
+            first[0]
+        );
+        (id, sql)
+    };
+    let unsealed_ids = || async {
+        unsealed(&db, "platform", "platform")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.entry_id)
+            .collect::<Vec<_>>()
+    };
+    let (late_1, sql) = late(30);
+    raw(&t, &db, &sql).await;
+    let fresh = write(&db, 1, false).await;
+    // Within a few seconds of the whole read, the tick reads near the head: the fresh entry only.
+    assert_eq!(tick(&db).await.unwrap().unwrap().sealed, 1);
+    assert_eq!(unsealed_ids().await, vec![late_1.clone()], "the fresh entry {} is sealed", fresh[0]);
+    // Any other pass reads the whole list.
+    assert_eq!(
+        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, false).await.unwrap().unwrap().sealed,
+        1
+    );
+    assert!(unsealed_ids().await.is_empty());
+
+    // With nothing near the head, the tick reads the whole list at once.
+    let (late_2, sql) = late(20);
+    raw(&t, &db, &sql).await;
+    assert_eq!(unsealed_ids().await, vec![late_2]);
+    assert_eq!(tick(&db).await.unwrap().unwrap().sealed, 1);
+    assert!(unsealed_ids().await.is_empty());
+
+    let report = verify_platform_chain(&db).await;
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(report.entries_checked, 4);
+}

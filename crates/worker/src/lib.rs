@@ -51,7 +51,7 @@ pub async fn housekeeping_once(ctx: &Ctx) -> azotte_service::Result<Housekeeping
 /// Starts the workers; they stop when `shutdown` turns true, finishing the pass in progress.
 pub fn spawn(ctx: Ctx, config: WorkerConfig, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     let sealer = tokio::spawn(every(ctx.clone(), config.seal_every, shutdown.clone(), |ctx| async move {
-        if let Err(e) = azotte_service::seal::seal_once(&ctx).await {
+        if let Err(e) = azotte_service::seal::seal_tick(&ctx).await {
             tracing::warn!(error = %e, "journal sealing failed; will retry");
         }
     }));
