@@ -75,7 +75,8 @@ pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
 /// The worker's pass every `seal_every`: [`seal_once`], except that on PostgreSQL a chain's work
 /// list is read from just before its last sealed entry (`store::seal::seal_chain_near_head`), past
 /// the rows earlier passes deleted, and whole only every few seconds — so an entry whose
-/// transaction committed long after it was recorded may be sealed a few seconds late.
+/// transaction committed long after it was recorded may be sealed a few seconds late; and a chain
+/// another process is sealing is left to it, not waited for.
 pub async fn seal_tick(ctx: &Ctx) -> Result<usize> {
     sweep(ctx, true).await
 }
@@ -117,6 +118,12 @@ async fn sweep(ctx: &Ctx, near_head: bool) -> Result<usize> {
                 Some(p) => count(p),
                 None => busy.push((tenant, env)),
             }
+        }
+        // Another process's sealer holds these chains: a thorough pass waits for it and seals what
+        // is left; the tick leaves them to it and to the next tick rather than hold a connection
+        // waiting.
+        if near_head {
+            busy.clear();
         }
         for (tenant, env) in busy {
             let p = store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, true).await?;

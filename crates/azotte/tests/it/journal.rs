@@ -280,3 +280,49 @@ both!(
     the_database_refuses_to_change_or_delete_entries,
     no_personal_data_or_secret_reaches_the_journal
 );
+
+/// PostgreSQL, several processes sealing: the worker's tick leaves a chain another sealer holds
+/// to it instead of waiting on the chain's lock; a thorough pass (`seal_once`) waits and seals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sealing_tick_does_not_wait_for_another_sealer() {
+    use sqlx::Connection;
+    let app = crate::helpers::spawn_app(Backend::Postgres).await;
+    app.create_tenant("tick").await;
+    let tenant = app.raw_strings("SELECT id FROM tenants WHERE slug = 'tick'").await.remove(0);
+    let waiting = || async {
+        let sql = format!(
+            "SELECT count(*)::text FROM journal_pending WHERE owner_tenant_id = '{tenant}' \
+             AND owner_environment = 'development'"
+        );
+        app.raw_strings(&sql).await.remove(0).parse::<u32>().unwrap()
+    };
+    // Another sealer holds the chain.
+    let mut other = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('azotte.seal:' || $1 || ':' || $2))")
+        .bind(&tenant)
+        .bind("development")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    // Entries written meanwhile (writers never take that lock) wait for it.
+    app.post("/v1/roles", json!({"name": "tick_role", "permissions": ["audit.read"]}))
+        .tenant("tick", "development")
+        .expect(201)
+        .await;
+    assert!(waiting().await > 0);
+    let tick =
+        tokio::time::timeout(std::time::Duration::from_secs(5), azotte_service::seal::seal_tick(&app.ctx))
+            .await
+            .expect("the tick does not wait for the chain");
+    tick.unwrap();
+    assert!(waiting().await > 0, "the held chain is left to its sealer");
+    // A thorough pass waits for it, then seals what is left.
+    let ctx = app.ctx.clone();
+    let thorough = tokio::spawn(async move { azotte_service::seal::seal_once(&ctx).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!thorough.is_finished(), "seal_once waits for the other sealer");
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    thorough.await.unwrap().unwrap();
+    assert_eq!(waiting().await, 0);
+}
