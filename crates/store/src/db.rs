@@ -401,6 +401,9 @@ const WAL_RESTART_FRAMES: i64 = 64;
 /// [`WAL_RESTART_FRAMES`], the pass runs on the writer connection instead, where no commit of
 /// this process can land meanwhile, and the next writer restarts the log. That pass copies only
 /// what the previous ones left, so writers wait for little more than its fsyncs.
+/// How long a checkpoint on the writer connection may take before it is logged as a warning.
+const SLOW_WRITER_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn spawn_checkpointer(read: SqlitePool, write: SqlitePool, alive: std::sync::Weak<ReadCache>) {
     tokio::spawn(async move {
         let mut on_writer = false;
@@ -410,9 +413,23 @@ fn spawn_checkpointer(read: SqlitePool, write: SqlitePool, alive: std::sync::Wea
                 return;
             }
             let pool = if on_writer { &write } else { &read };
+            let started = std::time::Instant::now();
             match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await
             {
-                Ok((_busy, log, _copied)) => on_writer = !on_writer && log >= WAL_RESTART_FRAMES,
+                Ok((_busy, log, copied)) => {
+                    // A checkpoint on the writer connection holds every write meanwhile: say so
+                    // when that is long enough to show in request latency.
+                    let took = started.elapsed();
+                    if on_writer && took >= SLOW_WRITER_CHECKPOINT {
+                        tracing::warn!(
+                            ms = took.as_millis() as u64,
+                            log_frames = log,
+                            copied_frames = copied,
+                            "SQLite checkpoint on the writer connection held writes"
+                        );
+                    }
+                    on_writer = !on_writer && log >= WAL_RESTART_FRAMES;
+                }
                 Err(_) if read.is_closed() || write.is_closed() => return,
                 Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; retrying"),
             }
