@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use azotte_crypto::aead;
 use azotte_crypto::chain::{self, Export, Report};
 use azotte_domain::permission::Permission;
-use azotte_store::seal::{self as store_seal, CheckpointPolicy};
+use azotte_store::seal::{self as store_seal, CheckpointPolicy, Pass};
 use azotte_store::TenantScope;
 
 use crate::{Ctx, Result, ServiceError};
@@ -73,7 +73,7 @@ pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
 }
 
 /// The worker's pass every `seal_every`: [`seal_once`], except that on PostgreSQL a chain's work
-/// list is read from just before its last sealed entry (`store::seal::seal_chain_near_head`), past
+/// list is read from just before its last sealed entry (`store::seal::Pass::Tick`), past
 /// the rows earlier passes deleted, and whole only every few seconds — so an entry whose
 /// transaction committed long after it was recorded may be sealed a few seconds late; and a chain
 /// another process is sealing is left to it, not waited for.
@@ -81,7 +81,7 @@ pub async fn seal_tick(ctx: &Ctx) -> Result<usize> {
     sweep(ctx, true).await
 }
 
-async fn sweep(ctx: &Ctx, near_head: bool) -> Result<usize> {
+async fn sweep(ctx: &Ctx, tick: bool) -> Result<usize> {
     const CHAINS: u64 = 200;
     let (kid, seed) = signer(ctx).await?;
     let sign = move |msg: &[u8]| (kid.clone(), chain::sign(&seed, msg).to_vec());
@@ -109,12 +109,8 @@ async fn sweep(ctx: &Ctx, near_head: bool) -> Result<usize> {
             again |= p.more;
         };
         for (tenant, env) in chains {
-            let pass = if near_head {
-                store_seal::seal_chain_near_head(&ctx.db, &tenant, &env, &now, policy, &sign).await?
-            } else {
-                store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, false).await?
-            };
-            match pass {
+            let pass = if tick { Pass::Tick } else { Pass::Skip };
+            match store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, pass).await? {
                 Some(p) => count(p),
                 None => busy.push((tenant, env)),
             }
@@ -122,11 +118,11 @@ async fn sweep(ctx: &Ctx, near_head: bool) -> Result<usize> {
         // Another process's sealer holds these chains: a thorough pass waits for it and seals what
         // is left; the tick leaves them to it and to the next tick rather than hold a connection
         // waiting.
-        if near_head {
+        if tick {
             busy.clear();
         }
         for (tenant, env) in busy {
-            let p = store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, true).await?;
+            let p = store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, Pass::Wait).await?;
             count(p.unwrap_or_default());
         }
         // A full listing whose chains had nothing left was sealed by another sealer meanwhile.

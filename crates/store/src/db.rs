@@ -387,6 +387,9 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 #[cfg(test)]
 const WAL_RESTART_FRAMES: i64 = 64;
 
+/// How long a checkpoint on the writer connection may take before it is logged as a warning.
+const SLOW_WRITER_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Copies SQLite's write-ahead log into the database file, off the writer connection, for as
 /// long as `alive` (the process's read cache, which lives as long as the [`Db`]) does.
 ///
@@ -401,9 +404,6 @@ const WAL_RESTART_FRAMES: i64 = 64;
 /// [`WAL_RESTART_FRAMES`], the pass runs on the writer connection instead, where no commit of
 /// this process can land meanwhile, and the next writer restarts the log. That pass copies only
 /// what the previous ones left, so writers wait for little more than its fsyncs.
-/// How long a checkpoint on the writer connection may take before it is logged as a warning.
-const SLOW_WRITER_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(200);
-
 fn spawn_checkpointer(read: SqlitePool, write: SqlitePool, alive: std::sync::Weak<ReadCache>) {
     tokio::spawn(async move {
         let mut on_writer = false;

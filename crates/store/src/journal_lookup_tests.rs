@@ -41,7 +41,9 @@ async fn seal_all(db: &Db, scopes: &[&TenantScope]) {
     let policy = crate::seal::CheckpointPolicy { every: 50, interval: chrono::Duration::seconds(60) };
     for s in scopes {
         let (tenant, env) = (s.tenant_id().to_string(), s.environment().as_str());
-        crate::seal::seal_chain(db, &tenant, env, &now, policy, &sign, true).await.unwrap();
+        crate::seal::seal_chain(db, &tenant, env, &now, policy, &sign, crate::seal::Pass::Wait)
+            .await
+            .unwrap();
     }
 }
 

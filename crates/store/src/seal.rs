@@ -505,8 +505,8 @@ fn head_of(last: Option<&SealRow>) -> Result<(i64, [u8; 32])> {
 }
 
 /// How far before the chain's last sealed entry (by the time in its id) a pass starts reading the
-/// work list, and how often it reads the whole list instead (PostgreSQL, the sealer's tick:
-/// [`seal_chain_near_head`]; [`seal_chain`] always reads the whole list).
+/// work list, and how often it reads the whole list instead (PostgreSQL, [`Pass::Tick`]; other
+/// passes always read the whole list).
 ///
 /// The sealer deletes each work-list row it seals, and autovacuum clears the dead rows at most
 /// once a minute, so a chain's list is a long run of dead rows (everything sealed lately, in id
@@ -525,13 +525,12 @@ const FULL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Whether a near-head pass over a chain reads its whole work list this time (and if so, notes
 /// when).
 fn full_read_due(tenant: &str, env: &str) -> bool {
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::time::Instant;
-    static LAST: Mutex<Option<HashMap<(String, String), Instant>>> = Mutex::new(None);
+    static LAST: Mutex<BTreeMap<(String, String), Instant>> = Mutex::new(BTreeMap::new());
     let now = Instant::now();
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    let last = last.get_or_insert_with(HashMap::new);
     let key = (tenant.to_owned(), env.to_owned());
     let due = last.get(&key).is_none_or(|t| now.duration_since(*t) >= FULL_READ_EVERY);
     if due {
@@ -748,17 +747,30 @@ async fn checkpoint_if_due(
     Ok(Some(seq))
 }
 
+/// How a sealing pass over one chain treats another sealer and the chain's work list
+/// (PostgreSQL; on SQLite every pass is one pass over the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Waits for another sealer of the chain to finish, then seals what is left: when the call
+    /// returns, every entry committed before it started is sealed.
+    Wait,
+    /// Returns `None` at once if another sealer holds the chain.
+    Skip,
+    /// The worker's frequent tick: as [`Pass::Skip`], and reads the work list from just before
+    /// the chain's last sealed entry (see [`LATE_WINDOW_MS`]), so an entry whose transaction
+    /// committed late may wait a few seconds for the next whole read.
+    Tick,
+}
+
 /// Seals the pending entries of one chain, in id order, removes them from the work list and
 /// signs a checkpoint when due. `sealed_at` is read from `now` when each statement of seals is
 /// built, while the chain is held for writing.
 ///
-/// On PostgreSQL everything happens in one transaction holding the chain's advisory lock; with
-/// `wait` false, returns `None` at once if another sealer holds the chain; with `wait` true it
-/// waits for that sealer to finish, so that when the call returns every entry committed before
-/// it started is sealed. Writers never wait for it (MVCC).
+/// On PostgreSQL everything happens in one transaction holding the chain's advisory lock, taken
+/// as [`Pass`] says; writers never wait for it (MVCC).
 ///
 /// On SQLite, whose journal is sealed as one log ([`seal_log`]), this is one pass of
-/// [`seal_log`]: it seals every chain's new entries, this one's among them, and `wait` does not
+/// [`seal_log`]: it seals every chain's new entries, this one's among them, and `pass` does not
 /// apply (the result is never `None`).
 pub async fn seal_chain(
     db: &Db,
@@ -767,35 +779,7 @@ pub async fn seal_chain(
     now: &Now,
     policy: CheckpointPolicy,
     sign: &CheckpointSigner,
-    wait: bool,
-) -> Result<Option<SealPass>> {
-    seal_chain_reading(db, tenant, env, now, policy, sign, wait, false).await
-}
-
-/// [`seal_chain`] without waiting, for a sealer's frequent tick: on PostgreSQL it reads the work
-/// list from just before the chain's last sealed entry (see [`LATE_WINDOW_MS`]), so an entry whose
-/// transaction committed late may wait a few seconds for the next whole read.
-pub async fn seal_chain_near_head(
-    db: &Db,
-    tenant: &str,
-    env: &str,
-    now: &Now,
-    policy: CheckpointPolicy,
-    sign: &CheckpointSigner,
-) -> Result<Option<SealPass>> {
-    seal_chain_reading(db, tenant, env, now, policy, sign, false, true).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn seal_chain_reading(
-    db: &Db,
-    tenant: &str,
-    env: &str,
-    now: &Now,
-    policy: CheckpointPolicy,
-    sign: &CheckpointSigner,
-    wait: bool,
-    near_head: bool,
+    pass: Pass,
 ) -> Result<Option<SealPass>> {
     if db.backend() == crate::Backend::Sqlite {
         return seal_log(db, now, policy, sign).await.map(Some);
@@ -805,7 +789,7 @@ async fn seal_chain_reading(
     if let Tx::Postgres(t) = &mut tx {
         // One sealer per chain at a time; writers never take this lock.
         const KEY: &str = "hashtext('azotte.seal:' || $1 || ':' || $2)";
-        if wait {
+        if pass == Pass::Wait {
             let sql = format!("SELECT pg_advisory_xact_lock({KEY})");
             sqlx::query(&sql).bind(tenant).bind(env).execute(&mut **t).await?;
         } else {
@@ -816,7 +800,8 @@ async fn seal_chain_reading(
             }
         }
     }
-    let pass = match plan(&mut tx, tenant, env, !near_head || full_read_due(tenant, env)).await? {
+    let whole = pass != Pass::Tick || full_read_due(tenant, env);
+    let pass = match plan(&mut tx, tenant, env, whole).await? {
         Some(p) => apply(&mut tx, tenant, env, p, now, policy, sign).await?,
         None => SealPass::default(),
     };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use azotte_crypto::chain;
 use serde_json::json;
 
-use super::{pending_chains, seal_chain, unsealed, ChainReader, CheckpointPolicy};
+use super::{pending_chains, seal_chain, unsealed, ChainReader, CheckpointPolicy, Pass};
 use crate::exec::Tx;
 use crate::testing::{fresh_database, migrated};
 use crate::{Backend, Db, DbOptions, PlatformScope};
@@ -44,10 +44,10 @@ async fn write(db: &Db, n: usize, with_outcome: bool) -> Vec<String> {
 }
 
 /// One sealer: passes over the platform chain until told to stop.
-async fn sealer(db: Db, stop: Arc<AtomicBool>, wait: bool) -> usize {
+async fn sealer(db: Db, stop: Arc<AtomicBool>, pass: Pass) -> usize {
     let mut sealed = 0;
     while !stop.load(Ordering::Relaxed) {
-        if let Some(p) = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, wait).await.unwrap() {
+        if let Some(p) = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, pass).await.unwrap() {
             sealed += p.sealed;
         }
         tokio::task::yield_now().await;
@@ -80,7 +80,7 @@ async fn concurrent_writers_and_sealers(backend: Backend) {
     let (_t, db) = migrated(backend).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let sealers = [false, true].map(|wait| tokio::spawn(sealer(db.clone(), stop.clone(), wait)));
+    let sealers = [Pass::Skip, Pass::Wait].map(|pass| tokio::spawn(sealer(db.clone(), stop.clone(), pass)));
     let writers: Vec<_> = (0..6)
         .map(|w| {
             let db = db.clone();
@@ -103,8 +103,11 @@ async fn concurrent_writers_and_sealers(backend: Backend) {
         sealed += s.await.unwrap();
     }
     // What the sealers left (entries committed after their last pass) takes one more pass.
-    sealed +=
-        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap().sealed;
+    sealed += seal_chain(&db, "platform", "platform", &now, POLICY, &sign, Pass::Wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .sealed;
     assert_eq!(sealed, 240, "every entry sealed exactly once");
     assert!(pending_chains(&db, 10).await.unwrap().is_empty(), "the work list is empty");
     assert!(unsealed(&db, "platform", "platform").await.unwrap().is_empty());
@@ -165,8 +168,11 @@ async fn unsealed_entries_are_found_on_every_page(backend: Backend) {
             tx.outcome(now(), "test.item", None, json!({"i": i})).await.unwrap();
         }
         tx.commit().await.unwrap();
-        sealed +=
-            seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap().sealed;
+        sealed += seal_chain(&db, "platform", "platform", &now, POLICY, &sign, Pass::Wait)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed;
         // Claims to be an hour old, and is taken off the sealer's to-do: never sealed.
         let mut tx = db.platform_tx(&scope()).await.unwrap();
         let id = tx.action(hour_ago, "test.forged", None, json!({"batch": batch})).await.unwrap();
@@ -174,8 +180,11 @@ async fn unsealed_entries_are_found_on_every_page(backend: Backend) {
         hide_from_sealer(&t, &db, &id).await;
         forged.push(id);
     }
-    sealed +=
-        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap().sealed;
+    sealed += seal_chain(&db, "platform", "platform", &now, POLICY, &sign, Pass::Wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .sealed;
     assert_eq!(sealed, 3300);
     let mut tx = db.platform_tx(&scope()).await.unwrap();
     let recent = tx.action(now(), "test.recent", None, json!({})).await.unwrap();
@@ -298,7 +307,7 @@ async fn an_entry_sealed_while_its_chain_is_read_is_not_missed(backend: Backend)
     let mut tx = db.platform_tx(&scope()).await.unwrap();
     tx.action(now(), "test.write", None, json!({})).await.unwrap();
     tx.commit().await.unwrap();
-    seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap();
+    seal_chain(&db, "platform", "platform", &now, POLICY, &sign, Pass::Wait).await.unwrap();
     // Claims to be an hour old; still on the work list, so a sealer takes it.
     let mut tx = db.platform_tx(&scope()).await.unwrap();
     let forged = tx.action(now() - chrono::Duration::hours(1), "test.forged", None, json!({})).await.unwrap();
@@ -306,7 +315,8 @@ async fn an_entry_sealed_while_its_chain_is_read_is_not_missed(backend: Backend)
 
     let reader = ChainReader::open(&db, "platform", "platform").await.unwrap();
     // A sealer seals it while the chain is being read.
-    let pass = seal_chain(&db, "platform", "platform", &now, POLICY, &sign, true).await.unwrap().unwrap();
+    let pass =
+        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, Pass::Wait).await.unwrap().unwrap();
     assert_eq!(pass.sealed, 1);
     let report = verify_read(reader).await;
     assert_eq!(report.entries_checked, 2, "the seal made meanwhile is checked");
@@ -480,7 +490,8 @@ async fn the_sqlite_sealer_reads_an_entry_as_verification_does() {
     )
     .await;
     let policy = CheckpointPolicy { every: 1, interval: chrono::Duration::seconds(60) };
-    let pass = seal_chain(&db, "platform", "platform", &now, policy, &sign, true).await.unwrap().unwrap();
+    let pass =
+        seal_chain(&db, "platform", "platform", &now, policy, &sign, Pass::Wait).await.unwrap().unwrap();
     assert_eq!(pass.sealed, 1);
     let report = verify_read(ChainReader::open(&db, "platform", "platform").await.unwrap()).await;
     assert_eq!(report.entries_checked, 1);
@@ -497,7 +508,7 @@ async fn a_late_committed_entry_is_sealed_by_the_next_whole_read() {
     use azotte_domain::id::JournalId;
     let (t, db) = migrated(Backend::Postgres).await;
     let first = write(&db, 1, false).await;
-    let tick = |db| super::seal_chain_near_head(db, "platform", "platform", &now, POLICY, &sign);
+    let tick = |db| seal_chain(db, "platform", "platform", &now, POLICY, &sign, Pass::Tick);
     // The first tick reads the whole list (and notes when).
     assert_eq!(tick(&db).await.unwrap().unwrap().sealed, 1);
 
@@ -533,7 +544,11 @@ async fn a_late_committed_entry_is_sealed_by_the_next_whole_read() {
     assert_eq!(unsealed_ids().await, vec![late_1.clone()], "the fresh entry {} is sealed", fresh[0]);
     // Any other pass reads the whole list.
     assert_eq!(
-        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, false).await.unwrap().unwrap().sealed,
+        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, Pass::Skip)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed,
         1
     );
     assert!(unsealed_ids().await.is_empty());
