@@ -117,11 +117,11 @@ pub(crate) struct Ack {
 pub(crate) async fn request_ack(
     cache: &ReadCache,
     tx: &mut Tx,
-    last: Option<&sea_query::InsertStatement>,
+    last: Option<crate::journal::PgInsert>,
 ) -> Result<Option<Ack>> {
     if !(cache.is_live() && matches!(tx, Tx::Postgres(_))) {
         if let Some(q) = last {
-            tx.execute(q).await?;
+            q.execute(tx).await?;
         }
         return Ok(None);
     }
@@ -140,13 +140,15 @@ pub(crate) async fn request_ack(
                 .await
         }
         Some(q) => {
-            use sea_query_binder::SqlxBinder;
             // The notification's two parameters follow the statement's own.
-            let (sql, sea_query_binder::SqlxValues(mut values)) =
-                q.build_sqlx(sea_query::PostgresQueryBuilder);
+            let mut values = q.values;
             let k = values.0.len();
-            let sql =
-                format!("WITH ack AS ({}) {sql} RETURNING (SELECT count(*) FROM ack)", notify(k + 1, k + 2));
+            let sql = format!(
+                "WITH ack AS ({}), {} {} RETURNING (SELECT count(*) FROM ack)",
+                notify(k + 1, k + 2),
+                q.cte,
+                q.insert
+            );
             values.0.push(CHANNEL.into());
             values.0.push(payload.into());
             let rows: std::result::Result<Vec<i64>, sqlx::Error> =

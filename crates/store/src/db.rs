@@ -497,20 +497,20 @@ macro_rules! journaled_tx {
                     }
                     return Ok(());
                 }
-                let mut statements = crate::journal::statements(journal);
+                let mut statements = crate::journal::pg_statements(journal);
                 let last = statements.pop();
-                for q in &statements {
-                    self.tx.execute(q).await?;
+                for q in statements {
+                    q.execute(&mut self.tx).await?;
                 }
                 // A write transaction's acknowledgement goes with the entries' last statement,
                 // in one round trip.
                 let Some(cache) = self.cache.take().filter(|_| self.writes > 0) else {
-                    if let Some(q) = &last {
-                        self.tx.execute(q).await?;
+                    if let Some(q) = last {
+                        q.execute(&mut self.tx).await?;
                     }
                     return self.tx.commit().await;
                 };
-                let ack = crate::cache_listen::request_ack(&cache, &mut self.tx, last.as_ref()).await?;
+                let ack = crate::cache_listen::request_ack(&cache, &mut self.tx, last).await?;
                 if let Err(e) = self.tx.commit().await {
                     if let Some(ack) = ack {
                         crate::cache_listen::forget_ack(&cache, ack);

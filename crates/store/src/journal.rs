@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 use azotte_domain::id::JournalId;
 use azotte_domain::Principal;
 use chrono::{DateTime, Utc};
-use sea_query::{Expr, Iden, Order, Query};
+use sea_query::{Expr, Iden, Order, PostgresQueryBuilder, Query};
+use sea_query_binder::{SqlxBinder, SqlxValues};
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -227,6 +228,35 @@ impl Row {
         ]
     }
 
+    /// The entry's hash (hex), as the sealer and verification compute it from the stored row
+    /// (`store::seal`, `crypto::chain::entry_hash`): PostgreSQL's writer puts it on the sealer's
+    /// work list with the entry, so the sealer does not read the entry back. The time is hashed
+    /// at the microseconds the database keeps (both truncate).
+    fn hash_hex(&self) -> String {
+        let record = azotte_crypto::chain::EntryRecord {
+            id: self.id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            environment: self.environment.clone(),
+            kind: self.kind.as_str().to_owned(),
+            type_: self.type_.clone(),
+            occurred_at: self.occurred_at.format(OCCURRED_AT_HASHED).to_string(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            principal_kind: self.principal_kind.to_owned(),
+            principal_id: self.principal_id.clone(),
+            principal_roles: self.principal_roles.clone(),
+            mfa: self.mfa,
+            source: self.source.to_owned(),
+            request_id: self.request_id.clone(),
+            client_ip: self.client_ip.clone(),
+            user_agent: self.user_agent.clone(),
+            resource_type: self.resource_type.clone(),
+            resource_id: self.resource_id.clone(),
+            body: self.body.clone(),
+        };
+        hex::encode(azotte_crypto::chain::entry_hash(&record))
+    }
+
     /// Binds the values to the next 19 parameters of a SQLite statement, encoded as the
     /// sea-query `INSERT` of [`Row::values`] encodes them (the test
     /// `a_sqlite_batch_writes_what_the_statements_write` compares the two).
@@ -252,6 +282,10 @@ impl Row {
             .bind(self.body)
     }
 }
+
+/// How an entry's time is written into the bytes its hash covers: RFC 3339 UTC with
+/// microseconds (chrono truncates, as the databases do).
+pub(crate) const OCCURRED_AT_HASHED: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
 
 /// Entries per INSERT statement (19 bound values each: well under either engine's limit).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -294,32 +328,100 @@ fn record(buf: &mut Buffer, tenant_id: String, environment: &str, e: NewEntry<'_
 }
 
 /// Writes the recorded entries in `tx`, in recording order, as one multi-row INSERT (per 500
-/// entries). On PostgreSQL the database adds each to the sealer's work list (`journal_pending`,
-/// by trigger) in the same statement; on SQLite the sealer finds them by log position. Nothing
-/// else is written.
+/// entries). On PostgreSQL the same statement puts each on the sealer's work list
+/// (`journal_pending`) with its hash ([`pg_statements`]); on SQLite the sealer finds them by log
+/// position. Nothing else is written.
 pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
+    if let Tx::Postgres(_) = tx {
+        for q in pg_statements(buf) {
+            q.execute(tx).await?;
+        }
+        return Ok(());
+    }
     for q in statements(buf) {
         tx.execute(&q).await?;
     }
     Ok(())
 }
 
-/// The statements that write the recorded entries (none when nothing was recorded), for a
-/// caller that runs them itself.
-pub(crate) fn statements(buf: Buffer) -> Vec<sea_query::InsertStatement> {
-    let mut out = Vec::new();
-    let mut rows = buf.rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let mut q = Query::insert()
-            .into_table(JournalEntries::Table)
-            .columns(std::iter::once(JournalEntries::TenantId).chain(ENTRY_COLUMNS))
-            .to_owned();
-        for row in rows.by_ref().take(ROWS_PER_STATEMENT) {
-            q.values_panic(row.values());
-        }
-        out.push(q);
+/// PostgreSQL: one statement that writes up to [`ROWS_PER_STATEMENT`] entries and, in a
+/// data-modifying `WITH`, their rows on the sealer's work list, each with the entry's hash
+/// ([`Row::hash_hex`]). The work-list row commits with its entry or not at all; the sealer chains
+/// the hash it is given rather than read the entry back (it reads the entry only for a row
+/// without one), and verification recomputes every hash from the stored entry, so an entry
+/// changed after it was written is reported whether or not it was sealed yet.
+pub(crate) struct PgInsert {
+    /// `pending AS (INSERT INTO journal_pending …)`, its parameters numbered after `insert`'s.
+    pub(crate) cte: String,
+    /// `INSERT INTO journal_entries …`.
+    pub(crate) insert: String,
+    pub(crate) values: sea_query::Values,
+}
+
+impl PgInsert {
+    /// Runs the statement: `WITH pending AS (…) INSERT INTO journal_entries …`.
+    pub(crate) async fn execute(self, tx: &mut Tx) -> Result<()> {
+        let Tx::Postgres(t) = tx else {
+            return Err(StoreError::Corrupt("a PostgreSQL journal statement on SQLite".into()));
+        };
+        let sql = format!("WITH {} {}", self.cte, self.insert);
+        sqlx::query_with(&sql, SqlxValues(self.values)).execute(&mut **t).await?;
+        Ok(())
     }
-    out
+}
+
+/// PostgreSQL: the statements that write the recorded entries and their work-list rows (none
+/// when nothing was recorded), for a caller that runs them itself.
+pub(crate) fn pg_statements(buf: Buffer) -> Vec<PgInsert> {
+    batches(buf)
+        .map(|rows| {
+            let pending: Vec<_> = rows
+                .iter()
+                .map(|r| [r.tenant_id.clone(), r.environment.clone(), r.id.clone(), r.hash_hex()])
+                .collect();
+            let (insert, SqlxValues(mut values)) = entries_insert(rows).build_sqlx(PostgresQueryBuilder);
+            let mut tuples = Vec::with_capacity(pending.len());
+            for p in pending {
+                let n = values.0.len();
+                tuples.push(format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+                values.0.extend(p.map(sea_query::Value::from));
+            }
+            PgInsert {
+                cte: format!(
+                    "pending AS (INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id, \
+                     entry_hash) VALUES {})",
+                    tuples.join(", ")
+                ),
+                insert,
+                values,
+            }
+        })
+        .collect()
+}
+
+/// The recorded entries in statements of up to [`ROWS_PER_STATEMENT`], in recording order.
+fn batches(buf: Buffer) -> impl Iterator<Item = Vec<Row>> {
+    let mut rows = buf.rows.into_iter().peekable();
+    std::iter::from_fn(move || {
+        rows.peek().is_some().then(|| rows.by_ref().take(ROWS_PER_STATEMENT).collect())
+    })
+}
+
+/// The multi-row `INSERT` of `rows`.
+fn entries_insert(rows: Vec<Row>) -> sea_query::InsertStatement {
+    let mut q = Query::insert()
+        .into_table(JournalEntries::Table)
+        .columns(std::iter::once(JournalEntries::TenantId).chain(ENTRY_COLUMNS))
+        .to_owned();
+    for row in rows {
+        q.values_panic(row.values());
+    }
+    q
+}
+
+/// SQLite: the statements that write the recorded entries (none when nothing was recorded).
+pub(crate) fn statements(buf: Buffer) -> Vec<sea_query::InsertStatement> {
+    batches(buf).map(entries_insert).collect()
 }
 
 /// SQLite: the batch that writes the recorded entries and commits — `INSERT …; COMMIT`, or only

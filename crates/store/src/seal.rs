@@ -12,6 +12,7 @@
 //! reading and hashing happen in a read transaction beside the writers, and the write lock is
 //! taken only to append the seals and move the mark.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use azotte_crypto::chain::{self, Checkpoint, EntryRecord, SealedEntry, Unsealed};
@@ -28,6 +29,7 @@ enum JournalPending {
     OwnerTenantId,
     OwnerEnvironment,
     EntryId,
+    EntryHash,
 }
 
 #[derive(Iden)]
@@ -139,7 +141,7 @@ impl RawEntry {
             environment: self.environment,
             kind: self.kind,
             type_: self.type_,
-            occurred_at: self.occurred_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            occurred_at: self.occurred_at.format(crate::journal::OCCURRED_AT_HASHED).to_string(),
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
             principal_kind: self.principal_kind,
@@ -267,7 +269,7 @@ async fn sealed_ids_between(
     env: &str,
     lo: &str,
     hi: &str,
-) -> Result<std::collections::HashSet<String>> {
+) -> Result<HashSet<String>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         entry_id: String,
@@ -283,22 +285,23 @@ async fn sealed_ids_between(
     Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| r.entry_id).collect())
 }
 
-/// Up to `limit` entry ids on a chain's work list, in id order, from `from` on if given. One
-/// table, no join: the plan cannot degrade into a scan of the chain, whatever the planner's
-/// statistics.
+/// Up to `limit` rows of a chain's work list — entry id and, when the writer gave it, the
+/// entry's hash in hex — in id order, from `from` on if given. One table, no join: the plan
+/// cannot degrade into a scan of the chain, whatever the planner's statistics.
 async fn pending_ids(
     tx: &mut Tx,
     tenant: &str,
     env: &str,
     from: Option<&str>,
     limit: u64,
-) -> Result<Vec<String>> {
+) -> Result<Vec<(String, Option<String>)>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         entry_id: String,
+        entry_hash: Option<String>,
     }
     let mut q = Query::select()
-        .column(JournalPending::EntryId)
+        .columns([JournalPending::EntryId, JournalPending::EntryHash])
         .from(JournalPending::Table)
         .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
         .and_where(Expr::col(JournalPending::OwnerEnvironment).eq(env))
@@ -308,7 +311,30 @@ async fn pending_ids(
     if let Some(from) = from {
         q.and_where(Expr::col(JournalPending::EntryId).gte(from));
     }
-    Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| r.entry_id).collect())
+    Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| (r.entry_id, r.entry_hash)).collect())
+}
+
+/// Which of `ids` (ascending) have a seal already (PostgreSQL): probes of the seals' unique key
+/// on the entry, bounded by the lowest and highest id.
+async fn sealed_among(tx: &mut Tx, tenant: &str, env: &str, ids: &[String]) -> Result<HashSet<String>> {
+    let (Some(lo), Some(hi)) = (ids.first(), ids.last()) else {
+        return Ok(Default::default());
+    };
+    let Tx::Postgres(t) = tx else {
+        return Err(StoreError::Corrupt("a work-list pass is PostgreSQL's".into()));
+    };
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT entry_id FROM journal_seals WHERE tenant_id = $1 AND environment = $2 \
+         AND entry_id >= $3 AND entry_id <= $4 AND entry_id = ANY($5)",
+    )
+    .bind(tenant)
+    .bind(env)
+    .bind(lo)
+    .bind(hi)
+    .bind(ids)
+    .fetch_all(&mut **t)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Entries of a chain by id, in id order; with `unsealed_only`, only those that have no seal
@@ -555,31 +581,54 @@ fn read_floor(last_sealed: &str) -> Option<String> {
 async fn plan(tx: &mut Tx, tenant: &str, env: &str, full: bool) -> Result<Option<Plan>> {
     let last = last_seal(tx, tenant, env).await?;
     let floor = if full { None } else { last.as_ref().and_then(|s| read_floor(&s.entry_id)) };
-    let mut pending = pending_ids(tx, tenant, env, floor.as_deref(), PASS_LIMIT).await?;
-    if pending.is_empty() && floor.is_some() {
+    let mut rows = pending_ids(tx, tenant, env, floor.as_deref(), PASS_LIMIT).await?;
+    if rows.is_empty() && floor.is_some() {
         // Nothing new near the head, yet the chain was listed as having work: what waits is
         // below it. Read the whole list now rather than at the next whole read.
-        pending = pending_ids(tx, tenant, env, None, PASS_LIMIT).await?;
+        rows = pending_ids(tx, tenant, env, None, PASS_LIMIT).await?;
     }
-    if pending.is_empty() {
+    if rows.is_empty() {
         return Ok(None);
     }
+    let (pending, hashes): (Vec<String>, Vec<Option<String>>) = rows.into_iter().unzip();
     let head = head_of(last.as_ref())?;
     let (mut seq, mut prev) = head;
     let mut seals = Vec::with_capacity(pending.len());
     let mut stale = 0;
-    for ids in pending.chunks(SEALS_PER_STATEMENT) {
-        // A listed entry comes back unless it has a seal already or no row. Neither is the
-        // journal's doing (the pending row commits with its entry and goes with its seal); such
-        // rows are dropped with the others.
-        let entries = entries_by_id(tx, tenant, env, ids, true).await?;
-        stale += (ids.len() - entries.len()) as u64;
-        for e in entries {
-            let e = e.record();
+    for (ids, hashes) in pending.chunks(SEALS_PER_STATEMENT).zip(hashes.chunks(SEALS_PER_STATEMENT)) {
+        // The writer lists an entry with its hash, chained as given (verification recomputes it
+        // from the row). A row without one — listed before migration 0030, or by hand — is read
+        // back and hashed here.
+        let given: Vec<Option<[u8; 32]>> =
+            hashes.iter().map(|h| h.as_deref().and_then(|h| hex::decode(h).ok()?.try_into().ok())).collect();
+        let unhashed: Vec<String> =
+            ids.iter().zip(&given).filter(|(_, h)| h.is_none()).map(|(id, _)| id.clone()).collect();
+        let mut read: HashMap<String, RawEntry> = entries_by_id(tx, tenant, env, &unhashed, true)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        // A listed entry that has a seal already, or (read back) no row, is not the journal's
+        // doing (the work-list row commits with its entry and goes with its seal); such rows are
+        // dropped with the others.
+        let sealed = if given.iter().any(Option::is_some) {
+            sealed_among(tx, tenant, env, ids).await?
+        } else {
+            HashSet::new()
+        };
+        for (id, h) in ids.iter().zip(given) {
+            let h = match h {
+                Some(_) if sealed.contains(id) => None,
+                Some(h) => Some(h),
+                None => read.remove(id).map(|e| chain::entry_hash(&e.record())),
+            };
+            let Some(h) = h else {
+                stale += 1;
+                continue;
+            };
             seq += 1;
-            let h = chain::entry_hash(&e);
             prev = chain::chain_next(&prev, seq, &h);
-            seals.push((e.id, h, prev));
+            seals.push((id.clone(), h, prev));
         }
     }
     Ok(Some(Plan { pending, head, seals, stale }))
@@ -885,7 +934,7 @@ async fn plan_log(tx: &mut Tx) -> Result<Option<LogPlan>> {
         return Ok(None);
     };
     let mut plan = LogPlan { mark, from, upto, read: rows.len() as u64, chains: Vec::new(), stale: 0 };
-    let mut index = std::collections::HashMap::<(String, String), usize>::new();
+    let mut index = HashMap::<(String, String), usize>::new();
     // Each chain's running (position, chain value), beside `plan.chains`.
     let mut tips = Vec::<(i64, [u8; 32])>::new();
     for row in rows {
@@ -1063,12 +1112,11 @@ async fn seal_page(db: &Db, tenant: &str, env: &str, after: i64, limit: u64) -> 
     enter(&mut tx, tenant).await?;
     let rows = seals(&mut tx, tenant, env, after, limit).await?;
     let ids: Vec<String> = rows.iter().map(|r| r.entry_id.clone()).collect();
-    let mut by_id: std::collections::HashMap<String, RawEntry> =
-        entries_by_id(&mut tx, tenant, env, &ids, false)
-            .await?
-            .into_iter()
-            .map(|e| (e.id.clone(), e))
-            .collect();
+    let mut by_id: HashMap<String, RawEntry> = entries_by_id(&mut tx, tenant, env, &ids, false)
+        .await?
+        .into_iter()
+        .map(|e| (e.id.clone(), e))
+        .collect();
     tx.commit().await?;
     Ok(rows
         .into_iter()

@@ -523,7 +523,9 @@ async fn a_late_committed_entry_is_sealed_by_the_next_whole_read() {
              user_agent, resource_type, resource_id, body) SELECT tenant_id, environment, '{id}', kind, type, \
              occurred_at, correlation_id, causation_id, principal_kind, principal_id, principal_roles, mfa, source, \
              request_id, client_ip, user_agent, resource_type, resource_id, body FROM journal_entries \
-             WHERE id = '{}'; END $$",
+             WHERE id = '{}'; \
+             INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) \
+             VALUES ('platform', 'platform', '{id}'); END $$",
             first[0]
         );
         (id, sql)
@@ -563,4 +565,56 @@ async fn a_late_committed_entry_is_sealed_by_the_next_whole_read() {
     let report = verify_platform_chain(&db).await;
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     assert_eq!(report.entries_checked, 4);
+}
+
+/// PostgreSQL: the writer lists each entry for the sealer with the entry's hash, and the sealer
+/// chains that hash without reading the entry back — so it must be the hash computed from the
+/// stored row, for every kind of value: a time with nanoseconds (the database keeps
+/// microseconds), absent and present optional columns, quotes, backslashes, control characters
+/// and non-ASCII text. Verification, which recomputes every hash from the rows, finds the sealed
+/// chain intact.
+#[tokio::test]
+async fn the_writer_lists_the_hash_the_stored_row_has() {
+    use chrono::TimeZone;
+    let (t, db) = migrated(Backend::Postgres).await;
+    let at = chrono::Utc.timestamp_opt(1_795_000_000, 123_456_789).unwrap();
+    let mut tx = db.platform_tx(&scope()).await.unwrap();
+    let action = tx
+        .action(
+            at,
+            "odd.values",
+            Some(("thing", "thg_\"q\" \\ é")),
+            json!({"k": "é 😀 \\n\n\t\u{1}", "n": 1.5}),
+        )
+        .await
+        .unwrap();
+    let outcome =
+        tx.outcome(at + chrono::Duration::nanoseconds(999), "odd.done", None, json!({})).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let listed: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT entry_id, entry_hash FROM journal_pending WHERE owner_tenant_id = 'platform' ORDER BY entry_id",
+    )
+    .fetch_all(db.pg_pool().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(listed.iter().map(|l| l.0.clone()).collect::<Vec<_>>(), vec![action.clone(), outcome.clone()]);
+    let mut read = db.unscoped_read_tx().await.unwrap();
+    super::enter(&mut read, "platform").await.unwrap();
+    let stored =
+        super::entries_by_id(&mut read, "platform", "platform", &[action, outcome], false).await.unwrap();
+    read.commit().await.unwrap();
+    assert_eq!(stored.len(), 2);
+    for (e, (_, hash)) in stored.into_iter().zip(&listed) {
+        let from_row = hex::encode(chain::entry_hash(&e.record()));
+        assert_eq!(hash.as_deref(), Some(from_row.as_str()));
+    }
+
+    let pass =
+        seal_chain(&db, "platform", "platform", &now, POLICY, &sign, Pass::Wait).await.unwrap().unwrap();
+    assert_eq!((pass.sealed, pass.stale), (2, 0));
+    let report = verify_platform_chain(&db).await;
+    assert_eq!(report.entries_checked, 2);
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    drop(t);
 }
