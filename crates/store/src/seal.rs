@@ -93,14 +93,27 @@ pub async fn pending_chains(db: &Db, limit: u64) -> Result<Vec<(String, String)>
             .fetch_all(t.conn()?)
             .await?
         }
-        Tx::Postgres(_) => {
-            let q = Query::select()
-                .distinct()
-                .columns([JournalPending::OwnerTenantId, JournalPending::OwnerEnvironment])
-                .from(JournalPending::Table)
-                .limit(limit)
-                .to_owned();
-            tx.fetch_all::<Row>(&q).await?
+        Tx::Postgres(t) => {
+            // One probe of the work list's key per chain, each from just before the chain after
+            // it (a loose index scan, backwards): a chain's first row met is its newest, live
+            // while the chain has work, so the probe does not walk the rows sealed and deleted
+            // before (the oldest ids; autovacuum clears them once a minute at best), which
+            // `SELECT DISTINCT` over the table did on every tick. Chains come in descending
+            // key order.
+            sqlx::query_as::<_, Row>(
+                "WITH RECURSIVE c (t, e) AS ( \
+                     (SELECT owner_tenant_id, owner_environment FROM journal_pending \
+                      ORDER BY owner_tenant_id DESC, owner_environment DESC, entry_id DESC LIMIT 1) \
+                     UNION ALL \
+                     SELECT n.t, n.e FROM c, LATERAL (SELECT p.owner_tenant_id, p.owner_environment \
+                         FROM journal_pending p WHERE (p.owner_tenant_id, p.owner_environment) < (c.t, c.e) \
+                         ORDER BY p.owner_tenant_id DESC, p.owner_environment DESC, p.entry_id DESC LIMIT 1) \
+                         AS n (t, e)) \
+                 SELECT t AS owner_tenant_id, e AS owner_environment FROM c LIMIT $1",
+            )
+            .bind(limit as i64)
+            .fetch_all(&mut **t)
+            .await?
         }
     };
     tx.commit().await?;

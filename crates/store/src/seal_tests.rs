@@ -618,3 +618,41 @@ async fn the_writer_lists_the_hash_the_stored_row_has() {
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     drop(t);
 }
+
+/// PostgreSQL: the chains with work are listed one probe of the work list's key per chain — every
+/// chain with a live row, in descending key order, up to the limit, whatever rows of theirs were
+/// deleted (sealed) before; a chain whose rows were all deleted is not listed.
+#[tokio::test]
+async fn the_chains_with_work_are_listed_past_deleted_rows() {
+    let (t, db) = migrated(Backend::Postgres).await;
+    let row = |tenant: &str, env: &str, i: usize| format!("('{tenant}', '{env}', 'jnl_{i:026}')");
+    let mut rows = Vec::new();
+    for (tenant, env) in [("ten_a", "live"), ("ten_a", "test"), ("ten_b", "live"), ("ten_c", "live")] {
+        rows.extend((0..300).map(|i| row(tenant, env, i)));
+    }
+    raw(
+        &t,
+        &db,
+        &format!(
+            "INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+    // Sealed and deleted: most of every chain's rows, and all of ten_b's.
+    raw(
+        &t,
+        &db,
+        "DELETE FROM journal_pending WHERE entry_id < 'jnl_00000000000000000000000290' OR owner_tenant_id = 'ten_b'",
+    )
+    .await;
+    let chains = |limit| super::pending_chains(&db, limit);
+    let pair = |t: &str, e: &str| (t.to_owned(), e.to_owned());
+    assert_eq!(
+        chains(200).await.unwrap(),
+        vec![pair("ten_c", "live"), pair("ten_a", "test"), pair("ten_a", "live")]
+    );
+    assert_eq!(chains(2).await.unwrap(), vec![pair("ten_c", "live"), pair("ten_a", "test")]);
+    raw(&t, &db, "DELETE FROM journal_pending").await;
+    assert!(chains(200).await.unwrap().is_empty());
+}
