@@ -114,6 +114,11 @@ pub(crate) struct Ack {
 /// commit (the journal's entries), is run in the same round trip:
 /// `WITH ack AS (SELECT pg_notify(…) WHERE …) INSERT … RETURNING (SELECT count(*) FROM ack)`;
 /// the acknowledgement is still queued after every change the transaction made.
+/// The acknowledgement: a notification on [`CHANNEL`] (`$A`) with the payload `$B`, sent only
+/// if a trigger flagged a change.
+pub(crate) const ACK_SELECT: &str =
+    "SELECT pg_notify($A, $B) WHERE current_setting('azotte.cache_changed', true) = 'on'";
+
 pub(crate) async fn request_ack(
     cache: &ReadCache,
     tx: &mut Tx,
@@ -128,12 +133,10 @@ pub(crate) async fn request_ack(
     let Tx::Postgres(t) = tx else { return Ok(None) };
     let (n, rx) = cache.register_ack();
     let payload = format!("s|{}|{n}", cache.instance);
-    let notify = |a: usize, b: usize| {
-        format!("SELECT pg_notify(${a}, ${b}) WHERE current_setting('azotte.cache_changed', true) = 'on'")
-    };
     let sent = match last {
         None => {
-            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM ({}) n", notify(1, 2)))
+            let notify = ACK_SELECT.replace("$A", "$1").replace("$B", "$2");
+            sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM ({notify}) n"))
                 .bind(CHANNEL)
                 .bind(payload)
                 .fetch_one(&mut **t)
@@ -141,19 +144,9 @@ pub(crate) async fn request_ack(
         }
         Some(q) => {
             // The notification's two parameters follow the statement's own.
-            let mut values = q.values;
-            let k = values.0.len();
-            let sql = format!(
-                "WITH ack AS ({}), {} {} RETURNING (SELECT count(*) FROM ack)",
-                notify(k + 1, k + 2),
-                q.cte,
-                q.insert
-            );
-            values.0.push(CHANNEL.into());
-            values.0.push(payload.into());
-            let rows: std::result::Result<Vec<i64>, sqlx::Error> =
-                sqlx::query_scalar_with(&sql, sea_query_binder::SqlxValues(values)).fetch_all(&mut **t).await;
-            rows.map(|r| r.first().copied().unwrap_or(0))
+            let sql = q.sql(true);
+            let rows = q.bind(sqlx::query(&sql)).bind(CHANNEL).bind(payload).fetch_all(&mut **t).await;
+            rows.map(|r| r.first().map_or(0, |r| sqlx::Row::get::<i64, _>(r, 0)))
         }
     };
     match sent {

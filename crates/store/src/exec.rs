@@ -13,6 +13,8 @@ use crate::Result;
 
 /// A SQLite statement with its values bound.
 pub(crate) type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+/// A PostgreSQL statement with its arguments bound as it is built.
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// A row type decodable from both backends.
 pub(crate) trait DbRow:

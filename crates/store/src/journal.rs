@@ -13,12 +13,11 @@ use std::sync::OnceLock;
 use azotte_domain::id::JournalId;
 use azotte_domain::Principal;
 use chrono::{DateTime, Utc};
-use sea_query::{Expr, Iden, Order, PostgresQueryBuilder, Query};
-use sea_query_binder::{SqlxBinder, SqlxValues};
+use sea_query::{Expr, Iden, Order, Query};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use crate::exec::{SqliteQuery, Tx};
+use crate::exec::{PgQuery, SqliteQuery, Tx};
 use crate::scope::Credential;
 use crate::{Db, PlatformTx, Result, StoreError, TenantTx};
 
@@ -202,6 +201,31 @@ struct Row {
     body: String,
 }
 
+/// `q` with a [`Row`]'s 19 values bound in column order (`tenant_id`, then [`ENTRY_COLUMNS`]).
+macro_rules! bind_row {
+    ($q:expr, $row:expr) => {
+        $q.bind($row.tenant_id)
+            .bind($row.environment)
+            .bind($row.id)
+            .bind($row.kind.as_str())
+            .bind($row.type_)
+            .bind($row.occurred_at)
+            .bind($row.correlation_id)
+            .bind($row.causation_id)
+            .bind($row.principal_kind)
+            .bind($row.principal_id)
+            .bind(Json($row.principal_roles))
+            .bind($row.mfa)
+            .bind($row.source)
+            .bind($row.request_id)
+            .bind($row.client_ip)
+            .bind($row.user_agent)
+            .bind($row.resource_type)
+            .bind($row.resource_id)
+            .bind($row.body)
+    };
+}
+
 impl Row {
     /// The values for a sea-query `INSERT`, in column order.
     fn values(self) -> [sea_query::SimpleExpr; 19] {
@@ -261,25 +285,12 @@ impl Row {
     /// sea-query `INSERT` of [`Row::values`] encodes them (the test
     /// `a_sqlite_batch_writes_what_the_statements_write` compares the two).
     fn bind(self, q: SqliteQuery<'_>) -> SqliteQuery<'_> {
-        q.bind(self.tenant_id)
-            .bind(self.environment)
-            .bind(self.id)
-            .bind(self.kind.as_str())
-            .bind(self.type_)
-            .bind(self.occurred_at)
-            .bind(self.correlation_id)
-            .bind(self.causation_id)
-            .bind(self.principal_kind)
-            .bind(self.principal_id)
-            .bind(Json(self.principal_roles))
-            .bind(self.mfa)
-            .bind(self.source)
-            .bind(self.request_id)
-            .bind(self.client_ip)
-            .bind(self.user_agent)
-            .bind(self.resource_type)
-            .bind(self.resource_id)
-            .bind(self.body)
+        bind_row!(q, self)
+    }
+
+    /// Binds the values to the next 19 parameters of a PostgreSQL statement.
+    fn bind_pg(self, q: PgQuery<'_>) -> PgQuery<'_> {
+        bind_row!(q, self)
     }
 }
 
@@ -296,7 +307,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// With the `bench-unjournaled` feature (for `bench/journal_write.sh` only, never for a real
 /// deployment) it records nothing and only returns a fresh id, so the benchmark can measure what
 /// journaling costs a mutation.
-fn record(buf: &mut Buffer, tenant_id: String, environment: &str, e: NewEntry<'_>) -> String {
+pub(crate) fn record(buf: &mut Buffer, tenant_id: String, environment: &str, e: NewEntry<'_>) -> String {
     let id = JournalId::new().to_string();
     if cfg!(feature = "bench-unjournaled") {
         return id;
@@ -345,58 +356,134 @@ pub(crate) async fn flush(tx: &mut Tx, buf: Buffer) -> Result<()> {
 }
 
 /// PostgreSQL: one statement that writes up to [`ROWS_PER_STATEMENT`] entries and, in a
-/// data-modifying `WITH`, their rows on the sealer's work list, each with the entry's hash
-/// ([`Row::hash_hex`]). The work-list row commits with its entry or not at all; the sealer chains
-/// the hash it is given rather than read the entry back (it reads the entry only for a row
-/// without one), and verification recomputes every hash from the stored entry, so an entry
-/// changed after it was written is reported whether or not it was sealed yet.
+/// data-modifying `WITH`, puts them on the sealer's work list with their hashes
+/// ([`Row::hash_hex`]): one work-list row per chain the statement writes to (a transaction's
+/// entries are commonly all of one chain), naming its first entry and hash and, in arrays, the
+/// others (migration 0031). The work-list row commits with its entries or not at all; the sealer
+/// chains the hashes it is given rather than read the entries back, and verification recomputes
+/// every hash from the stored entry, so an entry changed after it was written is reported whether
+/// or not it was sealed yet.
+///
+/// The text for a statement of up to [`CACHED_ROWS`] entries of one chain is built once and kept
+/// (with and without the cache acknowledgement), and the values are bound straight from the rows,
+/// as on SQLite ([`sqlite_commit`]).
 pub(crate) struct PgInsert {
-    /// `pending AS (INSERT INTO journal_pending …)`, its parameters numbered after `insert`'s.
-    pub(crate) cte: String,
-    /// `INSERT INTO journal_entries …`.
-    pub(crate) insert: String,
-    pub(crate) values: sea_query::Values,
+    rows: Vec<Row>,
+    /// Per chain, in order of first appearance.
+    lists: Vec<ChainList>,
 }
 
+/// The entries a statement writes to one chain: tenant, environment, and (id, hash) of each.
+type ChainList = (String, String, Vec<(String, String)>);
+
 impl PgInsert {
-    /// Runs the statement: `WITH pending AS (…) INSERT INTO journal_entries …`.
+    fn new(rows: Vec<Row>) -> Self {
+        let mut lists: Vec<ChainList> = Vec::new();
+        for r in &rows {
+            let entry = (r.id.clone(), r.hash_hex());
+            match lists.iter_mut().find(|(t, e, _)| *t == r.tenant_id && *e == r.environment) {
+                Some(l) => l.2.push(entry),
+                None => lists.push((r.tenant_id.clone(), r.environment.clone(), vec![entry])),
+            }
+        }
+        PgInsert { rows, lists }
+    }
+
+    /// The statement's text; with `ack`, preceded by the cache acknowledgement
+    /// (`ack AS (…)`, [`crate::cache_listen::ACK_SELECT`], its two parameters after the
+    /// statement's own) and returning `(SELECT count(*) FROM ack)` per entry.
+    pub(crate) fn sql(&self, ack: bool) -> Cow<'static, str> {
+        static TEXTS: [[OnceLock<String>; CACHED_ROWS + 1]; 2] =
+            [const { [const { OnceLock::new() }; CACHED_ROWS + 1] }; 2];
+        let (n, k) = (self.rows.len(), self.lists.len());
+        let text = || pg_text(n, k, ack);
+        match (k, TEXTS[usize::from(ack)].get(n)) {
+            (1, Some(t)) => Cow::Borrowed(t.get_or_init(text).as_str()),
+            _ => Cow::Owned(text()),
+        }
+    }
+
+    /// Binds the statement's values to `q`, in the order of [`PgInsert::sql`]'s parameters.
+    pub(crate) fn bind(self, mut q: PgQuery<'_>) -> PgQuery<'_> {
+        for row in self.rows {
+            q = row.bind_pg(q);
+        }
+        for (tenant, env, entries) in self.lists {
+            let mut entries = entries.into_iter();
+            let (first, first_hash) = entries.next().unwrap_or_default();
+            let (ids, hashes): (Vec<String>, Vec<String>) = entries.unzip();
+            let (ids, hashes) = if ids.is_empty() { (None, None) } else { (Some(ids), Some(hashes)) };
+            q = q.bind(tenant).bind(env).bind(first).bind(first_hash).bind(ids).bind(hashes);
+        }
+        q
+    }
+
+    /// Runs the statement.
     pub(crate) async fn execute(self, tx: &mut Tx) -> Result<()> {
         let Tx::Postgres(t) = tx else {
             return Err(StoreError::Corrupt("a PostgreSQL journal statement on SQLite".into()));
         };
-        let sql = format!("WITH {} {}", self.cte, self.insert);
-        sqlx::query_with(&sql, SqlxValues(self.values)).execute(&mut **t).await?;
+        let sql = self.sql(false);
+        self.bind(sqlx::query(&sql)).execute(&mut **t).await?;
         Ok(())
+    }
+}
+
+/// `WITH [ack,] pending AS (INSERT INTO journal_pending …) INSERT INTO journal_entries … VALUES …`
+/// for `n` entries on `k` chains: the entries' values `$1`…, then six per chain's work-list row,
+/// then, with `ack`, the acknowledgement's two.
+fn pg_text(n: usize, k: usize, ack: bool) -> String {
+    let columns: Vec<String> = std::iter::once(JournalEntries::TenantId)
+        .chain(ENTRY_COLUMNS)
+        .map(|c| format!("\"{}\"", c.to_string()))
+        .collect();
+    let values = (0..n)
+        .map(|r| {
+            let list = (19 * r + 1..=19 * r + 19).map(|i| format!("${i}")).collect::<Vec<_>>();
+            format!("({})", list.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The arrays' type is given: a NULL array has none of its own.
+    let lists = (0..k)
+        .map(|c| {
+            let b = 19 * n + 6 * c;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}::text[], ${}::text[])",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let p = 19 * n + 6 * k;
+    let pending = format!(
+        "pending AS (INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id, entry_hash, \
+         more_ids, more_hashes) VALUES {lists})"
+    );
+    let insert = format!(
+        "INSERT INTO \"{}\" ({}) VALUES {values}",
+        JournalEntries::Table.to_string(),
+        columns.join(", ")
+    );
+    if !ack {
+        format!("WITH {pending} {insert}")
+    } else {
+        let ack = crate::cache_listen::ACK_SELECT
+            .replace("$A", &format!("${}", p + 1))
+            .replace("$B", &format!("${}", p + 2));
+        format!("WITH ack AS ({ack}), {pending} {insert} RETURNING (SELECT count(*) FROM ack)")
     }
 }
 
 /// PostgreSQL: the statements that write the recorded entries and their work-list rows (none
 /// when nothing was recorded), for a caller that runs them itself.
 pub(crate) fn pg_statements(buf: Buffer) -> Vec<PgInsert> {
-    batches(buf)
-        .map(|rows| {
-            let pending: Vec<_> = rows
-                .iter()
-                .map(|r| [r.tenant_id.clone(), r.environment.clone(), r.id.clone(), r.hash_hex()])
-                .collect();
-            let (insert, SqlxValues(mut values)) = entries_insert(rows).build_sqlx(PostgresQueryBuilder);
-            let mut tuples = Vec::with_capacity(pending.len());
-            for p in pending {
-                let n = values.0.len();
-                tuples.push(format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
-                values.0.extend(p.map(sea_query::Value::from));
-            }
-            PgInsert {
-                cte: format!(
-                    "pending AS (INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id, \
-                     entry_hash) VALUES {})",
-                    tuples.join(", ")
-                ),
-                insert,
-                values,
-            }
-        })
-        .collect()
+    batches(buf).map(PgInsert::new).collect()
 }
 
 /// The recorded entries in statements of up to [`ROWS_PER_STATEMENT`], in recording order.

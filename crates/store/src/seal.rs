@@ -30,6 +30,8 @@ enum JournalPending {
     OwnerEnvironment,
     EntryId,
     EntryHash,
+    MoreIds,
+    MoreHashes,
 }
 
 #[derive(Iden)]
@@ -298,23 +300,47 @@ async fn sealed_ids_between(
     Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| r.entry_id).collect())
 }
 
-/// Up to `limit` rows of a chain's work list — entry id and, when the writer gave it, the
-/// entry's hash in hex — in id order, from `from` on if given. One table, no join: the plan
-/// cannot degrade into a scan of the chain, whatever the planner's statistics.
+/// One row of a chain's work list: an entry and, when the writer gave it, its hash in hex; and
+/// the other entries of the same transaction and chain, with theirs (migration 0031).
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    entry_id: String,
+    entry_hash: Option<String>,
+    more_ids: Option<Vec<String>>,
+    more_hashes: Option<Vec<String>>,
+}
+
+impl PendingRow {
+    /// Every entry the row lists, with its hash when given.
+    fn entries(self) -> impl Iterator<Item = (String, Option<String>)> {
+        let hashes = self.more_hashes.unwrap_or_default();
+        let more = self
+            .more_ids
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(move |(i, id)| (id, hashes.get(i).cloned()));
+        std::iter::once((self.entry_id, self.entry_hash)).chain(more)
+    }
+}
+
+/// Up to `limit` rows of a chain's work list, in order of their (first) entry id, from `from` on
+/// if given. One table, no join: the plan cannot degrade into a scan of the chain, whatever the
+/// planner's statistics.
 async fn pending_ids(
     tx: &mut Tx,
     tenant: &str,
     env: &str,
     from: Option<&str>,
     limit: u64,
-) -> Result<Vec<(String, Option<String>)>> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        entry_id: String,
-        entry_hash: Option<String>,
-    }
+) -> Result<Vec<PendingRow>> {
     let mut q = Query::select()
-        .columns([JournalPending::EntryId, JournalPending::EntryHash])
+        .columns([
+            JournalPending::EntryId,
+            JournalPending::EntryHash,
+            JournalPending::MoreIds,
+            JournalPending::MoreHashes,
+        ])
         .from(JournalPending::Table)
         .and_where(Expr::col(JournalPending::OwnerTenantId).eq(tenant))
         .and_where(Expr::col(JournalPending::OwnerEnvironment).eq(env))
@@ -324,7 +350,12 @@ async fn pending_ids(
     if let Some(from) = from {
         q.and_where(Expr::col(JournalPending::EntryId).gte(from));
     }
-    Ok(tx.fetch_all::<Row>(&q).await?.into_iter().map(|r| (r.entry_id, r.entry_hash)).collect())
+    let Tx::Postgres(t) = tx else {
+        return Err(StoreError::Corrupt("a work-list pass is PostgreSQL's".into()));
+    };
+    use sea_query_binder::SqlxBinder;
+    let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
+    Ok(sqlx::query_as_with::<_, PendingRow, _>(&sql, values).fetch_all(&mut **t).await?)
 }
 
 /// Which of `ids` (ascending) have a seal already (PostgreSQL): probes of the seals' unique key
@@ -603,12 +634,17 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str, full: bool) -> Result<Option
     if rows.is_empty() {
         return Ok(None);
     }
-    let (pending, hashes): (Vec<String>, Vec<Option<String>>) = rows.into_iter().unzip();
+    // The rows' keys, removed when the plan is applied; their entries in id order (the entries
+    // of one row are in order, but another transaction's may fall between them).
+    let pending: Vec<String> = rows.iter().map(|r| r.entry_id.clone()).collect();
+    let mut listed: Vec<(String, Option<String>)> = rows.into_iter().flat_map(PendingRow::entries).collect();
+    listed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let (ids, hashes): (Vec<String>, Vec<Option<String>>) = listed.into_iter().unzip();
     let head = head_of(last.as_ref())?;
     let (mut seq, mut prev) = head;
     let mut seals = Vec::with_capacity(pending.len());
     let mut stale = 0;
-    for (ids, hashes) in pending.chunks(SEALS_PER_STATEMENT).zip(hashes.chunks(SEALS_PER_STATEMENT)) {
+    for (ids, hashes) in ids.chunks(SEALS_PER_STATEMENT).zip(hashes.chunks(SEALS_PER_STATEMENT)) {
         // The writer lists an entry with its hash, chained as given (verification recomputes it
         // from the row). A row without one — listed before migration 0030, or by hand — is read
         // back and hashed here.

@@ -60,9 +60,14 @@ async fn verify_platform_chain(db: &Db) -> chain::Report {
     verify_read(ChainReader::open(db, "platform", "platform").await.unwrap()).await
 }
 
-/// Reads the rest of an opened chain and verifies it.
-async fn verify_read(mut reader: ChainReader<'_>) -> chain::Report {
-    let mut v = chain::ChainVerifier::new("platform", "platform", &reader.checkpoints);
+/// Reads the rest of an opened chain of the platform and verifies it.
+async fn verify_read(reader: ChainReader<'_>) -> chain::Report {
+    verify_chain_read(reader, "platform", "platform").await
+}
+
+/// Reads the rest of an opened chain of `tenant`'s `env` and verifies it.
+async fn verify_chain_read(mut reader: ChainReader<'_>, tenant: &str, env: &str) -> chain::Report {
+    let mut v = chain::ChainVerifier::new(tenant, env, &reader.checkpoints);
     loop {
         let page = reader.next_page().await.unwrap();
         if page.is_empty() {
@@ -592,12 +597,14 @@ async fn the_writer_lists_the_hash_the_stored_row_has() {
         tx.outcome(at + chrono::Duration::nanoseconds(999), "odd.done", None, json!({})).await.unwrap();
     tx.commit().await.unwrap();
 
-    let listed: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT entry_id, entry_hash FROM journal_pending WHERE owner_tenant_id = 'platform' ORDER BY entry_id",
+    // One work-list row for the transaction: its first entry, and the other in the arrays.
+    let row: super::PendingRow = sqlx::query_as(
+        "SELECT entry_id, entry_hash, more_ids, more_hashes FROM journal_pending WHERE owner_tenant_id = 'platform'",
     )
-    .fetch_all(db.pg_pool().unwrap())
+    .fetch_one(db.pg_pool().unwrap())
     .await
     .unwrap();
+    let listed: Vec<(String, Option<String>)> = row.entries().collect();
     assert_eq!(listed.iter().map(|l| l.0.clone()).collect::<Vec<_>>(), vec![action.clone(), outcome.clone()]);
     let mut read = db.unscoped_read_tx().await.unwrap();
     super::enter(&mut read, "platform").await.unwrap();
@@ -655,4 +662,73 @@ async fn the_chains_with_work_are_listed_past_deleted_rows() {
     assert_eq!(chains(2).await.unwrap(), vec![pair("ten_c", "live"), pair("ten_a", "test")]);
     raw(&t, &db, "DELETE FROM journal_pending").await;
     assert!(chains(200).await.unwrap().is_empty());
+}
+
+/// PostgreSQL: a journal statement lists its entries for the sealer one work-list row per chain
+/// — one entry alone, several as the first plus arrays, entries of two chains in one statement,
+/// more than a cached statement text holds, more than one statement holds — and each chain seals
+/// every entry exactly once into a chain that verifies.
+#[tokio::test]
+async fn a_statement_lists_its_entries_once_per_chain() {
+    use crate::journal::{flush, record, Buffer, Kind, NewEntry};
+    let (_t, db) = migrated(Backend::Postgres).await;
+    let system = azotte_domain::Principal::system();
+    let chains = [("platform", "platform"), ("ten_other", "live")];
+    let mut written = [0usize; 2];
+    // Entries per transaction, and whether they alternate between the two chains.
+    for (n, mixed) in [(1, false), (2, false), (3, true), (9, false), (12, true), (501, false)] {
+        let mut buf = Buffer::default();
+        for i in 0..n {
+            let c = if mixed { i % 2 } else { 0 };
+            written[c] += 1;
+            record(
+                &mut buf,
+                chains[c].0.into(),
+                chains[c].1,
+                NewEntry {
+                    kind: if i == 0 { Kind::Action } else { Kind::Outcome },
+                    type_: "test.listed",
+                    occurred_at: now(),
+                    causation_id: None,
+                    correlation_id: None,
+                    principal: &system,
+                    mfa: false,
+                    resource: None,
+                    body: json!({"n": n, "i": i}),
+                },
+            );
+        }
+        let mut tx = db.unscoped_tx().await.unwrap();
+        let Tx::Postgres(t) = &mut tx else { unreachable!("PostgreSQL test") };
+        sqlx::query(
+            "SELECT set_config('azotte.tenant_id', 'ten_other', true), set_config('azotte.platform', 'on', true)",
+        )
+        .execute(&mut **t)
+        .await
+        .unwrap();
+        flush(&mut tx, buf).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT owner_tenant_id, count(*) FROM journal_pending GROUP BY owner_tenant_id ORDER BY owner_tenant_id",
+    )
+    .fetch_all(db.pg_pool().unwrap())
+    .await
+    .unwrap();
+    // platform: one row per transaction, two for the 501 (two statements); ten_other: one per
+    // mixed transaction.
+    assert_eq!(rows, vec![("platform".to_owned(), 7), ("ten_other".to_owned(), 2)]);
+
+    for ((tenant, env), n) in chains.into_iter().zip(written) {
+        let pass = seal_chain(&db, tenant, env, &now, POLICY, &sign, Pass::Wait).await.unwrap().unwrap();
+        assert_eq!((pass.sealed, pass.stale), (n, 0), "{tenant}");
+        let report = verify_chain_read(ChainReader::open(&db, tenant, env).await.unwrap(), tenant, env).await;
+        assert_eq!(report.entries_checked, n, "{tenant}");
+        assert!(report.findings.is_empty(), "{tenant}: {:?}", report.findings);
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM journal_pending")
+        .fetch_one(db.pg_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }
