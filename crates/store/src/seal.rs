@@ -639,11 +639,14 @@ async fn plan(tx: &mut Tx, tenant: &str, env: &str, full: bool) -> Result<Option
     let pending: Vec<String> = rows.iter().map(|r| r.entry_id.clone()).collect();
     let mut listed: Vec<(String, Option<String>)> = rows.into_iter().flat_map(PendingRow::entries).collect();
     listed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // An entry listed twice (not the journal's doing: the writer lists each once) is sealed once.
+    let listed_all = listed.len();
+    listed.dedup_by(|a, b| a.0 == b.0);
+    let mut stale = (listed_all - listed.len()) as u64;
     let (ids, hashes): (Vec<String>, Vec<Option<String>>) = listed.into_iter().unzip();
     let head = head_of(last.as_ref())?;
     let (mut seq, mut prev) = head;
     let mut seals = Vec::with_capacity(pending.len());
-    let mut stale = 0;
     for (ids, hashes) in ids.chunks(SEALS_PER_STATEMENT).zip(hashes.chunks(SEALS_PER_STATEMENT)) {
         // The writer lists an entry with its hash, chained as given (verification recomputes it
         // from the row). A row without one — listed before migration 0030, or by hand — is read
