@@ -902,13 +902,34 @@ pub async fn seal_chain(
         }
     }
     let whole = pass != Pass::Tick || full_read_due(tenant, env);
-    let pass = match plan(&mut tx, tenant, env, whole).await? {
+    let started = std::time::Instant::now();
+    let planned = plan(&mut tx, tenant, env, whole).await?;
+    let plan_done = started.elapsed();
+    let pass = match planned {
         Some(p) => apply(&mut tx, tenant, env, p, now, policy, sign).await?,
         None => SealPass::default(),
     };
+    let apply_done = started.elapsed();
     tx.commit().await?;
+    let total = started.elapsed();
+    if total >= SLOW_PASS {
+        // Seal lag is this plus the tick: say which part of the pass took the time.
+        tracing::warn!(
+            tenant,
+            env,
+            sealed = pass.sealed,
+            plan_ms = plan_done.as_millis() as u64,
+            write_ms = (apply_done - plan_done).as_millis() as u64,
+            commit_ms = (total - apply_done).as_millis() as u64,
+            "slow journal sealing pass"
+        );
+    }
     Ok(Some(pass))
 }
+
+/// A PostgreSQL sealing pass over one chain that takes this long is logged as a warning with the
+/// time of its reads, its writes and its commit: the seal lag target is 1 s, ticks included.
+const SLOW_PASS: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What a pass over SQLite's log writes: for each chain with new entries, its head and the
 /// seals that follow it, and how far the mark moves.
