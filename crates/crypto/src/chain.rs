@@ -173,39 +173,99 @@ fn frame_opt(out: &mut impl Sink, s: Option<&str>) {
     }
 }
 
+/// An entry's fields as they are hashed, borrowed: from an [`EntryRecord`]
+/// ([`EntryRecord::fields`]), or from a writer's own values, which need not be copied into a
+/// record to be hashed ([`fields_hash`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EntryFields<'a> {
+    pub id: &'a str,
+    pub tenant_id: &'a str,
+    pub environment: &'a str,
+    pub kind: &'a str,
+    pub type_: &'a str,
+    /// RFC 3339 UTC with microseconds, as in [`EntryRecord::occurred_at`].
+    pub occurred_at: &'a str,
+    pub correlation_id: &'a str,
+    pub causation_id: Option<&'a str>,
+    pub principal_kind: &'a str,
+    pub principal_id: &'a str,
+    pub principal_roles: &'a [String],
+    pub mfa: bool,
+    pub source: &'a str,
+    pub request_id: Option<&'a str>,
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub resource_type: Option<&'a str>,
+    pub resource_id: Option<&'a str>,
+    pub body: &'a str,
+}
+
+impl EntryRecord {
+    /// The record's fields, borrowed.
+    #[inline(always)]
+    pub fn fields(&self) -> EntryFields<'_> {
+        EntryFields {
+            id: &self.id,
+            tenant_id: &self.tenant_id,
+            environment: &self.environment,
+            kind: &self.kind,
+            type_: &self.type_,
+            occurred_at: &self.occurred_at,
+            correlation_id: &self.correlation_id,
+            causation_id: self.causation_id.as_deref(),
+            principal_kind: &self.principal_kind,
+            principal_id: &self.principal_id,
+            principal_roles: &self.principal_roles,
+            mfa: self.mfa,
+            source: &self.source,
+            request_id: self.request_id.as_deref(),
+            client_ip: self.client_ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            resource_type: self.resource_type.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            body: &self.body,
+        }
+    }
+}
+
 /// Writes an entry's framed fields: the prefix, then every field in declaration order — a
 /// string as LEB128(byte length + 1) followed by its UTF-8 bytes; an absent value as `0x00`; the
 /// roles as LEB128(count) then each role as a string; `mfa` as one byte `0x00`/`0x01`.
 #[inline(always)]
-fn frame(out: &mut impl Sink, e: &EntryRecord) {
+fn frame(out: &mut impl Sink, e: &EntryFields<'_>) {
     out.put(ENTRY_HASH_PREFIX);
-    for s in [&e.id, &e.tenant_id, &e.environment, &e.kind, &e.type_, &e.occurred_at, &e.correlation_id] {
+    for s in [e.id, e.tenant_id, e.environment, e.kind, e.type_, e.occurred_at, e.correlation_id] {
         frame_str(out, s);
     }
-    frame_opt(out, e.causation_id.as_deref());
-    frame_str(out, &e.principal_kind);
-    frame_str(out, &e.principal_id);
+    frame_opt(out, e.causation_id);
+    frame_str(out, e.principal_kind);
+    frame_str(out, e.principal_id);
     varint(out, e.principal_roles.len() as u64);
-    for r in &e.principal_roles {
+    for r in e.principal_roles {
         frame_str(out, r);
     }
     out.put(&[u8::from(e.mfa)]);
-    frame_str(out, &e.source);
-    for s in [&e.request_id, &e.client_ip, &e.user_agent, &e.resource_type, &e.resource_id] {
-        frame_opt(out, s.as_deref());
+    frame_str(out, e.source);
+    for s in [e.request_id, e.client_ip, e.user_agent, e.resource_type, e.resource_id] {
+        frame_opt(out, s);
     }
-    frame_str(out, &e.body);
+    frame_str(out, e.body);
 }
 
 /// The bytes an entry hash covers (see [`entry_hash`]).
 pub fn entry_bytes(e: &EntryRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
-    frame(&mut out, e);
+    frame(&mut out, &e.fields());
     out
 }
 
 /// `SHA-256(entry_bytes(e))`, computed without building the bytes.
 pub fn entry_hash(e: &EntryRecord) -> [u8; 32] {
+    fields_hash(&e.fields())
+}
+
+/// [`entry_hash`] of borrowed fields.
+pub fn fields_hash(e: &EntryFields<'_>) -> [u8; 32] {
     let mut h = Sha256::new();
     frame(&mut h, e);
     h.finalize().into()

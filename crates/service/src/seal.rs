@@ -69,7 +69,7 @@ async fn signer(ctx: &Ctx) -> Result<(String, [u8; 32])> {
 /// and are sealed in larger batches; a chain another sealer (another process) is working on is
 /// skipped at first and waited for at the end, so sealers share the work.
 pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
-    sweep(ctx, false).await
+    sweep(ctx, Pass::Skip).await
 }
 
 /// The worker's pass every `seal_every`: [`seal_once`], except that on PostgreSQL a chain's work
@@ -78,10 +78,12 @@ pub async fn seal_once(ctx: &Ctx) -> Result<usize> {
 /// transaction committed long after it was recorded may be sealed a few seconds late; and a chain
 /// another process is sealing is left to it, not waited for.
 pub async fn seal_tick(ctx: &Ctx) -> Result<usize> {
-    sweep(ctx, true).await
+    sweep(ctx, Pass::Tick).await
 }
 
-async fn sweep(ctx: &Ctx, tick: bool) -> Result<usize> {
+/// One sweep over the chains with work, each sealed as `pass` says ([`Pass::Skip`] or
+/// [`Pass::Tick`]).
+async fn sweep(ctx: &Ctx, pass: Pass) -> Result<usize> {
     const CHAINS: u64 = 200;
     let (kid, seed) = signer(ctx).await?;
     let sign = move |msg: &[u8]| (kid.clone(), chain::sign(&seed, msg).to_vec());
@@ -109,17 +111,14 @@ async fn sweep(ctx: &Ctx, tick: bool) -> Result<usize> {
             again |= p.more;
         };
         for (tenant, env) in chains {
-            let pass = if tick { Pass::Tick } else { Pass::Skip };
             match store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, pass).await? {
                 Some(p) => count(p),
+                // Another process's sealer holds the chain: a thorough pass waits for it below and
+                // seals what is left; the tick leaves it to that sealer and to the next tick
+                // rather than hold a connection waiting.
+                None if pass == Pass::Tick => {}
                 None => busy.push((tenant, env)),
             }
-        }
-        // Another process's sealer holds these chains: a thorough pass waits for it and seals what
-        // is left; the tick leaves them to it and to the next tick rather than hold a connection
-        // waiting.
-        if tick {
-            busy.clear();
         }
         for (tenant, env) in busy {
             let p = store_seal::seal_chain(&ctx.db, &tenant, &env, &now, policy, &sign, Pass::Wait).await?;

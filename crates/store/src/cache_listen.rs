@@ -106,19 +106,19 @@ pub(crate) struct Ack {
     rx: tokio::sync::oneshot::Receiver<()>,
 }
 
-/// Inside a write transaction about to commit: if its writes made the triggers notify and the
-/// cache is being served, queues an acknowledgement behind those notifications (one
-/// transaction's notifications are delivered together, in order).
-///
-/// `last`, an `INSERT` that returns nothing and is the transaction's last statement before its
-/// commit (the journal's entries), is run in the same round trip:
-/// `WITH ack AS (SELECT pg_notify(…) WHERE …) INSERT … RETURNING (SELECT count(*) FROM ack)`;
-/// the acknowledgement is still queued after every change the transaction made.
 /// The acknowledgement: a notification on [`CHANNEL`] (`$A`) with the payload `$B`, sent only
 /// if a trigger flagged a change.
 pub(crate) const ACK_SELECT: &str =
     "SELECT pg_notify($A, $B) WHERE current_setting('azotte.cache_changed', true) = 'on'";
 
+/// Inside a write transaction about to commit: if its writes made the triggers notify and the
+/// cache is being served, queues an acknowledgement behind those notifications (one
+/// transaction's notifications are delivered together, in order).
+///
+/// `last`, the transaction's last statement before its commit (the journal's entries and their
+/// work-list rows, [`crate::journal::PgInsert`]), is run in the same round trip:
+/// `WITH ack AS (SELECT pg_notify(…) WHERE …), pending AS (…) INSERT … RETURNING (SELECT count(*)
+/// FROM ack)`; the acknowledgement is still queued after every change the transaction made.
 pub(crate) async fn request_ack(
     cache: &ReadCache,
     tx: &mut Tx,

@@ -257,28 +257,28 @@ impl Row {
     /// work list with the entry, so the sealer does not read the entry back. The time is hashed
     /// at the microseconds the database keeps (both truncate).
     fn hash_hex(&self) -> String {
-        let record = azotte_crypto::chain::EntryRecord {
-            id: self.id.clone(),
-            tenant_id: self.tenant_id.clone(),
-            environment: self.environment.clone(),
-            kind: self.kind.as_str().to_owned(),
-            type_: self.type_.clone(),
-            occurred_at: self.occurred_at.format(OCCURRED_AT_HASHED).to_string(),
-            correlation_id: self.correlation_id.clone(),
-            causation_id: self.causation_id.clone(),
-            principal_kind: self.principal_kind.to_owned(),
-            principal_id: self.principal_id.clone(),
-            principal_roles: self.principal_roles.clone(),
+        let occurred_at = self.occurred_at.format(OCCURRED_AT_HASHED).to_string();
+        hex::encode(azotte_crypto::chain::fields_hash(&azotte_crypto::chain::EntryFields {
+            id: &self.id,
+            tenant_id: &self.tenant_id,
+            environment: &self.environment,
+            kind: self.kind.as_str(),
+            type_: &self.type_,
+            occurred_at: &occurred_at,
+            correlation_id: &self.correlation_id,
+            causation_id: self.causation_id.as_deref(),
+            principal_kind: self.principal_kind,
+            principal_id: &self.principal_id,
+            principal_roles: &self.principal_roles,
             mfa: self.mfa,
-            source: self.source.to_owned(),
-            request_id: self.request_id.clone(),
-            client_ip: self.client_ip.clone(),
-            user_agent: self.user_agent.clone(),
-            resource_type: self.resource_type.clone(),
-            resource_id: self.resource_id.clone(),
-            body: self.body.clone(),
-        };
-        hex::encode(azotte_crypto::chain::entry_hash(&record))
+            source: self.source,
+            request_id: self.request_id.as_deref(),
+            client_ip: self.client_ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            resource_type: self.resource_type.as_deref(),
+            resource_id: self.resource_id.as_deref(),
+            body: &self.body,
+        }))
     }
 
     /// Binds the values to the next 19 parameters of a SQLite statement, encoded as the
