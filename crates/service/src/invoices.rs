@@ -212,6 +212,16 @@ pub(crate) async fn draft_at_rate(
 }
 
 impl Draft {
+    /// The invoice's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.row.id
+    }
+
+    /// What it bills in all.
+    pub(crate) fn total(&self) -> i64 {
+        self.row.total
+    }
+
     /// Records `payment` as settling the invoice in full (it must be captured, of the invoice's
     /// customer, storefront and currency, and cover the total); [`Draft::issue`] then issues it
     /// paid.
@@ -929,6 +939,26 @@ pub async fn for_subscription_charge(
     payment_id: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<InvoiceRow> {
+    let invoice = draft_for_subscription_charge(tx, subscription, description, amount, period, now)
+        .await?
+        .issue(tx, numbering, now)
+        .await?;
+    match payment_id {
+        Some(p) => mark_paid(tx, &invoice.id, p, now).await,
+        None => Ok(invoice),
+    }
+}
+
+/// [`for_subscription_charge`] as a [`Draft`], unpaid, for the caller to issue as its
+/// transaction's last write.
+pub(crate) async fn draft_for_subscription_charge(
+    tx: &mut TenantTx,
+    subscription: &azotte_store::subscriptions::SubscriptionRow,
+    description: &str,
+    amount: i64,
+    period: (DateTime<Utc>, DateTime<Utc>),
+    now: DateTime<Utc>,
+) -> Result<Draft> {
     let storefront = catalog_store::get_storefront(tx, &subscription.storefront_id)
         .await?
         .ok_or(ServiceError::NotFound { resource: "storefront" })?;
@@ -953,9 +983,8 @@ pub async fn for_subscription_charge(
         period_end: Some(period.1),
         tax_behaviour: behaviour,
     };
-    let invoice = issue_at_rate(
+    draft_at_rate(
         tx,
-        numbering,
         &storefront,
         &subscription.customer_id,
         country.as_deref(),
@@ -965,11 +994,7 @@ pub async fn for_subscription_charge(
         rate,
         now,
     )
-    .await?;
-    match payment_id {
-        Some(p) => mark_paid(tx, &invoice.id, p, now).await,
-        None => Ok(invoice),
-    }
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

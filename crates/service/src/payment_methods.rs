@@ -57,7 +57,7 @@ pub async fn attach(
         ));
     }
     // 1. What to attach to: the customer, the storefront's account, the PSP customer if any.
-    let (account, psp_customer_id) = {
+    let (account, psp_customer_id, (connector, creds)) = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
         crate::customers::exists(&mut tx, customer_id).await?;
         if !scope.storefront_allowed(&input.storefront_id) {
@@ -76,19 +76,27 @@ pub async fn attach(
             .into_iter()
             .filter(|p| p.psp_account_id == account.id)
             .find_map(|p| p.psp_customer_id);
+        if account.status != "active" {
+            return Err(invalid("psp_account_id", "psp_account_inactive", "the PSP account is inactive"));
+        }
+        if account.connector == "sandbox" && !input.token.starts_with("tok_sandbox_") {
+            return Err(invalid(
+                "token",
+                "invalid_token",
+                "sandbox tokens start with tok_sandbox_ (see README)",
+            ));
+        }
+        let connector = crate::payments::connector_in(ctx, &mut tx, &account).await?;
         tx.commit().await?;
-        (account, psp_customer)
+        let connector = match connector {
+            Ok(c) => c,
+            Err(unopened) => return Err(unopened.record(ctx, scope).await),
+        };
+        (account, psp_customer, connector)
     };
-    if account.status != "active" {
-        return Err(invalid("psp_account_id", "psp_account_inactive", "the PSP account is inactive"));
-    }
-    if account.connector == "sandbox" && !input.token.starts_with("tok_sandbox_") {
-        return Err(invalid("token", "invalid_token", "sandbox tokens start with tok_sandbox_ (see README)"));
-    }
 
     // 2. The PSP validates the token and attaches it (outside any transaction).
     let id = PaymentMethodId::new();
-    let (connector, creds) = crate::payments::connector_for(ctx, scope, &account).await?;
     let req = AttachRequest {
         account: creds,
         token: input.token.clone(),

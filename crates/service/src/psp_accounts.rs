@@ -416,32 +416,66 @@ pub async fn count_for_storefront(tx: &mut TenantTx, storefront_id: &str) -> Res
 
 /// The account's credentials in the clear, for the connector. A ciphertext that does not open
 /// (moved from another row, altered, or under a missing key) is an error, recorded in the
-/// journal as a security decision and logged; it never reads as "no credentials".
+/// journal as a security decision and logged; it never reads as "no credentials". `tx` must be
+/// read-only: the finding is recorded in a transaction of its own, which on SQLite waits for
+/// the writer (in a write transaction use [`open_credentials`]).
 pub async fn credentials(ctx: &Ctx, tx: &mut TenantTx, a: &PspAccount) -> Result<Credentials> {
+    match open_credentials(ctx, tx, a).await? {
+        Ok(c) => Ok(c),
+        Err(unopened) => Err(unopened.record(ctx, tx.scope()).await),
+    }
+}
+
+/// Credentials that did not open: the error, and the security finding to record — after the
+/// transaction they were read in has ended ([`Unopened::record`]).
+pub(crate) struct Unopened {
+    error: ServiceError,
+    account_id: String,
+    storefront_id: String,
+}
+
+impl Unopened {
+    /// Logs and journals the finding (a security decision, in a transaction of its own); the
+    /// error to return.
+    pub(crate) async fn record(self, ctx: &Ctx, scope: &TenantScope) -> ServiceError {
+        let code = match &self.error {
+            ServiceError::Undecryptable { code, .. } => *code,
+            _ => "credential_undecryptable",
+        };
+        let (id, storefront_id, e) = (&self.account_id, &self.storefront_id, &self.error);
+        tracing::error!(psp_account_id = %id, storefront_id = %storefront_id, code, error = %e, "PSP credentials do not decrypt");
+        if let Err(failed) = azotte_store::journal::record_security(
+            &ctx.db,
+            Some((scope.tenant_id(), scope.environment().as_str())),
+            ctx.clock.now(),
+            "psp_account.credentials_undecryptable",
+            scope.principal(),
+            Some(("psp_account", id)),
+            json!({"storefront_id": storefront_id, "code": code}),
+        )
+        .await
+        {
+            return failed.into();
+        }
+        self.error
+    }
+}
+
+/// [`credentials`] for any transaction: a ciphertext that does not open is returned as
+/// [`Unopened`], for the caller to record once `tx` has ended.
+pub(crate) async fn open_credentials(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    a: &PspAccount,
+) -> Result<std::result::Result<Credentials, Unopened>> {
     let Some(sealed) = &a.credentials else {
-        return Ok(Credentials { api_secret: None, webhook_secret: None });
+        return Ok(Ok(Credentials { api_secret: None, webhook_secret: None }));
     };
     let aad = aad(tx, &a.storefront_id, &a.id);
     match vault::open(ctx, tx, sealed, &aad).await {
-        Ok(plain) => serde_json::from_slice(plain.expose()).map_err(ServiceError::internal),
-        Err(e) => {
-            let code = match &e {
-                ServiceError::Undecryptable { code, .. } => *code,
-                _ => "credential_undecryptable",
-            };
-            let scope = tx.scope().clone();
-            tracing::error!(psp_account_id = %a.id, storefront_id = %a.storefront_id, code, error = %e, "PSP credentials do not decrypt");
-            azotte_store::journal::record_security(
-                &ctx.db,
-                Some((scope.tenant_id(), scope.environment().as_str())),
-                ctx.clock.now(),
-                "psp_account.credentials_undecryptable",
-                scope.principal(),
-                Some(("psp_account", &a.id)),
-                json!({"storefront_id": a.storefront_id, "code": code}),
-            )
-            .await?;
-            Err(e)
+        Ok(plain) => Ok(Ok(serde_json::from_slice(plain.expose()).map_err(ServiceError::internal)?)),
+        Err(error) => {
+            Ok(Err(Unopened { error, account_id: a.id.clone(), storefront_id: a.storefront_id.clone() }))
         }
     }
 }

@@ -307,12 +307,22 @@ impl Db {
     }
 
     async fn tenant_tx_inner(&self, scope: &TenantScope, read_only: bool) -> Result<TenantTx> {
-        let mut tx = match (&self.pool, read_only) {
-            (Pool::Postgres(p), true) => Tx::Postgres(p.begin_with("BEGIN READ ONLY").await?),
-            (_, true) => self.unscoped_read_tx().await?,
-            (_, false) => self.unscoped_tx().await?,
+        let (tenant, environment) = (scope.tenant_id.to_string(), scope.environment.as_str());
+        let tx = match &self.pool {
+            // One round trip: `BEGIN` and the settings row-level security reads, as one
+            // simple-protocol batch (which cannot bind parameters: see `begin_in_environment`).
+            Pool::Postgres(p) => match begin_in_environment(read_only, &tenant, environment) {
+                Some(batch) => Tx::Postgres(p.begin_with(batch).await?),
+                None => {
+                    let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
+                    let mut tx = Tx::Postgres(p.begin_with(begin).await?);
+                    tx.enter_environment(&tenant, environment).await?;
+                    tx
+                }
+            },
+            Pool::Sqlite { .. } if read_only => self.unscoped_read_tx().await?,
+            Pool::Sqlite { .. } => self.unscoped_tx().await?,
         };
-        tx.enter_environment(&scope.tenant_id.to_string(), scope.environment.as_str()).await?;
         Ok(TenantTx {
             tx,
             scope: scope.clone(),
@@ -552,6 +562,28 @@ impl TenantTx {
     }
 }
 
+/// PostgreSQL: `BEGIN` (read-only or not) and the tenant environment row-level security admits
+/// for the transaction, as one batch of the simple query protocol, so that a tenant transaction
+/// starts in one round trip instead of two. That protocol cannot bind parameters, so the values
+/// are written into the text: only when both consist of ASCII letters, digits, `_` and `-`
+/// (every tenant id and environment name does), which cannot leave the quoted literal; `None`
+/// for anything else, and the caller binds them in a statement of their own.
+pub(crate) fn begin_in_environment(read_only: bool, tenant_id: &str, environment: &str) -> Option<String> {
+    let plain = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 64
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if !plain(tenant_id) || !plain(environment) {
+        return None;
+    }
+    let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
+    Some(format!(
+        "{begin}; SELECT set_config('azotte.tenant_id', '{tenant_id}', true), \
+         set_config('azotte.environment', '{environment}', true)"
+    ))
+}
+
 #[cfg(test)]
 #[path = "checkpoint_tests.rs"]
 mod checkpoint_tests;
@@ -571,5 +603,20 @@ mod tests {
         assert_eq!(DbOptions::new("sqlite://x.db").backend(), Ok(Backend::Sqlite));
         assert_eq!(DbOptions::new("postgresql://h/db").backend(), Ok(Backend::Postgres));
         assert!(DbOptions::new("mysql://h/db").backend().is_err());
+    }
+
+    #[test]
+    fn only_plain_values_are_written_into_the_begin_batch() {
+        let b = begin_in_environment(true, "ten_0192ab-x", "live").expect("plain");
+        assert_eq!(
+            b,
+            "BEGIN READ ONLY; SELECT set_config('azotte.tenant_id', 'ten_0192ab-x', true), \
+             set_config('azotte.environment', 'live', true)"
+        );
+        assert!(begin_in_environment(false, "t", "test").expect("plain").starts_with("BEGIN; SELECT"));
+        for bad in ["", "t'; DROP TABLE x; --", "t\\", "t x", "tén", &"t".repeat(65)] {
+            assert_eq!(begin_in_environment(false, bad, "live"), None, "{bad:?}");
+            assert_eq!(begin_in_environment(false, "t", bad), None, "{bad:?}");
+        }
     }
 }

@@ -226,6 +226,23 @@ async fn a_ciphertext_moved_to_another_storefront_does_not_decrypt_and_is_report
     let acc_b: Value = app.post(&accounts(&b), body("b")).tenant(T, "development").expect(201).await.json();
     let (ia, ib) = (acc_a["id"].as_str().unwrap(), acc_b["id"].as_str().unwrap());
     app.post(&format!("{}/{ia}/check", accounts(&a)), json!({})).tenant(T, "development").expect(200).await;
+    // A customer with a card on A, attached while A's credentials still opened.
+    let cus: Value = app
+        .post("/v1/customers", json!({"external_id": "payer"}))
+        .tenant(T, "development")
+        .expect(201)
+        .await
+        .json();
+    let cus = cus["id"].as_str().unwrap().to_owned();
+    let pm: Value = app
+        .post(
+            &format!("/v1/customers/{cus}/payment-methods"),
+            json!({"storefront_id": a, "psp_account_id": ia, "token": "tok_sandbox_success"}),
+        )
+        .tenant(T, "development")
+        .expect(201)
+        .await
+        .json();
     // An attacker with database access copies B's ciphertext onto A's row.
     let n = app
         .raw_exec(&format!("UPDATE psp_accounts SET credentials = (SELECT credentials FROM psp_accounts WHERE id = '{ib}') WHERE id = '{ia}'"))
@@ -248,6 +265,32 @@ async fn a_ciphertext_moved_to_another_storefront_does_not_decrypt_and_is_report
     assert_eq!(j["data"][0]["resource_id"], ia);
     assert_eq!(j["data"][0]["kind"], "decision");
     assert!(crate::helpers::logs().contains("PSP credentials do not decrypt"));
+    // A charge through A is refused before anything is written or sent: the credentials are
+    // read in the transaction that would record the payment, which rolls back, and the
+    // finding is journaled after it (on SQLite, whose one writer that transaction held).
+    let r = app
+        .post(
+            "/v1/payments",
+            json!({"customer_id": cus, "payment_method_id": pm["id"], "amount": 500, "currency": "EUR"}),
+        )
+        .tenant(T, "development")
+        .expect(500)
+        .await;
+    assert_eq!(r.problem().code, "credential_undecryptable");
+    let payments: Value =
+        app.get(&format!("/v1/payments?customer_id={cus}")).tenant(T, "development").expect(200).await.json();
+    assert_eq!(payments["data"], json!([]), "no payment was recorded");
+    let j: Value = app
+        .get("/v1/journal?type=psp_account.credentials_undecryptable")
+        .tenant(T, "development")
+        .expect(200)
+        .await
+        .json();
+    assert_eq!(j["data"].as_array().unwrap().len(), 2, "{j}");
+    assert!(j["data"].as_array().unwrap().iter().all(|e| e["resource_id"] == ia));
+    let created: Value =
+        app.get("/v1/journal?type=payment.create").tenant(T, "development").expect(200).await.json();
+    assert_eq!(created["data"], json!([]), "no payment action was committed");
     // B's own credentials still decrypt.
     app.post(&format!("{}/{ib}/check", accounts(&b)), json!({})).tenant(T, "development").expect(200).await;
 }

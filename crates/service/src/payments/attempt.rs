@@ -1,9 +1,11 @@
 //! Attempts: the PSP call of one attempt and the transaction that records its answer (and,
 //! when failing over, starts the next attempt).
 
+use std::sync::Arc;
+
 use azotte_domain::catalog::Currency;
 use azotte_domain::payment::{self as rules, PaymentEvent, PaymentStatus, Source};
-use azotte_payments::{ConnectorError, ConnectorResult, PaymentRequest, PspPayment};
+use azotte_payments::{Account, Connector, ConnectorError, ConnectorResult, PaymentRequest, PspPayment};
 use azotte_store::payments::{self as store, PaymentRow};
 use azotte_store::psp_accounts::PspAccount;
 use azotte_store::{TenantScope, TenantTx};
@@ -11,11 +13,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::breaker::BreakerChange;
-use super::{connector_for, reference, stored_status};
+use super::{reference, stored_status};
+use crate::psp_accounts::Unopened;
 use crate::{Ctx, Result, ServiceError};
 
 /// What every attempt of one payment sends.
-pub(super) struct Job {
+pub(crate) struct Job {
     pub(super) token: String,
     pub(super) psp_customer_id: Option<String>,
     pub(super) currency: Currency,
@@ -134,118 +137,231 @@ fn classify(
     })
 }
 
-/// Runs the payment's attempts through `order`, starting with the one already recorded as
-/// started (`order[0]`), failing over only while nothing can have been charged.
-pub(super) async fn run(
-    ctx: &Ctx,
-    scope: &TenantScope,
-    mut row: PaymentRow,
-    order: Vec<PspAccount>,
-    job: &Job,
-) -> Result<PaymentRow> {
-    let id = reference(&row)?;
-    let mut next = 0;
-    loop {
-        let account = &order[next];
-        let attempt = row.attempts;
-        // A breaker may have opened since routing; a half-open one lets one probe through.
-        let sent = ctx.psp.breakers.permit(&account.id, ctx.clock.now());
-        let answer = if sent {
-            let (connector, creds) = connector_for(ctx, scope, account).await?;
-            let req = PaymentRequest {
-                account: creds,
-                reference: id,
-                amount: row.amount,
-                currency: job.currency.clone(),
-                token: job.token.clone(),
-                off_session: job.off_session,
-                psp_customer_id: job.psp_customer_id.clone(),
-                idempotency_key: rules::idempotency_key(&id, attempt as u32),
-            };
-            Some(connector.charge(&req).await)
-        } else {
-            None
-        };
-        let now = ctx.clock.now();
-        let change =
-            answer.as_ref().and_then(healthy).and_then(|h| ctx.psp.breakers.record(&account.id, now, h));
+/// A prepared charge's payment, recorded with its first attempt started, and what its PSP
+/// calls need: sent once the transaction that recorded it has committed ([`run`]).
+pub(crate) struct Sending {
+    pub(super) row: PaymentRow,
+    pub(super) order: Vec<PspAccount>,
+    pub(super) job: Job,
+    /// The first account's connector and credentials, read in the recording transaction.
+    pub(super) first: (Arc<dyn Connector>, Account),
+}
 
+/// One attempt's answer, as it is recorded (and recorded again if the transaction it was first
+/// recorded in does not commit: [`Sent::record_alone`]).
+struct Answer {
+    /// Which of the order's accounts took the call.
+    index: usize,
+    attempt: i32,
+    sent: bool,
+    /// `None`: not sent (the breaker opened since routing).
+    result: Option<ConnectorResult<PspPayment>>,
+    change: Option<BreakerChange>,
+    at: DateTime<Utc>,
+}
+
+/// What recording an answer led to.
+enum Recorded {
+    /// The payment as it stands after this attempt: captured, failed, unknown, …
+    Final(PaymentRow),
+    /// Failing over: the next attempt is recorded as started (commit before its call), with its
+    /// account's connector and credentials.
+    Next(PaymentRow, (Arc<dyn Connector>, Account)),
+    /// Failing over, but the next account's credentials do not open: roll back (the payment
+    /// stays `pending` with the attempt it had, for reconciliation) and record the finding.
+    Unopened(Unopened),
+}
+
+/// A charge's final answer, recorded in a transaction left open for the caller's own writes
+/// (the subscription it pays for, the invoice it settles): committing it records both at
+/// once. A caller that drops it instead — its own writes failed or turned out not to apply —
+/// records the answer alone with [`Sent::record_alone`], so the PSP's answer is never lost.
+pub(crate) struct Sent {
+    pub(crate) tx: TenantTx,
+    pub(crate) payment: PaymentRow,
+    redo: Redo,
+}
+
+/// What [`Sent::record_alone`] needs once the transaction is gone.
+pub(crate) struct Redo {
+    payment_id: String,
+    answer: Answer,
+    order: Vec<PspAccount>,
+}
+
+impl Sent {
+    /// Commits the answer alone: the payment as recorded.
+    pub(crate) async fn commit(self) -> Result<PaymentRow> {
+        self.tx.commit().await?;
+        Ok(self.payment)
+    }
+
+    /// The open transaction, the payment, and what records the answer again without it.
+    pub(crate) fn split(self) -> (TenantTx, PaymentRow, Redo) {
+        (self.tx, self.payment, self.redo)
+    }
+}
+
+impl Redo {
+    /// Records the answer in a transaction of its own (the one it was recorded in was dropped):
+    /// the payment as it stands then.
+    pub(crate) async fn record_alone(self, ctx: &Ctx, scope: &TenantScope) -> Result<PaymentRow> {
         let mut tx = ctx.db.tenant_tx(scope).await?;
-        let r = Some(("payment", row.id.as_str()));
-        tx.action(
-            now,
-            "payment.attempt_result",
-            r,
-            json!({"attempt": attempt, "psp_account_id": account.id, "sent": sent}),
-        )
-        .await?;
-        journal_breaker(&mut tx, account, change, now).await?;
-        // A webhook or reconciliation may have moved the payment meanwhile: apply to what is
-        // stored now.
-        let mut current = store::get(&mut tx, &row.id)
-            .await?
-            .ok_or_else(|| ServiceError::Internal(format!("payment {} vanished", row.id).into()))?;
-        current.updated_at = now;
-        match classify(&mut current, attempt, answer.as_ref()) {
-            Some((observed, outcome, body)) => {
-                let from = stored_status(&current)?;
-                match rules::transition(from, PaymentEvent { observed, source: Source::Attempt }) {
-                    Ok(to) => {
-                        current.status = to.as_str().to_owned();
-                        store::update_attempt(&mut tx, &current).await?;
-                        tx.outcome(now, &outcome, r, body).await?;
-                    }
-                    Err(e) => {
-                        tx.decision(
-                            now,
-                            "payment.attempt_superseded",
-                            r,
-                            json!({"attempt": attempt, "stored": from, "observed": observed, "reason": e.to_string()}),
-                        )
-                        .await?;
-                        current = store::get(&mut tx, &row.id).await?.unwrap_or(current);
-                    }
-                }
+        match record(ctx, &mut tx, &self.answer, &self.order, &self.payment_id).await? {
+            Recorded::Final(p) => {
                 tx.commit().await?;
-                return Ok(current);
+                Ok(p)
             }
-            None => {
-                let reason = match &answer {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "circuit breaker open".to_owned(),
+            // Only a final answer is ever handed over in a `Sent`.
+            Recorded::Next(..) | Recorded::Unopened(_) => {
+                Err(ServiceError::Internal("a failover answer recorded again".into()))
+            }
+        }
+    }
+}
+
+/// Makes one attempt's PSP call (unless the account's breaker opened since routing).
+async fn call(
+    ctx: &Ctx,
+    row: &PaymentRow,
+    index: usize,
+    account: &PspAccount,
+    conn: &(Arc<dyn Connector>, Account),
+    job: &Job,
+) -> Result<Answer> {
+    let id = reference(row)?;
+    let attempt = row.attempts;
+    // A breaker may have opened since routing; a half-open one lets one probe through.
+    let sent = ctx.psp.breakers.permit(&account.id, ctx.clock.now());
+    let result = if sent {
+        let req = PaymentRequest {
+            account: conn.1.clone(),
+            reference: id,
+            amount: row.amount,
+            currency: job.currency.clone(),
+            token: job.token.clone(),
+            off_session: job.off_session,
+            psp_customer_id: job.psp_customer_id.clone(),
+            idempotency_key: rules::idempotency_key(&id, attempt as u32),
+        };
+        Some(conn.0.charge(&req).await)
+    } else {
+        None
+    };
+    let at = ctx.clock.now();
+    let change = result.as_ref().and_then(healthy).and_then(|h| ctx.psp.breakers.record(&account.id, at, h));
+    Ok(Answer { index, attempt, sent, result, change, at })
+}
+
+/// Records an attempt's answer in `tx`: the outcome, or — when failing over — the next attempt
+/// started.
+async fn record(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    answer: &Answer,
+    order: &[PspAccount],
+    payment_id: &str,
+) -> Result<Recorded> {
+    let (now, attempt, account) = (answer.at, answer.attempt, &order[answer.index]);
+    let r = Some(("payment", payment_id));
+    tx.action(
+        now,
+        "payment.attempt_result",
+        r,
+        json!({"attempt": attempt, "psp_account_id": account.id, "sent": answer.sent}),
+    )
+    .await?;
+    journal_breaker(tx, account, answer.change, now).await?;
+    // A webhook or reconciliation may have moved the payment meanwhile: apply to what is
+    // stored now.
+    let mut current = store::get(tx, payment_id)
+        .await?
+        .ok_or_else(|| ServiceError::Internal(format!("payment {payment_id} vanished").into()))?;
+    current.updated_at = now;
+    match classify(&mut current, attempt, answer.result.as_ref()) {
+        Some((observed, outcome, body)) => {
+            let from = stored_status(&current)?;
+            match rules::transition(from, PaymentEvent { observed, source: Source::Attempt }) {
+                Ok(to) => {
+                    current.status = to.as_str().to_owned();
+                    store::update_attempt(tx, &current).await?;
+                    tx.outcome(now, &outcome, r, body).await?;
+                }
+                Err(e) => {
+                    tx.decision(
+                        now,
+                        "payment.attempt_superseded",
+                        r,
+                        json!({"attempt": attempt, "stored": from, "observed": observed, "reason": e.to_string()}),
+                    )
+                    .await?;
+                    current = store::get(tx, payment_id).await?.unwrap_or(current);
+                }
+            }
+            Ok(Recorded::Final(current))
+        }
+        None => {
+            let reason = match &answer.result {
+                Some(Err(e)) => e.to_string(),
+                _ => "circuit breaker open".to_owned(),
+            };
+            tx.decision(
+                now,
+                "payment.failover",
+                r,
+                json!({"attempt": attempt, "psp_account_id": account.id, "reason": reason}),
+            )
+            .await?;
+            if current.status != "pending" {
+                // Resolved elsewhere meanwhile (reconciliation, a webhook): stop here.
+                return Ok(Recorded::Final(current));
+            }
+            if let Some(following) = order.get(answer.index + 1) {
+                let conn = match super::connector_in(ctx, tx, following).await? {
+                    Ok(c) => c,
+                    Err(unopened) => return Ok(Recorded::Unopened(unopened)),
                 };
-                tx.decision(
-                    now,
-                    "payment.failover",
-                    r,
-                    json!({"attempt": attempt, "psp_account_id": account.id, "reason": reason}),
-                )
-                .await?;
-                next += 1;
-                if current.status != "pending" {
-                    // Resolved elsewhere meanwhile (reconciliation, a webhook): stop here.
-                    tx.commit().await?;
-                    return Ok(current);
-                }
-                if let Some(following) = order.get(next) {
-                    start(&mut tx, &mut current, following, now).await?;
-                    tx.commit().await?;
-                    row = current;
-                    continue;
-                }
-                // Every account failed softly: nothing was charged.
-                current.status = "failed".into();
-                current.decline_code = Some("psp_unavailable".into());
-                store::update_attempt(&mut tx, &current).await?;
-                tx.outcome(
-                    now,
-                    "payment.failed",
-                    r,
-                    json!({"decline_code": "psp_unavailable", "attempts": current.attempts}),
-                )
-                .await?;
+                start(tx, &mut current, following, now).await?;
+                return Ok(Recorded::Next(current, conn));
+            }
+            // Every account failed softly: nothing was charged.
+            current.status = "failed".into();
+            current.decline_code = Some("psp_unavailable".into());
+            store::update_attempt(tx, &current).await?;
+            tx.outcome(
+                now,
+                "payment.failed",
+                r,
+                json!({"decline_code": "psp_unavailable", "attempts": current.attempts}),
+            )
+            .await?;
+            Ok(Recorded::Final(current))
+        }
+    }
+}
+
+/// Runs a prepared charge's attempts through its order, starting with the one already recorded
+/// as started (`order[0]`), failing over only while nothing can have been charged; each next
+/// attempt is committed as started before its call. The final answer is recorded in a
+/// transaction returned open ([`Sent`]).
+pub(crate) async fn run(ctx: &Ctx, scope: &TenantScope, s: Sending) -> Result<Sent> {
+    let Sending { mut row, order, job, first } = s;
+    let (mut index, mut conn) = (0, first);
+    loop {
+        let answer = call(ctx, &row, index, &order[index], &conn, &job).await?;
+        let mut tx = ctx.db.tenant_tx(scope).await?;
+        match record(ctx, &mut tx, &answer, &order, &row.id).await? {
+            Recorded::Final(payment) => {
+                let redo = Redo { payment_id: row.id, answer, order };
+                return Ok(Sent { tx, payment, redo });
+            }
+            Recorded::Next(next, c) => {
                 tx.commit().await?;
-                return Ok(current);
+                (row, conn, index) = (next, c, index + 1);
+            }
+            Recorded::Unopened(unopened) => {
+                drop(tx);
+                return Err(unopened.record(ctx, scope).await);
             }
         }
     }

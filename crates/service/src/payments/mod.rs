@@ -12,7 +12,7 @@
 //! dies mid-attempt leaves a `pending` payment with a recorded attempt: reconciliation asks the
 //! PSP about it like an unknown one.
 
-mod attempt;
+pub(crate) mod attempt;
 mod breaker;
 mod reconcile;
 mod refunds;
@@ -32,9 +32,10 @@ use azotte_payments::{Account, Connector, Sandbox};
 use azotte_store::customers as customer_store;
 use azotte_store::payments::{self as store, PaymentRow, RefundRow};
 use azotte_store::psp_accounts::{self as psp_store, PspAccount};
-use azotte_store::TenantScope;
+use azotte_store::{TenantScope, TenantTx};
 use serde_json::json;
 
+use crate::psp_accounts::Unopened;
 use crate::{Ctx, Result, ServiceError};
 
 pub use breaker::{BreakerConfig, BreakerState, Breakers};
@@ -132,16 +133,33 @@ pub struct ChargeInput {
     pub request_key: Option<String>,
 }
 
-/// The connector and the opened credentials of an account.
+/// The connector and the opened credentials of an account, read in a transaction of its own.
 pub(crate) async fn connector_for(
     ctx: &Ctx,
     scope: &TenantScope,
     a: &PspAccount,
 ) -> Result<(Arc<dyn Connector>, Account)> {
-    let connector = ctx.psp.for_account(a)?;
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
-    let c = crate::psp_accounts::credentials(ctx, &mut tx, a).await?;
+    let c = connector_in(ctx, &mut tx, a).await?;
     tx.commit().await?;
+    match c {
+        Ok(c) => Ok(c),
+        Err(unopened) => Err(unopened.record(ctx, scope).await),
+    }
+}
+
+/// [`connector_for`] in the caller's transaction. Credentials that do not open come back as
+/// [`Unopened`], to be recorded once `tx` has ended.
+pub(crate) async fn connector_in(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    a: &PspAccount,
+) -> Result<std::result::Result<(Arc<dyn Connector>, Account), Unopened>> {
+    let connector = ctx.psp.for_account(a)?;
+    let c = match crate::psp_accounts::open_credentials(ctx, tx, a).await? {
+        Ok(c) => c,
+        Err(unopened) => return Ok(Err(unopened)),
+    };
     let id: PspAccountId =
         a.id.parse().map_err(|_| ServiceError::Internal(format!("account id {}", a.id).into()))?;
     let account = Account {
@@ -149,7 +167,7 @@ pub(crate) async fn connector_for(
         api_secret: c.api_secret.map(Secret::new),
         webhook_secret: c.webhook_secret.map(Secret::new),
     };
-    Ok((connector, account))
+    Ok(Ok((connector, account)))
 }
 
 /// The stored status of a payment (a value outside the domain's is corrupt data).
@@ -174,6 +192,82 @@ fn currency_of(row: &PaymentRow) -> Result<Currency> {
 /// mode is lifted.
 pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Result<PaymentRow> {
     crate::security::require(ctx, scope, Permission::PaymentCreate).await?;
+    let tx = ctx.db.tenant_tx(scope).await?;
+    match charge_in(ctx, scope, tx, &input).await? {
+        (_, Some(sent)) => sent.commit().await,
+        (payment, None) => Ok(payment),
+    }
+}
+
+/// [`charge`] starting in the caller's write transaction `tx` (which may have read what the
+/// charge is for; it commits before the PSP is called), with the PSP's answer, when this call
+/// got one, recorded in a transaction returned open ([`attempt::Sent`]) for the caller's writes
+/// that follow from it. The caller has checked permission `payment.create`, before `tx`.
+pub(crate) async fn charge_in(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut tx: TenantTx,
+    input: &ChargeInput,
+) -> Result<(PaymentRow, Option<attempt::Sent>)> {
+    match prepare(ctx, scope, &mut tx, input).await? {
+        Prepared::Ended(row) => {
+            tx.commit().await?;
+            Ok((row, None))
+        }
+        Prepared::Raced => {
+            drop(tx);
+            Ok((raced(ctx, scope, input).await?, None))
+        }
+        Prepared::Unopened(unopened) => {
+            drop(tx);
+            Err(unopened.record(ctx, scope).await)
+        }
+        Prepared::Send(sending) => {
+            tx.commit().await?;
+            let sent = attempt::run(ctx, scope, sending).await?;
+            Ok((sent.payment.clone(), Some(sent)))
+        }
+    }
+}
+
+/// A charge prepared in the caller's transaction ([`prepare`]). One per charge, matched at
+/// once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Prepared {
+    /// Nothing to send: the payment an earlier request with the same key created, one queued in
+    /// safe mode, or one that failed before anything was sent. Commit the transaction.
+    Ended(PaymentRow),
+    /// A concurrent request with the same key created the payment first: the transaction is
+    /// spoilt (roll it back) and [`raced`] reads that payment.
+    Raced,
+    /// The first account's credentials do not open: nothing may be sent. Roll the transaction
+    /// back, then record the finding ([`Unopened::record`]), which gives the error to return.
+    Unopened(Unopened),
+    /// The payment is recorded with its first attempt started: commit the transaction, then
+    /// [`attempt::run`] makes the PSP calls.
+    Send(attempt::Sending),
+}
+
+/// The payment a concurrent request with the same key created ([`Prepared::Raced`]).
+pub(crate) async fn raced(ctx: &Ctx, scope: &TenantScope, input: &ChargeInput) -> Result<PaymentRow> {
+    created_under_key(ctx, scope, input)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("payment of a request key vanished".into()))
+}
+
+/// The first half of [`charge`], in the caller's transaction, so that a caller writing before
+/// the charge (a renewal's invoice) commits both at once: checks, then creates and routes the
+/// payment and starts its first attempt (attempt number and account durable before the PSP
+/// hears of it, once the transaction commits) — unless an earlier request with the same key
+/// created it (read in the same transaction). The first account's credentials are read here
+/// too. The caller has checked permission `payment.create` (before its transaction: a denial
+/// is journaled in a transaction of its own).
+pub(crate) async fn prepare(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    tx: &mut TenantTx,
+    input: &ChargeInput,
+) -> Result<Prepared> {
     let now = ctx.clock.now();
     let mut errors = ValidationErrors::default();
     let currency = errors.check(Currency::parse("currency", &input.currency));
@@ -183,17 +277,13 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
     errors.finish()?;
     let currency = currency.ok_or_else(|| ServiceError::Internal("validated".into()))?;
 
-    // 1. Create and route, in one transaction that also starts the first attempt — unless an
-    // earlier request with the same key created the payment (read in the same transaction).
-    let mut tx = ctx.db.tenant_tx(scope).await?;
-    if let Some(existing) = under_key(&mut tx, &input).await? {
-        tx.commit().await?;
-        return Ok(existing);
+    if let Some(existing) = under_key(tx, input).await? {
+        return Ok(Prepared::Ended(existing));
     }
-    customer_store::get_customer(&mut tx, &input.customer_id)
+    customer_store::get_customer(tx, &input.customer_id)
         .await?
         .ok_or(ServiceError::NotFound { resource: "customer" })?;
-    let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, &input.payment_method_id)
+    let pm = customer_store::get_payment_method(tx, &input.customer_id, &input.payment_method_id)
         .await?
         .filter(|p| p.state != "deleted" && scope.storefront_allowed(&p.storefront_id))
         .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
@@ -204,7 +294,7 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
             field: Some("payment_method_id"),
         });
     }
-    let accounts = psp_store::of_storefront(&mut tx, &pm.storefront_id).await?;
+    let accounts = psp_store::of_storefront(tx, &pm.storefront_id).await?;
     if let Some(forced) = &input.psp_account_id {
         if !accounts.iter().any(|a| &a.id == forced) {
             return Err(ValidationErrors::from(FieldError::new(
@@ -246,15 +336,12 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
         json!({"customer_id": row.customer_id, "amount": row.amount, "currency": row.currency, "off_session": input.off_session}),
     )
     .await?;
-    let safe_mode = azotte_store::payment_ops::safe_mode(&mut tx).await?;
+    let safe_mode = azotte_store::payment_ops::safe_mode(tx).await?;
     row.queued_reason = safe_mode.as_ref().map(|_| "safe_mode".to_owned());
-    match store::insert(&mut tx, &row).await {
+    match store::insert(tx, &row).await {
+        // A concurrent request with the same key inserted first.
         Err(azotte_store::StoreError::UniqueViolation { .. }) if input.request_key.is_some() => {
-            // A concurrent request with the same key inserted first.
-            drop(tx);
-            return created_under_key(ctx, scope, &input)
-                .await?
-                .ok_or_else(|| ServiceError::Internal("payment of a request key vanished".into()));
+            return Ok(Prepared::Raced)
         }
         other => other?,
     }
@@ -266,27 +353,26 @@ pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Resul
             json!({"reason": "safe_mode", "safe_mode_since": mode.enabled_at}),
         )
         .await?;
-        tx.commit().await?;
-        return Ok(row);
+        return Ok(Prepared::Ended(row));
     }
     let plan = routing::route(ctx, &accounts, &pm, &currency, input.psp_account_id.as_deref(), &sid, now);
     tx.decision(now, "payment.routed", r, plan.journal()).await?;
     let Some(first) = plan.order.first() else {
-        fail_before_sending(&mut tx, &mut row, plan.empty_code(), now).await?;
-        tx.commit().await?;
-        return Ok(row);
+        fail_before_sending(tx, &mut row, plan.empty_code(), now).await?;
+        return Ok(Prepared::Ended(row));
     };
-    attempt::start(&mut tx, &mut row, first, now).await?;
-    tx.commit().await?;
-
-    // 2. Attempt account by account.
+    let first_conn = match connector_in(ctx, tx, first).await? {
+        Ok(c) => c,
+        Err(unopened) => return Ok(Prepared::Unopened(unopened)),
+    };
+    attempt::start(tx, &mut row, first, now).await?;
     let job = attempt::Job {
         token: pm.token.clone(),
         psp_customer_id: pm.psp_customer_id.clone(),
         currency,
         off_session: input.off_session,
     };
-    attempt::run(ctx, scope, row, plan.order, &job).await
+    Ok(Prepared::Send(attempt::Sending { row, order: plan.order, job, first: first_conn }))
 }
 
 /// The payment an earlier request with the same `Idempotency-Key` created, if any; a key
@@ -306,7 +392,7 @@ async fn created_under_key(
 }
 
 /// [`created_under_key`] in the caller's transaction.
-async fn under_key(tx: &mut azotte_store::TenantTx, input: &ChargeInput) -> Result<Option<PaymentRow>> {
+async fn under_key(tx: &mut TenantTx, input: &ChargeInput) -> Result<Option<PaymentRow>> {
     let Some(key) = &input.request_key else { return Ok(None) };
     let Some(p) = store::by_request_key(tx, key).await? else { return Ok(None) };
     let same = p.customer_id == input.customer_id
@@ -326,7 +412,7 @@ async fn under_key(tx: &mut azotte_store::TenantTx, input: &ChargeInput) -> Resu
 
 /// Fails a payment nothing was sent for, with `code`, in the caller's transaction.
 pub(super) async fn fail_before_sending(
-    tx: &mut azotte_store::TenantTx,
+    tx: &mut TenantTx,
     row: &mut PaymentRow,
     code: &str,
     now: chrono::DateTime<chrono::Utc>,

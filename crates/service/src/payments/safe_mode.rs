@@ -124,6 +124,13 @@ pub async fn resume(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             tx.commit().await?;
             continue;
         };
+        let first_conn = match super::connector_in(ctx, &mut tx, first).await? {
+            Ok(c) => c,
+            Err(unopened) => {
+                drop(tx);
+                return Err(unopened.record(ctx, scope).await);
+            }
+        };
         attempt::start(&mut tx, &mut row, first, now).await?;
         tx.commit().await?;
         let job = attempt::Job {
@@ -132,7 +139,8 @@ pub async fn resume(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             currency,
             off_session: true,
         };
-        attempt::run(ctx, scope, row, plan.order, &job).await?;
+        let sending = attempt::Sending { row, order: plan.order, job, first: first_conn };
+        attempt::run(ctx, scope, sending).await?.commit().await?;
         sent += 1;
     }
     for refund in queued_refunds {

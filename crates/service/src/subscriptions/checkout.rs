@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::offers::{family_history, Offer, OfferItem};
+use crate::payments::attempt::Redo;
 use crate::payments::{self, ChargeInput};
 use crate::{Ctx, Result, ServiceError};
 
@@ -247,7 +248,11 @@ async fn process(
     known: Option<(CheckoutRow, Offer)>,
 ) -> Result<Option<CheckoutRow>> {
     let now = ctx.clock.now();
-    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    // The job may charge: checked before its transaction (a denial is journaled in one of its own).
+    crate::security::require(ctx, scope, Permission::PaymentCreate).await?;
+    // One transaction reads what the job needs and then writes the payment (committed before
+    // the PSP is called) or, for a trial, the subscription.
+    let mut tx = ctx.db.tenant_tx(scope).await?;
     let (mut checkout, offer) = match known {
         Some(k) => k,
         None => {
@@ -333,7 +338,6 @@ async fn check_and_charge(
     let storefront = catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?;
     // For the invoice: the country its tax was quoted for.
     let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
-    tx.commit().await?;
     let Some(storefront) = storefront else { return Ok(Err("storefront_not_available")) };
     if existing.is_some() {
         return Ok(Ok(Step::Done));
@@ -356,32 +360,44 @@ async fn check_and_charge(
     {
         return Ok(Err("trial_not_eligible"));
     }
-    // The charge (none for a trial): one payment per checkout, whoever runs the job.
+    // The charge (none for a trial): one payment per checkout, whoever runs the job. Its
+    // answer, when this run's PSP call gave one, is recorded in a transaction left open for the
+    // subscription's writes (`open`); a trial's subscription is written in this one.
     let mut payment = None;
-    if trial_days == 0 {
+    let open;
+    if trial_days > 0 {
+        open = Some((tx, None));
+    } else {
         let Some(pm) = checkout.payment_method_id.clone() else { return Ok(Err("payment_method_required")) };
-        let p = payments::charge(
-            ctx,
-            scope,
-            ChargeInput {
-                customer_id: checkout.customer_id.clone(),
-                payment_method_id: pm,
-                amount: item.amount,
-                currency: item.currency.clone(),
-                description: format!("checkout {} ({})", checkout.id, item.bundle_key),
-                psp_account_id: None,
-                off_session: false,
-                request_key: Some(format!("checkout-{}", checkout.id)),
-            },
-        )
-        .await;
-        let p = match p {
-            Ok(p) => p,
+        let input = ChargeInput {
+            customer_id: checkout.customer_id.clone(),
+            payment_method_id: pm,
+            amount: item.amount,
+            currency: item.currency.clone(),
+            description: format!("checkout {} ({})", checkout.id, item.bundle_key),
+            psp_account_id: None,
+            off_session: false,
+            request_key: Some(format!("checkout-{}", checkout.id)),
+        };
+        let (p, sent) = match payments::charge_in(ctx, scope, tx, &input).await {
+            Ok(charged) => charged,
             Err(ServiceError::NotFound { .. }) => return Ok(Err("payment_method_not_usable")),
             Err(ServiceError::Conflict { code, .. }) => return Ok(Err(code)),
             Err(e) => return Err(e),
         };
         checkout.payment_id = Some(p.id.clone());
+        open = match sent {
+            Some(sent) if p.status == "captured" => {
+                let (tx, _, redo) = sent.split();
+                Some((tx, Some(redo)))
+            }
+            // Nothing follows in the answer's transaction.
+            Some(sent) => {
+                sent.commit().await?;
+                None
+            }
+            None => None,
+        };
         match p.status.as_str() {
             "captured" => payment = Some(p.clone()),
             "failed" | "canceled" => {
@@ -409,7 +425,9 @@ async fn check_and_charge(
         country: country.as_deref(),
         payment: payment.as_ref(),
     };
-    match create_subscription(ctx, scope, checkout, &item, &bundle, period, trial_days, &all, paid).await? {
+    match create_subscription(ctx, scope, checkout, &item, &bundle, period, trial_days, &all, paid, open)
+        .await?
+    {
         None => Ok(Ok(Step::Done)),
         Some(code) => Ok(Err(code)),
     }
@@ -471,9 +489,19 @@ struct Paid<'a> {
     payment: Option<&'a PaymentRow>,
 }
 
+/// How [`create_subscription_in`] ended when it did not commit.
+enum NotCreated {
+    /// Another checkout of the customer won the family meanwhile.
+    Family(String),
+    /// Another runner of this checkout created it.
+    Raced,
+}
+
 /// Creates the subscription, its grants and its first invoice, and marks the checkout
-/// `succeeded`, in one transaction. Its last write is the invoice's number: the series row it
-/// locks is held only for the commit (decision 0008).
+/// `succeeded`, in one transaction: `open`'s, when given (the job's, for a trial; the one the
+/// charge's answer is recorded in, with what records it again), else one of its own. Its last write is the invoice's number: the series row it locks
+/// is held only for the commit (decision 0008). When it does not commit, the charge's answer
+/// is recorded alone first; a charge for a family another checkout won is refunded.
 #[allow(clippy::too_many_arguments)]
 async fn create_subscription(
     ctx: &Ctx,
@@ -485,7 +513,47 @@ async fn create_subscription(
     trial_days: u32,
     all: &[Entitlement],
     paid: Paid<'_>,
+    open: Option<(TenantTx, Option<Redo>)>,
 ) -> Result<Option<&'static str>> {
+    let (tx, redo) = match open {
+        Some(open) => open,
+        None => (ctx.db.tenant_tx(scope).await?, None),
+    };
+    let created =
+        create_subscription_in(ctx, tx, checkout, item, bundle, period, trial_days, all, paid).await;
+    if !matches!(created, Ok(Ok(()))) {
+        if let Some(redo) = redo {
+            redo.record_alone(ctx, scope).await?;
+        }
+    }
+    match created? {
+        Ok(()) | Err(NotCreated::Raced) => Ok(None),
+        Err(NotCreated::Family(family)) => {
+            // Give the money back.
+            if let Some(p) = &checkout.payment_id {
+                let reason = format!("checkout {}: already subscribed to {family}", checkout.id);
+                if let Err(e) = payments::refund(ctx, scope, p, None, &reason).await {
+                    tracing::error!(checkout_id = %checkout.id, payment_id = %p, error = %e, "refund of a losing checkout failed");
+                }
+            }
+            Ok(Some("already_subscribed"))
+        }
+    }
+}
+
+/// [`create_subscription`] in `tx`: committed when it returns `Ok(Ok(()))`.
+#[allow(clippy::too_many_arguments)]
+async fn create_subscription_in(
+    ctx: &Ctx,
+    mut tx: TenantTx,
+    checkout: &mut CheckoutRow,
+    item: &OfferItem,
+    bundle: &Bundle,
+    period: BillingPeriod,
+    trial_days: u32,
+    all: &[Entitlement],
+    paid: Paid<'_>,
+) -> Result<std::result::Result<(), NotCreated>> {
     let now = ctx.clock.now();
     let state = life::start(now, period, trial_days);
     let sid = SubscriptionId::new().to_string();
@@ -521,22 +589,13 @@ async fn create_subscription(
         grace_extended_until: None,
     };
     apply_state(&mut row, &state);
-    let mut tx = ctx.db.tenant_tx(scope).await?;
     let r = Some(("checkout", checkout.id.as_str()));
     tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
     match store::insert_subscription(&mut tx, &row).await {
         Err(StoreError::UniqueViolation { constraint }) if constraint == "subscriptions_live_family" => {
-            // Another checkout of this customer won the family meanwhile: give the money back.
-            drop(tx);
-            if let Some(p) = &checkout.payment_id {
-                let reason = format!("checkout {}: already subscribed to {}", checkout.id, row.family);
-                if let Err(e) = payments::refund(ctx, scope, p, None, &reason).await {
-                    tracing::error!(checkout_id = %checkout.id, payment_id = %p, error = %e, "refund of a losing checkout failed");
-                }
-            }
-            return Ok(Some("already_subscribed"));
+            return Ok(Err(NotCreated::Family(row.family)));
         }
-        Err(StoreError::UniqueViolation { .. }) => return Ok(None), // another runner finished it
+        Err(StoreError::UniqueViolation { .. }) => return Ok(Err(NotCreated::Raced)),
         other => other?,
     }
     let granted = grants(bundle, all);
@@ -582,7 +641,7 @@ async fn create_subscription(
     }
     tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sid})).await?;
     tx.commit().await?;
-    Ok(None)
+    Ok(Ok(()))
 }
 
 /// Runs every due checkout job of the tenant environment (the worker calls it each tick).

@@ -24,14 +24,16 @@ use azotte_store::payment_ops;
 use azotte_store::psp_accounts as psp_store;
 use azotte_store::renewal_jobs::{self as jobs, RenewalJob};
 use azotte_store::subscriptions::{self as store, SubscriptionRow};
-use azotte_store::TenantScope;
+use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use super::checkout::apply_state;
 use super::lifecycle::{period_of, state_of};
-use crate::payments::{self, ChargeInput};
+use crate::payments::attempt::Redo;
+use crate::payments::{self, ChargeInput, Prepared};
 use crate::{Ctx, Result, ServiceError};
+use azotte_domain::permission::Permission;
 
 /// How long a worker holds a claimed job.
 const LOCK_FOR: Duration = Duration::minutes(5);
@@ -87,6 +89,14 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
         if claimed.is_empty() {
             break;
         }
+        // The batch's tenant environments, each looked up once (most batches have one).
+        let mut scopes = std::collections::HashMap::new();
+        for job in &claimed {
+            let key = (job.tenant_id.clone(), job.environment.clone());
+            if let std::collections::hash_map::Entry::Vacant(v) = scopes.entry(key) {
+                v.insert(job_scope(ctx, &job.tenant_id, &job.environment).await);
+            }
+        }
         let mut claimed = claimed.into_iter();
         let mut running = tokio::task::JoinSet::new();
         let mut finished = Vec::new();
@@ -94,10 +104,11 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
             while running.len() < JOBS_AT_ONCE {
                 let Some(job) = claimed.next() else { break };
                 let ctx = ctx.clone();
-                running.spawn(journal::with_meta(
-                    RequestMeta::system(),
-                    async move { run_one(&ctx, job).await },
-                ));
+                let scope = scopes.get(&(job.tenant_id.clone(), job.environment.clone())).cloned();
+                let scope = scope.unwrap_or(JobScope::Invalid);
+                running.spawn(journal::with_meta(RequestMeta::system(), async move {
+                    run_one(&ctx, job, scope).await
+                }));
             }
             // Every job started is awaited, even after a failure: none is cut off midway.
             match running.join_next().await {
@@ -127,15 +138,34 @@ enum Ran {
     Released,
 }
 
-/// Runs one claimed job; a job that is to run again is released here, one that ended is left
-/// for its batch to mark done.
-async fn run_one(ctx: &Ctx, job: RenewalJob) -> Result<Ran> {
-    let (Ok(tenant), Ok(env)) = (job.tenant_id.parse(), job.environment.parse::<Environment>()) else {
-        return Ok(Ran::Finished { id: job.id, renewed: false });
+/// The scope a batch's jobs of one tenant environment run in.
+#[derive(Clone)]
+enum JobScope {
+    Scope(TenantScope),
+    /// The job names no valid tenant environment: nothing to do.
+    Invalid,
+    /// The tenant cannot be entered now (suspended, gone, the database): why.
+    Unavailable(String),
+}
+
+/// Looks up the system scope renewal jobs of a tenant environment run in.
+async fn job_scope(ctx: &Ctx, tenant: &str, environment: &str) -> JobScope {
+    let (Ok(tenant), Ok(env)) = (tenant.parse(), environment.parse::<Environment>()) else {
+        return JobScope::Invalid;
     };
-    let scope = match azotte_store::auth::system_scope(&ctx.db, tenant, env, "renewal").await {
-        Ok(s) => s,
-        Err(e) => {
+    match azotte_store::auth::system_scope(&ctx.db, tenant, env, "renewal").await {
+        Ok(s) => JobScope::Scope(s),
+        Err(e) => JobScope::Unavailable(e.to_string()),
+    }
+}
+
+/// Runs one claimed job in its tenant environment's scope (looked up for its batch); a job
+/// that is to run again is released here, one that ended is left for its batch to mark done.
+async fn run_one(ctx: &Ctx, job: RenewalJob, scope: JobScope) -> Result<Ran> {
+    let scope = match scope {
+        JobScope::Scope(s) => s,
+        JobScope::Invalid => return Ok(Ran::Finished { id: job.id, renewed: false }),
+        JobScope::Unavailable(e) => {
             tracing::warn!(job = %job.id, error = %e, "renewal job's tenant unavailable");
             jobs::later(&ctx.db, &job.id, ctx.clock.now() + DEFER_FOR, ctx.clock.now(), false).await?;
             return Ok(Ran::Released);
@@ -164,6 +194,21 @@ enum End {
         after: Duration,
         new_key: bool,
     },
+}
+
+/// A renewal's charge: the payment, and — when this run's PSP call answered — the open
+/// transaction that recorded the answer, for the settling writes ([`payments::attempt::Sent`]).
+struct Charged {
+    payment: azotte_store::payments::PaymentRow,
+    open: Option<(TenantTx, Redo)>,
+}
+
+/// Commits a charge's answer alone (no settling writes follow in its transaction).
+async fn commit_open(open: Option<(TenantTx, Redo)>) -> Result<()> {
+    if let Some((tx, _)) = open {
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 fn policy_of(storefront: &azotte_store::catalog::Storefront) -> DunningPolicy {
@@ -209,21 +254,20 @@ async fn defer(
 
 async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> {
     let now = ctx.clock.now();
-    let (sub, storefront, accounts, safe_mode, amount) = {
-        let mut tx = ctx.db.tenant_read_tx(scope).await?;
-        let sub = store::get_subscription(&mut tx, &job.subscription_id).await?;
-        let Some(sub) = sub else {
-            tx.commit().await?;
-            return Ok(End::Done);
-        };
-        let sf = azotte_store::catalog::get_storefront(&mut tx, &sub.storefront_id).await?;
-        let accounts = psp_store::of_storefront(&mut tx, &sub.storefront_id).await?;
-        let safe = payment_ops::safe_mode(&mut tx).await?;
-        // A plan change scheduled for the period end: the next period costs the new price.
-        let amount = super::replace::renewal_amount(&mut tx, &sub).await?;
-        tx.commit().await?;
-        (sub, sf, accounts, safe, amount)
+    // The renewal may charge: checked before its transaction (a denial is journaled in one of
+    // its own).
+    crate::security::require(ctx, scope, Permission::PaymentCreate).await?;
+    // One transaction reads the subscription and writes the period's invoice and the payment;
+    // it commits before the PSP is called. Paths that write nothing drop it (rolled back).
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let Some(sub) = store::get_subscription(&mut tx, &job.subscription_id).await? else {
+        return Ok(End::Done);
     };
+    let storefront = azotte_store::catalog::get_storefront(&mut tx, &sub.storefront_id).await?;
+    let accounts = psp_store::of_storefront(&mut tx, &sub.storefront_id).await?;
+    let safe_mode = payment_ops::safe_mode(&mut tx).await?;
+    // A plan change scheduled for the period end: the next period costs the new price.
+    let amount = super::replace::renewal_amount(&mut tx, &sub).await?;
     // A stale job (the period moved on, or another run settled it) has nothing left to do.
     let due_status = matches!(sub.status.as_str(), "active" | "past_due");
     if !due_status || sub.period_end != job.period_end || job_attempt(&sub) != job.attempt {
@@ -231,66 +275,105 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     }
     let Some(storefront) = storefront else { return Ok(End::Done) };
     if safe_mode.is_some() {
+        drop(tx);
         return defer(ctx, scope, &sub, "safe_mode", false).await;
     }
     let usable = accounts.iter().filter(|a| a.status == "active").collect::<Vec<_>>();
     if !usable.is_empty() && usable.iter().all(|a| !ctx.psp.breakers.routable(&a.id, now)) {
+        drop(tx);
         return defer(ctx, scope, &sub, "psp_degraded", false).await;
     }
-    // The period's invoice first (open until paid); a dunning retry charges what it bills.
-    let (invoice_id, amount) = period_invoice(ctx, scope, &sub, amount).await?;
+    // The period's invoice first (open until paid) and the payment that charges what it bills
+    // (a dunning retry: what it still bills), in one transaction; the PSP is called once that
+    // has committed, and its answer is recorded in the transaction that settles the renewal.
     let key = format!("renewal-{}-{}-a{}-r{}", sub.id, sub.period_end.timestamp(), job.attempt, job.runs);
+    let invoice = period_invoice(ctx, &mut tx, &sub, amount).await?;
+    let (invoice_id, billed) = (invoice.id.clone(), invoice.due);
     let charged = match &sub.payment_method_id {
-        None => Err("no_payment_method"),
+        None => {
+            invoice.issue(ctx, &mut tx).await?;
+            tx.commit().await?;
+            Err(("no_payment_method", invoice_id))
+        }
         Some(pm) => {
-            let p = payments::charge(
-                ctx,
-                scope,
-                ChargeInput {
-                    customer_id: sub.customer_id.clone(),
-                    payment_method_id: pm.clone(),
-                    amount,
-                    currency: sub.currency.clone(),
-                    description: format!(
-                        "subscription {} renewal, period ending {}, invoice {invoice_id}",
-                        sub.id, sub.period_end
-                    ),
-                    psp_account_id: None,
-                    off_session: true,
-                    request_key: Some(key),
-                },
-            )
-            .await;
-            match p {
-                Ok(p) => Ok(p),
+            let input = ChargeInput {
+                customer_id: sub.customer_id.clone(),
+                payment_method_id: pm.clone(),
+                amount: billed,
+                currency: sub.currency.clone(),
+                description: format!(
+                    "subscription {} renewal, period ending {}, invoice {invoice_id}",
+                    sub.id, sub.period_end
+                ),
+                psp_account_id: None,
+                off_session: true,
+                request_key: Some(key),
+            };
+            match payments::prepare(ctx, scope, &mut tx, &input).await {
+                Ok(Prepared::Ended(p)) => {
+                    invoice.issue(ctx, &mut tx).await?;
+                    tx.commit().await?;
+                    Ok((Charged { payment: p, open: None }, invoice_id))
+                }
+                Ok(Prepared::Send(sending)) => {
+                    invoice.issue(ctx, &mut tx).await?;
+                    tx.commit().await?;
+                    let (tx, payment, redo) = payments::attempt::run(ctx, scope, sending).await?.split();
+                    Ok((Charged { payment, open: Some((tx, redo)) }, invoice_id))
+                }
+                // Another run of this job charged at the same moment: look again later.
+                Ok(Prepared::Raced) => return Ok(End::Later { after: WAIT_FOR, new_key: false }),
+                Ok(Prepared::Unopened(unopened)) => {
+                    drop(tx);
+                    return Err(unopened.record(ctx, scope).await);
+                }
+                // The method cannot be charged: nothing was sent. The invoice is kept, in a
+                // transaction of its own (this one may hold the refused payment's writes).
                 Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
-                    Err("payment_method_not_usable")
+                    drop((tx, invoice));
+                    let mut tx = ctx.db.tenant_tx(scope).await?;
+                    let invoice = period_invoice(ctx, &mut tx, &sub, amount).await?;
+                    let invoice_id = invoice.id.clone();
+                    invoice.issue(ctx, &mut tx).await?;
+                    tx.commit().await?;
+                    Err(("payment_method_not_usable", invoice_id))
                 }
                 Err(e) => return Err(e),
             }
         }
     };
-    let outcome = match &charged {
-        Ok(p) if p.status == "captured" => Ok(p.id.clone()),
-        Ok(p) if p.status == "failed" => {
-            match p.decline_code.as_deref() {
-                // Nothing was charged and no account could take it: the PSP is down, not the card.
-                Some("psp_unavailable" | "no_eligible_psp_account") => {
-                    return defer(ctx, scope, &sub, "psp_unavailable", true).await;
+    let (outcome, invoice_id, mut open) = match charged {
+        Ok((Charged { payment: p, open }, invoice_id)) => {
+            let outcome = match p.status.as_str() {
+                "captured" => Ok(p.id.clone()),
+                "failed" => match p.decline_code.as_deref() {
+                    // Nothing was charged and no account could take it: the PSP is down, not
+                    // the card.
+                    Some("psp_unavailable" | "no_eligible_psp_account") => {
+                        commit_open(open).await?;
+                        return defer(ctx, scope, &sub, "psp_unavailable", true).await;
+                    }
+                    _ => Err(p.decline_code.clone().unwrap_or_else(|| "declined".into())),
+                },
+                // Pending, unknown, requires_action (off session it should not), queued: look
+                // later.
+                _ => {
+                    commit_open(open).await?;
+                    return Ok(End::Later { after: WAIT_FOR, new_key: false });
                 }
-                _ => Err(p.decline_code.clone().unwrap_or_else(|| "declined".into())),
-            }
+            };
+            (outcome, invoice_id, open)
         }
-        // Pending, unknown, requires_action (off session it should not), queued: look later.
-        Ok(_) => return Ok(End::Later { after: WAIT_FOR, new_key: false }),
-        Err(code) => Err((*code).to_owned()),
+        Err((code, invoice_id)) => (Err(code.to_owned()), invoice_id, None),
     };
     let policy = policy_of(&storefront);
     let (job_period, mut sub) = (sub.period_end, sub);
     // The subscription may change between the charge and the settling transaction (a new
     // payment method, a support action): settle against what is stored then, a few times.
     for _ in 0..5 {
-        if let Some(end) = settle(ctx, scope, sub.clone(), &policy, &invoice_id, outcome.clone()).await? {
+        let settled =
+            settle(ctx, scope, sub.clone(), &policy, &invoice_id, outcome.clone(), open.take()).await?;
+        if let Some(end) = settled {
             return Ok(end);
         }
         let fresh = {
@@ -327,30 +410,48 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     Ok(End::Later { after: WAIT_FOR, new_key: false })
 }
 
-/// The invoice of the period a renewal charges for, and what it bills: issued (open) before the
-/// first charge of the period, in its own transaction, and found again by every later attempt
-/// (dunning retries, reruns) by its subscription line's period start. The renewal's end pays it,
-/// makes it uncollectible (dunning exhausted) or voids it (the subscription changed meanwhile).
+/// The invoice of the period a renewal charges for: written before the first charge of the
+/// period, in the caller's transaction (with the charge's payment), and found again by every
+/// later attempt (dunning retries, reruns) by its subscription line's period start. The
+/// renewal's end pays it, makes it uncollectible (dunning exhausted) or voids it (the
+/// subscription changed meanwhile).
+struct PeriodInvoice {
+    id: String,
+    /// What it still bills.
+    due: i64,
+    /// A new invoice, written as a draft: [`PeriodInvoice::issue`] numbers it (open) as the
+    /// transaction's last write (the series row stays locked from the number to the commit).
+    draft: Option<crate::invoices::Draft>,
+}
+
+impl PeriodInvoice {
+    /// Issues a new invoice (the transaction's last write); nothing for one found again.
+    async fn issue(self, ctx: &Ctx, tx: &mut TenantTx) -> Result<()> {
+        if let Some(draft) = self.draft {
+            draft.issue(tx, ctx.numbering, ctx.clock.now()).await?;
+        }
+        Ok(())
+    }
+}
+
 async fn period_invoice(
     ctx: &Ctx,
-    scope: &TenantScope,
+    tx: &mut TenantTx,
     sub: &SubscriptionRow,
     amount: i64,
-) -> Result<(String, i64)> {
+) -> Result<PeriodInvoice> {
     let now = ctx.clock.now();
-    let mut tx = ctx.db.tenant_tx(scope).await?;
     // A draft here waits for its number (decision 0008): it is the period's invoice all the same.
     let filter = azotte_store::invoices::InvoiceFilter {
         subscription_id: Some(&sub.id),
         any_status: &["open", "uncollectible", "draft"],
         ..Default::default()
     };
-    let (unpaid, _) = azotte_store::invoices::list(&mut tx, &filter, 100, None).await?;
+    let (unpaid, _) = azotte_store::invoices::list(tx, &filter, 100, None).await?;
     for inv in unpaid {
-        let lines = azotte_store::invoices::lines_of(&mut tx, &inv.id).await?;
+        let lines = azotte_store::invoices::lines_of(tx, &inv.id).await?;
         if lines.iter().any(|l| l.kind == "subscription" && l.period_start == Some(sub.period_end)) {
-            tx.commit().await?;
-            return Ok((inv.id, inv.total - inv.amount_paid));
+            return Ok(PeriodInvoice { id: inv.id, due: inv.total - inv.amount_paid, draft: None });
         }
     }
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
@@ -361,19 +462,9 @@ async fn period_invoice(
         .await?;
     let description = format!("subscription {}, period from {}", sub.id, next.period_start.date_naive());
     let period = (next.period_start, next.period_end);
-    let inv = crate::invoices::for_subscription_charge(
-        &mut tx,
-        ctx.numbering,
-        sub,
-        &description,
-        amount,
-        period,
-        None,
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((inv.id, inv.total))
+    let draft =
+        crate::invoices::draft_for_subscription_charge(tx, sub, &description, amount, period, now).await?;
+    Ok(PeriodInvoice { id: draft.id().to_owned(), due: draft.total(), draft: Some(draft) })
 }
 
 /// The body of a renewal's `subscription.renew` action: which period, attempt and step.
@@ -423,10 +514,42 @@ async fn refund_unused(
     Ok(())
 }
 
-/// Applies a renewal's result to the subscription in one transaction.
+/// Applies a renewal's result to the subscription in one transaction: `open`'s, when given (the
+/// charge's answer is recorded in it), else one of its own. `None` when the subscription changed
+/// meanwhile: the caller settles again against the new row — and the charge's answer, which
+/// that transaction held, is recorded alone first.
 async fn settle(
     ctx: &Ctx,
     scope: &TenantScope,
+    sub: SubscriptionRow,
+    policy: &DunningPolicy,
+    invoice_id: &str,
+    outcome: std::result::Result<String, String>,
+    open: Option<(TenantTx, Redo)>,
+) -> Result<Option<End>> {
+    let now = ctx.clock.now();
+    let (tx, redo) = match open {
+        Some((mut tx, redo)) => {
+            let r = Some(("subscription", sub.id.as_str()));
+            tx.action(now, "subscription.renew", r, renew_body(&sub, "settle")).await?;
+            (tx, Some(redo))
+        }
+        None => (renew_tx(ctx, scope, &sub, "settle", now).await?, None),
+    };
+    let settled = settle_in(ctx, scope, tx, sub, policy, invoice_id, outcome).await;
+    if !matches!(settled, Ok(Some(_))) {
+        if let Some(redo) = redo {
+            redo.record_alone(ctx, scope).await?;
+        }
+    }
+    settled
+}
+
+/// [`settle`] in `tx`, committed when it returns `Some`.
+async fn settle_in(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut tx: TenantTx,
     mut sub: SubscriptionRow,
     policy: &DunningPolicy,
     invoice_id: &str,
@@ -438,7 +561,6 @@ async fn settle(
     let expected = sub.updated_at;
     let r_id = sub.id.clone();
     let r = Some(("subscription", r_id.as_str()));
-    let mut tx = renew_tx(ctx, scope, &sub, "settle", now).await?;
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
     let (after, kind, body) = match &outcome {
         Ok(payment_id) => {
