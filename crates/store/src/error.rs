@@ -48,6 +48,21 @@ const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
     ("subscriptions_checkout_key", "subscriptions.tenant_id, subscriptions.environment, subscriptions.checkout_id"),
     ("credit_notes_refund_key", "credit_notes.tenant_id, credit_notes.environment, credit_notes.refund_id"),
     ("price_versions_version_key", "price_versions.tenant_id, price_versions.environment, price_versions.price_id, price_versions.version"),
+    ("invoices_number_key", "invoices.tenant_id, invoices.environment, invoices.storefront_id, invoices.number"),
+    ("invoices_sequence_key", "invoices.tenant_id, invoices.environment, invoices.storefront_id, invoices.series, invoices.sequence"),
+    ("credit_notes_number_key", "credit_notes.tenant_id, credit_notes.environment, credit_notes.storefront_id, credit_notes.number"),
+    ("credit_notes_sequence_key", "credit_notes.tenant_id, credit_notes.environment, credit_notes.storefront_id, credit_notes.series, credit_notes.sequence"),
+    ("renewal_jobs_period_key", "renewal_jobs.tenant_id, renewal_jobs.environment, renewal_jobs.subscription_id, renewal_jobs.period_end, renewal_jobs.attempt"),
+    ("journal_seals_entry_key", "journal_seals.tenant_id, journal_seals.environment, journal_seals.entry_id"),
+    // SQLite's entries table is keyed by log position; PostgreSQL's primary key is this.
+    ("journal_entries_pkey", "journal_entries.tenant_id, journal_entries.environment, journal_entries.id"),
+    // Partial unique indexes: SQLite reports them by their columns too (only an index on an
+    // expression is reported by name).
+    ("tenant_keys_active_key", "tenant_keys.tenant_id"),
+    ("payment_methods_one_default", "payment_methods.tenant_id, payment_methods.environment, payment_methods.customer_id"),
+    ("payments_request_key", "payments.tenant_id, payments.environment, payments.request_key"),
+    ("subscriptions_live_family", "subscriptions.tenant_id, subscriptions.environment, subscriptions.customer_id, subscriptions.family"),
+    ("subscription_replacements_open", "subscription_replacements.tenant_id, subscription_replacements.environment, subscription_replacements.subscription_id"),
 ];
 
 impl From<sqlx::Error> for StoreError {
@@ -98,5 +113,49 @@ mod tests {
             Some("tenants_slug_key")
         );
         assert_eq!(sqlite_constraint("UNIQUE constraint failed: other.x"), None);
+    }
+
+    /// Every unique index SQLite reports by its columns — a `UNIQUE` constraint or a unique
+    /// index, partial or not — is mapped to its name, so that code matching a constraint by name
+    /// works on SQLite as on PostgreSQL.
+    #[tokio::test]
+    async fn every_sqlite_unique_index_on_columns_has_a_name() {
+        use sqlx::{Connection, Row};
+        let t = crate::testing::fresh_database(crate::Backend::Sqlite).await;
+        crate::Db::migrate(&crate::DbOptions::new(t.url.clone())).await.unwrap();
+        let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        let (mut checked, mut unnamed) = (0, Vec::new());
+        for table in tables {
+            let indexes =
+                sqlx::query(&format!("PRAGMA index_list('{table}')")).fetch_all(&mut c).await.unwrap();
+            for ix in indexes {
+                let (name, unique, origin): (String, i64, String) =
+                    (ix.get("name"), ix.get("unique"), ix.get("origin"));
+                if unique == 0 || origin == "pk" {
+                    continue;
+                }
+                let cols =
+                    sqlx::query(&format!("PRAGMA index_info('{name}')")).fetch_all(&mut c).await.unwrap();
+                let cols: Vec<Option<String>> = cols.iter().map(|r| r.get("name")).collect();
+                if cols.iter().any(Option::is_none) {
+                    continue; // on an expression: reported by name
+                }
+                let reported =
+                    cols.iter().flatten().map(|col| format!("{table}.{col}")).collect::<Vec<_>>().join(", ");
+                checked += 1;
+                let message = format!("UNIQUE constraint failed: {reported}");
+                if sqlite_constraint(&message).is_none() {
+                    unnamed.push(format!("{name}: {reported}"));
+                }
+            }
+        }
+        assert!(checked >= 15, "only {checked} unique indexes found");
+        assert!(unnamed.is_empty(), "unique indexes SQLite reports without a name: {unnamed:#?}");
     }
 }

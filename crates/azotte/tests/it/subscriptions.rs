@@ -489,11 +489,64 @@ async fn bad_checkouts_get_stable_codes(app: TestApp) {
     assert_eq!(expired.code, "offer_expired");
 }
 
+/// Two checkouts of one family whose jobs both pass the eligibility check before either has
+/// subscribed (the PSP is slow): one subscribes; the other's subscription is refused by the
+/// database, and its charge — whose answer was to be recorded in that refused transaction — is
+/// recorded captured all the same, then refunded in full.
+async fn a_checkout_that_loses_its_family_records_its_charge_and_refunds_it(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    app.ctx.psp.sandbox.set_extra_latency(Duration::from_millis(400));
+    let (a, b) = tokio::join!(
+        post(&app, "/v1/checkouts", body.clone(), 202),
+        post(&app, "/v1/checkouts", body.clone(), 202)
+    );
+    let (a, b) = (settle(&app, &id(&a)).await, settle(&app, &id(&b)).await);
+    app.ctx.psp.sandbox.set_extra_latency(Duration::ZERO);
+    let mut outcomes = [
+        (a["status"].as_str().unwrap().to_owned(), a["failure_code"].as_str().map(str::to_owned)),
+        (b["status"].as_str().unwrap().to_owned(), b["failure_code"].as_str().map(str::to_owned)),
+    ];
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [("failed".to_owned(), Some("already_subscribed".to_owned())), ("succeeded".to_owned(), None)],
+        "{a} {b}"
+    );
+    let lost = if a["status"] == "failed" { &a } else { &b };
+    let p = get(&app, &format!("/v1/payments/{}", lost["payment_id"].as_str().unwrap())).await;
+    assert_eq!(
+        (
+            p["status"].as_str(),
+            p["captured_amount"].as_i64(),
+            p["refunded_amount"].as_i64(),
+            p["attempts"].as_i64()
+        ),
+        (Some("captured"), Some(999), Some(999), Some(1)),
+        "{p}"
+    );
+    let ledger = app.ctx.psp.sandbox.ledger();
+    let sum = |kind: fn(&azotte_payments::EntryKind) -> bool| -> i64 {
+        ledger.entries().iter().filter(|e| kind(&e.kind)).map(|e| e.amount).sum()
+    };
+    assert_eq!(
+        (
+            sum(|k| matches!(k, azotte_payments::EntryKind::Capture)),
+            sum(|k| matches!(k, azotte_payments::EntryKind::Refund))
+        ),
+        (2 * 999, 999)
+    );
+    let subs = get(&app, &format!("/v1/subscriptions?customer_id={}", shop.cus)).await;
+    assert_eq!(subs["data"].as_array().unwrap().len(), 1);
+}
+
 both!(
     from_offer_to_entitlements,
     a_trial_needs_no_charge_and_is_offered_once_per_family,
     end_of_period_cancel_keeps_access_and_can_be_undone,
     concurrent_duplicate_checkouts_charge_once,
+    a_checkout_that_loses_its_family_records_its_charge_and_refunds_it,
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes
 );
