@@ -4,13 +4,16 @@
 //!
 //! A payment is created `pending` and routed in one transaction (the routing decision is
 //! journaled), which also records its first attempt as started: attempt number and account are
-//! durable before the PSP hears of it. The PSP is called outside any transaction, with an
-//! idempotency key derived from the payment id and the attempt number, and its answer is
-//! recorded in a transaction of its own. Only a retryable failure (nothing was charged) moves
-//! on to the next account — that transaction records the next attempt as started. An unknown
-//! outcome stops there, `unknown`, for reconciliation — never charged again. A process that
-//! dies mid-attempt leaves a `pending` payment with a recorded attempt: reconciliation asks the
-//! PSP about it like an unknown one.
+//! durable before the PSP hears of it. That can be the caller's transaction ([`prepare`]: a
+//! renewal's, with its invoice). The PSP is called outside any transaction, with an idempotency
+//! key derived from the payment id and the attempt number, and its final answer is recorded in
+//! a transaction left open for the caller's writes that follow from it ([`attempt::Sent`]; a
+//! plain [`charge`] commits it at once), recorded again alone if those do not commit. Only a
+//! retryable failure (nothing was charged) moves on to the next account — that transaction
+//! records the next attempt as started and commits before the next call. An unknown outcome
+//! stops there, `unknown`, for reconciliation — never charged again. A process that dies
+//! mid-attempt leaves a `pending` payment with a recorded attempt: reconciliation asks the PSP
+//! about it like an unknown one (decision 0007).
 
 pub(crate) mod attempt;
 mod breaker;
