@@ -144,7 +144,7 @@ pub(crate) async fn request_ack(
         }
         Some(q) => {
             // The notification's two parameters follow the statement's own.
-            let sql = q.sql(crate::journal::Tail::Ack);
+            let sql = q.sql(true);
             let rows = q.bind(sqlx::query(&sql)).bind(CHANNEL).bind(payload).fetch_all(&mut **t).await;
             rows.map(|r| r.first().map_or(0, |r| sqlx::Row::get::<i64, _>(r, 0)))
         }
@@ -162,74 +162,6 @@ pub(crate) async fn request_ack(
     }
 }
 
-/// The read caches' notifications a deferring transaction's triggers collected so far (one per
-/// line), as an expression (migration 0032).
-pub(crate) const PENDING_SELECT: &str = "current_setting('azotte.cache_pending', true)";
-
-/// Inside a transaction that set `azotte.defer_notify`, about to commit: runs `last`, its
-/// journal statement ([`crate::journal::PgInsert`]), returning the notifications its triggers
-/// collected; with no journal statement, reads them alone.
-pub(crate) async fn take_pending(tx: &mut Tx, last: Option<crate::journal::PgInsert>) -> Result<String> {
-    let Tx::Postgres(t) = tx else { return Ok(String::new()) };
-    let pending: Option<String> = match last {
-        Some(q) => {
-            let sql = q.sql(crate::journal::Tail::Pending);
-            let rows = q.bind(sqlx::query(&sql)).fetch_all(&mut **t).await?;
-            match rows.first() {
-                Some(r) => sqlx::Row::try_get(r, 0)?,
-                None => None,
-            }
-        }
-        None => sqlx::query_scalar(&format!("SELECT {PENDING_SELECT}")).fetch_one(&mut **t).await?,
-    };
-    Ok(pending.unwrap_or_default())
-}
-
-/// After the commit of a transaction that deferred its notifications: sends them (`pending`,
-/// one per line) in one statement that writes nothing — so, unlike a notifying write
-/// transaction's commit, it holds PostgreSQL's notification lock for no WAL flush — followed,
-/// when this process's cache is being served, by the acknowledgement it then waits for, as
-/// [`await_ack`]. Should the notifications not go out, every process's entries for them stay
-/// until the max age; this process drops its whole cache at once.
-pub(crate) async fn notify_after_commit(pool: &sqlx::PgPool, cache: Option<&ReadCache>, pending: &str) {
-    let mut payloads: Vec<String> = Vec::new();
-    for p in pending.split('\n').filter(|p| !p.is_empty()) {
-        if !payloads.iter().any(|q| q == p) {
-            payloads.push(p.to_owned());
-        }
-    }
-    if payloads.is_empty() {
-        return;
-    }
-    let ack = cache.filter(|c| c.is_live()).map(|c| {
-        let (n, rx) = c.register_ack();
-        payloads.push(format!("s|{}|{n}", c.instance));
-        Ack { n, rx }
-    });
-    let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-        .bind(CHANNEL)
-        .bind(&payloads)
-        .execute(pool)
-        .await;
-    match (sent, cache) {
-        (Ok(_), Some(cache)) => {
-            if let Some(ack) = ack {
-                await_ack(cache, ack).await;
-            }
-        }
-        (Ok(_), None) => {}
-        (Err(e), cache) => {
-            tracing::warn!(error = %e, "read cache: change notifications not sent after a commit; other processes may serve the old answer until the max age");
-            if let Some(cache) = cache {
-                if let Some(ack) = ack {
-                    forget_ack(cache, ack);
-                }
-                cache.apply(&Change::All);
-            }
-        }
-    }
-}
-
 /// After the commit: waits until the listener has applied the transaction's changes. Should it
 /// not answer in time, everything cached is dropped instead.
 pub(crate) async fn await_ack(cache: &ReadCache, ack: Ack) {
@@ -243,85 +175,4 @@ pub(crate) async fn await_ack(cache: &ReadCache, ack: Ack) {
 /// After a failed commit: nothing to wait for.
 pub(crate) fn forget_ack(cache: &ReadCache, ack: Ack) {
     cache.take_ack(ack.n);
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use azotte_domain::permission::PermissionSet;
-    use azotte_domain::tenant::Environment;
-    use sqlx::postgres::PgListener;
-
-    use super::CHANNEL;
-    use crate::exec::Tx;
-    use crate::{testing, Backend};
-
-    async fn next(l: &mut PgListener, within: Duration) -> Option<String> {
-        match tokio::time::timeout(within, l.recv()).await {
-            Ok(Ok(n)) => Some(n.payload().to_owned()),
-            _ => None,
-        }
-    }
-
-    /// A tenant transaction's triggers collect the read caches' notifications instead of
-    /// sending them at its commit (which holds PostgreSQL's notification lock through the
-    /// commit's WAL flush, so notifying writers never share a flush); its commit sends them
-    /// after, each once. A writer outside the service still notifies at its commit.
-    #[tokio::test]
-    async fn a_tenant_transaction_sends_its_cache_notifications_after_its_commit() {
-        let (_t, db) = testing::migrated(Backend::Postgres).await;
-        let scope = testing::tenant_scope(&db, "deferred", Environment::Development).await;
-        let tenant = scope.tenant_id().to_string();
-        let pool = db.pg_pool().unwrap_or_else(|| panic!("PostgreSQL")).clone();
-        let mut listener = PgListener::connect_with(&pool).await.unwrap();
-        listener.listen(CHANNEL).await.unwrap();
-        let now = chrono::Utc::now();
-
-        // A role: its insert evicts nothing (migration 0024).
-        let mut tx = db.tenant_tx(&scope).await.unwrap();
-        tx.action(now, "role.create", None, serde_json::json!({})).await.unwrap();
-        crate::roles::create(&mut tx, "rol_1", "viewer", "", &PermissionSet::default(), now).await.unwrap();
-        tx.commit().await.unwrap();
-        assert_eq!(next(&mut listener, Duration::from_millis(300)).await, None);
-
-        // Two updates of it: one payload, collected in the transaction, not queued by it.
-        let mut tx = db.tenant_tx(&scope).await.unwrap();
-        tx.action(now, "role.update", None, serde_json::json!({})).await.unwrap();
-        for d in ["a", "b"] {
-            crate::roles::update(&mut tx, "rol_1", Some(d), None, now).await.unwrap().unwrap();
-        }
-        let Tx::Postgres(t) = &mut tx.tx else { panic!("PostgreSQL") };
-        let pending: Option<String> =
-            sqlx::query_scalar("SELECT current_setting('azotte.cache_pending', true)")
-                .fetch_one(&mut **t)
-                .await
-                .unwrap();
-        assert_eq!(pending.as_deref(), Some(format!("t|{tenant}\n").as_str()));
-        let queued: f64 =
-            sqlx::query_scalar("SELECT pg_notification_queue_usage()").fetch_one(&mut **t).await.unwrap();
-        assert_eq!(queued, 0.0);
-        tx.commit().await.unwrap();
-        // Sent after the commit, once, then the acknowledgement the commit waited for (this
-        // database's cache is being served).
-        assert_eq!(next(&mut listener, Duration::from_secs(5)).await, Some(format!("t|{tenant}")));
-        let ack = next(&mut listener, Duration::from_secs(5)).await.unwrap_or_default();
-        assert!(ack.starts_with("s|"), "{ack:?}");
-        assert_eq!(next(&mut listener, Duration::from_millis(300)).await, None);
-
-        // The same change by SQL beside the service: notified by its own commit.
-        let mut raw = pool.begin().await.unwrap();
-        sqlx::query("SELECT set_config('azotte.tenant_id', $1, true)")
-            .bind(&tenant)
-            .execute(&mut *raw)
-            .await
-            .unwrap();
-        let n = sqlx::query("UPDATE roles SET description = 'c' WHERE id = 'rol_1'")
-            .execute(&mut *raw)
-            .await
-            .unwrap();
-        assert_eq!(n.rows_affected(), 1);
-        raw.commit().await.unwrap();
-        assert_eq!(next(&mut listener, Duration::from_secs(5)).await, Some(format!("t|{tenant}")));
-    }
 }

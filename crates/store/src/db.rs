@@ -291,7 +291,6 @@ impl Db {
             writes: 0,
             journal: Default::default(),
             cache: Some(self.cache.clone()),
-            notify_after: None,
         })
     }
 
@@ -318,9 +317,6 @@ impl Db {
                     let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
                     let mut tx = Tx::Postgres(p.begin_with(begin).await?);
                     tx.enter_environment(&tenant, environment).await?;
-                    if let Tx::Postgres(t) = &mut tx {
-                        sqlx::query(&format!("SELECT {DEFER_NOTIFY}")).execute(&mut **t).await?;
-                    }
                     tx
                 }
             },
@@ -334,10 +330,6 @@ impl Db {
             writes: 0,
             journal: Default::default(),
             cache: (!read_only).then(|| self.cache.clone()),
-            notify_after: match &self.pool {
-                Pool::Postgres(p) if !read_only => Some(p.clone()),
-                _ => None,
-            },
         })
     }
 
@@ -474,10 +466,6 @@ macro_rules! journaled_tx {
             /// A write transaction's read caches: its changes are applied to them before its
             /// commit returns.
             cache: Option<Arc<ReadCache>>,
-            /// PostgreSQL, a write transaction that set `azotte.defer_notify`: the pool the
-            /// read caches' change notifications its triggers collected are sent through after
-            /// its commit (migration 0032).
-            notify_after: Option<PgPool>,
         }
 
         impl $name {
@@ -523,20 +511,6 @@ macro_rules! journaled_tx {
                 let last = statements.pop();
                 for q in statements {
                     q.execute(&mut self.tx).await?;
-                }
-                if let Some(pool) = self.notify_after.take() {
-                    // The notifications the triggers collected, read in the entries' last
-                    // statement, are sent once the commit is done. (A transaction without
-                    // entries changed nothing: every change records its action.)
-                    let pending = match last {
-                        None if self.writes == 0 => String::new(),
-                        last => crate::cache_listen::take_pending(&mut self.tx, last).await?,
-                    };
-                    self.tx.commit().await?;
-                    if !pending.is_empty() {
-                        crate::cache_listen::notify_after_commit(&pool, self.cache.as_deref(), &pending).await;
-                    }
-                    return Ok(());
                 }
                 // A write transaction's acknowledgement goes with the entries' last statement,
                 // in one round trip.
@@ -606,13 +580,9 @@ pub(crate) fn begin_in_environment(read_only: bool, tenant_id: &str, environment
     let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
     Some(format!(
         "{begin}; SELECT set_config('azotte.tenant_id', '{tenant_id}', true), \
-         set_config('azotte.environment', '{environment}', true), {DEFER_NOTIFY}"
+         set_config('azotte.environment', '{environment}', true)"
     ))
 }
-
-/// Makes the read caches' triggers collect their notifications for the service to send after
-/// the commit (migration 0032), in a tenant transaction.
-pub(crate) const DEFER_NOTIFY: &str = "set_config('azotte.defer_notify', 'on', true)";
 
 #[cfg(test)]
 #[path = "checkpoint_tests.rs"]
@@ -641,7 +611,7 @@ mod tests {
         assert_eq!(
             b,
             "BEGIN READ ONLY; SELECT set_config('azotte.tenant_id', 'ten_0192ab-x', true), \
-             set_config('azotte.environment', 'live', true), set_config('azotte.defer_notify', 'on', true)"
+             set_config('azotte.environment', 'live', true)"
         );
         assert!(begin_in_environment(false, "t", "test").expect("plain").starts_with("BEGIN; SELECT"));
         for bad in ["", "t'; DROP TABLE x; --", "t\\", "t x", "tén", &"t".repeat(65)] {

@@ -389,13 +389,15 @@ impl PgInsert {
         PgInsert { rows, lists }
     }
 
-    /// The statement's text, with `tail` (see [`Tail`]).
-    pub(crate) fn sql(&self, tail: Tail) -> Cow<'static, str> {
-        static TEXTS: [[OnceLock<String>; CACHED_ROWS + 1]; 3] =
-            [const { [const { OnceLock::new() }; CACHED_ROWS + 1] }; 3];
+    /// The statement's text; with `ack`, preceded by the cache acknowledgement
+    /// (`ack AS (…)`, [`crate::cache_listen::ACK_SELECT`], its two parameters after the
+    /// statement's own) and returning `(SELECT count(*) FROM ack)` per entry.
+    pub(crate) fn sql(&self, ack: bool) -> Cow<'static, str> {
+        static TEXTS: [[OnceLock<String>; CACHED_ROWS + 1]; 2] =
+            [const { [const { OnceLock::new() }; CACHED_ROWS + 1] }; 2];
         let (n, k) = (self.rows.len(), self.lists.len());
-        let text = || pg_text(n, k, tail);
-        match (k, TEXTS[tail as usize].get(n)) {
+        let text = || pg_text(n, k, ack);
+        match (k, TEXTS[usize::from(ack)].get(n)) {
             (1, Some(t)) => Cow::Borrowed(t.get_or_init(text).as_str()),
             _ => Cow::Owned(text()),
         }
@@ -421,30 +423,16 @@ impl PgInsert {
         let Tx::Postgres(t) = tx else {
             return Err(StoreError::Corrupt("a PostgreSQL journal statement on SQLite".into()));
         };
-        let sql = self.sql(Tail::None);
+        let sql = self.sql(false);
         self.bind(sqlx::query(&sql)).execute(&mut **t).await?;
         Ok(())
     }
 }
 
-/// What the journal's last statement of a transaction does besides writing the entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tail {
-    /// Nothing.
-    None = 0,
-    /// Preceded by the cache acknowledgement (`ack AS (…)`,
-    /// [`crate::cache_listen::ACK_SELECT`], its two parameters after the statement's own),
-    /// returning `(SELECT count(*) FROM ack)` per entry.
-    Ack = 1,
-    /// Returning, per entry, the read caches' notifications the transaction's triggers
-    /// collected (`azotte.cache_pending`, migration 0032).
-    Pending = 2,
-}
-
 /// `WITH [ack,] pending AS (INSERT INTO journal_pending …) INSERT INTO journal_entries … VALUES …`
 /// for `n` entries on `k` chains: the entries' values `$1`…, then six per chain's work-list row,
-/// then, with [`Tail::Ack`], the acknowledgement's two.
-fn pg_text(n: usize, k: usize, tail: Tail) -> String {
+/// then, with `ack`, the acknowledgement's two.
+fn pg_text(n: usize, k: usize, ack: bool) -> String {
     let columns: Vec<String> = std::iter::once(JournalEntries::TenantId)
         .chain(ENTRY_COLUMNS)
         .map(|c| format!("\"{}\"", c.to_string()))
@@ -482,17 +470,13 @@ fn pg_text(n: usize, k: usize, tail: Tail) -> String {
         JournalEntries::Table.to_string(),
         columns.join(", ")
     );
-    match tail {
-        Tail::None => format!("WITH {pending} {insert}"),
-        Tail::Ack => {
-            let ack = crate::cache_listen::ACK_SELECT
-                .replace("$A", &format!("${}", p + 1))
-                .replace("$B", &format!("${}", p + 2));
-            format!("WITH ack AS ({ack}), {pending} {insert} RETURNING (SELECT count(*) FROM ack)")
-        }
-        Tail::Pending => {
-            format!("WITH {pending} {insert} RETURNING {}", crate::cache_listen::PENDING_SELECT)
-        }
+    if !ack {
+        format!("WITH {pending} {insert}")
+    } else {
+        let ack = crate::cache_listen::ACK_SELECT
+            .replace("$A", &format!("${}", p + 1))
+            .replace("$B", &format!("${}", p + 2));
+        format!("WITH ack AS ({ack}), {pending} {insert} RETURNING (SELECT count(*) FROM ack)")
     }
 }
 
