@@ -314,8 +314,7 @@ impl Db {
             Pool::Postgres(p) => match begin_in_environment(read_only, &tenant, environment) {
                 Some(batch) => Tx::Postgres(p.begin_with(batch).await?),
                 None => {
-                    let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
-                    let mut tx = Tx::Postgres(p.begin_with(begin).await?);
+                    let mut tx = Tx::Postgres(p.begin_with(pg_begin(read_only)).await?);
                     tx.enter_environment(&tenant, environment).await?;
                     tx
                 }
@@ -577,11 +576,20 @@ pub(crate) fn begin_in_environment(read_only: bool, tenant_id: &str, environment
     if !plain(tenant_id) || !plain(environment) {
         return None;
     }
-    let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
     Some(format!(
-        "{begin}; SELECT set_config('azotte.tenant_id', '{tenant_id}', true), \
-         set_config('azotte.environment', '{environment}', true)"
+        "{}; SELECT set_config('azotte.tenant_id', '{tenant_id}', true), \
+         set_config('azotte.environment', '{environment}', true)",
+        pg_begin(read_only)
     ))
+}
+
+/// PostgreSQL's `BEGIN` for a tenant transaction.
+fn pg_begin(read_only: bool) -> &'static str {
+    if read_only {
+        "BEGIN READ ONLY"
+    } else {
+        "BEGIN"
+    }
 }
 
 #[cfg(test)]

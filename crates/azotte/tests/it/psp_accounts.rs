@@ -256,12 +256,13 @@ async fn a_ciphertext_moved_to_another_storefront_does_not_decrypt_and_is_report
         .await;
     assert_eq!(r.problem().code, "credential_undecryptable");
     // Reported: a security decision in the journal, naming the account, and an error in the log.
-    let j: Value = app
-        .get("/v1/journal?type=psp_account.credentials_undecryptable")
-        .tenant(T, "development")
-        .expect(200)
-        .await
-        .json();
+    let app = &app;
+    let journal = |type_: &'static str| async move {
+        let j: Value =
+            app.get(&format!("/v1/journal?type={type_}")).tenant(T, "development").expect(200).await.json();
+        j
+    };
+    let j = journal("psp_account.credentials_undecryptable").await;
     assert_eq!(j["data"][0]["resource_id"], ia);
     assert_eq!(j["data"][0]["kind"], "decision");
     assert!(crate::helpers::logs().contains("PSP credentials do not decrypt"));
@@ -280,16 +281,10 @@ async fn a_ciphertext_moved_to_another_storefront_does_not_decrypt_and_is_report
     let payments: Value =
         app.get(&format!("/v1/payments?customer_id={cus}")).tenant(T, "development").expect(200).await.json();
     assert_eq!(payments["data"], json!([]), "no payment was recorded");
-    let j: Value = app
-        .get("/v1/journal?type=psp_account.credentials_undecryptable")
-        .tenant(T, "development")
-        .expect(200)
-        .await
-        .json();
+    let j = journal("psp_account.credentials_undecryptable").await;
     assert_eq!(j["data"].as_array().unwrap().len(), 2, "{j}");
     assert!(j["data"].as_array().unwrap().iter().all(|e| e["resource_id"] == ia));
-    let created: Value =
-        app.get("/v1/journal?type=payment.create").tenant(T, "development").expect(200).await.json();
+    let created = journal("payment.create").await;
     assert_eq!(created["data"], json!([]), "no payment action was committed");
     // B's own credentials still decrypt.
     app.post(&format!("{}/{ib}/check", accounts(&b)), json!({})).tenant(T, "development").expect(200).await;

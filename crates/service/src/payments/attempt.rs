@@ -148,7 +148,7 @@ pub(crate) struct Sending {
 }
 
 /// One attempt's answer, as it is recorded (and recorded again if the transaction it was first
-/// recorded in does not commit: [`Sent::record_alone`]).
+/// recorded in does not commit: [`Redo::record_alone`]).
 struct Answer {
     /// Which of the order's accounts took the call.
     index: usize,
@@ -175,14 +175,14 @@ enum Recorded {
 /// A charge's final answer, recorded in a transaction left open for the caller's own writes
 /// (the subscription it pays for, the invoice it settles): committing it records both at
 /// once. A caller that drops it instead — its own writes failed or turned out not to apply —
-/// records the answer alone with [`Sent::record_alone`], so the PSP's answer is never lost.
+/// records the answer alone with [`Redo::record_alone`], so the PSP's answer is never lost.
 pub(crate) struct Sent {
-    pub(crate) tx: TenantTx,
-    pub(crate) payment: PaymentRow,
+    tx: TenantTx,
+    payment: PaymentRow,
     redo: Redo,
 }
 
-/// What [`Sent::record_alone`] needs once the transaction is gone.
+/// What [`Redo::record_alone`] needs once the transaction is gone.
 pub(crate) struct Redo {
     payment_id: String,
     answer: Answer,
@@ -190,6 +190,11 @@ pub(crate) struct Redo {
 }
 
 impl Sent {
+    /// The payment as the answer left it.
+    pub(crate) fn payment(&self) -> &PaymentRow {
+        &self.payment
+    }
+
     /// Commits the answer alone: the payment as recorded.
     pub(crate) async fn commit(self) -> Result<PaymentRow> {
         self.tx.commit().await?;

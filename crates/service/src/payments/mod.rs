@@ -8,7 +8,8 @@
 //! renewal's, with its invoice). The PSP is called outside any transaction, with an idempotency
 //! key derived from the payment id and the attempt number, and its final answer is recorded in
 //! a transaction left open for the caller's writes that follow from it ([`attempt::Sent`]; a
-//! plain [`charge`] commits it at once), recorded again alone if those do not commit. Only a
+//! plain [`charge`] commits it at once), recorded again alone if those do not commit
+//! ([`attempt::Redo::record_alone`]). Only a
 //! retryable failure (nothing was charged) moves on to the next account — that transaction
 //! records the next attempt as started and commits before the next call. An unknown outcome
 //! stops there, `unknown`, for reconciliation — never charged again. A process that dies
@@ -196,30 +197,68 @@ fn currency_of(row: &PaymentRow) -> Result<Currency> {
 pub async fn charge(ctx: &Ctx, scope: &TenantScope, input: ChargeInput) -> Result<PaymentRow> {
     crate::security::require(ctx, scope, Permission::PaymentCreate).await?;
     let tx = ctx.db.tenant_tx(scope).await?;
-    match charge_in(ctx, scope, tx, &input).await? {
-        (_, Some(sent)) => sent.commit().await,
-        (payment, None) => Ok(payment),
+    charge_in(ctx, scope, tx, &input).await?.commit().await
+}
+
+/// How far a charge got in one call. One per charge, matched at once: the variants' sizes do
+/// not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Charged {
+    /// Nothing was sent by this call — the payment an earlier request with the same key
+    /// created, one queued in safe mode, one that failed before sending — and it is committed.
+    Recorded(PaymentRow),
+    /// The PSP answered; the answer is recorded in a transaction left open for the caller's
+    /// writes that follow from it ([`attempt::Sent`]).
+    Answered(attempt::Sent),
+}
+
+impl Charged {
+    /// The payment as this call left it.
+    pub(crate) fn payment(&self) -> &PaymentRow {
+        match self {
+            Charged::Recorded(p) => p,
+            Charged::Answered(s) => s.payment(),
+        }
+    }
+
+    /// Commits the answer alone (nothing follows in its transaction): the payment.
+    pub(crate) async fn commit(self) -> Result<PaymentRow> {
+        match self {
+            Charged::Recorded(p) => Ok(p),
+            Charged::Answered(s) => s.commit().await,
+        }
+    }
+
+    /// The payment, and the answer's open transaction with what records the answer again
+    /// without it, when there is one.
+    pub(crate) fn into_parts(self) -> (PaymentRow, Option<(TenantTx, attempt::Redo)>) {
+        match self {
+            Charged::Recorded(p) => (p, None),
+            Charged::Answered(s) => {
+                let (tx, p, redo) = s.split();
+                (p, Some((tx, redo)))
+            }
+        }
     }
 }
 
 /// [`charge`] starting in the caller's write transaction `tx` (which may have read what the
-/// charge is for; it commits before the PSP is called), with the PSP's answer, when this call
-/// got one, recorded in a transaction returned open ([`attempt::Sent`]) for the caller's writes
-/// that follow from it. The caller has checked permission `payment.create`, before `tx`.
+/// charge is for; it commits before the PSP is called). The caller has checked permission
+/// `payment.create`, before `tx`.
 pub(crate) async fn charge_in(
     ctx: &Ctx,
     scope: &TenantScope,
     mut tx: TenantTx,
     input: &ChargeInput,
-) -> Result<(PaymentRow, Option<attempt::Sent>)> {
+) -> Result<Charged> {
     match prepare(ctx, scope, &mut tx, input).await? {
         Prepared::Ended(row) => {
             tx.commit().await?;
-            Ok((row, None))
+            Ok(Charged::Recorded(row))
         }
         Prepared::Raced => {
             drop(tx);
-            Ok((raced(ctx, scope, input).await?, None))
+            Ok(Charged::Recorded(raced(ctx, scope, input).await?))
         }
         Prepared::Unopened(unopened) => {
             drop(tx);
@@ -227,8 +266,7 @@ pub(crate) async fn charge_in(
         }
         Prepared::Send(sending) => {
             tx.commit().await?;
-            let sent = attempt::run(ctx, scope, sending).await?;
-            Ok((sent.payment.clone(), Some(sent)))
+            Ok(Charged::Answered(attempt::run(ctx, scope, sending).await?))
         }
     }
 }

@@ -379,27 +379,22 @@ async fn check_and_charge(
             off_session: false,
             request_key: Some(format!("checkout-{}", checkout.id)),
         };
-        let (p, sent) = match payments::charge_in(ctx, scope, tx, &input).await {
+        let charged = match payments::charge_in(ctx, scope, tx, &input).await {
             Ok(charged) => charged,
             Err(ServiceError::NotFound { .. }) => return Ok(Err("payment_method_not_usable")),
             Err(ServiceError::Conflict { code, .. }) => return Ok(Err(code)),
             Err(e) => return Err(e),
         };
-        checkout.payment_id = Some(p.id.clone());
-        open = match sent {
-            Some(sent) if p.status == "captured" => {
-                let (tx, _, redo) = sent.split();
-                Some((tx, Some(redo)))
-            }
-            // Nothing follows in the answer's transaction.
-            Some(sent) => {
-                sent.commit().await?;
-                None
-            }
-            None => None,
+        // Only a captured payment's answer has writes to follow it in its transaction.
+        let (p, sent) = if charged.payment().status == "captured" {
+            charged.into_parts()
+        } else {
+            (charged.commit().await?, None)
         };
+        checkout.payment_id = Some(p.id.clone());
+        open = sent.map(|(tx, redo)| (tx, Some(redo)));
         match p.status.as_str() {
-            "captured" => payment = Some(p.clone()),
+            "captured" => payment = Some(p),
             "failed" | "canceled" => {
                 return Ok(Err(match p.decline_code.as_deref() {
                     Some("insufficient_funds") => "insufficient_funds",
@@ -489,7 +484,7 @@ struct Paid<'a> {
     payment: Option<&'a PaymentRow>,
 }
 
-/// How [`create_subscription_in`] ended when it did not commit.
+/// How [`create_subscription`]'s transaction ended when it did not commit.
 enum NotCreated {
     /// Another checkout of the customer won the family meanwhile.
     Family(String),
@@ -515,12 +510,102 @@ async fn create_subscription(
     paid: Paid<'_>,
     open: Option<(TenantTx, Option<Redo>)>,
 ) -> Result<Option<&'static str>> {
-    let (tx, redo) = match open {
+    let (mut tx, redo) = match open {
         Some(open) => open,
         None => (ctx.db.tenant_tx(scope).await?, None),
     };
-    let created =
-        create_subscription_in(ctx, tx, checkout, item, bundle, period, trial_days, all, paid).await;
+    // Committed when it ends in `Ok(Ok(()))`.
+    let created: Result<std::result::Result<(), NotCreated>> = async {
+        let now = ctx.clock.now();
+        let state = life::start(now, period, trial_days);
+        let sid = SubscriptionId::new().to_string();
+        let mut row = SubscriptionRow {
+            id: sid.clone(),
+            customer_id: checkout.customer_id.clone(),
+            storefront_id: paid.storefront.id.clone(),
+            bundle_id: bundle.id.clone(),
+            family: bundle.family.clone(),
+            price_id: item.price_id.clone(),
+            price_version: item.price_version,
+            amount: item.amount,
+            currency: item.currency.clone(),
+            period_unit: unit_str(period.unit).to_owned(),
+            period_count: period.count as i32,
+            status: String::new(),
+            anchor: now,
+            period_start: now,
+            period_end: now,
+            periods: 0,
+            trial_end: None,
+            had_trial: trial_days > 0,
+            ends_at: None,
+            canceled_immediately: false,
+            paused_at: None,
+            payment_method_id: checkout.payment_method_id.clone(),
+            cancel_reason: None,
+            checkout_id: checkout.id.clone(),
+            created_at: now,
+            updated_at: now,
+            dunning_attempts: 0,
+            next_retry_at: None,
+            grace_extended_until: None,
+        };
+        apply_state(&mut row, &state);
+        let r = Some(("checkout", checkout.id.as_str()));
+        tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
+        match store::insert_subscription(&mut tx, &row).await {
+            Err(StoreError::UniqueViolation { constraint }) if constraint == "subscriptions_live_family" => {
+                return Ok(Err(NotCreated::Family(row.family)));
+            }
+            Err(StoreError::UniqueViolation { .. }) => return Ok(Err(NotCreated::Raced)),
+            other => other?,
+        }
+        let granted = grants(bundle, all);
+        store::insert_grants(&mut tx, &sid, &row.customer_id, &granted).await?;
+        // The first charge's invoice, paid by it (a trial charged nothing: no invoice), written as a
+        // draft now and numbered last.
+        let invoice = match paid.payment {
+            Some(p) => Some(
+                crate::invoices::for_checkout(
+                    &mut tx,
+                    &row,
+                    item,
+                    paid.storefront,
+                    paid.version,
+                    paid.country,
+                    p,
+                    now,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        checkout.status = "succeeded".into();
+        checkout.subscription_id = Some(sid.clone());
+        checkout.next_action = None;
+        checkout.updated_at = now;
+        store::update_checkout(&mut tx, checkout).await?;
+        let sr = Some(("subscription", sid.as_str()));
+        tx.outcome(
+            now,
+            "subscription.created",
+            sr,
+            json!({"status": row.status, "customer_id": row.customer_id, "bundle_id": row.bundle_id, "price_id": row.price_id,
+                   "period_start": row.period_start, "period_end": row.period_end, "trial_end": row.trial_end,
+                   "checkout_id": checkout.id, "payment_id": checkout.payment_id}),
+        )
+        .await?;
+        let keys: Vec<&str> = granted.iter().map(|g| g.entitlement_key.as_str()).collect();
+        tx.outcome(now, "entitlements.granted", sr, json!({"customer_id": row.customer_id, "keys": keys}))
+            .await?;
+        if let Some(invoice) = invoice {
+            invoice.issue(&mut tx, ctx.numbering, now).await?;
+        }
+        tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sid})).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+    .await;
     if !matches!(created, Ok(Ok(()))) {
         if let Some(redo) = redo {
             redo.record_alone(ctx, scope).await?;
@@ -539,109 +624,6 @@ async fn create_subscription(
             Ok(Some("already_subscribed"))
         }
     }
-}
-
-/// [`create_subscription`] in `tx`: committed when it returns `Ok(Ok(()))`.
-#[allow(clippy::too_many_arguments)]
-async fn create_subscription_in(
-    ctx: &Ctx,
-    mut tx: TenantTx,
-    checkout: &mut CheckoutRow,
-    item: &OfferItem,
-    bundle: &Bundle,
-    period: BillingPeriod,
-    trial_days: u32,
-    all: &[Entitlement],
-    paid: Paid<'_>,
-) -> Result<std::result::Result<(), NotCreated>> {
-    let now = ctx.clock.now();
-    let state = life::start(now, period, trial_days);
-    let sid = SubscriptionId::new().to_string();
-    let mut row = SubscriptionRow {
-        id: sid.clone(),
-        customer_id: checkout.customer_id.clone(),
-        storefront_id: paid.storefront.id.clone(),
-        bundle_id: bundle.id.clone(),
-        family: bundle.family.clone(),
-        price_id: item.price_id.clone(),
-        price_version: item.price_version,
-        amount: item.amount,
-        currency: item.currency.clone(),
-        period_unit: unit_str(period.unit).to_owned(),
-        period_count: period.count as i32,
-        status: String::new(),
-        anchor: now,
-        period_start: now,
-        period_end: now,
-        periods: 0,
-        trial_end: None,
-        had_trial: trial_days > 0,
-        ends_at: None,
-        canceled_immediately: false,
-        paused_at: None,
-        payment_method_id: checkout.payment_method_id.clone(),
-        cancel_reason: None,
-        checkout_id: checkout.id.clone(),
-        created_at: now,
-        updated_at: now,
-        dunning_attempts: 0,
-        next_retry_at: None,
-        grace_extended_until: None,
-    };
-    apply_state(&mut row, &state);
-    let r = Some(("checkout", checkout.id.as_str()));
-    tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
-    match store::insert_subscription(&mut tx, &row).await {
-        Err(StoreError::UniqueViolation { constraint }) if constraint == "subscriptions_live_family" => {
-            return Ok(Err(NotCreated::Family(row.family)));
-        }
-        Err(StoreError::UniqueViolation { .. }) => return Ok(Err(NotCreated::Raced)),
-        other => other?,
-    }
-    let granted = grants(bundle, all);
-    store::insert_grants(&mut tx, &sid, &row.customer_id, &granted).await?;
-    // The first charge's invoice, paid by it (a trial charged nothing: no invoice), written as a
-    // draft now and numbered last.
-    let invoice = match paid.payment {
-        Some(p) => Some(
-            crate::invoices::for_checkout(
-                &mut tx,
-                &row,
-                item,
-                paid.storefront,
-                paid.version,
-                paid.country,
-                p,
-                now,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    checkout.status = "succeeded".into();
-    checkout.subscription_id = Some(sid.clone());
-    checkout.next_action = None;
-    checkout.updated_at = now;
-    store::update_checkout(&mut tx, checkout).await?;
-    let sr = Some(("subscription", sid.as_str()));
-    tx.outcome(
-        now,
-        "subscription.created",
-        sr,
-        json!({"status": row.status, "customer_id": row.customer_id, "bundle_id": row.bundle_id, "price_id": row.price_id,
-               "period_start": row.period_start, "period_end": row.period_end, "trial_end": row.trial_end,
-               "checkout_id": checkout.id, "payment_id": checkout.payment_id}),
-    )
-    .await?;
-    let keys: Vec<&str> = granted.iter().map(|g| g.entitlement_key.as_str()).collect();
-    tx.outcome(now, "entitlements.granted", sr, json!({"customer_id": row.customer_id, "keys": keys}))
-        .await?;
-    if let Some(invoice) = invoice {
-        invoice.issue(&mut tx, ctx.numbering, now).await?;
-    }
-    tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sid})).await?;
-    tx.commit().await?;
-    Ok(Ok(()))
 }
 
 /// Runs every due checkout job of the tenant environment (the worker calls it each tick).

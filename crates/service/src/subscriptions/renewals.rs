@@ -17,6 +17,7 @@
 //! is caught up period by period, each with its own key.
 
 use azotte_domain::catalog::DunningPolicy;
+use azotte_domain::permission::Permission;
 use azotte_domain::subscription::{self as life, Event, SubscriptionStatus};
 use azotte_domain::tenant::Environment;
 use azotte_store::journal::{self, RequestMeta};
@@ -31,9 +32,8 @@ use serde_json::json;
 use super::checkout::apply_state;
 use super::lifecycle::{period_of, state_of};
 use crate::payments::attempt::Redo;
-use crate::payments::{self, ChargeInput, Prepared};
+use crate::payments::{self, ChargeInput, Charged, Prepared};
 use crate::{Ctx, Result, ServiceError};
-use azotte_domain::permission::Permission;
 
 /// How long a worker holds a claimed job.
 const LOCK_FOR: Duration = Duration::minutes(5);
@@ -196,21 +196,6 @@ enum End {
     },
 }
 
-/// A renewal's charge: the payment, and — when this run's PSP call answered — the open
-/// transaction that recorded the answer, for the settling writes ([`payments::attempt::Sent`]).
-struct Charged {
-    payment: azotte_store::payments::PaymentRow,
-    open: Option<(TenantTx, Redo)>,
-}
-
-/// Commits a charge's answer alone (no settling writes follow in its transaction).
-async fn commit_open(open: Option<(TenantTx, Redo)>) -> Result<()> {
-    if let Some((tx, _)) = open {
-        tx.commit().await?;
-    }
-    Ok(())
-}
-
 fn policy_of(storefront: &azotte_store::catalog::Storefront) -> DunningPolicy {
     storefront.dunning.clone()
 }
@@ -313,13 +298,12 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
                 Ok(Prepared::Ended(p)) => {
                     invoice.issue(ctx, &mut tx).await?;
                     tx.commit().await?;
-                    Ok((Charged { payment: p, open: None }, invoice_id))
+                    Ok((Charged::Recorded(p), invoice_id))
                 }
                 Ok(Prepared::Send(sending)) => {
                     invoice.issue(ctx, &mut tx).await?;
                     tx.commit().await?;
-                    let (tx, payment, redo) = payments::attempt::run(ctx, scope, sending).await?.split();
-                    Ok((Charged { payment, open: Some((tx, redo)) }, invoice_id))
+                    Ok((Charged::Answered(payments::attempt::run(ctx, scope, sending).await?), invoice_id))
                 }
                 // Another run of this job charged at the same moment: look again later.
                 Ok(Prepared::Raced) => return Ok(End::Later { after: WAIT_FOR, new_key: false }),
@@ -343,24 +327,24 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
         }
     };
     let (outcome, invoice_id, mut open) = match charged {
-        Ok((Charged { payment: p, open }, invoice_id)) => {
+        Ok((charged, invoice_id)) => {
+            let p = charged.payment();
+            // Nothing was charged and no account could take it: the PSP is down, not the card.
+            if p.status == "failed"
+                && matches!(p.decline_code.as_deref(), Some("psp_unavailable" | "no_eligible_psp_account"))
+            {
+                charged.commit().await?;
+                return defer(ctx, scope, &sub, "psp_unavailable", true).await;
+            }
+            // Pending, unknown, requires_action (off session it should not), queued: look later.
+            if !matches!(p.status.as_str(), "captured" | "failed") {
+                charged.commit().await?;
+                return Ok(End::Later { after: WAIT_FOR, new_key: false });
+            }
+            let (p, open) = charged.into_parts();
             let outcome = match p.status.as_str() {
-                "captured" => Ok(p.id.clone()),
-                "failed" => match p.decline_code.as_deref() {
-                    // Nothing was charged and no account could take it: the PSP is down, not
-                    // the card.
-                    Some("psp_unavailable" | "no_eligible_psp_account") => {
-                        commit_open(open).await?;
-                        return defer(ctx, scope, &sub, "psp_unavailable", true).await;
-                    }
-                    _ => Err(p.decline_code.clone().unwrap_or_else(|| "declined".into())),
-                },
-                // Pending, unknown, requires_action (off session it should not), queued: look
-                // later.
-                _ => {
-                    commit_open(open).await?;
-                    return Ok(End::Later { after: WAIT_FOR, new_key: false });
-                }
+                "captured" => Ok(p.id),
+                _ => Err(p.decline_code.unwrap_or_else(|| "declined".into())),
             };
             (outcome, invoice_id, open)
         }
@@ -516,132 +500,120 @@ async fn refund_unused(
 
 /// Applies a renewal's result to the subscription in one transaction: `open`'s, when given (the
 /// charge's answer is recorded in it), else one of its own. `None` when the subscription changed
-/// meanwhile: the caller settles again against the new row — and the charge's answer, which
-/// that transaction held, is recorded alone first.
+/// meanwhile: the caller settles again against the new row. Whenever that transaction does not
+/// commit, the charge's answer it held is recorded alone first.
 async fn settle(
     ctx: &Ctx,
     scope: &TenantScope,
-    sub: SubscriptionRow,
+    mut sub: SubscriptionRow,
     policy: &DunningPolicy,
     invoice_id: &str,
     outcome: std::result::Result<String, String>,
     open: Option<(TenantTx, Redo)>,
 ) -> Result<Option<End>> {
     let now = ctx.clock.now();
-    let (tx, redo) = match open {
-        Some((mut tx, redo)) => {
-            let r = Some(("subscription", sub.id.as_str()));
-            tx.action(now, "subscription.renew", r, renew_body(&sub, "settle")).await?;
-            (tx, Some(redo))
-        }
-        None => (renew_tx(ctx, scope, &sub, "settle", now).await?, None),
+    let (mut tx, redo) = match open {
+        Some((tx, redo)) => (tx, Some(redo)),
+        None => (ctx.db.tenant_tx(scope).await?, None),
     };
-    let settled = settle_in(ctx, scope, tx, sub, policy, invoice_id, outcome).await;
+    // Committed when it ends in `Some`.
+    let settled: Result<Option<End>> = async {
+        let r_id = sub.id.clone();
+        let r = Some(("subscription", r_id.as_str()));
+        tx.action(now, "subscription.renew", r, renew_body(&sub, "settle")).await?;
+        let period = period_of(&sub)?;
+        let before = state_of(&sub)?;
+        let expected = sub.updated_at;
+        let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
+        let (after, kind, body) = match &outcome {
+            Ok(payment_id) => {
+                let after = life::apply(&before, &Event::RenewalSucceeded, now, period).map_err(illegal)?;
+                let kind = if before.status == SubscriptionStatus::PastDue {
+                    "subscription.recovered"
+                } else {
+                    "subscription.renewed"
+                };
+                sub.dunning_attempts = 0;
+                sub.next_retry_at = None;
+                sub.grace_extended_until = None;
+                super::replace::apply_scheduled(&mut tx, &mut sub, payment_id, now).await?;
+                let body = json!({"payment_id": payment_id, "period_start": after.period_start, "period_end": after.period_end});
+                (after, kind, body)
+            }
+            Err(code) => {
+                let offsets = &policy.retry_offsets_days;
+                let attempt =
+                    if before.status == SubscriptionStatus::PastDue { sub.dunning_attempts + 1 } else { 0 };
+                if before.status == SubscriptionStatus::PastDue && attempt as usize >= offsets.len() {
+                    let after = life::apply(&before, &Event::DunningExhausted(policy.end_action), now, period)
+                        .map_err(illegal)?;
+                    sub.next_retry_at = None;
+                    sub.dunning_attempts = attempt;
+                    tx.decision(
+                        now,
+                        "dunning.exhausted",
+                        r,
+                        json!({"attempts": attempt, "end_action": policy.end_action, "decline_code": code,
+                               "invoice_id": invoice_id}),
+                    )
+                    .await?;
+                    let body = json!({"status": after.status});
+                    (after, "subscription.dunning_ended", body)
+                } else {
+                    let after = life::apply(&before, &Event::RenewalFailed, now, period).map_err(illegal)?;
+                    let retry_at = sub.period_end
+                        + Duration::days(i64::from(offsets.get(attempt as usize).copied().unwrap_or(1)));
+                    sub.dunning_attempts = attempt;
+                    sub.next_retry_at = Some(retry_at.max(now));
+                    tx.decision(
+                        now,
+                        "dunning.retry_scheduled",
+                        r,
+                        json!({"attempt": attempt + 1, "retry_at": sub.next_retry_at, "decline_code": code,
+                               "invoice_id": invoice_id,
+                               "grace_until": sub.period_end + Duration::days(i64::from(policy.grace_days)),
+                               "access_during_grace": policy.access_during_grace}),
+                    )
+                    .await?;
+                    let body = json!({"decline_code": code, "status": after.status});
+                    (after, "subscription.renewal_failed", body)
+                }
+            }
+        };
+        apply_state(&mut sub, &after);
+        sub.updated_at = now;
+        if !store::update_subscription(&mut tx, &sub, expected).await? {
+            return Ok(None); // changed meanwhile: the caller settles again against the new row
+        }
+        match &outcome {
+            // The renewed period's invoice, paid by this charge, in the same transaction.
+            Ok(payment_id) => {
+                crate::invoices::mark_paid(&mut tx, invoice_id, payment_id, now).await?;
+            }
+            // Collection given up: the invoice stays on record as uncollectible (a later payment
+            // may still settle it).
+            Err(_) if after.status != SubscriptionStatus::PastDue => {
+                crate::invoices::mark_uncollectible(&mut tx, invoice_id, now).await?;
+            }
+            Err(_) => {}
+        }
+        tx.outcome(now, kind, r, body).await?;
+        tx.commit().await?;
+        Ok(Some(End::Done))
+    }
+    .await;
     if !matches!(settled, Ok(Some(_))) {
         if let Some(redo) = redo {
             redo.record_alone(ctx, scope).await?;
         }
+        return settled;
     }
-    settled
-}
-
-/// [`settle`] in `tx`, committed when it returns `Some`.
-async fn settle_in(
-    ctx: &Ctx,
-    scope: &TenantScope,
-    mut tx: TenantTx,
-    mut sub: SubscriptionRow,
-    policy: &DunningPolicy,
-    invoice_id: &str,
-    outcome: std::result::Result<String, String>,
-) -> Result<Option<End>> {
-    let now = ctx.clock.now();
-    let period = period_of(&sub)?;
-    let before = state_of(&sub)?;
-    let expected = sub.updated_at;
-    let r_id = sub.id.clone();
-    let r = Some(("subscription", r_id.as_str()));
-    let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
-    let (after, kind, body) = match &outcome {
-        Ok(payment_id) => {
-            let after = life::apply(&before, &Event::RenewalSucceeded, now, period).map_err(illegal)?;
-            let kind = if before.status == SubscriptionStatus::PastDue {
-                "subscription.recovered"
-            } else {
-                "subscription.renewed"
-            };
-            sub.dunning_attempts = 0;
-            sub.next_retry_at = None;
-            sub.grace_extended_until = None;
-            super::replace::apply_scheduled(&mut tx, &mut sub, payment_id, now).await?;
-            let body = json!({"payment_id": payment_id, "period_start": after.period_start, "period_end": after.period_end});
-            (after, kind, body)
-        }
-        Err(code) => {
-            let offsets = &policy.retry_offsets_days;
-            let attempt =
-                if before.status == SubscriptionStatus::PastDue { sub.dunning_attempts + 1 } else { 0 };
-            if before.status == SubscriptionStatus::PastDue && attempt as usize >= offsets.len() {
-                let after = life::apply(&before, &Event::DunningExhausted(policy.end_action), now, period)
-                    .map_err(illegal)?;
-                sub.next_retry_at = None;
-                sub.dunning_attempts = attempt;
-                tx.decision(
-                    now,
-                    "dunning.exhausted",
-                    r,
-                    json!({"attempts": attempt, "end_action": policy.end_action, "decline_code": code,
-                           "invoice_id": invoice_id}),
-                )
-                .await?;
-                let body = json!({"status": after.status});
-                (after, "subscription.dunning_ended", body)
-            } else {
-                let after = life::apply(&before, &Event::RenewalFailed, now, period).map_err(illegal)?;
-                let retry_at = sub.period_end
-                    + Duration::days(i64::from(offsets.get(attempt as usize).copied().unwrap_or(1)));
-                sub.dunning_attempts = attempt;
-                sub.next_retry_at = Some(retry_at.max(now));
-                tx.decision(
-                    now,
-                    "dunning.retry_scheduled",
-                    r,
-                    json!({"attempt": attempt + 1, "retry_at": sub.next_retry_at, "decline_code": code,
-                           "invoice_id": invoice_id,
-                           "grace_until": sub.period_end + Duration::days(i64::from(policy.grace_days)),
-                           "access_during_grace": policy.access_during_grace}),
-                )
-                .await?;
-                let body = json!({"decline_code": code, "status": after.status});
-                (after, "subscription.renewal_failed", body)
-            }
-        }
-    };
-    apply_state(&mut sub, &after);
-    sub.updated_at = now;
-    if !store::update_subscription(&mut tx, &sub, expected).await? {
-        return Ok(None); // changed meanwhile: the caller settles again against the new row
-    }
-    match &outcome {
-        // The renewed period's invoice, paid by this charge, in the same transaction.
-        Ok(payment_id) => {
-            crate::invoices::mark_paid(&mut tx, invoice_id, payment_id, now).await?;
-        }
-        // Collection given up: the invoice stays on record as uncollectible (a later payment
-        // may still settle it).
-        Err(_) if after.status != SubscriptionStatus::PastDue => {
-            crate::invoices::mark_uncollectible(&mut tx, invoice_id, now).await?;
-        }
-        Err(_) => {}
-    }
-    tx.outcome(now, kind, r, body).await?;
-    tx.commit().await?;
     // Catch-up: a period already over is enqueued at once.
     if outcome.is_ok() && sub.period_end <= now && sub.status == "active" {
         let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
         jobs::enqueue(&ctx.db, &tenant, env, &sub.id, 0, sub.period_end, now).await?;
     }
-    Ok(Some(End::Done))
+    settled
 }
 
 /// A customer updated their payment method: their past-due subscriptions of that storefront
