@@ -220,6 +220,20 @@ pub fn parse_amount(
     Ok(v)
 }
 
+/// A price charges something: 0 is refused (`amount_not_positive`). A free stretch of a
+/// subscription is a trial or a goodwill extension; every period a price bills is charged,
+/// invoiced and paid like any other. `None` (not parsed) passes: its error is reported already.
+pub fn price_amount_positive(field: &str, amount: Option<i64>) -> Result<(), FieldError> {
+    match amount {
+        Some(0) => Err(FieldError::new(
+            field,
+            "amount_not_positive",
+            "a price must charge something; a free period is a trial (or a goodwill extension)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn parse_decimal(field: &str, s: &str, currency: &Currency) -> Result<i64, FieldError> {
     let bad = || FieldError::new(field, "invalid_amount", "a decimal number in major units, e.g. \"14.99\"");
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -625,6 +639,9 @@ mod tests {
         assert_eq!(parse_amount("amount", None, Some("14.9"), &eur), Ok(1490));
         assert_eq!(parse_amount("amount", None, Some("14"), &eur), Ok(1400));
         assert_eq!(parse_amount("amount", None, Some("0.00"), &eur), Ok(0));
+        assert_eq!(price_amount_positive("amount", Some(0)).unwrap_err().code, "amount_not_positive");
+        assert_eq!(price_amount_positive("amount", Some(1)), Ok(()));
+        assert_eq!(price_amount_positive("amount", None), Ok(()));
         assert_eq!(parse_amount("amount", None, Some("1500"), &jpy), Ok(1500));
         assert_eq!(parse_amount("amount", None, Some("1.234"), &kwd), Ok(1234));
         let code = |r: Result<i64, FieldError>| r.unwrap_err().code;

@@ -927,6 +927,7 @@ pub async fn create_price(ctx: &Ctx, scope: &TenantScope, input: PriceInput) -> 
     let amount = currency.as_ref().and_then(|c| {
         errors.check(rules::parse_amount("amount", input.amount, input.amount_decimal.as_deref(), c))
     });
+    errors.check(rules::price_amount_positive("amount", amount));
     if let Some(p) = &input.billing_period {
         errors.check(p.validate("billing_period"));
     }
@@ -1071,6 +1072,7 @@ pub async fn add_price_version(
             &pv.price.currency,
         ))
     };
+    errors.check(rules::price_amount_positive("amount", amount));
     let trial = input.trial.unwrap_or(latest.trial);
     check_trial(&trial, &pv.price.billing_period, &mut errors);
     let effective_from = input.effective_from.unwrap_or(now);

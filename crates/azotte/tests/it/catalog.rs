@@ -201,6 +201,9 @@ async fn bad_input_is_refused_with_the_field_named(app: TestApp) {
         (price(json!({"currency": "XYZ"})), "unknown_currency", "currency"),
         (price(json!({"currency": "GBP"})), "currency_not_served", "currency"),
         (price(json!({"amount": -1})), "negative_amount", "amount"),
+        // A price charges something: a free period is a trial.
+        (price(json!({"amount": 0})), "amount_not_positive", "amount"),
+        (price(json!({"amount": null, "amount_decimal": "0.00"})), "amount_not_positive", "amount"),
         (price(json!({"amount": 1_000_000_000_000_000_001_i64})), "amount_too_large", "amount"),
         (price(json!({"amount": null, "amount_decimal": "14.999"})), "too_precise", "amount_decimal"),
         (
@@ -339,6 +342,8 @@ async fn a_price_change_is_a_new_version_and_versions_are_immutable(app: TestApp
         refused(&app, &format!("/v1/prices/{p}/versions"), json!({"amount": 1, "effective_from": long_ago}))
             .await;
     assert_eq!(r, (422, "in_the_past".into(), "effective_from".into()));
+    let r = refused(&app, &format!("/v1/prices/{p}/versions"), json!({"amount": 0})).await;
+    assert_eq!(r, (422, "amount_not_positive".into(), "amount".into()));
     let v3 = post(&app, &format!("/v1/prices/{p}/versions"), json!({"trial": null}), 201).await;
     assert_eq!(v3["current_version"]["trial"], Value::Null);
     assert_eq!(v3["current_version"]["amount"]["amount"], 1999);

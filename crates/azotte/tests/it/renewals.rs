@@ -34,6 +34,11 @@ impl Sub {
     async fn state(&self, app: &TestApp) -> Value {
         self.get(app, &format!("/v1/subscriptions/{}", self.sub)).await
     }
+    /// Attaches a new card (`token`) to the customer (a past-due subscription retries with it).
+    async fn attach(&self, app: &TestApp, token: &str) -> Value {
+        let body = json!({"storefront_id": self.sf, "psp_account_id": self.acc, "token": token});
+        self.post(app, &format!("/v1/customers/{}/payment-methods", self.cus), body, 201).await
+    }
 }
 
 /// A monthly 9.99 EUR subscription bought with `token`, and an API key (time travel outlives
@@ -125,6 +130,33 @@ async fn tick(app: &TestApp) {
     app.subscription_tick().await
 }
 
+/// The card is gone: the renewal a month on fails and dunning starts.
+async fn past_due(app: &TestApp, s: &Sub) {
+    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    tick(app).await;
+    assert_eq!(s.state(app).await["status"], "past_due");
+}
+
+/// The one payment whose answer was lost (`unknown`), once there is one (a retry runs in the
+/// background of the request that attached its card).
+async fn lost_answers(app: &TestApp) -> Vec<String> {
+    let mut unknown = Vec::new();
+    for _ in 0..100 {
+        unknown = app.raw_strings("SELECT id FROM payments WHERE status = 'unknown'").await;
+        if !unknown.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    assert_eq!(unknown.len(), 1, "the retry's answer was lost");
+    unknown
+}
+
 async fn each_period_is_charged_once_also_after_downtime(app: TestApp) {
     let s = subscribe(&app).await;
     let first = s.state(&app).await;
@@ -181,20 +213,12 @@ async fn each_period_is_charged_once_also_after_downtime(app: TestApp) {
 async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {
     let s = subscribe(&app).await;
     // The card is gone: the renewal fails and dunning starts; access continues during grace.
-    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
-        .token(&s.key)
-        .header("x-tn", T)
-        .expect(200)
-        .await;
-    app.ctx.clock.advance(chrono::Duration::days(31));
-    tick(&app).await;
-    let due = s.state(&app).await;
-    assert_eq!(due["status"], "past_due", "{due}");
+    past_due(&app, &s).await;
     assert_eq!(s.get(&app, &format!("/v1/customers/{}/entitlements/video", s.cus)).await["access"], "full");
     // The period's invoice was issued before the charge and stays open while dunning runs.
     // (With deferred numbering the pass issues an unpaid draft once it is a second old.)
     app.ctx.clock.advance(chrono::Duration::seconds(2));
-    app.number_invoices().await;
+    app.number_queued_invoices().await;
     let invoices = invoices_of(&app, &s).await;
     assert_eq!(invoices.len(), 2, "{invoices:?}");
     assert_eq!((invoices[1].0.as_str(), invoices[1].2, invoices[1].3), ("open", 999, 0));
@@ -206,13 +230,7 @@ async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {
         assert_eq!(invoices_of(&app, &s).await, invoices);
     }
     // A new payment method retries at once and recovers.
-    s.post(
-        &app,
-        &format!("/v1/customers/{}/payment-methods", s.cus),
-        json!({"storefront_id": s.sf, "psp_account_id": s.acc, "token": "tok_sandbox_mastercard"}),
-        201,
-    )
-    .await;
+    s.attach(&app, "tok_sandbox_mastercard").await;
     let mut state = Value::Null;
     for _ in 0..100 {
         state = s.state(&app).await;
@@ -428,7 +446,149 @@ async fn a_renewal_charged_while_the_subscription_was_cancelled_is_refunded(app:
     assert_eq!(captured(&app), 2 * 999);
 }
 
+/// A dunning retry whose answer was lost (the PSP charged; the payment is `unknown`) is looked
+/// at again later. The customer cancels meanwhile, and reconciliation then finds the charge
+/// captured: the job's next run finds its subscription changed, refunds the charge in full and
+/// voids the period's invoice, instead of keeping money that paid for nothing.
+async fn a_late_captured_renewal_charge_of_a_changed_subscription_is_refunded(app: TestApp) {
+    let s = subscribe(&app).await;
+    past_due(&app, &s).await;
+    // A new method retries at once; the PSP charges it but its answer is lost.
+    s.attach(&app, "tok_sandbox_unknown").await;
+    let unknown = lost_answers(&app).await;
+    assert_eq!(captured(&app), 2 * 999, "the PSP did charge");
+    let cancelled = s
+        .post(
+            &app,
+            &format!("/v1/subscriptions/{}/cancel", s.sub),
+            json!({"method": "immediate", "reason_code": "other"}),
+            200,
+        )
+        .await;
+    assert_eq!(cancelled["status"], "canceled", "{cancelled}");
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    let payment = s.get(&app, &format!("/v1/payments/{}", unknown[0])).await;
+    assert_eq!(payment["status"], "captured", "{payment}");
+    // The job's next run: the charge goes back, the invoice is void.
+    app.ctx.clock.advance(chrono::Duration::minutes(3));
+    tick(&app).await;
+    let payment = s.get(&app, &format!("/v1/payments/{}", unknown[0])).await;
+    assert_eq!(
+        (payment["captured_amount"].as_i64(), payment["refunded_amount"].as_i64()),
+        (Some(999), Some(999)),
+        "{payment}"
+    );
+    assert_eq!(app.sandbox_refunded(), 999);
+    // Not renewed: the period stays, and the tick's period-end job expired the cancelled
+    // subscription.
+    let after = s.state(&app).await;
+    assert_eq!(
+        (after["status"].as_str(), &after["current_period_end"]),
+        (Some("expired"), &cancelled["current_period_end"]),
+        "{after}"
+    );
+    let invoices = invoices_of(&app, &s).await;
+    let statuses: Vec<&str> = invoices.iter().map(|i| i.0.as_str()).collect();
+    assert_eq!(statuses, ["paid", "void"], "{invoices:?}");
+    let t = s.get(&app, &format!("/v1/subscriptions/{}/timeline", s.sub)).await;
+    assert!(
+        t["data"].as_array().unwrap().iter().any(|e| e["type"] == "subscription.renewal_refunded"
+            && e["body"]["payment_id"] == unknown[0].as_str()),
+        "{t:#}"
+    );
+    // Later runs refund nothing more.
+    app.ctx.clock.advance(chrono::Duration::minutes(3));
+    tick(&app).await;
+    assert_eq!(app.ctx.psp.sandbox.ledger().refunded(&unknown[0].parse().unwrap()), 999);
+}
+
+/// One checkout job that cannot run (here its row names an offer that does not exist) is
+/// logged and retried, and holds up nothing else: the same worker tick still renews the
+/// subscriptions that are due.
+async fn a_broken_checkout_does_not_stop_renewals(app: TestApp) {
+    let s = subscribe(&app).await;
+    // Another customer's checkout, waiting for 3-D Secure.
+    let price = s.state(&app).await["price_id"].as_str().unwrap().to_owned();
+    let cus = id(&s.post(&app, "/v1/customers", json!({"external_id": "other"}), 201).await);
+    let pm = id(&s
+        .post(
+            &app,
+            &format!("/v1/customers/{cus}/payment-methods"),
+            json!({"storefront_id": s.sf, "psp_account_id": s.acc, "token": "tok_sandbox_requires_action"}),
+            201,
+        )
+        .await);
+    let offer = s.post(&app, "/v1/offers", json!({"customer_id": cus, "storefront_id": s.sf}), 201).await;
+    let c = s
+        .post(
+            &app,
+            "/v1/checkouts",
+            json!({"customer_id": cus, "offer_id": offer["id"], "price_id": price, "payment_method_id": pm}),
+            202,
+        )
+        .await;
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = s.get(&app, &format!("/v1/checkouts/{}", id(&c))).await["status"].clone();
+        if status != "processing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, "requires_action");
+    app.raw_exec(&format!("UPDATE checkouts SET offer_id = 'off_gone' WHERE id = '{}'", id(&c)))
+        .await
+        .unwrap();
+    let before = s.state(&app).await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    let ran = azotte_service::subscriptions::run_due_everywhere(&app.ctx).await;
+    assert!(ran.is_err(), "the broken checkout's failure is reported: {ran:?}");
+    app.number_queued_invoices().await;
+    let after = s.state(&app).await;
+    assert_eq!(after["status"], "active", "{after}");
+    assert_eq!(after["current_period_start"], before["current_period_end"], "renewed: {after}");
+    assert_eq!(captured(&app), 2 * 999);
+    assert_eq!(s.get(&app, &format!("/v1/checkouts/{}", id(&c))).await["status"], "requires_action");
+}
+
+/// A new card given during dunning while the retry's answer is lost: the PSP did charge the old
+/// card, so that charge settles the period once reconciliation finds it captured, and the new
+/// card is not charged for the same period.
+async fn a_new_card_while_a_retry_is_unknown_charges_the_period_once(app: TestApp) {
+    let s = subscribe(&app).await;
+    past_due(&app, &s).await;
+    s.attach(&app, "tok_sandbox_unknown").await;
+    lost_answers(&app).await;
+    // The customer gives another card before the answer is known.
+    let new_card = id(&s.attach(&app, "tok_sandbox_mastercard").await);
+    let mut method = Value::Null;
+    for _ in 0..100 {
+        method = s.state(&app).await["payment_method_id"].clone();
+        if method == new_card.as_str() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    assert_eq!(method, new_card.as_str(), "the subscription switched to the new card");
+    app.ctx.clock.advance(chrono::Duration::minutes(3));
+    tick(&app).await;
+    assert_eq!(s.state(&app).await["status"], "past_due", "still waiting for the lost answer");
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    app.ctx.clock.advance(chrono::Duration::minutes(3));
+    tick(&app).await;
+    let after = s.state(&app).await;
+    assert_eq!(after["status"], "active", "recovered by the charge that went through: {after}");
+    assert_eq!(captured(&app), 2 * 999, "the period was charged once");
+    let invoices = invoices_of(&app, &s).await;
+    assert_eq!((invoices.len(), invoices[1].0.as_str(), invoices[1].3), (2, "paid", 999), "{invoices:?}");
+    let payments = app.raw_strings("SELECT status FROM payments WHERE status <> 'failed' ORDER BY id").await;
+    assert_eq!(payments, ["captured", "captured"], "no charge of the new card");
+}
+
 both_numberings!(
+    a_new_card_while_a_retry_is_unknown_charges_the_period_once,
+    a_broken_checkout_does_not_stop_renewals,
+    a_late_captured_renewal_charge_of_a_changed_subscription_is_refunded,
     a_renewal_charged_while_the_subscription_was_cancelled_is_refunded,
     deferred_dunning_retries_extend_the_grace,
     each_period_is_charged_once_also_after_downtime,

@@ -551,18 +551,23 @@ both!(
     bad_checkouts_get_stable_codes
 );
 
-async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_success").await;
-    let o = offer(&app, &shop).await;
-    // With a payment method: charged off session at trial end, then active.
+/// The shop's trial bought with the customer's card: the subscription's id.
+async fn trial_with_card(app: &TestApp, shop: &Shop) -> String {
+    let o = offer(app, shop).await;
     let c = post(
-        &app,
+        app,
         "/v1/checkouts",
         json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.trial, "payment_method_id": shop.pm}),
         202,
     )
     .await;
-    let sid = settle(&app, &id(&c)).await["subscription_id"].as_str().unwrap().to_owned();
+    settle(app, &id(&c)).await["subscription_id"].as_str().unwrap().to_owned()
+}
+
+async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    // With a payment method: charged off session at trial end, then active.
+    let sid = trial_with_card(&app, &shop).await;
     // Pausing a trial is against the storefront's policy.
     let r = app
         .post(&format!("/v1/subscriptions/{sid}/pause"), json!({}))
@@ -644,14 +649,10 @@ async fn trials_convert_with_a_charge_or_lapse_without_a_method(app: TestApp) {
     assert_eq!(app.ctx.psp.sandbox.ledger().entries().len(), charges.len());
 }
 
-async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
-    assert_eq!(waiting["status"], "requires_action");
-    assert!(waiting["next_action"].is_object(), "{waiting}");
-    // The customer authenticates; the PSP's webhook settles the payment; the worker finishes.
-    let payment = get(&app, &format!("/v1/payments/{}", waiting["payment_id"].as_str().unwrap())).await;
+/// The customer completes the 3-D Secure step of a checkout waiting for it (`requires_action`),
+/// and the PSP's signed webhook reports the capture: the checkout's payment as it then is.
+async fn complete_3ds(app: &TestApp, waiting: &Value) -> Value {
+    let payment = get(app, &format!("/v1/payments/{}", waiting["payment_id"].as_str().unwrap())).await;
     let account: azotte_domain::id::PspAccountId =
         payment["psp_account_id"].as_str().unwrap().parse().unwrap();
     let psp_id = app.ctx.psp.sandbox.events().iter().rev().find_map(|e| match &e.object {
@@ -674,6 +675,128 @@ async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
         call = call.header(k, v);
     }
     call.expect(200).await;
+    get(app, &format!("/v1/payments/{}", id(&payment))).await
+}
+
+/// A checkout that can no longer succeed once its charge is captured (the price was archived
+/// while the customer was in 3-D Secure) fails and gives the money back: it waits while the
+/// charge may still be captured, then refunds it in full before it fails. Later runs change
+/// nothing.
+async fn a_checkout_that_fails_after_its_charge_is_refunded(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(waiting["status"], "requires_action");
+    app.post(&format!("/v1/prices/{}/archive", shop.monthly), json!({})).tenant(T, ENV).expect(200).await;
+    // The charge may still be captured: the checkout waits for the customer.
+    app.ctx.clock.advance(chrono::Duration::seconds(10));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let still = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!(still["status"], "requires_action", "{still}");
+    // Captured: the checkout fails, the charge refunded in full.
+    let payment = complete_3ds(&app, &waiting).await;
+    assert_eq!(payment["status"], "captured", "{payment}");
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let failed = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["failure_code"].as_str(), failed["subscription_id"].as_str()),
+        (Some("failed"), Some("price_not_available"), None),
+        "{failed}"
+    );
+    let payment = get(&app, &format!("/v1/payments/{}", id(&payment))).await;
+    assert_eq!(
+        (payment["captured_amount"].as_i64(), payment["refunded_amount"].as_i64()),
+        (Some(999), Some(999))
+    );
+    let pid: azotte_domain::payment::PaymentId = id(&payment).parse().unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().captured(&pid), 999);
+    assert_eq!(app.sandbox_refunded(), 999, "the charge went back");
+    let subs =
+        app.raw_strings(&format!("SELECT id FROM subscriptions WHERE customer_id = '{}'", shop.cus)).await;
+    assert!(subs.is_empty(), "no subscription: {subs:?}");
+    // The failure names the refund.
+    let entry = app
+        .raw_strings(&format!(
+            "SELECT body FROM journal_entries WHERE type = 'checkout.failed' AND resource_id = '{}'",
+            id(&waiting)
+        ))
+        .await;
+    assert_eq!(entry.len(), 1, "{entry:?}");
+    let body: Value = serde_json::from_str(&entry[0]).unwrap();
+    assert!(body["refund_id"].is_string(), "{body}");
+    // Later runs change nothing.
+    app.ctx.clock.advance(chrono::Duration::seconds(10));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let entries = app.ctx.psp.sandbox.ledger().entries().len();
+    assert_eq!(get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await["status"], "failed");
+    assert_eq!(app.ctx.psp.sandbox.ledger().entries().len(), entries);
+}
+
+/// A trial cancelled while the PSP is charging its conversion: the conversion does not happen,
+/// and its charge, which pays for nothing, is refunded in full and recorded on the
+/// subscription.
+async fn a_trial_cancelled_while_its_conversion_is_charged_is_refunded(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let sid = trial_with_card(&app, &shop).await;
+    let k = key(&app).await;
+    app.ctx.clock.advance(chrono::Duration::days(14) + chrono::Duration::minutes(1));
+    app.ctx.psp.sandbox.set_extra_latency(Duration::from_millis(1500));
+    let cancel = async {
+        // Once the conversion's payment is recorded (before the PSP is called), cancel.
+        for _ in 0..500 {
+            if !app.raw_strings("SELECT id FROM payments WHERE status = 'pending'").await.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        app.post(
+            &format!("/v1/subscriptions/{sid}/cancel"),
+            json!({"method": "immediate", "reason_code": "other"}),
+        )
+        .token(&k)
+        .header("x-tn", T)
+        .expect(200)
+        .await
+        .json::<Value>()
+    };
+    let (_, cancelled) = tokio::join!(azotte_service::subscriptions::run_due_everywhere(&app.ctx), cancel);
+    app.ctx.psp.sandbox.set_extra_latency(Duration::ZERO);
+    assert_eq!(cancelled["status"], "canceled", "{cancelled}");
+    let ledger = app.ctx.psp.sandbox.ledger();
+    assert_eq!(
+        (app.sandbox_captured(), app.sandbox_refunded()),
+        (499, 499),
+        "the conversion's charge went back"
+    );
+    let t: Value = app
+        .get(&format!("/v1/subscriptions/{sid}/timeline"))
+        .token(&k)
+        .header("x-tn", T)
+        .expect(200)
+        .await
+        .json();
+    assert!(
+        t["data"].as_array().unwrap().iter().any(|e| e["type"] == "subscription.conversion_refunded"),
+        "{t:#}"
+    );
+    let now: Value =
+        app.get(&format!("/v1/subscriptions/{sid}")).token(&k).header("x-tn", T).expect(200).await.json();
+    // Not converted (the period-end job may have expired it since).
+    assert!(matches!(now["status"].as_str(), Some("canceled" | "expired")), "not converted: {now}");
+    assert_eq!(now["current_period_start"], cancelled["current_period_start"], "{now}");
+    // Later ticks charge and refund nothing more.
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().entries().len(), ledger.entries().len());
+}
+
+async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(waiting["status"], "requires_action");
+    assert!(waiting["next_action"].is_object(), "{waiting}");
+    // The customer authenticates; the PSP's webhook settles the payment; the worker finishes.
+    let payment = complete_3ds(&app, &waiting).await;
     app.ctx.clock.advance(chrono::Duration::seconds(10));
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
     let done = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
@@ -725,9 +848,31 @@ async fn foreign_ids_and_methods_are_refused(app: TestApp) {
         .await
         .problem();
     assert_eq!(r.errors[0].code, "payment_method_not_in_storefront");
+    // A checkout is seen only by credentials that may see its storefront.
+    let c = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(c["status"], "succeeded", "{c}");
+    app.admin_mfa().await;
+    for (sf, status) in [(&sf2, 404), (&shop.sf, 200)] {
+        let k = app
+            .api_key(
+                T,
+                ENV,
+                json!({"description": "one shop", "role": "tenant_admin", "storefront_ids": [sf]}),
+            )
+            .await;
+        app.get(&format!("/v1/checkouts/{}", id(&c)))
+            .token(k["secret"].as_str().unwrap())
+            .header("x-tn", T)
+            .expect(status)
+            .await;
+    }
     // Another tenant sees none of it.
     app.create_tenant("other").await;
-    for path in [format!("/v1/offers/{}", id(&o)), format!("/v1/customers/{}/entitlements", shop.cus)] {
+    for path in [
+        format!("/v1/offers/{}", id(&o)),
+        format!("/v1/customers/{}/entitlements", shop.cus),
+        format!("/v1/checkouts/{}", id(&c)),
+    ] {
         app.get(&path).tenant("other", ENV).expect(404).await;
     }
     let r = app
@@ -839,6 +984,8 @@ async fn prefer_wait_answers_requires_action_or_processing(app: TestApp) {
 both!(
     trials_convert_with_a_charge_or_lapse_without_a_method,
     three_d_secure_checkout_waits_for_the_customer,
+    a_checkout_that_fails_after_its_charge_is_refunded,
+    a_trial_cancelled_while_its_conversion_is_charged_is_refunded,
     foreign_ids_and_methods_are_refused,
     prefer_wait_answers_with_the_checkouts_result,
     prefer_wait_answers_a_decline,

@@ -296,7 +296,8 @@ async fn document(tx: &mut TenantTx, rec: &FiscalRow) -> Result<Value> {
     Ok(doc)
 }
 
-/// Runs every due fiscalization attempt of the tenant environment.
+/// Runs every due fiscalization attempt of the tenant environment; a failing one is logged and
+/// the others still run (the first failure is returned at the end).
 pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     let due = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
@@ -305,34 +306,61 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         d
     };
     let mut n = 0;
+    let mut failure = None;
     for rec in due {
-        // The attempt continues the lineage of what queued it: the invoice paid or voided, or
-        // the credit note issued.
-        let (doc, wanted) = (rec.document_id.clone(), rec.action.clone());
-        let cause = crate::journal::cause(ctx, scope, ("invoice", &rec.invoice_id), |e| {
-            match (wanted.as_str(), e.type_.as_str()) {
-                ("issue", "invoice.paid") | ("cancel", "invoice.voided") => true,
-                ("credit_note", "credit_note.issued") => {
-                    e.body_json().get("credit_note_id").and_then(|v| v.as_str()) == Some(doc.as_str())
+        // One record that cannot be attempted does not hold up the others: logged, and tried
+        // again at the next tick.
+        let (record, invoice) = (rec.document_id.clone(), rec.invoice_id.clone());
+        let attempted = async {
+            // The attempt continues the lineage of what queued it: the invoice paid or voided,
+            // or the credit note issued.
+            let (doc, wanted) = (rec.document_id.clone(), rec.action.clone());
+            let cause = crate::journal::cause(ctx, scope, ("invoice", &rec.invoice_id), |e| {
+                match (wanted.as_str(), e.type_.as_str()) {
+                    ("issue", "invoice.paid") | ("cancel", "invoice.voided") => true,
+                    ("credit_note", "credit_note.issued") => {
+                        e.body_json().get("credit_note_id").and_then(|v| v.as_str()) == Some(doc.as_str())
+                    }
+                    _ => false,
                 }
-                _ => false,
+            })
+            .await?;
+            journal::with_meta(crate::journal::job_meta(cause), attempt(ctx, scope, rec)).await
+        };
+        match attempted.await {
+            Ok(true) => n += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(invoice_id = %invoice, document_id = %record, error = %e, "fiscalization attempt failed; will retry");
+                failure.get_or_insert(e);
             }
-        })
-        .await?;
-        if journal::with_meta(crate::journal::job_meta(cause), attempt(ctx, scope, rec)).await? {
-            n += 1;
         }
     }
-    Ok(n)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
 }
 
-/// [`run_due`] in every tenant environment (the worker's housekeeping tick).
+/// [`run_due`] in every tenant environment (the worker's housekeeping tick). A failing tenant
+/// environment does not hold up the others: each failure is logged, and the first is returned
+/// once all have had their turn.
 pub async fn run_due_everywhere(ctx: &Ctx) -> Result<usize> {
     let mut n = 0;
+    let mut failure = None;
     for scope in crate::payments::every_scope(ctx, "fiscalization").await? {
-        n += run_due(ctx, &scope).await?;
+        match run_due(ctx, &scope).await {
+            Ok(k) => n += k,
+            Err(e) => {
+                tracing::warn!(tenant = %scope.tenant_id(), error = %e, "fiscalization failed; the other tenants went on");
+                failure.get_or_insert(e);
+            }
+        }
     }
-    Ok(n)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
 }
 
 /// The delay before attempt `attempts + 1`: one minute doubled per failure, at most six hours,
@@ -353,6 +381,15 @@ async fn attempt(ctx: &Ctx, scope: &TenantScope, rec: FiscalRow) -> Result<bool>
     let r = Some(("invoice", rec.invoice_id.as_str()));
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_tx(scope).await?;
+    // A credit note or a cancellation of an invoice the provider has not registered yet (its
+    // `issue` still being retried) waits for it, without counting an attempt: a provider
+    // refuses a credit note for an invoice it does not know.
+    if action != FiscalAction::Issue {
+        let issue = store::get_fiscal(&mut tx, &rec.invoice_id, FiscalAction::Issue.as_str()).await?;
+        if issue.is_some_and(|i| i.status == FiscalStatus::Pending.as_str()) {
+            return Ok(false);
+        }
+    }
     if !store::claim_fiscal(&mut tx, &rec.document_id, &rec.action, now, now + LEASE).await? {
         return Ok(false);
     }

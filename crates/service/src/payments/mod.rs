@@ -451,6 +451,17 @@ async fn under_key(tx: &mut TenantTx, input: &ChargeInput) -> Result<Option<Paym
     Ok(Some(p))
 }
 
+/// A failed payment whose decline says nothing was charged because of the PSP or this platform,
+/// not the customer's card: every account down or none eligible, or a request the PSP never
+/// received (a lost answer reconciled as `not_charged`). A renewal defers instead of dunning.
+pub(crate) fn failed_on_our_side(p: &PaymentRow) -> bool {
+    p.status == "failed"
+        && matches!(
+            p.decline_code.as_deref(),
+            Some("psp_unavailable" | "no_eligible_psp_account" | "not_charged")
+        )
+}
+
 /// Fails a payment nothing was sent for, with `code`, in the caller's transaction.
 pub(super) async fn fail_before_sending(
     tx: &mut TenantTx,

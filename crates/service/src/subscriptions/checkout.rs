@@ -221,12 +221,20 @@ fn spawn(
     ended
 }
 
-/// One checkout (permission `subscription.read`).
+/// One checkout (permission `subscription.read`); one of a storefront the credential may not
+/// see (an API key restricted to other storefronts) is not found.
 pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<CheckoutRow> {
     crate::security::require(ctx, scope, Permission::SubscriptionRead).await?;
+    let not_found = || ServiceError::NotFound { resource: "checkout" };
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
-    let row =
-        store::get_checkout(&mut tx, id).await?.ok_or(ServiceError::NotFound { resource: "checkout" })?;
+    let row = store::get_checkout(&mut tx, id).await?.ok_or_else(not_found)?;
+    if scope.storefront_restriction().is_some() {
+        // The checkout's storefront is its offer's.
+        let offer = store::get_offer(&mut tx, &row.offer_id).await?;
+        if !offer.is_some_and(|o| scope.storefront_allowed(&o.storefront_id)) {
+            return Err(not_found());
+        }
+    }
     tx.commit().await?;
     Ok(row)
 }
@@ -277,6 +285,10 @@ async fn process(
         Step::Waiting => {
             let mut tx = ctx.db.tenant_tx(scope).await?;
             let current = store::get_checkout(&mut tx, id).await?;
+            // Another runner ended it meanwhile: its end stands.
+            if let Some(ended) = current.as_ref().filter(|c| is_final(c)) {
+                return Ok(Some(ended.clone()));
+            }
             if current.as_ref().map(|c| (&c.status, &c.payment_id))
                 != Some((&checkout.status, &checkout.payment_id))
             {
@@ -294,26 +306,82 @@ async fn process(
             }
             Ok(Some(checkout))
         }
-        Step::Failed(code) => {
-            let mut tx = ctx.db.tenant_tx(scope).await?;
-            tx.action(now, "checkout.process", r, json!({})).await?;
-            checkout.status = "failed".into();
-            checkout.failure_code = Some(code.to_owned());
-            checkout.next_action = None;
-            checkout.updated_at = now;
-            store::update_checkout(&mut tx, &checkout).await?;
-            tx.outcome(
-                now,
-                "checkout.failed",
-                r,
-                json!({"failure_code": code, "payment_id": checkout.payment_id}),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(Some(checkout))
-        }
+        Step::Failed(code) => fail(ctx, scope, checkout, code).await,
         Step::Done => Ok((checkout.status == "succeeded").then_some(checkout)),
     }
+}
+
+/// A checkout that ended: `succeeded` or `failed`.
+fn is_final(c: &CheckoutRow) -> bool {
+    matches!(c.status.as_str(), "succeeded" | "failed")
+}
+
+/// Ends a checkout `failed` with `code`. A charge it took is refunded in full first (the refund
+/// is recorded — reserved against the payment — before the checkout fails, so a failure to
+/// refund leaves the checkout running and the worker tries again); a charge still in flight or
+/// waiting for the customer (3-D Secure) may yet be captured, so the checkout waits for it to
+/// end. Nothing is written when another runner ended the checkout meanwhile.
+async fn fail(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut checkout: CheckoutRow,
+    code: &'static str,
+) -> Result<Option<CheckoutRow>> {
+    let (current, payment) = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let c = store::get_checkout(&mut tx, &checkout.id).await?;
+        let p = azotte_store::payments::by_request_key(&mut tx, &charge_key(&checkout.id)).await?;
+        tx.commit().await?;
+        (c, p)
+    };
+    if let Some(ended) = current.filter(is_final) {
+        return Ok(Some(ended));
+    }
+    let mut refund_id = None;
+    if let Some(p) = &payment {
+        checkout.payment_id = Some(p.id.clone());
+        match p.status.as_str() {
+            "captured" if p.refunded_amount < p.captured_amount => {
+                let reason = format!("checkout {} failed: {code}", checkout.id);
+                let left = p.captured_amount - p.refunded_amount;
+                match payments::refund(ctx, scope, &p.id, Some(left), &reason).await {
+                    Ok(refund) => refund_id = Some(refund.id),
+                    // A concurrent runner refunded it first.
+                    Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            "captured" | "failed" | "canceled" => {}
+            // Pending, requires_action, authorized, unknown: not ended yet.
+            _ => return Ok(Some(checkout)),
+        }
+    }
+    let now = ctx.clock.now();
+    let r = Some(("checkout", checkout.id.as_str()));
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    if let Some(ended) = store::get_checkout(&mut tx, &checkout.id).await?.filter(is_final) {
+        return Ok(Some(ended));
+    }
+    tx.action(now, "checkout.process", r, json!({})).await?;
+    checkout.status = "failed".into();
+    checkout.failure_code = Some(code.to_owned());
+    checkout.next_action = None;
+    checkout.updated_at = now;
+    store::update_checkout(&mut tx, &checkout).await?;
+    tx.outcome(
+        now,
+        "checkout.failed",
+        r,
+        json!({"failure_code": code, "payment_id": checkout.payment_id, "refund_id": refund_id}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(checkout))
+}
+
+/// The request key of a checkout's charge: one payment per checkout, whoever runs the job.
+fn charge_key(checkout_id: &str) -> String {
+    format!("checkout-{checkout_id}")
 }
 
 /// Re-checks everything, charges if needed and, once paid (or for a trial), creates the
@@ -377,7 +445,7 @@ async fn check_and_charge(
             description: format!("checkout {} ({})", checkout.id, item.bundle_key),
             psp_account_id: None,
             off_session: false,
-            request_key: Some(format!("checkout-{}", checkout.id)),
+            request_key: Some(charge_key(&checkout.id)),
         };
         let charged = match payments::charge_in(ctx, scope, tx, &input).await {
             Ok(charged) => charged,
@@ -487,16 +555,17 @@ struct Paid<'a> {
 /// How [`create_subscription`]'s transaction ended when it did not commit.
 enum NotCreated {
     /// Another checkout of the customer won the family meanwhile.
-    Family(String),
+    Family,
     /// Another runner of this checkout created it.
     Raced,
 }
 
 /// Creates the subscription, its grants and its first invoice, and marks the checkout
 /// `succeeded`, in one transaction: `open`'s, when given (the job's, for a trial; the one the
-/// charge's answer is recorded in, with what records it again), else one of its own. Its last write is the invoice's number: the series row it locks
-/// is held only for the commit (decision 0008). When it does not commit, the charge's answer
-/// is recorded alone first; a charge for a family another checkout won is refunded.
+/// charge's answer is recorded in, with what records it again), else one of its own. Its last
+/// write is the invoice's number: the series row it locks is held only for the commit
+/// (decision 0008). When it does not commit, the charge's answer is recorded alone first; a
+/// family another checkout won fails the checkout (and [`fail`] refunds the charge).
 #[allow(clippy::too_many_arguments)]
 async fn create_subscription(
     ctx: &Ctx,
@@ -555,7 +624,7 @@ async fn create_subscription(
         tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
         match store::insert_subscription(&mut tx, &row).await {
             Err(StoreError::UniqueViolation { constraint }) if constraint == "subscriptions_live_family" => {
-                return Ok(Err(NotCreated::Family(row.family)));
+                return Ok(Err(NotCreated::Family));
             }
             Err(StoreError::UniqueViolation { .. }) => return Ok(Err(NotCreated::Raced)),
             other => other?,
@@ -613,16 +682,8 @@ async fn create_subscription(
     }
     match created? {
         Ok(()) | Err(NotCreated::Raced) => Ok(None),
-        Err(NotCreated::Family(family)) => {
-            // Give the money back.
-            if let Some(p) = &checkout.payment_id {
-                let reason = format!("checkout {}: already subscribed to {family}", checkout.id);
-                if let Err(e) = payments::refund(ctx, scope, p, None, &reason).await {
-                    tracing::error!(checkout_id = %checkout.id, payment_id = %p, error = %e, "refund of a losing checkout failed");
-                }
-            }
-            Ok(Some("already_subscribed"))
-        }
+        // The checkout fails; its charge is refunded as it does ([`fail`]).
+        Err(NotCreated::Family) => Ok(Some("already_subscribed")),
     }
 }
 
@@ -636,21 +697,36 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         d
     };
     let mut n = 0;
+    let mut failure = None;
     for c in due {
         // A checkout younger than a few seconds is still being run by the task its request
         // started.
         if now - c.created_at < chrono::Duration::seconds(5) {
             continue;
         }
-        // The retry continues the request's lineage, caused by its action.
-        let cause =
-            crate::journal::cause(ctx, scope, ("checkout", &c.id), |e| e.type_ == "checkout.create").await?;
-        let meta = match cause {
-            Some(_) => crate::journal::job_meta(cause),
-            None => RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() },
+        // One checkout that cannot run (a bad row, a PSP or database error) does not hold up
+        // the others, nor the worker's other jobs: logged, retried at the next tick.
+        let ran = async {
+            // The retry continues the request's lineage, caused by its action.
+            let cause =
+                crate::journal::cause(ctx, scope, ("checkout", &c.id), |e| e.type_ == "checkout.create")
+                    .await?;
+            let meta = match cause {
+                Some(_) => crate::journal::job_meta(cause),
+                None => RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() },
+            };
+            journal::with_meta(meta, process(ctx, scope, &c.id, None)).await
         };
-        journal::with_meta(meta, process(ctx, scope, &c.id, None)).await?;
-        n += 1;
+        match ran.await {
+            Ok(_) => n += 1,
+            Err(e) => {
+                tracing::warn!(checkout_id = %c.id, error = %e, "checkout job failed; will retry");
+                failure.get_or_insert(e);
+            }
+        }
     }
-    Ok(n)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
 }

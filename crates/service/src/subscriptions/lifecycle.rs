@@ -331,6 +331,7 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             }
         };
         let body = json!({"job": "trial_end"});
+        let id = row.id.clone();
         let ended = transition_paid(
             ctx,
             scope,
@@ -341,11 +342,58 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             |_| {},
             paid_by.as_deref(),
         );
-        if ended.await.is_ok() {
-            moved += 1;
+        match (ended.await, paid_by) {
+            (Ok(_), _) => moved += 1,
+            // The conversion was charged but the trial changed meanwhile (cancelled, paused):
+            // the charge converts nothing, so it goes back. A trial still running converts at
+            // the next tick, with this same payment (same request key).
+            (Err(e), Some(payment_id)) => {
+                let current = {
+                    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+                    let c = store::get_subscription(&mut tx, &id).await?;
+                    tx.commit().await?;
+                    c
+                };
+                if current.is_some_and(|c| c.status != "trialing") {
+                    refund_conversion(ctx, scope, &id, &payment_id).await?;
+                } else {
+                    tracing::warn!(subscription_id = %id, error = %e, "trial conversion failed after its charge; will retry");
+                }
+            }
+            (Err(_), None) => {}
         }
     }
     Ok(moved)
+}
+
+/// Refunds in full a trial conversion's charge whose trial changed before it converted, and
+/// records why on the subscription (outcome `subscription.conversion_refunded`).
+async fn refund_conversion(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    subscription_id: &str,
+    payment_id: &str,
+) -> Result<()> {
+    let reason = "subscription changed before its trial conversion settled";
+    let refund = match payments::refund(ctx, scope, payment_id, None, reason).await {
+        Ok(refund) => refund.id,
+        // Refunded already (an earlier tick).
+        Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let now = ctx.clock.now();
+    let r = Some(("subscription", subscription_id));
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    tx.action(now, "subscription.trial_end", r, json!({"job": "trial_end", "step": "refund"})).await?;
+    tx.outcome(
+        now,
+        "subscription.conversion_refunded",
+        r,
+        json!({"payment_id": payment_id, "refund_id": refund, "reason": "subscription_changed_during_conversion"}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The storefront's policy: may a trial be paused?

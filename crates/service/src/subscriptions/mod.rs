@@ -12,14 +12,27 @@ pub mod replace;
 use crate::{Ctx, Result};
 
 /// The date-driven jobs of every tenant environment: due checkouts, trial ends, ends of
-/// cancelled periods, plan changes left half done (the worker runs it each tick).
+/// cancelled periods, plan changes left half done, then renewals (the worker runs it each tick).
+/// One failing job, kind of job or tenant environment does not stop the others: each failure is
+/// logged, everything else still runs, and the first failure is returned at the end.
 pub async fn run_due_everywhere(ctx: &Ctx) -> Result<usize> {
     let mut n = 0;
+    let mut failure = None;
+    let mut count = |what: &str, r: Result<usize>| match r {
+        Ok(k) => n += k,
+        Err(e) => {
+            tracing::warn!(jobs = what, error = %e, "subscription jobs failed; the others went on");
+            failure.get_or_insert(e);
+        }
+    };
     for scope in crate::payments::every_scope(ctx, "subscriptions").await? {
-        n += checkout::run_due(ctx, &scope).await?;
-        n += lifecycle::run_due(ctx, &scope).await?;
-        n += replace::run_due(ctx, &scope).await?;
+        count("checkouts", checkout::run_due(ctx, &scope).await);
+        count("lifecycle", lifecycle::run_due(ctx, &scope).await);
+        count("replacements", replace::run_due(ctx, &scope).await);
     }
-    n += renewals::tick(ctx).await?;
-    Ok(n)
+    count("renewals", renewals::tick(ctx).await);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(n),
+    }
 }

@@ -233,6 +233,15 @@ async fn defer(
                "grace_extended_until": extended.or(sub.grace_extended_until)}),
     )
     .await?;
+    if let Some(until) = extended {
+        tx.outcome(
+            now,
+            "subscription.grace_extended",
+            r,
+            json!({"grace_extended_until": until, "reason": reason}),
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(End::Later { after: DEFER_FOR, new_key })
 }
@@ -256,7 +265,8 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     // A stale job (the period moved on, or another run settled it) has nothing left to do.
     let due_status = matches!(sub.status.as_str(), "active" | "past_due");
     if !due_status || sub.period_end != job.period_end || job_attempt(&sub) != job.attempt {
-        return Ok(End::Done);
+        drop(tx);
+        return stale(ctx, scope, &sub, job).await;
     }
     let Some(storefront) = storefront else { return Ok(End::Done) };
     if safe_mode.is_some() {
@@ -271,7 +281,7 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     // The period's invoice first (open until paid) and the payment that charges what it bills
     // (a dunning retry: what it still bills), in one transaction; the PSP is called once that
     // has committed, and its answer is recorded in the transaction that settles the renewal.
-    let key = format!("renewal-{}-{}-a{}-r{}", sub.id, sub.period_end.timestamp(), job.attempt, job.runs);
+    let key = charge_key(&sub.id, job);
     let invoice = period_invoice(ctx, &mut tx, &sub, amount).await?;
     let (invoice_id, billed) = (invoice.id.clone(), invoice.due);
     let charged = match &sub.payment_method_id {
@@ -281,7 +291,7 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
             Err(("no_payment_method", invoice_id))
         }
         Some(pm) => {
-            let input = ChargeInput {
+            let mut input = ChargeInput {
                 customer_id: sub.customer_id.clone(),
                 payment_method_id: pm.clone(),
                 amount: billed,
@@ -292,9 +302,25 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
                 ),
                 psp_account_id: None,
                 off_session: true,
-                request_key: Some(key),
+                request_key: Some(key.clone()),
             };
-            match payments::prepare(ctx, scope, &mut tx, &input).await {
+            let mut prepared = payments::prepare(ctx, scope, &mut tx, &input).await;
+            // This run's charge was made with another method than the subscription's now (a
+            // new card given during dunning while the retry's answer was pending or lost):
+            // that charge stands while it may have gone through, and is settled as it ends;
+            // one that failed makes way for a new run, which charges the new method.
+            if let Err(ServiceError::Validation(v)) = &prepared {
+                if v.0.iter().any(|f| f.code == "idempotency_key_reused") {
+                    if let Some(earlier) = azotte_store::payments::by_request_key(&mut tx, &key).await? {
+                        if matches!(earlier.status.as_str(), "failed" | "canceled") {
+                            return Ok(End::Later { after: Duration::zero(), new_key: true });
+                        }
+                        input.payment_method_id = earlier.payment_method_id;
+                        prepared = payments::prepare(ctx, scope, &mut tx, &input).await;
+                    }
+                }
+            }
+            match prepared {
                 Ok(Prepared::Ended(p)) => {
                     invoice.issue(ctx, &mut tx).await?;
                     tx.commit().await?;
@@ -329,10 +355,9 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
     let (outcome, invoice_id, mut open) = match charged {
         Ok((charged, invoice_id)) => {
             let p = charged.payment();
-            // Nothing was charged and no account could take it: the PSP is down, not the card.
-            if p.status == "failed"
-                && matches!(p.decline_code.as_deref(), Some("psp_unavailable" | "no_eligible_psp_account"))
-            {
+            // Nothing was charged, and not because of the card: the PSP is down, no account
+            // could take it, or the PSP never received the request.
+            if payments::failed_on_our_side(p) {
                 charged.commit().await?;
                 return defer(ctx, scope, &sub, "psp_unavailable", true).await;
             }
@@ -383,7 +408,7 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
                         !i.is_empty()
                     };
                     if !settled {
-                        refund_unused(ctx, scope, &f, payment_id, &invoice_id).await?;
+                        refund_unused(ctx, scope, &f, payment_id, Some(&invoice_id)).await?;
                     }
                 }
                 return Ok(End::Done);
@@ -425,18 +450,8 @@ async fn period_invoice(
     amount: i64,
 ) -> Result<PeriodInvoice> {
     let now = ctx.clock.now();
-    // A draft here waits for its number (decision 0008): it is the period's invoice all the same.
-    let filter = azotte_store::invoices::InvoiceFilter {
-        subscription_id: Some(&sub.id),
-        any_status: &["open", "uncollectible", "draft"],
-        ..Default::default()
-    };
-    let (unpaid, _) = azotte_store::invoices::list(tx, &filter, 100, None).await?;
-    for inv in unpaid {
-        let lines = azotte_store::invoices::lines_of(tx, &inv.id).await?;
-        if lines.iter().any(|l| l.kind == "subscription" && l.period_start == Some(sub.period_end)) {
-            return Ok(PeriodInvoice { id: inv.id, due: inv.total - inv.amount_paid, draft: None });
-        }
+    if let Some((id, due)) = unpaid_period_invoice(tx, &sub.id, sub.period_end).await? {
+        return Ok(PeriodInvoice { id, due, draft: None });
     }
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
     let next =
@@ -449,6 +464,68 @@ async fn period_invoice(
     let draft =
         crate::invoices::draft_for_subscription_charge(tx, sub, &description, amount, period, now).await?;
     Ok(PeriodInvoice { id: draft.id().to_owned(), due: draft.total(), draft: Some(draft) })
+}
+
+/// The unpaid invoice (its id and what it still bills) of a subscription's period starting at
+/// `period_start`, if one was written. A draft waits for its number (decision 0008): it is the
+/// period's invoice all the same.
+async fn unpaid_period_invoice(
+    tx: &mut TenantTx,
+    subscription_id: &str,
+    period_start: DateTime<Utc>,
+) -> Result<Option<(String, i64)>> {
+    let filter = azotte_store::invoices::InvoiceFilter {
+        subscription_id: Some(subscription_id),
+        any_status: &["open", "uncollectible", "draft"],
+        ..Default::default()
+    };
+    let (unpaid, _) = azotte_store::invoices::list(tx, &filter, 100, None).await?;
+    for inv in unpaid {
+        let lines = azotte_store::invoices::lines_of(tx, &inv.id).await?;
+        if lines.iter().any(|l| l.kind == "subscription" && l.period_start == Some(period_start)) {
+            return Ok(Some((inv.id, inv.total - inv.amount_paid)));
+        }
+    }
+    Ok(None)
+}
+
+/// The request key of a job's charge: one per subscription, period, dunning attempt and run
+/// (a run starts a new key only when the last one was refused before anything was charged).
+fn charge_key(subscription_id: &str, job: &RenewalJob) -> String {
+    format!("renewal-{}-{}-a{}-r{}", subscription_id, job.period_end.timestamp(), job.attempt, job.runs)
+}
+
+/// A job whose subscription moved on — settled by another run, cancelled, paused, its period
+/// deferred or extended — has nothing left to charge. But a charge this job did take, and that
+/// paid no invoice, is the customer's money for nothing: answered late (a lost answer
+/// reconciled as captured after the run that sent it left), or taken by a run that stopped
+/// before settling. It is refunded in full and the period's unpaid invoice voided; a charge not
+/// ended yet (pending, unknown) is looked at again later.
+async fn stale(ctx: &Ctx, scope: &TenantScope, sub: &SubscriptionRow, job: &RenewalJob) -> Result<End> {
+    let (payment, settled, invoice) = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let p = azotte_store::payments::by_request_key(&mut tx, &charge_key(&sub.id, job)).await?;
+        let (mut settled, mut invoice) = (false, None);
+        if let Some(p) = &p {
+            settled = !azotte_store::invoices::invoice_payments(&mut tx, None, Some(&p.id)).await?.is_empty();
+            if !settled {
+                invoice = unpaid_period_invoice(&mut tx, &sub.id, job.period_end).await?.map(|(id, _)| id);
+            }
+        }
+        tx.commit().await?;
+        (p, settled, invoice)
+    };
+    let Some(p) = payment else { return Ok(End::Done) };
+    match p.status.as_str() {
+        "captured" if !settled && p.refunded_amount == 0 => {
+            refund_unused(ctx, scope, sub, &p.id, invoice.as_deref()).await?;
+            Ok(End::Done)
+        }
+        "pending" | "unknown" | "authorized" | "requires_action" => {
+            Ok(End::Later { after: WAIT_FOR, new_key: false })
+        }
+        _ => Ok(End::Done),
+    }
 }
 
 /// The body of a renewal's `subscription.renew` action: which period, attempt and step.
@@ -477,11 +554,22 @@ async fn refund_unused(
     scope: &TenantScope,
     sub: &SubscriptionRow,
     payment_id: &str,
-    invoice_id: &str,
+    invoice_id: Option<&str>,
 ) -> Result<()> {
-    let refund =
-        payments::refund(ctx, scope, payment_id, None, "subscription changed before its renewal settled")
-            .await?;
+    let refund = match payments::refund(
+        ctx,
+        scope,
+        payment_id,
+        None,
+        "subscription changed before its renewal settled",
+    )
+    .await
+    {
+        Ok(refund) => refund.id,
+        // Another run refunded it first.
+        Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let now = ctx.clock.now();
     let r = Some(("subscription", sub.id.as_str()));
     let mut tx = renew_tx(ctx, scope, sub, "refund", now).await?;
@@ -489,11 +577,13 @@ async fn refund_unused(
         now,
         "subscription.renewal_refunded",
         r,
-        json!({"payment_id": payment_id, "refund_id": refund.id, "status": sub.status,
+        json!({"payment_id": payment_id, "refund_id": refund, "status": sub.status,
                "invoice_id": invoice_id, "reason": "subscription_changed_during_renewal"}),
     )
     .await?;
-    crate::invoices::void(&mut tx, invoice_id, now).await?;
+    if let Some(invoice_id) = invoice_id {
+        crate::invoices::void(&mut tx, invoice_id, now).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -661,6 +751,13 @@ pub async fn retry_with_new_method(
             "dunning.retry_scheduled",
             r,
             json!({"retry_at": now, "reason": "payment_method_updated"}),
+        )
+        .await?;
+        tx.outcome(
+            now,
+            "subscription.payment_method_updated",
+            r,
+            json!({"payment_method_id": payment_method_id}),
         )
         .await?;
         tx.commit().await?;
