@@ -546,6 +546,7 @@ mod tests {
             quantity: None,
             unit: None,
             subscription_id: "sub_1".into(),
+            storefront_id: "sfr_1".into(),
             status: "past_due".into(),
             period_start: now,
             period_end: now,

@@ -655,6 +655,8 @@ pub struct GrantState {
     pub quantity: Option<i64>,
     pub unit: Option<String>,
     pub subscription_id: String,
+    /// The subscription's storefront (a credential restricted to others does not see it).
+    pub storefront_id: String,
     pub status: String,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
@@ -678,6 +680,7 @@ struct GrantRow {
     quantity: Option<i64>,
     unit: Option<String>,
     subscription_id: Option<String>,
+    storefront_id: Option<String>,
     status: Option<String>,
     period_start: Option<DateTime<Utc>>,
     period_end: Option<DateTime<Utc>>,
@@ -701,6 +704,7 @@ impl GrantRow {
             quantity: self.quantity,
             unit: self.unit,
             subscription_id: self.subscription_id?,
+            storefront_id: self.storefront_id?,
             status: self.status?,
             period_start: self.period_start?,
             period_end: self.period_end?,
@@ -800,6 +804,7 @@ fn grants_query(tenant: &str, env: &str, customer_id: &str, key: Option<&str>) -
             (g, EntitlementGrants::SubscriptionId),
         ])
         .columns([
+            (s, Subscriptions::StorefrontId),
             (s, Subscriptions::Status),
             (s, Subscriptions::PeriodStart),
             (s, Subscriptions::PeriodEnd),
@@ -861,6 +866,7 @@ mod tests {
                 quantity: None,
                 unit: None,
                 subscription_id: Some("sub_1".into()),
+                storefront_id: Some("sfr_1".into()),
                 status: Some("past_due".into()),
                 period_start: Some(now),
                 period_end: Some(now),

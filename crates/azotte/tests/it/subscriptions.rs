@@ -848,11 +848,12 @@ async fn foreign_ids_and_methods_are_refused(app: TestApp) {
         .await
         .problem();
     assert_eq!(r.errors[0].code, "payment_method_not_in_storefront");
-    // A checkout is seen only by credentials that may see its storefront.
+    // A checkout, and the entitlements its subscription grants, are seen only by credentials
+    // that may see its storefront.
     let c = checkout(&app, &shop, &o, &shop.monthly).await;
     assert_eq!(c["status"], "succeeded", "{c}");
     app.admin_mfa().await;
-    for (sf, status) in [(&sf2, 404), (&shop.sf, 200)] {
+    for (sf, status, held) in [(&sf2, 404, 0), (&shop.sf, 200, 3)] {
         let k = app
             .api_key(
                 T,
@@ -860,10 +861,12 @@ async fn foreign_ids_and_methods_are_refused(app: TestApp) {
                 json!({"description": "one shop", "role": "tenant_admin", "storefront_ids": [sf]}),
             )
             .await;
-        app.get(&format!("/v1/checkouts/{}", id(&c)))
-            .token(k["secret"].as_str().unwrap())
-            .header("x-tn", T)
-            .expect(status)
+        let as_key = |path: String| app.get(&path).token(k["secret"].as_str().unwrap()).header("x-tn", T);
+        as_key(format!("/v1/checkouts/{}", id(&c))).expect(status).await;
+        let e: Value = as_key(format!("/v1/customers/{}/entitlements", shop.cus)).expect(200).await.json();
+        assert_eq!(e["data"].as_array().map(Vec::len), Some(held), "{e}");
+        as_key(format!("/v1/customers/{}/entitlements/video", shop.cus))
+            .expect(if held > 0 { 200 } else { 404 })
             .await;
     }
     // Another tenant sees none of it.

@@ -55,7 +55,9 @@ pub async fn of_customer(
         .await?
         .ok_or(ServiceError::NotFound { resource: "customer" })?;
     let mut held: Vec<Held> = Vec::new();
-    for g in grants.iter().filter(|g| key.is_none_or(|k| g.entitlement_key == k)) {
+    // A credential restricted to some storefronts sees only their subscriptions' grants.
+    let visible = |g: &&GrantState| scope.storefront_allowed(&g.storefront_id);
+    for g in grants.iter().filter(visible).filter(|g| key.is_none_or(|k| g.entitlement_key == k)) {
         let Some(s) = state(g) else { continue };
         let until = life::access_until_extended(&s, now, &g.dunning, g.grace_extended_until);
         let access = if until.is_some() { Access::Full } else { Access::None };
