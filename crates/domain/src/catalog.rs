@@ -345,9 +345,10 @@ impl TaxScheme {
     }
 }
 
-/// Net, tax and gross of a price at a rate, in minor units. For an inclusive price the tax is
-/// the part of the amount above `amount / (1 + rate)`; for an exclusive one it is added. Tax is
-/// rounded half up to the minor unit.
+/// Net, tax and gross of a price at a rate, in minor units. For an exclusive price the tax,
+/// rounded half up to the minor unit, is added. For an inclusive price the net is
+/// `amount / (1 + rate)` rounded half up and the tax is the rest of the amount (on an exact
+/// half the tax rounds down).
 pub fn tax_split(amount: i64, kind: TaxKind, rate_bp: u32) -> (i64, i64, i64) {
     let (a, r) = (i128::from(amount), i128::from(rate_bp));
     match kind {

@@ -3,11 +3,12 @@
 //! fiscalization vocabulary. Pure rules; no I/O.
 //!
 //! **Rounding rule.** Tax is computed per line, never on the total: a line's amount (unit amount
-//! × quantity, exact) is split with [`tax_split`] at the line's rate, rounding the tax half up to
-//! the minor unit (half away from zero for a negative proration line, so a credit mirrors the
-//! charge it undoes). For an inclusive price the gross is the line amount and the net is
-//! `round(amount / (1 + rate))`; for an exclusive price the net is the line amount and the tax
-//! `round(amount × rate)` is added. The invoice's net, tax and total are the sums of its lines,
+//! × quantity, exact) is split with [`tax_split`] at the line's rate, rounding half up to the
+//! minor unit (half away from zero for a negative proration line, so a credit mirrors the
+//! charge it undoes). For an exclusive price the net is the line amount and the tax
+//! `round(amount × rate)` is added. For an inclusive price the gross is the line amount, the
+//! net is `round(amount / (1 + rate))` and the tax is the rest, so on an exact half it is the
+//! net that rounds up (999 at 20 %: net 833, tax 166). The invoice's net, tax and total are the sums of its lines,
 //! so what a line shows always adds up to what the invoice says; an invoice whose net, tax or
 //! total would be negative is refused (a credit larger than the charge belongs on a credit note).
 
