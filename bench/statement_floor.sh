@@ -9,7 +9,8 @@
 # built-in TPC-B, exactly as the other scripts run it (`pgbench -i -s $BENCH_PGBENCH_SCALE`,
 # `-c $BENCH_CONNECTIONS -j 2 -T $BENCH_DURATION`, simple protocol, warm-up first). Then, in the
 # same database and with the same clients and duration, one custom pgbench script per shape
-# (`-M prepared`: each statement parsed once per connection, as sqlx does). One script run is one
+# (`-M prepared`: each statement parsed once per connection, as sqlx does; `--max-tries=10`: a
+# deadlock between two clients' set-based updates is retried, as an application would). One script run is one
 # unit (one "renewal"); its statements are spread evenly over its transactions, and each is one
 # of:
 #   - a read: `SELECT … FROM pgbench_accounts WHERE aid = random` (primary-key lookup);

@@ -256,13 +256,7 @@ async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {
 
 async fn exhausted_dunning_ends_the_subscription(app: TestApp) {
     let s = subscribe(&app).await;
-    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
-        .token(&s.key)
-        .header("x-tn", T)
-        .expect(200)
-        .await;
-    app.ctx.clock.advance(chrono::Duration::days(31));
-    tick(&app).await;
+    past_due(&app, &s).await;
     // Retries at 1, 3 and 7 days after the period end, then the end action (expire).
     for _ in 0..4 {
         app.ctx.clock.advance(chrono::Duration::days(3));

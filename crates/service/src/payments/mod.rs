@@ -45,6 +45,7 @@ use crate::{Ctx, Result, ServiceError};
 pub use breaker::{BreakerConfig, BreakerState, Breakers};
 pub use reconcile::{reconcile, reconcile_everywhere};
 pub use refunds::refund;
+pub(crate) use refunds::refund_rest;
 pub use safe_mode::{resume, resume_everywhere, safe_mode, set_safe_mode, SafeModeChange};
 pub use webhooks::{receive_webhook, WebhookReceipt};
 

@@ -22,6 +22,41 @@ pub async fn refund(
     amount: Option<i64>,
     reason: &str,
 ) -> Result<RefundRow> {
+    refund_some(ctx, scope, payment_id, amount, reason).await?.ok_or_else(|| nothing_left().into())
+}
+
+/// Gives back all that is left of a captured payment whose charge paid for nothing (a checkout
+/// that failed after it, a renewal or trial conversion whose subscription changed meanwhile):
+/// the refund, or `None` when nothing is left to refund — refunded before, or by a concurrent
+/// caller (whose reservation came first). Permission `payment.refund`.
+pub(crate) async fn refund_rest(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    payment_id: &str,
+    reason: &str,
+) -> Result<Option<RefundRow>> {
+    match refund_some(ctx, scope, payment_id, None, reason).await {
+        Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => Ok(None),
+        other => other,
+    }
+}
+
+fn nothing_left() -> ValidationErrors {
+    ValidationErrors::from(FieldError::new(
+        "amount",
+        "out_of_range",
+        "a positive amount, at most what is left to refund",
+    ))
+}
+
+/// [`refund`]; `None` when no amount is given and nothing is left to refund.
+async fn refund_some(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    payment_id: &str,
+    amount: Option<i64>,
+    reason: &str,
+) -> Result<Option<RefundRow>> {
     crate::security::require(ctx, scope, Permission::PaymentRefund).await?;
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_tx(scope).await?;
@@ -36,15 +71,12 @@ pub async fn refund(
             field: None,
         });
     }
-    let amount = amount.unwrap_or(p.captured_amount - p.refunded_amount);
-    if amount <= 0 {
-        return Err(ValidationErrors::from(FieldError::new(
-            "amount",
-            "out_of_range",
-            "a positive amount, at most what is left to refund",
-        ))
-        .into());
-    }
+    let amount = match amount {
+        Some(a) if a <= 0 => return Err(nothing_left().into()),
+        Some(a) => a,
+        None if p.captured_amount <= p.refunded_amount => return Ok(None),
+        None => p.captured_amount - p.refunded_amount,
+    };
     let rid = RefundId::new();
     let r = Some(("payment", payment_id));
     tx.action(now, "refund.create", r, json!({"refund_id": rid.to_string(), "amount": amount})).await?;
@@ -75,11 +107,11 @@ pub async fn refund(
     if safe_mode.is_some() {
         tx.decision(now, "refund.queued", r, json!({"refund_id": refund.id, "reason": "safe_mode"})).await?;
         tx.commit().await?;
-        return Ok(refund);
+        return Ok(Some(refund));
     }
     tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
     tx.commit().await?;
-    send(ctx, scope, &p, refund).await
+    send(ctx, scope, &p, refund).await.map(Some)
 }
 
 /// Sends a pending refund to the PSP and records the answer.

@@ -341,17 +341,11 @@ async fn fail(
     if let Some(p) = &payment {
         checkout.payment_id = Some(p.id.clone());
         match p.status.as_str() {
-            "captured" if p.refunded_amount < p.captured_amount => {
+            "captured" => {
                 let reason = format!("checkout {} failed: {code}", checkout.id);
-                let left = p.captured_amount - p.refunded_amount;
-                match payments::refund(ctx, scope, &p.id, Some(left), &reason).await {
-                    Ok(refund) => refund_id = Some(refund.id),
-                    // A concurrent runner refunded it first.
-                    Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => {}
-                    Err(e) => return Err(e),
-                }
+                refund_id = payments::refund_rest(ctx, scope, &p.id, &reason).await?.map(|r| r.id);
             }
-            "captured" | "failed" | "canceled" => {}
+            "failed" | "canceled" => {}
             // Pending, requires_action, authorized, unknown: not ended yet.
             _ => return Ok(Some(checkout)),
         }

@@ -375,12 +375,8 @@ async fn refund_conversion(
     payment_id: &str,
 ) -> Result<()> {
     let reason = "subscription changed before its trial conversion settled";
-    let refund = match payments::refund(ctx, scope, payment_id, None, reason).await {
-        Ok(refund) => refund.id,
-        // Refunded already (an earlier tick).
-        Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    // Nothing left: refunded already (an earlier tick).
+    let Some(refund) = payments::refund_rest(ctx, scope, payment_id, reason).await? else { return Ok(()) };
     let now = ctx.clock.now();
     let r = Some(("subscription", subscription_id));
     let mut tx = ctx.db.tenant_tx(scope).await?;
@@ -389,7 +385,7 @@ async fn refund_conversion(
         now,
         "subscription.conversion_refunded",
         r,
-        json!({"payment_id": payment_id, "refund_id": refund, "reason": "subscription_changed_during_conversion"}),
+        json!({"payment_id": payment_id, "refund_id": refund.id, "reason": "subscription_changed_during_conversion"}),
     )
     .await?;
     tx.commit().await?;

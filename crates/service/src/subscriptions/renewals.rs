@@ -309,15 +309,15 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
             // new card given during dunning while the retry's answer was pending or lost):
             // that charge stands while it may have gone through, and is settled as it ends;
             // one that failed makes way for a new run, which charges the new method.
-            if let Err(ServiceError::Validation(v)) = &prepared {
-                if v.0.iter().any(|f| f.code == "idempotency_key_reused") {
-                    if let Some(earlier) = azotte_store::payments::by_request_key(&mut tx, &key).await? {
-                        if matches!(earlier.status.as_str(), "failed" | "canceled") {
-                            return Ok(End::Later { after: Duration::zero(), new_key: true });
-                        }
-                        input.payment_method_id = earlier.payment_method_id;
-                        prepared = payments::prepare(ctx, scope, &mut tx, &input).await;
+            let key_reused = matches!(&prepared, Err(ServiceError::Validation(v))
+                if v.0.iter().any(|f| f.code == "idempotency_key_reused"));
+            if key_reused {
+                if let Some(earlier) = azotte_store::payments::by_request_key(&mut tx, &key).await? {
+                    if matches!(earlier.status.as_str(), "failed" | "canceled") {
+                        return Ok(End::Later { after: Duration::zero(), new_key: true });
                     }
+                    input.payment_method_id = earlier.payment_method_id;
+                    prepared = payments::prepare(ctx, scope, &mut tx, &input).await;
                 }
             }
             match prepared {
@@ -517,7 +517,7 @@ async fn stale(ctx: &Ctx, scope: &TenantScope, sub: &SubscriptionRow, job: &Rene
     };
     let Some(p) = payment else { return Ok(End::Done) };
     match p.status.as_str() {
-        "captured" if !settled && p.refunded_amount == 0 => {
+        "captured" if !settled => {
             refund_unused(ctx, scope, sub, &p.id, invoice.as_deref()).await?;
             Ok(End::Done)
         }
@@ -556,20 +556,9 @@ async fn refund_unused(
     payment_id: &str,
     invoice_id: Option<&str>,
 ) -> Result<()> {
-    let refund = match payments::refund(
-        ctx,
-        scope,
-        payment_id,
-        None,
-        "subscription changed before its renewal settled",
-    )
-    .await
-    {
-        Ok(refund) => refund.id,
-        // Another run refunded it first.
-        Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    let reason = "subscription changed before its renewal settled";
+    // Nothing left: another run refunded it (and recorded why).
+    let Some(refund) = payments::refund_rest(ctx, scope, payment_id, reason).await? else { return Ok(()) };
     let now = ctx.clock.now();
     let r = Some(("subscription", sub.id.as_str()));
     let mut tx = renew_tx(ctx, scope, sub, "refund", now).await?;
@@ -577,7 +566,7 @@ async fn refund_unused(
         now,
         "subscription.renewal_refunded",
         r,
-        json!({"payment_id": payment_id, "refund_id": refund, "status": sub.status,
+        json!({"payment_id": payment_id, "refund_id": refund.id, "status": sub.status,
                "invoice_id": invoice_id, "reason": "subscription_changed_during_renewal"}),
     )
     .await?;
