@@ -30,7 +30,10 @@
 #   batch50   the renewal's rows for 50 renewals at once, as set-based statements of 50 rows
 #             each: 2 transactions (before and after the PSP calls), 20 reads, 8 updates and 8
 #             inserts of 50 rows each; one script run counts as 50 units
-# BENCH_SHAPES picks them (default: all three).
+#   shared50  the renewal's 36 statements per renewal, one row each as in `renewal`, for 50
+#             renewals sharing 2 transactions (before and after the PSP calls): 1,800 statements
+#             in 2 transactions; one script run counts as 50 units
+# BENCH_SHAPES picks them (default: all four).
 #
 # Output: one table (rate, units/s ÷ TPC-B tps, CPU split, WAL per unit). Everything made here is
 # removed on exit.
@@ -40,7 +43,7 @@
 #   BENCH_WARMUP         seconds of warm-up before each measured run (default 3)
 #   BENCH_CONNECTIONS    pgbench clients (default 16, as the other scripts)
 #   BENCH_PGBENCH_SCALE  pgbench scale (default 16)
-#   BENCH_SHAPES         "renewal checkout batch50" (default) or a subset
+#   BENCH_SHAPES         "renewal checkout batch50 shared50" (default) or a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -51,7 +54,7 @@ DURATION=${BENCH_DURATION:-20}
 WARMUP=${BENCH_WARMUP:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-16}
 SCALE=${BENCH_PGBENCH_SCALE:-16}
-SHAPES=${BENCH_SHAPES:-renewal checkout batch50}
+SHAPES=${BENCH_SHAPES:-renewal checkout batch50 shared50}
 THREADS=2
 
 bench_init
@@ -123,6 +126,32 @@ batch_script() {
   echo "$file"
 }
 
+# shared_script: shared50 (see the header): 50 renewals' single-row statements (20 reads, 8
+# updates, 8 inserts each) in 2 transactions of 25 renewals each.
+shared_script() {
+  local file=$WORK/shared50.sql i k t
+  {
+    for ((i = 0; i < 20; i++)); do echo "\\set r$i random(1, $ACCOUNTS)"; done
+    for ((i = 0; i < 8; i++)); do echo "\\set u$i random(1, $ACCOUNTS)"; done
+    for ((t = 0; t < 2; t++)); do
+      echo "BEGIN;"
+      for ((k = 0; k < 25; k++)); do
+        for ((i = 0; i < 20; i++)); do
+          echo "SELECT abalance FROM pgbench_accounts WHERE aid = (:r$i + $((t * 25 + k)) * 9973) % $ACCOUNTS + 1;"
+        done
+        for ((i = 0; i < 8; i++)); do
+          echo "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = (:u$i + $((t * 25 + k)) * 9973) % $ACCOUNTS + 1;"
+        done
+        for ((i = 0; i < 8; i++)); do
+          echo "INSERT INTO floor_rows (k, v) VALUES (:client_id || '-' || :r0 || '-$t-$k-$i', repeat('x', 300));"
+        done
+      done
+      echo "END;"
+    done
+  } >"$file"
+  echo "$file"
+}
+
 declare -A RATE UNIT_RATE CPU_PG CPU_CLIENT WAL_PER
 for shape in $SHAPES; do
   per=1
@@ -130,6 +159,7 @@ for shape in $SHAPES; do
     renewal) script=$(shape_script renewal 4 20 8 8) ;;
     checkout) script=$(shape_script checkout 12 40 16 16) ;;
     batch50) script=$(batch_script); per=50 ;;
+    shared50) script=$(shared_script); per=50 ;;
     *) die "unknown shape $shape" ;;
   esac
   run=("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U azotte -c "$CONNECTIONS" -j "$THREADS" -M prepared -n --max-tries=10 -f "$script")

@@ -964,25 +964,17 @@ pub(crate) async fn draft_for_subscription_charge(
         .ok_or(ServiceError::NotFound { resource: "storefront" })?;
     let country =
         azotte_store::customers::get_customer(tx, &subscription.customer_id).await?.and_then(|c| c.country);
-    let rate = storefront.tax.rate_for(country.as_deref());
     let versions = catalog_store::versions_of(tx, std::slice::from_ref(&subscription.price_id)).await?;
-    let as_priced = versions.iter().find(|v| {
-        v.version == subscription.price_version
-            && rules::price_line(LineKind::Subscription, v.amount, 1, v.tax_behaviour, rate)
-                .is_ok_and(|l| l.amounts.gross == amount)
-    });
-    let (unit, behaviour) = as_priced.map_or((amount, TaxKind::Inclusive), |v| (v.amount, v.tax_behaviour));
-    let currency = Currency::parse("currency", &subscription.currency)
-        .map_err(|e| ServiceError::Internal(e.message.into()))?;
-    let line = LineInput {
-        description: description.to_owned(),
-        kind: LineKind::Subscription,
-        amount: unit,
-        quantity: 1,
-        period_start: Some(period.0),
-        period_end: Some(period.1),
-        tax_behaviour: behaviour,
+    let charge = SubscriptionCharge {
+        storefront: &storefront,
+        subscription,
+        country: country.as_deref(),
+        versions: &versions,
+        description,
+        amount,
+        period,
     };
+    let (line, rate, currency) = charge.line()?;
     draft_at_rate(
         tx,
         &storefront,
@@ -995,6 +987,115 @@ pub(crate) async fn draft_for_subscription_charge(
         now,
     )
     .await
+}
+
+/// A later charge of a subscription to invoice ([`for_subscription_charge`]): `amount` (tax
+/// included, as the subscription's amount is) over `period`, for a customer of `country`;
+/// `versions` holds the subscription's price version (and may hold others).
+pub(crate) struct SubscriptionCharge<'a> {
+    pub(crate) storefront: &'a Storefront,
+    pub(crate) subscription: &'a azotte_store::subscriptions::SubscriptionRow,
+    pub(crate) country: Option<&'a str>,
+    pub(crate) versions: &'a [catalog_store::PriceVersion],
+    pub(crate) description: &'a str,
+    pub(crate) amount: i64,
+    pub(crate) period: (DateTime<Utc>, DateTime<Utc>),
+}
+
+impl SubscriptionCharge<'_> {
+    /// Its line, with the rate and currency it is billed at: the price version as priced when
+    /// that prices to exactly `amount` at the storefront's rate for the customer's country, else
+    /// `amount` tax included.
+    fn line(&self) -> Result<(LineInput, u32, Currency)> {
+        let (sub, amount) = (self.subscription, self.amount);
+        let rate = self.storefront.tax.rate_for(self.country);
+        let as_priced = self.versions.iter().find(|v| {
+            v.price_id == sub.price_id
+                && v.version == sub.price_version
+                && rules::price_line(LineKind::Subscription, v.amount, 1, v.tax_behaviour, rate)
+                    .is_ok_and(|l| l.amounts.gross == amount)
+        });
+        let (unit, behaviour) =
+            as_priced.map_or((amount, TaxKind::Inclusive), |v| (v.amount, v.tax_behaviour));
+        let currency = Currency::parse("currency", &sub.currency)
+            .map_err(|e| ServiceError::Internal(e.message.into()))?;
+        let line = LineInput {
+            description: self.description.to_owned(),
+            kind: LineKind::Subscription,
+            amount: unit,
+            quantity: 1,
+            period_start: Some(self.period.0),
+            period_end: Some(self.period.1),
+            tax_behaviour: behaviour,
+        };
+        Ok((line, rate, currency))
+    }
+
+    /// Prices its invoice, written by the caller (a renewal batch: [`Billed`]).
+    pub(crate) fn bill(&self, now: DateTime<Utc>) -> Result<Billed> {
+        let (line, rate, currency) = self.line()?;
+        let (sub, country) = (self.subscription, self.country);
+        let (row, lines) =
+            priced(self.storefront, &sub.customer_id, country, Some(&sub.id), &currency, &[line], rate, now)?;
+        let series = rules::series(&self.storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
+        Ok(Billed { row, lines, rate_bp: rate, series })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Renewal batches: many invoices written, numbered and paid with one statement each
+
+/// A renewal batch's invoice of a subscription's period, priced but not written: the batch
+/// writes all of its invoices and lines at once ([`store::insert_many`]), numbered from one
+/// reservation of its series ([`store::reserve_numbers`]), in the transaction that records the
+/// payments charging them.
+pub(crate) struct Billed {
+    pub(crate) row: InvoiceRow,
+    pub(crate) lines: Vec<LineRow>,
+    rate_bp: u32,
+    /// The series it is numbered in (this year's, of the storefront's prefix).
+    pub(crate) series: String,
+}
+
+impl Billed {
+    /// Gives the invoice `sequence` of its series, `open`, and records `invoice.issued` in the
+    /// transaction's current lineage (the caller writes the row).
+    pub(crate) async fn issue(&mut self, tx: &mut TenantTx, sequence: i64, now: DateTime<Utc>) -> Result<()> {
+        number_row(&mut self.row, self.series.clone(), sequence, issued_status(false)?, now);
+        issued_outcome(tx, &self.row, self.lines.len(), self.rate_bp, now).await
+    }
+}
+
+/// Records, in the transaction's current lineage, that a batch paid an open invoice in full
+/// with a captured payment (outcome `invoice.paid`, as [`mark_paid`] records it); the caller
+/// writes it ([`store::pay_many`], [`store::insert_payments`]). Fiscalization is not queued:
+/// batches only take invoices whose storefront has none.
+pub(crate) async fn record_batch_paid(
+    tx: &mut TenantTx,
+    invoice: &InvoiceRow,
+    payment: &payment_store::PaymentRow,
+    now: DateTime<Utc>,
+) -> Result<InvoicePaymentRow> {
+    if !settles(payment, invoice) || invoice.status != InvoiceStatus::Open.as_str() {
+        return Err(conflict(
+            "payment_does_not_settle_invoice",
+            "the payment must be captured, of the invoice's customer, storefront and currency, and cover what is due",
+        ));
+    }
+    let due = invoice.total - invoice.amount_paid;
+    tx.outcome(
+        now,
+        "invoice.paid",
+        Some(("invoice", &invoice.id)),
+        json!({"payment_id": payment.id, "amount": due, "number": invoice.number}),
+    )
+    .await?;
+    Ok(InvoicePaymentRow {
+        invoice_id: invoice.id.clone(),
+        payment_id: payment.id.clone(),
+        amount: due,
+        created_at: now,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

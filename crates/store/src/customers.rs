@@ -124,6 +124,15 @@ pub async fn get_customer(tx: &mut TenantTx, id: &str) -> Result<Option<Customer
     tx.tx.fetch_optional::<CustomerRow>(&q).await
 }
 
+/// The customers of `ids` that exist (in no particular order).
+pub async fn get_customers(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<CustomerRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select_customers(tx).and_where(Expr::col(Customers::Id).is_in(ids.iter().cloned())).to_owned();
+    tx.tx.fetch_all::<CustomerRow>(&q).await
+}
+
 /// One customer by the tenant's external id.
 pub async fn by_external_id(tx: &mut TenantTx, external_id: &str) -> Result<Option<CustomerRow>> {
     let q = select_customers(tx).and_where(Expr::col(Customers::ExternalId).eq(external_id)).to_owned();
@@ -290,6 +299,16 @@ pub async fn get_payment_method(
         .and_where(Expr::col(PaymentMethods::Id).eq(id))
         .to_owned();
     tx.tx.fetch_optional::<PaymentMethodRow>(&q).await
+}
+
+/// The payment methods of `ids` that exist, whoever's (in no particular order): the caller
+/// checks each one's customer.
+pub async fn get_payment_methods(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<PaymentMethodRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select_pms(tx).and_where(Expr::col(PaymentMethods::Id).is_in(ids.iter().cloned())).to_owned();
+    tx.tx.fetch_all::<PaymentMethodRow>(&q).await
 }
 
 /// A customer's payment methods (deleted ones too when asked), oldest first.

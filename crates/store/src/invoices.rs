@@ -382,7 +382,28 @@ pub struct InvoiceRow {
 
 /// Adds an invoice.
 pub async fn insert(tx: &mut TenantTx, i: &InvoiceRow) -> Result<()> {
-    let v: Vec<sea_query::SimpleExpr> = vec![
+    insert_many(tx, std::slice::from_ref(i)).await
+}
+
+/// Adds many invoices in one statement (a renewal batch's).
+pub async fn insert_many(tx: &mut TenantTx, rows: &[InvoiceRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut q = Query::insert()
+        .into_table(Invoices::Table)
+        .columns([Invoices::TenantId, Invoices::Environment].into_iter().chain(INVOICE_COLUMNS))
+        .to_owned();
+    for i in rows {
+        q.values_panic(invoice_values(tx, i));
+    }
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// An invoice's values in the column order of [`insert_many`].
+fn invoice_values(tx: &TenantTx, i: &InvoiceRow) -> Vec<sea_query::SimpleExpr> {
+    vec![
         tx.scope().tenant_id().to_string().into(),
         tx.scope().environment().as_str().into(),
         i.id.clone().into(),
@@ -407,14 +428,45 @@ pub async fn insert(tx: &mut TenantTx, i: &InvoiceRow) -> Result<()> {
         i.uncollectible_at.into(),
         i.created_at.into(),
         i.updated_at.into(),
-    ];
-    let q = Query::insert()
-        .into_table(Invoices::Table)
-        .columns([Invoices::TenantId, Invoices::Environment].into_iter().chain(INVOICE_COLUMNS))
-        .values_panic(v)
+    ]
+}
+
+/// Marks many `open` invoices paid in full at `now` in one statement (a renewal batch's
+/// settling). Returns how many it marked: fewer than `ids` when one is no longer open (the
+/// caller rolls back).
+pub async fn pay_many(tx: &mut TenantTx, ids: &[String], now: DateTime<Utc>) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let q = Query::update()
+        .table(Invoices::Table)
+        .values([
+            (Invoices::Status, "paid".into()),
+            (Invoices::AmountPaid, Expr::col(Invoices::Total).into()),
+            (Invoices::PaidAt, now.into()),
+            (Invoices::UpdatedAt, now.into()),
+        ])
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .and_where(Expr::col(Invoices::Id).is_in(ids.iter().cloned()))
+        .and_where(Expr::col(Invoices::Status).eq("open"))
         .to_owned();
-    tx.write(&q).await?;
-    Ok(())
+    tx.write(&q).await
+}
+
+/// Of `subscription_ids`, those with an unpaid invoice (`draft`, `open` or `uncollectible`).
+pub async fn with_unpaid_invoices(tx: &mut TenantTx, subscription_ids: &[String]) -> Result<Vec<String>> {
+    if subscription_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = Query::select()
+        .distinct()
+        .column(Invoices::SubscriptionId)
+        .from(Invoices::Table)
+        .cond_where(tx.in_scope(Invoices::TenantId, Invoices::Environment))
+        .and_where(Expr::col(Invoices::SubscriptionId).is_in(subscription_ids.iter().cloned()))
+        .and_where(Expr::col(Invoices::Status).is_in(["draft", "open", "uncollectible"]))
+        .to_owned();
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(s,)| s).collect())
 }
 
 /// Writes an invoice's status and payment fields, only if it is still `expected_status`:
@@ -702,7 +754,15 @@ pub struct InvoicePaymentRow {
 
 /// Records a payment applied to an invoice.
 pub async fn insert_payment(tx: &mut TenantTx, p: &InvoicePaymentRow) -> Result<()> {
-    let q = Query::insert()
+    insert_payments(tx, std::slice::from_ref(p)).await
+}
+
+/// Records many payments applied to invoices, in one statement.
+pub async fn insert_payments(tx: &mut TenantTx, rows: &[InvoicePaymentRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut q = Query::insert()
         .into_table(InvoicePayments::Table)
         .columns([
             InvoicePayments::TenantId,
@@ -712,15 +772,17 @@ pub async fn insert_payment(tx: &mut TenantTx, p: &InvoicePaymentRow) -> Result<
             InvoicePayments::Amount,
             InvoicePayments::CreatedAt,
         ])
-        .values_panic([
+        .to_owned();
+    for p in rows {
+        q.values_panic([
             tx.scope().tenant_id().to_string().into(),
             tx.scope().environment().as_str().into(),
             p.invoice_id.clone().into(),
             p.payment_id.clone().into(),
             p.amount.into(),
             p.created_at.into(),
-        ])
-        .to_owned();
+        ]);
+    }
     tx.write(&q).await?;
     Ok(())
 }

@@ -640,6 +640,16 @@ macro_rules! journal_methods {
                 Ok(self.record(kind, now, type_, Some(&cause), None, resource, body))
             }
 
+            /// Starts a new lineage within this transaction: the entries recorded from now on
+            /// carry `meta`'s correlation and causation, and have no action until the next one is
+            /// recorded. A transaction doing the same work for many independent requests at once
+            /// (a renewal batch) records each one's entries in its own lineage, as if each had a
+            /// transaction of its own.
+            pub fn begin_lineage(&mut self, meta: RequestMeta) {
+                self.journal.meta = Some(meta);
+                self.action_id = None;
+            }
+
             /// Where this transaction's entries sit: their correlation id and its action (once
             /// recorded), for work that continues them later, in another transaction.
             pub fn cause(&self) -> Cause {

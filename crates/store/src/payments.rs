@@ -89,7 +89,15 @@ pub struct PaymentRow {
 pub async fn insert(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
     let mut cols = PAYMENT_COLUMNS.to_vec();
     cols.push(Payments::TenantId);
-    let v: Vec<sea_query::SimpleExpr> = vec![
+    let v = payment_values(tx, p);
+    let q = Query::insert().into_table(Payments::Table).columns(cols).values_panic(v).to_owned();
+    tx.write(&q).await?;
+    Ok(())
+}
+
+/// A payment's values in the column order of [`insert`].
+fn payment_values(tx: &TenantTx, p: &PaymentRow) -> Vec<sea_query::SimpleExpr> {
+    vec![
         p.id.clone().into(),
         p.storefront_id.clone().into(),
         p.customer_id.clone().into(),
@@ -111,10 +119,68 @@ pub async fn insert(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
         p.next_action.clone().into(),
         tx.scope().environment().as_str().into(),
         tx.scope().tenant_id().to_string().into(),
-    ];
-    let q = Query::insert().into_table(Payments::Table).columns(cols).values_panic(v).to_owned();
+    ]
+}
+
+/// Adds many payments in one statement (a renewal batch's). A `request_key` taken already is
+/// [`crate::StoreError::UniqueViolation`] for the whole statement.
+pub async fn insert_many(tx: &mut TenantTx, rows: &[PaymentRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut cols = PAYMENT_COLUMNS.to_vec();
+    cols.push(Payments::TenantId);
+    let mut q = Query::insert().into_table(Payments::Table).columns(cols).to_owned();
+    for p in rows {
+        q.values_panic(payment_values(tx, p));
+    }
     tx.write(&q).await?;
     Ok(())
+}
+
+/// Of `keys`, those a payment was created under already.
+pub async fn taken_request_keys(tx: &mut TenantTx, keys: &[String]) -> Result<Vec<String>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = Query::select()
+        .column(Payments::RequestKey)
+        .from(Payments::Table)
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
+        .and_where(Expr::col(Payments::RequestKey).is_in(keys.iter().cloned()))
+        .to_owned();
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(k,)| k).collect())
+}
+
+/// Writes the final answers of many payments' attempts in one statement (one `CASE` per
+/// column, by id) — status, PSP id, decline code, captured amount, `updated_at` — each only if
+/// it is still `pending` (a webhook or reconciliation may have moved it). Returns how many it
+/// wrote: fewer than `rows` when one moved (the caller rolls back).
+pub async fn answers_many(tx: &mut TenantTx, rows: &[PaymentRow]) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let col = |c: Payments, value: &dyn Fn(&PaymentRow) -> sea_query::SimpleExpr| {
+        let case = rows.iter().fold(sea_query::CaseStatement::new(), |cs, p| {
+            cs.case(Expr::col(Payments::Id).eq(p.id.clone()), value(p))
+        });
+        let expr: sea_query::SimpleExpr = case.finally(Expr::col(c)).into();
+        (c, expr)
+    };
+    let q = Query::update()
+        .table(Payments::Table)
+        .values([
+            col(Payments::Status, &|p| p.status.clone().into()),
+            col(Payments::PspPaymentId, &|p| p.psp_payment_id.clone().into()),
+            col(Payments::DeclineCode, &|p| p.decline_code.clone().into()),
+            col(Payments::CapturedAmount, &|p| p.captured_amount.into()),
+            col(Payments::UpdatedAt, &|p| p.updated_at.into()),
+        ])
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
+        .and_where(Expr::col(Payments::Id).is_in(rows.iter().map(|p| p.id.clone())))
+        .and_where(Expr::col(Payments::Status).eq("pending"))
+        .to_owned();
+    tx.write(&q).await
 }
 
 /// Writes the outcome of an attempt: status, account, PSP id, attempts, decline code, captured

@@ -176,6 +176,22 @@ pub async fn open_of(tx: &mut TenantTx, subscription_id: &str) -> Result<Option<
     tx.tx.fetch_optional::<ReplacementRow>(&q).await
 }
 
+/// Of `subscription_ids`, those with an open plan change (`processing` or `scheduled`).
+pub async fn with_open(tx: &mut TenantTx, subscription_ids: &[String]) -> Result<Vec<String>> {
+    if subscription_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = Query::select()
+        .distinct()
+        .column(R::SubscriptionId)
+        .from(R::Table)
+        .cond_where(tx.in_scope(R::TenantId, R::Environment))
+        .and_where(Expr::col(R::SubscriptionId).is_in(subscription_ids.iter().cloned()))
+        .and_where(Expr::col(R::Status).is_in(["processing", "scheduled"]))
+        .to_owned();
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(s,)| s).collect())
+}
+
 /// The subscription's plan changes, newest first.
 pub async fn of_subscription(
     tx: &mut TenantTx,

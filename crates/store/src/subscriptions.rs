@@ -462,6 +462,58 @@ fn select_subs(tx: &TenantTx) -> SelectStatement {
         .to_owned()
 }
 
+/// The subscriptions of `ids` that exist (in no particular order): a renewal batch's, in one
+/// statement.
+pub async fn get_subscriptions(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<SubscriptionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select_subs(tx).and_where(Expr::col(Subscriptions::Id).is_in(ids.iter().cloned())).to_owned();
+    tx.tx.fetch_all::<SubscriptionRow>(&q).await
+}
+
+/// Writes the lifecycle fields of many renewed subscriptions in one statement (one `CASE` per
+/// column, by id) — status, period, periods, dunning fields, `updated_at` — each only if it is
+/// still as its expected `updated_at` says (optimistic concurrency, as
+/// [`update_subscription`]). Returns how many it wrote: fewer than `rows` when someone else
+/// changed one first (the caller rolls back).
+pub async fn renew_many(tx: &mut TenantTx, rows: &[(SubscriptionRow, DateTime<Utc>)]) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let by_id = |value: &dyn Fn(&SubscriptionRow, &DateTime<Utc>) -> sea_query::SimpleExpr,
+                 otherwise: sea_query::SimpleExpr| {
+        let case = rows.iter().fold(sea_query::CaseStatement::new(), |c, (s, e)| {
+            c.case(Expr::col(Subscriptions::Id).eq(s.id.clone()), value(s, e))
+        });
+        let expr: sea_query::SimpleExpr = case.finally(otherwise).into();
+        expr
+    };
+    let col = |c: Subscriptions, value: &dyn Fn(&SubscriptionRow) -> sea_query::SimpleExpr| {
+        (c, by_id(&|s, _| value(s), Expr::col(c).into()))
+    };
+    let q = Query::update()
+        .table(Subscriptions::Table)
+        .values([
+            col(Subscriptions::Status, &|s| s.status.clone().into()),
+            col(Subscriptions::PeriodStart, &|s| s.period_start.into()),
+            col(Subscriptions::PeriodEnd, &|s| s.period_end.into()),
+            col(Subscriptions::Periods, &|s| s.periods.into()),
+            col(Subscriptions::UpdatedAt, &|s| s.updated_at.into()),
+            col(Subscriptions::DunningAttempts, &|s| s.dunning_attempts.into()),
+            col(Subscriptions::NextRetryAt, &|s| s.next_retry_at.into()),
+            col(Subscriptions::GraceExtendedUntil, &|s| s.grace_extended_until.into()),
+        ])
+        .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
+        .and_where(Expr::col(Subscriptions::Id).is_in(rows.iter().map(|(s, _)| s.id.clone())))
+        .and_where(
+            Expr::col(Subscriptions::UpdatedAt)
+                .eq(by_id(&|_, e| (*e).into(), Expr::val(Option::<DateTime<Utc>>::None).into())),
+        )
+        .to_owned();
+    tx.write(&q).await
+}
+
 /// One subscription.
 pub async fn get_subscription(tx: &mut TenantTx, id: &str) -> Result<Option<SubscriptionRow>> {
     let q = select_subs(tx).and_where(Expr::col(Subscriptions::Id).eq(id)).to_owned();

@@ -68,7 +68,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiErr
 
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut resp = state.metrics.render().into_response();
+    let mut text = state.metrics.render();
+    let (batch, one_by_one) = azotte_service::subscriptions::renewals::jobs_ended();
+    text.push_str(
+        "# HELP azotte_renewal_jobs_ended_total Renewal jobs this process ran to their end, by path.\n",
+    );
+    text.push_str("# TYPE azotte_renewal_jobs_ended_total counter\n");
+    text.push_str(&format!("azotte_renewal_jobs_ended_total{{path=\"batch\"}} {batch}\n"));
+    text.push_str(&format!("azotte_renewal_jobs_ended_total{{path=\"one_by_one\"}} {one_by_one}\n"));
+    let mut resp = text.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp

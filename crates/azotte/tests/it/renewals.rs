@@ -579,7 +579,185 @@ async fn a_new_card_while_a_retry_is_unknown_charges_the_period_once(app: TestAp
     assert_eq!(payments, ["captured", "captured"], "no charge of the new card");
 }
 
+/// Another customer of `s`'s storefront subscribed to the same price with `token`: the
+/// subscription's id.
+async fn another(app: &TestApp, s: &Sub, n: usize, token: &str) -> String {
+    let price = s.state(app).await["price_id"].as_str().unwrap().to_owned();
+    let cus = id(&s.post(app, "/v1/customers", json!({"external_id": format!("renewer-{n}")}), 201).await);
+    let body = json!({"storefront_id": s.sf, "psp_account_id": s.acc, "token": token});
+    let pm = id(&s.post(app, &format!("/v1/customers/{cus}/payment-methods"), body, 201).await);
+    let offer = s.post(app, "/v1/offers", json!({"customer_id": cus, "storefront_id": s.sf}), 201).await;
+    let body =
+        json!({"customer_id": cus, "offer_id": offer["id"], "price_id": price, "payment_method_id": pm});
+    let c = s.post(app, "/v1/checkouts", body, 202).await;
+    for _ in 0..200 {
+        let v = s.get(app, &format!("/v1/checkouts/{}", id(&c))).await;
+        if v["status"] == "succeeded" {
+            return v["subscription_id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("checkout did not finish");
+}
+
+/// Many subscriptions due at once renew as one batch (set-based statements, decision 0007's
+/// "Renewal batches"), each exactly once and each in its own lineage with the entries a renewal
+/// one by one has; what is out of the ordinary in the same batch — a card that now declines, a
+/// PSP answer that is lost, a payment method that is gone — goes the one-by-one way. Invoice
+/// numbers stay gapless, and a second pass charges nothing.
+async fn a_batch_renews_many_each_once_in_its_own_lineage(app: TestApp) {
+    let s = subscribe(&app).await;
+    let mut subs = vec![s.sub.clone()];
+    for n in 0..10 {
+        subs.push(another(&app, &s, n, "tok_sandbox_success").await);
+    }
+    // The card of one now declines, one's answer will be lost, and one's method is deleted.
+    let declines = another(&app, &s, 100, "tok_sandbox_success").await;
+    let lost = another(&app, &s, 101, "tok_sandbox_success").await;
+    let sub_pm = |sub: &str| format!("(SELECT payment_method_id FROM subscriptions WHERE id = '{sub}')");
+    let methods = match app.backend {
+        crate::helpers::Backend::Postgres => "customer_data.payment_methods",
+        crate::helpers::Backend::Sqlite => "payment_methods",
+    };
+    for (sub, token) in
+        [(&declines, "tok_sandbox_decline_insufficient_funds"), (&lost, "tok_sandbox_unknown")]
+    {
+        let sql = format!("UPDATE {methods} SET token = '{token}' WHERE id = {}", sub_pm(sub));
+        assert_eq!(app.raw_exec(&sql).await.unwrap(), 1);
+    }
+    let gone = another(&app, &s, 102, "tok_sandbox_success").await;
+    let sql = format!("UPDATE {methods} SET state = 'deleted' WHERE id = {}", sub_pm(&gone));
+    assert_eq!(app.raw_exec(&sql).await.unwrap(), 1);
+    assert_eq!(captured(&app), 14 * 999);
+    let before = s.state(&app).await;
+    let (batched, one_by_one) = azotte_service::subscriptions::renewals::jobs_ended();
+
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    tick(&app).await;
+    let (batched_now, one_by_one_now) = azotte_service::subscriptions::renewals::jobs_ended();
+    if app.ctx.numbering == azotte_service::invoices::Numbering::Auto {
+        assert_eq!(batched_now - batched, 11, "the ordinary renewals ran as a batch");
+    }
+    assert!(one_by_one_now - one_by_one >= 2, "the declined and the method-less one by one");
+    // The PSP took the lost one's money too (its answer is what was lost).
+    assert_eq!(captured(&app), 14 * 999 + 12 * 999, "each renewal charged once");
+    let mut correlations = std::collections::HashSet::new();
+    for sub in &subs {
+        let v = s.get(&app, &format!("/v1/subscriptions/{sub}")).await;
+        assert_eq!(v["status"], "active", "{v}");
+        assert_eq!(v["current_period_start"], before["current_period_end"], "{v}");
+        let t = s.get(&app, &format!("/v1/subscriptions/{sub}/timeline")).await;
+        let renewed = t["data"].as_array().unwrap().iter().find(|e| e["type"] == "subscription.renewed");
+        let cor = renewed.expect("renewed")["correlation_id"].as_str().unwrap().to_owned();
+        let lineage = s.get(&app, &format!("/v1/lineage/{cor}")).await;
+        let text = lineage.to_string();
+        for t in [
+            "subscription.renew",
+            "payment.create",
+            "payment.routed",
+            "payment.attempt",
+            "invoice.issued",
+            "payment.attempt_result",
+            "payment.captured",
+            "invoice.paid",
+            "subscription.renewed",
+        ] {
+            assert!(text.contains(&format!("\"{t}\"")), "{t} in the renewal's lineage: {text}");
+        }
+        // Its lineage is its own: no other subscription's entries.
+        for other in subs.iter().filter(|o| *o != sub) {
+            assert!(!text.contains(other.as_str()), "{other} in {sub}'s lineage");
+        }
+        assert!(correlations.insert(cor), "a correlation of its own");
+    }
+    for (sub, status) in [(&declines, "past_due"), (&gone, "past_due"), (&lost, "active")] {
+        let v = s.get(&app, &format!("/v1/subscriptions/{sub}")).await;
+        assert_eq!(v["status"], status, "{sub}: {v}");
+    }
+    let unknown = app.raw_strings("SELECT status FROM payments WHERE status = 'unknown'").await;
+    assert_eq!(unknown.len(), 1, "the lost answer waits for reconciliation");
+
+    // Gapless numbers, one paid invoice per ordinary renewal (deferred numbering: once the
+    // pass has numbered the drafts, the unpaid ones after their grace).
+    app.ctx.clock.advance(chrono::Duration::seconds(5));
+    let numbering_pass_done = async {
+        for _ in 0..100 {
+            let drafts = app.raw_strings("SELECT id FROM invoices WHERE status = 'draft'").await;
+            if drafts.is_empty() {
+                return;
+            }
+            azotte_service::invoices::number_pending_everywhere(&app.ctx).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("drafts left unnumbered");
+    };
+    numbering_pass_done.await;
+    let seqs = app.raw_strings("SELECT CAST(sequence AS TEXT) FROM invoices ORDER BY sequence").await;
+    let mut seqs: Vec<i64> = seqs.iter().map(|s| s.parse().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gapless");
+    let paid = app
+        .raw_strings("SELECT CAST(COUNT(*) AS TEXT) FROM invoices WHERE status = 'paid' AND total = 999")
+        .await;
+    assert_eq!(paid, [(14 + 11).to_string()]);
+
+    // Nothing runs twice: the jobs made due again charge nothing.
+    app.raw_exec("UPDATE renewal_jobs SET status = 'queued', locked_until = NULL WHERE status = 'done'")
+        .await
+        .unwrap();
+    tick(&app).await;
+    assert_eq!(captured(&app), 14 * 999 + 12 * 999, "a second pass charges nothing");
+}
+
+/// A subscription of a batch is cancelled while the PSP charges it: the batch's settling
+/// transaction cannot renew it as it read it, so nothing of that transaction is written and each
+/// renewal settles one by one — the other renews, the cancelled one's charge goes back and its
+/// invoice is voided.
+async fn a_batch_whose_subscription_changes_during_the_charge_settles_one_by_one(app: TestApp) {
+    let s = subscribe(&app).await;
+    let other = another(&app, &s, 0, "tok_sandbox_success").await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    let (batched, one_by_one) = azotte_service::subscriptions::renewals::jobs_ended();
+    app.ctx.psp.sandbox.set_extra_latency(std::time::Duration::from_millis(1500));
+    let cancel = async {
+        for _ in 0..500 {
+            let n = app.raw_strings("SELECT id FROM payments WHERE status = 'pending'").await.len();
+            if n == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let body = json!({"method": "immediate", "reason_code": "other"});
+        s.post(&app, &format!("/v1/subscriptions/{}/cancel", s.sub), body, 200).await
+    };
+    let (_, cancelled) = tokio::join!(tick(&app), cancel);
+    app.ctx.psp.sandbox.set_extra_latency(std::time::Duration::ZERO);
+    assert_eq!(cancelled["status"], "canceled", "{cancelled}");
+    let (batched_now, one_by_one_now) = azotte_service::subscriptions::renewals::jobs_ended();
+    assert_eq!((batched_now - batched, one_by_one_now - one_by_one), (0, 2), "settled one by one");
+    let v = s.get(&app, &format!("/v1/subscriptions/{other}")).await;
+    assert_eq!(v["status"], "active");
+    assert_eq!(v["current_period_start"], cancelled["current_period_end"], "renewed: {v}");
+    let refunds: i64 = app
+        .ctx
+        .psp
+        .sandbox
+        .ledger()
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.kind, azotte_payments::EntryKind::Refund))
+        .map(|e| e.amount)
+        .sum();
+    assert_eq!((captured(&app), refunds), (4 * 999, 999), "the cancelled one's charge went back");
+    let statuses: Vec<String> = invoices_of(&app, &s).await.into_iter().map(|i| i.0).collect();
+    assert_eq!(statuses, ["paid", "void"]);
+    tick(&app).await;
+    assert_eq!(captured(&app), 4 * 999, "later ticks charge nothing");
+}
+
 both_numberings!(
+    a_batch_renews_many_each_once_in_its_own_lineage,
+    a_batch_whose_subscription_changes_during_the_charge_settles_one_by_one,
     a_new_card_while_a_retry_is_unknown_charges_the_period_once,
     a_broken_checkout_does_not_stop_renewals,
     a_late_captured_renewal_charge_of_a_changed_subscription_is_refunded,

@@ -147,9 +147,75 @@ pub(crate) struct Sending {
     pub(super) first: (Arc<dyn Connector>, Account),
 }
 
+impl Sending {
+    /// The payment as prepared: `pending`, its first attempt started.
+    pub(crate) fn payment(&self) -> &PaymentRow {
+        &self.row
+    }
+
+    /// The first attempt's PSP call, its answer not recorded yet (a renewal batch records the
+    /// answers of many at once: [`Sending::captured`], [`Sending::record_captured`]).
+    pub(crate) async fn first_call(&self, ctx: &Ctx) -> Result<Answer> {
+        call(ctx, &self.row, 0, &self.order[0], &self.first, &self.job).await
+    }
+
+    /// The payment as `answer` (to its first attempt) leaves it, when that answer is a capture;
+    /// `None` for any other answer (the one-by-one path records it: [`run_answered`]).
+    pub(crate) fn captured(&self, answer: &Answer) -> Option<PaymentRow> {
+        let Some(Ok(p)) = &answer.result else { return None };
+        if p.status != PaymentStatus::Captured || answer.index != 0 {
+            return None;
+        }
+        let from = stored_status(&self.row).ok()?;
+        let to =
+            rules::transition(from, PaymentEvent { observed: p.status, source: Source::Attempt }).ok()?;
+        let mut row = self.row.clone();
+        row.psp_payment_id = Some(p.psp_id.clone());
+        row.captured_amount = p.amount_captured;
+        row.decline_code = p.decline_code.map(|d| d.as_str().to_owned());
+        row.status = to.as_str().to_owned();
+        row.updated_at = answer.at;
+        (to == PaymentStatus::Captured).then_some(row)
+    }
+
+    /// Records a capture ([`Sending::captured`]) in the transaction's current lineage, as
+    /// [`record`] would (action `payment.attempt_result`, a breaker change, outcome
+    /// `payment.captured`); the caller writes the payment row.
+    pub(crate) async fn record_captured(
+        &self,
+        tx: &mut TenantTx,
+        answer: &Answer,
+        captured: &PaymentRow,
+    ) -> Result<()> {
+        let (now, account) = (answer.at, &self.order[answer.index]);
+        let r = Some(("payment", self.row.id.as_str()));
+        tx.action(
+            now,
+            "payment.attempt_result",
+            r,
+            json!({"attempt": answer.attempt, "psp_account_id": account.id, "sent": answer.sent}),
+        )
+        .await?;
+        journal_breaker(tx, account, answer.change, now).await?;
+        tx.outcome(
+            now,
+            "payment.captured",
+            r,
+            json!({"attempt": answer.attempt, "psp_payment_id": captured.psp_payment_id}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// What records `answer` (final) alone, in a transaction of its own.
+    pub(crate) fn redo(self, answer: Answer) -> Redo {
+        Redo { payment_id: self.row.id, answer, order: self.order }
+    }
+}
+
 /// One attempt's answer, as it is recorded (and recorded again if the transaction it was first
 /// recorded in does not commit: [`Redo::record_alone`]).
-struct Answer {
+pub(crate) struct Answer {
     /// Which of the order's accounts took the call.
     index: usize,
     attempt: i32,
@@ -350,10 +416,23 @@ async fn record(
 /// attempt is committed as started before its call. The final answer is recorded in a
 /// transaction returned open ([`Sent`]).
 pub(crate) async fn run(ctx: &Ctx, scope: &TenantScope, s: Sending) -> Result<Sent> {
+    run_from(ctx, scope, s, None).await
+}
+
+/// [`run`] for a charge whose first attempt's call was made already ([`Sending::first_call`]):
+/// its answer is recorded first, then as [`run`] goes on.
+pub(crate) async fn run_answered(ctx: &Ctx, scope: &TenantScope, s: Sending, first: Answer) -> Result<Sent> {
+    run_from(ctx, scope, s, Some(first)).await
+}
+
+async fn run_from(ctx: &Ctx, scope: &TenantScope, s: Sending, mut answered: Option<Answer>) -> Result<Sent> {
     let Sending { mut row, order, job, first } = s;
     let (mut index, mut conn) = (0, first);
     loop {
-        let answer = call(ctx, &row, index, &order[index], &conn, &job).await?;
+        let answer = match answered.take() {
+            Some(a) => a,
+            None => call(ctx, &row, index, &order[index], &conn, &job).await?,
+        };
         let mut tx = ctx.db.tenant_tx(scope).await?;
         match record(ctx, &mut tx, &answer, &order, &row.id).await? {
             Recorded::Final(payment) => {

@@ -17,6 +17,7 @@
 //! about it like an unknown one (decision 0007).
 
 pub(crate) mod attempt;
+pub(crate) mod batch;
 mod breaker;
 mod reconcile;
 mod refunds;
@@ -349,27 +350,7 @@ pub(crate) async fn prepare(
     }
     let id = PaymentId::new();
     let sid = id.to_string();
-    let mut row = PaymentRow {
-        id: sid.clone(),
-        storefront_id: pm.storefront_id.clone(),
-        customer_id: input.customer_id.clone(),
-        payment_method_id: pm.id.clone(),
-        psp_account_id: input.psp_account_id.clone(),
-        psp_payment_id: None,
-        amount: input.amount,
-        currency: currency.to_string(),
-        status: "pending".into(),
-        attempts: 0,
-        decline_code: None,
-        captured_amount: 0,
-        refunded_amount: 0,
-        description: input.description.chars().take(500).collect(),
-        created_at: now,
-        updated_at: now,
-        queued_reason: None,
-        request_key: input.request_key.clone(),
-        next_action: None,
-    };
+    let mut row = new_row(sid.clone(), &pm, input, &currency, now);
     let r = Some(("payment", sid.as_str()));
     tx.action(
         now,
@@ -415,6 +396,37 @@ pub(crate) async fn prepare(
         off_session: input.off_session,
     };
     Ok(Prepared::Send(attempt::Sending { row, order: plan.order, job, first: first_conn }))
+}
+
+/// A new payment of `input` with `pm`, `pending`, no attempt started yet.
+fn new_row(
+    id: String,
+    pm: &customer_store::PaymentMethodRow,
+    input: &ChargeInput,
+    currency: &Currency,
+    now: chrono::DateTime<chrono::Utc>,
+) -> PaymentRow {
+    PaymentRow {
+        id,
+        storefront_id: pm.storefront_id.clone(),
+        customer_id: input.customer_id.clone(),
+        payment_method_id: pm.id.clone(),
+        psp_account_id: input.psp_account_id.clone(),
+        psp_payment_id: None,
+        amount: input.amount,
+        currency: currency.to_string(),
+        status: "pending".into(),
+        attempts: 0,
+        decline_code: None,
+        captured_amount: 0,
+        refunded_amount: 0,
+        description: input.description.chars().take(500).collect(),
+        created_at: now,
+        updated_at: now,
+        queued_reason: None,
+        request_key: input.request_key.clone(),
+        next_action: None,
+    }
 }
 
 /// The payment an earlier request with the same `Idempotency-Key` created, if any; a key

@@ -1,0 +1,444 @@
+//! Renewal batches: the common renewal — an `active` subscription whose period ended, charged
+//! for the first time for that period with its payment method, nothing else pending on it — run
+//! for many subscriptions of one tenant environment at once, with set-based statements: one
+//! transaction before the PSP calls writes every invoice (numbered from one reservation of its
+//! series), line and payment with one statement each; the first attempts are then called
+//! together; one transaction after them records every capture, renews every subscription and
+//! pays every invoice, again one statement each. Each renewal is journaled in its own lineage
+//! (its own correlation id), with exactly the entries the one-by-one path records, so a batch
+//! renewal reads in the journal as any other.
+//!
+//! Anything out of the ordinary goes the one-by-one way ([`super::run_one`]), which knows every
+//! case: a job whose subscription is past due, changed or missing, a key already used (a rerun),
+//! an unpaid invoice or plan change on the subscription, safe mode, a PSP whose breakers are all
+//! open, a storefront with fiscalization, a method that cannot be charged — left out before
+//! anything is written. After the charges, every answer but a capture (declines, failovers,
+//! unknowns, pending) is recorded and settled one by one; and if the settling transaction cannot
+//! renew every captured one as read (a subscription or payment changed meanwhile), it is rolled
+//! back and each is settled one by one, its answer recorded alone first. Nothing is charged twice:
+//! the batch's payments carry the same request keys as the one-by-one path's.
+
+use std::collections::{HashMap, HashSet};
+
+use azotte_domain::invoice::FiscalProvider;
+use azotte_domain::permission::Permission;
+use azotte_domain::subscription::{self as life, Event};
+use azotte_store::invoices::InvoiceRow;
+use azotte_store::journal::{self, RequestMeta};
+use azotte_store::payments::PaymentRow;
+use azotte_store::renewal_jobs::{self as jobs, RenewalJob};
+use azotte_store::subscriptions::{self as store, SubscriptionRow};
+use azotte_store::TenantScope;
+use serde_json::json;
+
+use super::{charge_key, conclude, concluded, job_attempt, renew_body, Ran};
+use crate::payments::attempt::{self, Answer, Sending};
+use crate::payments::{self, ChargeInput, Charged};
+use crate::subscriptions::checkout::apply_state;
+use crate::subscriptions::lifecycle::{period_of, state_of};
+use crate::{Ctx, Result, ServiceError};
+
+/// PSP calls of one batch in flight at once.
+const CALLS_AT_ONCE: usize = 16;
+
+/// One renewal of a batch, its invoice and payment committed.
+struct Item {
+    job: RenewalJob,
+    sub: SubscriptionRow,
+    storefront: azotte_store::catalog::Storefront,
+    /// Its lineage: every entry of this renewal, in either transaction, carries it.
+    meta: RequestMeta,
+    invoice: InvoiceRow,
+    sending: Sending,
+}
+
+/// Runs what it can of `jobs` (all of `scope`'s tenant environment) as one batch. Returns how
+/// each job it ran ended, and the jobs it left for the one-by-one path.
+pub(super) async fn run(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    jobs: Vec<RenewalJob>,
+) -> (Vec<Result<Ran>>, Vec<RenewalJob>) {
+    let (items, rest) = match prepare(ctx, scope, jobs).await {
+        Ok(p) => p,
+        Err((e, jobs)) => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "renewal batch not prepared; renewing one by one");
+            return (Vec::new(), jobs);
+        }
+    };
+    if items.is_empty() {
+        return (Vec::new(), rest);
+    }
+    let mut ran = Vec::new();
+    let mut captured = Vec::new();
+    for (item, answer) in call_all(ctx, items).await {
+        match answer {
+            Ok(a) => match item.sending.captured(&a) {
+                Some(row) => captured.push((item, a, row)),
+                None => ran.push(answered_alone(ctx, scope, item, a).await),
+            },
+            // Nothing recorded (the payment stays pending with its attempt, for reconciliation):
+            // the job looks again later, as the one-by-one path's does.
+            Err(e) => ran.push(concluded(ctx, item.job.id, Err(e)).await),
+        }
+    }
+    ran.extend(settle_all(ctx, scope, captured).await);
+    (ran, rest)
+}
+
+/// The batch's first transaction: reads what every job needs with one statement per table,
+/// leaves out the jobs the one-by-one path must run, and writes the others' invoices, lines and
+/// payments, each renewal journaled in its own lineage. On an error nothing is written and every
+/// job is handed back.
+async fn prepare(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    jobs: Vec<RenewalJob>,
+) -> std::result::Result<(Vec<Item>, Vec<RenewalJob>), (ServiceError, Vec<RenewalJob>)> {
+    // A denial, deferred numbering: the one-by-one path journals or handles them.
+    if ctx.numbering != crate::invoices::Numbering::Auto
+        || crate::security::require(ctx, scope, Permission::PaymentCreate).await.is_err()
+    {
+        return Ok((Vec::new(), jobs));
+    }
+    let picking = match pick(ctx, scope, &jobs).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok((Vec::new(), jobs)),
+        Err(e) => return Err((e, jobs)),
+    };
+    let taken: HashSet<String> = picking.picked.iter().map(|p| p.job.id.clone()).collect();
+    let items = match write(ctx, picking).await {
+        Ok(items) => items,
+        Err(e) => return Err((e, jobs)),
+    };
+    let rest = jobs.into_iter().filter(|j| !taken.contains(&j.id)).collect();
+    Ok((items, rest))
+}
+
+/// A job the batch takes, priced and routed, nothing recorded yet.
+struct Picked {
+    job: RenewalJob,
+    sub: SubscriptionRow,
+    storefront: azotte_store::catalog::Storefront,
+    billed: crate::invoices::Billed,
+    planned: payments::batch::Planned,
+}
+
+/// The open first transaction and the jobs it takes.
+struct Picking {
+    tx: azotte_store::TenantTx,
+    picked: Vec<Picked>,
+}
+
+/// Opens the first transaction and picks the jobs the batch takes (`None`: none).
+async fn pick(ctx: &Ctx, scope: &TenantScope, jobs: &[RenewalJob]) -> Result<Option<Picking>> {
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    if azotte_store::payment_ops::safe_mode(&mut tx).await?.is_some() {
+        return Ok(None);
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.subscription_id.clone()).collect();
+    let subs: HashMap<String, SubscriptionRow> =
+        store::get_subscriptions(&mut tx, &ids).await?.into_iter().map(|s| (s.id.clone(), s)).collect();
+    let mut candidates: Vec<(&RenewalJob, &SubscriptionRow)> = jobs
+        .iter()
+        .filter_map(|j| subs.get(&j.subscription_id).map(|s| (j, s)))
+        .filter(|(j, s)| {
+            s.status == "active"
+                && j.attempt == 0
+                && job_attempt(s) == 0
+                && s.period_end == j.period_end
+                && s.payment_method_id.is_some()
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    // A key used already (a rerun), an unpaid invoice, a plan change: one by one.
+    let keys: Vec<String> = candidates.iter().map(|(j, s)| charge_key(&s.id, j)).collect();
+    let used: HashSet<String> =
+        azotte_store::payments::taken_request_keys(&mut tx, &keys).await?.into_iter().collect();
+    let sub_ids: Vec<String> = candidates.iter().map(|(_, s)| s.id.clone()).collect();
+    let mut busy: HashSet<String> =
+        azotte_store::invoices::with_unpaid_invoices(&mut tx, &sub_ids).await?.into_iter().collect();
+    busy.extend(azotte_store::replacements::with_open(&mut tx, &sub_ids).await?);
+    candidates.retain(|(j, s)| !used.contains(&charge_key(&s.id, j)) && !busy.contains(&s.id));
+
+    // Each storefront once: gone, fiscalized, or every account's breaker open → one by one.
+    let mut storefronts = HashMap::new();
+    for (_, s) in &candidates {
+        if storefronts.contains_key(&s.storefront_id) {
+            continue;
+        }
+        let found = azotte_store::catalog::get_storefront(&mut tx, &s.storefront_id).await?;
+        let entry = match found {
+            Some(sf) if sf.fiscalization == FiscalProvider::None => {
+                let accounts = azotte_store::psp_accounts::of_storefront(&mut tx, &s.storefront_id).await?;
+                let usable: Vec<_> = accounts.iter().filter(|a| a.status == "active").collect();
+                if usable.is_empty() || usable.iter().all(|a| !ctx.psp.breakers.routable(&a.id, now)) {
+                    None
+                } else {
+                    let conns = payments::batch::connectors(ctx, &mut tx, &accounts).await?;
+                    Some((sf, accounts, conns))
+                }
+            }
+            _ => None,
+        };
+        storefronts.insert(s.storefront_id.clone(), entry);
+    }
+    let customer_ids: Vec<String> = candidates.iter().map(|(_, s)| s.customer_id.clone()).collect();
+    let customers: HashMap<String, azotte_store::customers::CustomerRow> =
+        azotte_store::customers::get_customers(&mut tx, &customer_ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+    let pm_ids: Vec<String> = candidates.iter().filter_map(|(_, s)| s.payment_method_id.clone()).collect();
+    let pms: HashMap<String, azotte_store::customers::PaymentMethodRow> =
+        azotte_store::customers::get_payment_methods(&mut tx, &pm_ids)
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+    let price_ids: Vec<String> = candidates.iter().map(|(_, s)| s.price_id.clone()).collect();
+    let versions = azotte_store::catalog::versions_of(&mut tx, &price_ids).await?;
+
+    let mut picked = Vec::new();
+    for (job, sub) in candidates {
+        let Some(Some((storefront, accounts, conns))) = storefronts.get(&sub.storefront_id) else { continue };
+        let (Some(customer), Some(pm)) =
+            (customers.get(&sub.customer_id), sub.payment_method_id.as_ref().and_then(|id| pms.get(id)))
+        else {
+            continue;
+        };
+        if pm.storefront_id != sub.storefront_id {
+            continue;
+        }
+        let Ok(next) = life::apply(&state_of(sub)?, &Event::RenewalSucceeded, now, period_of(sub)?) else {
+            continue;
+        };
+        let description = format!("subscription {}, period from {}", sub.id, next.period_start.date_naive());
+        let charge = crate::invoices::SubscriptionCharge {
+            storefront,
+            subscription: sub,
+            country: customer.country.as_deref(),
+            versions: &versions,
+            description: &description,
+            amount: sub.amount,
+            period: (next.period_start, next.period_end),
+        };
+        let Ok(billed) = charge.bill(now) else { continue };
+        let input = ChargeInput {
+            customer_id: sub.customer_id.clone(),
+            payment_method_id: pm.id.clone(),
+            amount: billed.row.total,
+            currency: sub.currency.clone(),
+            description: format!(
+                "subscription {} renewal, period ending {}, invoice {}",
+                sub.id, sub.period_end, billed.row.id
+            ),
+            psp_account_id: None,
+            off_session: true,
+            request_key: Some(charge_key(&sub.id, job)),
+        };
+        let Some(planned) = payments::batch::plan(ctx, &tx, &input, pm, accounts, conns, now) else {
+            continue;
+        };
+        picked.push(Picked {
+            job: job.clone(),
+            sub: sub.clone(),
+            storefront: storefront.clone(),
+            billed,
+            planned,
+        });
+    }
+    if picked.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Picking { tx, picked }))
+}
+
+/// Numbers, journals and writes the picked renewals in the first transaction, and commits it:
+/// one reservation of numbers per series, then one statement each for the invoices, their lines
+/// and the payments (their first attempts started).
+async fn write(ctx: &Ctx, picking: Picking) -> Result<Vec<Item>> {
+    let now = ctx.clock.now();
+    let Picking { mut tx, picked } = picking;
+    let mut counts: HashMap<(String, String), i64> = HashMap::new();
+    for p in &picked {
+        *counts.entry((p.sub.storefront_id.clone(), p.billed.series.clone())).or_default() += 1;
+    }
+    let mut next = HashMap::new();
+    for ((storefront, series), n) in counts {
+        let first = azotte_store::invoices::reserve_numbers(&mut tx, &storefront, &series, n).await?;
+        next.insert((storefront, series), first);
+    }
+    let mut items = Vec::with_capacity(picked.len());
+    let (mut invoices, mut lines, mut payment_rows) = (Vec::new(), Vec::new(), Vec::new());
+    for Picked { job, sub, storefront, mut billed, planned } in picked {
+        let meta = RequestMeta::system();
+        tx.begin_lineage(meta.clone());
+        tx.action(
+            now,
+            "subscription.renew",
+            Some(("subscription", sub.id.as_str())),
+            renew_body(&sub, "invoice"),
+        )
+        .await?;
+        let sending = planned.start(&mut tx, now).await?;
+        let sequence = next
+            .get_mut(&(sub.storefront_id.clone(), billed.series.clone()))
+            .ok_or_else(|| ServiceError::Internal("a series without a reservation".into()))?;
+        billed.issue(&mut tx, *sequence, now).await?;
+        *sequence += 1;
+        invoices.push(billed.row.clone());
+        lines.extend(billed.lines);
+        payment_rows.push(sending.payment().clone());
+        items.push(Item { job, sub, storefront, meta, invoice: billed.row, sending });
+    }
+    azotte_store::invoices::insert_many(&mut tx, &invoices).await?;
+    azotte_store::invoices::insert_lines(&mut tx, &lines).await?;
+    azotte_store::payments::insert_many(&mut tx, &payment_rows).await?;
+    tx.commit().await?;
+    Ok(items)
+}
+
+/// Makes every item's first PSP call, [`CALLS_AT_ONCE`] at a time.
+async fn call_all(ctx: &Ctx, items: Vec<Item>) -> Vec<(Item, Result<Answer>)> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < CALLS_AT_ONCE {
+            let Some(item) = items.next() else { break };
+            let ctx = ctx.clone();
+            running.spawn(async move {
+                let answer = item.sending.first_call(&ctx).await;
+                (item, answer)
+            });
+        }
+        match running.join_next().await {
+            None => break,
+            Some(Ok(answered)) => out.push(answered),
+            // The job stays claimed until its lock expires; its rerun finds the payment by key.
+            Some(Err(e)) => tracing::error!(error = %e, "a renewal batch's PSP call panicked"),
+        }
+    }
+    out
+}
+
+/// Records an answer that is not a capture and concludes its renewal one by one, in its lineage.
+async fn answered_alone(ctx: &Ctx, scope: &TenantScope, item: Item, answer: Answer) -> Result<Ran> {
+    let Item { job, sub, storefront, meta, invoice, sending } = item;
+    let r = journal::with_meta(meta, async {
+        let sent = attempt::run_answered(ctx, scope, sending, answer).await?;
+        conclude(ctx, scope, sub, &storefront, Ok((Charged::Answered(sent), invoice.id))).await
+    })
+    .await;
+    concluded(ctx, job.id, r).await
+}
+
+/// Settles the captured renewals in one transaction ([`settle_batch`]); if that cannot be,
+/// each one by one, its answer recorded alone first.
+async fn settle_all(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    captured: Vec<(Item, Answer, PaymentRow)>,
+) -> Vec<Result<Ran>> {
+    if captured.is_empty() {
+        return Vec::new();
+    }
+    match settle_batch(ctx, scope, &captured).await {
+        Ok(renewed) => {
+            // Catch-up: a period already over is enqueued at once (else the scheduler finds it).
+            let now = ctx.clock.now();
+            let due: Vec<_> = renewed
+                .iter()
+                .filter(|s| s.period_end <= now && s.status == "active")
+                .map(|s| (s.id.as_str(), 0, s.period_end))
+                .collect();
+            let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
+            if let Err(e) = jobs::enqueue_many(&ctx.db, &tenant, env, &due, now).await {
+                tracing::warn!(error = %e, "catch-up renewals not enqueued; the scheduler will find them");
+            }
+            super::ENDED_IN_BATCH.fetch_add(captured.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            captured
+                .into_iter()
+                .map(|(item, ..)| Ok(Ran::Finished { id: item.job.id, renewed: true }))
+                .collect()
+        }
+        Err(e) => {
+            tracing::info!(error = %e, renewals = captured.len(), "renewal batch not settled at once; settling one by one");
+            let mut out = Vec::with_capacity(captured.len());
+            for (item, answer, _) in captured {
+                let Item { job, sub, storefront, meta, invoice, sending } = item;
+                let r = journal::with_meta(meta, async {
+                    let p = sending.redo(answer).record_alone(ctx, scope).await?;
+                    conclude(ctx, scope, sub, &storefront, Ok((Charged::Recorded(p), invoice.id))).await
+                })
+                .await;
+                out.push(concluded(ctx, job.id, r).await);
+            }
+            out
+        }
+    }
+}
+
+/// The batch's second transaction: records every capture, renews every subscription and pays
+/// every invoice, each renewal journaled in its lineage as the one-by-one path's settling is
+/// (`payment.captured`, `subscription.renew`, `invoice.paid`, `subscription.renewed`), with one
+/// statement per table. Each row is written only if it is still as the batch read it; if any is
+/// not, nothing is (the caller settles one by one). Returns the renewed subscriptions.
+async fn settle_batch(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    captured: &[(Item, Answer, PaymentRow)],
+) -> Result<Vec<SubscriptionRow>> {
+    let now = ctx.clock.now();
+    let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let (mut subs, mut paid, mut payment_rows, mut invoice_ids) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (item, answer, payment) in captured {
+        tx.begin_lineage(item.meta.clone());
+        item.sending.record_captured(&mut tx, answer, payment).await?;
+        let r = Some(("subscription", item.sub.id.as_str()));
+        tx.action(now, "subscription.renew", r, renew_body(&item.sub, "settle")).await?;
+        let after = life::apply(&state_of(&item.sub)?, &Event::RenewalSucceeded, now, period_of(&item.sub)?)
+            .map_err(illegal)?;
+        let mut sub = item.sub.clone();
+        sub.dunning_attempts = 0;
+        sub.next_retry_at = None;
+        sub.grace_extended_until = None;
+        apply_state(&mut sub, &after);
+        sub.updated_at = now;
+        paid.push(crate::invoices::record_batch_paid(&mut tx, &item.invoice, payment, now).await?);
+        tx.outcome(
+            now,
+            "subscription.renewed",
+            r,
+            json!({"payment_id": payment.id, "period_start": after.period_start, "period_end": after.period_end}),
+        )
+        .await?;
+        subs.push((sub, item.sub.updated_at));
+        payment_rows.push(payment.clone());
+        invoice_ids.push(item.invoice.id.clone());
+    }
+    let n = captured.len() as u64;
+    let wrote = [
+        azotte_store::payments::answers_many(&mut tx, &payment_rows).await?,
+        store::renew_many(&mut tx, &subs).await?,
+        azotte_store::invoices::pay_many(&mut tx, &invoice_ids, now).await?,
+    ];
+    if wrote.iter().any(|w| *w != n) {
+        // Dropped: rolled back.
+        return Err(ServiceError::Conflict {
+            code: "renewal_batch_changed",
+            message: format!("wrote {wrote:?} of {n} rows: something changed meanwhile"),
+            field: None,
+        });
+    }
+    azotte_store::invoices::insert_payments(&mut tx, &paid).await?;
+    tx.commit().await?;
+    Ok(subs.into_iter().map(|(s, _)| s).collect())
+}
