@@ -166,29 +166,28 @@ pub async fn claim_due(
         tx.commit().await?;
         rows
     };
-    // One transaction claims them all (one commit, not one per job); each row's condition
-    // still lets only one claimer have it.
-    let mut claimed = Vec::new();
-    let mut tx = job_tx(db).await?;
-    for job in candidates {
-        let q = Query::update()
-            .table(RenewalJobs::Table)
-            .value(RenewalJobs::LockedUntil, now + lock_for)
-            .value(RenewalJobs::UpdatedAt, now)
-            .and_where(Expr::col(RenewalJobs::Id).eq(job.id.clone()))
-            .and_where(Expr::col(RenewalJobs::Status).eq("queued"))
-            .cond_where(
-                sea_query::Cond::any()
-                    .add(Expr::col(RenewalJobs::LockedUntil).is_null())
-                    .add(Expr::col(RenewalJobs::LockedUntil).lt(now)),
-            )
-            .to_owned();
-        if tx.execute(&q).await? == 1 {
-            claimed.push(job);
-        }
+    // One statement claims them all; each row's condition still lets only one claimer have it.
+    if candidates.is_empty() {
+        return Ok(candidates);
     }
+    let q = Query::update()
+        .table(RenewalJobs::Table)
+        .value(RenewalJobs::LockedUntil, now + lock_for)
+        .value(RenewalJobs::UpdatedAt, now)
+        .and_where(Expr::col(RenewalJobs::Id).is_in(candidates.iter().map(|j| j.id.clone())))
+        .and_where(Expr::col(RenewalJobs::Status).eq("queued"))
+        .cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(RenewalJobs::LockedUntil).is_null())
+                .add(Expr::col(RenewalJobs::LockedUntil).lt(now)),
+        )
+        .returning_col(RenewalJobs::Id)
+        .to_owned();
+    let mut tx = job_tx(db).await?;
+    let won: std::collections::HashSet<String> =
+        tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect();
     tx.commit().await?;
-    Ok(claimed)
+    Ok(candidates.into_iter().filter(|j| won.contains(&j.id)).collect())
 }
 
 /// Marks jobs done in one transaction (a worker's batch: one commit for many renewals). A job

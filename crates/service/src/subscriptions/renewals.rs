@@ -70,12 +70,27 @@ pub async fn schedule(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     Ok(jobs::enqueue_many(&ctx.db, &tenant, env, &offered, now).await? as usize)
 }
 
-/// One scheduler pass and one worker pass over every tenant environment (the worker's tick).
+/// How long one tick goes on renewing while renewals are due (the worker's other housekeeping
+/// waits meanwhile).
+const TICK_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Scheduler and worker passes over every tenant environment (the worker's tick), one after the
+/// other while the last one renewed something, for up to [`TICK_BUDGET`]: a backlog (a busy
+/// first of the month, a catch-up after downtime) is worked off at the database's pace rather
+/// than a few hundred per tick.
 pub async fn tick(ctx: &Ctx) -> Result<usize> {
-    for scope in crate::payments::every_scope(ctx, "renewal_scheduler").await? {
-        schedule(ctx, &scope).await?;
+    let started = std::time::Instant::now();
+    let mut renewed = 0;
+    loop {
+        for scope in crate::payments::every_scope(ctx, "renewal_scheduler").await? {
+            schedule(ctx, &scope).await?;
+        }
+        let n = run_jobs(ctx).await?;
+        renewed += n;
+        if n == 0 || started.elapsed() >= TICK_BUDGET {
+            return Ok(renewed);
+        }
     }
-    run_jobs(ctx).await
 }
 
 /// Renewal jobs one process runs at once. A job waits mostly on the PSP and on its commits'
