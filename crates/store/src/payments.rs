@@ -152,29 +152,35 @@ pub async fn taken_request_keys(tx: &mut TenantTx, keys: &[String]) -> Result<Ve
     Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(k,)| k).collect())
 }
 
-/// Writes the final answers of many payments' attempts in one statement (one `CASE` per
-/// column, by id) — status, PSP id, decline code, captured amount, `updated_at` — each only if
-/// it is still `pending` (a webhook or reconciliation may have moved it). Returns how many it
-/// wrote: fewer than `rows` when one moved (the caller rolls back).
-pub async fn answers_many(tx: &mut TenantTx, rows: &[PaymentRow]) -> Result<u64> {
+/// Records many payments captured in one statement — `captured`, each row's PSP id and captured
+/// amount, no decline code, `updated_at` = `now` — each only if it is still `pending` (a webhook
+/// or reconciliation may have moved it). Returns how many it wrote: fewer than `rows` when one
+/// moved (the caller rolls back).
+pub async fn captured_many(tx: &mut TenantTx, rows: &[PaymentRow], now: DateTime<Utc>) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let col = |c: Payments, value: &dyn Fn(&PaymentRow) -> sea_query::SimpleExpr| {
+    let by_id = |value: &dyn Fn(&PaymentRow) -> sea_query::SimpleExpr, otherwise: Payments| {
         let case = rows.iter().fold(sea_query::CaseStatement::new(), |cs, p| {
             cs.case(Expr::col(Payments::Id).eq(p.id.clone()), value(p))
         });
-        let expr: sea_query::SimpleExpr = case.finally(Expr::col(c)).into();
-        (c, expr)
+        let expr: sea_query::SimpleExpr = case.finally(Expr::col(otherwise)).into();
+        expr
+    };
+    // Commonly each captured exactly its amount: no second `CASE`.
+    let captured = if rows.iter().all(|p| p.captured_amount == p.amount) {
+        Expr::col(Payments::Amount).into()
+    } else {
+        by_id(&|p| p.captured_amount.into(), Payments::CapturedAmount)
     };
     let q = Query::update()
         .table(Payments::Table)
         .values([
-            col(Payments::Status, &|p| p.status.clone().into()),
-            col(Payments::PspPaymentId, &|p| p.psp_payment_id.clone().into()),
-            col(Payments::DeclineCode, &|p| p.decline_code.clone().into()),
-            col(Payments::CapturedAmount, &|p| p.captured_amount.into()),
-            col(Payments::UpdatedAt, &|p| p.updated_at.into()),
+            (Payments::Status, "captured".into()),
+            (Payments::PspPaymentId, by_id(&|p| p.psp_payment_id.clone().into(), Payments::PspPaymentId)),
+            (Payments::DeclineCode, Option::<String>::None.into()),
+            (Payments::CapturedAmount, captured),
+            (Payments::UpdatedAt, now.into()),
         ])
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).is_in(rows.iter().map(|p| p.id.clone())))

@@ -472,45 +472,58 @@ pub async fn get_subscriptions(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<
     tx.tx.fetch_all::<SubscriptionRow>(&q).await
 }
 
-/// Writes the lifecycle fields of many renewed subscriptions in one statement (one `CASE` per
-/// column, by id) — status, period, periods, dunning fields, `updated_at` — each only if it is
-/// still as its expected `updated_at` says (optimistic concurrency, as
-/// [`update_subscription`]). Returns how many it wrote: fewer than `rows` when someone else
-/// changed one first (the caller rolls back).
-pub async fn renew_many(tx: &mut TenantTx, rows: &[(SubscriptionRow, DateTime<Utc>)]) -> Result<u64> {
+/// One subscription of [`renew_many`]: its id, the `updated_at` it must still have, and the end
+/// of its new period.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    pub id: String,
+    pub expected_updated_at: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+/// Renews many `active` subscriptions in one statement: each moves on by one period — its new
+/// period starts where the old one ended, ends at its [`Renewal`]'s new
+/// end, `periods` one more — stays `active` with no dunning state left, `updated_at` = `now`;
+/// each only if it is still `active` and as its expected `updated_at` says (optimistic
+/// concurrency, as [`update_subscription`]). Returns how many it renewed: fewer than `rows` when
+/// someone else changed one first (the caller rolls back). Only the new end differs per row (one
+/// `CASE`, and one for the expected `updated_at`), so the statement costs little more than its
+/// rows.
+pub async fn renew_many(tx: &mut TenantTx, rows: &[Renewal], now: DateTime<Utc>) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let by_id = |value: &dyn Fn(&SubscriptionRow, &DateTime<Utc>) -> sea_query::SimpleExpr,
-                 otherwise: sea_query::SimpleExpr| {
-        let case = rows.iter().fold(sea_query::CaseStatement::new(), |c, (s, e)| {
-            c.case(Expr::col(Subscriptions::Id).eq(s.id.clone()), value(s, e))
+    let by_id = |value: &dyn Fn(&Renewal) -> sea_query::SimpleExpr, otherwise: sea_query::SimpleExpr| {
+        let case = rows.iter().fold(sea_query::CaseStatement::new(), |c, r| {
+            c.case(Expr::col(Subscriptions::Id).eq(r.id.clone()), value(r))
         });
         let expr: sea_query::SimpleExpr = case.finally(otherwise).into();
         expr
     };
-    let col = |c: Subscriptions, value: &dyn Fn(&SubscriptionRow) -> sea_query::SimpleExpr| {
-        (c, by_id(&|s, _| value(s), Expr::col(c).into()))
-    };
-    let q = Query::update()
-        .table(Subscriptions::Table)
-        .values([
-            col(Subscriptions::Status, &|s| s.status.clone().into()),
-            col(Subscriptions::PeriodStart, &|s| s.period_start.into()),
-            col(Subscriptions::PeriodEnd, &|s| s.period_end.into()),
-            col(Subscriptions::Periods, &|s| s.periods.into()),
-            col(Subscriptions::UpdatedAt, &|s| s.updated_at.into()),
-            col(Subscriptions::DunningAttempts, &|s| s.dunning_attempts.into()),
-            col(Subscriptions::NextRetryAt, &|s| s.next_retry_at.into()),
-            col(Subscriptions::GraceExtendedUntil, &|s| s.grace_extended_until.into()),
-        ])
-        .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
-        .and_where(Expr::col(Subscriptions::Id).is_in(rows.iter().map(|(s, _)| s.id.clone())))
-        .and_where(
-            Expr::col(Subscriptions::UpdatedAt)
-                .eq(by_id(&|_, e| (*e).into(), Expr::val(Option::<DateTime<Utc>>::None).into())),
-        )
-        .to_owned();
+    let q =
+        Query::update()
+            .table(Subscriptions::Table)
+            .values([
+                (Subscriptions::Status, "active".into()),
+                (Subscriptions::PeriodStart, Expr::col(Subscriptions::PeriodEnd).into()),
+                (
+                    Subscriptions::PeriodEnd,
+                    by_id(&|r| r.period_end.into(), Expr::col(Subscriptions::PeriodEnd).into()),
+                ),
+                (Subscriptions::Periods, Expr::col(Subscriptions::Periods).add(1)),
+                (Subscriptions::UpdatedAt, now.into()),
+                (Subscriptions::DunningAttempts, 0.into()),
+                (Subscriptions::NextRetryAt, Option::<DateTime<Utc>>::None.into()),
+                (Subscriptions::GraceExtendedUntil, Option::<DateTime<Utc>>::None.into()),
+            ])
+            .cond_where(tx.in_scope(Subscriptions::TenantId, Subscriptions::Environment))
+            .and_where(Expr::col(Subscriptions::Id).is_in(rows.iter().map(|r| r.id.clone())))
+            .and_where(Expr::col(Subscriptions::Status).eq("active"))
+            .and_where(Expr::col(Subscriptions::UpdatedAt).eq(by_id(
+                &|r| r.expected_updated_at.into(),
+                Expr::val(Option::<DateTime<Utc>>::None).into(),
+            )))
+            .to_owned();
     tx.write(&q).await
 }
 

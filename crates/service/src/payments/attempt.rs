@@ -163,7 +163,7 @@ impl Sending {
     /// `None` for any other answer (the one-by-one path records it: [`run_answered`]).
     pub(crate) fn captured(&self, answer: &Answer) -> Option<PaymentRow> {
         let Some(Ok(p)) = &answer.result else { return None };
-        if p.status != PaymentStatus::Captured || answer.index != 0 {
+        if p.status != PaymentStatus::Captured || answer.index != 0 || p.decline_code.is_some() {
             return None;
         }
         let from = stored_status(&self.row).ok()?;

@@ -74,10 +74,11 @@ pub async fn schedule(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
 /// waits meanwhile).
 const TICK_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Scheduler and worker passes over every tenant environment (the worker's tick), one after the
-/// other while the last one renewed something, for up to [`TICK_BUDGET`]: a backlog (a busy
-/// first of the month, a catch-up after downtime) is worked off at the database's pace rather
-/// than a few hundred per tick.
+/// The worker's tick: a scheduler pass over every tenant environment, then worker passes until
+/// no queued job is left to claim, and again while that renewed something, for up to
+/// [`TICK_BUDGET`]. A backlog (a busy first of the month, a catch-up after downtime) is worked
+/// off at the database's pace rather than a few hundred per tick, and the scheduler reads the
+/// due subscriptions once per queue it fills, not once per worker pass.
 pub async fn tick(ctx: &Ctx) -> Result<usize> {
     let started = std::time::Instant::now();
     let mut renewed = 0;
@@ -85,9 +86,16 @@ pub async fn tick(ctx: &Ctx) -> Result<usize> {
         for scope in crate::payments::every_scope(ctx, "renewal_scheduler").await? {
             schedule(ctx, &scope).await?;
         }
-        let n = run_jobs(ctx).await?;
-        renewed += n;
-        if n == 0 || started.elapsed() >= TICK_BUDGET {
+        let mut ran = 0;
+        loop {
+            let n = run_jobs(ctx).await?;
+            ran += n;
+            if n == 0 || started.elapsed() >= TICK_BUDGET {
+                break;
+            }
+        }
+        renewed += ran;
+        if ran == 0 || started.elapsed() >= TICK_BUDGET {
             return Ok(renewed);
         }
     }

@@ -397,8 +397,8 @@ async fn settle_batch(
     let now = ctx.clock.now();
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
     let mut tx = ctx.db.tenant_tx(scope).await?;
-    let (mut subs, mut paid, mut payment_rows, mut invoice_ids) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut subs, mut renewed, mut paid) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut payment_rows, mut invoice_ids) = (Vec::new(), Vec::new());
     for (item, answer, payment) in captured {
         tx.begin_lineage(item.meta.clone());
         item.sending.record_captured(&mut tx, answer, payment).await?;
@@ -412,6 +412,15 @@ async fn settle_batch(
         sub.grace_extended_until = None;
         apply_state(&mut sub, &after);
         sub.updated_at = now;
+        // What `renew_many` writes: the next period, contiguous, nothing else changed.
+        let mut expected = item.sub.clone();
+        (expected.period_start, expected.period_end, expected.periods) =
+            (item.sub.period_end, sub.period_end, item.sub.periods + 1);
+        (expected.dunning_attempts, expected.next_retry_at, expected.grace_extended_until) = (0, None, None);
+        expected.updated_at = now;
+        if sub != expected {
+            return Err(ServiceError::Internal("a batch renewal that is not the next period".into()));
+        }
         paid.push(crate::invoices::record_batch_paid(&mut tx, &item.invoice, payment, now).await?);
         tx.outcome(
             now,
@@ -420,14 +429,19 @@ async fn settle_batch(
             json!({"payment_id": payment.id, "period_start": after.period_start, "period_end": after.period_end}),
         )
         .await?;
-        subs.push((sub, item.sub.updated_at));
+        subs.push(store::Renewal {
+            id: sub.id.clone(),
+            expected_updated_at: item.sub.updated_at,
+            period_end: sub.period_end,
+        });
+        renewed.push(sub);
         payment_rows.push(payment.clone());
         invoice_ids.push(item.invoice.id.clone());
     }
     let n = captured.len() as u64;
     let wrote = [
-        azotte_store::payments::answers_many(&mut tx, &payment_rows).await?,
-        store::renew_many(&mut tx, &subs).await?,
+        azotte_store::payments::captured_many(&mut tx, &payment_rows, now).await?,
+        store::renew_many(&mut tx, &subs, now).await?,
         azotte_store::invoices::pay_many(&mut tx, &invoice_ids, now).await?,
     ];
     if wrote.iter().any(|w| *w != n) {
@@ -440,5 +454,5 @@ async fn settle_batch(
     }
     azotte_store::invoices::insert_payments(&mut tx, &paid).await?;
     tx.commit().await?;
-    Ok(subs.into_iter().map(|(s, _)| s).collect())
+    Ok(renewed)
 }
