@@ -588,7 +588,8 @@ pub async fn list_subscriptions(
 
 /// Subscriptions whose renewal is due at `now`, up to `limit`: past-due ones whose retry is due
 /// (longest waiting first, up to a quarter of `limit`, so that retries are not starved by a
-/// backlog), then active ones whose period ended (earliest first). Each part is a range of the
+/// backlog), then active ones whose period ended (earliest first, in no set order among equal
+/// ends). Each part is a range of the
 /// `(tenant, environment, status, period_end)` index: a scan ordered by id instead walked every
 /// subscription renewed already before it found the due ones (tens of thousands of pages per
 /// call in a backlog of 100,000).
@@ -597,15 +598,15 @@ pub async fn due_renewals(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> 
         .and_where(Expr::col(Subscriptions::Status).eq("past_due"))
         .and_where(Expr::col(Subscriptions::NextRetryAt).lte(now))
         .order_by(Subscriptions::NextRetryAt, Order::Asc)
-        .order_by(Subscriptions::Id, Order::Asc)
         .limit(limit.div_ceil(4))
         .to_owned();
     let mut due = tx.tx.fetch_all::<SubscriptionRow>(&retries).await?;
     let renewals = select_subs(tx)
         .and_where(Expr::col(Subscriptions::Status).eq("active"))
         .and_where(Expr::col(Subscriptions::PeriodEnd).lte(now))
+        // The index's own order, so the scan stops at the limit (a tie-break on id would sort
+        // every due subscription first: in a backlog they share one period end).
         .order_by(Subscriptions::PeriodEnd, Order::Asc)
-        .order_by(Subscriptions::Id, Order::Asc)
         .limit(limit.saturating_sub(due.len() as u64))
         .to_owned();
     due.extend(tx.tx.fetch_all::<SubscriptionRow>(&renewals).await?);

@@ -148,11 +148,6 @@ pub(crate) struct Sending {
 }
 
 impl Sending {
-    /// The payment as prepared: `pending`, its first attempt started.
-    pub(crate) fn payment(&self) -> &PaymentRow {
-        &self.row
-    }
-
     /// The first attempt's PSP call, its answer not recorded yet (a renewal batch records the
     /// answers of many at once: [`Sending::captured`], [`Sending::record_captured`]).
     pub(crate) async fn first_call(&self, ctx: &Ctx) -> Result<Answer> {

@@ -92,6 +92,11 @@ pub(crate) fn plan(
 }
 
 impl Planned {
+    /// The payment as it is written: `pending`, its first attempt started.
+    pub(crate) fn payment(&self) -> &PaymentRow {
+        &self.row
+    }
+
     /// Records in `tx`'s current lineage what [`super::prepare`] records for a charge sent at
     /// once (action `payment.create`, decision `payment.routed`, action `payment.attempt`), and
     /// returns it with its first attempt started. The caller writes every started payment's

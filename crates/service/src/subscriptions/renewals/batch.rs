@@ -259,11 +259,15 @@ async fn pick(ctx: &Ctx, scope: &TenantScope, jobs: &[RenewalJob]) -> Result<Opt
 }
 
 /// Numbers, journals and writes the picked renewals in the first transaction, and commits it:
-/// one reservation of numbers per series, then one statement each for the invoices, their lines
-/// and the payments (their first attempts started).
+/// the payments (their first attempts started), one reservation of numbers per series, then the
+/// invoices and their lines, one statement each.
 async fn write(ctx: &Ctx, picking: Picking) -> Result<Vec<Item>> {
     let now = ctx.clock.now();
     let Picking { mut tx, picked } = picking;
+    // The payments first: the series rows stay locked from the reservation to the commit, and
+    // other batches of the storefront wait for them meanwhile.
+    let payment_rows: Vec<_> = picked.iter().map(|p| p.planned.payment().clone()).collect();
+    azotte_store::payments::insert_many(&mut tx, &payment_rows).await?;
     let mut counts: HashMap<(String, String), i64> = HashMap::new();
     for p in &picked {
         *counts.entry((p.sub.storefront_id.clone(), p.billed.series.clone())).or_default() += 1;
@@ -274,7 +278,7 @@ async fn write(ctx: &Ctx, picking: Picking) -> Result<Vec<Item>> {
         next.insert((storefront, series), first);
     }
     let mut items = Vec::with_capacity(picked.len());
-    let (mut invoices, mut lines, mut payment_rows) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut invoices, mut lines) = (Vec::new(), Vec::new());
     for Picked { job, sub, storefront, mut billed, planned } in picked {
         let meta = RequestMeta::system();
         tx.begin_lineage(meta.clone());
@@ -293,12 +297,10 @@ async fn write(ctx: &Ctx, picking: Picking) -> Result<Vec<Item>> {
         *sequence += 1;
         invoices.push(billed.row.clone());
         lines.extend(billed.lines);
-        payment_rows.push(sending.payment().clone());
         items.push(Item { job, sub, storefront, meta, invoice: billed.row, sending });
     }
     azotte_store::invoices::insert_many(&mut tx, &invoices).await?;
     azotte_store::invoices::insert_lines(&mut tx, &lines).await?;
-    azotte_store::payments::insert_many(&mut tx, &payment_rows).await?;
     tx.commit().await?;
     Ok(items)
 }
