@@ -154,11 +154,14 @@ pub async fn taken_request_keys(tx: &mut TenantTx, keys: &[String]) -> Result<Ve
 
 /// Records many payments captured in one statement — `captured`, each row's PSP id and captured
 /// amount, no decline code, `updated_at` = `now` — each only if it is still `pending` (a webhook
-/// or reconciliation may have moved it). Returns how many it wrote: fewer than `rows` when one
-/// moved (the caller rolls back).
-pub async fn captured_many(tx: &mut TenantTx, rows: &[PaymentRow], now: DateTime<Utc>) -> Result<u64> {
+/// or reconciliation may have moved it). Returns the ids of those it wrote.
+pub async fn captured_many(
+    tx: &mut TenantTx,
+    rows: &[PaymentRow],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let by_id = |value: &dyn Fn(&PaymentRow) -> sea_query::SimpleExpr, otherwise: Payments| {
         let case = rows.iter().fold(sea_query::CaseStatement::new(), |cs, p| {
@@ -185,8 +188,10 @@ pub async fn captured_many(tx: &mut TenantTx, rows: &[PaymentRow], now: DateTime
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).is_in(rows.iter().map(|p| p.id.clone())))
         .and_where(Expr::col(Payments::Status).eq("pending"))
+        .returning_col(Payments::Id)
         .to_owned();
-    tx.write(&q).await
+    tx.writes += 1;
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
 }
 
 /// Writes the outcome of an attempt: status, account, PSP id, attempts, decline code, captured

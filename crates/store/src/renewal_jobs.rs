@@ -34,6 +34,17 @@ async fn job_tx(db: &Db) -> Result<Tx> {
     Ok(tx)
 }
 
+/// The columns of a [`RenewalJob`].
+const JOB_COLUMNS: [RenewalJobs; 7] = [
+    RenewalJobs::Id,
+    RenewalJobs::TenantId,
+    RenewalJobs::Environment,
+    RenewalJobs::SubscriptionId,
+    RenewalJobs::Attempt,
+    RenewalJobs::PeriodEnd,
+    RenewalJobs::Runs,
+];
+
 /// A renewal job.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RenewalJob {
@@ -138,15 +149,7 @@ pub async fn claim_due(
     limit: u64,
 ) -> Result<Vec<RenewalJob>> {
     let due = Query::select()
-        .columns([
-            RenewalJobs::Id,
-            RenewalJobs::TenantId,
-            RenewalJobs::Environment,
-            RenewalJobs::SubscriptionId,
-            RenewalJobs::Attempt,
-            RenewalJobs::PeriodEnd,
-            RenewalJobs::Runs,
-        ])
+        .columns(JOB_COLUMNS)
         .from(RenewalJobs::Table)
         .and_where(Expr::col(RenewalJobs::Status).eq("queued"))
         .and_where(Expr::col(RenewalJobs::RunAfter).lte(now))
@@ -176,18 +179,21 @@ pub async fn claim_due(
         .value(RenewalJobs::UpdatedAt, now)
         .and_where(Expr::col(RenewalJobs::Id).is_in(candidates.iter().map(|j| j.id.clone())))
         .and_where(Expr::col(RenewalJobs::Status).eq("queued"))
+        .and_where(Expr::col(RenewalJobs::RunAfter).lte(now))
         .cond_where(
             sea_query::Cond::any()
                 .add(Expr::col(RenewalJobs::LockedUntil).is_null())
                 .add(Expr::col(RenewalJobs::LockedUntil).lt(now)),
         )
-        .returning_col(RenewalJobs::Id)
+        // The rows as claimed: another worker may have run and released one since it was read
+        // (its `runs` moved on).
+        .returning(Query::returning().columns(JOB_COLUMNS))
         .to_owned();
     let mut tx = job_tx(db).await?;
-    let won: std::collections::HashSet<String> =
-        tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect();
+    let mut claimed = tx.fetch_all::<RenewalJob>(&q).await?;
     tx.commit().await?;
-    Ok(candidates.into_iter().filter(|j| won.contains(&j.id)).collect())
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(claimed)
 }
 
 /// Marks jobs done in one transaction (a worker's batch: one commit for many renewals). A job

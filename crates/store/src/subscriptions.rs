@@ -485,13 +485,12 @@ pub struct Renewal {
 /// period starts where the old one ended, ends at its [`Renewal`]'s new
 /// end, `periods` one more — stays `active` with no dunning state left, `updated_at` = `now`;
 /// each only if it is still `active` and as its expected `updated_at` says (optimistic
-/// concurrency, as [`update_subscription`]). Returns how many it renewed: fewer than `rows` when
-/// someone else changed one first (the caller rolls back). Only the new end differs per row (one
-/// `CASE`, and one for the expected `updated_at`), so the statement costs little more than its
-/// rows.
-pub async fn renew_many(tx: &mut TenantTx, rows: &[Renewal], now: DateTime<Utc>) -> Result<u64> {
+/// concurrency, as [`update_subscription`]). Returns the ids of those it renewed (not those
+/// someone else changed first). Only the new end differs per row (one `CASE`, and one for the
+/// expected `updated_at`), so the statement costs little more than its rows.
+pub async fn renew_many(tx: &mut TenantTx, rows: &[Renewal], now: DateTime<Utc>) -> Result<Vec<String>> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let by_id = |value: &dyn Fn(&Renewal) -> sea_query::SimpleExpr, otherwise: sea_query::SimpleExpr| {
         let case = rows.iter().fold(sea_query::CaseStatement::new(), |c, r| {
@@ -523,8 +522,10 @@ pub async fn renew_many(tx: &mut TenantTx, rows: &[Renewal], now: DateTime<Utc>)
                 &|r| r.expected_updated_at.into(),
                 Expr::val(Option::<DateTime<Utc>>::None).into(),
             )))
+            .returning_col(Subscriptions::Id)
             .to_owned();
-    tx.write(&q).await
+    tx.writes += 1;
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
 }
 
 /// One subscription.

@@ -148,6 +148,11 @@ pub(crate) struct Sending {
 }
 
 impl Sending {
+    /// When the payment was created (committed with its first attempt started).
+    pub(crate) fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
+    }
+
     /// The first attempt's PSP call, its answer not recorded yet (a renewal batch records the
     /// answers of many at once: [`Sending::captured`], [`Sending::record_captured`]).
     pub(crate) async fn first_call(&self, ctx: &Ctx) -> Result<Answer> {

@@ -14,7 +14,7 @@ use azotte_payments::{Account, Connector};
 use azotte_store::customers::PaymentMethodRow;
 use azotte_store::payments::PaymentRow;
 use azotte_store::psp_accounts::PspAccount;
-use azotte_store::TenantTx;
+use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -117,4 +117,37 @@ impl Planned {
             .await?;
         Ok(Sending { row, order, job, first })
     }
+}
+
+/// Fails a batch's payment whose first attempt was started but never sent — money movement
+/// stopped (`safe_mode`), or it waited too long to be sent safely (`not_charged`) — in the
+/// caller's lineage: action `payment.attempt_result` (`sent: false`, the reason), outcome
+/// `payment.failed` with the reason as its decline code. Nothing was charged. Returns the
+/// payment as it then stands (as it was, if something else moved it first).
+pub(crate) async fn withhold(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    s: &Sending,
+    reason: &str,
+) -> Result<PaymentRow> {
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let id = s.row.id.clone();
+    let mut current = azotte_store::payments::get(&mut tx, &id)
+        .await?
+        .ok_or_else(|| crate::ServiceError::Internal(format!("payment {id} vanished").into()))?;
+    if current.status != "pending" {
+        return Ok(current); // dropped: nothing written
+    }
+    tx.action(
+        now,
+        "payment.attempt_result",
+        Some(("payment", id.as_str())),
+        json!({"attempt": current.attempts, "psp_account_id": current.psp_account_id, "sent": false, "reason": reason}),
+    )
+    .await?;
+    current.updated_at = now;
+    super::fail_before_sending(&mut tx, &mut current, reason, now).await?;
+    tx.commit().await?;
+    Ok(current)
 }

@@ -465,13 +465,15 @@ async fn under_key(tx: &mut TenantTx, input: &ChargeInput) -> Result<Option<Paym
 }
 
 /// A failed payment whose decline says nothing was charged because of the PSP or this platform,
-/// not the customer's card: every account down or none eligible, or a request the PSP never
-/// received (a lost answer reconciled as `not_charged`). A renewal defers instead of dunning.
+/// not the customer's card: every account down or none eligible, a request the PSP never
+/// received (a lost answer reconciled as `not_charged`, or a renewal batch's charge not sent in
+/// time), or a renewal batch's charge not sent because safe mode began (`safe_mode`). A renewal
+/// defers instead of dunning.
 pub(crate) fn failed_on_our_side(p: &PaymentRow) -> bool {
     p.status == "failed"
         && matches!(
             p.decline_code.as_deref(),
-            Some("psp_unavailable" | "no_eligible_psp_account" | "not_charged")
+            Some("psp_unavailable" | "no_eligible_psp_account" | "not_charged" | "safe_mode")
         )
 }
 

@@ -153,7 +153,8 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
         for (key, group) in groups {
             match scopes.get(&key) {
                 Some(JobScope::Scope(scope)) => {
-                    let (ran, rest) = batch::run(ctx, scope, group).await;
+                    // Boxed: a batch's future is large, and the one-by-one path's sits inside it.
+                    let (ran, rest) = Box::pin(batch::run(ctx, scope, group)).await;
                     ran.into_iter().for_each(&mut tally);
                     one_by_one.extend(rest);
                 }

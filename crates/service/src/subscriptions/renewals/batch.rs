@@ -18,7 +18,7 @@
 //! back and each is settled one by one, its answer recorded alone first. Nothing is charged twice:
 //! the batch's payments carry the same request keys as the one-by-one path's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use azotte_domain::invoice::FiscalProvider;
 use azotte_domain::permission::Permission;
@@ -70,19 +70,27 @@ pub(super) async fn run(
         return (Vec::new(), rest);
     }
     let mut ran = Vec::new();
-    let mut captured = Vec::new();
-    for (item, answer) in call_all(ctx, items).await {
-        match answer {
-            Ok(a) => match item.sending.captured(&a) {
+    let (mut captured, mut others) = (Vec::new(), Vec::new());
+    for (item, called) in call_all(ctx, scope, items).await {
+        match called {
+            Called::Answered(a) => match item.sending.captured(&a) {
                 Some(row) => captured.push((item, a, row)),
-                None => ran.push(answered_alone(ctx, scope, item, a).await),
+                None => others.push((item, Called::Answered(a))),
             },
-            // Nothing recorded (the payment stays pending with its attempt, for reconciliation):
-            // the job looks again later, as the one-by-one path's does.
-            Err(e) => ran.push(concluded(ctx, item.job.id, Err(e)).await),
+            other => others.push((item, other)),
         }
     }
+    // The captures first: until they are recorded they exist only here.
     ran.extend(settle_all(ctx, scope, captured).await);
+    for (item, called) in others {
+        ran.push(match called {
+            Called::Answered(a) => answered_alone(ctx, scope, item, a).await,
+            Called::Withheld(reason) => withheld(ctx, scope, item, reason).await,
+            // Nothing recorded (the payment stays pending with its attempt, for reconciliation):
+            // the job looks again later, as the one-by-one path's does.
+            Called::Failed(e) => concluded(ctx, item.job.id, Err(e)).await,
+        });
+    }
     (ran, rest)
 }
 
@@ -107,7 +115,7 @@ async fn prepare(
         Err(e) => return Err((e, jobs)),
     };
     let taken: HashSet<String> = picking.picked.iter().map(|p| p.job.id.clone()).collect();
-    let items = match write(ctx, picking).await {
+    let items = match write(picking).await {
         Ok(items) => items,
         Err(e) => return Err((e, jobs)),
     };
@@ -124,10 +132,12 @@ struct Picked {
     planned: payments::batch::Planned,
 }
 
-/// The open first transaction and the jobs it takes.
+/// The open first transaction and the jobs it takes, priced at `now` (their invoices are
+/// issued at that time too, in that year's series).
 struct Picking {
     tx: azotte_store::TenantTx,
     picked: Vec<Picked>,
+    now: chrono::DateTime<chrono::Utc>,
 }
 
 /// Opens the first transaction and picks the jobs the batch takes (`None`: none).
@@ -255,24 +265,25 @@ async fn pick(ctx: &Ctx, scope: &TenantScope, jobs: &[RenewalJob]) -> Result<Opt
     if picked.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Picking { tx, picked }))
+    Ok(Some(Picking { tx, picked, now }))
 }
 
 /// Numbers, journals and writes the picked renewals in the first transaction, and commits it:
 /// the payments (their first attempts started), one reservation of numbers per series, then the
 /// invoices and their lines, one statement each.
-async fn write(ctx: &Ctx, picking: Picking) -> Result<Vec<Item>> {
-    let now = ctx.clock.now();
-    let Picking { mut tx, picked } = picking;
+async fn write(picking: Picking) -> Result<Vec<Item>> {
+    let Picking { mut tx, picked, now } = picking;
     // The payments first: the series rows stay locked from the reservation to the commit, and
     // other batches of the storefront wait for them meanwhile.
     let payment_rows: Vec<_> = picked.iter().map(|p| p.planned.payment().clone()).collect();
     azotte_store::payments::insert_many(&mut tx, &payment_rows).await?;
-    let mut counts: HashMap<(String, String), i64> = HashMap::new();
+    // In (storefront, series) order: every locker of series rows takes them in one order
+    // (the numbering pass does too), so two never wait for each other in a cycle.
+    let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
     for p in &picked {
         *counts.entry((p.sub.storefront_id.clone(), p.billed.series.clone())).or_default() += 1;
     }
-    let mut next = HashMap::new();
+    let mut next = BTreeMap::new();
     for ((storefront, series), n) in counts {
         let first = azotte_store::invoices::reserve_numbers(&mut tx, &storefront, &series, n).await?;
         next.insert((storefront, series), first);
@@ -305,28 +316,96 @@ async fn write(ctx: &Ctx, picking: Picking) -> Result<Vec<Item>> {
     Ok(items)
 }
 
-/// Makes every item's first PSP call, [`CALLS_AT_ONCE`] at a time.
-async fn call_all(ctx: &Ctx, items: Vec<Item>) -> Vec<(Item, Result<Answer>)> {
+/// How an item's first PSP call went.
+enum Called {
+    Answered(Answer),
+    /// Not sent, and why: money movement stopped (`safe_mode`), or the payment waited so long
+    /// that reconciliation could take it for a lost request and fail it while it is in flight
+    /// (`not_charged`).
+    Withheld(&'static str),
+    /// The call could not be made (nothing recorded).
+    Failed(ServiceError),
+}
+
+/// How often, at most, a batch's calls look at safe mode again.
+const SAFE_MODE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Makes every item's first PSP call, [`CALLS_AT_ONCE`] at a time. Before each call it makes
+/// sure money may still move: safe mode is read again (at most every [`SAFE_MODE_EVERY`]), and a
+/// payment committed longer ago than half of reconciliation's grace is not sent (reconciliation
+/// takes an attempt that old and unanswered for lost, and could fail it while the call is in
+/// flight). A call that panicked leaves its job to run again later.
+async fn call_all(ctx: &Ctx, scope: &TenantScope, items: Vec<Item>) -> Vec<(Item, Called)> {
     let mut out = Vec::with_capacity(items.len());
     let mut items = items.into_iter();
     let mut running = tokio::task::JoinSet::new();
+    let mut jobs_of = HashMap::new();
+    let mut checked: Option<(std::time::Instant, bool)> = None;
+    let too_old = ctx.psp.reconcile_grace / 2;
     loop {
         while running.len() < CALLS_AT_ONCE {
             let Some(item) = items.next() else { break };
+            if checked.is_none_or(|(at, _)| at.elapsed() >= SAFE_MODE_EVERY) {
+                checked = Some((std::time::Instant::now(), safe_mode(ctx, scope).await));
+            }
+            if checked.is_some_and(|(_, on)| on) {
+                out.push((item, Called::Withheld("safe_mode")));
+                continue;
+            }
+            if ctx.clock.now() - item.sending.created_at() > too_old {
+                out.push((item, Called::Withheld("not_charged")));
+                continue;
+            }
             let ctx = ctx.clone();
-            running.spawn(async move {
-                let answer = item.sending.first_call(&ctx).await;
-                (item, answer)
+            let job = item.job.id.clone();
+            let handle = running.spawn(async move {
+                let called = match item.sending.first_call(&ctx).await {
+                    Ok(a) => Called::Answered(a),
+                    Err(e) => Called::Failed(e),
+                };
+                (item, called)
             });
+            jobs_of.insert(handle.id(), job);
         }
         match running.join_next().await {
             None => break,
-            Some(Ok(answered)) => out.push(answered),
-            // The job stays claimed until its lock expires; its rerun finds the payment by key.
-            Some(Err(e)) => tracing::error!(error = %e, "a renewal batch's PSP call panicked"),
+            Some(Ok(called)) => out.push(called),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "a renewal batch's PSP call panicked; its job runs again later");
+                if let Some(job) = jobs_of.remove(&e.id()) {
+                    let failed = ServiceError::Internal("the PSP call panicked".into());
+                    if let Err(e) = concluded(ctx, job, Err(failed)).await {
+                        tracing::warn!(error = %e, "a panicked renewal's job not released; its lock expires");
+                    }
+                }
+            }
         }
     }
     out
+}
+
+/// Whether money movement is paused in the tenant (read failures count as paused: nothing is
+/// sent on a guess).
+async fn safe_mode(ctx: &Ctx, scope: &TenantScope) -> bool {
+    let read = async {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let on = azotte_store::payment_ops::safe_mode(&mut tx).await?.is_some();
+        tx.commit().await?;
+        Ok::<_, ServiceError>(on)
+    };
+    read.await.unwrap_or(true)
+}
+
+/// Fails an item's payment that was not sent (nothing was charged) and concludes its renewal one
+/// by one, in its lineage: deferred, to run again with a new request key.
+async fn withheld(ctx: &Ctx, scope: &TenantScope, item: Item, reason: &'static str) -> Result<Ran> {
+    let Item { job, sub, storefront, meta, invoice, sending } = item;
+    let r = journal::with_meta(meta, async {
+        let p = payments::batch::withhold(ctx, scope, &sending, reason).await?;
+        Box::pin(conclude(ctx, scope, sub, &storefront, Ok((Charged::Recorded(p), invoice.id)))).await
+    })
+    .await;
+    concluded(ctx, job.id, r).await
 }
 
 /// Records an answer that is not a capture and concludes its renewal one by one, in its lineage.
@@ -334,14 +413,17 @@ async fn answered_alone(ctx: &Ctx, scope: &TenantScope, item: Item, answer: Answ
     let Item { job, sub, storefront, meta, invoice, sending } = item;
     let r = journal::with_meta(meta, async {
         let sent = attempt::run_answered(ctx, scope, sending, answer).await?;
-        conclude(ctx, scope, sub, &storefront, Ok((Charged::Answered(sent), invoice.id))).await
+        Box::pin(conclude(ctx, scope, sub, &storefront, Ok((Charged::Answered(sent), invoice.id)))).await
     })
     .await;
     concluded(ctx, job.id, r).await
 }
 
-/// Settles the captured renewals in one transaction ([`settle_batch`]); if that cannot be,
-/// each one by one, its answer recorded alone first.
+/// Settles the captured renewals in one transaction ([`settle_batch`]): those it renews end
+/// there; one whose capture it recorded but whose subscription changed meanwhile settles one by
+/// one from the recorded payment (renewed, or refunded); one whose payment had moved already (a
+/// webhook recorded the capture first), or all of them if that transaction fails, one by one
+/// with the answer recorded alone first.
 async fn settle_all(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -350,62 +432,71 @@ async fn settle_all(
     if captured.is_empty() {
         return Vec::new();
     }
-    match settle_batch(ctx, scope, &captured).await {
-        Ok(renewed) => {
-            // Catch-up: a period already over is enqueued at once (else the scheduler finds it).
-            let now = ctx.clock.now();
-            let due: Vec<_> = renewed
-                .iter()
-                .filter(|s| s.period_end <= now && s.status == "active")
-                .map(|s| (s.id.as_str(), 0, s.period_end))
-                .collect();
-            let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
-            if let Err(e) = jobs::enqueue_many(&ctx.db, &tenant, env, &due, now).await {
-                tracing::warn!(error = %e, "catch-up renewals not enqueued; the scheduler will find them");
-            }
-            super::ENDED_IN_BATCH.fetch_add(captured.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            captured
-                .into_iter()
-                .map(|(item, ..)| Ok(Ran::Finished { id: item.job.id, renewed: true }))
-                .collect()
-        }
+    let settled = match settle_batch(ctx, scope, &captured).await {
+        Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, renewals = captured.len(), "renewal batch not settled at once; settling one by one");
-            let mut out = Vec::with_capacity(captured.len());
-            for (item, answer, _) in captured {
-                let Item { job, sub, storefront, meta, invoice, sending } = item;
-                let r = journal::with_meta(meta, async {
-                    let p = sending.redo(answer).record_alone(ctx, scope).await?;
-                    conclude(ctx, scope, sub, &storefront, Ok((Charged::Recorded(p), invoice.id))).await
-                })
-                .await;
-                out.push(concluded(ctx, job.id, r).await);
-            }
-            out
+            Settled::default()
         }
+    };
+    // Catch-up: a period already over is enqueued at once (else the scheduler finds it).
+    let now = ctx.clock.now();
+    let due: Vec<_> = settled
+        .renewed
+        .iter()
+        .filter(|s| s.period_end <= now && s.status == "active")
+        .map(|s| (s.id.as_str(), 0, s.period_end))
+        .collect();
+    let (tenant, env) = (scope.tenant_id().to_string(), scope.environment().as_str());
+    if let Err(e) = jobs::enqueue_many(&ctx.db, &tenant, env, &due, now).await {
+        tracing::warn!(error = %e, "catch-up renewals not enqueued; the scheduler will find them");
     }
+    let renewed: HashSet<&str> = settled.renewed.iter().map(|s| s.id.as_str()).collect();
+    super::ENDED_IN_BATCH.fetch_add(renewed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut out = Vec::with_capacity(captured.len());
+    for (item, answer, payment) in captured {
+        if renewed.contains(item.sub.id.as_str()) {
+            out.push(Ok(Ran::Finished { id: item.job.id, renewed: true }));
+            continue;
+        }
+        let recorded = settled.recorded.contains(&payment.id);
+        let Item { job, sub, storefront, meta, invoice, sending } = item;
+        let r = journal::with_meta(meta, async {
+            let p = if recorded { payment } else { sending.redo(answer).record_alone(ctx, scope).await? };
+            Box::pin(conclude(ctx, scope, sub, &storefront, Ok((Charged::Recorded(p), invoice.id)))).await
+        })
+        .await;
+        out.push(concluded(ctx, job.id, r).await);
+    }
+    out
 }
 
-/// The batch's second transaction: records every capture, renews every subscription and pays
-/// every invoice, each renewal journaled in its lineage as the one-by-one path's settling is
-/// (`payment.captured`, `subscription.renew`, `invoice.paid`, `subscription.renewed`), with one
-/// statement per table. Each row is written only if it is still as the batch read it; if any is
-/// not, nothing is (the caller settles one by one). Returns the renewed subscriptions.
+/// What the settling transaction wrote.
+#[derive(Default)]
+struct Settled {
+    /// Payments whose capture it recorded.
+    recorded: HashSet<String>,
+    /// Subscriptions it renewed (their invoices paid).
+    renewed: Vec<SubscriptionRow>,
+}
+
+/// The batch's second transaction: records the captures of the payments still `pending`, renews
+/// the subscriptions of those still as the batch read them and pays their invoices, each renewal
+/// journaled in its lineage as the one-by-one path's settling is (`payment.attempt_result`,
+/// `payment.captured`, `subscription.renew`, `invoice.paid`, `subscription.renewed`), with one
+/// statement per table. What it leaves (a payment moved by a webhook, a subscription changed
+/// meanwhile) the caller settles one by one. An invoice no longer open fails the whole
+/// transaction (nothing written).
 async fn settle_batch(
     ctx: &Ctx,
     scope: &TenantScope,
     captured: &[(Item, Answer, PaymentRow)],
-) -> Result<Vec<SubscriptionRow>> {
+) -> Result<Settled> {
     let now = ctx.clock.now();
     let illegal = |e: life::IllegalTransition| ServiceError::Internal(e.to_string().into());
-    let mut tx = ctx.db.tenant_tx(scope).await?;
-    let (mut subs, mut renewed, mut paid) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut payment_rows, mut invoice_ids) = (Vec::new(), Vec::new());
-    for (item, answer, payment) in captured {
-        tx.begin_lineage(item.meta.clone());
-        item.sending.record_captured(&mut tx, answer, payment).await?;
-        let r = Some(("subscription", item.sub.id.as_str()));
-        tx.action(now, "subscription.renew", r, renew_body(&item.sub, "settle")).await?;
+    // Each renewal's new row, checked to be what `renew_many` writes.
+    let mut next = Vec::with_capacity(captured.len());
+    for (item, ..) in captured {
         let after = life::apply(&state_of(&item.sub)?, &Event::RenewalSucceeded, now, period_of(&item.sub)?)
             .map_err(illegal)?;
         let mut sub = item.sub.clone();
@@ -423,6 +514,54 @@ async fn settle_batch(
         if sub != expected {
             return Err(ServiceError::Internal("a batch renewal that is not the next period".into()));
         }
+        next.push((sub, after));
+    }
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let payments: Vec<PaymentRow> = captured.iter().map(|(.., p)| p.clone()).collect();
+    let recorded: HashSet<String> =
+        azotte_store::payments::captured_many(&mut tx, &payments, now).await?.into_iter().collect();
+    if recorded.is_empty() {
+        return Ok(Settled::default()); // nothing written: dropped
+    }
+    let renewals: Vec<store::Renewal> = captured
+        .iter()
+        .zip(&next)
+        .filter(|((.., p), _)| recorded.contains(&p.id))
+        .map(|((item, ..), (sub, _))| store::Renewal {
+            id: sub.id.clone(),
+            expected_updated_at: item.sub.updated_at,
+            period_end: sub.period_end,
+        })
+        .collect();
+    let renewed: HashSet<String> = store::renew_many(&mut tx, &renewals, now).await?.into_iter().collect();
+
+    let invoice_ids: Vec<String> = captured
+        .iter()
+        .filter(|(item, ..)| renewed.contains(&item.sub.id))
+        .map(|(item, ..)| item.invoice.id.clone())
+        .collect();
+    let paid_now = azotte_store::invoices::pay_many(&mut tx, &invoice_ids, now).await?;
+    if paid_now != invoice_ids.len() as u64 {
+        // Dropped: rolled back.
+        return Err(ServiceError::Conflict {
+            code: "renewal_batch_changed",
+            message: format!("paid {paid_now} of {} invoices: one is no longer open", invoice_ids.len()),
+            field: None,
+        });
+    }
+    let mut paid = Vec::with_capacity(invoice_ids.len());
+    let mut renewed_rows = Vec::with_capacity(renewed.len());
+    for ((item, answer, payment), (sub, after)) in captured.iter().zip(next) {
+        if !recorded.contains(&payment.id) {
+            continue;
+        }
+        tx.begin_lineage(item.meta.clone());
+        item.sending.record_captured(&mut tx, answer, payment).await?;
+        if !renewed.contains(&item.sub.id) {
+            continue;
+        }
+        let r = Some(("subscription", item.sub.id.as_str()));
+        tx.action(now, "subscription.renew", r, renew_body(&item.sub, "settle")).await?;
         paid.push(crate::invoices::record_batch_paid(&mut tx, &item.invoice, payment, now).await?);
         tx.outcome(
             now,
@@ -431,30 +570,9 @@ async fn settle_batch(
             json!({"payment_id": payment.id, "period_start": after.period_start, "period_end": after.period_end}),
         )
         .await?;
-        subs.push(store::Renewal {
-            id: sub.id.clone(),
-            expected_updated_at: item.sub.updated_at,
-            period_end: sub.period_end,
-        });
-        renewed.push(sub);
-        payment_rows.push(payment.clone());
-        invoice_ids.push(item.invoice.id.clone());
-    }
-    let n = captured.len() as u64;
-    let wrote = [
-        azotte_store::payments::captured_many(&mut tx, &payment_rows, now).await?,
-        store::renew_many(&mut tx, &subs, now).await?,
-        azotte_store::invoices::pay_many(&mut tx, &invoice_ids, now).await?,
-    ];
-    if wrote.iter().any(|w| *w != n) {
-        // Dropped: rolled back.
-        return Err(ServiceError::Conflict {
-            code: "renewal_batch_changed",
-            message: format!("wrote {wrote:?} of {n} rows: something changed meanwhile"),
-            field: None,
-        });
+        renewed_rows.push(sub);
     }
     azotte_store::invoices::insert_payments(&mut tx, &paid).await?;
     tx.commit().await?;
-    Ok(renewed)
+    Ok(Settled { recorded, renewed: renewed_rows })
 }
