@@ -20,8 +20,9 @@
 #
 # The measured run: $BENCH_WORKERS `azotte serve` processes (SQLite: one) start on the seeded
 # database with housekeeping_interval_secs = 1 (the renewal scheduler and workers run in the
-# housekeeping pass: each pass enqueues up to 1,000 due renewals per tenant environment and runs
-# up to 500 jobs, one after the other) and the system clock, so every seeded subscription is due
+# housekeeping pass: each pass enqueues up to 1,000 due renewals per tenant environment, claims
+# jobs 100 at a time and renews them as batches (decision 0007, "Renewal batches"), and goes on
+# while renewals are due, up to 10 s) and the system clock, so every seeded subscription is due
 # at once. Progress is read every 2 s from the database: the storefront's invoice series counter
 # (each renewal's invoice takes the next gapless number). The run ends when N renewals committed (fails after $BENCH_STALL s without progress or
 # $BENCH_TIMEOUT s in all). Reported: the overall rate (N ÷ time from the first process's launch
@@ -54,7 +55,7 @@
 #   BENCH_SQLITE_SUBSCRIPTIONS   due subscriptions seeded on SQLite (default 100000)
 #   BENCH_WORKERS                azotte processes renewing on PostgreSQL (default 4; the product
 #                                has no in-process worker concurrency setting: each process runs
-#                                its jobs one after the other, several processes claim jobs safely)
+#                                one batch at a time, several processes claim jobs safely)
 #   BENCH_TEMPLATES              real checkouts through the API before seeding (default 3)
 #   BENCH_CONNECTIONS            pgbench clients (default 16, as bench/payments.sh)
 #   BENCH_DURATION, BENCH_WARMUP pgbench's measured and warm-up seconds (default 30 and 5)
