@@ -35,7 +35,7 @@ async fn job_tx(db: &Db) -> Result<Tx> {
 }
 
 /// The columns of a [`RenewalJob`].
-const JOB_COLUMNS: [RenewalJobs; 7] = [
+const JOB_COLUMNS: [RenewalJobs; 8] = [
     RenewalJobs::Id,
     RenewalJobs::TenantId,
     RenewalJobs::Environment,
@@ -43,6 +43,7 @@ const JOB_COLUMNS: [RenewalJobs; 7] = [
     RenewalJobs::Attempt,
     RenewalJobs::PeriodEnd,
     RenewalJobs::Runs,
+    RenewalJobs::LockedUntil,
 ];
 
 /// A renewal job.
@@ -57,6 +58,10 @@ pub struct RenewalJob {
     pub period_end: DateTime<Utc>,
     /// Times it ran without finishing (PSP pending, deferred).
     pub runs: i32,
+    /// Until when its claimer holds it, as claimed ([`claim_due`]): the claim's mark.
+    /// [`later`] and [`finish_many`] change a job only while this claim still holds it, so a
+    /// claimer whose lock ran out (another worker claimed the job since) changes nothing.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// Enqueues the job for a subscription's period and attempt; `false` if it exists already.
@@ -196,32 +201,50 @@ pub async fn claim_due(
     Ok(claimed)
 }
 
-/// Marks jobs done in one transaction (a worker's batch: one commit for many renewals). A job
-/// left unfinished by a crash before this runs again once its lock expires and finds nothing left
-/// to do (its period settled), so finishing late never renews twice.
-pub async fn finish_many(db: &Db, ids: &[String], now: DateTime<Utc>) -> Result<()> {
-    if ids.is_empty() {
+/// Marks jobs done in one transaction (a worker's batch: one commit for many renewals), each
+/// only while its claim still holds it. A job left unfinished by a crash before this runs again
+/// once its lock expires and finds nothing left to do (its period settled), so finishing late
+/// never renews twice.
+pub async fn finish_many(db: &Db, jobs: &[RenewalJob], now: DateTime<Utc>) -> Result<()> {
+    if jobs.is_empty() {
         return Ok(());
     }
+    // One statement per claim (the jobs of one claim share its lock's end).
+    let mut claims: std::collections::BTreeMap<Option<DateTime<Utc>>, Vec<String>> = Default::default();
+    for j in jobs {
+        claims.entry(j.locked_until).or_default().push(j.id.clone());
+    }
     let mut tx = job_tx(db).await?;
-    for chunk in ids.chunks(500) {
-        let q = Query::update()
-            .table(RenewalJobs::Table)
-            .value(RenewalJobs::Status, "done")
-            .value(RenewalJobs::LockedUntil, Option::<DateTime<Utc>>::None)
-            .value(RenewalJobs::UpdatedAt, now)
-            .and_where(Expr::col(RenewalJobs::Id).is_in(chunk.iter().cloned()))
-            .to_owned();
-        tx.execute(&q).await?;
+    for (held, ids) in claims {
+        for chunk in ids.chunks(500) {
+            let q = Query::update()
+                .table(RenewalJobs::Table)
+                .value(RenewalJobs::Status, "done")
+                .value(RenewalJobs::LockedUntil, Option::<DateTime<Utc>>::None)
+                .value(RenewalJobs::UpdatedAt, now)
+                .and_where(Expr::col(RenewalJobs::Id).is_in(chunk.iter().cloned()))
+                .and_where(held_by(held))
+                .to_owned();
+            tx.execute(&q).await?;
+        }
     }
     tx.commit().await
 }
 
-/// Releases a job to run again after `run_after`; `new_run` counts a run whose request was
-/// refused before any charge (the next run may send a new one).
+/// The condition that a job is still held by the claim that set its lock to `held`.
+fn held_by(held: Option<DateTime<Utc>>) -> sea_query::SimpleExpr {
+    match held {
+        Some(t) => Expr::col(RenewalJobs::LockedUntil).eq(t),
+        None => Expr::col(RenewalJobs::LockedUntil).is_null(),
+    }
+}
+
+/// Releases a job to run again after `run_after`, only while `job`'s claim still holds it;
+/// `new_run` counts a run whose request was refused before any charge (the next run may send a
+/// new one).
 pub async fn later(
     db: &Db,
-    id: &str,
+    job: &RenewalJob,
     run_after: DateTime<Utc>,
     now: DateTime<Utc>,
     new_run: bool,
@@ -232,7 +255,8 @@ pub async fn later(
         .value(RenewalJobs::Runs, Expr::col(RenewalJobs::Runs).add(i32::from(new_run)))
         .value(RenewalJobs::LockedUntil, Option::<DateTime<Utc>>::None)
         .value(RenewalJobs::UpdatedAt, now)
-        .and_where(Expr::col(RenewalJobs::Id).eq(id))
+        .and_where(Expr::col(RenewalJobs::Id).eq(job.id.clone()))
+        .and_where(held_by(job.locked_until))
         .to_owned();
     let mut tx = job_tx(db).await?;
     tx.execute(&q).await?;
@@ -276,6 +300,30 @@ mod tests {
         assert_eq!(a.len() + b.len(), 1204, "claimed {} and {}", a.len(), b.len());
         assert_eq!(all.len(), 1204, "no job claimed twice");
         assert!(claim_due(&db, now, lock, 5000).await.unwrap().is_empty(), "all are held");
+
+        // A's locks run out and C claims its jobs: A, finishing late, changes nothing; C's claim
+        // finishes them, and a release by A after that changes nothing either.
+        let later_on = now + chrono::Duration::minutes(6);
+        let c = claim_due(&db, later_on, lock, 5000).await.unwrap();
+        assert_eq!(c.len(), a.len() + b.len(), "every lock ran out");
+        let queued = |db: Db| async move {
+            let mut tx = job_tx(&db).await.unwrap();
+            let q = Query::select()
+                .expr(Expr::col(RenewalJobs::Id).count())
+                .from(RenewalJobs::Table)
+                .and_where(Expr::col(RenewalJobs::Status).eq("queued"))
+                .to_owned();
+            let (n,): (i64,) = tx.fetch_one(&q).await.unwrap();
+            tx.commit().await.unwrap();
+            n
+        };
+        finish_many(&db, &a, later_on).await.unwrap();
+        assert_eq!(queued(db.clone()).await, 1204, "a stale claim finishes nothing");
+        finish_many(&db, &c, later_on).await.unwrap();
+        assert_eq!(queued(db.clone()).await, 0, "the holding claim finishes them");
+        let first = a.first().or(b.first()).unwrap();
+        later(&db, first, later_on, later_on, true).await.unwrap();
+        assert_eq!(queued(db.clone()).await, 0, "a stale release changes nothing");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

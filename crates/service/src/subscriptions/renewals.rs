@@ -132,8 +132,8 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
         }
         let mut finished = Vec::new();
         let mut tally = |r: Result<Ran>| match r {
-            Ok(Ran::Finished { id, renewed }) => {
-                finished.push(id);
+            Ok(Ran::Finished { job, renewed }) => {
+                finished.push(job);
                 done += usize::from(renewed);
             }
             Ok(Ran::Released) => {}
@@ -191,7 +191,7 @@ pub async fn run_jobs(ctx: &Ctx) -> Result<usize> {
 /// How a claimed job's run ended.
 enum Ran {
     /// Nothing is left to do: the job is to be marked done (`renewed` when this run renewed).
-    Finished { id: String, renewed: bool },
+    Finished { job: RenewalJob, renewed: bool },
     /// Released to run again later (recorded already).
     Released,
 }
@@ -222,15 +222,15 @@ async fn job_scope(ctx: &Ctx, tenant: &str, environment: &str) -> JobScope {
 async fn run_one(ctx: &Ctx, job: RenewalJob, scope: JobScope) -> Result<Ran> {
     let scope = match scope {
         JobScope::Scope(s) => s,
-        JobScope::Invalid => return Ok(Ran::Finished { id: job.id, renewed: false }),
+        JobScope::Invalid => return Ok(Ran::Finished { job, renewed: false }),
         JobScope::Unavailable(e) => {
             tracing::warn!(job = %job.id, error = %e, "renewal job's tenant unavailable");
-            jobs::later(&ctx.db, &job.id, ctx.clock.now() + DEFER_FOR, ctx.clock.now(), false).await?;
+            jobs::later(&ctx.db, &job, ctx.clock.now() + DEFER_FOR, ctx.clock.now(), false).await?;
             return Ok(Ran::Released);
         }
     };
     let r = renew(ctx, &scope, &job).await;
-    concluded(ctx, job.id, r).await
+    concluded(ctx, job, r).await
 }
 
 /// Renewal jobs this process ran to their end: settled in a batch's settling transaction, and
@@ -244,19 +244,19 @@ pub fn jobs_ended() -> (u64, u64) {
 }
 
 /// What a job's run that ended in `r` leaves: done, or released to run again later.
-async fn concluded(ctx: &Ctx, job_id: String, r: Result<End>) -> Result<Ran> {
+async fn concluded(ctx: &Ctx, job: RenewalJob, r: Result<End>) -> Result<Ran> {
     match r {
         Ok(End::Done) => {
             ENDED_ONE_BY_ONE.fetch_add(1, Ordering::Relaxed);
-            Ok(Ran::Finished { id: job_id, renewed: true })
+            Ok(Ran::Finished { job, renewed: true })
         }
         Ok(End::Later { after, new_key }) => {
-            jobs::later(&ctx.db, &job_id, ctx.clock.now() + after, ctx.clock.now(), new_key).await?;
+            jobs::later(&ctx.db, &job, ctx.clock.now() + after, ctx.clock.now(), new_key).await?;
             Ok(Ran::Released)
         }
         Err(e) => {
-            tracing::warn!(job = %job_id, error = %e, "renewal failed; will retry");
-            jobs::later(&ctx.db, &job_id, ctx.clock.now() + WAIT_FOR, ctx.clock.now(), false).await?;
+            tracing::warn!(job = %job.id, error = %e, "renewal failed; will retry");
+            jobs::later(&ctx.db, &job, ctx.clock.now() + WAIT_FOR, ctx.clock.now(), false).await?;
             Ok(Ran::Released)
         }
     }

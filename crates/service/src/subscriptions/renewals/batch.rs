@@ -88,7 +88,7 @@ pub(super) async fn run(
             Called::Withheld(reason) => withheld(ctx, scope, item, reason).await,
             // Nothing recorded (the payment stays pending with its attempt, for reconciliation):
             // the job looks again later, as the one-by-one path's does.
-            Called::Failed(e) => concluded(ctx, item.job.id, Err(e)).await,
+            Called::Failed(e) => concluded(ctx, item.job, Err(e)).await,
         });
     }
     (ran, rest)
@@ -357,7 +357,7 @@ async fn call_all(ctx: &Ctx, scope: &TenantScope, items: Vec<Item>) -> Vec<(Item
                 continue;
             }
             let ctx = ctx.clone();
-            let job = item.job.id.clone();
+            let job = item.job.clone();
             let handle = running.spawn(async move {
                 let called = match item.sending.first_call(&ctx).await {
                     Ok(a) => Called::Answered(a),
@@ -405,7 +405,7 @@ async fn withheld(ctx: &Ctx, scope: &TenantScope, item: Item, reason: &'static s
         Box::pin(conclude(ctx, scope, sub, &storefront, Ok((Charged::Recorded(p), invoice.id)))).await
     })
     .await;
-    concluded(ctx, job.id, r).await
+    concluded(ctx, job, r).await
 }
 
 /// Records an answer that is not a capture and concludes its renewal one by one, in its lineage.
@@ -416,7 +416,7 @@ async fn answered_alone(ctx: &Ctx, scope: &TenantScope, item: Item, answer: Answ
         Box::pin(conclude(ctx, scope, sub, &storefront, Ok((Charged::Answered(sent), invoice.id)))).await
     })
     .await;
-    concluded(ctx, job.id, r).await
+    concluded(ctx, job, r).await
 }
 
 /// Settles the captured renewals in one transaction ([`settle_batch`]): those it renews end
@@ -456,7 +456,7 @@ async fn settle_all(
     let mut out = Vec::with_capacity(captured.len());
     for (item, answer, payment) in captured {
         if renewed.contains(item.sub.id.as_str()) {
-            out.push(Ok(Ran::Finished { id: item.job.id, renewed: true }));
+            out.push(Ok(Ran::Finished { job: item.job, renewed: true }));
             continue;
         }
         let recorded = settled.recorded.contains(&payment.id);
@@ -466,7 +466,7 @@ async fn settle_all(
             Box::pin(conclude(ctx, scope, sub, &storefront, Ok((Charged::Recorded(p), invoice.id)))).await
         })
         .await;
-        out.push(concluded(ctx, job.id, r).await);
+        out.push(concluded(ctx, job, r).await);
     }
     out
 }
