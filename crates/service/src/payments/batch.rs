@@ -46,7 +46,6 @@ pub(crate) struct Planned {
     routed: serde_json::Value,
     job: Job,
     first: (Arc<dyn Connector>, Account),
-    off_session: bool,
 }
 
 /// Plans one charge of a batch, recording nothing: `None` for a charge the one-by-one path must
@@ -64,11 +63,8 @@ pub(crate) fn plan(
     let currency = Currency::parse("currency", &input.currency).ok()?;
     let usable = pm.customer_id == input.customer_id
         && pm.id == input.payment_method_id
-        && pm.state == "active"
-        && !pm.expired
-        && tx.scope().storefront_allowed(&pm.storefront_id)
-        && input.amount > 0
-        && input.amount <= azotte_domain::catalog::MAX_AMOUNT
+        && super::chargeable(tx.scope(), pm).is_ok()
+        && super::amount_in_range(input.amount)
         && input.psp_account_id.is_none();
     if !usable {
         return None;
@@ -88,7 +84,7 @@ pub(crate) fn plan(
         off_session: input.off_session,
     };
     let routed = plan.journal();
-    Some(Planned { row, order: plan.order, routed, job, first: conn, off_session: input.off_session })
+    Some(Planned { row, order: plan.order, routed, job, first: conn })
 }
 
 impl Planned {
@@ -102,13 +98,13 @@ impl Planned {
     /// returns it with its first attempt started. The caller writes every started payment's
     /// row at once ([`Sending::payment`]) before committing.
     pub(crate) async fn start(self, tx: &mut TenantTx, now: DateTime<Utc>) -> Result<Sending> {
-        let Planned { row, order, routed, job, first, off_session } = self;
+        let Planned { row, order, routed, job, first } = self;
         let r = Some(("payment", row.id.as_str()));
         tx.action(
             now,
             "payment.create",
             r,
-            json!({"customer_id": row.customer_id, "amount": row.amount, "currency": row.currency, "off_session": off_session}),
+            json!({"customer_id": row.customer_id, "amount": row.amount, "currency": row.currency, "off_session": job.off_session}),
         )
         .await?;
         tx.decision(now, "payment.routed", r, routed).await?;

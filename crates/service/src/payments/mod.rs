@@ -314,7 +314,7 @@ pub(crate) async fn prepare(
     let now = ctx.clock.now();
     let mut errors = ValidationErrors::default();
     let currency = errors.check(Currency::parse("currency", &input.currency));
-    if input.amount <= 0 || input.amount > azotte_domain::catalog::MAX_AMOUNT {
+    if !amount_in_range(input.amount) {
         errors.push(FieldError::new("amount", "out_of_range", "a positive amount in minor units"));
     }
     errors.finish()?;
@@ -328,15 +328,8 @@ pub(crate) async fn prepare(
         .ok_or(ServiceError::NotFound { resource: "customer" })?;
     let pm = customer_store::get_payment_method(tx, &input.customer_id, &input.payment_method_id)
         .await?
-        .filter(|p| p.state != "deleted" && scope.storefront_allowed(&p.storefront_id))
         .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
-    if pm.state != "active" || pm.expired {
-        return Err(ServiceError::Conflict {
-            code: "payment_method_not_usable",
-            message: "the payment method is inactive or expired".into(),
-            field: Some("payment_method_id"),
-        });
-    }
+    chargeable(scope, &pm)?;
     let accounts = psp_store::of_storefront(tx, &pm.storefront_id).await?;
     if let Some(forced) = &input.psp_account_id {
         if !accounts.iter().any(|a| &a.id == forced) {
@@ -396,6 +389,27 @@ pub(crate) async fn prepare(
         off_session: input.off_session,
     };
     Ok(Prepared::Send(attempt::Sending { row, order: plan.order, job, first: first_conn }))
+}
+
+/// Whether a charge of `amount` minor units may be asked for.
+fn amount_in_range(amount: i64) -> bool {
+    amount > 0 && amount <= azotte_domain::catalog::MAX_AMOUNT
+}
+
+/// Whether this caller may charge `pm`: not found when it is deleted or of a storefront the
+/// scope may not use; `payment_method_not_usable` when it is inactive or expired.
+fn chargeable(scope: &TenantScope, pm: &customer_store::PaymentMethodRow) -> Result<()> {
+    if pm.state == "deleted" || !scope.storefront_allowed(&pm.storefront_id) {
+        return Err(ServiceError::NotFound { resource: "payment_method" });
+    }
+    if pm.state != "active" || pm.expired {
+        return Err(ServiceError::Conflict {
+            code: "payment_method_not_usable",
+            message: "the payment method is inactive or expired".into(),
+            field: Some("payment_method_id"),
+        });
+    }
+    Ok(())
 }
 
 /// A new payment of `input` with `pm`, `pending`, no attempt started yet.

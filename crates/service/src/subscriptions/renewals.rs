@@ -368,19 +368,7 @@ async fn renew(ctx: &Ctx, scope: &TenantScope, job: &RenewalJob) -> Result<End> 
             Err(("no_payment_method", invoice_id))
         }
         Some(pm) => {
-            let mut input = ChargeInput {
-                customer_id: sub.customer_id.clone(),
-                payment_method_id: pm.clone(),
-                amount: billed,
-                currency: sub.currency.clone(),
-                description: format!(
-                    "subscription {} renewal, period ending {}, invoice {invoice_id}",
-                    sub.id, sub.period_end
-                ),
-                psp_account_id: None,
-                off_session: true,
-                request_key: Some(key.clone()),
-            };
+            let mut input = renewal_charge(&sub, job, pm, billed, &invoice_id);
             let mut prepared = payments::prepare(ctx, scope, &mut tx, &input).await;
             // This run's charge was made with another method than the subscription's now (a
             // new card given during dunning while the retry's answer was pending or lost):
@@ -552,7 +540,7 @@ async fn period_invoice(
     // This transaction read the invoices first; its action is recorded now that it writes.
     tx.action(now, "subscription.renew", Some(("subscription", sub.id.as_str())), renew_body(sub, "invoice"))
         .await?;
-    let description = format!("subscription {}, period from {}", sub.id, next.period_start.date_naive());
+    let description = invoice_description(sub, next.period_start);
     let period = (next.period_start, next.period_end);
     let draft =
         crate::invoices::draft_for_subscription_charge(tx, sub, &description, amount, period, now).await?;
@@ -580,6 +568,35 @@ async fn unpaid_period_invoice(
         }
     }
     Ok(None)
+}
+
+/// The off-session charge of a renewal job: `amount` (what the period's invoice bills) with
+/// `payment_method_id`, under the job's request key.
+fn renewal_charge(
+    sub: &SubscriptionRow,
+    job: &RenewalJob,
+    payment_method_id: &str,
+    amount: i64,
+    invoice_id: &str,
+) -> ChargeInput {
+    ChargeInput {
+        customer_id: sub.customer_id.clone(),
+        payment_method_id: payment_method_id.to_owned(),
+        amount,
+        currency: sub.currency.clone(),
+        description: format!(
+            "subscription {} renewal, period ending {}, invoice {invoice_id}",
+            sub.id, sub.period_end
+        ),
+        psp_account_id: None,
+        off_session: true,
+        request_key: Some(charge_key(&sub.id, job)),
+    }
+}
+
+/// The line description of a renewal's invoice for the period starting at `period_start`.
+fn invoice_description(sub: &SubscriptionRow, period_start: DateTime<Utc>) -> String {
+    format!("subscription {}, period from {}", sub.id, period_start.date_naive())
 }
 
 /// The request key of a job's charge: one per subscription, period, dunning attempt and run

@@ -31,9 +31,11 @@ use azotte_store::subscriptions::{self as store, SubscriptionRow};
 use azotte_store::TenantScope;
 use serde_json::json;
 
-use super::{charge_key, conclude, concluded, job_attempt, renew_body, Ran};
+use super::{
+    charge_key, conclude, concluded, invoice_description, job_attempt, renew_body, renewal_charge, Ran,
+};
 use crate::payments::attempt::{self, Answer, Sending};
-use crate::payments::{self, ChargeInput, Charged};
+use crate::payments::{self, Charged};
 use crate::subscriptions::checkout::apply_state;
 use crate::subscriptions::lifecycle::{period_of, state_of};
 use crate::{Ctx, Result, ServiceError};
@@ -227,7 +229,7 @@ async fn pick(ctx: &Ctx, scope: &TenantScope, jobs: &[RenewalJob]) -> Result<Opt
         let Ok(next) = life::apply(&state_of(sub)?, &Event::RenewalSucceeded, now, period_of(sub)?) else {
             continue;
         };
-        let description = format!("subscription {}, period from {}", sub.id, next.period_start.date_naive());
+        let description = invoice_description(sub, next.period_start);
         let charge = crate::invoices::SubscriptionCharge {
             storefront,
             subscription: sub,
@@ -238,19 +240,7 @@ async fn pick(ctx: &Ctx, scope: &TenantScope, jobs: &[RenewalJob]) -> Result<Opt
             period: (next.period_start, next.period_end),
         };
         let Ok(billed) = charge.bill(now) else { continue };
-        let input = ChargeInput {
-            customer_id: sub.customer_id.clone(),
-            payment_method_id: pm.id.clone(),
-            amount: billed.row.total,
-            currency: sub.currency.clone(),
-            description: format!(
-                "subscription {} renewal, period ending {}, invoice {}",
-                sub.id, sub.period_end, billed.row.id
-            ),
-            psp_account_id: None,
-            off_session: true,
-            request_key: Some(charge_key(&sub.id, job)),
-        };
+        let input = renewal_charge(sub, job, &pm.id, billed.row.total, &billed.row.id);
         let Some(planned) = payments::batch::plan(ctx, &tx, &input, pm, accounts, conns, now) else {
             continue;
         };
