@@ -155,6 +155,7 @@ pub struct CheckoutRow {
     /// The PSP's next action while `requires_action` (JSON text).
     pub next_action: Option<String>,
     pub correlation_id: String,
+    /// The worker does not run the job before this (a run left it waiting).
     pub locked_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -221,30 +222,20 @@ pub async fn get_checkout(tx: &mut TenantTx, id: &str) -> Result<Option<Checkout
     tx.tx.fetch_optional::<CheckoutRow>(&q).await
 }
 
-/// Takes a checkout's job for this caller until `until`: `false` when it is not in progress or
-/// another process holds it.
-pub async fn claim_checkout(
-    tx: &mut TenantTx,
-    id: &str,
-    now: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> Result<bool> {
+/// Leaves a checkout's job until `until`: the worker does not look at it before (scheduling,
+/// not the checkout's data: not journaled).
+pub async fn defer_checkout(tx: &mut TenantTx, id: &str, until: DateTime<Utc>) -> Result<()> {
     let q = Query::update()
         .table(Checkouts::Table)
         .value(Checkouts::LockedUntil, until)
         .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
         .and_where(Expr::col(Checkouts::Id).eq(id))
-        .and_where(Expr::col(Checkouts::Status).is_in(["processing", "requires_action"]))
-        .cond_where(
-            sea_query::Cond::any()
-                .add(Expr::col(Checkouts::LockedUntil).is_null())
-                .add(Expr::col(Checkouts::LockedUntil).lt(now)),
-        )
         .to_owned();
-    Ok(tx.write(&q).await? == 1)
+    tx.tx.execute(&q).await?;
+    Ok(())
 }
 
-/// Checkouts whose job is due: in progress and not held (oldest first).
+/// Checkouts whose job is due: in progress and not left until later (oldest first).
 pub async fn due_checkouts(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> Result<Vec<CheckoutRow>> {
     let q = select_checkouts(tx)
         .and_where(Expr::col(Checkouts::Status).is_in(["processing", "requires_action"]))

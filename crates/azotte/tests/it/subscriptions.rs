@@ -678,32 +678,65 @@ async fn complete_3ds(app: &TestApp, waiting: &Value) -> Value {
     get(app, &format!("/v1/payments/{}", id(&payment))).await
 }
 
-/// A checkout that can no longer succeed once its charge is captured (the price was archived
-/// while the customer was in 3-D Secure) fails and gives the money back: it waits while the
-/// charge may still be captured, then refunds it in full before it fails. Later runs change
-/// nothing.
+/// Polls a checkout until it has ended (`succeeded` or `failed`): a job started by a PSP
+/// webhook runs in a task of its own.
+async fn ended(app: &TestApp, k: &str, checkout: &str) -> Value {
+    for _ in 0..500 {
+        let v = get_k(app, k, &format!("/v1/checkouts/{checkout}")).await;
+        if v["status"] == "succeeded" || v["status"] == "failed" {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("checkout {checkout} did not end");
+}
+
+/// `GET` with an API key (`k`), which outlives the test user's session when the clock moves on.
+async fn get_k(app: &TestApp, k: &str, path: &str) -> Value {
+    app.get(path).token(k).header("x-tn", T).expect(200).await.json()
+}
+
+/// The sandbox PSP account of a checkout's payment, and the payment's id there.
+async fn psp_payment(app: &TestApp, waiting: &Value) -> (azotte_domain::id::PspAccountId, String) {
+    let pid = waiting["payment_id"].as_str().unwrap();
+    let row = app
+        .raw_strings(&format!(
+            "SELECT psp_account_id || ' ' || psp_payment_id FROM payments WHERE id = '{pid}'"
+        ))
+        .await;
+    let (account, psp_id) = row[0].split_once(' ').unwrap();
+    (account.parse().unwrap(), psp_id.to_owned())
+}
+
+/// A system scope of the test tenant's environment.
+async fn system_scope(app: &TestApp) -> azotte_store::TenantScope {
+    let tenant = app.raw_strings(&format!("SELECT id FROM tenants WHERE slug = '{T}'")).await.remove(0);
+    azotte_store::auth::system_scope(&app.ctx.db, tenant.parse().unwrap(), ENV.parse().unwrap(), "test")
+        .await
+        .unwrap()
+}
+
+/// A checkout that can no longer succeed (its price archived while the customer was in 3-D
+/// Secure) whose charge the customer completed before the worker looked: the PSP's webhook runs
+/// the job at once, which fails the checkout and gives the money back in full. Later runs
+/// change nothing.
 async fn a_checkout_that_fails_after_its_charge_is_refunded(app: TestApp) {
     let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
     let o = offer(&app, &shop).await;
     let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
     assert_eq!(waiting["status"], "requires_action");
     app.post(&format!("/v1/prices/{}/archive", shop.monthly), json!({})).tenant(T, ENV).expect(200).await;
-    // The charge may still be captured: the checkout waits for the customer.
-    app.ctx.clock.advance(chrono::Duration::seconds(10));
-    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    let still = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
-    assert_eq!(still["status"], "requires_action", "{still}");
     // Captured: the checkout fails, the charge refunded in full.
     let payment = complete_3ds(&app, &waiting).await;
     assert_eq!(payment["status"], "captured", "{payment}");
-    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    let failed = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    let failed = ended(&app, &k, &id(&waiting)).await;
     assert_eq!(
         (failed["status"].as_str(), failed["failure_code"].as_str(), failed["subscription_id"].as_str()),
         (Some("failed"), Some("price_not_available"), None),
         "{failed}"
     );
-    let payment = get(&app, &format!("/v1/payments/{}", id(&payment))).await;
+    let payment = get_k(&app, &k, &format!("/v1/payments/{}", id(&payment))).await;
     assert_eq!(
         (payment["captured_amount"].as_i64(), payment["refunded_amount"].as_i64()),
         (Some(999), Some(999))
@@ -725,11 +758,156 @@ async fn a_checkout_that_fails_after_its_charge_is_refunded(app: TestApp) {
     let body: Value = serde_json::from_str(&entry[0]).unwrap();
     assert!(body["refund_id"].is_string(), "{body}");
     // Later runs change nothing.
-    app.ctx.clock.advance(chrono::Duration::seconds(10));
+    app.ctx.clock.advance(chrono::Duration::hours(2));
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
     let entries = app.ctx.psp.sandbox.ledger().entries().len();
-    assert_eq!(get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await["status"], "failed");
+    assert_eq!(get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await["status"], "failed");
     assert_eq!(app.ctx.psp.sandbox.ledger().entries().len(), entries);
+}
+
+/// A checkout that can no longer succeed while its customer is still in 3-D Secure does not
+/// wait for them: its payment is cancelled at the PSP, so nothing is charged and nothing needs
+/// refunding, and the checkout fails with its reason.
+async fn a_checkout_failing_during_3ds_cancels_its_payment(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    app.post(&format!("/v1/prices/{}/archive", shop.monthly), json!({})).tenant(T, ENV).expect(200).await;
+    // The worker's next look at the waiting checkout.
+    app.ctx.clock.advance(chrono::Duration::minutes(6));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let failed = get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["failure_code"].as_str()),
+        (Some("failed"), Some("price_not_available")),
+        "{failed}"
+    );
+    let payment = get_k(&app, &k, &format!("/v1/payments/{}", waiting["payment_id"].as_str().unwrap())).await;
+    assert_eq!(
+        (payment["status"].as_str(), payment["captured_amount"].as_i64()),
+        (Some("canceled"), Some(0))
+    );
+    // The customer can no longer complete it at the PSP.
+    let (account, psp_id) = psp_payment(&app, &waiting).await;
+    let late = app.ctx.psp.sandbox.complete_action(&account, &psp_id, true);
+    assert!(late.is_err(), "{late:?}");
+    assert_eq!(app.sandbox_refunded(), 0);
+    let entries = app
+        .raw_strings(&format!(
+            "SELECT body FROM journal_entries WHERE type = 'payment.canceled' AND resource_id = '{}'",
+            id(&payment)
+        ))
+        .await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let body: Value = serde_json::from_str(&entries[0]).unwrap();
+    assert_eq!(
+        (body["source"].as_str(), body["reason"].as_str()),
+        (Some("void"), Some("price_not_available"))
+    );
+}
+
+/// A customer who never completes 3-D Secure: the worker leaves the checkout alone between
+/// its looks (a webhook would wake it), and after an hour the checkout expires — its payment
+/// cancelled at the PSP, nothing charged, failure `checkout_expired`.
+async fn an_abandoned_3ds_checkout_expires_and_its_payment_is_cancelled(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(waiting["status"], "requires_action");
+    let scope = system_scope(&app).await;
+    let run = || azotte_service::subscriptions::checkout::run_due(&app.ctx, &scope);
+    // The request's run left it waiting: the worker looks again five minutes later, not at
+    // every tick.
+    app.ctx.clock.advance(chrono::Duration::seconds(10));
+    assert_eq!(run().await.unwrap(), 0, "not looked at again so soon");
+    app.ctx.clock.advance(chrono::Duration::minutes(5));
+    assert_eq!(run().await.unwrap(), 1, "looked at again");
+    app.ctx.clock.advance(chrono::Duration::minutes(3));
+    assert_eq!(run().await.unwrap(), 0, "left waiting again");
+    app.ctx.clock.advance(chrono::Duration::minutes(3));
+    assert_eq!(run().await.unwrap(), 1);
+    assert_eq!(
+        get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await["status"],
+        "requires_action"
+    );
+    // An hour after it started: expired.
+    app.ctx.clock.advance(chrono::Duration::minutes(50));
+    assert_eq!(run().await.unwrap(), 1);
+    let expired = get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!(
+        (expired["status"].as_str(), expired["failure_code"].as_str(), expired["next_action"].as_object()),
+        (Some("failed"), Some("checkout_expired"), None),
+        "{expired}"
+    );
+    let payment = get_k(&app, &k, &format!("/v1/payments/{}", waiting["payment_id"].as_str().unwrap())).await;
+    assert_eq!(payment["status"], "canceled", "{payment}");
+    let (account, psp_id) = psp_payment(&app, &waiting).await;
+    assert!(
+        app.ctx.psp.sandbox.complete_action(&account, &psp_id, true).is_err(),
+        "cannot be completed any more"
+    );
+    let pid: azotte_domain::payment::PaymentId = id(&payment).parse().unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().captured(&pid), 0);
+    let subs =
+        app.raw_strings(&format!("SELECT id FROM subscriptions WHERE customer_id = '{}'", shop.cus)).await;
+    assert!(subs.is_empty(), "no subscription: {subs:?}");
+    // The cancellation is in the checkout's lineage.
+    let cor = app
+        .raw_strings(&format!(
+            "SELECT correlation_id FROM journal_entries WHERE type = 'payment.canceled' AND resource_id = '{}'",
+            id(&payment)
+        ))
+        .await;
+    let lineage: Value = get_k(&app, &k, &format!("/v1/lineage/{}", cor[0])).await;
+    let roots = lineage["roots"].as_array().unwrap();
+    assert_eq!((roots.len(), roots[0]["type"].as_str()), (1, Some("checkout.create")), "{lineage:#}");
+    assert!(lineage.to_string().contains("checkout.failed"), "{lineage:#}");
+    // Nothing left to do.
+    app.ctx.clock.advance(chrono::Duration::hours(1));
+    assert_eq!(run().await.unwrap(), 0);
+}
+
+/// A customer who completed 3-D Secure whose webhook never arrived: at the expiry the PSP
+/// refuses to cancel a captured payment, the lookup shows it captured, and the checkout
+/// succeeds as paid — the customer is not left charged without a subscription.
+async fn a_completed_3ds_checkout_whose_webhook_was_lost_succeeds_at_expiry(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (account, psp_id) = psp_payment(&app, &waiting).await;
+    app.ctx.psp.sandbox.complete_action(&account, &psp_id, true).unwrap();
+    // No webhook: the worker sees the payment still waiting until the expiry.
+    app.ctx.clock.advance(chrono::Duration::minutes(30));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(
+        get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await["status"],
+        "requires_action"
+    );
+    app.ctx.clock.advance(chrono::Duration::minutes(31));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let done = get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let sub =
+        get_k(&app, &k, &format!("/v1/subscriptions/{}", done["subscription_id"].as_str().unwrap())).await;
+    assert_eq!(sub["status"], "active");
+    let payment = get_k(&app, &k, &format!("/v1/payments/{}", waiting["payment_id"].as_str().unwrap())).await;
+    assert_eq!(
+        (payment["status"].as_str(), payment["refunded_amount"].as_i64()),
+        (Some("captured"), Some(0))
+    );
+    let pid: azotte_domain::payment::PaymentId = id(&payment).parse().unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().captured(&pid), 999);
+    let outcome = app
+        .raw_strings(&format!(
+            "SELECT body FROM journal_entries WHERE type = 'payment.captured' AND resource_id = '{}'",
+            id(&payment)
+        ))
+        .await;
+    assert_eq!(outcome.len(), 1, "{outcome:?}");
+    assert!(outcome[0].contains("reconciliation"), "{outcome:?}");
 }
 
 /// A trial cancelled while the PSP is charging its conversion: the conversion does not happen,
@@ -791,15 +969,15 @@ async fn a_trial_cancelled_while_its_conversion_is_charged_is_refunded(app: Test
 
 async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
     let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
     let o = offer(&app, &shop).await;
     let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
     assert_eq!(waiting["status"], "requires_action");
     assert!(waiting["next_action"].is_object(), "{waiting}");
-    // The customer authenticates; the PSP's webhook settles the payment; the worker finishes.
+    // The customer authenticates; the PSP's webhook settles the payment and runs the job at
+    // once (no worker needed).
     let payment = complete_3ds(&app, &waiting).await;
-    app.ctx.clock.advance(chrono::Duration::seconds(10));
-    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    let done = get(&app, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    let done = ended(&app, &k, &id(&waiting)).await;
     assert_eq!((done["status"].as_str(), done["next_action"].as_object()), (Some("succeeded"), None));
     assert_eq!(app.ctx.psp.sandbox.ledger().captured(&id(&payment).parse().unwrap()), 999);
     // The worker's run continues the request's lineage: its actions are caused by the
@@ -988,6 +1166,9 @@ both!(
     trials_convert_with_a_charge_or_lapse_without_a_method,
     three_d_secure_checkout_waits_for_the_customer,
     a_checkout_that_fails_after_its_charge_is_refunded,
+    a_checkout_failing_during_3ds_cancels_its_payment,
+    an_abandoned_3ds_checkout_expires_and_its_payment_is_cancelled,
+    a_completed_3ds_checkout_whose_webhook_was_lost_succeeds_at_expiry,
     a_trial_cancelled_while_its_conversion_is_charged_is_refunded,
     foreign_ids_and_methods_are_refused,
     prefer_wait_answers_with_the_checkouts_result,

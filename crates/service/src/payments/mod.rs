@@ -19,6 +19,7 @@
 pub(crate) mod attempt;
 pub(crate) mod batch;
 mod breaker;
+mod cancel;
 mod reconcile;
 mod refunds;
 mod routing;
@@ -44,6 +45,7 @@ use crate::psp_accounts::Unopened;
 use crate::{Ctx, Result, ServiceError};
 
 pub use breaker::{BreakerConfig, BreakerState, Breakers};
+pub(crate) use cancel::cancel_waiting;
 pub use reconcile::{reconcile, reconcile_everywhere};
 pub use refunds::refund;
 pub(crate) use refunds::refund_rest;

@@ -36,7 +36,7 @@ fn lookup_done(ctx: &Ctx, id: &str) {
     ctx.psp.lookup_backoff.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
 }
 
-async fn account_of(
+pub(super) async fn account_of(
     ctx: &Ctx,
     scope: &TenantScope,
     storefront: &str,

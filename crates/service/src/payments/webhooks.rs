@@ -8,7 +8,7 @@ use azotte_domain::payment::{self as rules, PaymentEvent, RefundStatus, Source};
 use azotte_domain::tenant::Environment;
 use azotte_payments::{ConnectorError, PspPayment, PspRefund, WebhookEvent, WebhookObject, WebhookRequest};
 use azotte_store::payment_ops;
-use azotte_store::payments as store;
+use azotte_store::payments::{self as store, PaymentRow};
 use azotte_store::psp_accounts::{self as psp_store, PspAccount};
 use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
@@ -106,11 +106,17 @@ async fn apply(
         tx.commit().await?;
         return Ok(WebhookReceipt::Duplicate);
     }
-    match &event.object {
+    let moved = match &event.object {
         WebhookObject::Payment(p) => apply_payment(&mut tx, account, &event.id, p, now).await?,
-        WebhookObject::Refund(rf) => apply_refund(&mut tx, account, &event.id, rf, now).await?,
-    }
+        WebhookObject::Refund(rf) => {
+            apply_refund(&mut tx, account, &event.id, rf, now).await?;
+            None
+        }
+    };
     tx.commit().await?;
+    if let Some(moved) = moved {
+        crate::subscriptions::checkout::payment_moved(ctx, scope, moved.request_key.as_deref());
+    }
     Ok(WebhookReceipt::Processed)
 }
 
@@ -126,30 +132,29 @@ async fn stale(
     Ok(())
 }
 
+/// Applies a payment event: the payment when the event moved it.
 async fn apply_payment(
     tx: &mut TenantTx,
     account: &PspAccount,
     event_id: &str,
     p: &PspPayment,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Option<PaymentRow>> {
     let id = p.reference.to_string();
     // Only a payment routed through this very account can be moved by its events.
     let Some(mut row) =
         store::get(tx, &id).await?.filter(|row| row.psp_account_id.as_deref() == Some(&account.id))
     else {
-        return stale(
-            tx,
-            ("psp_account", &account.id),
-            event_id,
-            format!("no payment {id} on this account"),
-            now,
-        )
-        .await;
+        stale(tx, ("psp_account", &account.id), event_id, format!("no payment {id} on this account"), now)
+            .await?;
+        return Ok(None);
     };
     let from = stored_status(&row)?;
     match rules::transition(from, PaymentEvent { observed: p.status, source: Source::Webhook }) {
-        Ok(to) if to == from => stale(tx, ("payment", &id), event_id, format!("already {from}"), now).await,
+        Ok(to) if to == from => {
+            stale(tx, ("payment", &id), event_id, format!("already {from}"), now).await?;
+            Ok(None)
+        }
         Ok(to) => {
             row.status = to.as_str().to_owned();
             row.psp_payment_id = Some(p.psp_id.clone());
@@ -167,9 +172,12 @@ async fn apply_payment(
                 json!({"source": "webhook", "event_id": event_id, "was": from}),
             )
             .await?;
-            Ok(())
+            Ok(Some(row))
         }
-        Err(e) => stale(tx, ("payment", &id), event_id, e.to_string(), now).await,
+        Err(e) => {
+            stale(tx, ("payment", &id), event_id, e.to_string(), now).await?;
+            Ok(None)
+        }
     }
 }
 

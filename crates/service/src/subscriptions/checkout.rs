@@ -26,6 +26,20 @@ use crate::payments::attempt::Redo;
 use crate::payments::{self, ChargeInput};
 use crate::{Ctx, Result, ServiceError};
 
+/// How long a checkout waits for its customer's action (3-D Secure) before it expires: its
+/// payment is cancelled at the PSP, so the customer can no longer complete it, and the checkout
+/// fails `checkout_expired`. (A payment the customer did complete meanwhile goes on as paid.)
+pub const ACTION_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// How soon the worker looks again at a checkout its last run left waiting for its customer: a
+/// verified PSP webhook about its payment runs it at once, and the worker's look after this
+/// long notices lost webhooks and the expiry ([`ACTION_TTL`]).
+const RECHECK_ACTION: chrono::Duration = chrono::Duration::minutes(5);
+
+/// How soon the worker looks again at a checkout left waiting for its payment's outcome (queued
+/// in safe mode, or unknown until reconciliation finds out).
+const RECHECK_PAYMENT: chrono::Duration = chrono::Duration::minutes(1);
+
 /// A checkout to start.
 #[derive(Debug, Clone)]
 pub struct CheckoutInput {
@@ -243,6 +257,8 @@ pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<CheckoutRow
 enum Step {
     Failed(&'static str),
     Waiting,
+    /// Waited for its customer longer than [`ACTION_TTL`]: its payment is to be cancelled.
+    Expired,
     Done,
 }
 
@@ -280,35 +296,61 @@ async fn process(
         Err(code) => Step::Failed(code),
     };
     let now = ctx.clock.now();
-    let r = Some(("checkout", checkout.id.as_str()));
     match step {
-        Step::Waiting => {
-            let mut tx = ctx.db.tenant_tx(scope).await?;
-            let current = store::get_checkout(&mut tx, id).await?;
-            // Another runner ended it meanwhile: its end stands.
-            if let Some(ended) = current.as_ref().filter(|c| is_final(c)) {
-                return Ok(Some(ended.clone()));
+        Step::Expired => {
+            let payment_id = checkout.payment_id.clone().unwrap_or_default();
+            match payments::cancel_waiting(ctx, scope, &payment_id, "checkout_expired").await {
+                // Cancelled (or finished by the customer meanwhile): the next run ends the
+                // checkout as its payment now stands.
+                Ok(p) if p.status != "requires_action" => Box::pin(process(ctx, scope, id, None)).await,
+                Ok(_) => wait(ctx, scope, checkout, now).await,
+                Err(e) => {
+                    tracing::warn!(checkout_id = %id, error = %e, "cancelling an expired checkout's payment failed; will retry");
+                    wait(ctx, scope, checkout, now).await
+                }
             }
-            if current.as_ref().map(|c| (&c.status, &c.payment_id))
-                != Some((&checkout.status, &checkout.payment_id))
-            {
-                tx.action(now, "checkout.progress", r, json!({"payment_id": checkout.payment_id})).await?;
-                checkout.updated_at = now;
-                store::update_checkout(&mut tx, &checkout).await?;
-                tx.outcome(
-                    now,
-                    &format!("checkout.{}", checkout.status),
-                    r,
-                    json!({"payment_id": checkout.payment_id}),
-                )
-                .await?;
-                tx.commit().await?;
-            }
-            Ok(Some(checkout))
         }
+        Step::Waiting => wait(ctx, scope, checkout, now).await,
         Step::Failed(code) => fail(ctx, scope, checkout, code).await,
         Step::Done => Ok((checkout.status == "succeeded").then_some(checkout)),
     }
+}
+
+/// Leaves a checkout waiting — for its customer or its payment's outcome — as this run found
+/// it (journaled when that changed), and not to be looked at again by the worker for a while
+/// ([`RECHECK_ACTION`], [`RECHECK_PAYMENT`]).
+async fn wait(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut checkout: CheckoutRow,
+    now: DateTime<Utc>,
+) -> Result<Option<CheckoutRow>> {
+    let recheck = if checkout.status == "requires_action" { RECHECK_ACTION } else { RECHECK_PAYMENT };
+    checkout.locked_until = Some(now + recheck);
+    let r = Some(("checkout", checkout.id.as_str()));
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let current = store::get_checkout(&mut tx, &checkout.id).await?;
+    // Another runner ended it meanwhile: its end stands.
+    if let Some(ended) = current.as_ref().filter(|c| is_final(c)) {
+        return Ok(Some(ended.clone()));
+    }
+    if current.as_ref().map(|c| (&c.status, &c.payment_id)) != Some((&checkout.status, &checkout.payment_id))
+    {
+        tx.action(now, "checkout.progress", r, json!({"payment_id": checkout.payment_id})).await?;
+        checkout.updated_at = now;
+        store::update_checkout(&mut tx, &checkout).await?;
+        tx.outcome(
+            now,
+            &format!("checkout.{}", checkout.status),
+            r,
+            json!({"payment_id": checkout.payment_id}),
+        )
+        .await?;
+    } else {
+        store::defer_checkout(&mut tx, &checkout.id, now + recheck).await?;
+    }
+    tx.commit().await?;
+    Ok(Some(checkout))
 }
 
 /// A checkout that ended: `succeeded` or `failed`.
@@ -318,9 +360,10 @@ fn is_final(c: &CheckoutRow) -> bool {
 
 /// Ends a checkout `failed` with `code`. A charge it took is refunded in full first (the refund
 /// is recorded — reserved against the payment — before the checkout fails, so a failure to
-/// refund leaves the checkout running and the worker tries again); a charge still in flight or
-/// waiting for the customer (3-D Secure) may yet be captured, so the checkout waits for it to
-/// end. Nothing is written when another runner ended the checkout meanwhile.
+/// refund leaves the checkout running and the worker tries again); a charge waiting for the
+/// customer (3-D Secure) is cancelled at the PSP first; a charge still in flight may yet be
+/// captured, so the checkout waits for it to end. Nothing is written when another runner ended
+/// the checkout meanwhile.
 async fn fail(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -346,8 +389,22 @@ async fn fail(
                 refund_id = payments::refund_rest(ctx, scope, &p.id, &reason).await?.map(|r| r.id);
             }
             "failed" | "canceled" => {}
-            // Pending, requires_action, authorized, unknown: not ended yet.
-            _ => return Ok(Some(checkout)),
+            "requires_action" => {
+                // Nobody should complete it any more: cancelled at the PSP, the checkout ends as
+                // its payment then stands (refunded if the customer finished just before).
+                match payments::cancel_waiting(ctx, scope, &p.id, code).await {
+                    Ok(p) if p.status != "requires_action" => {
+                        return Box::pin(fail(ctx, scope, checkout, code)).await
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(checkout_id = %checkout.id, error = %e, "cancelling a failed checkout's payment failed; will retry")
+                    }
+                }
+                return wait(ctx, scope, checkout, ctx.clock.now()).await;
+            }
+            // Pending, authorized, unknown: not ended yet.
+            _ => return wait(ctx, scope, checkout, ctx.clock.now()).await,
         }
     }
     let now = ctx.clock.now();
@@ -457,6 +514,8 @@ async fn check_and_charge(
         open = sent.map(|(tx, redo)| (tx, Some(redo)));
         match p.status.as_str() {
             "captured" => payment = Some(p),
+            // Cancelled because the customer did not act in time.
+            "canceled" if now - checkout.created_at >= ACTION_TTL => return Ok(Err("checkout_expired")),
             "failed" | "canceled" => {
                 return Ok(Err(match p.decline_code.as_deref() {
                     Some("insufficient_funds") => "insufficient_funds",
@@ -467,6 +526,9 @@ async fn check_and_charge(
             "requires_action" => {
                 checkout.status = "requires_action".into();
                 checkout.next_action = p.next_action.clone();
+                if now - checkout.created_at >= ACTION_TTL {
+                    return Ok(Ok(Step::Expired));
+                }
                 return Ok(Ok(Step::Waiting));
             }
             // pending (queued in safe mode, or in flight), unknown, authorized: wait.
@@ -681,7 +743,8 @@ async fn create_subscription(
     }
 }
 
-/// Runs every due checkout job of the tenant environment (the worker calls it each tick).
+/// Runs every due checkout job of the tenant environment (the worker calls it each tick): the
+/// checkouts in progress that no run has left waiting until later (oldest first).
 pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     let now = ctx.clock.now();
     let due = {
@@ -700,18 +763,7 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         }
         // One checkout that cannot run (a bad row, a PSP or database error) does not hold up
         // the others, nor the worker's other jobs: logged, retried at the next tick.
-        let ran = async {
-            // The retry continues the request's lineage, caused by its action.
-            let cause =
-                crate::journal::cause(ctx, scope, ("checkout", &c.id), |e| e.type_ == "checkout.create")
-                    .await?;
-            let meta = match cause {
-                Some(_) => crate::journal::job_meta(cause),
-                None => RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() },
-            };
-            journal::with_meta(meta, process(ctx, scope, &c.id, None)).await
-        };
-        match ran.await {
+        match run_one(ctx, scope, &c).await {
             Ok(_) => n += 1,
             Err(e) => {
                 tracing::warn!(checkout_id = %c.id, error = %e, "checkout job failed; will retry");
@@ -723,4 +775,41 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         Some(e) => Err(e),
         None => Ok(n),
     }
+}
+
+/// Runs a checkout's job again: the retry continues the request's lineage, caused by its
+/// action.
+async fn run_one(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<Option<CheckoutRow>> {
+    let cause =
+        crate::journal::cause(ctx, scope, ("checkout", &c.id), |e| e.type_ == "checkout.create").await?;
+    let meta = match cause {
+        Some(_) => crate::journal::job_meta(cause),
+        None => RequestMeta { correlation_id: c.correlation_id.clone(), ..RequestMeta::system() },
+    };
+    journal::with_meta(meta, process(ctx, scope, &c.id, None)).await
+}
+
+/// A payment's state moved on PSP evidence (a verified webhook): when it is a checkout's charge
+/// and the checkout is still in progress, its job runs at once, in a task of its own, so a
+/// customer back from 3-D Secure sees the subscription without waiting for the worker.
+pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<&str>) {
+    let Some(id) = request_key.and_then(|k| k.strip_prefix("checkout-")) else { return };
+    let (ctx, scope, id) = (ctx.clone(), scope.for_job("checkout"), id.to_owned());
+    tokio::spawn(async move {
+        let ran = async {
+            let c = {
+                let mut tx = ctx.db.tenant_read_tx(&scope).await?;
+                let c = store::get_checkout(&mut tx, &id).await?;
+                tx.commit().await?;
+                c
+            };
+            match c.filter(|c| !is_final(c)) {
+                Some(c) => run_one(&ctx, &scope, &c).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = ran.await {
+            tracing::warn!(checkout_id = %id, error = %e, "checkout job after a payment webhook failed; the worker will retry");
+        }
+    });
 }

@@ -1,0 +1,94 @@
+//! Cancelling a payment that waits for its customer (`requires_action`, 3-D Secure) and will
+//! not be finished any more: the PSP voids it, so the customer can no longer complete it and
+//! nothing is charged.
+
+use azotte_domain::payment::{self as rules, PaymentEvent, PaymentStatus, Source};
+use azotte_payments::{ConnectorError, VoidRequest};
+use azotte_store::payments::{self as store, PaymentRow};
+use azotte_store::TenantScope;
+use serde_json::json;
+
+use super::reconcile::account_of;
+use super::{connector_for, reference, stored_status};
+use crate::{Ctx, Result, ServiceError};
+
+/// Cancels at the PSP the payment `payment_id` while it waits for its customer, for `reason`
+/// (journaled). Returns the payment as it stands afterwards: `canceled`; or, when the PSP
+/// refuses because the payment moved on meanwhile (the customer finished just now and its
+/// webhook has not arrived), as the PSP reports it, looked up by our reference and applied as
+/// reconciliation evidence. A payment not (or no longer) waiting is returned as it is. A PSP
+/// that cannot be reached, or answers neither way, is an error and changes nothing: the caller
+/// tries again later (the void's idempotency key makes that safe).
+pub(crate) async fn cancel_waiting(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    payment_id: &str,
+    reason: &str,
+) -> Result<PaymentRow> {
+    let row = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let p = store::get(&mut tx, payment_id).await?;
+        tx.commit().await?;
+        p.ok_or(ServiceError::NotFound { resource: "payment" })?
+    };
+    if row.status != PaymentStatus::RequiresAction.as_str() {
+        return Ok(row);
+    }
+    let unreachable =
+        |why: String| ServiceError::PspUnavailable { message: format!("payment {payment_id}: {why}") };
+    let account_id = row.psp_account_id.clone().unwrap_or_default();
+    let account = account_of(ctx, scope, &row.storefront_id, &account_id)
+        .await?
+        .ok_or_else(|| unreachable("its PSP account is gone".into()))?;
+    let psp_id = row.psp_payment_id.clone().ok_or_else(|| unreachable("no PSP payment id".into()))?;
+    let pid = reference(&row)?;
+    let (connector, creds) = connector_for(ctx, scope, &account).await?;
+    let req = VoidRequest {
+        account: creds.clone(),
+        reference: pid,
+        psp_id,
+        idempotency_key: rules::void_idempotency_key(&pid, 1),
+    };
+    let (psp, source) = match connector.void(&req).await {
+        Ok(p) => (p, Source::Attempt),
+        // Refused: the payment is no longer waiting at the PSP. What it is now is evidence.
+        Err(ConnectorError::InvalidRequest { .. }) => match connector.lookup_payment(&creds, &pid).await {
+            Ok(found) => match found.into_iter().next() {
+                Some(p) => (p, Source::Reconciliation),
+                None => {
+                    return Err(unreachable("the PSP refused the void and does not know the payment".into()))
+                }
+            },
+            Err(e) => return Err(unreachable(format!("lookup after a refused void: {e}"))),
+        },
+        Err(e) => return Err(unreachable(format!("void: {e}"))),
+    };
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let r = Some(("payment", payment_id));
+    // Re-read under the transaction: a webhook may have moved it meanwhile; then that stands.
+    let Some(mut current) = store::get(&mut tx, payment_id).await? else {
+        return Err(ServiceError::NotFound { resource: "payment" });
+    };
+    if current.status != row.status {
+        drop(tx);
+        return Ok(current);
+    }
+    tx.action(now, "payment.cancel", r, json!({"reason": reason})).await?;
+    let from = stored_status(&current)?;
+    let to = rules::transition(from, PaymentEvent { observed: psp.status, source })
+        .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
+    current.status = to.as_str().to_owned();
+    if to != PaymentStatus::RequiresAction {
+        current.next_action = None;
+    }
+    current.captured_amount = psp.amount_captured.max(current.refunded_amount);
+    current.decline_code = psp.decline_code.map(|d| d.as_str().to_owned()).or(current.decline_code);
+    current.updated_at = now;
+    store::update_attempt(&mut tx, &current).await?;
+    let source = if source == Source::Attempt { "void" } else { "reconciliation" };
+    tx.outcome(now, &format!("payment.{to}"), r, json!({"source": source, "was": from, "reason": reason}))
+        .await?;
+    tx.commit().await?;
+    Ok(current)
+}
