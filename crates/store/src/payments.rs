@@ -496,6 +496,22 @@ pub async fn by_request_key(tx: &mut TenantTx, key: &str) -> Result<Option<Payme
     tx.tx.fetch_optional::<PaymentRow>(&q).await
 }
 
+/// The payments of a request key and of its retries (`{key}-r{n}`), oldest first.
+pub async fn under_key_and_retries(tx: &mut TenantTx, key: &str) -> Result<Vec<PaymentRow>> {
+    let q = select(tx)
+        .cond_where(
+            sea_query::Cond::any().add(Expr::col(Payments::RequestKey).eq(key)).add(
+                sea_query::Cond::all()
+                    .add(Expr::col(Payments::RequestKey).gt(format!("{key}-r")))
+                    .add(Expr::col(Payments::RequestKey).lt(format!("{key}-s"))),
+            ),
+        )
+        .order_by(Payments::CreatedAt, Order::Asc)
+        .order_by(Payments::Id, Order::Asc)
+        .to_owned();
+    tx.tx.fetch_all::<PaymentRow>(&q).await
+}
+
 /// One payment by the PSP's id of it.
 pub async fn get_by_psp_id(tx: &mut TenantTx, psp_payment_id: &str) -> Result<Option<PaymentRow>> {
     let q = select(tx).and_where(Expr::col(Payments::PspPaymentId).eq(psp_payment_id)).to_owned();

@@ -967,6 +967,116 @@ async fn a_trial_cancelled_while_its_conversion_is_charged_is_refunded(app: Test
     assert_eq!(app.ctx.psp.sandbox.ledger().entries().len(), ledger.entries().len());
 }
 
+/// A trial conversion the PSP could not take (an outage: nothing charged, not the card's
+/// fault) does not lapse the trial: the customer keeps access, the deferral is journaled, and
+/// the conversion is tried again after 15 minutes under a new key — once, however many ticks
+/// run meanwhile — and converts when the PSP is back.
+async fn a_trial_whose_conversion_the_psp_could_not_take_converts_later(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let sid = trial_with_card(&app, &shop).await;
+    let k = key(&app).await;
+    async fn payment_rows(app: &TestApp, customer: &str) -> Vec<String> {
+        app.raw_strings(&format!(
+            "SELECT request_key || ' ' || status || ' ' || COALESCE(decline_code, '-') FROM payments \
+             WHERE customer_id = '{customer}' ORDER BY created_at, id"
+        ))
+        .await
+    }
+    app.ctx.clock.advance(chrono::Duration::days(14) + chrono::Duration::minutes(1));
+    app.ctx.psp.sandbox.set_outage(true);
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let sub = get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await;
+    assert_eq!(sub["status"], "trialing", "not lapsed: {sub}");
+    let ent = get_k(&app, &k, &format!("/v1/customers/{}/entitlements/hd", shop.cus)).await;
+    assert_eq!(ent["access"], "full", "{ent}");
+    let first = payment_rows(&app, &shop.cus).await;
+    assert_eq!(first, vec![format!("renewal-{sid}-1 failed psp_unavailable")]);
+    let timeline = get_k(&app, &k, &format!("/v1/subscriptions/{sid}/timeline")).await;
+    let deferred: Vec<_> = timeline["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "subscription.conversion_deferred")
+        .collect();
+    assert_eq!(deferred.len(), 1, "{timeline:#}");
+    assert_eq!(deferred[0]["body"]["access"], "kept", "{timeline:#}");
+    // Ticks before the retry is due charge nothing.
+    app.ctx.clock.advance(chrono::Duration::minutes(5));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(payment_rows(&app, &shop.cus).await, first);
+    // The PSP is back; the retry converts.
+    app.ctx.psp.sandbox.set_outage(false);
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let sub = get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await;
+    assert_eq!(sub["status"], "active", "{sub}");
+    assert_eq!(
+        payment_rows(&app, &shop.cus).await,
+        vec![format!("renewal-{sid}-1 failed psp_unavailable"), format!("renewal-{sid}-1-r1 captured -")]
+    );
+    assert_eq!(app.sandbox_captured(), 499);
+    // Nothing more.
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(payment_rows(&app, &shop.cus).await.len(), 2);
+}
+
+/// A trial cancelled while its conversion's charge has an unknown outcome: when reconciliation
+/// later finds the charge captured, nothing used it, so it is refunded in full at once.
+async fn a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_resolves(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_unknown").await;
+    let sid = trial_with_card(&app, &shop).await;
+    let k = key(&app).await;
+    app.ctx.clock.advance(chrono::Duration::days(14) + chrono::Duration::minutes(1));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let unknown = app
+        .raw_strings(&format!(
+            "SELECT id FROM payments WHERE status = 'unknown' AND customer_id = '{}'",
+            shop.cus
+        ))
+        .await;
+    assert_eq!(unknown.len(), 1, "the conversion's answer was lost");
+    let cancelled = app
+        .post(
+            &format!("/v1/subscriptions/{sid}/cancel"),
+            json!({"method": "immediate", "reason_code": "other"}),
+        )
+        .token(&k)
+        .header("x-tn", T)
+        .expect(200)
+        .await
+        .json::<Value>();
+    assert_eq!(cancelled["status"], "canceled", "{cancelled}");
+    assert_eq!((app.sandbox_captured(), app.sandbox_refunded()), (499, 0), "the PSP did charge");
+    // Reconciliation finds the charge captured; nothing uses it: refunded.
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    for _ in 0..500 {
+        if app.sandbox_refunded() == 499 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.sandbox_refunded(), 499, "the charge went back");
+    let mut refunded = Vec::new();
+    for _ in 0..500 {
+        let t = get_k(&app, &k, &format!("/v1/subscriptions/{sid}/timeline")).await;
+        refunded = t["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "subscription.conversion_refunded")
+            .map(|e| e["body"]["payment_id"].clone())
+            .collect();
+        if !refunded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(refunded, vec![json!(unknown[0])]);
+    let sub = get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await;
+    assert!(matches!(sub["status"].as_str(), Some("canceled" | "expired")), "not converted: {sub}");
+}
+
 async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
     let shop = shop(&app, "tok_sandbox_requires_action").await;
     let k = key(&app).await;
@@ -1170,6 +1280,8 @@ both!(
     an_abandoned_3ds_checkout_expires_and_its_payment_is_cancelled,
     a_completed_3ds_checkout_whose_webhook_was_lost_succeeds_at_expiry,
     a_trial_cancelled_while_its_conversion_is_charged_is_refunded,
+    a_trial_whose_conversion_the_psp_could_not_take_converts_later,
+    a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_resolves,
     foreign_ids_and_methods_are_refused,
     prefer_wait_answers_with_the_checkouts_result,
     prefer_wait_answers_a_decline,

@@ -181,6 +181,7 @@ async fn reconcile_payment(ctx: &Ctx, scope: &TenantScope, mut row: PaymentRow) 
     )
     .await?;
     tx.commit().await?;
+    crate::subscriptions::payment_moved(ctx, scope, &row);
     Ok(true)
 }
 

@@ -115,7 +115,7 @@ async fn apply(
     };
     tx.commit().await?;
     if let Some(moved) = moved {
-        crate::subscriptions::checkout::payment_moved(ctx, scope, moved.request_key.as_deref());
+        crate::subscriptions::payment_moved(ctx, scope, &moved);
     }
     Ok(WebhookReceipt::Processed)
 }

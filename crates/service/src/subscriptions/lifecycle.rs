@@ -298,6 +298,8 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         let event = match &row.payment_method_id {
             None => Event::TrialLapsed,
             Some(pm) => {
+                // A retry after a charge the PSP never took waits for its time.
+                let Some(request_key) = conversion_charge_key(ctx, scope, &row, now).await? else { continue };
                 let p = payments::charge(
                     ctx,
                     scope,
@@ -309,7 +311,7 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
                         description: format!("subscription {} first period", row.id),
                         psp_account_id: None,
                         off_session: true,
-                        request_key: Some(format!("renewal-{}-{}", row.id, row.periods + 1)),
+                        request_key: Some(request_key),
                     },
                 )
                 .await;
@@ -317,6 +319,15 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
                     Ok("captured") => {
                         paid_by = p.as_ref().ok().map(|p| p.id.clone());
                         Event::TrialConverted
+                    }
+                    // Nothing charged, and not because of the card (the PSP down, no account
+                    // eligible, the request never received): the trial goes on and the
+                    // conversion is tried again later under a new key.
+                    Ok(_) if p.as_ref().is_ok_and(payments::failed_on_our_side) => {
+                        if let Ok(p) = &p {
+                            conversion_deferred(ctx, scope, &row.id, p).await?;
+                        }
+                        continue;
                     }
                     Ok("failed") | Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
                         Event::TrialLapsed
@@ -364,6 +375,109 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         }
     }
     Ok(moved)
+}
+
+/// When a trial conversion whose charge the PSP never took (every account down, none eligible,
+/// the request never received) is tried again. The trial goes on meanwhile.
+const CONVERSION_RETRY: chrono::Duration = chrono::Duration::minutes(15);
+
+/// The request key of a trial's conversion charge: one per subscription and first paid period.
+/// Retries — after a charge the PSP never took, or one given back because the trial changed
+/// while it was charged — are `{key}-r{n}`.
+fn conversion_key(row: &SubscriptionRow) -> String {
+    format!("renewal-{}-{}", row.id, row.periods + 1)
+}
+
+/// The subscription whose trial conversion `request_key` charges ([`conversion_key`] and its
+/// retries), if it is one.
+fn converting(request_key: &str) -> Option<&str> {
+    let (sid, rest) = request_key.strip_prefix("renewal-")?.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match rest.split_once("-r") {
+        Some((n, k)) => digits(n) && digits(k),
+        None => digits(rest),
+    };
+    ok.then_some(sid)
+}
+
+/// Under which key to charge (or look at the charge of) a trial's conversion now; `None` while
+/// a retry is not due yet.
+async fn conversion_charge_key(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    row: &SubscriptionRow,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>> {
+    let key = conversion_key(row);
+    let tried = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let t = azotte_store::payments::under_key_and_retries(&mut tx, &key).await?;
+        tx.commit().await?;
+        t
+    };
+    let Some(last) = tried.last() else { return Ok(Some(key)) };
+    let retry = format!("{key}-r{}", tried.len());
+    if payments::failed_on_our_side(last) {
+        return Ok((now - last.updated_at >= CONVERSION_RETRY).then_some(retry));
+    }
+    // Captured and given back in full: it paid for nothing, so it cannot pay the conversion.
+    if last.status == "captured" && last.refunded_amount >= last.captured_amount {
+        return Ok(Some(retry));
+    }
+    Ok(Some(last.request_key.clone().unwrap_or(key)))
+}
+
+/// Journals that a trial's conversion was not charged because of the PSP or this platform and
+/// waits for its retry (decision `subscription.conversion_deferred`, access kept).
+async fn conversion_deferred(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    subscription_id: &str,
+    p: &azotte_store::payments::PaymentRow,
+) -> Result<()> {
+    let now = ctx.clock.now();
+    let r = Some(("subscription", subscription_id));
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    tx.action(now, "subscription.trial_end", r, json!({"job": "trial_end", "step": "defer"})).await?;
+    tx.decision(
+        now,
+        "subscription.conversion_deferred",
+        r,
+        json!({"payment_id": p.id, "decline_code": p.decline_code, "retry_at": p.updated_at + CONVERSION_RETRY,
+               "access": "kept"}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A payment moved on PSP evidence (a webhook, a reconciliation). When it is a trial
+/// conversion's charge that is now captured but paid for nothing — its trial was cancelled,
+/// paused or ended while the answer was unknown or pending, so no conversion used it — it is
+/// refunded in full (`subscription.conversion_refunded`). A trial still running converts with
+/// it at the next tick instead.
+pub(crate) async fn conversion_charge_moved(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    p: &azotte_store::payments::PaymentRow,
+) -> Result<()> {
+    let Some(sid) = p.request_key.as_deref().and_then(converting) else { return Ok(()) };
+    if p.status != "captured" || p.refunded_amount >= p.captured_amount {
+        return Ok(());
+    }
+    let (sub, paid) = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let s = store::get_subscription(&mut tx, sid).await?;
+        let paid = azotte_store::invoices::invoice_payments(&mut tx, None, Some(&p.id)).await?;
+        tx.commit().await?;
+        (s, paid)
+    };
+    match sub {
+        Some(s) if s.status != "trialing" && paid.is_empty() => {
+            refund_conversion(ctx, scope, sid, &p.id).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refunds in full a trial conversion's charge whose trial changed before it converted, and

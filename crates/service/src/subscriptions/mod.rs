@@ -11,6 +11,27 @@ pub mod replace;
 
 use crate::{Ctx, Result};
 
+/// A payment moved on PSP evidence (a verified webhook, a reconciliation), committed: what
+/// waited for it goes on at once, in a task of its own — a checkout's job
+/// ([`checkout::payment_moved`]), or the refund of a trial conversion's charge that paid for
+/// nothing ([`lifecycle::conversion_charge_moved`]). A failure is logged; the worker's own
+/// passes catch up.
+pub(crate) fn payment_moved(
+    ctx: &Ctx,
+    scope: &azotte_store::TenantScope,
+    p: &azotte_store::payments::PaymentRow,
+) {
+    checkout::payment_moved(ctx, scope, p.request_key.as_deref());
+    if p.status == "captured" && p.request_key.as_deref().is_some_and(|k| k.starts_with("renewal-")) {
+        let (ctx, scope, p) = (ctx.clone(), scope.for_job("trial_conversion"), p.clone());
+        tokio::spawn(async move {
+            if let Err(e) = lifecycle::conversion_charge_moved(&ctx, &scope, &p).await {
+                tracing::warn!(payment_id = %p.id, error = %e, "refunding a trial conversion's charge failed");
+            }
+        });
+    }
+}
+
 /// The date-driven jobs of every tenant environment: due checkouts, trial ends, ends of
 /// cancelled periods, plan changes left half done, then renewals (the worker runs it each tick).
 /// One failing job, kind of job or tenant environment does not stop the others: each failure is
