@@ -197,7 +197,19 @@ pub async fn captured_many(
 /// Writes the outcome of an attempt: status, account, PSP id, attempts, decline code, captured
 /// amount.
 pub async fn update_attempt(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
-    let q = Query::update()
+    tx.write(&attempt_update(tx, p)).await?;
+    Ok(())
+}
+
+/// [`update_attempt`] only while the stored payment is still `expected` (its status): `false`,
+/// nothing written, when something else moved it meanwhile.
+pub async fn update_attempt_from(tx: &mut TenantTx, p: &PaymentRow, expected: &str) -> Result<bool> {
+    let q = attempt_update(tx, p).and_where(Expr::col(Payments::Status).eq(expected)).to_owned();
+    Ok(tx.write(&q).await? == 1)
+}
+
+fn attempt_update(tx: &TenantTx, p: &PaymentRow) -> sea_query::UpdateStatement {
+    Query::update()
         .table(Payments::Table)
         .values([
             (Payments::Status, p.status.clone().into()),
@@ -212,9 +224,7 @@ pub async fn update_attempt(tx: &mut TenantTx, p: &PaymentRow) -> Result<()> {
         ])
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).eq(p.id.clone()))
-        .to_owned();
-    tx.write(&q).await?;
-    Ok(())
+        .to_owned()
 }
 
 /// Takes a queued payment off the queue for this caller only: `false` when another process

@@ -117,11 +117,12 @@ enum Checkouts {
     NextAction,
     CorrelationId,
     LockedUntil,
+    RunAfter,
     CreatedAt,
     UpdatedAt,
 }
 
-const CHECKOUT_COLUMNS: [Checkouts; 15] = [
+const CHECKOUT_COLUMNS: [Checkouts; 16] = [
     Checkouts::Id,
     Checkouts::CustomerId,
     Checkouts::OfferId,
@@ -134,6 +135,7 @@ const CHECKOUT_COLUMNS: [Checkouts; 15] = [
     Checkouts::NextAction,
     Checkouts::CorrelationId,
     Checkouts::LockedUntil,
+    Checkouts::RunAfter,
     Checkouts::CreatedAt,
     Checkouts::UpdatedAt,
     Checkouts::Environment,
@@ -155,8 +157,10 @@ pub struct CheckoutRow {
     /// The PSP's next action while `requires_action` (JSON text).
     pub next_action: Option<String>,
     pub correlation_id: String,
-    /// The worker does not run the job before this (a run left it waiting).
+    /// The lease of the runner working on the job: no other runner starts it before this.
     pub locked_until: Option<DateTime<Utc>>,
+    /// The worker does not run the job before this (a run left it waiting).
+    pub run_after: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -178,6 +182,7 @@ pub async fn insert_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
         c.next_action.clone().into(),
         c.correlation_id.clone().into(),
         c.locked_until.into(),
+        c.run_after.into(),
         c.created_at.into(),
         c.updated_at.into(),
         tx.scope().environment().as_str().into(),
@@ -188,8 +193,9 @@ pub async fn insert_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
     Ok(())
 }
 
-/// Writes a checkout's progress.
-pub async fn update_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
+/// Writes a checkout's progress while it is in progress: `false` (nothing written) when it has
+/// ended meanwhile (`succeeded` or `failed` stand).
+pub async fn update_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<bool> {
     let q = Query::update()
         .table(Checkouts::Table)
         .values([
@@ -199,18 +205,47 @@ pub async fn update_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
             (Checkouts::PaymentId, c.payment_id.clone().into()),
             (Checkouts::NextAction, c.next_action.clone().into()),
             (Checkouts::LockedUntil, c.locked_until.into()),
+            (Checkouts::RunAfter, c.run_after.into()),
             (Checkouts::UpdatedAt, c.updated_at.into()),
         ])
         .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
         .and_where(Expr::col(Checkouts::Id).eq(c.id.clone()))
+        .and_where(Expr::col(Checkouts::Status).is_in(IN_PROGRESS))
         .to_owned();
-    tx.write(&q).await?;
-    Ok(())
+    Ok(tx.write(&q).await? == 1)
+}
+
+/// A checkout's states while its job is not done.
+const IN_PROGRESS: [&str; 2] = ["processing", "requires_action"];
+
+/// Takes the lease of a checkout's job until `until`: `false` when it is not in progress or
+/// another runner's lease has not run out. A run left waiting ([`defer_checkout`]) may be taken
+/// before its `run_after` (a PSP webhook about its payment). Scheduling, not the checkout's
+/// data: not journaled.
+pub async fn claim_checkout(
+    tx: &mut TenantTx,
+    id: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool> {
+    let q = Query::update()
+        .table(Checkouts::Table)
+        .value(Checkouts::LockedUntil, until)
+        .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
+        .and_where(Expr::col(Checkouts::Id).eq(id))
+        .and_where(Expr::col(Checkouts::Status).is_in(IN_PROGRESS))
+        .cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(Checkouts::LockedUntil).is_null())
+                .add(Expr::col(Checkouts::LockedUntil).lt(now)),
+        )
+        .to_owned();
+    Ok(tx.tx.execute(&q).await? == 1)
 }
 
 fn select_checkouts(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(CHECKOUT_COLUMNS[..14].to_vec())
+        .columns(CHECKOUT_COLUMNS[..15].to_vec())
         .from(Checkouts::Table)
         .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
         .to_owned()
@@ -222,12 +257,13 @@ pub async fn get_checkout(tx: &mut TenantTx, id: &str) -> Result<Option<Checkout
     tx.tx.fetch_optional::<CheckoutRow>(&q).await
 }
 
-/// Leaves a checkout's job until `until`: the worker does not look at it before (scheduling,
-/// not the checkout's data: not journaled).
+/// Leaves a checkout's job until `until` and gives up the lease: the worker does not look at it
+/// before (scheduling, not the checkout's data: not journaled).
 pub async fn defer_checkout(tx: &mut TenantTx, id: &str, until: DateTime<Utc>) -> Result<()> {
     let q = Query::update()
         .table(Checkouts::Table)
-        .value(Checkouts::LockedUntil, until)
+        .value(Checkouts::RunAfter, until)
+        .value(Checkouts::LockedUntil, Option::<DateTime<Utc>>::None)
         .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
         .and_where(Expr::col(Checkouts::Id).eq(id))
         .to_owned();
@@ -235,14 +271,20 @@ pub async fn defer_checkout(tx: &mut TenantTx, id: &str, until: DateTime<Utc>) -
     Ok(())
 }
 
-/// Checkouts whose job is due: in progress and not left until later (oldest first).
+/// Checkouts whose job is due: in progress, not left until later, and no runner's lease on
+/// them (oldest first).
 pub async fn due_checkouts(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> Result<Vec<CheckoutRow>> {
     let q = select_checkouts(tx)
-        .and_where(Expr::col(Checkouts::Status).is_in(["processing", "requires_action"]))
+        .and_where(Expr::col(Checkouts::Status).is_in(IN_PROGRESS))
         .cond_where(
             sea_query::Cond::any()
                 .add(Expr::col(Checkouts::LockedUntil).is_null())
                 .add(Expr::col(Checkouts::LockedUntil).lt(now)),
+        )
+        .cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(Checkouts::RunAfter).is_null())
+                .add(Expr::col(Checkouts::RunAfter).lt(now)),
         )
         .order_by(Checkouts::Id, Order::Asc)
         .limit(limit)

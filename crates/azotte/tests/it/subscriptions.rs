@@ -807,6 +807,96 @@ async fn a_checkout_failing_during_3ds_cancels_its_payment(app: TestApp) {
     );
 }
 
+/// A checkout's job has one runner at a time: a runner takes its lease, and no other may
+/// start it until the lease runs out or the runner leaves it waiting — then the worker waits
+/// for its next look, while a PSP webhook's task may take it at once.
+async fn a_checkouts_job_has_one_runner_at_a_time(app: TestApp) {
+    use azotte_store::subscriptions as store;
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let cid = id(&waiting);
+    let scope = system_scope(&app).await;
+    let now = app.ctx.clock.now();
+    let lease = chrono::Duration::minutes(2);
+    let claim = |at: chrono::DateTime<chrono::Utc>| {
+        let (app, scope, cid) = (&app, &scope, cid.clone());
+        async move {
+            let mut tx = app.ctx.db.tenant_tx(scope).await.unwrap();
+            let ok = store::claim_checkout(&mut tx, &cid, at, at + lease).await.unwrap();
+            tx.commit().await.unwrap();
+            ok
+        }
+    };
+    let due = |at: chrono::DateTime<chrono::Utc>| {
+        let (app, scope) = (&app, &scope);
+        async move {
+            let mut tx = app.ctx.db.tenant_read_tx(scope).await.unwrap();
+            let d = store::due_checkouts(&mut tx, at, 10).await.unwrap();
+            tx.commit().await.unwrap();
+            d.into_iter().map(|c| c.id).collect::<Vec<_>>()
+        }
+    };
+    // The request's run left it waiting: no lease, the worker's next look in five minutes.
+    let row = {
+        let mut tx = app.ctx.db.tenant_read_tx(&scope).await.unwrap();
+        let c = store::get_checkout(&mut tx, &cid).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        c
+    };
+    assert_eq!((row.locked_until, row.run_after.map(|r| r > now)), (None, Some(true)), "{row:?}");
+    assert!(due(now).await.is_empty(), "not due before its next look");
+    // A webhook's task takes it at once; nobody else may meanwhile.
+    assert!(claim(now).await, "a waiting checkout may be taken before its next look");
+    assert!(!claim(now + chrono::Duration::seconds(30)).await, "leased: one runner at a time");
+    assert!(due(now + chrono::Duration::minutes(1)).await.is_empty());
+    // A runner that died: once its lease ran out (and the next look has come), the worker's.
+    assert_eq!(due(now + chrono::Duration::minutes(6)).await, vec![cid.clone()]);
+    assert!(claim(now + chrono::Duration::minutes(6)).await);
+    // An ended checkout is nobody's.
+    app.ctx.clock.advance(chrono::Duration::hours(2));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(get_k(&app, &k, &format!("/v1/checkouts/{cid}")).await["status"], "failed");
+    assert!(!claim(app.ctx.clock.now()).await);
+    assert!(due(app.ctx.clock.now()).await.is_empty());
+}
+
+/// A checkout that can no longer succeed, whose customer completed 3-D Secure just before the
+/// worker cancelled the payment (the webhook not yet arrived): the PSP refuses the void, the
+/// lookup shows the charge captured, and it is refunded in full before the checkout fails.
+async fn a_checkout_failing_as_its_3ds_completes_refunds_the_charge(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    app.post(&format!("/v1/prices/{}/archive", shop.monthly), json!({})).tenant(T, ENV).expect(200).await;
+    let (account, psp_id) = psp_payment(&app, &waiting).await;
+    app.ctx.psp.sandbox.complete_action(&account, &psp_id, true).unwrap();
+    app.ctx.clock.advance(chrono::Duration::minutes(6));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let failed = get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["failure_code"].as_str()),
+        (Some("failed"), Some("price_not_available")),
+        "{failed}"
+    );
+    let payment = get_k(&app, &k, &format!("/v1/payments/{}", waiting["payment_id"].as_str().unwrap())).await;
+    assert_eq!(
+        (
+            payment["status"].as_str(),
+            payment["captured_amount"].as_i64(),
+            payment["refunded_amount"].as_i64()
+        ),
+        (Some("captured"), Some(999), Some(999)),
+        "{payment}"
+    );
+    assert_eq!((app.sandbox_captured(), app.sandbox_refunded()), (999, 999));
+    let subs =
+        app.raw_strings(&format!("SELECT id FROM subscriptions WHERE customer_id = '{}'", shop.cus)).await;
+    assert!(subs.is_empty(), "no subscription: {subs:?}");
+}
+
 /// A customer who never completes 3-D Secure: the worker leaves the checkout alone between
 /// its looks (a webhook would wake it), and after an hour the checkout expires — its payment
 /// cancelled at the PSP, nothing charged, failure `checkout_expired`.
@@ -1085,12 +1175,12 @@ async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
     assert_eq!(waiting["status"], "requires_action");
     assert!(waiting["next_action"].is_object(), "{waiting}");
     // The customer authenticates; the PSP's webhook settles the payment and runs the job at
-    // once (no worker needed).
+    // once (no worker needed): the job's run continues the request's lineage.
     let payment = complete_3ds(&app, &waiting).await;
     let done = ended(&app, &k, &id(&waiting)).await;
     assert_eq!((done["status"].as_str(), done["next_action"].as_object()), (Some("succeeded"), None));
     assert_eq!(app.ctx.psp.sandbox.ledger().captured(&id(&payment).parse().unwrap()), 999);
-    // The worker's run continues the request's lineage: its actions are caused by the
+    // The webhook's run continues the request's lineage: its actions are caused by the
     // request's `checkout.create`, as the first run's were.
     let cor = payment["correlation_id"].as_str().map(str::to_owned);
     let timeline =
@@ -1278,6 +1368,8 @@ both!(
     a_checkout_that_fails_after_its_charge_is_refunded,
     a_checkout_failing_during_3ds_cancels_its_payment,
     an_abandoned_3ds_checkout_expires_and_its_payment_is_cancelled,
+    a_checkouts_job_has_one_runner_at_a_time,
+    a_checkout_failing_as_its_3ds_completes_refunds_the_charge,
     a_completed_3ds_checkout_whose_webhook_was_lost_succeeds_at_expiry,
     a_trial_cancelled_while_its_conversion_is_charged_is_refunded,
     a_trial_whose_conversion_the_psp_could_not_take_converts_later,

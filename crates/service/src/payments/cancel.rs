@@ -51,9 +51,11 @@ pub(crate) async fn cancel_waiting(
     };
     let (psp, source) = match connector.void(&req).await {
         Ok(p) => (p, Source::Attempt),
-        // Refused: the payment is no longer waiting at the PSP. What it is now is evidence.
+        // Refused: the payment is no longer waiting at the PSP. What it is now is evidence:
+        // this payment's PSP object (a second one under our reference is reconciliation's to
+        // flag).
         Err(ConnectorError::InvalidRequest { .. }) => match connector.lookup_payment(&creds, &pid).await {
-            Ok(found) => match found.into_iter().next() {
+            Ok(found) => match found.into_iter().find(|p| p.psp_id == req.psp_id) {
                 Some(p) => (p, Source::Reconciliation),
                 None => {
                     return Err(unreachable("the PSP refused the void and does not know the payment".into()))
@@ -63,21 +65,20 @@ pub(crate) async fn cancel_waiting(
         },
         Err(e) => return Err(unreachable(format!("void: {e}"))),
     };
+    let from = stored_status(&row)?;
+    // Still waiting, or between the customer's action and its result (`pending`): nothing to
+    // record yet; the caller looks again later.
+    let Ok(to) = rules::transition(from, PaymentEvent { observed: psp.status, source }) else {
+        return Ok(row);
+    };
+    if to == from {
+        return Ok(row);
+    }
     let now = ctx.clock.now();
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let r = Some(("payment", payment_id));
-    // Re-read under the transaction: a webhook may have moved it meanwhile; then that stands.
-    let Some(mut current) = store::get(&mut tx, payment_id).await? else {
-        return Err(ServiceError::NotFound { resource: "payment" });
-    };
-    if current.status != row.status {
-        drop(tx);
-        return Ok(current);
-    }
     tx.action(now, "payment.cancel", r, json!({"reason": reason})).await?;
-    let from = stored_status(&current)?;
-    let to = rules::transition(from, PaymentEvent { observed: psp.status, source })
-        .map_err(|e| ServiceError::Internal(e.to_string().into()))?;
+    let mut current = row.clone();
     current.status = to.as_str().to_owned();
     if to != PaymentStatus::RequiresAction {
         current.next_action = None;
@@ -85,7 +86,14 @@ pub(crate) async fn cancel_waiting(
     current.captured_amount = psp.amount_captured.max(current.refunded_amount);
     current.decline_code = psp.decline_code.map(|d| d.as_str().to_owned()).or(current.decline_code);
     current.updated_at = now;
-    store::update_attempt(&mut tx, &current).await?;
+    // A webhook moved it meanwhile: that stands.
+    if !store::update_attempt_from(&mut tx, &current, from.as_str()).await? {
+        drop(tx);
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let p = store::get(&mut tx, payment_id).await?;
+        tx.commit().await?;
+        return p.ok_or(ServiceError::NotFound { resource: "payment" });
+    }
     let source = if source == Source::Attempt { "void" } else { "reconciliation" };
     tx.outcome(now, &format!("payment.{to}"), r, json!({"source": source, "was": from, "reason": reason}))
         .await?;

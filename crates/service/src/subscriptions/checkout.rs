@@ -31,6 +31,11 @@ use crate::{Ctx, Result, ServiceError};
 /// fails `checkout_expired`. (A payment the customer did complete meanwhile goes on as paid.)
 pub const ACTION_TTL: chrono::Duration = chrono::Duration::hours(1);
 
+/// How long a runner of a checkout's job holds it (its lease): the request's own task, the
+/// worker or a PSP webhook's task — one at a time. A runner that dies leaves the job to the
+/// worker once this has run out.
+const LEASE: chrono::Duration = chrono::Duration::minutes(2);
+
 /// How soon the worker looks again at a checkout its last run left waiting for its customer: a
 /// verified PSP webhook about its payment runs it at once, and the worker's look after this
 /// long notices lost webhooks and the expiry ([`ACTION_TTL`]).
@@ -182,7 +187,9 @@ pub async fn start(
         payment_id: None,
         next_action: None,
         correlation_id: journal::current_correlation_id(),
-        locked_until: None,
+        // The request's own task runs the job first.
+        locked_until: Some(now + LEASE),
+        run_after: None,
         created_at: now,
         updated_at: now,
     };
@@ -300,8 +307,10 @@ async fn process(
         Step::Expired => {
             let payment_id = checkout.payment_id.clone().unwrap_or_default();
             match payments::cancel_waiting(ctx, scope, &payment_id, "checkout_expired").await {
-                // Cancelled (or finished by the customer meanwhile): the next run ends the
-                // checkout as its payment now stands.
+                // Cancelled: nothing was charged, the checkout expires.
+                Ok(p) if p.status == "canceled" => fail(ctx, scope, checkout, "checkout_expired").await,
+                // Finished by the customer meanwhile (its webhook lost): the checkout goes on
+                // as its payment now stands.
                 Ok(p) if p.status != "requires_action" => Box::pin(process(ctx, scope, id, None)).await,
                 Ok(_) => wait(ctx, scope, checkout, now).await,
                 Err(e) => {
@@ -326,7 +335,8 @@ async fn wait(
     now: DateTime<Utc>,
 ) -> Result<Option<CheckoutRow>> {
     let recheck = if checkout.status == "requires_action" { RECHECK_ACTION } else { RECHECK_PAYMENT };
-    checkout.locked_until = Some(now + recheck);
+    checkout.run_after = Some(now + recheck);
+    checkout.locked_until = None;
     let r = Some(("checkout", checkout.id.as_str()));
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let current = store::get_checkout(&mut tx, &checkout.id).await?;
@@ -338,7 +348,10 @@ async fn wait(
     {
         tx.action(now, "checkout.progress", r, json!({"payment_id": checkout.payment_id})).await?;
         checkout.updated_at = now;
-        store::update_checkout(&mut tx, &checkout).await?;
+        if !store::update_checkout(&mut tx, &checkout).await? {
+            drop(tx);
+            return ended_meanwhile(ctx, scope, &checkout.id).await;
+        }
         tx.outcome(
             now,
             &format!("checkout.{}", checkout.status),
@@ -356,6 +369,14 @@ async fn wait(
 /// A checkout that ended: `succeeded` or `failed`.
 fn is_final(c: &CheckoutRow) -> bool {
     matches!(c.status.as_str(), "succeeded" | "failed")
+}
+
+/// The checkout as another runner ended it.
+async fn ended_meanwhile(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<Option<CheckoutRow>> {
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let c = store::get_checkout(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(c)
 }
 
 /// Ends a checkout `failed` with `code`. A charge it took is refunded in full first (the refund
@@ -418,7 +439,10 @@ async fn fail(
     checkout.failure_code = Some(code.to_owned());
     checkout.next_action = None;
     checkout.updated_at = now;
-    store::update_checkout(&mut tx, &checkout).await?;
+    if !store::update_checkout(&mut tx, &checkout).await? {
+        drop(tx);
+        return ended_meanwhile(ctx, scope, &checkout.id).await;
+    }
     tx.outcome(
         now,
         "checkout.failed",
@@ -514,8 +538,6 @@ async fn check_and_charge(
         open = sent.map(|(tx, redo)| (tx, Some(redo)));
         match p.status.as_str() {
             "captured" => payment = Some(p),
-            // Cancelled because the customer did not act in time.
-            "canceled" if now - checkout.created_at >= ACTION_TTL => return Ok(Err("checkout_expired")),
             "failed" | "canceled" => {
                 return Ok(Err(match p.decline_code.as_deref() {
                     Some("insufficient_funds") => "insufficient_funds",
@@ -526,7 +548,7 @@ async fn check_and_charge(
             "requires_action" => {
                 checkout.status = "requires_action".into();
                 checkout.next_action = p.next_action.clone();
-                if now - checkout.created_at >= ACTION_TTL {
+                if now - p.updated_at >= ACTION_TTL {
                     return Ok(Ok(Step::Expired));
                 }
                 return Ok(Ok(Step::Waiting));
@@ -709,7 +731,10 @@ async fn create_subscription(
         checkout.subscription_id = Some(sid.clone());
         checkout.next_action = None;
         checkout.updated_at = now;
-        store::update_checkout(&mut tx, checkout).await?;
+        // Another runner ended it meanwhile (a lease that ran out): its end stands.
+        if !store::update_checkout(&mut tx, checkout).await? {
+            return Ok(Err(NotCreated::Raced));
+        }
         let sr = Some(("subscription", sid.as_str()));
         tx.outcome(
             now,
@@ -756,11 +781,6 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     let mut n = 0;
     let mut failure = None;
     for c in due {
-        // A checkout younger than a few seconds is still being run by the task its request
-        // started.
-        if now - c.created_at < chrono::Duration::seconds(5) {
-            continue;
-        }
         // One checkout that cannot run (a bad row, a PSP or database error) does not hold up
         // the others, nor the worker's other jobs: logged, retried at the next tick.
         match run_one(ctx, scope, &c).await {
@@ -777,9 +797,19 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     }
 }
 
-/// Runs a checkout's job again: the retry continues the request's lineage, caused by its
-/// action.
+/// Runs a checkout's job again, once it holds its lease (`None` when another runner holds it or
+/// it has ended): the retry continues the request's lineage, caused by its action.
 async fn run_one(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<Option<CheckoutRow>> {
+    let now = ctx.clock.now();
+    let claimed = {
+        let mut tx = ctx.db.tenant_tx(scope).await?;
+        let claimed = store::claim_checkout(&mut tx, &c.id, now, now + LEASE).await?;
+        tx.commit().await?;
+        claimed
+    };
+    if !claimed {
+        return Ok(None);
+    }
     let cause =
         crate::journal::cause(ctx, scope, ("checkout", &c.id), |e| e.type_ == "checkout.create").await?;
     let meta = match cause {
