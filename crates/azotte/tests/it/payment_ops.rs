@@ -210,6 +210,55 @@ async fn stripe_webhooks_are_verified_deduplicated_and_order_independent(backend
     }
 }
 
+/// A Stripe key rolled or revoked in the Dashboard: Stripe refuses it before anything executes,
+/// so nothing is charged and it is not the card's fault. The payment fails `psp_unavailable` (on
+/// our side: a renewal defers instead of entering dunning, a trial conversion waits), the
+/// failover decision names the refusal, and after enough refusals the account's breaker opens
+/// (`psp.degraded`): payments fail fast without calling Stripe until the key is fixed.
+async fn a_revoked_stripe_key_fails_payments_on_our_side_and_opens_the_breaker(backend: Backend) {
+    let fake = FakeStripe::start().await.unwrap();
+    let app = spawn_app_with(backend, &[("stripe_base_url", fake.base_url())]).await;
+    let sf = storefront(&app).await;
+    let secret = "sk_test_revoked0123456789";
+    let acc = account(
+        &app,
+        &sf,
+        json!({"connector": "stripe", "display_name": "Stripe", "mode": "test",
+               "credentials": {"api_secret": secret, "webhook_secret": "whsec_ops0123456789"}}),
+    )
+    .await;
+    let cus = id(&post(&app, "/v1/customers", json!({"external_id": "s1"}), 201).await);
+    let pm = method(&app, &sf, &acc, &cus, "pm_card_visa").await;
+    fake.revoke_key(secret);
+    let p = pay(&app, &cus, &id(&pm), 1299, 201).await;
+    assert_eq!(
+        (p["status"].as_str(), p["decline_code"].as_str()),
+        (Some("failed"), Some("psp_unavailable")),
+        "{p}"
+    );
+    assert_eq!(fake.captured(&id(&p)), 0);
+    let failover =
+        timeline(&app, &id(&p)).await.into_iter().find(|e| e["type"] == "payment.failover").unwrap();
+    assert!(
+        failover["body"]["reason"].as_str().unwrap().contains("api_key_expired")
+            || failover["body"]["reason"].as_str().unwrap().contains("Expired API Key"),
+        "{failover}"
+    );
+    // Four more refusals open the breaker; then payments fail without reaching Stripe.
+    for _ in 0..4 {
+        pay(&app, &cus, &id(&pm), 1299, 201).await;
+    }
+    assert!(journal_types(&app).await.iter().any(|t| t == "psp.degraded"));
+    let sent = fake.requests().iter().filter(|r| r.path == "/v1/payment_intents").count();
+    let fast = pay(&app, &cus, &id(&pm), 1299, 201).await;
+    assert_eq!(
+        (fast["status"].as_str(), fast["decline_code"].as_str()),
+        (Some("failed"), Some("psp_unavailable")),
+        "{fast}"
+    );
+    assert_eq!(fake.requests().iter().filter(|r| r.path == "/v1/payment_intents").count(), sent);
+}
+
 macro_rules! both_stripe {
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
@@ -227,7 +276,8 @@ macro_rules! both_stripe {
 
 both_stripe!(
     stripe_methods_are_validated_attached_charged_and_detached,
-    stripe_webhooks_are_verified_deduplicated_and_order_independent
+    stripe_webhooks_are_verified_deduplicated_and_order_independent,
+    a_revoked_stripe_key_fails_payments_on_our_side_and_opens_the_breaker
 );
 
 // ---------------------------------------------------------------------------------------------

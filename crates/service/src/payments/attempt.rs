@@ -47,11 +47,17 @@ pub(super) async fn start(
     Ok(())
 }
 
-/// Whether an answer says the PSP is healthy (`None`: it says nothing about the PSP).
+/// Whether an answer says the PSP account is usable (`None`: it says nothing about it). An
+/// account whose credentials the PSP refuses (a rolled or revoked key) counts as failing: its
+/// breaker opens (`psp.degraded`) and routing goes around it until a probe succeeds.
 fn healthy(answer: &ConnectorResult<PspPayment>) -> Option<bool> {
     match answer {
         Ok(_) | Err(ConnectorError::HardDecline { .. } | ConnectorError::RequiresAction { .. }) => Some(true),
-        Err(ConnectorError::Retryable { .. } | ConnectorError::Unknown { .. }) => Some(false),
+        Err(
+            ConnectorError::Retryable { .. }
+            | ConnectorError::Unknown { .. }
+            | ConnectorError::Configuration { .. },
+        ) => Some(false),
         Err(_) => None,
     }
 }
@@ -126,6 +132,10 @@ fn classify(
             json!({"attempt": attempt, "reason": e.to_string()}),
         ),
         Err(e) if e.allows_failover() => return None,
+        // The account's credentials or settings were refused before anything executed: nothing
+        // was charged, and not because of the card. The next account may take it; with none
+        // left the payment fails `psp_unavailable` (a renewal defers instead of dunning).
+        Err(ConnectorError::Configuration { .. }) => return None,
         Err(e) => {
             row.decline_code = Some("psp_error".into());
             (

@@ -77,6 +77,8 @@ pub(crate) struct State {
     pub(super) movements: Vec<Movement>,
     pub(super) events: Vec<Value>,
     pub(super) requests: Vec<RecordedRequest>,
+    /// API keys rolled or revoked in the Dashboard: refused with `401 api_key_expired`.
+    pub(super) revoked: std::collections::HashSet<String>,
 }
 
 /// Card behaviour of Stripe's test payment methods: `Ok(true)` needs 3-D Secure.
@@ -140,6 +142,15 @@ pub(super) fn handle(shared: &Shared, req: RecordedRequest, fault: Option<&Fault
             return Response { status: 401, headers, body: envelope(&f) };
         }
     };
+    if st.revoked.contains(&key) {
+        let message = format!(
+            "Expired API Key provided: {}***{}",
+            &key[..8.min(key.len())],
+            &key[key.len().saturating_sub(4)..]
+        );
+        let f = failure(401, "invalid_request_error", Some("api_key_expired"), message, None);
+        return Response { status: 401, headers, body: envelope(&f) };
+    }
     match fault {
         Some(Fault::RateLimit { retry_after_secs }) => {
             headers.push(("Retry-After".to_owned(), retry_after_secs.to_string()));

@@ -170,6 +170,12 @@ impl FakeStripe {
         self.shared.faults.lock().unwrap_or_else(|p| p.into_inner()).push_back(fault);
     }
 
+    /// Rolls or revokes an API key, as in the Dashboard: every later request with it is
+    /// refused (`401`, `api_key_expired`) before anything executes.
+    pub fn revoke_key(&self, key: &str) {
+        self.shared.state().revoked.insert(key.to_owned());
+    }
+
     /// Every money movement, in order.
     pub fn movements(&self) -> Vec<Movement> {
         self.shared.state().movements.clone()
