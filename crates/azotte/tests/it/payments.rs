@@ -207,11 +207,43 @@ async fn a_payment_never_touches_another_storefronts_accounts(app: TestApp) {
     assert_eq!(r.errors[0].code, "psp_account_not_in_storefront");
 }
 
+/// A refund sent while the PSP is down stays `pending` with its amount reserved; once the PSP
+/// is back, reconciliation finds it never arrived and sends it again under the same
+/// idempotency key, so the money does go back — once.
+async fn a_refund_the_psp_never_received_is_sent_again(app: TestApp) {
+    let (_, _, cus, pm) = setup(&app, 1, "tok_sandbox_success").await;
+    let p = id(&charge(&app, &cus, &pm, 1499).await);
+    app.ctx.psp.sandbox.set_outage(true);
+    let r = post(&app, &format!("/v1/payments/{p}/refunds"), json!({"reason": "goodwill"}), 201).await;
+    assert_eq!(r["status"], "pending", "{r}");
+    // Still down at the first reconciliation: left pending, nothing refunded.
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().refunded(&p.parse().unwrap()), 0);
+    app.ctx.psp.sandbox.set_outage(false);
+    // Back (after the lookup's backoff): not at the PSP, so sent again, and it succeeds.
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    let got = app
+        .raw_strings(&format!(
+            "SELECT r.status || ' ' || p.refunded_amount FROM refunds r JOIN payments p ON p.id = r.payment_id \
+             WHERE p.id = '{p}'"
+        ))
+        .await;
+    assert_eq!(got, vec!["succeeded 1499".to_owned()]);
+    assert_eq!(app.ctx.psp.sandbox.ledger().refunded(&p.parse().unwrap()), 1499);
+    // Later passes change nothing.
+    app.ctx.clock.advance(chrono::Duration::hours(1));
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.ctx.psp.sandbox.ledger().refunded(&p.parse().unwrap()), 1499);
+}
+
 both!(
     a_charge_is_captured_exactly_once_and_journaled,
     a_decline_fails_without_charging,
     soft_failures_fail_over_and_charge_once,
     an_unknown_outcome_is_never_retried_elsewhere,
     refunds_never_exceed_the_captured_amount,
-    a_payment_never_touches_another_storefronts_accounts
+    a_payment_never_touches_another_storefronts_accounts,
+    a_refund_the_psp_never_received_is_sent_again
 );

@@ -1,10 +1,10 @@
 //! Reconciliation: payments whose outcome we do not know — `unknown` ones, and `pending` ones
 //! whose attempt was started but never recorded (the process died) — are resolved by asking
 //! the PSP for the payment by our reference, never by charging again. Pending refunds whose
-//! answer was lost are resolved the same way.
+//! answer was lost are resolved the same way, and sent again (same idempotency key) when the
+//! PSP never received them: a refund once decided is made.
 
 use azotte_domain::payment::{self as rules, PaymentEvent, PaymentStatus, RefundId, Source};
-use azotte_payments::ConnectorError;
 use azotte_store::payments::{self as store, PaymentRow};
 use azotte_store::psp_accounts::{self as psp_store, PspAccount};
 use azotte_store::TenantScope;
@@ -93,11 +93,18 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         let answer = match connector.lookup_refund(&creds, &rid).await {
             Ok(found) => match found.into_iter().next() {
                 Some(f) => Ok(f),
-                // Never reached the PSP: nothing was refunded.
-                None => Err(ConnectorError::InvalidRequest {
-                    code: "not_found".into(),
-                    message: "no such refund at the PSP".into(),
-                }),
+                // Never reached the PSP: nothing was refunded yet. The refund was decided (its
+                // amount is reserved; a failed checkout or a charge that paid for nothing may
+                // depend on it), so it is sent again under its same idempotency key — a first
+                // request the PSP did get after all is replayed, never executed twice.
+                None => {
+                    lookup_done(ctx, &refund.id);
+                    let sent = refunds::send(ctx, scope, &p, refund).await?;
+                    if sent.status != "pending" {
+                        resolved += 1;
+                    }
+                    continue;
+                }
             },
             Err(e) => {
                 tracing::warn!(refund_id = %refund.id, error = %e, "refund reconciliation lookup failed; will retry");

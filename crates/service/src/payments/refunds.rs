@@ -5,7 +5,7 @@
 use azotte_domain::payment::{self as rules, RefundId};
 use azotte_domain::permission::Permission;
 use azotte_domain::{FieldError, ValidationErrors};
-use azotte_payments::{ConnectorResult, PspRefund, RefundRequest};
+use azotte_payments::{ConnectorError, ConnectorResult, PspRefund, RefundRequest};
 use azotte_store::payments::{self as store, PaymentRow, RefundRow};
 use azotte_store::psp_accounts as psp_store;
 use azotte_store::TenantScope;
@@ -164,9 +164,13 @@ pub(super) async fn record(
             refund.status = psp.status.as_str().into();
             refund.psp_refund_id = Some(psp.psp_id);
         }
-        Err(e) if e.may_have_charged() || e.is_retryable() => {
-            // Left pending: reconciliation finds out what the PSP did; the amount stays reserved.
-        }
+        // Left pending: reconciliation finds out what the PSP did, and sends it again if the
+        // PSP never got it; the amount stays reserved. Credentials the PSP refused (a revoked
+        // key) executed nothing either: the refund waits for them to be fixed.
+        Err(e)
+            if e.may_have_charged()
+                || e.is_retryable()
+                || matches!(e, ConnectorError::Configuration { .. }) => {}
         Err(_) => refund.status = "failed".into(),
     }
     refund.updated_at = now;
