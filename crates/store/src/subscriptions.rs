@@ -397,6 +397,8 @@ pub struct SubscriptionRow {
     /// Failed retries of the current period (dunning).
     pub dunning_attempts: i32,
     /// When the next dunning retry is due.
+    /// Past due: when dunning charges again. Trialing: when a conversion the PSP could not
+    /// take is tried again.
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Past due with its retry deferred (safe mode, PSP down): access lasts at least until then.
     pub grace_extended_until: Option<DateTime<Utc>>,
@@ -648,6 +650,7 @@ pub async fn due_renewals(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> 
 }
 
 /// Subscriptions in `status` whose `column` (a date) has come: trial ends, cancellation ends.
+/// A trial whose conversion waits for its retry (`next_retry_at` still ahead) is not due yet.
 pub async fn due(
     tx: &mut TenantTx,
     status: &str,
@@ -656,12 +659,19 @@ pub async fn due(
     limit: u64,
 ) -> Result<Vec<SubscriptionRow>> {
     let col = if trial { Subscriptions::TrialEnd } else { Subscriptions::EndsAt };
-    let q = select_subs(tx)
+    let mut q = select_subs(tx)
         .and_where(Expr::col(Subscriptions::Status).eq(status))
         .and_where(Expr::col(col).lte(now))
         .order_by(Subscriptions::Id, Order::Asc)
         .limit(limit)
         .to_owned();
+    if trial {
+        q.cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(Subscriptions::NextRetryAt).is_null())
+                .add(Expr::col(Subscriptions::NextRetryAt).lte(now)),
+        );
+    }
     tx.tx.fetch_all::<SubscriptionRow>(&q).await
 }
 

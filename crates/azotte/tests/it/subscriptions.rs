@@ -1090,10 +1090,23 @@ async fn a_trial_whose_conversion_the_psp_could_not_take_converts_later(app: Tes
         .collect();
     assert_eq!(deferred.len(), 1, "{timeline:#}");
     assert_eq!(deferred[0]["body"]["access"], "kept", "{timeline:#}");
-    // Ticks before the retry is due charge nothing.
+    // Ticks before the retry is due charge nothing: the trial is not even due (deferred trials
+    // do not crowd the others out of the due list).
     app.ctx.clock.advance(chrono::Duration::minutes(5));
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
     assert_eq!(payment_rows(&app, &shop.cus).await, first);
+    let scope = system_scope(&app).await;
+    let due_trials = |at: chrono::DateTime<chrono::Utc>| {
+        let (app, scope) = (&app, &scope);
+        async move {
+            let mut tx = app.ctx.db.tenant_read_tx(scope).await.unwrap();
+            let d = azotte_store::subscriptions::due(&mut tx, "trialing", true, at, 10).await.unwrap();
+            tx.commit().await.unwrap();
+            d.into_iter().map(|s| s.id).collect::<Vec<_>>()
+        }
+    };
+    assert!(due_trials(app.ctx.clock.now()).await.is_empty());
+    assert_eq!(due_trials(app.ctx.clock.now() + chrono::Duration::minutes(11)).await, vec![sid.clone()]);
     // The PSP is back; the retry converts.
     app.ctx.psp.sandbox.set_outage(false);
     app.ctx.clock.advance(chrono::Duration::minutes(11));

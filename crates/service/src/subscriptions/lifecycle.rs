@@ -325,7 +325,7 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
                     // conversion is tried again later under a new key.
                     Ok(_) if p.as_ref().is_ok_and(payments::failed_on_our_side) => {
                         if let Ok(p) = &p {
-                            conversion_deferred(ctx, scope, &row.id, p).await?;
+                            conversion_deferred(ctx, scope, &row, p).await?;
                         }
                         continue;
                     }
@@ -350,7 +350,7 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             event,
             "subscription.trial_end",
             body,
-            |_| {},
+            |r| r.next_retry_at = None,
             paid_by.as_deref(),
         );
         match (ended.await, paid_by) {
@@ -428,23 +428,30 @@ async fn conversion_charge_key(
 }
 
 /// Journals that a trial's conversion was not charged because of the PSP or this platform and
-/// waits for its retry (decision `subscription.conversion_deferred`, access kept).
+/// waits for its retry (decision `subscription.conversion_deferred`, access kept), and keeps
+/// the trial out of the due list until then (`next_retry_at`), so that deferred trials do not
+/// crowd out the others.
 async fn conversion_deferred(
     ctx: &Ctx,
     scope: &TenantScope,
-    subscription_id: &str,
+    sub: &SubscriptionRow,
     p: &azotte_store::payments::PaymentRow,
 ) -> Result<()> {
     let now = ctx.clock.now();
-    let r = Some(("subscription", subscription_id));
+    let retry_at = p.updated_at + CONVERSION_RETRY;
+    let r = Some(("subscription", sub.id.as_str()));
     let mut tx = ctx.db.tenant_tx(scope).await?;
     tx.action(now, "subscription.trial_end", r, json!({"job": "trial_end", "step": "defer"})).await?;
+    let mut row = sub.clone();
+    row.next_retry_at = Some(retry_at);
+    row.updated_at = now;
+    // Changed meanwhile (cancelled, extended): the retry time only matters to a trial still due.
+    store::update_subscription(&mut tx, &row, sub.updated_at).await?;
     tx.decision(
         now,
         "subscription.conversion_deferred",
         r,
-        json!({"payment_id": p.id, "decline_code": p.decline_code, "retry_at": p.updated_at + CONVERSION_RETRY,
-               "access": "kept"}),
+        json!({"payment_id": p.id, "decline_code": p.decline_code, "retry_at": retry_at, "access": "kept"}),
     )
     .await?;
     tx.commit().await?;
