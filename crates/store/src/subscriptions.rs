@@ -396,9 +396,9 @@ pub struct SubscriptionRow {
     pub updated_at: DateTime<Utc>,
     /// Failed retries of the current period (dunning).
     pub dunning_attempts: i32,
-    /// When the next dunning retry is due.
-    /// Past due: when dunning charges again. Trialing: when a conversion the PSP could not
-    /// take is tried again.
+    /// Past due: when dunning charges again. Active or past due whose renewal was deferred (safe
+    /// mode, PSP down): when the scheduler offers it again. Trialing: when a conversion the PSP
+    /// could not take is tried again.
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Past due with its retry deferred (safe mode, PSP down): access lasts at least until then.
     pub grace_extended_until: Option<DateTime<Utc>>,
@@ -640,6 +640,12 @@ pub async fn due_renewals(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> 
     let renewals = select_subs(tx)
         .and_where(Expr::col(Subscriptions::Status).eq("active"))
         .and_where(Expr::col(Subscriptions::PeriodEnd).lte(now))
+        // A deferred renewal waits for its retry.
+        .cond_where(
+            sea_query::Cond::any()
+                .add(Expr::col(Subscriptions::NextRetryAt).is_null())
+                .add(Expr::col(Subscriptions::NextRetryAt).lte(now)),
+        )
         // The index's own order, so the scan stops at the limit (a tie-break on id would sort
         // every due subscription first: in a backlog they share one period end).
         .order_by(Subscriptions::PeriodEnd, Order::Asc)

@@ -291,6 +291,28 @@ async fn safe_mode_defers_renewals_and_keeps_access(app: TestApp) {
     assert_eq!(captured(&app), 999, "nothing charged while paused");
     let journal = app.raw_strings("SELECT type FROM journal_entries").await;
     assert!(journal.iter().any(|t| t == "renewal.deferred"));
+    // Deferred: the scheduler leaves it alone until its retry, so deferred renewals cannot
+    // crowd the others out of the due range.
+    let tenant = app.raw_strings(&format!("SELECT id FROM tenants WHERE slug = '{T}'")).await.remove(0);
+    let scope =
+        azotte_store::auth::system_scope(&app.ctx.db, tenant.parse().unwrap(), ENV.parse().unwrap(), "test")
+            .await
+            .unwrap();
+    let due = |at: chrono::DateTime<chrono::Utc>| {
+        let (app, scope) = (&app, &scope);
+        async move {
+            let mut tx = app.ctx.db.tenant_read_tx(scope).await.unwrap();
+            let d = azotte_store::subscriptions::due_renewals(&mut tx, at, 10).await.unwrap();
+            tx.commit().await.unwrap();
+            d.len()
+        }
+    };
+    assert_eq!(due(app.ctx.clock.now()).await, 0, "not offered again before its retry");
+    assert_eq!(
+        due(app.ctx.clock.now() + chrono::Duration::minutes(16)).await,
+        1,
+        "offered again at its retry"
+    );
     app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
         .json(json!({"enabled": false}))
         .token(&s.key)

@@ -287,20 +287,25 @@ async fn defer(
     let now = ctx.clock.now();
     let r = Some(("subscription", sub.id.as_str()));
     let mut tx = renew_tx(ctx, scope, sub, "defer", now).await?;
+    // The scheduler leaves the subscription alone until the retry (`next_retry_at`): renewals
+    // deferred again and again (one storefront's PSP down for hours) must not fill the front of
+    // the due range and hide the tenant environment's other due renewals.
+    let mut row = sub.clone();
+    row.next_retry_at = Some(row.next_retry_at.map_or(now + DEFER_FOR, |r| r.max(now + DEFER_FOR)));
     // A past-due customer keeps access while the retry waits, even past the policy's grace: the
     // extension outlasts the next deferral, which extends it again; the renewal clears it.
     let mut extended = None;
     if sub.status == "past_due" {
         let until = now + DEFER_FOR * 2;
         if sub.grace_extended_until.is_none_or(|e| e < until) {
-            let mut row = sub.clone();
             row.grace_extended_until = Some(until);
-            row.updated_at = now;
-            // Changed meanwhile: the next deferral (in DEFER_FOR) extends it.
-            if store::update_subscription(&mut tx, &row, sub.updated_at).await? {
-                extended = Some(until);
-            }
+            extended = Some(until);
         }
+    }
+    row.updated_at = now;
+    // Changed meanwhile: the next deferral (in DEFER_FOR) extends it.
+    if !store::update_subscription(&mut tx, &row, sub.updated_at).await? {
+        extended = None;
     }
     tx.decision(
         now,
