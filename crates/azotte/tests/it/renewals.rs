@@ -276,6 +276,77 @@ async fn exhausted_dunning_ends_the_subscription(app: TestApp) {
     assert_eq!(statuses, ["paid", "uncollectible"], "{invoices:?}");
 }
 
+/// The dunning retries scheduled so far (`dunning.retry_scheduled` decisions).
+async fn retries_scheduled(app: &TestApp) -> usize {
+    app.raw_strings("SELECT id FROM journal_entries WHERE type = 'dunning.retry_scheduled'").await.len()
+}
+
+/// A renewal that runs late (the worker was down ten days) and fails: its retries keep the
+/// policy's gaps from when it ran — a day, then two more — instead of falling due at once one
+/// after the other and using up dunning within minutes.
+async fn retries_after_downtime_keep_their_gaps(app: TestApp) {
+    let s = subscribe(&app).await;
+    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::days(41));
+    tick(&app).await;
+    assert_eq!(s.state(&app).await["status"], "past_due");
+    assert_eq!(retries_scheduled(&app).await, 1);
+    // Minutes later: no retry is due yet (the first is a day after the late renewal).
+    for _ in 0..3 {
+        app.ctx.clock.advance(chrono::Duration::minutes(20));
+        tick(&app).await;
+    }
+    assert_eq!(retries_scheduled(&app).await, 1, "no retry ran yet");
+    app.ctx.clock.advance(chrono::Duration::days(1));
+    tick(&app).await;
+    assert_eq!(retries_scheduled(&app).await, 2, "the first retry ran a day later");
+    // The next is two days after that, not at once.
+    app.ctx.clock.advance(chrono::Duration::days(1));
+    tick(&app).await;
+    assert_eq!(retries_scheduled(&app).await, 2);
+    app.ctx.clock.advance(chrono::Duration::days(1));
+    tick(&app).await;
+    assert_eq!(retries_scheduled(&app).await, 3);
+    assert_eq!(s.state(&app).await["status"], "past_due");
+}
+
+/// A storefront whose policy has no retries (`retry_offsets_days: []`): the first failed
+/// renewal ends collection at once with the policy's end action (expire); the period's invoice
+/// is uncollectible.
+async fn no_retries_in_the_policy_end_dunning_at_the_first_failure(app: TestApp) {
+    let s = subscribe(&app).await;
+    app.patch(&format!("/v1/storefronts/{}", s.sf), json!({"dunning": {"retry_offsets_days": []}}))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
+        .token(&s.key)
+        .header("x-tn", T)
+        .expect(200)
+        .await;
+    app.ctx.clock.advance(chrono::Duration::days(31));
+    tick(&app).await;
+    let ended = s.state(&app).await;
+    assert_eq!(ended["status"], "expired", "{ended}");
+    assert_eq!(retries_scheduled(&app).await, 0);
+    let exhausted =
+        app.raw_strings("SELECT body FROM journal_entries WHERE type = 'dunning.exhausted'").await;
+    assert_eq!(exhausted.len(), 1, "{exhausted:?}");
+    app.ctx.clock.advance(chrono::Duration::seconds(2));
+    app.number_queued_invoices().await;
+    let statuses: Vec<String> = invoices_of(&app, &s).await.into_iter().map(|i| i.0).collect();
+    assert_eq!(statuses, ["paid", "uncollectible"]);
+    // Nothing runs later.
+    app.ctx.clock.advance(chrono::Duration::days(2));
+    tick(&app).await;
+    assert_eq!(s.state(&app).await["status"], "expired");
+}
+
 async fn safe_mode_defers_renewals_and_keeps_access(app: TestApp) {
     let s = subscribe(&app).await;
     app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
@@ -842,5 +913,7 @@ both_numberings!(
     each_period_is_charged_once_also_after_downtime,
     dunning_retries_recovers_with_a_new_method_or_ends,
     exhausted_dunning_ends_the_subscription,
-    safe_mode_defers_renewals_and_keeps_access
+    safe_mode_defers_renewals_and_keeps_access,
+    retries_after_downtime_keep_their_gaps,
+    no_retries_in_the_policy_end_dunning_at_the_first_failure
 );

@@ -649,6 +649,29 @@ fn renew_body(sub: &SubscriptionRow, step: &str) -> serde_json::Value {
 }
 
 /// A write transaction of a renewal step, its `subscription.renew` action recorded.
+/// When dunning retry `attempt` (0: the first after the renewal failed) runs: the policy's offsets
+/// count days from the period's end, and each retry follows the attempt before it by their gap
+/// (1, 3, 7 → a day, two more, four more). An attempt that ran late — the worker was down, the
+/// renewal deferred — moves the rest along from when it did run, so retries never bunch up and
+/// use up dunning within minutes after an outage.
+fn retry_after(
+    offsets: &[u32],
+    attempt: usize,
+    sub: &SubscriptionRow,
+    status: SubscriptionStatus,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let previous = if attempt == 0 { 0 } else { offsets.get(attempt - 1).copied().unwrap_or(0) };
+    let gap = offsets.get(attempt).copied().unwrap_or(1).saturating_sub(previous).max(1);
+    // When the attempt that just failed was due: the period's end, or its own retry time.
+    let scheduled = match status {
+        SubscriptionStatus::PastDue => sub.next_retry_at.unwrap_or(sub.period_end),
+        _ => sub.period_end,
+    };
+    let base = if now - scheduled > Duration::hours(1) { now } else { scheduled };
+    (base + Duration::days(i64::from(gap))).max(now)
+}
+
 async fn renew_tx(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -738,8 +761,11 @@ async fn settle(
                 let offsets = &policy.retry_offsets_days;
                 let attempt =
                     if before.status == SubscriptionStatus::PastDue { sub.dunning_attempts + 1 } else { 0 };
-                if before.status == SubscriptionStatus::PastDue && attempt as usize >= offsets.len() {
-                    let after = life::apply(&before, &Event::DunningExhausted(policy.end_action), now, period)
+                // Retries used up — or none at all in the policy: collection ends at the first
+                // failure (past due for an instant, then the policy's end).
+                if attempt as usize >= offsets.len() {
+                    let past_due = life::apply(&before, &Event::RenewalFailed, now, period).map_err(illegal)?;
+                    let after = life::apply(&past_due, &Event::DunningExhausted(policy.end_action), now, period)
                         .map_err(illegal)?;
                     sub.next_retry_at = None;
                     sub.dunning_attempts = attempt;
@@ -755,10 +781,9 @@ async fn settle(
                     (after, "subscription.dunning_ended", body)
                 } else {
                     let after = life::apply(&before, &Event::RenewalFailed, now, period).map_err(illegal)?;
-                    let retry_at = sub.period_end
-                        + Duration::days(i64::from(offsets.get(attempt as usize).copied().unwrap_or(1)));
+                    let retry_at = retry_after(offsets, attempt as usize, &sub, before.status, now);
                     sub.dunning_attempts = attempt;
-                    sub.next_retry_at = Some(retry_at.max(now));
+                    sub.next_retry_at = Some(retry_at);
                     tx.decision(
                         now,
                         "dunning.retry_scheduled",
