@@ -130,13 +130,18 @@ async fn tick(app: &TestApp) {
     app.subscription_tick().await
 }
 
-/// The card is gone: the renewal a month on fails and dunning starts.
-async fn past_due(app: &TestApp, s: &Sub) {
+/// The customer deletes the subscription's card.
+async fn remove_card(app: &TestApp, s: &Sub) {
     app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
         .token(&s.key)
         .header("x-tn", T)
         .expect(200)
         .await;
+}
+
+/// The card is gone: the renewal a month on fails and dunning starts.
+async fn past_due(app: &TestApp, s: &Sub) {
+    remove_card(app, s).await;
     app.ctx.clock.advance(chrono::Duration::days(31));
     tick(app).await;
     assert_eq!(s.state(app).await["status"], "past_due");
@@ -286,11 +291,7 @@ async fn retries_scheduled(app: &TestApp) -> usize {
 /// after the other and using up dunning within minutes.
 async fn retries_after_downtime_keep_their_gaps(app: TestApp) {
     let s = subscribe(&app).await;
-    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
-        .token(&s.key)
-        .header("x-tn", T)
-        .expect(200)
-        .await;
+    remove_card(&app, &s).await;
     app.ctx.clock.advance(chrono::Duration::days(41));
     tick(&app).await;
     assert_eq!(s.state(&app).await["status"], "past_due");
@@ -324,11 +325,7 @@ async fn no_retries_in_the_policy_end_dunning_at_the_first_failure(app: TestApp)
         .header("x-tn", T)
         .expect(200)
         .await;
-    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
-        .token(&s.key)
-        .header("x-tn", T)
-        .expect(200)
-        .await;
+    remove_card(&app, &s).await;
     app.ctx.clock.advance(chrono::Duration::days(31));
     tick(&app).await;
     let ended = s.state(&app).await;
@@ -423,11 +420,7 @@ async fn has_video(app: &TestApp, s: &Sub) -> bool {
 /// deferral lasts; once the pause is lifted the retry runs and dunning ends per policy.
 async fn deferred_dunning_retries_extend_the_grace(app: TestApp) {
     let s = subscribe(&app).await;
-    app.request(reqwest::Method::DELETE, &format!("/v1/customers/{}/payment-methods/{}", s.cus, s.pm))
-        .token(&s.key)
-        .header("x-tn", T)
-        .expect(200)
-        .await;
+    remove_card(&app, &s).await;
     let pe: chrono::DateTime<chrono::Utc> =
         s.state(&app).await["current_period_end"].as_str().unwrap().parse().unwrap();
     let minute = chrono::Duration::minutes(1);
