@@ -458,16 +458,28 @@ fn select_refunds(tx: &TenantTx) -> SelectStatement {
 
 /// Refunds still `pending`, oldest first: queued ones (`queued` true) or sent ones whose
 /// answer was lost or not final.
-pub async fn pending_refunds(tx: &mut TenantTx, queued: bool, limit: u64) -> Result<Vec<RefundRow>> {
-    let q = select_refunds(tx)
+pub async fn pending_refunds(
+    tx: &mut TenantTx,
+    queued: bool,
+    updated_before: Option<DateTime<Utc>>,
+    limit: u64,
+) -> Result<Vec<RefundRow>> {
+    let mut q = select_refunds(tx)
         .and_where(Expr::col(Refunds::Status).eq("pending"))
         .and_where(if queued {
             Expr::col(Refunds::QueuedReason).is_not_null()
         } else {
             Expr::col(Refunds::QueuedReason).is_null()
         })
+        // Least recently looked at first: refunds that stay pending (a PSP down for long)
+        // cannot hide the others.
+        .order_by(Refunds::UpdatedAt, Order::Asc)
+        .order_by(Refunds::Id, Order::Asc)
         .limit(limit)
         .to_owned();
+    if let Some(before) = updated_before {
+        q.and_where(Expr::col(Refunds::UpdatedAt).lt(before));
+    }
     tx.tx.fetch_all::<RefundRow>(&q).await
 }
 
@@ -519,7 +531,13 @@ pub async fn under_key_and_retries(tx: &mut TenantTx, key: &str) -> Result<Vec<P
         .order_by(Payments::CreatedAt, Order::Asc)
         .order_by(Payments::Id, Order::Asc)
         .to_owned();
-    tx.tx.fetch_all::<PaymentRow>(&q).await
+    let retry = |k: &str| {
+        k.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix("-r"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let rows = tx.tx.fetch_all::<PaymentRow>(&q).await?;
+    Ok(rows.into_iter().filter(|p| p.request_key.as_deref().is_some_and(|k| k == key || retry(k))).collect())
 }
 
 /// One payment by the PSP's id of it.

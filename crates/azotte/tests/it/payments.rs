@@ -210,6 +210,41 @@ async fn a_payment_never_touches_another_storefronts_accounts(app: TestApp) {
 /// A refund sent while the PSP is down stays `pending` with its amount reserved; once the PSP
 /// is back, reconciliation finds it never arrived and sends it again under the same
 /// idempotency key, so the money does go back — once.
+/// The platform keys its own charges `checkout-…`, `renewal-…`, `replace-…`: a client's
+/// `Idempotency-Key` in that space is refused, so it can never be taken for one of them.
+async fn a_clients_key_cannot_be_one_of_the_platforms(app: TestApp) {
+    let (_, _, cus, pm) = setup(&app, 1, "tok_sandbox_success").await;
+    for key in ["renewal-sub_x-1", "checkout-chk_x", "replace-sub_x-1"] {
+        let r = app
+            .post(
+                "/v1/payments",
+                json!({"customer_id": cus, "payment_method_id": pm, "amount": 100, "currency": "EUR"}),
+            )
+            .tenant(T, ENV)
+            .header("Idempotency-Key", key)
+            .expect(422)
+            .await
+            .problem();
+        assert_eq!(
+            (r.errors[0].field.as_str(), r.errors[0].code.as_str()),
+            ("Idempotency-Key", "idempotency_key_reserved")
+        );
+    }
+    assert!(app.ctx.psp.sandbox.ledger().entries().is_empty(), "nothing charged");
+    // Any other key is the client's.
+    let ok = app
+        .post(
+            "/v1/payments",
+            json!({"customer_id": cus, "payment_method_id": pm, "amount": 100, "currency": "EUR"}),
+        )
+        .tenant(T, ENV)
+        .header("Idempotency-Key", "order-renewal-7")
+        .expect(201)
+        .await
+        .json::<Value>();
+    assert_eq!(ok["status"], "captured");
+}
+
 async fn a_refund_the_psp_never_received_is_sent_again(app: TestApp) {
     let (_, _, cus, pm) = setup(&app, 1, "tok_sandbox_success").await;
     let p = id(&charge(&app, &cus, &pm, 1499).await);
@@ -245,5 +280,6 @@ both!(
     an_unknown_outcome_is_never_retried_elsewhere,
     refunds_never_exceed_the_captured_amount,
     a_payment_never_touches_another_storefronts_accounts,
-    a_refund_the_psp_never_received_is_sent_again
+    a_refund_the_psp_never_received_is_sent_again,
+    a_clients_key_cannot_be_one_of_the_platforms
 );

@@ -1180,6 +1180,63 @@ async fn a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_r
     assert!(matches!(sub["status"].as_str(), Some("canceled" | "expired")), "not converted: {sub}");
 }
 
+/// The same, when the task that refunds right after the payment moved never ran (the process
+/// stopped just after recording the capture): the worker's sweep of trials that ended without
+/// converting finds the captured conversion charge and refunds it.
+async fn a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunded(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_unknown").await;
+    let sid = trial_with_card(&app, &shop).await;
+    let k = key(&app).await;
+    app.ctx.clock.advance(chrono::Duration::days(14) + chrono::Duration::minutes(1));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let pid = app
+        .raw_strings(&format!(
+            "SELECT id FROM payments WHERE status = 'unknown' AND customer_id = '{}'",
+            shop.cus
+        ))
+        .await
+        .remove(0);
+    app.post(
+        &format!("/v1/subscriptions/{sid}/cancel"),
+        json!({"method": "immediate", "reason_code": "other"}),
+    )
+    .token(&k)
+    .header("x-tn", T)
+    .expect(200)
+    .await;
+    // The capture is recorded as reconciliation would, and nothing else happens.
+    let psp_id = app
+        .ctx
+        .psp
+        .sandbox
+        .events()
+        .iter()
+        .rev()
+        .find_map(|e| match &e.object {
+            azotte_payments::WebhookObject::Payment(p) => Some(p.psp_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    app.raw_exec(&format!(
+        "UPDATE payments SET status = 'captured', captured_amount = 499, psp_payment_id = '{psp_id}' WHERE id = '{pid}'"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(app.sandbox_refunded(), 0);
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.sandbox_refunded(), 499, "the sweep gave the charge back");
+    let t = get_k(&app, &k, &format!("/v1/subscriptions/{sid}/timeline")).await;
+    assert!(
+        t["data"].as_array().unwrap().iter().any(|e| e["type"] == "subscription.conversion_refunded"),
+        "{t:#}"
+    );
+    // Once.
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.sandbox_refunded(), 499);
+}
+
 async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
     let shop = shop(&app, "tok_sandbox_requires_action").await;
     let k = key(&app).await;
@@ -1387,6 +1444,7 @@ both!(
     a_trial_cancelled_while_its_conversion_is_charged_is_refunded,
     a_trial_whose_conversion_the_psp_could_not_take_converts_later,
     a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_resolves,
+    a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunded,
     foreign_ids_and_methods_are_refused,
     prefer_wait_answers_with_the_checkouts_result,
     prefer_wait_answers_a_decline,

@@ -5,6 +5,7 @@
 //! PSP never received them: a refund once decided is made.
 
 use azotte_domain::payment::{self as rules, PaymentEvent, PaymentStatus, RefundId, Source};
+use azotte_payments::ConnectorError;
 use azotte_store::payments::{self as store, PaymentRow};
 use azotte_store::psp_accounts::{self as psp_store, PspAccount};
 use azotte_store::TenantScope;
@@ -12,6 +13,11 @@ use serde_json::json;
 
 use super::{connector_for, every_scope, reference, refunds, stored_status};
 use crate::{Ctx, Result, ServiceError};
+
+/// How long after its creation a refund the PSP never received is sent again (under its same
+/// idempotency key): inside the PSP's idempotency window (Stripe keeps keys 24 hours), so a
+/// refund a lookup missed is replayed rather than made twice.
+const RESEND_WITHIN: chrono::Duration = chrono::Duration::hours(23);
 
 /// Backoff of reconciliation lookups that fail (the PSP down or erroring): 1, 2, 4 … minutes,
 /// at most an hour, per payment or refund, in this process. An empty answer inside the grace
@@ -57,7 +63,7 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     let (payments, refunds) = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
         let p = store::to_reconcile(&mut tx, ctx.clock.now() - grace, 200).await?;
-        let r = store::pending_refunds(&mut tx, false, 200).await?;
+        let r = store::pending_refunds(&mut tx, false, Some(ctx.clock.now() - grace), 200).await?;
         tx.commit().await?;
         (p, r)
     };
@@ -96,15 +102,24 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
                 // Never reached the PSP: nothing was refunded yet. The refund was decided (its
                 // amount is reserved; a failed checkout or a charge that paid for nothing may
                 // depend on it), so it is sent again under its same idempotency key — a first
-                // request the PSP did get after all is replayed, never executed twice.
-                None => {
+                // request the PSP did get after all is replayed, never executed twice. Only
+                // while the PSP still remembers that key (Stripe: 24 hours) and a lookup that
+                // missed the refund could not make it a second one; later it fails as before,
+                // and in safe mode nothing is sent.
+                None if ctx.clock.now() - refund.created_at < RESEND_WITHIN => {
                     lookup_done(ctx, &refund.id);
-                    let sent = refunds::send(ctx, scope, &p, refund).await?;
-                    if sent.status != "pending" {
-                        resolved += 1;
+                    if super::safe_mode(ctx, scope).await?.is_none() {
+                        let sent = refunds::send(ctx, scope, &p, refund).await?;
+                        if sent.status != "pending" {
+                            resolved += 1;
+                        }
                     }
                     continue;
                 }
+                None => Err(ConnectorError::InvalidRequest {
+                    code: "not_found".into(),
+                    message: "no such refund at the PSP".into(),
+                }),
             },
             Err(e) => {
                 tracing::warn!(refund_id = %refund.id, error = %e, "refund reconciliation lookup failed; will retry");

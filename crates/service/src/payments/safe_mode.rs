@@ -91,7 +91,7 @@ pub async fn resume(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             return Ok(0);
         }
         let p = store::queued(&mut tx, 200).await?;
-        let r = store::pending_refunds(&mut tx, true, 200).await?;
+        let r = store::pending_refunds(&mut tx, true, None, 200).await?;
         tx.commit().await?;
         (p, r)
     };
@@ -140,7 +140,10 @@ pub async fn resume(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             off_session: true,
         };
         let sending = attempt::Sending { row, order: plan.order, job, first: first_conn };
-        attempt::run(ctx, scope, sending).await?.commit().await?;
+        let p = attempt::run(ctx, scope, sending).await?.commit().await?;
+        // What waited for it goes on (a checkout's job; a conversion's charge that now pays
+        // for nothing is refunded).
+        crate::subscriptions::payment_moved(ctx, scope, &p);
         sent += 1;
     }
     for refund in queued_refunds {

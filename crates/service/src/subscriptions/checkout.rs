@@ -762,7 +762,15 @@ async fn create_subscription(
         }
     }
     match created? {
-        Ok(()) | Err(NotCreated::Raced) => Ok(None),
+        Ok(()) => Ok(None),
+        // Another runner ended it: the checkout as that runner left it, not as this one would
+        // have.
+        Err(NotCreated::Raced) => {
+            if let Some(stored) = ended_meanwhile(ctx, scope, &checkout.id).await? {
+                *checkout = stored;
+            }
+            Ok(None)
+        }
         // The checkout fails; its charge is refunded as it does ([`fail`]).
         Err(NotCreated::Family) => Ok(Some("already_subscribed")),
     }

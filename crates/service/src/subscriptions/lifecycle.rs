@@ -458,6 +458,54 @@ async fn conversion_deferred(
     Ok(())
 }
 
+/// How far back [`sweep_conversion_charges`] looks (trial ends), and how often it runs.
+const SWEEP_BACK: chrono::Duration = chrono::Duration::days(7);
+const SWEEP_EVERY: chrono::Duration = chrono::Duration::minutes(10);
+
+/// When this process last swept (unix seconds by the service clock).
+static LAST_SWEEP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+
+/// Whether [`sweep_conversion_charges`] is due in this pass (every [`SWEEP_EVERY`]); marks it
+/// done when it is.
+pub(crate) fn conversion_sweep_due(ctx: &Ctx) -> bool {
+    let now = ctx.clock.now().timestamp();
+    let last = LAST_SWEEP.load(std::sync::atomic::Ordering::Relaxed);
+    if last != i64::MIN && (last..last + SWEEP_EVERY.num_seconds()).contains(&now) {
+        return false;
+    }
+    LAST_SWEEP.store(now, std::sync::atomic::Ordering::Relaxed);
+    true
+}
+
+/// The safety net of [`conversion_charge_moved`], which runs in a task after the payment moved
+/// and is lost if that task fails or the process stops: the trials of the last [`SWEEP_BACK`]
+/// that ended without converting are checked for a conversion charge captured after all, and
+/// such a charge is refunded in full. Returns how many were refunded.
+pub(crate) async fn sweep_conversion_charges(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
+    let now = ctx.clock.now();
+    let ended = {
+        let mut tx = ctx.db.tenant_read_tx(scope).await?;
+        let e = store::ended_trials(&mut tx, now - SWEEP_BACK, now, 1000).await?;
+        tx.commit().await?;
+        e
+    };
+    let mut refunded = 0;
+    for sub in ended {
+        let charges = {
+            let mut tx = ctx.db.tenant_read_tx(scope).await?;
+            let c = azotte_store::payments::under_key_and_retries(&mut tx, &conversion_key(&sub)).await?;
+            tx.commit().await?;
+            c
+        };
+        for p in &charges {
+            if conversion_charge_moved(ctx, scope, p).await? {
+                refunded += 1;
+            }
+        }
+    }
+    Ok(refunded)
+}
+
 /// A payment moved on PSP evidence (a webhook, a reconciliation). When it is a trial
 /// conversion's charge that is now captured but paid for nothing — its trial was cancelled,
 /// paused or ended while the answer was unknown or pending, so no conversion used it — it is
@@ -467,10 +515,10 @@ pub(crate) async fn conversion_charge_moved(
     ctx: &Ctx,
     scope: &TenantScope,
     p: &azotte_store::payments::PaymentRow,
-) -> Result<()> {
-    let Some(sid) = p.request_key.as_deref().and_then(converting) else { return Ok(()) };
+) -> Result<bool> {
+    let Some(sid) = p.request_key.as_deref().and_then(converting) else { return Ok(false) };
     if p.status != "captured" || p.refunded_amount >= p.captured_amount {
-        return Ok(());
+        return Ok(false);
     }
     let (sub, paid) = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
@@ -481,9 +529,10 @@ pub(crate) async fn conversion_charge_moved(
     };
     match sub {
         Some(s) if s.status != "trialing" && paid.is_empty() => {
-            refund_conversion(ctx, scope, sid, &p.id).await
+            refund_conversion(ctx, scope, sid, &p.id).await?;
+            Ok(true)
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
 }
 

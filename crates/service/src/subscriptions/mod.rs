@@ -46,10 +46,14 @@ pub async fn run_due_everywhere(ctx: &Ctx) -> Result<usize> {
             failure.get_or_insert(e);
         }
     };
+    let sweep = lifecycle::conversion_sweep_due(ctx);
     for scope in crate::payments::every_scope(ctx, "subscriptions").await? {
         count("checkouts", checkout::run_due(ctx, &scope).await);
         count("lifecycle", lifecycle::run_due(ctx, &scope).await);
         count("replacements", replace::run_due(ctx, &scope).await);
+        if sweep {
+            count("conversion charges", lifecycle::sweep_conversion_charges(ctx, &scope).await);
+        }
     }
     count("renewals", renewals::tick(ctx).await);
     match failure {

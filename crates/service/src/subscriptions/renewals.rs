@@ -648,7 +648,6 @@ fn renew_body(sub: &SubscriptionRow, step: &str) -> serde_json::Value {
     json!({"period_end": sub.period_end, "attempt": sub.dunning_attempts, "step": step})
 }
 
-/// A write transaction of a renewal step, its `subscription.renew` action recorded.
 /// When dunning retry `attempt` (0: the first after the renewal failed) runs: the policy's offsets
 /// count days from the period's end, and each retry follows the attempt before it by their gap
 /// (1, 3, 7 → a day, two more, four more). An attempt that ran late — the worker was down, the
@@ -672,6 +671,7 @@ fn retry_after(
     (base + Duration::days(i64::from(gap))).max(now)
 }
 
+/// A write transaction of a renewal step, its `subscription.renew` action recorded.
 async fn renew_tx(
     ctx: &Ctx,
     scope: &TenantScope,
