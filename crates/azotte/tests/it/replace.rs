@@ -497,6 +497,64 @@ async fn a_charge_in_flight_finishes_later_without_charging_twice(app: TestApp) 
     assert!(s.entitlements(&app).await.iter().any(|(k, _)| k == "hd"));
 }
 
+/// A plan change whose charge went through only after the subscription was cancelled (the
+/// charge queued in safe mode meanwhile): the change is not made, its charge is refunded in
+/// full, and the change fails `subscription_changed`.
+async fn a_change_paid_after_its_subscription_was_cancelled_is_refunded(app: TestApp) {
+    let s = shop(&app).await;
+    let sub = s.subscribe(&app, &s.basic).await;
+    app.ctx.clock.advance(chrono::Duration::days(12));
+    let offer = s.replace_offer(&app, &sub).await;
+    let p = s.preview(&app, &sub, &s.premium).await;
+    let due = p["amount_due"].as_i64().unwrap();
+    s.call(
+        &app,
+        reqwest::Method::PUT,
+        "/v1/tenant/safe-mode",
+        Some(json!({"enabled": true, "reason": "PSP incident"})),
+        200,
+    )
+    .await;
+    let body = json!({"offer_id": offer["id"], "price_id": s.premium});
+    let r = s.post(&app, &format!("/v1/subscriptions/{sub}/replace"), body, 202).await;
+    assert_eq!(r["replacement"]["status"], "processing");
+    let cancelled = s
+        .post(
+            &app,
+            &format!("/v1/subscriptions/{sub}/cancel"),
+            json!({"method": "immediate", "reason_code": "other"}),
+            200,
+        )
+        .await;
+    assert_eq!(cancelled["status"], "canceled");
+    s.call(&app, reqwest::Method::PUT, "/v1/tenant/safe-mode", Some(json!({"enabled": false})), 200).await;
+    // The queued charge goes out; the worker finds the change can no longer be made.
+    let mut change = Value::Null;
+    for _ in 0..100 {
+        app.ctx.clock.advance(chrono::Duration::minutes(1));
+        tick(&app).await;
+        change = s.get(&app, &format!("/v1/subscriptions/{sub}/replacements"), 200).await["data"][0].clone();
+        if change["status"] != "processing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (change["status"].as_str(), change["failure_code"].as_str()),
+        (Some("failed"), Some("subscription_changed")),
+        "{change}"
+    );
+    let payment = s.get(&app, &format!("/v1/payments/{}", change["payment_id"].as_str().unwrap()), 200).await;
+    assert_eq!(
+        (payment["captured_amount"].as_i64(), payment["refunded_amount"].as_i64()),
+        (Some(due), Some(due)),
+        "{payment}"
+    );
+    let now = s.get(&app, &format!("/v1/subscriptions/{sub}"), 200).await;
+    assert_eq!(now["price_id"], s.basic.as_str(), "not switched: {now}");
+    assert!(matches!(now["status"].as_str(), Some("canceled" | "expired")), "{now}");
+}
+
 async fn bad_replacements_get_stable_codes(app: TestApp) {
     use reqwest::Method;
     let s = shop(&app).await;
@@ -646,5 +704,6 @@ both!(
     a_downgrade_never_charges,
     at_period_end_the_renewal_applies_the_change,
     a_charge_in_flight_finishes_later_without_charging_twice,
-    bad_replacements_get_stable_codes
+    bad_replacements_get_stable_codes,
+    a_change_paid_after_its_subscription_was_cancelled_is_refunded
 );

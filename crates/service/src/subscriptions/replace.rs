@@ -472,9 +472,20 @@ async fn fail(ctx: &Ctx, scope: &TenantScope, mut r: ReplacementRow, code: &'sta
     }
     Err(ServiceError::Conflict {
         code,
-        message: format!("the plan change was not made: the charge failed ({code})"),
+        message: format!("the plan change was not made ({code})"),
         field: None,
     })
+}
+
+/// Gives back in full the charge of an immediate change that can no longer be made, then fails
+/// the change `subscription_changed` (the refund is recorded first: a refund that cannot be
+/// sent yet stays pending and is sent later).
+async fn refund_and_fail(ctx: &Ctx, scope: &TenantScope, r: ReplacementRow) -> Result<Replaced> {
+    if let Some(payment_id) = &r.payment_id {
+        let reason = format!("plan change {} not made: the subscription changed", r.id);
+        payments::refund_rest(ctx, scope, payment_id, &reason).await?;
+    }
+    fail(ctx, scope, r, "subscription_changed").await
 }
 
 /// Switches a paid immediate change, under optimistic concurrency (a few tries); a change
@@ -486,6 +497,16 @@ async fn apply_paid(ctx: &Ctx, scope: &TenantScope, mut r: ReplacementRow) -> Re
         let mut sub = store::get_subscription(&mut tx, &r.subscription_id)
             .await?
             .ok_or(ServiceError::NotFound { resource: "subscription" })?;
+        // The subscription moved on while the PSP charged (cancelled, paused, renewed into
+        // another period, on another price): the change it paid for cannot be made any more.
+        if r.status == "processing"
+            && (check_replaceable(&sub, now).is_err()
+                || sub.price_id != r.from_price_id
+                || sub.period_end != r.period_end)
+        {
+            drop(tx);
+            return refund_and_fail(ctx, scope, r).await;
+        }
         let expected = sub.updated_at;
         if !switch(&mut tx, &mut sub, &mut r, "processing", now).await? {
             drop(tx);

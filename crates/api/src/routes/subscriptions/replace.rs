@@ -137,6 +137,9 @@ pub struct ReplacementView {
     period_end: DateTime<Utc>,
     /// The payment of the amount due (or, at the period end, of the renewal).
     payment_id: Option<String>,
+    /// Why it `failed`: `payment_method_required`, `payment_method_not_usable`,
+    /// `payment_declined`, `insufficient_funds`, `psp_unavailable`, or `subscription_changed`
+    /// (the subscription moved on while the charge ran; the charge was refunded in full).
     failure_code: Option<String>,
     created_at: DateTime<Utc>,
 }
