@@ -449,6 +449,13 @@ async fn at_period_end_the_renewal_applies_the_change(app: TestApp) {
     assert_eq!(captured(&app), 499 + 2 * 1999);
 }
 
+/// Turns the tenant's safe mode on or off.
+async fn safe_mode(app: &TestApp, s: &Shop, on: bool) {
+    let body =
+        if on { json!({"enabled": true, "reason": "PSP incident"}) } else { json!({"enabled": false}) };
+    s.call(app, reqwest::Method::PUT, "/v1/tenant/safe-mode", Some(body), 200).await;
+}
+
 async fn a_charge_in_flight_finishes_later_without_charging_twice(app: TestApp) {
     let s = shop(&app).await;
     let sub = s.subscribe(&app, &s.basic).await;
@@ -456,14 +463,7 @@ async fn a_charge_in_flight_finishes_later_without_charging_twice(app: TestApp) 
     let offer = s.replace_offer(&app, &sub).await;
     let p = s.preview(&app, &sub, &s.premium).await;
     // Safe mode: the charge is queued, the change waits (202).
-    s.call(
-        &app,
-        reqwest::Method::PUT,
-        "/v1/tenant/safe-mode",
-        Some(json!({"enabled": true, "reason": "PSP incident"})),
-        200,
-    )
-    .await;
+    safe_mode(&app, &s, true).await;
     let body = json!({"offer_id": offer["id"], "price_id": s.premium});
     let r = s.post(&app, &format!("/v1/subscriptions/{sub}/replace"), body.clone(), 202).await;
     assert_eq!(r["replacement"]["status"], "processing");
@@ -477,7 +477,7 @@ async fn a_charge_in_flight_finishes_later_without_charging_twice(app: TestApp) 
             .await,
         "replace_in_progress"
     );
-    s.call(&app, reqwest::Method::PUT, "/v1/tenant/safe-mode", Some(json!({"enabled": false})), 200).await;
+    safe_mode(&app, &s, false).await;
     // Safe mode lifted: the queued payment goes out; the worker finishes the change.
     let mut state = Value::Null;
     for _ in 0..100 {
@@ -507,14 +507,7 @@ async fn a_change_paid_after_its_subscription_was_cancelled_is_refunded(app: Tes
     let offer = s.replace_offer(&app, &sub).await;
     let p = s.preview(&app, &sub, &s.premium).await;
     let due = p["amount_due"].as_i64().unwrap();
-    s.call(
-        &app,
-        reqwest::Method::PUT,
-        "/v1/tenant/safe-mode",
-        Some(json!({"enabled": true, "reason": "PSP incident"})),
-        200,
-    )
-    .await;
+    safe_mode(&app, &s, true).await;
     let body = json!({"offer_id": offer["id"], "price_id": s.premium});
     let r = s.post(&app, &format!("/v1/subscriptions/{sub}/replace"), body, 202).await;
     assert_eq!(r["replacement"]["status"], "processing");
@@ -527,7 +520,7 @@ async fn a_change_paid_after_its_subscription_was_cancelled_is_refunded(app: Tes
         )
         .await;
     assert_eq!(cancelled["status"], "canceled");
-    s.call(&app, reqwest::Method::PUT, "/v1/tenant/safe-mode", Some(json!({"enabled": false})), 200).await;
+    safe_mode(&app, &s, false).await;
     // The queued charge goes out; the worker finds the change can no longer be made.
     let mut change = Value::Null;
     for _ in 0..100 {
