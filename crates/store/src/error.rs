@@ -63,6 +63,7 @@ const UNIQUE_CONSTRAINTS: &[(&str, &str)] = &[
     ("payments_request_key", "payments.tenant_id, payments.environment, payments.request_key"),
     ("subscriptions_live_family", "subscriptions.tenant_id, subscriptions.environment, subscriptions.customer_id, subscriptions.family"),
     ("subscription_replacements_open", "subscription_replacements.tenant_id, subscription_replacements.environment, subscription_replacements.subscription_id"),
+    ("checkouts_offer_once", "checkouts.tenant_id, checkouts.environment, checkouts.offer_id, checkouts.price_id"),
 ];
 
 impl From<sqlx::Error> for StoreError {

@@ -311,6 +311,10 @@ fn prefer_wait(headers: &axum::http::HeaderMap) -> Option<std::time::Duration> {
 /// `requires_action` — so the client does not poll; a job not done by then (a slow PSP, a
 /// payment still pending) is answered `202` with `processing` as without the preference, and
 /// the job goes on in the background either way.
+///
+/// An offered item is checked out once: while a checkout of the same offer and price is in
+/// progress or has succeeded, another is refused with `409 offer_in_checkout` before anything
+/// is charged (a failed checkout frees it for another try).
 #[utoipa::path(
     post, path = "/v1/checkouts", tag = "subscriptions", security(("bearer" = [])),
     params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)"),

@@ -389,6 +389,7 @@ async fn end_of_period_cancel_keeps_access_and_can_be_undone(app: TestApp) {
 async fn concurrent_duplicate_checkouts_charge_once(app: TestApp) {
     let shop = shop(&app, "tok_sandbox_success").await;
     let o = offer(&app, &shop).await;
+    let earlier = offer(&app, &shop).await;
     let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
     let answers = futures::future::join_all((0..8).map(|_| {
         app.post("/v1/checkouts", body.clone()).tenant(T, ENV).header("Idempotency-Key", "buy-1").send()
@@ -401,8 +402,19 @@ async fn concurrent_duplicate_checkouts_charge_once(app: TestApp) {
     assert!(answers.iter().all(|a| a.status == 202 || a.status == 409));
     let done = settle(&app, &ids[0]).await;
     assert_eq!(done["status"], "succeeded");
-    // A second checkout of the same family with another key cannot subscribe or charge twice.
-    let other = post(&app, "/v1/checkouts", body.clone(), 202).await;
+    // A second checkout of the same offered item with another key (or none) is refused up
+    // front.
+    let again = app.post("/v1/checkouts", body.clone()).tenant(T, ENV).expect(409).await.problem();
+    assert_eq!(again.code, "offer_in_checkout");
+    // One of another offer of the family, made before the purchase, cannot subscribe or
+    // charge twice either.
+    let other = post(
+        &app,
+        "/v1/checkouts",
+        json!({"customer_id": shop.cus, "offer_id": earlier["id"], "price_id": shop.monthly, "payment_method_id": shop.pm}),
+        202,
+    )
+    .await;
     let failed = settle(&app, &id(&other)).await;
     assert_eq!(
         (failed["status"].as_str(), failed["failure_code"].as_str()),
@@ -495,12 +507,13 @@ async fn bad_checkouts_get_stable_codes(app: TestApp) {
 /// recorded captured all the same, then refunded in full.
 async fn a_checkout_that_loses_its_family_records_its_charge_and_refunds_it(app: TestApp) {
     let shop = shop(&app, "tok_sandbox_success").await;
-    let o = offer(&app, &shop).await;
-    let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    // Two offers (one offer is checked out once).
+    let (o1, o2) = (offer(&app, &shop).await, offer(&app, &shop).await);
+    let body = |o: &Value| json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
     app.ctx.psp.sandbox.set_extra_latency(Duration::from_millis(400));
     let (a, b) = tokio::join!(
-        post(&app, "/v1/checkouts", body.clone(), 202),
-        post(&app, "/v1/checkouts", body.clone(), 202)
+        post(&app, "/v1/checkouts", body(&o1), 202),
+        post(&app, "/v1/checkouts", body(&o2), 202)
     );
     let (a, b) = (settle(&app, &id(&a)).await, settle(&app, &id(&b)).await);
     app.ctx.psp.sandbox.set_extra_latency(Duration::ZERO);
@@ -1411,6 +1424,9 @@ async fn prefer_wait_answers_requires_action_or_processing(app: TestApp) {
     assert_eq!(waiting["status"], "requires_action");
     assert!(waiting["next_action"].is_object(), "{waiting}");
 
+    // (A new offer: the first's item is being checked out.)
+    let o2 = offer(&app, &shop).await;
+    let body = json!({"customer_id": shop.cus, "offer_id": o2["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
     app.ctx.psp.sandbox.set_extra_latency(Duration::from_millis(1500));
     let c: Value =
         app.post("/v1/checkouts", body).tenant(T, ENV).header("Prefer", "wait=1").expect(202).await.json();

@@ -202,7 +202,17 @@ pub async fn start(
             json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
         )
         .await?;
-    store::insert_checkout(&mut tx, &row).await?;
+    match store::insert_checkout(&mut tx, &row).await {
+        // A second checkout of the offered item while one is in progress or succeeded (a
+        // double click without an Idempotency-Key): refused before anything is charged.
+        Err(StoreError::UniqueViolation { constraint }) if constraint == "checkouts_offer_once" => {
+            return Err(conflict(
+                "offer_in_checkout",
+                "this offered item is already being checked out or was bought; follow that checkout, or ask for a new offer",
+            ));
+        }
+        other => other?,
+    }
     tx.outcome(now, "checkout.processing", r, json!({})).await?;
     tx.commit().await?;
     let done = spawn(ctx, scope, row.clone(), offer, &action_id);
