@@ -65,6 +65,9 @@ pub struct Ctx {
     pub fiscal: invoices::fiscal::Providers,
     /// When invoices get their number (configuration `invoice_numbering`).
     pub numbering: invoices::Numbering,
+    /// When this process last swept for conversion charges that paid for nothing (unix seconds
+    /// by [`Ctx::clock`]; `i64::MIN`: never).
+    pub(crate) conversion_sweep: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Ctx {
@@ -90,6 +93,7 @@ impl Ctx {
             psp: Default::default(),
             fiscal: Default::default(),
             numbering: Default::default(),
+            conversion_sweep: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         }
     }
 

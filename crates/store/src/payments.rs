@@ -483,6 +483,20 @@ pub async fn pending_refunds(
     tx.tx.fetch_all::<RefundRow>(&q).await
 }
 
+/// Marks a pending refund looked at now, so refunds that stay pending take turns (scheduling,
+/// not the refund's data: not journaled).
+pub async fn touch_refund(tx: &mut TenantTx, id: &str, now: DateTime<Utc>) -> Result<()> {
+    let q = Query::update()
+        .table(Refunds::Table)
+        .value(Refunds::UpdatedAt, now)
+        .cond_where(tx.in_scope(Refunds::TenantId, Refunds::Environment))
+        .and_where(Expr::col(Refunds::Id).eq(id))
+        .and_where(Expr::col(Refunds::Status).eq("pending"))
+        .to_owned();
+    tx.tx.execute(&q).await?;
+    Ok(())
+}
+
 /// One refund by our id, or by the PSP's id.
 pub async fn get_refund(
     tx: &mut TenantTx,

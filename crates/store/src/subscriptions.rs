@@ -656,8 +656,8 @@ pub async fn due_renewals(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> 
 }
 
 /// Trials that ended without converting — cancelled or expired, never a paid period, with a
-/// payment method — whose trial end lies in `(since, until]`: where a conversion charge that
-/// went through after all would have paid for nothing.
+/// payment method — whose trial end lies in `(since, until]`, most recent first: where a
+/// conversion charge that went through after all would have paid for nothing.
 pub async fn ended_trials(
     tx: &mut TenantTx,
     since: DateTime<Utc>,
@@ -671,7 +671,7 @@ pub async fn ended_trials(
         .and_where(Expr::col(Subscriptions::Periods).eq(0))
         .and_where(Expr::col(Subscriptions::HadTrial).eq(true))
         .and_where(Expr::col(Subscriptions::PaymentMethodId).is_not_null())
-        .order_by(Subscriptions::PeriodEnd, Order::Asc)
+        .order_by(Subscriptions::PeriodEnd, Order::Desc)
         .limit(limit)
         .to_owned();
     tx.tx.fetch_all::<SubscriptionRow>(&q).await

@@ -312,9 +312,9 @@ fn prefer_wait(headers: &axum::http::HeaderMap) -> Option<std::time::Duration> {
 /// payment still pending) is answered `202` with `processing` as without the preference, and
 /// the job goes on in the background either way.
 ///
-/// An offered item is checked out once: while a checkout of the same offer and price is in
-/// progress or has succeeded, another is refused with `409 offer_in_checkout` before anything
-/// is charged (a failed checkout frees it for another try).
+/// An offered item is checked out by one checkout at a time: while a checkout of the same offer
+/// and price is in progress, another is refused with `409 offer_in_checkout` before anything is
+/// charged.
 #[utoipa::path(
     post, path = "/v1/checkouts", tag = "subscriptions", security(("bearer" = [])),
     params(("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)"),

@@ -207,9 +207,6 @@ async fn a_payment_never_touches_another_storefronts_accounts(app: TestApp) {
     assert_eq!(r.errors[0].code, "psp_account_not_in_storefront");
 }
 
-/// A refund sent while the PSP is down stays `pending` with its amount reserved; once the PSP
-/// is back, reconciliation finds it never arrived and sends it again under the same
-/// idempotency key, so the money does go back — once.
 /// The platform keys its own charges `checkout-…`, `renewal-…`, `replace-…`: a client's
 /// `Idempotency-Key` in that space is refused, so it can never be taken for one of them.
 async fn a_clients_key_cannot_be_one_of_the_platforms(app: TestApp) {
@@ -245,6 +242,9 @@ async fn a_clients_key_cannot_be_one_of_the_platforms(app: TestApp) {
     assert_eq!(ok["status"], "captured");
 }
 
+/// A refund sent while the PSP is down stays `pending` with its amount reserved; once the PSP
+/// is back, reconciliation finds it never arrived and sends it again under the same
+/// idempotency key, so the money does go back — once.
 async fn a_refund_the_psp_never_received_is_sent_again(app: TestApp) {
     let (_, _, cus, pm) = setup(&app, 1, "tok_sandbox_success").await;
     let p = id(&charge(&app, &cus, &pm, 1499).await);

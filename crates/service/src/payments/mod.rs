@@ -48,7 +48,7 @@ pub use breaker::{BreakerConfig, BreakerState, Breakers};
 pub(crate) use cancel::cancel_waiting;
 pub use reconcile::{reconcile, reconcile_everywhere};
 pub use refunds::refund;
-pub(crate) use refunds::refund_rest;
+pub(crate) use refunds::{refund_rest, reserve_rest_in, send_reserved};
 pub use safe_mode::{resume, resume_everywhere, safe_mode, set_safe_mode, SafeModeChange};
 pub use webhooks::{receive_webhook, WebhookReceipt};
 

@@ -94,6 +94,7 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             .parse()
             .map_err(|_| ServiceError::Internal(format!("refund id {}", refund.id).into()))?;
         if backing_off(ctx, &refund.id, ctx.clock.now()) {
+            touch(ctx, scope, &refund.id).await?;
             continue;
         }
         let answer = match connector.lookup_refund(&creds, &rid).await {
@@ -102,17 +103,24 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
                 // Never reached the PSP: nothing was refunded yet. The refund was decided (its
                 // amount is reserved; a failed checkout or a charge that paid for nothing may
                 // depend on it), so it is sent again under its same idempotency key — a first
-                // request the PSP did get after all is replayed, never executed twice. Only
-                // while the PSP still remembers that key (Stripe: 24 hours) and a lookup that
-                // missed the refund could not make it a second one; later it fails as before,
-                // and in safe mode nothing is sent.
-                None if ctx.clock.now() - refund.created_at < RESEND_WITHIN => {
+                // request the PSP did get after all is replayed, never executed twice. That
+                // holds while the PSP remembers the key (Stripe: 24 hours); after that a
+                // re-send is still safe when the payment's refunds take all it captured (the
+                // platform's own refunds of a charge that paid for nothing do): the PSP refuses
+                // to give back more than it charged, so a refund a lookup missed cannot be
+                // made twice over. A partial refund past the window fails as before. In safe
+                // mode nothing is sent.
+                None if ctx.clock.now() - refund.created_at < RESEND_WITHIN
+                    || p.refunded_amount >= p.captured_amount =>
+                {
                     lookup_done(ctx, &refund.id);
                     if super::safe_mode(ctx, scope).await?.is_none() {
                         let sent = refunds::send(ctx, scope, &p, refund).await?;
                         if sent.status != "pending" {
                             resolved += 1;
                         }
+                    } else {
+                        touch(ctx, scope, &refund.id).await?;
                     }
                     continue;
                 }
@@ -124,6 +132,7 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             Err(e) => {
                 tracing::warn!(refund_id = %refund.id, error = %e, "refund reconciliation lookup failed; will retry");
                 lookup_failed(ctx, &refund.id, ctx.clock.now());
+                touch(ctx, scope, &refund.id).await?;
                 continue;
             }
         };
@@ -135,6 +144,15 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         }
     }
     Ok(resolved)
+}
+
+/// Moves a pending refund this pass could not settle to the back of the next passes' list
+/// (scheduling, not the refund's data: not journaled).
+async fn touch(ctx: &Ctx, scope: &TenantScope, refund_id: &str) -> Result<()> {
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    store::touch_refund(&mut tx, refund_id, ctx.clock.now()).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn reconcile_payment(ctx: &Ctx, scope: &TenantScope, mut row: PaymentRow) -> Result<bool> {

@@ -8,7 +8,7 @@ use azotte_domain::{FieldError, ValidationErrors};
 use azotte_payments::{ConnectorError, ConnectorResult, PspRefund, RefundRequest};
 use azotte_store::payments::{self as store, PaymentRow, RefundRow};
 use azotte_store::psp_accounts as psp_store;
-use azotte_store::TenantScope;
+use azotte_store::{TenantScope, TenantTx};
 use serde_json::json;
 
 use super::{connector_for, currency_of};
@@ -112,6 +112,60 @@ async fn refund_some(
     tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
     tx.commit().await?;
     send(ctx, scope, &p, refund).await.map(Some)
+}
+
+/// In the caller's transaction (its action recorded): reserves and records a refund of all that
+/// is left of captured payment `payment_id`, `pending` — or queued in safe mode — with the
+/// payment; `None` when nothing is left. The caller sends it once its transaction has committed
+/// ([`send_reserved`]); one that is not sent then (the process stopped) is sent by
+/// reconciliation. No permission check: the platform decided it, not the caller.
+pub(crate) async fn reserve_rest_in(
+    tx: &mut TenantTx,
+    payment_id: &str,
+    reason: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<(PaymentRow, RefundRow)>> {
+    let Some(p) = store::get(tx, payment_id).await? else { return Ok(None) };
+    if p.status != "captured" || p.captured_amount <= p.refunded_amount {
+        return Ok(None);
+    }
+    let amount = p.captured_amount - p.refunded_amount;
+    if !store::reserve_refund(tx, payment_id, amount, now).await? {
+        return Ok(None);
+    }
+    let safe_mode = azotte_store::payment_ops::safe_mode(tx).await?;
+    let refund = RefundRow {
+        id: RefundId::new().to_string(),
+        payment_id: payment_id.to_owned(),
+        amount,
+        status: "pending".into(),
+        psp_refund_id: None,
+        reason: reason.chars().take(500).collect(),
+        created_at: now,
+        updated_at: now,
+        queued_reason: safe_mode.as_ref().map(|_| "safe_mode".to_owned()),
+    };
+    store::insert_refund(tx, &refund).await?;
+    let r = Some(("payment", payment_id));
+    if safe_mode.is_some() {
+        tx.decision(now, "refund.queued", r, json!({"refund_id": refund.id, "reason": "safe_mode"})).await?;
+    } else {
+        tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
+    }
+    Ok(Some((p, refund)))
+}
+
+/// Sends a refund [`reserve_rest_in`] recorded, unless it is queued in safe mode.
+pub(crate) async fn send_reserved(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    p: &PaymentRow,
+    refund: RefundRow,
+) -> Result<()> {
+    if refund.queued_reason.is_none() {
+        send(ctx, scope, p, refund).await?;
+    }
+    Ok(())
 }
 
 /// Sends a pending refund to the PSP and records the answer.

@@ -203,12 +203,12 @@ pub async fn start(
         )
         .await?;
     match store::insert_checkout(&mut tx, &row).await {
-        // A second checkout of the offered item while one is in progress or succeeded (a
-        // double click without an Idempotency-Key): refused before anything is charged.
+        // A second checkout of the offered item while one is in progress (a double click
+        // without an Idempotency-Key): refused before anything is charged.
         Err(StoreError::UniqueViolation { constraint }) if constraint == "checkouts_offer_once" => {
             return Err(conflict(
                 "offer_in_checkout",
-                "this offered item is already being checked out or was bought; follow that checkout, or ask for a new offer",
+                "this offered item is already being checked out; follow that checkout",
             ));
         }
         other => other?,

@@ -461,19 +461,19 @@ async fn conversion_deferred(
 /// How far back [`sweep_conversion_charges`] looks (trial ends), and how often it runs.
 const SWEEP_BACK: chrono::Duration = chrono::Duration::days(7);
 const SWEEP_EVERY: chrono::Duration = chrono::Duration::minutes(10);
+/// Trials one sweep looks at, most recently ended first (where a late answer is likeliest).
+const SWEEP_AT_MOST: u64 = 2000;
 
-/// When this process last swept (unix seconds by the service clock).
-static LAST_SWEEP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
-
-/// Whether [`sweep_conversion_charges`] is due in this pass (every [`SWEEP_EVERY`]); marks it
-/// done when it is.
+/// Whether [`sweep_conversion_charges`] is due in this pass (every [`SWEEP_EVERY`] per
+/// process, `Ctx::conversion_sweep`); marks it done when it is.
 pub(crate) fn conversion_sweep_due(ctx: &Ctx) -> bool {
+    use std::sync::atomic::Ordering;
     let now = ctx.clock.now().timestamp();
-    let last = LAST_SWEEP.load(std::sync::atomic::Ordering::Relaxed);
+    let last = ctx.conversion_sweep.load(Ordering::Relaxed);
     if last != i64::MIN && (last..last + SWEEP_EVERY.num_seconds()).contains(&now) {
         return false;
     }
-    LAST_SWEEP.store(now, std::sync::atomic::Ordering::Relaxed);
+    ctx.conversion_sweep.store(now, Ordering::Relaxed);
     true
 }
 
@@ -485,7 +485,7 @@ pub(crate) async fn sweep_conversion_charges(ctx: &Ctx, scope: &TenantScope) -> 
     let now = ctx.clock.now();
     let ended = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
-        let e = store::ended_trials(&mut tx, now - SWEEP_BACK, now, 1000).await?;
+        let e = store::ended_trials(&mut tx, now - SWEEP_BACK, now, SWEEP_AT_MOST).await?;
         tx.commit().await?;
         e
     };

@@ -477,15 +477,45 @@ async fn fail(ctx: &Ctx, scope: &TenantScope, mut r: ReplacementRow, code: &'sta
     })
 }
 
-/// Gives back in full the charge of an immediate change that can no longer be made, then fails
-/// the change `subscription_changed` (the refund is recorded first: a refund that cannot be
-/// sent yet stays pending and is sent later).
-async fn refund_and_fail(ctx: &Ctx, scope: &TenantScope, r: ReplacementRow) -> Result<Replaced> {
-    if let Some(payment_id) = &r.payment_id {
-        let reason = format!("plan change {} not made: the subscription changed", r.id);
-        payments::refund_rest(ctx, scope, payment_id, &reason).await?;
+/// Fails an immediate change that can no longer be made (`subscription_changed`) and gives its
+/// charge back in full, in `tx` (its action recorded): the change is taken from `processing`
+/// and the refund reserved in the same transaction, so neither happens without the other, and
+/// a change another runner applied meanwhile is left alone (`Ok(None)`). The refund is sent
+/// after the commit (or later by reconciliation).
+async fn refund_and_fail(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut tx: TenantTx,
+    mut r: ReplacementRow,
+    now: DateTime<Utc>,
+) -> Result<Option<Replaced>> {
+    r.status = "failed".into();
+    r.failure_code = Some("subscription_changed".to_owned());
+    r.updated_at = now;
+    if !rstore::settle(&mut tx, &r, "processing").await? {
+        return Ok(None);
     }
-    fail(ctx, scope, r, "subscription_changed").await
+    let reason = format!("plan change {} not made: the subscription changed", r.id);
+    let refund = match &r.payment_id {
+        Some(pid) => payments::reserve_rest_in(&mut tx, pid, &reason, now).await?,
+        None => None,
+    };
+    tx.outcome(
+        now,
+        "subscription.replace_failed",
+        Some(("subscription", r.subscription_id.as_str())),
+        json!({"replacement_id": r.id, "failure_code": "subscription_changed", "payment_id": r.payment_id,
+               "refund_id": refund.as_ref().map(|(_, f)| f.id.clone())}),
+    )
+    .await?;
+    tx.commit().await?;
+    if let Some((p, f)) = refund {
+        payments::send_reserved(ctx, scope, &p, f).await?;
+    }
+    Err(conflict(
+        "subscription_changed",
+        "the plan change was not made: the subscription changed while it was charged; its charge is refunded",
+    ))
 }
 
 /// Switches a paid immediate change, under optimistic concurrency (a few tries); a change
@@ -499,13 +529,15 @@ async fn apply_paid(ctx: &Ctx, scope: &TenantScope, mut r: ReplacementRow) -> Re
             .ok_or(ServiceError::NotFound { resource: "subscription" })?;
         // The subscription moved on while the PSP charged (cancelled, paused, renewed into
         // another period, on another price): the change it paid for cannot be made any more.
-        if r.status == "processing"
-            && (check_replaceable(&sub, now).is_err()
-                || sub.price_id != r.from_price_id
-                || sub.period_end != r.period_end)
+        if check_replaceable(&sub, now).is_err()
+            || sub.price_id != r.from_price_id
+            || sub.period_end != r.period_end
         {
-            drop(tx);
-            return refund_and_fail(ctx, scope, r).await;
+            match refund_and_fail(ctx, scope, tx, r.clone(), now).await? {
+                Some(done) => return Ok(done),
+                // Settled by another runner meanwhile: as it stands.
+                None => break,
+            }
         }
         let expected = sub.updated_at;
         if !switch(&mut tx, &mut sub, &mut r, "processing", now).await? {
