@@ -92,17 +92,7 @@ async fn refund_some(
         });
     }
     let safe_mode = azotte_store::payment_ops::safe_mode(&mut tx).await?;
-    let refund = RefundRow {
-        id: rid.to_string(),
-        payment_id: payment_id.to_owned(),
-        amount,
-        status: "pending".into(),
-        psp_refund_id: None,
-        reason: reason.chars().take(500).collect(),
-        created_at: now,
-        updated_at: now,
-        queued_reason: safe_mode.as_ref().map(|_| "safe_mode".to_owned()),
-    };
+    let refund = new_refund(rid, payment_id, amount, reason, safe_mode.is_some(), now);
     store::insert_refund(&mut tx, &refund).await?;
     if safe_mode.is_some() {
         tx.decision(now, "refund.queued", r, json!({"refund_id": refund.id, "reason": "safe_mode"})).await?;
@@ -134,17 +124,7 @@ pub(crate) async fn reserve_rest_in(
         return Ok(None);
     }
     let safe_mode = azotte_store::payment_ops::safe_mode(tx).await?;
-    let refund = RefundRow {
-        id: RefundId::new().to_string(),
-        payment_id: payment_id.to_owned(),
-        amount,
-        status: "pending".into(),
-        psp_refund_id: None,
-        reason: reason.chars().take(500).collect(),
-        created_at: now,
-        updated_at: now,
-        queued_reason: safe_mode.as_ref().map(|_| "safe_mode".to_owned()),
-    };
+    let refund = new_refund(RefundId::new(), payment_id, amount, reason, safe_mode.is_some(), now);
     store::insert_refund(tx, &refund).await?;
     let r = Some(("payment", payment_id));
     if safe_mode.is_some() {
@@ -166,6 +146,28 @@ pub(crate) async fn send_reserved(
         send(ctx, scope, p, refund).await?;
     }
     Ok(())
+}
+
+/// A new `pending` refund of `amount`, queued (`safe_mode`) when money movement is paused.
+fn new_refund(
+    id: RefundId,
+    payment_id: &str,
+    amount: i64,
+    reason: &str,
+    queued: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> RefundRow {
+    RefundRow {
+        id: id.to_string(),
+        payment_id: payment_id.to_owned(),
+        amount,
+        status: "pending".into(),
+        psp_refund_id: None,
+        reason: reason.chars().take(500).collect(),
+        created_at: now,
+        updated_at: now,
+        queued_reason: queued.then(|| "safe_mode".to_owned()),
+    }
 }
 
 /// Sends a pending refund to the PSP and records the answer.
