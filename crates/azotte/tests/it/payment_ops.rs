@@ -79,7 +79,13 @@ async fn journal_types(app: &TestApp) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Stripe, against the fake server.
 
-async fn stripe_methods_are_validated_attached_charged_and_detached(backend: Backend) {
+/// A fake Stripe, an app using it, a storefront and its Stripe account with these
+/// credentials: (fake, app, storefront, account).
+async fn stripe_shop(
+    backend: Backend,
+    api_secret: &str,
+    webhook_secret: &str,
+) -> (FakeStripe, TestApp, String, String) {
     let fake = FakeStripe::start().await.unwrap();
     let app = spawn_app_with(backend, &[("stripe_base_url", fake.base_url())]).await;
     let sf = storefront(&app).await;
@@ -87,9 +93,14 @@ async fn stripe_methods_are_validated_attached_charged_and_detached(backend: Bac
         &app,
         &sf,
         json!({"connector": "stripe", "display_name": "Stripe", "mode": "test",
-               "credentials": {"api_secret": "sk_test_ops0123456789", "webhook_secret": "whsec_ops0123456789"}}),
+               "credentials": {"api_secret": api_secret, "webhook_secret": webhook_secret}}),
     )
     .await;
+    (fake, app, sf, acc)
+}
+
+async fn stripe_methods_are_validated_attached_charged_and_detached(backend: Backend) {
+    let (fake, app, sf, acc) = stripe_shop(backend, "sk_test_ops0123456789", "whsec_ops0123456789").await;
     let cus = id(&post(&app, "/v1/customers", json!({"external_id": "s1"}), 201).await);
 
     // A token Stripe does not know is refused; nothing is stored.
@@ -259,6 +270,66 @@ async fn a_revoked_stripe_key_fails_payments_on_our_side_and_opens_the_breaker(b
     assert_eq!(fake.requests().iter().filter(|r| r.path == "/v1/payment_intents").count(), sent);
 }
 
+/// A Stripe checkout whose customer never completes 3-D Secure: after an hour the worker
+/// cancels the PaymentIntent at Stripe (`POST /v1/payment_intents/{id}/cancel`, with an
+/// idempotency key), nothing is charged, and the checkout fails `checkout_expired`.
+async fn an_abandoned_stripe_3ds_checkout_cancels_its_payment_intent(backend: Backend) {
+    let (fake, app, sf, acc) = stripe_shop(backend, "sk_test_3ds0123456789", "whsec_3ds0123456789").await;
+    post(&app, "/v1/entitlements", json!({"key": "hd", "name": "HD", "kind": "boolean"}), 201).await;
+    let bundle = id(&post(
+        &app,
+        "/v1/bundles",
+        json!({"key": "premium", "name": "Premium", "type": "subscription", "status": "active", "entitlements": [{"key": "hd"}]}),
+        201,
+    )
+    .await);
+    let price = id(&post(
+        &app,
+        "/v1/prices",
+        json!({"bundle_id": bundle, "storefront_id": sf, "currency": "EUR", "amount": 999, "billing_period": {"unit": "month", "count": 1}}),
+        201,
+    )
+    .await);
+    let cus = id(&post(&app, "/v1/customers", json!({"external_id": "s3ds"}), 201).await);
+    let pm = method(&app, &sf, &acc, &cus, "pm_card_authenticationRequired").await;
+    let offer = post(&app, "/v1/offers", json!({"customer_id": cus, "storefront_id": sf}), 201).await;
+    let waiting: Value = app
+        .post("/v1/checkouts", json!({"customer_id": cus, "offer_id": offer["id"], "price_id": price, "payment_method_id": id(&pm)}))
+        .tenant(T, ENV)
+        .header("Prefer", "wait=5")
+        .expect(201)
+        .await
+        .json();
+    assert_eq!(waiting["status"], "requires_action", "{waiting}");
+    let intent_id = app
+        .raw_strings(&format!(
+            "SELECT psp_payment_id FROM payments WHERE id = '{}'",
+            waiting["payment_id"].as_str().unwrap()
+        ))
+        .await
+        .remove(0);
+    assert_eq!(fake.payment_intent(&intent_id).unwrap()["status"], "requires_action");
+    app.ctx.clock.advance(chrono::Duration::minutes(61));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    let cancel =
+        fake.requests().into_iter().find(|r| r.path == format!("/v1/payment_intents/{intent_id}/cancel"));
+    let cancel = cancel.expect("the PaymentIntent was cancelled at Stripe");
+    assert!(
+        cancel.header("idempotency-key").is_some_and(|k| k.ends_with("-void-1")),
+        "{:?}",
+        cancel.header("idempotency-key")
+    );
+    assert_eq!(fake.payment_intent(&intent_id).unwrap()["status"], "canceled");
+    assert_eq!(fake.captured(waiting["payment_id"].as_str().unwrap()), 0);
+    let status = app
+        .raw_strings(&format!(
+            "SELECT status || ' ' || COALESCE(failure_code, '-') FROM checkouts WHERE id = '{}'",
+            id(&waiting)
+        ))
+        .await;
+    assert_eq!(status, vec!["failed checkout_expired".to_owned()]);
+}
+
 macro_rules! both_stripe {
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
@@ -277,7 +348,8 @@ macro_rules! both_stripe {
 both_stripe!(
     stripe_methods_are_validated_attached_charged_and_detached,
     stripe_webhooks_are_verified_deduplicated_and_order_independent,
-    a_revoked_stripe_key_fails_payments_on_our_side_and_opens_the_breaker
+    a_revoked_stripe_key_fails_payments_on_our_side_and_opens_the_breaker,
+    an_abandoned_stripe_3ds_checkout_cancels_its_payment_intent
 );
 
 // ---------------------------------------------------------------------------------------------
