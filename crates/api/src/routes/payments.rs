@@ -157,9 +157,6 @@ pub struct PaymentParams {
     customer_id: Option<String>,
 }
 
-/// Request-key prefixes of the platform's own charges.
-const RESERVED_KEY_PREFIXES: [&str; 3] = ["checkout-", "renewal-", "replace-"];
-
 /// Charges a customer's stored payment method through the storefront's PSP accounts
 /// (permission `payment.create`). Declines answer 201 with status `failed` and a decline code.
 /// In safe mode the payment is queued and answers 202 (`pending`, `queued_reason: safe_mode`).
@@ -180,11 +177,10 @@ async fn create(
     // Validated by the idempotency layer; the payment remembers it too (one payment per key).
     let request_key =
         headers.get(azotte_domain::idempotency::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    // The platform's own charges key their payments `checkout-…`, `renewal-…`, `replace-…`: a
-    // client's key in that space could be taken for one of them (and, say, refunded as a trial
-    // conversion that paid for nothing).
+    // A client's key in the platform's own key space could be taken for one of its charges
+    // (and, say, refunded as a trial conversion that paid for nothing).
     if let Some(k) = &request_key {
-        if RESERVED_KEY_PREFIXES.iter().any(|p| k.starts_with(p)) {
+        if payments::is_platform_key(k) {
             return Err(ApiError::validation(vec![azotte_domain::FieldError::new(
                 "Idempotency-Key",
                 "idempotency_key_reserved",

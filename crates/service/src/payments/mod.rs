@@ -393,6 +393,16 @@ pub(crate) async fn prepare(
     Ok(Prepared::Send(attempt::Sending { row, order: plan.order, job, first: first_conn }))
 }
 
+/// Request-key prefixes of the platform's own charges (a checkout's, a renewal's or trial
+/// conversion's, a plan change's). A client's `Idempotency-Key` must not start with one: it
+/// could be taken for one of those charges.
+const PLATFORM_KEY_PREFIXES: [&str; 3] = ["checkout-", "renewal-", "replace-"];
+
+/// Whether `key` lies in the platform's own request-key space ([`PLATFORM_KEY_PREFIXES`]).
+pub fn is_platform_key(key: &str) -> bool {
+    PLATFORM_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
 /// Whether a charge of `amount` minor units may be asked for.
 fn amount_in_range(amount: i64) -> bool {
     amount > 0 && amount <= azotte_domain::catalog::MAX_AMOUNT

@@ -360,7 +360,7 @@ async fn wait(
         checkout.updated_at = now;
         if !store::update_checkout(&mut tx, &checkout).await? {
             drop(tx);
-            return ended_meanwhile(ctx, scope, &checkout.id).await;
+            return stored_checkout(ctx, scope, &checkout.id).await;
         }
         tx.outcome(
             now,
@@ -381,8 +381,8 @@ fn is_final(c: &CheckoutRow) -> bool {
     matches!(c.status.as_str(), "succeeded" | "failed")
 }
 
-/// The checkout as another runner ended it.
-async fn ended_meanwhile(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<Option<CheckoutRow>> {
+/// The checkout as stored (as another runner ended it, when one did).
+async fn stored_checkout(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<Option<CheckoutRow>> {
     let mut tx = ctx.db.tenant_read_tx(scope).await?;
     let c = store::get_checkout(&mut tx, id).await?;
     tx.commit().await?;
@@ -451,7 +451,7 @@ async fn fail(
     checkout.updated_at = now;
     if !store::update_checkout(&mut tx, &checkout).await? {
         drop(tx);
-        return ended_meanwhile(ctx, scope, &checkout.id).await;
+        return stored_checkout(ctx, scope, &checkout.id).await;
     }
     tx.outcome(
         now,
@@ -776,7 +776,7 @@ async fn create_subscription(
         // Another runner ended it: the checkout as that runner left it, not as this one would
         // have.
         Err(NotCreated::Raced) => {
-            if let Some(stored) = ended_meanwhile(ctx, scope, &checkout.id).await? {
+            if let Some(stored) = stored_checkout(ctx, scope, &checkout.id).await? {
                 *checkout = stored;
             }
             Ok(None)
@@ -837,21 +837,16 @@ async fn run_one(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<Opti
     journal::with_meta(meta, process(ctx, scope, &c.id, None)).await
 }
 
-/// A payment's state moved on PSP evidence (a verified webhook): when it is a checkout's charge
-/// and the checkout is still in progress, its job runs at once, in a task of its own, so a
-/// customer back from 3-D Secure sees the subscription without waiting for the worker.
+/// A checkout's charge moved (a verified webhook, a reconciliation, a queued charge sent when
+/// safe mode was lifted): while the checkout is in progress its job runs at once, in a task of
+/// its own, so a customer back from 3-D Secure sees the subscription without waiting for the
+/// worker.
 pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<&str>) {
     let Some(id) = request_key.and_then(|k| k.strip_prefix("checkout-")) else { return };
     let (ctx, scope, id) = (ctx.clone(), scope.for_job("checkout"), id.to_owned());
     tokio::spawn(async move {
         let ran = async {
-            let c = {
-                let mut tx = ctx.db.tenant_read_tx(&scope).await?;
-                let c = store::get_checkout(&mut tx, &id).await?;
-                tx.commit().await?;
-                c
-            };
-            match c.filter(|c| !is_final(c)) {
+            match stored_checkout(&ctx, &scope, &id).await?.filter(|c| !is_final(c)) {
                 Some(c) => run_one(&ctx, &scope, &c).await.map(|_| ()),
                 None => Ok(()),
             }

@@ -390,7 +390,7 @@ fn conversion_key(row: &SubscriptionRow) -> String {
 
 /// The subscription whose trial conversion `request_key` charges ([`conversion_key`] and its
 /// retries), if it is one.
-fn converting(request_key: &str) -> Option<&str> {
+pub(crate) fn converting(request_key: &str) -> Option<&str> {
     let (sid, rest) = request_key.strip_prefix("renewal-")?.split_once('-')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let ok = match rest.split_once("-r") {

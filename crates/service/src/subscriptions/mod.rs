@@ -22,7 +22,7 @@ pub(crate) fn payment_moved(
     p: &azotte_store::payments::PaymentRow,
 ) {
     checkout::payment_moved(ctx, scope, p.request_key.as_deref());
-    if p.status == "captured" && p.request_key.as_deref().is_some_and(|k| k.starts_with("renewal-")) {
+    if p.status == "captured" && p.request_key.as_deref().and_then(lifecycle::converting).is_some() {
         let (ctx, scope, p) = (ctx.clone(), scope.for_job("trial_conversion"), p.clone());
         tokio::spawn(async move {
             if let Err(e) = lifecycle::conversion_charge_moved(&ctx, &scope, &p).await {

@@ -479,21 +479,21 @@ async fn fail(ctx: &Ctx, scope: &TenantScope, mut r: ReplacementRow, code: &'sta
 
 /// Fails an immediate change that can no longer be made (`subscription_changed`) and gives its
 /// charge back in full, in `tx` (its action recorded): the change is taken from `processing`
-/// and the refund reserved in the same transaction, so neither happens without the other, and
-/// a change another runner applied meanwhile is left alone (`Ok(None)`). The refund is sent
-/// after the commit (or later by reconciliation).
+/// and the refund reserved in the same transaction, so neither happens without the other. The
+/// refund is sent after the commit (or later by reconciliation). `false` (nothing done) when
+/// another runner settled the change meanwhile.
 async fn refund_and_fail(
     ctx: &Ctx,
     scope: &TenantScope,
     mut tx: TenantTx,
     mut r: ReplacementRow,
     now: DateTime<Utc>,
-) -> Result<Option<Replaced>> {
+) -> Result<bool> {
     r.status = "failed".into();
     r.failure_code = Some("subscription_changed".to_owned());
     r.updated_at = now;
     if !rstore::settle(&mut tx, &r, "processing").await? {
-        return Ok(None);
+        return Ok(false);
     }
     let reason = format!("plan change {} not made: the subscription changed", r.id);
     let refund = match &r.payment_id {
@@ -512,10 +512,7 @@ async fn refund_and_fail(
     if let Some((p, f)) = refund {
         payments::send_reserved(ctx, scope, &p, f).await?;
     }
-    Err(conflict(
-        "subscription_changed",
-        "the plan change was not made: the subscription changed while it was charged; its charge is refunded",
-    ))
+    Ok(true)
 }
 
 /// Switches a paid immediate change, under optimistic concurrency (a few tries); a change
@@ -533,11 +530,14 @@ async fn apply_paid(ctx: &Ctx, scope: &TenantScope, mut r: ReplacementRow) -> Re
             || sub.price_id != r.from_price_id
             || sub.period_end != r.period_end
         {
-            match refund_and_fail(ctx, scope, tx, r.clone(), now).await? {
-                Some(done) => return Ok(done),
-                // Settled by another runner meanwhile: as it stands.
-                None => break,
+            if refund_and_fail(ctx, scope, tx, r.clone(), now).await? {
+                return Err(conflict(
+                    "subscription_changed",
+                    "the plan change was not made: the subscription changed while it was charged; its charge is refunded",
+                ));
             }
+            // Settled by another runner meanwhile: as it stands.
+            break;
         }
         let expected = sub.updated_at;
         if !switch(&mut tx, &mut sub, &mut r, "processing", now).await? {
