@@ -273,6 +273,14 @@ pub fn series(prefix: &str, year: i32, kind: DocumentKind) -> String {
     }
 }
 
+/// The prefix [`series`] rendered a series from (`INV-` for `INV-2026` and `INV-2026-CN`), or
+/// `None` for a string no prefix renders to.
+pub fn prefix_of_series(series: &str) -> Option<&str> {
+    let s = series.strip_suffix("-CN").unwrap_or(series);
+    let cut = s.len().checked_sub(4)?;
+    (cut > 0 && s.is_char_boundary(cut) && s[cut..].bytes().all(|b| b.is_ascii_digit())).then(|| &s[..cut])
+}
+
 /// A document's number: its series and its sequence in it, six digits at least
 /// (`INV-2026-000042`).
 pub fn number(series: &str, sequence: i64) -> String {

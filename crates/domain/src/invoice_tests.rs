@@ -65,6 +65,18 @@ fn numbers_and_series() {
 }
 
 #[test]
+fn a_series_names_its_prefix() {
+    for prefix in ["INV-", "X", "X-CN", "SHOP-2026-", "A1"] {
+        for kind in [DocumentKind::Invoice, DocumentKind::CreditNote] {
+            assert_eq!(prefix_of_series(&series(prefix, 2026, kind)), Some(prefix), "{prefix} {kind:?}");
+        }
+    }
+    assert_eq!(prefix_of_series("2026"), None);
+    assert_eq!(prefix_of_series("INV-"), None);
+    assert_eq!(prefix_of_series("-CN"), None);
+}
+
+#[test]
 fn credits_spread_and_end_exactly() {
     let lines = vec![
         (2000, price_line(LineKind::Subscription, 999, 1, TaxKind::Inclusive, 2000).unwrap().amounts),

@@ -106,6 +106,49 @@ pub struct StorefrontPatch {
 
 const DEFAULT_INVOICE_PREFIX: &str = "INV-";
 
+/// The invoice prefixes the tenant environment's storefronts other than `except` number with,
+/// now or in a series they used before (a storefront whose prefix changed keeps its old
+/// numbers): a prefix in this set would repeat invoice numbers of another storefront. Holds the
+/// environment's prefix lock until the transaction ends.
+async fn prefixes_in_use(tx: &mut TenantTx, except: Option<&str>) -> Result<BTreeSet<String>> {
+    let others = |id: &str| except != Some(id);
+    let mut used: BTreeSet<String> = store::invoice_prefixes_locked(tx)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| others(id))
+        .map(|(_, p)| p)
+        .collect();
+    for (id, series) in azotte_store::invoices::series_in_use(tx).await? {
+        if let Some(p) = azotte_domain::invoice::prefix_of_series(&series).filter(|_| others(&id)) {
+            used.insert(p.to_owned());
+        }
+    }
+    Ok(used)
+}
+
+/// Refuses a prefix another storefront numbers with (see [`prefixes_in_use`]).
+fn prefix_free(prefix: &str, used: &BTreeSet<String>) -> Result<()> {
+    if used.contains(prefix) {
+        return Err(conflict(
+            "invoice_prefix_in_use",
+            format!(
+                "another storefront of this environment numbers its invoices with {prefix}; invoice numbers \
+                 must not repeat, so give this storefront a prefix of its own"
+            ),
+            Some("invoice_prefix"),
+        ));
+    }
+    Ok(())
+}
+
+/// The default prefix of a new storefront: `INV-`, or `INV-2-`, `INV-3-`, … when that is in use.
+fn default_prefix(used: &BTreeSet<String>) -> String {
+    std::iter::once(DEFAULT_INVOICE_PREFIX.to_owned())
+        .chain((2..).map(|n| format!("INV-{n}-")))
+        .find(|p| !used.contains(p))
+        .unwrap_or_else(|| DEFAULT_INVOICE_PREFIX.to_owned())
+}
+
 fn validate_prefix(s: &str) -> Result<(), FieldError> {
     let ok = (1..=16).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
@@ -211,12 +254,17 @@ pub async fn create_storefront(ctx: &Ctx, scope: &TenantScope, input: Storefront
         dunning: input.dunning.unwrap_or_default(),
         lifecycle: input.lifecycle.unwrap_or_default(),
         fiscalization: input.fiscalization.unwrap_or(FiscalProvider::None),
-        invoice_prefix: input.invoice_prefix.unwrap_or_else(|| DEFAULT_INVOICE_PREFIX.into()),
+        invoice_prefix: input.invoice_prefix.clone().unwrap_or_else(|| DEFAULT_INVOICE_PREFIX.into()),
         created_at: now,
         updated_at: now,
     };
     check_storefront(&mut s, &input.default_currency, &input.currencies, &input.countries)?;
     let mut tx = write_tx(ctx, scope).await?;
+    let used = prefixes_in_use(&mut tx, None).await?;
+    match input.invoice_prefix {
+        Some(_) => prefix_free(&s.invoice_prefix, &used)?,
+        None => s.invoice_prefix = default_prefix(&used),
+    }
     store::insert_storefront(&mut tx, &s).await?;
     let r = Some(("storefront", s.id.as_str()));
     tx.action(now, "storefront.create", r, json!({})).await?;
@@ -268,6 +316,9 @@ pub async fn update_storefront(
         p.currencies.unwrap_or_else(|| before.currencies.iter().map(ToString::to_string).collect());
     let countries = p.countries.unwrap_or_else(|| before.countries.clone());
     check_storefront(&mut s, &default, &currencies, &countries)?;
+    if s.invoice_prefix != before.invoice_prefix {
+        prefix_free(&s.invoice_prefix, &prefixes_in_use(&mut tx, Some(id)).await?)?;
+    }
     let removed: Vec<&Currency> = before.currencies.iter().filter(|c| !s.currencies.contains(c)).collect();
     if !removed.is_empty() {
         let f = PriceFilter {

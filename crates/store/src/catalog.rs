@@ -220,6 +220,32 @@ pub async fn list_storefronts(
     Ok(page(rows, limit))
 }
 
+#[derive(sqlx::FromRow)]
+struct PrefixOf {
+    id: String,
+    invoice_prefix: String,
+}
+
+/// Every storefront of the tenant environment with its current invoice prefix, `(id, prefix)`,
+/// whatever a key's storefront restriction: invoice numbers must be unique across all of them.
+/// On PostgreSQL the call first takes a transaction-scoped advisory lock of the tenant
+/// environment's prefixes, so two transactions choosing a prefix cannot both pick the same one
+/// (SQLite's one writer already serializes them).
+pub async fn invoice_prefixes_locked(tx: &mut TenantTx) -> Result<Vec<(String, String)>> {
+    let key =
+        format!("azotte.invoice_prefix:{}:{}", tx.scope().tenant_id(), tx.scope().environment().as_str());
+    if let crate::exec::Tx::Postgres(t) = &mut tx.tx {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(&mut **t).await?;
+    }
+    let q = Query::select()
+        .columns([Storefronts::Id, Storefronts::InvoicePrefix])
+        .from(Storefronts::Table)
+        .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))
+        .to_owned();
+    let rows = tx.tx.fetch_all::<PrefixOf>(&q).await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.invoice_prefix)).collect())
+}
+
 /// Removes a storefront (the caller has checked that nothing references it).
 pub async fn delete_storefront(tx: &mut TenantTx, id: &str) -> Result<bool> {
     let q = Query::delete()

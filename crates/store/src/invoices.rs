@@ -81,6 +81,24 @@ pub async fn reserve_numbers(
     Ok(tx.tx.fetch_one::<Taken>(&q).await?.last_number - count + 1)
 }
 
+#[derive(sqlx::FromRow)]
+struct SeriesOf {
+    storefront_id: String,
+    series: String,
+}
+
+/// Every number series the storefronts of the tenant environment have used: `(storefront id,
+/// series)`.
+pub async fn series_in_use(tx: &mut TenantTx) -> Result<Vec<(String, String)>> {
+    let q = Query::select()
+        .columns([InvoiceSeries::StorefrontId, InvoiceSeries::Series])
+        .from(InvoiceSeries::Table)
+        .cond_where(tx.in_scope(InvoiceSeries::TenantId, InvoiceSeries::Environment))
+        .to_owned();
+    let rows = tx.tx.fetch_all::<SeriesOf>(&q).await?;
+    Ok(rows.into_iter().map(|r| (r.storefront_id, r.series)).collect())
+}
+
 /// PostgreSQL's [`try_next_number`]: the increment only if the series row can be locked without
 /// waiting (`FOR UPDATE SKIP LOCKED`), or the new series' row with 1 if there is none yet.
 const TRY_NEXT_NUMBER_PG: &str = "\

@@ -685,7 +685,98 @@ async fn a_credit_note_waits_for_its_invoice_at_the_provider(app: TestApp) {
     assert_eq!(records().await, ["credit_note:done:1", "issue:done:2"]);
 }
 
+/// Invoice numbers never repeat across a tenant environment's storefronts: a prefix another
+/// storefront numbers with — now, or in a series it used before its prefix changed — is refused
+/// on create and on update, and a new storefront's default prefix is the first free of `INV-`,
+/// `INV-2-`, …
+async fn storefronts_never_share_an_invoice_prefix(app: TestApp) {
+    tenant(&app).await;
+    let tax = json!({"kind": "inclusive", "rate_bp": 1900});
+    let a = shop(&app, "first", "INV-", tax.clone(), 999, "DE").await;
+    let done = buy(&app, &a).await;
+    let first = invoice_of(&app, &done["subscription_id"]).await;
+    assert_eq!(first["number"], format!("INV-{}-000001", year(&app)));
+
+    let body = |prefix: Option<&str>| {
+        let mut b = json!({"name": "second", "type": "web", "default_currency": "EUR", "default_language": "en",
+                           "countries": ["DE"], "tax": tax});
+        if let Some(p) = prefix {
+            b["invoice_prefix"] = json!(p);
+        }
+        b
+    };
+    // Without a prefix: the first free default.
+    let b = post(&app, "/v1/storefronts", body(None), 201).await;
+    assert_eq!(b["invoice_prefix"], "INV-2-");
+    // Created at once: each its own.
+    let (c1, c2, c3) = tokio::join!(
+        post(&app, "/v1/storefronts", body(None), 201),
+        post(&app, "/v1/storefronts", body(None), 201),
+        post(&app, "/v1/storefronts", body(None), 201)
+    );
+    let mut at_once: Vec<&str> =
+        [&c1, &c2, &c3].iter().map(|c| c["invoice_prefix"].as_str().unwrap()).collect();
+    at_once.sort_unstable();
+    assert_eq!(at_once, ["INV-3-", "INV-4-", "INV-5-"]);
+    // Given one in use: refused, naming the field, and nothing is created.
+    let refused = |r: crate::helpers::Resp| {
+        let p = r.problem();
+        assert_eq!(p.code, "invoice_prefix_in_use");
+        assert_eq!(p.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["invoice_prefix"]);
+    };
+    refused(app.post("/v1/storefronts", body(Some("INV-2-"))).tenant(T, ENV).expect(409).await);
+    let all = get(&app, "/v1/storefronts").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 5, "{all}");
+    // Changing to one in use: refused.
+    let (sa, sb) = (a.sf.clone(), id(&b));
+    refused(
+        app.patch(&format!("/v1/storefronts/{sb}"), json!({"invoice_prefix": "INV-"}))
+            .tenant(T, ENV)
+            .expect(409)
+            .await,
+    );
+    // The first storefront moves to a new prefix; the invoices it numbered with INV- stay, so
+    // nobody else may take INV- …
+    let moved = app
+        .patch(&format!("/v1/storefronts/{sa}"), json!({"invoice_prefix": "DE-"}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await;
+    assert_eq!(moved.json::<Value>()["invoice_prefix"], "DE-");
+    refused(
+        app.patch(&format!("/v1/storefronts/{sb}"), json!({"invoice_prefix": "INV-"}))
+            .tenant(T, ENV)
+            .expect(409)
+            .await,
+    );
+    let d = post(&app, "/v1/storefronts", body(None), 201).await;
+    assert_eq!(d["invoice_prefix"], "INV-6-", "INV- is still taken by the old series");
+    // … but it may go back to its own, and continue that series.
+    app.patch(&format!("/v1/storefronts/{sa}"), json!({"invoice_prefix": "INV-"}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await;
+    let cus2 = id(&post(&app, "/v1/customers", json!({"external_id": "second", "country": "DE"}), 201).await);
+    let pm2 = id(&post(
+        &app,
+        &format!("/v1/customers/{cus2}/payment-methods"),
+        json!({"storefront_id": a.sf, "psp_account_id": first_account(&app, &a.sf).await, "token": "tok_sandbox_success"}),
+        201,
+    )
+    .await);
+    let again = buy(&app, &Shop { cus: cus2, pm: pm2, ..a }).await;
+    let second = invoice_of(&app, &again["subscription_id"]).await;
+    assert_eq!(second["number"], format!("INV-{}-000002", year(&app)));
+}
+
+/// The id of a storefront's first PSP account.
+async fn first_account(app: &TestApp, sf: &str) -> String {
+    let list = get(app, &format!("/v1/storefronts/{sf}/psp-accounts")).await;
+    id(&list["data"][0])
+}
+
 both!(
+    storefronts_never_share_an_invoice_prefix,
     a_credit_note_waits_for_its_invoice_at_the_provider,
     checkout_invoices_carry_the_tax_of_the_scheme_and_country,
     refunds_get_credit_notes_that_add_up,

@@ -61,7 +61,9 @@ pub struct CreateStorefront {
     /// Who fiscalizes its invoices: `none` (default) or `local` (Azotte signs each document).
     #[serde(default)]
     fiscalization: Option<FiscalProvider>,
-    /// Prefix of invoice numbers (default `INV-`).
+    /// Prefix of invoice numbers (default: the first of `INV-`, `INV-2-`, … no other storefront of
+    /// the environment uses). One another storefront numbers with, now or before, is
+    /// `409 invoice_prefix_in_use`.
     #[serde(default)]
     invoice_prefix: Option<String>,
 }
@@ -104,6 +106,8 @@ pub struct UpdateStorefront {
     #[serde(default)]
     #[schema(value_type = Option<FiscalProvider>)]
     fiscalization: Patch<FiscalProvider>,
+    /// A new prefix of invoice numbers; one another storefront numbers with, now or before, is
+    /// `409 invoice_prefix_in_use`.
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     invoice_prefix: Patch<String>,
@@ -165,6 +169,7 @@ page_of!(StorefrontList, StorefrontView);
     responses(
         (status = 201, body = StorefrontView),
         (status = 403, body = crate::Problem, content_type = PROBLEM),
+        (status = 409, description = "`invoice_prefix_in_use`", body = crate::Problem, content_type = PROBLEM),
         (status = 422, description = "`unknown_currency`, `unknown_country`, `no_countries`, `unknown_language`, …", body = crate::Problem, content_type = PROBLEM)
     )
 )]
@@ -234,7 +239,7 @@ async fn get_one(
     responses(
         (status = 200, body = StorefrontView),
         (status = 404, body = crate::Problem, content_type = PROBLEM),
-        (status = 409, body = crate::Problem, content_type = PROBLEM),
+        (status = 409, description = "`currency_in_use`, `invoice_prefix_in_use`", body = crate::Problem, content_type = PROBLEM),
         (status = 422, body = crate::Problem, content_type = PROBLEM)
     )
 )]
