@@ -1250,30 +1250,39 @@ pub async fn storefront_catalog(
     storefront_id: &str,
     currency: Option<&str>,
 ) -> Result<Catalog> {
-    let now = ctx.clock.now();
     let currency = match currency {
         Some(c) => Some(Currency::parse("currency", c).map_err(ValidationErrors::from)?),
         None => None,
     };
     let mut tx = read_tx(ctx, scope).await?;
-    let storefront = load_storefront(&mut tx, storefront_id).await?;
+    let catalog = storefront_catalog_in(&mut tx, ctx.clock.now(), storefront_id, currency.as_ref()).await?;
+    tx.commit().await?;
+    Ok(catalog)
+}
+
+/// [`storefront_catalog`] read in the caller's transaction (which has checked `catalog.read`).
+pub(crate) async fn storefront_catalog_in(
+    tx: &mut TenantTx,
+    now: DateTime<Utc>,
+    storefront_id: &str,
+    currency: Option<&Currency>,
+) -> Result<Catalog> {
+    let storefront = load_storefront(tx, storefront_id).await?;
     if storefront.status == StorefrontStatus::Inactive {
-        tx.commit().await?;
         return Ok(Catalog { storefront, items: vec![] });
     }
-    let prices: Vec<Price> = store::storefront_active_prices(&mut tx, storefront_id)
+    let prices: Vec<Price> = store::storefront_active_prices(tx, storefront_id)
         .await?
         .into_iter()
-        .filter(|p| currency.as_ref().is_none_or(|c| *c == p.currency))
+        .filter(|p| currency.is_none_or(|c| *c == p.currency))
         .collect();
     let price_ids: Vec<String> = prices.iter().map(|p| p.id.clone()).collect();
-    let versions = store::versions_of(&mut tx, &price_ids).await?;
+    let versions = store::versions_of(tx, &price_ids).await?;
     let mut bundle_ids: Vec<String> = prices.iter().map(|p| p.bundle_id.clone()).collect();
     bundle_ids.sort();
     bundle_ids.dedup();
-    let bundles = store::bundles_by_id(&mut tx, &bundle_ids).await?;
-    let all = store::all_entitlements(&mut tx).await?;
-    tx.commit().await?;
+    let bundles = store::bundles_by_id(tx, &bundle_ids).await?;
+    let all = store::all_entitlements(tx).await?;
     let mut items: Vec<CatalogItem> = bundles
         .into_iter()
         .filter_map(|b| {

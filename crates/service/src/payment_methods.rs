@@ -14,13 +14,17 @@ use azotte_domain::id::PaymentMethodId;
 use azotte_domain::permission::Permission;
 use azotte_domain::tenant::Environment;
 use azotte_domain::{FieldError, ValidationErrors};
-use azotte_payments::{AttachRequest, ConnectorError};
+use std::sync::Arc;
+
+use azotte_payments::{Account, AttachRequest, Connector, ConnectorError, PspPaymentMethod};
 use azotte_store::customers::{self as store, PaymentMethodRow};
 use azotte_store::psp_accounts as psp_store;
-use azotte_store::{auth, TenantScope};
+use azotte_store::subscriptions::SubscriptionFilter;
+use azotte_store::{auth, TenantScope, TenantTx};
 use chrono::Datelike;
 use serde_json::json;
 
+use crate::psp_accounts::Unopened;
 use crate::{Ctx, Result, ServiceError};
 
 /// A payment method to attach.
@@ -48,54 +52,98 @@ pub async fn attach(
     input: AttachInput,
 ) -> Result<PaymentMethodRow> {
     crate::security::require(ctx, scope, Permission::CustomerWrite).await?;
-    let now = ctx.clock.now();
-    if !valid_token(&input.token) {
-        return Err(invalid(
-            "token",
-            "invalid_token",
-            "a PSP token: 8 to 255 characters of A-Z, a-z, 0-9, _ and -",
-        ));
-    }
+    check_token(&input)?;
     // 1. What to attach to: the customer, the storefront's account, the PSP customer if any.
-    let (account, psp_customer_id, (connector, creds)) = {
+    let found = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
         crate::customers::exists(&mut tx, customer_id).await?;
-        if !scope.storefront_allowed(&input.storefront_id) {
-            return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
-        }
-        let Some(account) = psp_store::get(&mut tx, &input.storefront_id, &input.psp_account_id).await?
-        else {
-            return Err(invalid(
-                "psp_account_id",
-                "psp_account_not_in_storefront",
-                "the token's PSP account must be one of this storefront's accounts",
-            ));
-        };
-        let psp_customer = store::payment_methods_of(&mut tx, customer_id, true)
-            .await?
-            .into_iter()
-            .filter(|p| p.psp_account_id == account.id)
-            .find_map(|p| p.psp_customer_id);
-        if account.status != "active" {
-            return Err(invalid("psp_account_id", "psp_account_inactive", "the PSP account is inactive"));
-        }
-        if account.connector == "sandbox" && !input.token.starts_with("tok_sandbox_") {
-            return Err(invalid(
-                "token",
-                "invalid_token",
-                "sandbox tokens start with tok_sandbox_ (see README)",
-            ));
-        }
-        let connector = crate::payments::connector_in(ctx, &mut tx, &account).await?;
+        let found = prepare(ctx, &mut tx, customer_id, &input).await?;
         tx.commit().await?;
-        let connector = match connector {
-            Ok(c) => c,
-            Err(unopened) => return Err(unopened.record(ctx, scope).await),
-        };
-        (account, psp_customer, connector)
+        found
     };
-
     // 2. The PSP validates the token and attaches it (outside any transaction).
+    let validated = validate(ctx, scope, found, customer_id, &input).await?;
+    // 3. Record it.
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    crate::customers::exists(&mut tx, customer_id).await?;
+    let recorded = record(ctx, &mut tx, customer_id, input.make_default, validated).await?;
+    tx.commit().await?;
+    attached(ctx, scope, &recorded);
+    Ok(recorded.pm)
+}
+
+/// What attaching a token found before the PSP is called ([`prepare`]).
+pub(crate) struct Prepared {
+    account: psp_store::PspAccount,
+    psp_customer_id: Option<String>,
+    connector: std::result::Result<(Arc<dyn Connector>, Account), Unopened>,
+}
+
+/// A token the PSP validated and attached ([`validate`]), to record.
+pub(crate) struct Validated {
+    id: PaymentMethodId,
+    account: psp_store::PspAccount,
+    psp: PspPaymentMethod,
+}
+
+/// Refuses a token that is not of a PSP token's form.
+fn check_token(input: &AttachInput) -> Result<()> {
+    if valid_token(&input.token) {
+        Ok(())
+    } else {
+        Err(invalid("token", "invalid_token", "a PSP token: 8 to 255 characters of A-Z, a-z, 0-9, _ and -"))
+    }
+}
+
+/// Attaching, step 1, in the caller's transaction (the caller has checked `customer.write` and
+/// found the customer): checks the token's form and the storefront's account, and reads the
+/// account's credentials and the PSP customer the customer already has there, if any.
+pub(crate) async fn prepare(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    customer_id: &str,
+    input: &AttachInput,
+) -> Result<Prepared> {
+    check_token(input)?;
+    if !tx.scope().storefront_allowed(&input.storefront_id) {
+        return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
+    }
+    let Some(account) = psp_store::get(tx, &input.storefront_id, &input.psp_account_id).await? else {
+        return Err(invalid(
+            "psp_account_id",
+            "psp_account_not_in_storefront",
+            "the token's PSP account must be one of this storefront's accounts",
+        ));
+    };
+    let psp_customer_id = store::payment_methods_of(tx, customer_id, true)
+        .await?
+        .into_iter()
+        .filter(|p| p.psp_account_id == account.id)
+        .find_map(|p| p.psp_customer_id);
+    if account.status != "active" {
+        return Err(invalid("psp_account_id", "psp_account_inactive", "the PSP account is inactive"));
+    }
+    if account.connector == "sandbox" && !input.token.starts_with("tok_sandbox_") {
+        return Err(invalid("token", "invalid_token", "sandbox tokens start with tok_sandbox_ (see README)"));
+    }
+    let connector = crate::payments::connector_in(ctx, tx, &account).await?;
+    Ok(Prepared { account, psp_customer_id, connector })
+}
+
+/// Attaching, step 2, outside any transaction (the one of [`prepare`] has ended): the PSP
+/// validates the token and attaches it.
+pub(crate) async fn validate(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    found: Prepared,
+    customer_id: &str,
+    input: &AttachInput,
+) -> Result<Validated> {
+    let Prepared { account, psp_customer_id, connector } = found;
+    let (connector, creds) = match connector {
+        Ok(c) => c,
+        Err(unopened) => return Err(unopened.record(ctx, scope).await),
+    };
     let id = PaymentMethodId::new();
     let req = AttachRequest {
         account: creds,
@@ -125,12 +173,30 @@ pub async fn attach(
             })
         }
     };
+    Ok(Validated { id, account, psp })
+}
 
-    // 3. Record it.
-    let mut tx = ctx.db.tenant_tx(scope).await?;
-    crate::customers::exists(&mut tx, customer_id).await?;
-    let existing = store::payment_methods_of(&mut tx, customer_id, false).await?;
-    let make_default = input.make_default || !existing.iter().any(|p| p.is_default);
+/// A method [`record`] wrote, and whether the customer has past-due subscriptions of its
+/// storefront (to retry with it once committed: [`attached`]).
+pub(crate) struct Recorded {
+    pub pm: PaymentMethodRow,
+    past_due: bool,
+}
+
+/// Attaching, step 3, in the caller's write transaction (which has found the customer): the
+/// validated method, journaled; the customer's default when asked or when it has none. Once
+/// the transaction has committed, the caller calls [`attached`].
+pub(crate) async fn record(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    customer_id: &str,
+    make_default: bool,
+    validated: Validated,
+) -> Result<Recorded> {
+    let now = ctx.clock.now();
+    let Validated { id, account, psp } = validated;
+    let existing = store::payment_methods_of(tx, customer_id, false).await?;
+    let make_default = make_default || !existing.iter().any(|p| p.is_default);
     let r = Some(("customer", customer_id));
     tx.action(
         now,
@@ -143,7 +209,7 @@ pub async fn attach(
         for mut p in existing.into_iter().filter(|p| p.is_default) {
             p.is_default = false;
             p.updated_at = now;
-            store::update_payment_method(&mut tx, &p).await?;
+            store::update_payment_method(tx, &p).await?;
         }
     }
     let pm = PaymentMethodRow {
@@ -165,7 +231,7 @@ pub async fn attach(
         created_at: now,
         updated_at: now,
     };
-    store::insert_payment_method(&mut tx, &pm).await?;
+    store::insert_payment_method(tx, &pm).await?;
     tx.outcome(
         now,
         "payment_method.attached",
@@ -173,8 +239,23 @@ pub async fn attach(
         json!({"customer_id": customer_id, "brand": pm.brand, "default": pm.is_default}),
     )
     .await?;
-    tx.commit().await?;
-    // Dunning: the customer's past-due subscriptions of this storefront retry with it now.
+    let filter = SubscriptionFilter {
+        customer_id: Some(customer_id),
+        status: Some("past_due"),
+        storefront_id: Some(&pm.storefront_id),
+        ..Default::default()
+    };
+    let (past_due, _) = azotte_store::subscriptions::list_subscriptions(tx, &filter, 1, None).await?;
+    Ok(Recorded { pm, past_due: !past_due.is_empty() })
+}
+
+/// After a recorded method's transaction committed: the customer's past-due subscriptions of
+/// its storefront, if it had any, retry with it now (dunning), in the background.
+pub(crate) fn attached(ctx: &Ctx, scope: &TenantScope, recorded: &Recorded) {
+    if !recorded.past_due {
+        return;
+    }
+    let pm = &recorded.pm;
     let (ctx2, job_scope) = (ctx.clone(), scope.for_job("dunning"));
     let (customer, storefront, pm_id) = (pm.customer_id.clone(), pm.storefront_id.clone(), pm.id.clone());
     tokio::spawn(async move {
@@ -190,7 +271,6 @@ pub async fn attach(
             tracing::warn!(customer_id = %customer, error = %e, "retry with the new payment method failed; dunning continues");
         }
     });
-    Ok(pm)
 }
 
 /// A customer's payment methods (not deleted ones).

@@ -519,6 +519,85 @@ async fn a_second_checkout_of_an_item_in_progress_is_refused(app: TestApp) {
     assert_eq!(app.sandbox_captured(), 999);
 }
 
+/// A checkout with a new PSP token: the PSP validates it between the checkout's reads and its
+/// write, and it is recorded — the customer's default, as its first method — in the checkout's
+/// own transaction, journaled in the checkout's lineage; the subscription is paid and renews
+/// with it. A token of the wrong form is refused before anything is sent, and a checkout
+/// refused after the PSP validated its token (its item already in checkout) records no method.
+async fn a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction(app: TestApp) {
+    // The shop's customer's stored method needs 3-D Secure: its checkout stays in progress.
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let acc = id(&get(&app, &format!("/v1/storefronts/{}/psp-accounts", shop.sf)).await["data"][0]);
+    let methods = |cus: String| {
+        let app = &app;
+        async move {
+            get(app, &format!("/v1/customers/{cus}/payment-methods")).await["data"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let with_token = |cus: &str, o: &Value, token: &str| {
+        json!({"customer_id": cus, "offer_id": o["id"], "price_id": shop.monthly,
+               "payment_method": {"psp_account_id": acc, "token": token}})
+    };
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(waiting["status"], "requires_action", "{waiting}");
+    let refused = app
+        .post("/v1/checkouts", with_token(&shop.cus, &o, "tok_sandbox_success"))
+        .tenant(T, ENV)
+        .expect(409)
+        .await
+        .problem();
+    assert_eq!(refused.code, "offer_in_checkout");
+    assert_eq!(methods(shop.cus.clone()).await.len(), 1, "the validated token was not recorded");
+
+    // A new customer pays with a new token.
+    let cus =
+        id(&post(&app, "/v1/customers", json!({"external_id": "viewer-2", "country": "DE"}), 201).await);
+    let o2 = post(&app, "/v1/offers", json!({"customer_id": cus, "storefront_id": shop.sf}), 201).await;
+    let bad = app
+        .post("/v1/checkouts", with_token(&cus, &o2, "pm_card_visa"))
+        .tenant(T, ENV)
+        .expect(422)
+        .await
+        .problem();
+    assert_eq!((bad.errors[0].field.as_str(), bad.errors[0].code.as_str()), ("token", "invalid_token"));
+    let both_given = {
+        let mut b = with_token(&cus, &o2, "tok_sandbox_success");
+        b["payment_method_id"] = json!(shop.pm);
+        app.post("/v1/checkouts", b).tenant(T, ENV).expect(422).await.problem()
+    };
+    assert_eq!(both_given.errors[0].code, "conflicting_fields");
+    assert!(methods(cus.clone()).await.is_empty(), "nothing recorded by refused checkouts");
+    let c = post(&app, "/v1/checkouts", with_token(&cus, &o2, "tok_sandbox_mastercard"), 202).await;
+    let done = settle(&app, &id(&c)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let pms = methods(cus.clone()).await;
+    assert_eq!(pms.len(), 1, "{pms:?}");
+    let pm = &pms[0];
+    assert_eq!(
+        (pm["brand"].as_str(), pm["last4"].as_str(), pm["default"].as_bool()),
+        (Some("mastercard"), Some("4444"), Some(true))
+    );
+    let sub = get(&app, &format!("/v1/subscriptions/{}", done["subscription_id"].as_str().unwrap())).await;
+    assert_eq!(sub["payment_method_id"], pm["id"]);
+    let payment = get(&app, &format!("/v1/payments/{}", done["payment_id"].as_str().unwrap())).await;
+    assert_eq!(
+        (payment["status"].as_str(), payment["payment_method_id"].as_str()),
+        (Some("captured"), pm["id"].as_str())
+    );
+    // Journaled in the checkout's lineage.
+    let attached =
+        get(&app, &format!("/v1/journal?type=payment_method.attached&resource_id={}", id(pm))).await;
+    let created = get(&app, &format!("/v1/journal?type=checkout.create&resource_id={}", id(&c))).await;
+    assert_eq!(
+        attached["data"][0]["correlation_id"], created["data"][0]["correlation_id"],
+        "{attached} {created}"
+    );
+}
+
 /// Two checkouts of one family whose jobs both pass the eligibility check before either has
 /// subscribed (the PSP is slow): one subscribes; the other's subscription is refused by the
 /// database, and its charge — whose answer was to be recorded in that refused transaction — is
@@ -578,6 +657,7 @@ both!(
     end_of_period_cancel_keeps_access_and_can_be_undone,
     concurrent_duplicate_checkouts_charge_once,
     a_second_checkout_of_an_item_in_progress_is_refused,
+    a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction,
     a_checkout_that_loses_its_family_records_its_charge_and_refunds_it,
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes

@@ -100,7 +100,28 @@ pub async fn start(
 ) -> Result<CheckoutRow> {
     crate::security::require(ctx, scope, Permission::SubscriptionWrite).await?;
     let now = ctx.clock.now();
-    let offer = {
+    // A new token is attached for the checkout: validated by the PSP between the reads and
+    // the write, and recorded in the checkout's own transaction.
+    let mut attach = match (&input.payment_method_id, &input.token) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "token",
+                "conflicting_fields",
+                "give a payment_method_id or a token, not both",
+            ))
+        }
+        (None, Some((account, token))) => {
+            crate::security::require(ctx, scope, Permission::CustomerWrite).await?;
+            Some(crate::payment_methods::AttachInput {
+                storefront_id: String::new(), // the offer's, once read
+                psp_account_id: account.clone(),
+                token: token.clone(),
+                make_default: false,
+            })
+        }
+        _ => None,
+    };
+    let (offer, item, found) = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
         customer_store::get_customer(&mut tx, &input.customer_id)
             .await?
@@ -109,43 +130,37 @@ pub async fn start(
             .await?
             .filter(|o| scope.storefront_allowed(&o.storefront_id))
             .ok_or(ServiceError::NotFound { resource: "offer" })?;
+        let offer = Offer::from_row(o)?;
+        let item = offered_item(&offer, &input.customer_id, &input.price_id, now)?;
+        let found = match attach.as_mut() {
+            Some(a) => {
+                a.storefront_id = offer.storefront_id.clone();
+                Some(crate::payment_methods::prepare(ctx, &mut tx, &input.customer_id, a).await?)
+            }
+            None => None,
+        };
         tx.commit().await?;
-        Offer::from_row(o)?
+        (offer, item, found)
     };
-    let item = offered_item(&offer, &input.customer_id, &input.price_id, now)?;
-    let pm_id = match (&input.payment_method_id, &input.token) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "token",
-                "conflicting_fields",
-                "give a payment_method_id or a token, not both",
-            ))
+    let validated = match (found, &attach) {
+        (Some(found), Some(a)) => {
+            Some(crate::payment_methods::validate(ctx, scope, found, &input.customer_id, a).await?)
         }
-        (Some(id), None) => Some(id.clone()),
-        (None, Some((account, token))) => {
-            let pm = crate::payment_methods::attach(
-                ctx,
-                scope,
-                &input.customer_id,
-                crate::payment_methods::AttachInput {
-                    storefront_id: offer.storefront_id.clone(),
-                    psp_account_id: account.clone(),
-                    token: token.clone(),
-                    make_default: false,
-                },
-            )
-            .await?;
-            Some(pm.id)
-        }
-        (None, None) => None,
+        _ => None,
     };
     let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
-    // A method just attached for this checkout is of the offer's storefront and active.
-    let attached = input.token.is_some();
     let mut tx = ctx.db.tenant_tx(scope).await?;
-    match &pm_id {
-        Some(_) if attached => {}
-        Some(id) => {
+    let (pm_id, attached) = match (&input.payment_method_id, validated) {
+        (_, Some(validated)) => {
+            // Still there (not erased meanwhile).
+            customer_store::get_customer(&mut tx, &input.customer_id)
+                .await?
+                .ok_or(ServiceError::NotFound { resource: "customer" })?;
+            let recorded =
+                crate::payment_methods::record(ctx, &mut tx, &input.customer_id, false, validated).await?;
+            (Some(recorded.pm.id.clone()), Some(recorded))
+        }
+        (Some(id), None) => {
             let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id)
                 .await?
                 .filter(|p| p.state != "deleted")
@@ -164,16 +179,17 @@ pub async fn start(
                     "the payment method is inactive or expired",
                 ));
             }
+            (Some(id.clone()), None)
         }
-        None if needs_method => {
+        (None, None) if needs_method => {
             return Err(invalid(
                 "payment_method_id",
                 "payment_method_required",
                 "this purchase needs a payment method",
             ))
         }
-        None => {}
-    }
+        (None, None) => (None, None),
+    };
     let id = CheckoutId::new().to_string();
     let row = CheckoutRow {
         id: id.clone(),
@@ -215,6 +231,9 @@ pub async fn start(
     }
     tx.outcome(now, "checkout.processing", r, json!({})).await?;
     tx.commit().await?;
+    if let Some(recorded) = &attached {
+        crate::payment_methods::attached(ctx, scope, recorded);
+    }
     let done = spawn(ctx, scope, row.clone(), offer, &action_id);
     if let Some(wait) = wait {
         if let Ok(Ok(ended)) = tokio::time::timeout(wait, done).await {

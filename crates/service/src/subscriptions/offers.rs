@@ -142,14 +142,17 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
         ));
     }
     let now = ctx.clock.now();
-    let catalog =
-        crate::catalog::storefront_catalog(ctx, scope, &input.storefront_id, input.currency.as_deref())
-            .await?;
-    let sf = &catalog.storefront;
-    let currency = match &input.currency {
-        Some(c) => Currency::parse("currency", c).map_err(ValidationErrors::from)?,
-        None => sf.default_currency.clone(),
+    let asked = match &input.currency {
+        Some(c) => Some(Currency::parse("currency", c).map_err(ValidationErrors::from)?),
+        None => None,
     };
+    crate::security::require(ctx, scope, Permission::CatalogRead).await?;
+    // One transaction reads the catalog and the customer and writes the offer.
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let catalog =
+        crate::catalog::storefront_catalog_in(&mut tx, now, &input.storefront_id, asked.as_ref()).await?;
+    let sf = &catalog.storefront;
+    let currency = asked.unwrap_or_else(|| sf.default_currency.clone());
     if !sf.currencies.contains(&currency) {
         return Err(invalid(
             "currency",
@@ -157,7 +160,6 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
             "the storefront does not sell in this currency",
         ));
     }
-    let mut tx = ctx.db.tenant_tx(scope).await?;
     let customer = match &input.customer_id {
         Some(id) => Some(
             customer_store::get_customer(&mut tx, id)
