@@ -777,14 +777,19 @@ pub async fn insert_grants(
     Ok(())
 }
 
-/// Removes what a subscription grants (a plan change grants the new bundle's instead).
-pub async fn delete_grants(tx: &mut TenantTx, subscription_id: &str) -> Result<u64> {
+/// Removes what a subscription grants (a plan change grants the new bundle's instead): the
+/// entitlement keys it granted, sorted.
+pub async fn delete_grants(tx: &mut TenantTx, subscription_id: &str) -> Result<Vec<String>> {
     let q = Query::delete()
         .from_table(EntitlementGrants::Table)
         .cond_where(tx.in_scope(EntitlementGrants::TenantId, EntitlementGrants::Environment))
         .and_where(Expr::col(EntitlementGrants::SubscriptionId).eq(subscription_id))
+        .returning_col(EntitlementGrants::EntitlementKey)
         .to_owned();
-    tx.write(&q).await
+    tx.writes += 1;
+    let mut keys: Vec<String> = tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(k,)| k).collect();
+    keys.sort();
+    Ok(keys)
 }
 
 /// A grant with the state of the subscription behind it and its storefront's dunning policy

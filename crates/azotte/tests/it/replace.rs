@@ -360,6 +360,15 @@ async fn a_downgrade_never_charges(app: TestApp) {
     assert_eq!(captured(&app), 999, "nothing charged, nothing refunded");
     let keys: Vec<String> = s.entitlements(&app).await.into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["video"], "hd and screens went with premium");
+    // The journal says what went, with the change.
+    let revoked =
+        app.raw_strings("SELECT body FROM journal_entries WHERE type = 'entitlements.revoked'").await;
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    let body: Value = serde_json::from_str(&revoked[0]).unwrap();
+    assert_eq!(
+        (body["keys"].clone(), body["customer_id"].as_str()),
+        (json!(["hd", "screens"]), Some(s.cus.as_str()))
+    );
     app.get(&format!("/v1/customers/{}/entitlements/hd", s.cus))
         .token(&s.key)
         .header("x-tn", T)
@@ -383,6 +392,9 @@ async fn a_downgrade_never_charges(app: TestApp) {
     assert!(up["amount_due"].as_i64().unwrap() > 0);
     s.replace(&app, &sub, &offer, &s.premium, 200).await;
     assert_eq!(captured(&app), 999 + up["amount_due"].as_i64().unwrap());
+    let revoked =
+        app.raw_strings("SELECT body FROM journal_entries WHERE type = 'entitlements.revoked'").await;
+    assert_eq!(revoked.len(), 1, "an upgrade revokes nothing");
 }
 
 async fn at_period_end_the_renewal_applies_the_change(app: TestApp) {

@@ -585,7 +585,7 @@ async fn switch(
     })?;
     let all = catalog_store::all_entitlements(tx).await?;
     let granted = super::checkout::grants(&bundle, &all);
-    store::delete_grants(tx, &sub.id).await?;
+    let before = store::delete_grants(tx, &sub.id).await?;
     store::insert_grants(tx, &sub.id, &sub.customer_id, &granted).await?;
     sub.bundle_id = r.to_bundle_id.clone();
     sub.price_id = r.to_price_id.clone();
@@ -602,6 +602,17 @@ async fn switch(
                "payment_id": r.payment_id, "effective_at": r.effective_at}),
     )
     .await?;
+    // What the old bundle granted and the new one does not: revoked with the change.
+    let revoked: Vec<&str> = before.iter().map(String::as_str).filter(|k| !keys.contains(k)).collect();
+    if !revoked.is_empty() {
+        tx.outcome(
+            now,
+            "entitlements.revoked",
+            res,
+            json!({"customer_id": sub.customer_id, "keys": revoked}),
+        )
+        .await?;
+    }
     tx.outcome(now, "entitlements.granted", res, json!({"customer_id": sub.customer_id, "keys": keys}))
         .await?;
     Ok(true)
