@@ -15,10 +15,13 @@
 //! | trialing, active, past_due, paused     | `Cancel(_)`           | canceled                         |
 //! | canceled (not immediately, not ended)  | `Reactivate`          | active or trialing               |
 //! | canceled (ended)                       | `PeriodEnded`         | expired                          |
-//! | active, trialing, past_due             | `Defer(d)`            | same, period end + d             |
-//! | active, trialing, past_due, canceled   | `Extend(d)`           | same, period end (and ends_at) + d |
+//! | active, trialing                       | `Defer(d)`            | same, period end + d             |
+//! | active, trialing, canceled             | `Extend(d)`           | same, period end (and ends_at) + d |
 //!
 //! Everything else is an [`IllegalTransition`] with a stable reason code; `expired` is terminal.
+//! A `past_due` subscription is neither deferred nor extended (`renewal_unpaid`): its renewal is
+//! due and invoiced for the period that starts at its period end; moving that end would leave
+//! the invoice for dates the subscription no longer has.
 //!
 //! **Periods.** The *anchor* is the start of the first paid period; period boundaries are
 //! [`boundary`]`(anchor, period, k)`, always computed from the anchor so month-end clamping never
@@ -360,7 +363,8 @@ pub fn apply(
                 return refuse("duration_out_of_range");
             }
             match s.status {
-                Active | Trialing | PastDue => {}
+                Active | Trialing => {}
+                PastDue => return refuse("renewal_unpaid"),
                 Canceled if extend => {
                     if s.ends_at.is_none_or(|e| now >= e) {
                         return refuse("period_ended");

@@ -206,6 +206,10 @@ fn defer_and_extend_move_the_next_renewal() {
     let e = ok(&c, Event::Extend(days(5)), at(2028, 2, 1));
     assert_eq!((e.status, e.ends_at, e.period_end), (Canceled, Some(at(2028, 3, 5)), at(2028, 3, 5)));
     assert_eq!(refused(&c, Event::Extend(days(5)), at(2028, 2, 29)), "period_ended");
+    // Past due: the renewal is invoiced for the period from the period end; it stays put.
+    let due = ok(&s, Event::RenewalFailed, s.period_end);
+    assert_eq!(refused(&due, Event::Defer(days(5)), at(2028, 3, 2)), "renewal_unpaid");
+    assert_eq!(refused(&due, Event::Extend(days(5)), at(2028, 3, 2)), "renewal_unpaid");
     let p = ok(&s, Event::Pause, at(2028, 2, 1));
     assert_eq!(refused(&p, Event::Defer(days(5)), at(2028, 2, 1)), "not_deferrable");
     assert_eq!(refused(&p, Event::Extend(days(5)), at(2028, 2, 1)), "not_extendable");
@@ -338,7 +342,8 @@ fn expected(s: &State, e: &Event, now: DateTime<Utc>) -> Result<(), &'static str
         (Canceled, Event::PeriodEnded) => check(ended(s.ends_at), "period_not_ended"),
         (_, Event::PeriodEnded) => Err("not_canceled"),
         (_, Event::Defer(d) | Event::Extend(d)) if !in_range(d) => Err("duration_out_of_range"),
-        (Active | Trialing | PastDue, Event::Defer(_) | Event::Extend(_)) => Ok(()),
+        (Active | Trialing, Event::Defer(_) | Event::Extend(_)) => Ok(()),
+        (PastDue, Event::Defer(_) | Event::Extend(_)) => Err("renewal_unpaid"),
         (Canceled, Event::Extend(_)) => check(!ended(s.ends_at), "period_ended"),
         (_, Event::Extend(_)) => Err("not_extendable"),
         (_, Event::Defer(_)) => Err("not_deferrable"),

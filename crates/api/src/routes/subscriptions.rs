@@ -651,7 +651,7 @@ fn days(d: u32) -> Result<u32, ApiError> {
     post, path = "/v1/subscriptions/{id}/defer", tag = "subscriptions", security(("bearer" = [])),
     params(("id" = String, Path), ("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
     request_body = Days,
-    responses((status = 200, body = SubscriptionView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
+    responses((status = 200, body = SubscriptionView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, description = "`not_deferrable`, `renewal_unpaid` (past due: its renewal is invoiced and unpaid)", body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
 )]
 async fn defer(
     State(state): State<AppState>,
@@ -668,7 +668,7 @@ async fn defer(
     post, path = "/v1/subscriptions/{id}/extend", tag = "subscriptions", security(("bearer" = [])),
     params(("id" = String, Path), ("x-tn" = String, Header, description = "Tenant id or slug"), ("x-env" = String, Header, description = "Environment (sessions)")),
     request_body = Days,
-    responses((status = 200, body = SubscriptionView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
+    responses((status = 200, body = SubscriptionView), (status = 404, body = crate::Problem, content_type = PROBLEM), (status = 409, description = "`not_extendable`, `period_ended`, `renewal_unpaid` (past due: its renewal is invoiced and unpaid)", body = crate::Problem, content_type = PROBLEM), (status = 422, body = crate::Problem, content_type = PROBLEM))
 )]
 async fn extend(
     State(state): State<AppState>,

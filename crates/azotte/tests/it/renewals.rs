@@ -227,6 +227,20 @@ async fn dunning_retries_recovers_with_a_new_method_or_ends(app: TestApp) {
     let invoices = invoices_of(&app, &s).await;
     assert_eq!(invoices.len(), 2, "{invoices:?}");
     assert_eq!((invoices[1].0.as_str(), invoices[1].2, invoices[1].3), ("open", 999, 0));
+    // Its renewal is due and invoiced: it can be neither deferred nor extended (the invoice
+    // would be for dates the subscription no longer has), and nothing changes.
+    let before = s.state(&app).await;
+    for op in ["defer", "extend"] {
+        let p = app
+            .post(&format!("/v1/subscriptions/{}/{op}", s.sub), json!({"days": 5}))
+            .token(&s.key)
+            .header("x-tn", T)
+            .expect(409)
+            .await
+            .problem();
+        assert_eq!(p.code, "renewal_unpaid", "{op}");
+    }
+    assert_eq!(s.state(&app).await, before);
     // Retries on day 1 and 3 fail too, against that same invoice.
     for days in [1, 2] {
         app.ctx.clock.advance(chrono::Duration::days(days));
