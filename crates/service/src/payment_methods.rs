@@ -183,6 +183,34 @@ pub(crate) struct Recorded {
     past_due: bool,
 }
 
+impl Validated {
+    /// What [`discard`] needs, kept before [`record`] takes the method.
+    pub(crate) fn handle(&self) -> Discard {
+        Discard { account: self.account.clone(), token: self.psp.token.clone() }
+    }
+}
+
+/// A validated token to detach at its PSP if it is not recorded after all ([`discard`]).
+pub(crate) struct Discard {
+    account: psp_store::PspAccount,
+    token: String,
+}
+
+/// Detaches at its PSP a token validated (and attached there) whose recording was refused or
+/// rolled back: a method the PSP still holds could be charged by anyone with the account's
+/// keys, and nothing here would know it. Best effort: a failure is logged.
+pub(crate) async fn discard(ctx: &Ctx, scope: &TenantScope, d: Discard) {
+    let detached = async {
+        let (connector, creds) = crate::payments::connector_for(ctx, scope, &d.account).await?;
+        connector.detach_payment_method(&creds, &d.token).await.map_err(|e| ServiceError::PspUnavailable {
+            message: format!("the PSP could not detach the token ({e})"),
+        })
+    };
+    if let Err(e) = detached.await {
+        tracing::warn!(psp_account_id = %d.account.id, error = %e, "a validated token that was not recorded could not be detached at its PSP");
+    }
+}
+
 /// Attaching, step 3, in the caller's write transaction (which has found the customer): the
 /// validated method, journaled; the customer's default when asked or when it has none. Once
 /// the transaction has committed, the caller calls [`attached`].

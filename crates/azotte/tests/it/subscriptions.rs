@@ -552,6 +552,10 @@ async fn a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction(ap
         .problem();
     assert_eq!(refused.code, "offer_in_checkout");
     assert_eq!(methods(shop.cus.clone()).await.len(), 1, "the validated token was not recorded");
+    // … and the PSP, which validated and attached it, was told to let it go.
+    let detached: Vec<String> =
+        app.ctx.psp.sandbox.detached().into_iter().map(|(a, _)| a.to_string()).collect();
+    assert_eq!(detached, [acc.clone()]);
 
     // A new customer pays with a new token.
     let cus =
@@ -576,6 +580,7 @@ async fn a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction(ap
     assert_eq!(done["status"], "succeeded", "{done}");
     let pms = methods(cus.clone()).await;
     assert_eq!(pms.len(), 1, "{pms:?}");
+    assert_eq!(app.ctx.psp.sandbox.detached().len(), 1, "a recorded method stays attached");
     let pm = &pms[0];
     assert_eq!(
         (pm["brand"].as_str(), pm["last4"].as_str(), pm["default"].as_bool()),

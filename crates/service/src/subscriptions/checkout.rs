@@ -149,88 +149,104 @@ pub async fn start(
         _ => None,
     };
     let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
-    let mut tx = ctx.db.tenant_tx(scope).await?;
-    let (pm_id, attached) = match (&input.payment_method_id, validated) {
-        (_, Some(validated)) => {
-            // Still there (not erased meanwhile).
-            customer_store::get_customer(&mut tx, &input.customer_id)
-                .await?
-                .ok_or(ServiceError::NotFound { resource: "customer" })?;
-            let recorded =
-                crate::payment_methods::record(ctx, &mut tx, &input.customer_id, false, validated).await?;
-            (Some(recorded.pm.id.clone()), Some(recorded))
-        }
-        (Some(id), None) => {
-            let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id)
-                .await?
-                .filter(|p| p.state != "deleted")
-                .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
-            if pm.storefront_id != offer.storefront_id {
+    // A token the PSP validated is detached there again if the checkout is not written.
+    let discard = validated.as_ref().map(crate::payment_methods::Validated::handle);
+    let written: Result<_> = async {
+        let mut tx = ctx.db.tenant_tx(scope).await?;
+        let (pm_id, attached) = match (&input.payment_method_id, validated) {
+            (_, Some(validated)) => {
+                // Still there (not erased meanwhile).
+                customer_store::get_customer(&mut tx, &input.customer_id)
+                    .await?
+                    .ok_or(ServiceError::NotFound { resource: "customer" })?;
+                let recorded =
+                    crate::payment_methods::record(ctx, &mut tx, &input.customer_id, false, validated)
+                        .await?;
+                (Some(recorded.pm.id.clone()), Some(recorded))
+            }
+            (Some(id), None) => {
+                let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id)
+                    .await?
+                    .filter(|p| p.state != "deleted")
+                    .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
+                if pm.storefront_id != offer.storefront_id {
+                    return Err(invalid(
+                        "payment_method_id",
+                        "payment_method_not_in_storefront",
+                        "the payment method belongs to another storefront's PSP account",
+                    ));
+                }
+                if pm.state != "active" || pm.expired {
+                    return Err(invalid(
+                        "payment_method_id",
+                        "payment_method_not_usable",
+                        "the payment method is inactive or expired",
+                    ));
+                }
+                (Some(id.clone()), None)
+            }
+            (None, None) if needs_method => {
                 return Err(invalid(
                     "payment_method_id",
-                    "payment_method_not_in_storefront",
-                    "the payment method belongs to another storefront's PSP account",
+                    "payment_method_required",
+                    "this purchase needs a payment method",
+                ))
+            }
+            (None, None) => (None, None),
+        };
+        let id = CheckoutId::new().to_string();
+        let row = CheckoutRow {
+            id: id.clone(),
+            customer_id: input.customer_id.clone(),
+            offer_id: offer.id.clone(),
+            price_id: item.price_id.clone(),
+            payment_method_id: pm_id,
+            status: "processing".into(),
+            failure_code: None,
+            subscription_id: None,
+            payment_id: None,
+            next_action: None,
+            correlation_id: journal::current_correlation_id(),
+            // The request's own task runs the job first.
+            locked_until: Some(now + LEASE),
+            run_after: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let r = Some(("checkout", id.as_str()));
+        let action_id = tx
+            .action(
+                now,
+                "checkout.create",
+                r,
+                json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
+            )
+            .await?;
+        match store::insert_checkout(&mut tx, &row).await {
+            // A second checkout of the offered item while one is in progress (a double click
+            // without an Idempotency-Key): refused before anything is charged.
+            Err(StoreError::UniqueViolation { constraint }) if constraint == "checkouts_offer_once" => {
+                return Err(conflict(
+                    "offer_in_checkout",
+                    "this offered item is already being checked out; follow that checkout",
                 ));
             }
-            if pm.state != "active" || pm.expired {
-                return Err(invalid(
-                    "payment_method_id",
-                    "payment_method_not_usable",
-                    "the payment method is inactive or expired",
-                ));
-            }
-            (Some(id.clone()), None)
+            other => other?,
         }
-        (None, None) if needs_method => {
-            return Err(invalid(
-                "payment_method_id",
-                "payment_method_required",
-                "this purchase needs a payment method",
-            ))
-        }
-        (None, None) => (None, None),
-    };
-    let id = CheckoutId::new().to_string();
-    let row = CheckoutRow {
-        id: id.clone(),
-        customer_id: input.customer_id.clone(),
-        offer_id: offer.id.clone(),
-        price_id: item.price_id.clone(),
-        payment_method_id: pm_id,
-        status: "processing".into(),
-        failure_code: None,
-        subscription_id: None,
-        payment_id: None,
-        next_action: None,
-        correlation_id: journal::current_correlation_id(),
-        // The request's own task runs the job first.
-        locked_until: Some(now + LEASE),
-        run_after: None,
-        created_at: now,
-        updated_at: now,
-    };
-    let r = Some(("checkout", id.as_str()));
-    let action_id = tx
-        .action(
-            now,
-            "checkout.create",
-            r,
-            json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
-        )
-        .await?;
-    match store::insert_checkout(&mut tx, &row).await {
-        // A second checkout of the offered item while one is in progress (a double click
-        // without an Idempotency-Key): refused before anything is charged.
-        Err(StoreError::UniqueViolation { constraint }) if constraint == "checkouts_offer_once" => {
-            return Err(conflict(
-                "offer_in_checkout",
-                "this offered item is already being checked out; follow that checkout",
-            ));
-        }
-        other => other?,
+        tx.outcome(now, "checkout.processing", r, json!({})).await?;
+        tx.commit().await?;
+        Ok((row, action_id, attached))
     }
-    tx.outcome(now, "checkout.processing", r, json!({})).await?;
-    tx.commit().await?;
+    .await;
+    let (row, action_id, attached) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            if let Some(d) = discard {
+                crate::payment_methods::discard(ctx, scope, d).await;
+            }
+            return Err(e);
+        }
+    };
     if let Some(recorded) = &attached {
         crate::payment_methods::attached(ctx, scope, recorded);
     }
