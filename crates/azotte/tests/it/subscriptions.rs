@@ -555,7 +555,7 @@ async fn a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction(ap
     // … and the PSP, which validated and attached it, was told to let it go.
     let detached: Vec<String> =
         app.ctx.psp.sandbox.detached().into_iter().map(|(a, _)| a.to_string()).collect();
-    assert_eq!(detached, [acc.clone()]);
+    assert_eq!(detached, std::slice::from_ref(&acc));
 
     // A new customer pays with a new token.
     let cus =
