@@ -198,9 +198,20 @@ pub(crate) struct Discard {
 
 /// Detaches at its PSP a token validated (and attached there) whose recording was refused or
 /// rolled back: a method the PSP still holds could be charged by anyone with the account's
-/// keys, and nothing here would know it. Best effort: a failure is logged.
+/// keys, and nothing here would know it. Unless a stored method holds the same token — the
+/// same card sent twice (a double click): the PSP answers the one method it already had, and
+/// detaching it would break the stored one. Best effort: a failure is logged.
 pub(crate) async fn discard(ctx: &Ctx, scope: &TenantScope, d: Discard) {
     let detached = async {
+        let stored = {
+            let mut tx = ctx.db.tenant_read_tx(scope).await?;
+            let stored = store::token_in_use(&mut tx, &d.account.id, &d.token).await?;
+            tx.commit().await?;
+            stored
+        };
+        if stored {
+            return Ok(());
+        }
         let (connector, creds) = crate::payments::connector_for(ctx, scope, &d.account).await?;
         connector.detach_payment_method(&creds, &d.token).await.map_err(|e| ServiceError::PspUnavailable {
             message: format!("the PSP could not detach the token ({e})"),

@@ -301,6 +301,17 @@ pub async fn get_payment_method(
     tx.tx.fetch_optional::<PaymentMethodRow>(&q).await
 }
 
+/// Whether a payment method not deleted, of any customer, holds `token` at the PSP account.
+pub async fn token_in_use(tx: &mut TenantTx, psp_account_id: &str, token: &str) -> Result<bool> {
+    let q = select_pms(tx)
+        .and_where(Expr::col(PaymentMethods::PspAccountId).eq(psp_account_id))
+        .and_where(Expr::col(PaymentMethods::Token).eq(token))
+        .and_where(Expr::col(PaymentMethods::State).ne("deleted"))
+        .limit(1)
+        .to_owned();
+    Ok(tx.tx.fetch_optional::<PaymentMethodRow>(&q).await?.is_some())
+}
+
 /// The payment methods of `ids` that exist, whoever's (in no particular order): the caller
 /// checks each one's customer.
 pub async fn get_payment_methods(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<PaymentMethodRow>> {

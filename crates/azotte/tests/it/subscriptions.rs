@@ -556,6 +556,16 @@ async fn a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction(ap
     let detached: Vec<String> =
         app.ctx.psp.sandbox.detached().into_iter().map(|(a, _)| a.to_string()).collect();
     assert_eq!(detached, std::slice::from_ref(&acc));
+    // The card of the stored method sent again (a double click): refused as well, and not
+    // detached — the stored method holds it.
+    let again = app
+        .post("/v1/checkouts", with_token(&shop.cus, &o, "tok_sandbox_requires_action"))
+        .tenant(T, ENV)
+        .expect(409)
+        .await
+        .problem();
+    assert_eq!(again.code, "offer_in_checkout");
+    assert_eq!(app.ctx.psp.sandbox.detached().len(), 1, "the stored method's token stays attached");
 
     // A new customer pays with a new token.
     let cus =
