@@ -26,13 +26,17 @@
 # iterations start for $BENCH_DURATION s; a checkout counts when the client saw it `succeeded`
 # before the deadline. End-to-end time is from the customer's creation to that answer, checkout
 # time from POST /v1/checkouts to it.
+# Then a second measured run of the checkout alone, DESIGN.md's "checkout-to-active-subscription"
+# read literally: customers with an offer each are made first (4 × the first run's rate ×
+# duration + 500 of them; not measured), then the same clients check them out for
+# $BENCH_DURATION s, each iteration starting at POST /v1/checkouts (an error if they run out).
 #
 # It prints the machine, one table (rate, p50/p99, failures, CPU split: azotte, PostgreSQL, the
-# client, other), the ratio, CPU time and WAL bytes per checkout and per TPC-B transaction. Then,
+# client, other), the ratios, CPU time and WAL bytes per checkout and per TPC-B transaction. Then,
 # with BENCH_PROFILE > 0, a separate short load run with pg_stat_statements tracking on (off during
 # the measured runs): statements and transactions per checkout and the statements taking the most
 # database time. Last, correctness, over every checkout of the run (check, warm-up, measured,
-# profile): each `succeeded`, with
+# checkout only, profile): each `succeeded`, with
 # one subscription (active, three grants) and one payment, `captured` once by the sandbox (one
 # attempt, its own PSP payment id, request key `checkout-{id}`), and no other payment.
 #
@@ -165,6 +169,36 @@ IN_WINDOW=$(sql azotte_bench "SELECT count(*) FROM checkouts WHERE $window AND s
   AND updated_at BETWEEN to_timestamp($M_T0) AND to_timestamp($M_T1)")
 
 # ---------------------------------------------------------------------------------------------
+# Checkout only (DESIGN.md's "checkout-to-active-subscription"): customers with an offer each
+# made beforehand, not measured; then the same clients check them out for $DURATION s.
+
+PAIRS=$(awk -v r="$RATE" -v d="$DURATION" 'BEGIN {printf "%d", r * d * 4 + 500}')
+summary=$(checkout_load --prefix only --clients "$CLIENTS" --count "$PAIRS" --prepare-only "$WORK/only.pairs")
+log "checkout only: prepared $(summary_field prepared "$summary") customers with an offer in $(summary_field seconds "$summary") s"
+[ "$(summary_field errors "$summary")" = 0 ] || die "checkout only: preparing failed: $summary"
+sql postgres "CHECKPOINT" >/dev/null
+lsn0=$(wal_lsn)
+cpu_begin
+summary=$(checkout_load --prefix only --clients "$CLIENTS" --duration "$DURATION" --poll-ms "$POLL_MS" --wait "$WAIT" \
+  --pairs "$WORK/only.pairs" --out "$WORK/only")
+cpu_end checkouts
+ONLY_WAL=$(wal_since "$lsn0")
+log "checkout only: $summary"
+ONLY_S_AZ=$M_S_AZ
+ONLY_S_PG=$M_S_PG
+ONLY_S_CLIENT=$M_S_WRK
+ONLY_RATE=$(summary_field rate "$summary")
+ONLY_ERRORS=$(summary_field errors "$summary")
+ONLY_NOT_SUCCEEDED=$(summary_field failed "$summary")
+if [ "$ONLY_ERRORS" != 0 ] || [ "$ONLY_NOT_SUCCEEDED" != 0 ]; then
+  FAILED=1
+  log "WARNING: checkout-only run: $ONLY_ERRORS client errors, $ONLY_NOT_SUCCEEDED checkouts not succeeded"
+fi
+ROWS+=("| checkout only (POST checkout → succeeded; customer and offer made before) | $ONLY_RATE/s | $(summary_field e2e_p50 "$summary") | $(summary_field e2e_p99 "$summary") | $(summary_field checkout_p50 "$summary") | $(summary_field checkout_p99 "$summary") | $(summary_field completed "$summary") | $((ONLY_ERRORS + ONLY_NOT_SUCCEEDED)) | $M_CPU_AZ | $M_CPU_PG | $M_CPU_WRK | $M_CPU_OTHER |")
+ONLY_IN_WINDOW=$(sql azotte_bench "SELECT count(*) FROM checkouts WHERE $window AND status = 'succeeded'
+  AND updated_at BETWEEN to_timestamp($M_T0) AND to_timestamp($M_T1)")
+
+# ---------------------------------------------------------------------------------------------
 # Profile: statements and transactions per checkout, with pg_stat_statements tracking on.
 
 PROFILE_OUT=""
@@ -186,7 +220,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Correctness: every checkout of the run, its subscription and its one captured payment.
 
-cat "$WORK/check" "$WORK/measured" >"$WORK/all"
+cat "$WORK/check" "$WORK/measured" "$WORK/only" >"$WORK/all"
 [ "$WARMUP" = 0 ] || cat "$WORK/warmup" >>"$WORK/all"
 [ "$PROFILE" = 0 ] || cat "$WORK/profile" >>"$WORK/all"
 CLIENT_SEEN=$(wc -l <"$WORK/all")
@@ -218,7 +252,8 @@ echo "| workload | rate | p50 ms | p99 ms | checkout p50 ms | checkout p99 ms | 
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
 echo
-echo "checkouts/s ÷ pgbench TPC-B tps = $(awk -v a="$RATE" -v b="$PGB_TPS" 'BEGIN {printf "%.2f", a / b}') (target ≥ 0.5)"
+echo "checkouts/s ÷ pgbench TPC-B tps = $(awk -v a="$RATE" -v b="$PGB_TPS" 'BEGIN {printf "%.2f", a / b}') (target ≥ 0.5);" \
+  "checkout only: $(awk -v a="$ONLY_RATE" -v b="$PGB_TPS" 'BEGIN {printf "%.2f", a / b}')"
 echo
 echo "| per unit | azotte CPU µs | PostgreSQL CPU µs | client CPU µs | WAL bytes |"
 echo "|---|---:|---:|---:|---:|"
@@ -226,6 +261,8 @@ awk -v pg="$PGB_S_PG" -v cl="$PGB_S_CLIENT" -v w="$PGB_WAL" -v n="$(awk -v t="$P
   'BEGIN {printf "| TPC-B transaction | - | %.0f | %.0f | %.0f |\n", pg / n * 1e6, cl / n * 1e6, w / n}'
 awk -v az="$CHK_S_AZ" -v pg="$CHK_S_PG" -v cl="$CHK_S_CLIENT" -v w="$CHK_WAL" -v n="$IN_WINDOW" \
   'BEGIN {printf "| checkout (all its requests and its job) | %.0f | %.0f | %.0f | %.0f |\n", az / n * 1e6, pg / n * 1e6, cl / n * 1e6, w / n}'
+awk -v az="$ONLY_S_AZ" -v pg="$ONLY_S_PG" -v cl="$ONLY_S_CLIENT" -v w="$ONLY_WAL" -v n="$ONLY_IN_WINDOW" \
+  'BEGIN {printf "| checkout only (its request and its job) | %.0f | %.0f | %.0f | %.0f |\n", az / n * 1e6, pg / n * 1e6, cl / n * 1e6, w / n}'
 echo
 echo "Requests per checkout: 3 (customer, offer, checkout) + $POLLS polls on average. Checkouts that became succeeded"
 echo "during the measured run by the database's clock: $IN_WINDOW (CPU and WAL per checkout are divided by that)."

@@ -16,6 +16,12 @@ Polling (only while `processing`): the first poll POLL_MS after the answer, then
 doubles, capped at the `Retry-After` the server sends (1 s), so a slow job is not hammered and
 a fast one is seen soon.
 
+Checkout only (DESIGN.md's "checkout-to-active-subscription"): --prepare-only FILE makes
+--count customers with an offer each and writes them to FILE (one "customer offer" line each),
+nothing timed; a later run with --pairs FILE starts each iteration at POST /v1/checkouts with the
+next prepared pair (so its end-to-end time is the checkout's), and stops, counting an error, if
+the pairs run out before the deadline.
+
 --count N runs N iterations in all (seeding); --duration S starts iterations for S seconds, then
 finishes the ones in flight. A checkout counts as completed in the window when its final state was
 seen before the deadline. One line per checkout goes to --out (customer id, checkout id, status,
@@ -55,8 +61,15 @@ def parse_args():
     g.add_argument("--duration", type=float, help="seconds during which iterations start")
     p.add_argument("--poll-ms", type=float, default=25.0, help="first poll after this many ms")
     p.add_argument("--wait", type=int, default=5, help="Prefer: wait=S on the checkout (0: none)")
-    p.add_argument("--out", required=True, help="one line per checkout")
-    return p.parse_args()
+    p.add_argument("--out", help="one line per checkout")
+    p.add_argument("--prepare-only", metavar="FILE", help="make --count customer/offer pairs into FILE, no checkout")
+    p.add_argument("--pairs", metavar="FILE", help="check out the prepared pairs of FILE")
+    a = p.parse_args()
+    if (a.prepare_only is None) == (a.out is None):
+        p.error("give --out, or --prepare-only FILE")
+    if a.prepare_only is not None and a.count is None:
+        p.error("--prepare-only needs --count")
+    return a
 
 
 class Client:
@@ -95,16 +108,25 @@ class Shared:
         self.errors = []
         self.args = args
         self.deadline = None
+        self.pairs = None
+        self.prepared = []
 
     def take(self):
-        """The next iteration's number, or None when the run is over."""
+        """The next iteration's number and prepared pair (or None), or None when the run is over."""
         with self.lock:
             if self.args.count is not None and self.next >= self.args.count:
                 return None
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return None
+            pair = None
+            if self.pairs is not None:
+                if self.next >= len(self.pairs):
+                    self.errors.append(f"the {len(self.pairs)} prepared pairs ran out before the deadline")
+                    self.deadline = time.monotonic()
+                    return None
+                pair = self.pairs[self.next]
             self.next += 1
-            return self.next
+            return self.next, pair
 
     def error(self, what):
         with self.lock:
@@ -121,11 +143,15 @@ def expect(shared, what, status, raw, wanted):
 def worker(n_client, shared, args):
     c = Client(args)
     while True:
-        n = shared.take()
-        if n is None:
+        taken = shared.take()
+        if taken is None:
             return
+        n, pair = taken
         try:
-            one(c, n_client, n, shared, args)
+            if args.prepare_only is not None:
+                prepare(c, n_client, n, shared, args)
+            else:
+                one(c, n_client, n, pair, shared, args)
         except Exception as e:  # noqa: BLE001 - reported, never hidden
             shared.error(f"iteration {n}: {type(e).__name__}: {e}")
             if c.conn is not None:
@@ -133,21 +159,39 @@ def worker(n_client, shared, args):
                 c.conn = None
 
 
-def one(c, n_client, n, shared, args):
-    t0 = time.monotonic()
+def customer_and_offer(c, n_client, n, shared, args):
+    """A new customer and an offer for it, or None."""
     ext = f"{args.prefix}-{n_client}-{n}"
     st, _, raw = c.call("PUT", f"/v1/customers/by-external-id/{ext}", {"email": f"{ext}@example.org", "country": "DE"})
     cus = expect(shared, "PUT customer", st, raw, 201)
     if cus is None:
-        return
+        return None
     st, _, raw = c.call("POST", "/v1/offers", {"customer_id": cus["id"], "storefront_id": args.storefront})
     offer = expect(shared, "POST /v1/offers", st, raw, 201)
     if offer is None:
-        return
+        return None
+    return cus["id"], offer["id"]
+
+
+def prepare(c, n_client, n, shared, args):
+    pair = customer_and_offer(c, n_client, n, shared, args)
+    if pair is not None:
+        with shared.lock:
+            shared.prepared.append(pair)
+
+
+def one(c, n_client, n, pair, shared, args):
+    t0 = time.monotonic()
+    if pair is None:
+        pair = customer_and_offer(c, n_client, n, shared, args)
+        if pair is None:
+            return
+    cus_id, offer_id = pair
+    ext = f"{args.prefix}-{cus_id}"
     t1 = time.monotonic()
     body = {
-        "customer_id": cus["id"],
-        "offer_id": offer["id"],
+        "customer_id": cus_id,
+        "offer_id": offer_id,
         "price_id": args.price,
         "payment_method": {"psp_account_id": args.psp, "token": args.token},
     }
@@ -175,7 +219,7 @@ def one(c, n_client, n, shared, args):
             return
     t2 = time.monotonic()
     in_window = shared.deadline is None or t2 <= shared.deadline
-    row = (cus["id"], chk["id"], chk["status"], chk.get("failure_code") or "-",
+    row = (cus_id, chk["id"], chk["status"], chk.get("failure_code") or "-",
            (t2 - t0) * 1000, (t2 - t1) * 1000, polls, 1 if in_window else 0)
     with shared.lock:
         shared.rows.append(row)
@@ -192,6 +236,9 @@ def pct(values, p):
 def main():
     args = parse_args()
     shared = Shared(args)
+    if args.pairs is not None:
+        with open(args.pairs) as f:
+            shared.pairs = [tuple(line.split()) for line in f if line.strip()]
     start = time.monotonic()
     if args.duration is not None:
         shared.deadline = start + args.duration
@@ -201,6 +248,14 @@ def main():
     for t in threads:
         t.join()
     window = args.duration if args.duration is not None else time.monotonic() - start
+    if args.prepare_only is not None:
+        with open(args.prepare_only, "w") as f:
+            for cus_id, offer_id in shared.prepared:
+                f.write(f"{cus_id} {offer_id}\n")
+        for e in shared.errors[:5]:
+            print(f"checkout_load: {e}", file=sys.stderr)
+        print("prepared=%d errors=%d seconds=%.1f" % (len(shared.prepared), len(shared.errors), window))
+        return
     with open(args.out, "w") as f:
         for r in shared.rows:
             f.write("%s %s %s %s %.2f %.2f %d %d\n" % r)
