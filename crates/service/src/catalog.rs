@@ -106,10 +106,11 @@ pub struct StorefrontPatch {
 
 const DEFAULT_INVOICE_PREFIX: &str = "INV-";
 
-/// The invoice prefixes the tenant environment's storefronts other than `except` number with,
-/// now or in a series they used before (a storefront whose prefix changed keeps its old
-/// numbers): a prefix in this set would repeat invoice numbers of another storefront. Holds the
-/// environment's prefix lock until the transaction ends.
+/// The invoice prefixes the tenant environment's storefronts other than `except` have had —
+/// recorded with each storefront (a storefront whose prefix changed keeps its old numbers, and
+/// invoices being numbered under the old prefix meanwhile), and read from the number series for
+/// prefixes older than that record: a prefix in this set would repeat invoice numbers of another
+/// storefront. Holds the environment's prefix lock until the transaction ends.
 async fn prefixes_in_use(tx: &mut TenantTx, except: Option<&str>) -> Result<BTreeSet<String>> {
     let others = |id: &str| except != Some(id);
     let mut used: BTreeSet<String> = store::invoice_prefixes_locked(tx)
@@ -266,6 +267,7 @@ pub async fn create_storefront(ctx: &Ctx, scope: &TenantScope, input: Storefront
         None => s.invoice_prefix = default_prefix(&used),
     }
     store::insert_storefront(&mut tx, &s).await?;
+    store::record_invoice_prefix(&mut tx, &s.id, &s.invoice_prefix, now).await?;
     let r = Some(("storefront", s.id.as_str()));
     tx.action(now, "storefront.create", r, json!({})).await?;
     tx.outcome(now, "storefront.created", r, storefront_json(&s)).await?;
@@ -345,6 +347,9 @@ pub async fn update_storefront(
         return Ok(before);
     }
     store::update_storefront(&mut tx, &s).await?;
+    if s.invoice_prefix != before.invoice_prefix {
+        store::record_invoice_prefix(&mut tx, id, &s.invoice_prefix, now).await?;
+    }
     let r = Some(("storefront", id));
     tx.action(now, "storefront.update", r, json!({"fields": changed})).await?;
     tx.outcome(now, "storefront.updated", r, json!({"changed": changed, "storefront": a})).await?;

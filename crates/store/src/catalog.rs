@@ -220,15 +220,25 @@ pub async fn list_storefronts(
     Ok(page(rows, limit))
 }
 
-#[derive(sqlx::FromRow)]
-struct PrefixOf {
-    id: String,
-    invoice_prefix: String,
+#[derive(Iden, Clone, Copy)]
+enum StorefrontInvoicePrefixes {
+    Table,
+    TenantId,
+    Environment,
+    Prefix,
+    StorefrontId,
+    Since,
 }
 
-/// Every storefront of the tenant environment with its current invoice prefix, `(id, prefix)`,
-/// whatever a key's storefront restriction: invoice numbers must be unique across all of them.
-/// On PostgreSQL the call first takes a transaction-scoped advisory lock of the tenant
+#[derive(sqlx::FromRow)]
+struct PrefixOf {
+    storefront_id: String,
+    prefix: String,
+}
+
+/// Every invoice prefix each storefront of the tenant environment has had, `(storefront id,
+/// prefix)`, whatever a key's storefront restriction: invoice numbers must be unique across all
+/// of them. On PostgreSQL the call first takes a transaction-scoped advisory lock of the tenant
 /// environment's prefixes, so two transactions choosing a prefix cannot both pick the same one
 /// (SQLite's one writer already serializes them).
 pub async fn invoice_prefixes_locked(tx: &mut TenantTx) -> Result<Vec<(String, String)>> {
@@ -238,16 +248,52 @@ pub async fn invoice_prefixes_locked(tx: &mut TenantTx) -> Result<Vec<(String, S
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(&mut **t).await?;
     }
     let q = Query::select()
-        .columns([Storefronts::Id, Storefronts::InvoicePrefix])
-        .from(Storefronts::Table)
-        .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))
+        .columns([StorefrontInvoicePrefixes::StorefrontId, StorefrontInvoicePrefixes::Prefix])
+        .from(StorefrontInvoicePrefixes::Table)
+        .cond_where(tx.in_scope(StorefrontInvoicePrefixes::TenantId, StorefrontInvoicePrefixes::Environment))
         .to_owned();
     let rows = tx.tx.fetch_all::<PrefixOf>(&q).await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.invoice_prefix)).collect())
+    Ok(rows.into_iter().map(|r| (r.storefront_id, r.prefix)).collect())
+}
+
+/// Records that a storefront numbers its invoices with `prefix` from now on (kept for good).
+pub async fn record_invoice_prefix(
+    tx: &mut TenantTx,
+    storefront_id: &str,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let q = Query::insert()
+        .into_table(StorefrontInvoicePrefixes::Table)
+        .columns([
+            StorefrontInvoicePrefixes::TenantId,
+            StorefrontInvoicePrefixes::Environment,
+            StorefrontInvoicePrefixes::Prefix,
+            StorefrontInvoicePrefixes::StorefrontId,
+            StorefrontInvoicePrefixes::Since,
+        ])
+        .values_panic([
+            tx.scope().tenant_id().to_string().into(),
+            tx.scope().environment().as_str().into(),
+            prefix.into(),
+            storefront_id.into(),
+            now.into(),
+        ])
+        .on_conflict(sea_query::OnConflict::new().do_nothing().to_owned())
+        .to_owned();
+    tx.write(&q).await?;
+    Ok(())
 }
 
 /// Removes a storefront (the caller has checked that nothing references it).
 pub async fn delete_storefront(tx: &mut TenantTx, id: &str) -> Result<bool> {
+    // The prefixes it had go with it: nothing (no invoice) refers to it.
+    let prefixes = Query::delete()
+        .from_table(StorefrontInvoicePrefixes::Table)
+        .cond_where(tx.in_scope(StorefrontInvoicePrefixes::TenantId, StorefrontInvoicePrefixes::Environment))
+        .and_where(Expr::col(StorefrontInvoicePrefixes::StorefrontId).eq(id))
+        .to_owned();
+    tx.write(&prefixes).await?;
     let q = Query::delete()
         .from_table(Storefronts::Table)
         .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))

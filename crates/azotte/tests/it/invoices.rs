@@ -751,6 +751,26 @@ async fn storefronts_never_share_an_invoice_prefix(app: TestApp) {
     );
     let d = post(&app, "/v1/storefronts", body(None), 201).await;
     assert_eq!(d["invoice_prefix"], "INV-6-", "INV- is still taken by the old series");
+    // A prefix a storefront had is kept for it even before it numbered anything with it
+    // (invoices being numbered under it while it changes keep their numbers).
+    let c1 = [&c1, &c2, &c3].into_iter().find(|c| c["invoice_prefix"] == "INV-3-").unwrap();
+    app.patch(&format!("/v1/storefronts/{}", id(c1)), json!({"invoice_prefix": "THREE-"}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await;
+    refused(
+        app.patch(&format!("/v1/storefronts/{}", id(&d)), json!({"invoice_prefix": "INV-3-"}))
+            .tenant(T, ENV)
+            .expect(409)
+            .await,
+    );
+    // A deleted storefront (nothing referred to it) frees its prefixes.
+    let gone = post(&app, "/v1/storefronts", body(Some("GONE-")), 201).await;
+    app.request(reqwest::Method::DELETE, &format!("/v1/storefronts/{}", id(&gone)))
+        .tenant(T, ENV)
+        .expect(204)
+        .await;
+    post(&app, "/v1/storefronts", body(Some("GONE-")), 201).await;
     // … but it may go back to its own, and continue that series.
     app.patch(&format!("/v1/storefronts/{sa}"), json!({"invoice_prefix": "INV-"}))
         .tenant(T, ENV)
