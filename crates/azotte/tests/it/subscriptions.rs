@@ -1373,6 +1373,30 @@ async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
     assert!(text.contains("subscription.created") && text.contains("checkout.succeeded"), "{lineage:#}");
 }
 
+/// The PSP's news about a checkout's payment arrives while another runner holds the checkout
+/// (the worker re-checking it, say, having read the payment just before, and about to leave it
+/// waiting for minutes): the webhook's task takes the checkout as soon as that runner lets go,
+/// and the customer sees the subscription then, not at the worker's next look.
+async fn a_webhook_during_another_run_finishes_the_checkout_when_that_run_lets_go(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_requires_action").await;
+    let k = key(&app).await;
+    let o = offer(&app, &shop).await;
+    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    assert_eq!(waiting["status"], "requires_action");
+    let hold =
+        |until: &str| format!("UPDATE checkouts SET locked_until = {until} WHERE id = '{}'", id(&waiting));
+    // Another runner holds it…
+    assert_eq!(app.raw_exec(&hold("'9999-01-01T00:00:00+00:00'")).await, Ok(1));
+    complete_3ds(&app, &waiting).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let still = get_k(&app, &k, &format!("/v1/checkouts/{}", id(&waiting))).await;
+    assert_eq!(still["status"], "requires_action", "nobody but the holder may run it");
+    // … and lets go, as a run leaving it waiting does (no worker runs here).
+    assert_eq!(app.raw_exec(&hold("NULL")).await, Ok(1));
+    let done = ended(&app, &k, &id(&waiting)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
+
 async fn foreign_ids_and_methods_are_refused(app: TestApp) {
     let shop = shop(&app, "tok_sandbox_success").await;
     let o = offer(&app, &shop).await;
@@ -1548,6 +1572,7 @@ async fn prefer_wait_answers_requires_action_or_processing(app: TestApp) {
 both!(
     trials_convert_with_a_charge_or_lapse_without_a_method,
     three_d_secure_checkout_waits_for_the_customer,
+    a_webhook_during_another_run_finishes_the_checkout_when_that_run_lets_go,
     a_checkout_that_fails_after_its_charge_is_refunded,
     a_checkout_failing_during_3ds_cancels_its_payment,
     an_abandoned_3ds_checkout_expires_and_its_payment_is_cancelled,

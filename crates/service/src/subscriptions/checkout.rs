@@ -853,16 +853,24 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
 /// Runs a checkout's job again, once it holds its lease (`None` when another runner holds it or
 /// it has ended): the retry continues the request's lineage, caused by its action.
 async fn run_one(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<Option<CheckoutRow>> {
-    let now = ctx.clock.now();
-    let claimed = {
-        let mut tx = ctx.db.tenant_tx(scope).await?;
-        let claimed = store::claim_checkout(&mut tx, &c.id, now, now + LEASE).await?;
-        tx.commit().await?;
-        claimed
-    };
-    if !claimed {
+    if !claim(ctx, scope, &c.id).await? {
         return Ok(None);
     }
+    run_claimed(ctx, scope, c).await
+}
+
+/// Takes a checkout's lease for this runner: `false` when another runner holds it or the
+/// checkout has ended.
+async fn claim(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<bool> {
+    let now = ctx.clock.now();
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let claimed = store::claim_checkout(&mut tx, id, now, now + LEASE).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Runs a checkout's job whose lease this runner holds ([`claim`]).
+async fn run_claimed(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<Option<CheckoutRow>> {
     let cause =
         crate::journal::cause(ctx, scope, ("checkout", &c.id), |e| e.type_ == "checkout.create").await?;
     let meta = match cause {
@@ -875,15 +883,30 @@ async fn run_one(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<Opti
 /// A checkout's charge moved (a verified webhook, a reconciliation, a queued charge sent when
 /// safe mode was lifted): while the checkout is in progress its job runs at once, in a task of
 /// its own, so a customer back from 3-D Secure sees the subscription without waiting for the
-/// worker.
+/// worker. When another runner holds the checkout, it may have read the payment before this
+/// news and be about to leave the checkout waiting for minutes: the task takes the checkout as
+/// soon as that runner lets go (within its lease), unless it has ended by then.
 pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<&str>) {
     let Some(id) = request_key.and_then(|k| k.strip_prefix("checkout-")) else { return };
     let (ctx, scope, id) = (ctx.clone(), scope.for_job("checkout"), id.to_owned());
     tokio::spawn(async move {
         let ran = async {
-            match stored_checkout(&ctx, &scope, &id).await?.filter(|c| !is_final(c)) {
-                Some(c) => run_one(&ctx, &scope, &c).await.map(|_| ()),
-                None => Ok(()),
+            let give_up = tokio::time::Instant::now() + LEASE.to_std().unwrap_or_default();
+            let mut pause = std::time::Duration::from_millis(50);
+            loop {
+                let Some(c) = stored_checkout(&ctx, &scope, &id).await?.filter(|c| !is_final(c)) else {
+                    return Ok(());
+                };
+                if claim(&ctx, &scope, &id).await? {
+                    return run_claimed(&ctx, &scope, &c).await.map(|_| ());
+                }
+                if tokio::time::Instant::now() + pause > give_up {
+                    // The holder's lease has run out by now, or it is stuck: the worker's
+                    // next look takes the checkout.
+                    return Ok(());
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
         };
         if let Err(e) = ran.await {
