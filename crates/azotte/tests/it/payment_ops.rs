@@ -272,7 +272,9 @@ async fn a_revoked_stripe_key_fails_payments_on_our_side_and_opens_the_breaker(b
 
 /// A Stripe checkout whose customer never completes 3-D Secure: after an hour the worker
 /// cancels the PaymentIntent at Stripe (`POST /v1/payment_intents/{id}/cancel`, with an
-/// idempotency key), nothing is charged, and the checkout fails `checkout_expired`.
+/// idempotency key), nothing is charged, and the checkout fails `checkout_expired`. A first
+/// cancel that fails while executing (Stripe keeps that `500` for its key) is retried under the
+/// same key for ten minutes, then under a new one.
 async fn an_abandoned_stripe_3ds_checkout_cancels_its_payment_intent(backend: Backend) {
     let (fake, app, sf, acc) = stripe_shop(backend, "sk_test_3ds0123456789", "whsec_3ds0123456789").await;
     post(&app, "/v1/entitlements", json!({"key": "hd", "name": "HD", "kind": "boolean"}), 201).await;
@@ -309,16 +311,36 @@ async fn an_abandoned_stripe_3ds_checkout_cancels_its_payment_intent(backend: Ba
         .await
         .remove(0);
     assert_eq!(fake.payment_intent(&intent_id).unwrap()["status"], "requires_action");
+    let cancels = || {
+        fake.requests()
+            .into_iter()
+            .filter(|r| r.path == format!("/v1/payment_intents/{intent_id}/cancel"))
+            .map(|r| r.header("idempotency-key").unwrap_or_default().rsplit('-').next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let checkout_status = || async {
+        app.raw_strings(&format!(
+            "SELECT status || ' ' || COALESCE(failure_code, '-') FROM checkouts WHERE id = '{}'",
+            id(&waiting)
+        ))
+        .await
+    };
+    fake.fail_next(azotte_payments::stripe::fake::Fault::ServerErrorKept);
     app.ctx.clock.advance(chrono::Duration::minutes(61));
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    let cancel =
-        fake.requests().into_iter().find(|r| r.path == format!("/v1/payment_intents/{intent_id}/cancel"));
-    let cancel = cancel.expect("the PaymentIntent was cancelled at Stripe");
-    assert!(
-        cancel.header("idempotency-key").is_some_and(|k| k.ends_with("-void-1")),
-        "{:?}",
-        cancel.header("idempotency-key")
-    );
+    assert_eq!(cancels(), ["7"], "the seventh ten minutes of waiting");
+    assert_eq!(fake.payment_intent(&intent_id).unwrap()["status"], "requires_action");
+    assert_eq!(checkout_status().await, vec!["requires_action -".to_owned()]);
+    // At the next look (the checkout waits five minutes): the same key, and Stripe's kept 500
+    // again.
+    app.ctx.clock.advance(chrono::Duration::minutes(6));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(cancels(), ["7", "7"]);
+    assert_eq!(checkout_status().await, vec!["requires_action -".to_owned()]);
+    // In the next ten minutes: a new key, and the cancel goes through.
+    app.ctx.clock.advance(chrono::Duration::minutes(6));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(cancels(), ["7", "7", "8"]);
     assert_eq!(fake.payment_intent(&intent_id).unwrap()["status"], "canceled");
     assert_eq!(fake.captured(waiting["payment_id"].as_str().unwrap()), 0);
     let status = app

@@ -12,6 +12,13 @@ use super::reconcile::account_of;
 use super::{connector_for, reference, stored_status};
 use crate::{Ctx, Result, ServiceError};
 
+/// How long one idempotency key of a payment's void is used. A PSP keeps the answer of a
+/// request that failed once it began executing (Stripe keeps a `500` for the key for 24 hours),
+/// so a void retried later goes under a new key: the number in `…-void-{n}` is one more per
+/// this long since the payment started waiting. Voiding twice is harmless: the PSP refuses to
+/// void a payment voided already, and the payment is then looked up.
+const VOID_KEY_EVERY: chrono::Duration = chrono::Duration::minutes(10);
+
 /// Cancels at the PSP the payment `payment_id` while it waits for its customer, for `reason`
 /// (journaled). Returns the payment as it stands afterwards: `canceled`; or, when the PSP
 /// refuses because the payment moved on meanwhile (the customer finished just now and its
@@ -47,7 +54,7 @@ pub(crate) async fn cancel_waiting(
         account: creds.clone(),
         reference: pid,
         psp_id,
-        idempotency_key: rules::void_idempotency_key(&pid, 1),
+        idempotency_key: rules::void_idempotency_key(&pid, void_round(&row, ctx.clock.now())),
     };
     let (psp, source) = match connector.void(&req).await {
         Ok(p) => (p, Source::Attempt),
@@ -99,4 +106,11 @@ pub(crate) async fn cancel_waiting(
         .await?;
     tx.commit().await?;
     Ok(current)
+}
+
+/// The number of a void's idempotency key now ([`VOID_KEY_EVERY`]): 1 in the first ten minutes
+/// after the payment started waiting, 2 in the next ten, …
+fn void_round(row: &PaymentRow, now: chrono::DateTime<chrono::Utc>) -> u32 {
+    let rounds = (now - row.updated_at).num_seconds().max(0) / VOID_KEY_EVERY.num_seconds();
+    u32::try_from(rounds).unwrap_or(u32::MAX - 1) + 1
 }

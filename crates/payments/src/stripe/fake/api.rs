@@ -187,7 +187,11 @@ pub(super) fn handle(shared: &Shared, req: RecordedRequest, fault: Option<&Fault
         Some(Fault::Decline { code, decline_code }) => Some((code.clone(), decline_code.clone())),
         _ => None,
     };
-    let answer = st.route(&key, &req, idempotency_key.as_deref(), decline);
+    let answer = if fault == Some(&Fault::ServerErrorKept) {
+        Err(failure(500, "api_error", None, "An unknown error occurred".into(), None))
+    } else {
+        st.route(&key, &req, idempotency_key.as_deref(), decline)
+    };
     let (status, body, kept) = match answer {
         Ok(v) => (200, v, true),
         Err(f) => (f.status, json!({ "error": f.error }), f.kept),

@@ -41,6 +41,9 @@ pub enum Fault {
     RateLimit { retry_after_secs: u64 },
     /// `500 api_error`, before anything executes.
     ServerError,
+    /// `500 api_error` once the endpoint began executing, nothing done: Stripe keeps that answer
+    /// for the idempotency key (24 h), so a retry with the same key gets the `500` again.
+    ServerErrorKept,
     /// Executes the request (money moves, the idempotent answer is kept), then never answers.
     Hang,
     /// Executes the request, then closes the connection without answering.
