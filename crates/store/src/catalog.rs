@@ -9,7 +9,7 @@ use azotte_domain::catalog::{
 };
 use azotte_domain::invoice::FiscalProvider;
 use chrono::{DateTime, Utc};
-use sea_query::{Expr, Iden, Order, Query, SelectStatement};
+use sea_query::{Alias, Expr, Iden, Order, Query, SelectStatement};
 use sqlx::types::Json;
 
 use crate::{Result, StoreError, TenantTx};
@@ -252,8 +252,20 @@ pub async fn invoice_prefixes_locked(tx: &mut TenantTx) -> Result<Vec<(String, S
         .from(StorefrontInvoicePrefixes::Table)
         .cond_where(tx.in_scope(StorefrontInvoicePrefixes::TenantId, StorefrontInvoicePrefixes::Environment))
         .to_owned();
-    let rows = tx.tx.fetch_all::<PrefixOf>(&q).await?;
-    Ok(rows.into_iter().map(|r| (r.storefront_id, r.prefix)).collect())
+    let mut rows: Vec<(String, String)> =
+        tx.tx.fetch_all::<PrefixOf>(&q).await?.into_iter().map(|r| (r.storefront_id, r.prefix)).collect();
+    // And the current ones, which the record has too; read all the same, so that a record
+    // missing rows (written around it) cannot free a prefix in use.
+    let current = Query::select()
+        .expr_as(Expr::col(Storefronts::Id), Alias::new("storefront_id"))
+        .expr_as(Expr::col(Storefronts::InvoicePrefix), Alias::new("prefix"))
+        .from(Storefronts::Table)
+        .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))
+        .to_owned();
+    rows.extend(
+        tx.tx.fetch_all::<PrefixOf>(&current).await?.into_iter().map(|r| (r.storefront_id, r.prefix)),
+    );
+    Ok(rows)
 }
 
 /// Records that a storefront numbers its invoices with `prefix` from now on (kept for good).

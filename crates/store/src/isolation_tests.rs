@@ -149,3 +149,65 @@ async fn service_role_owns_nothing_and_every_tenant_table_forces_rls() {
         assert!(r.get::<i64, _>(4) > 0, "{table} needs a policy");
     }
 }
+
+/// Migration 0034 records the current invoice prefix of every existing storefront, also when
+/// the migrating role is an ordinary owner bound by the forced row-level security of
+/// `storefronts` (not a superuser, which the test cluster's login role is).
+#[tokio::test]
+async fn migration_0034_records_existing_prefixes_as_an_ordinary_owner() {
+    use sqlx::{Connection, Executor};
+    let t = fresh_database(Backend::Postgres).await;
+    let opts = DbOptions::new(t.url.clone());
+    Db::migrate_before(&opts, 34).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let a = crate::testing::tenant_scope(&db, "prefix-old-a", Environment::Development).await;
+    let b = crate::testing::tenant_scope(&db, "prefix-old-b", Environment::Production).await;
+    db.close().await;
+    // As the test cluster's superuser: two storefronts, then an ordinary owner of what 0034
+    // touches.
+    let owner = format!("own_{}", uuid::Uuid::now_v7().simple());
+    let database = t.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&t.url).await.unwrap();
+    for (scope, id, prefix) in [(&a, "sf_a", "AAA-"), (&b, "sf_b", "BBB-")] {
+        let sql = format!(
+            "INSERT INTO storefronts (tenant_id, environment, id, name, type, default_currency, currencies,
+               default_language, countries, tax, status, dunning, invoice_prefix, created_at, updated_at)
+             VALUES ('{}', '{}', '{id}', 'Web', 'web', 'EUR', '[\"EUR\"]', 'en', '[\"DE\"]',
+               '{{\"kind\": \"inclusive\", \"rate_bp\": 1900}}', 'active', '{{}}', '{prefix}', now(), now())",
+            scope.tenant_id,
+            scope.environment.as_str()
+        );
+        admin.execute(sql.as_str()).await.unwrap();
+    }
+    for sql in [
+        format!("CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"),
+        format!("ALTER DATABASE {database} OWNER TO {owner}"),
+        format!("ALTER TABLE storefronts OWNER TO {owner}"),
+        format!("ALTER TABLE _sqlx_migrations OWNER TO {owner}"),
+        format!("GRANT azotte_app TO {owner}"),
+    ] {
+        admin.execute(sql.as_str()).await.unwrap();
+    }
+    let (base, _) = t.url.split_once("://").unwrap();
+    let rest = t.url.split_once('@').unwrap().1;
+    let as_owner = DbOptions::new(format!("{base}://{owner}@{rest}"));
+    Db::migrate(&as_owner).await.unwrap();
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT tenant_id, environment, storefront_id, prefix FROM storefront_invoice_prefixes ORDER BY storefront_id",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let want = |s: &TenantScope, id: &str, p: &str| {
+        (s.tenant_id.to_string(), s.environment.as_str().to_owned(), id.to_owned(), p.to_owned())
+    };
+    assert_eq!(rows, [want(&a, "sf_a", "AAA-"), want(&b, "sf_b", "BBB-")]);
+    // … and storefronts is forced again.
+    let forced: bool =
+        sqlx::query_scalar("SELECT relforcerowsecurity FROM pg_class WHERE relname = 'storefronts'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(forced);
+    admin.close().await.unwrap();
+}

@@ -15,7 +15,7 @@ use crate::{Ctx, Result, ServiceError};
 /// How long one idempotency key of a payment's void is used. A PSP keeps the answer of a
 /// request that failed once it began executing (Stripe keeps a `500` for the key for 24 hours),
 /// so a void retried later goes under a new key: the number in `…-void-{n}` is one more per
-/// this long since the payment started waiting. Voiding twice is harmless: the PSP refuses to
+/// this long since the payment was created (which, unlike its last change, never moves back). Voiding twice is harmless: the PSP refuses to
 /// void a payment voided already, and the payment is then looked up.
 const VOID_KEY_EVERY: chrono::Duration = chrono::Duration::minutes(10);
 
@@ -109,8 +109,8 @@ pub(crate) async fn cancel_waiting(
 }
 
 /// The number of a void's idempotency key now ([`VOID_KEY_EVERY`]): 1 in the first ten minutes
-/// after the payment started waiting, 2 in the next ten, …
+/// after the payment was created, 2 in the next ten, …
 fn void_round(row: &PaymentRow, now: chrono::DateTime<chrono::Utc>) -> u32 {
-    let rounds = (now - row.updated_at).num_seconds().max(0) / VOID_KEY_EVERY.num_seconds();
+    let rounds = (now - row.created_at).num_seconds().max(0) / VOID_KEY_EVERY.num_seconds();
     u32::try_from(rounds).unwrap_or(u32::MAX - 1) + 1
 }

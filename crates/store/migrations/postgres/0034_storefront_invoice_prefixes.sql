@@ -12,9 +12,16 @@ CREATE TABLE storefront_invoice_prefixes (
     since          TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (tenant_id, environment, prefix, storefront_id),
     FOREIGN KEY (tenant_id, environment, storefront_id) REFERENCES storefronts (tenant_id, environment, id)
+        ON DELETE CASCADE
 );
+-- The current prefixes of the existing storefronts. Row-level security applies to the tables'
+-- owner too (FORCE), and this transaction has entered no tenant: the owner reads storefronts
+-- past it for this one statement (the new table has no security yet), all inside the
+-- migration's transaction.
+ALTER TABLE storefronts NO FORCE ROW LEVEL SECURITY;
 INSERT INTO storefront_invoice_prefixes (tenant_id, environment, prefix, storefront_id, since)
     SELECT tenant_id, environment, invoice_prefix, id, created_at FROM storefronts;
+ALTER TABLE storefronts FORCE ROW LEVEL SECURITY;
 GRANT SELECT, INSERT, DELETE ON storefront_invoice_prefixes TO azotte_app;
 
 ALTER TABLE storefront_invoice_prefixes ENABLE ROW LEVEL SECURITY;

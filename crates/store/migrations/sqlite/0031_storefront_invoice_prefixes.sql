@@ -9,6 +9,7 @@ CREATE TABLE storefront_invoice_prefixes (
     since          TEXT NOT NULL,
     PRIMARY KEY (tenant_id, environment, prefix, storefront_id),
     FOREIGN KEY (tenant_id, environment, storefront_id) REFERENCES storefronts (tenant_id, environment, id)
+        ON DELETE CASCADE
 );
 INSERT INTO storefront_invoice_prefixes (tenant_id, environment, prefix, storefront_id, since)
     SELECT tenant_id, environment, invoice_prefix, id, created_at FROM storefronts;
