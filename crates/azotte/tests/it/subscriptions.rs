@@ -290,6 +290,9 @@ async fn a_trial_needs_no_charge_and_is_offered_once_per_family(app: TestApp) {
         .clone();
     assert_eq!(item["trial_days"], 0);
     assert!(item["trial_reasons"].as_array().unwrap().contains(&json!("trial_already_used")), "{item}");
+    // The other family has no history: its price is offered as it is.
+    let other = again["items"].as_array().unwrap().iter().find(|i| i["price_id"] == shop.monthly.as_str());
+    assert_eq!(other.map(|i| i["trial_reasons"].clone()), Some(json!(["no_trial_on_price"])), "{again}");
 }
 
 async fn end_of_period_cancel_keeps_access_and_can_be_undone(app: TestApp) {
@@ -297,6 +300,13 @@ async fn end_of_period_cancel_keeps_access_and_can_be_undone(app: TestApp) {
     let o = offer(&app, &shop).await;
     let done = checkout(&app, &shop, &o, &shop.monthly).await;
     let sid = done["subscription_id"].as_str().unwrap().to_owned();
+    // Subscribed in the video family: a new offer leaves it out, and offers the music family's
+    // trial still.
+    let next = offer(&app, &shop).await;
+    let prices: Vec<&str> =
+        next["items"].as_array().unwrap().iter().map(|i| i["price_id"].as_str().unwrap()).collect();
+    assert_eq!(prices, [shop.trial.as_str()], "{next}");
+    assert_eq!(next["items"][0]["trial_days"], 14);
     let sub = get(&app, &format!("/v1/subscriptions/{sid}")).await;
     let c = post(
         &app,

@@ -112,6 +112,30 @@ pub(crate) fn invalid(field: &'static str, code: &'static str, message: impl Int
     ValidationErrors::from(FieldError::new(field, code, message)).into()
 }
 
+/// The customer's history in every bundle family it has had a subscription of (a family not in
+/// the map: none), for trial eligibility: one read for a whole offer, however many bundles.
+pub(crate) async fn family_histories(
+    tx: &mut TenantTx,
+    customer_id: &str,
+) -> Result<std::collections::HashMap<String, FamilyHistory>> {
+    let filter = SubscriptionFilter { customer_id: Some(customer_id), ..Default::default() };
+    let mut out: std::collections::HashMap<String, FamilyHistory> = Default::default();
+    let mut after: Option<String> = None;
+    loop {
+        let (subs, more) = store::list_subscriptions(tx, &filter, 500, after.as_deref()).await?;
+        for s in &subs {
+            let h = out.entry(s.family.clone()).or_default();
+            h.had_trial |= s.had_trial;
+            h.has_live_subscription |= s.status != "expired";
+            h.last_ended_at = h.last_ended_at.max(s.ends_at);
+        }
+        match (more, subs.last()) {
+            (true, Some(last)) => after = Some(last.id.clone()),
+            _ => return Ok(out),
+        }
+    }
+}
+
 /// The customer's history in a bundle family, for trial eligibility.
 pub(crate) async fn family_history(
     tx: &mut TenantTx,
@@ -203,12 +227,13 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
     if let Some(sub) = &replaced {
         items = super::replace::candidates(&catalog, sub, rate);
     }
+    let histories = match (&customer, &replaced) {
+        (Some(c), None) => Some(family_histories(&mut tx, &c.id).await?),
+        _ => None,
+    };
     for item in catalog.items.iter().filter(|_| replaced.is_none()) {
         let b = &item.bundle.bundle;
-        let history = match &customer {
-            Some(c) => Some(family_history(&mut tx, &c.id, &b.family).await?),
-            None => None,
-        };
+        let history = histories.as_ref().map(|h| h.get(&b.family).cloned().unwrap_or_default());
         if history.as_ref().is_some_and(|h| h.has_live_subscription) {
             // Already subscribed in this family: a plan change, not a new purchase.
             continue;
