@@ -624,35 +624,58 @@ pub async fn list_subscriptions(
 
 /// Subscriptions whose renewal is due at `now`, up to `limit`: past-due ones whose retry is due
 /// (longest waiting first, up to a quarter of `limit`, so that retries are not starved by a
-/// backlog), then active ones whose period ended (earliest first, in no set order among equal
-/// ends). Each part is a range of the
-/// `(tenant, environment, status, period_end)` index: a scan ordered by id instead walked every
-/// subscription renewed already before it found the due ones (tens of thousands of pages per
-/// call in a backlog of 100,000).
+/// backlog), active ones whose deferred renewal's retry has come (up to half of the rest),
+/// then active ones whose period ended and that were never deferred (earliest first, in no set
+/// order among equal ends). Each part is a range of an index in the order it reads
+/// ([`due_queries`]): a scan ordered by id instead walked every subscription renewed already
+/// before it found the due ones (tens of thousands of pages per call in a backlog of 100,000),
+/// and one filtering out deferred renewals walked all of them (a whole tenant's in safe mode).
 pub async fn due_renewals(tx: &mut TenantTx, now: DateTime<Utc>, limit: u64) -> Result<Vec<SubscriptionRow>> {
-    let retries = select_subs(tx)
+    let (tenant, env) = (tx.scope().tenant_id().to_string(), tx.scope().environment().as_str());
+    let [mut retries, mut deferred, mut fresh] = due_queries(&tenant, env, now);
+    let mut due = tx.tx.fetch_all::<SubscriptionRow>(&retries.limit(limit.div_ceil(4)).to_owned()).await?;
+    let rest = limit.saturating_sub(due.len() as u64);
+    due.extend(tx.tx.fetch_all::<SubscriptionRow>(&deferred.limit(rest.div_ceil(2)).to_owned()).await?);
+    let rest = limit.saturating_sub(due.len() as u64);
+    due.extend(tx.tx.fetch_all::<SubscriptionRow>(&fresh.limit(rest).to_owned()).await?);
+    Ok(due)
+}
+
+/// [`due_renewals`]' three reads, each walking an index in its own order so that it stops at
+/// its limit, however many subscriptions wait for a later retry (a safe-mode pause can defer
+/// every renewal of a tenant): past-due retries whose time has come (`subscriptions_retry_idx`,
+/// by retry time), deferred renewals whose retry has come (the same index), and renewals never
+/// deferred whose period has ended (`subscriptions_due_fresh_idx`, by period end — a tie-break
+/// on id would sort every due one first: in a backlog they share one period end).
+fn due_queries(tenant: &str, env: &str, now: DateTime<Utc>) -> [SelectStatement; 3] {
+    let base = || {
+        Query::select()
+            .columns(SUB_COLUMNS[..SUB_COLUMNS.len() - 1].to_vec())
+            .from(Subscriptions::Table)
+            .and_where(Expr::col(Subscriptions::TenantId).eq(tenant))
+            .and_where(Expr::col(Subscriptions::Environment).eq(env))
+            .to_owned()
+    };
+    let retries = base()
         .and_where(Expr::col(Subscriptions::Status).eq("past_due"))
+        .and_where(Expr::col(Subscriptions::NextRetryAt).is_not_null())
         .and_where(Expr::col(Subscriptions::NextRetryAt).lte(now))
         .order_by(Subscriptions::NextRetryAt, Order::Asc)
-        .limit(limit.div_ceil(4))
         .to_owned();
-    let mut due = tx.tx.fetch_all::<SubscriptionRow>(&retries).await?;
-    let renewals = select_subs(tx)
+    let deferred = base()
         .and_where(Expr::col(Subscriptions::Status).eq("active"))
+        .and_where(Expr::col(Subscriptions::NextRetryAt).is_not_null())
+        .and_where(Expr::col(Subscriptions::NextRetryAt).lte(now))
         .and_where(Expr::col(Subscriptions::PeriodEnd).lte(now))
-        // A deferred renewal waits for its retry.
-        .cond_where(
-            sea_query::Cond::any()
-                .add(Expr::col(Subscriptions::NextRetryAt).is_null())
-                .add(Expr::col(Subscriptions::NextRetryAt).lte(now)),
-        )
-        // The index's own order, so the scan stops at the limit (a tie-break on id would sort
-        // every due subscription first: in a backlog they share one period end).
-        .order_by(Subscriptions::PeriodEnd, Order::Asc)
-        .limit(limit.saturating_sub(due.len() as u64))
+        .order_by(Subscriptions::NextRetryAt, Order::Asc)
         .to_owned();
-    due.extend(tx.tx.fetch_all::<SubscriptionRow>(&renewals).await?);
-    Ok(due)
+    let fresh = base()
+        .and_where(Expr::col(Subscriptions::Status).eq("active"))
+        .and_where(Expr::col(Subscriptions::NextRetryAt).is_null())
+        .and_where(Expr::col(Subscriptions::PeriodEnd).lte(now))
+        .order_by(Subscriptions::PeriodEnd, Order::Asc)
+        .to_owned();
+    [retries, deferred, fresh]
 }
 
 /// Trials that ended without converting — cancelled or expired, never a paid period, with a
@@ -1037,6 +1060,36 @@ mod tests {
     /// The entitlement check reads the customer's grants by the customer index, never every
     /// grant of the environment: without statistics SQLite chose the latter, in the primary
     /// key's order, when the query asked for that order (its cost grew with the environment).
+    /// The renewal scheduler's three reads each walk their index in the order they read, with
+    /// no sort of everything that matches, and the deferred renewals are not in the range of
+    /// the never-deferred ones (they used to be walked, and filtered out, at every tick).
+    #[tokio::test]
+    async fn sqlite_due_renewals_read_index_ranges_in_order() {
+        let t = fresh_database(Backend::Sqlite).await;
+        let opts = DbOptions::new(t.url.clone());
+        Db::migrate(&opts).await.unwrap();
+        let db = Db::connect(&opts).await.unwrap();
+        let want = ["subscriptions_retry_idx", "subscriptions_retry_idx", "subscriptions_due_fresh_idx"];
+        for (q, index) in super::due_queries("ten_x", "development", chrono::Utc::now()).into_iter().zip(want)
+        {
+            let (sql, values) = q.to_owned().limit(10).build_sqlx(SqliteQueryBuilder);
+            let mut tx = db.unscoped_read_tx().await.unwrap();
+            let Tx::Sqlite(conn) = &mut tx else { unreachable!("SQLite test") };
+            let plan: Vec<String> = sqlx::query_with(&format!("EXPLAIN QUERY PLAN {sql}"), values)
+                .fetch_all(conn.conn().unwrap())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>("detail"))
+                .collect();
+            assert!(
+                plan.iter().any(|d| d.starts_with(&format!("SEARCH subscriptions USING INDEX {index}"))),
+                "{plan:?}"
+            );
+            assert!(!plan.iter().any(|d| d.contains("TEMP B-TREE")), "{plan:?}");
+        }
+    }
+
     #[tokio::test]
     async fn sqlite_reads_a_customers_grants_by_the_customer_index() {
         let t = fresh_database(Backend::Sqlite).await;
