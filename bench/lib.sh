@@ -448,6 +448,23 @@ percentiles_ms() {
 # afterwards so later runs do not pay for its dead tuples. Sets PGB_TPS, PGB_TXNS, PGB_FAILED,
 # PGB_P50 and PGB_P99 (ms, from the per-transaction log), PGB_WAL (bytes of WAL written during
 # the measured run) and what cpu_end sets; FAILED on failed transactions.
+# Waits (up to 5 s) until the backends of pgbench's connections have exited and the postmaster
+# has reaped them. pgbench returns as soon as it has closed its connections; a backend still
+# exiting then is neither a live child nor in the postmaster's children's CPU (cutime), so its
+# whole run's CPU would go uncounted (it showed as "other").
+pgbench_backends_gone() {
+  local pm i
+  pm=$(head -n 1 "$PG_DIR/data/postmaster.pid" 2>/dev/null) || return 0
+  for i in $(seq 50); do
+    if ! pgrep -P "$pm" -f '^postgres: [^ ]+ pgbench ' >/dev/null \
+      && ! ps -o stat= --ppid "$pm" | grep -q '^Z'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "WARNING: pgbench's backends had not exited 5 s after it ended; their CPU may be missing"
+}
+
 pgbench_tpcb() {
   local scale=$1 clients=$2 pgbench=$PG_BIN/pgbench
   [ -x "$pgbench" ] || die "$pgbench not found (it ships with the PostgreSQL server binaries)"
@@ -467,6 +484,7 @@ pgbench_tpcb() {
   cpu_begin
   timeout $((DURATION + 120)) "${run[@]}" -T "$DURATION" -l --log-prefix="$WORK/pgbench-log/tx" pgbench \
     >"$WORK/pgbench.out" 2>&1 || { cat "$WORK/pgbench.out" >&2; die "pgbench failed"; }
+  pgbench_backends_gone
   cpu_end pgbench
   PGB_WAL=$(sql postgres "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0')")
   sed "s/^/    [pgbench] /" "$WORK/pgbench.out" >&2
