@@ -897,7 +897,10 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
                 let Some(c) = stored_checkout(&ctx, &scope, &id).await?.filter(|c| !is_final(c)) else {
                     return Ok(());
                 };
-                if claim(&ctx, &scope, &id).await? {
+                // Held as read: only a look (a read) until the holder lets go, then the claim
+                // (a write, which may still lose to another runner).
+                let held = c.locked_until.is_some_and(|l| l >= ctx.clock.now());
+                if !held && claim(&ctx, &scope, &id).await? {
                     return run_claimed(&ctx, &scope, &c).await.map(|_| ());
                 }
                 if tokio::time::Instant::now() + pause > give_up {
