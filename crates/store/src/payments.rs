@@ -2,7 +2,7 @@
 //! reserves a refund (and by a CHECK constraint behind it), not only in code.
 
 use chrono::{DateTime, Utc};
-use sea_query::{Expr, Iden, Order, Query, SelectStatement};
+use sea_query::{Alias, Expr, Iden, Order, Query, SelectStatement};
 
 use crate::{Result, TenantTx};
 
@@ -552,6 +552,40 @@ pub async fn under_key_and_retries(tx: &mut TenantTx, key: &str) -> Result<Vec<P
     };
     let rows = tx.tx.fetch_all::<PaymentRow>(&q).await?;
     Ok(rows.into_iter().filter(|p| p.request_key.as_deref().is_some_and(|k| k == key || retry(k))).collect())
+}
+
+/// Captured payments not refunded in full, whose request key starts with `key_prefix`, that
+/// changed since `since` and pay no invoice, least recently changed first, up to `limit` (the
+/// sweep for trial conversion charges that paid for nothing).
+pub async fn captured_unlinked(
+    tx: &mut TenantTx,
+    key_prefix: &str,
+    since: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<PaymentRow>> {
+    let ip = Alias::new("invoice_payments");
+    let linked = Query::select()
+        .expr(Expr::val(1))
+        .from(ip.clone())
+        .and_where(
+            Expr::col((ip.clone(), Alias::new("tenant_id"))).equals((Payments::Table, Payments::TenantId)),
+        )
+        .and_where(
+            Expr::col((ip.clone(), Alias::new("environment")))
+                .equals((Payments::Table, Payments::Environment)),
+        )
+        .and_where(Expr::col((ip, Alias::new("payment_id"))).equals((Payments::Table, Payments::Id)))
+        .to_owned();
+    let q = select(tx)
+        .and_where(Expr::col(Payments::Status).eq("captured"))
+        .and_where(Expr::col(Payments::UpdatedAt).gte(since))
+        .and_where(Expr::col(Payments::RefundedAmount).lt(Expr::col(Payments::CapturedAmount)))
+        .and_where(Expr::col(Payments::RequestKey).like(format!("{key_prefix}%")))
+        .and_where(Expr::exists(linked).not())
+        .order_by(Payments::UpdatedAt, Order::Asc)
+        .limit(limit)
+        .to_owned();
+    tx.tx.fetch_all::<PaymentRow>(&q).await
 }
 
 /// One payment by the PSP's id of it.

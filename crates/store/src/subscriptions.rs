@@ -678,28 +678,6 @@ fn due_queries(tenant: &str, env: &str, now: DateTime<Utc>) -> [SelectStatement;
     [retries, deferred, fresh]
 }
 
-/// Trials that ended without converting — cancelled or expired, never a paid period, with a
-/// payment method — whose trial end lies in `(since, until]`, most recent first: where a
-/// conversion charge that went through after all would have paid for nothing.
-pub async fn ended_trials(
-    tx: &mut TenantTx,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-    limit: u64,
-) -> Result<Vec<SubscriptionRow>> {
-    let q = select_subs(tx)
-        .and_where(Expr::col(Subscriptions::Status).is_in(["canceled", "expired"]))
-        .and_where(Expr::col(Subscriptions::PeriodEnd).gt(since))
-        .and_where(Expr::col(Subscriptions::PeriodEnd).lte(until))
-        .and_where(Expr::col(Subscriptions::Periods).eq(0))
-        .and_where(Expr::col(Subscriptions::HadTrial).eq(true))
-        .and_where(Expr::col(Subscriptions::PaymentMethodId).is_not_null())
-        .order_by(Subscriptions::PeriodEnd, Order::Desc)
-        .limit(limit)
-        .to_owned();
-    tx.tx.fetch_all::<SubscriptionRow>(&q).await
-}
-
 /// Subscriptions in `status` whose `column` (a date) has come: trial ends, cancellation ends.
 /// A trial whose conversion waits for its retry (`next_retry_at` still ahead) is not due yet.
 pub async fn due(

@@ -458,10 +458,11 @@ async fn conversion_deferred(
     Ok(())
 }
 
-/// How far back [`sweep_conversion_charges`] looks (trial ends), and how often it runs.
+/// How far back [`sweep_conversion_charges`] looks (captures), and how often it runs.
 const SWEEP_BACK: chrono::Duration = chrono::Duration::days(7);
 const SWEEP_EVERY: chrono::Duration = chrono::Duration::minutes(10);
-/// Trials one sweep looks at, most recently ended first (where a late answer is likeliest).
+/// Captured renewal charges paying no invoice that one sweep looks at, least recently changed
+/// first (the next sweep goes on from there: those it refunded are no longer among them).
 const SWEEP_AT_MOST: u64 = 2000;
 
 /// Whether [`sweep_conversion_charges`] is due in this pass (every [`SWEEP_EVERY`] per
@@ -478,29 +479,27 @@ pub(crate) fn conversion_sweep_due(ctx: &Ctx) -> bool {
 }
 
 /// The safety net of [`conversion_charge_moved`], which runs in a task after the payment moved
-/// and is lost if that task fails or the process stops: the trials of the last [`SWEEP_BACK`]
-/// that ended without converting are checked for a conversion charge captured after all, and
-/// such a charge is refunded in full. Returns how many were refunded.
+/// and is lost if that task fails or the process stops: trial conversion charges captured in
+/// the last [`SWEEP_BACK`] that pay no invoice — one read, however many trials a tenant has —
+/// are checked, and those whose trial ended without converting are refunded in full. Returns
+/// how many were refunded.
 pub(crate) async fn sweep_conversion_charges(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     let now = ctx.clock.now();
-    let ended = {
+    // Captured, not refunded, paying no invoice: a conversion that used its charge pays its
+    // invoice with it, so what is left is what may have paid for nothing (or is converting
+    // right now, which the check below leaves alone).
+    let candidates = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
-        let e = store::ended_trials(&mut tx, now - SWEEP_BACK, now, SWEEP_AT_MOST).await?;
+        let c =
+            azotte_store::payments::captured_unlinked(&mut tx, "renewal-", now - SWEEP_BACK, SWEEP_AT_MOST)
+                .await?;
         tx.commit().await?;
-        e
+        c
     };
     let mut refunded = 0;
-    for sub in ended {
-        let charges = {
-            let mut tx = ctx.db.tenant_read_tx(scope).await?;
-            let c = azotte_store::payments::under_key_and_retries(&mut tx, &conversion_key(&sub)).await?;
-            tx.commit().await?;
-            c
-        };
-        for p in &charges {
-            if conversion_charge_moved(ctx, scope, p).await? {
-                refunded += 1;
-            }
+    for p in candidates.iter().filter(|p| p.request_key.as_deref().and_then(converting).is_some()) {
+        if conversion_charge_moved(ctx, scope, p).await? {
+            refunded += 1;
         }
     }
     Ok(refunded)
