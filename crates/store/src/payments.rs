@@ -554,12 +554,14 @@ pub async fn under_key_and_retries(tx: &mut TenantTx, key: &str) -> Result<Vec<P
     Ok(rows.into_iter().filter(|p| p.request_key.as_deref().is_some_and(|k| k == key || retry(k))).collect())
 }
 
-/// Captured payments not refunded in full, whose request key starts with `key_prefix`, that
-/// changed since `since` and pay no invoice, least recently changed first, up to `limit` (the
-/// sweep for trial conversion charges that paid for nothing).
+/// Captured payments not refunded in full, whose request key starts with `key_prefix` and does
+/// not contain `not_containing`, that changed since `since` and pay no invoice, most recently
+/// changed first, up to `limit` (the sweep for trial conversion charges that paid for nothing).
+/// Both strings must hold no `LIKE` wildcard (`%`, `_`).
 pub async fn captured_unlinked(
     tx: &mut TenantTx,
     key_prefix: &str,
+    not_containing: &str,
     since: DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<PaymentRow>> {
@@ -581,8 +583,9 @@ pub async fn captured_unlinked(
         .and_where(Expr::col(Payments::UpdatedAt).gte(since))
         .and_where(Expr::col(Payments::RefundedAmount).lt(Expr::col(Payments::CapturedAmount)))
         .and_where(Expr::col(Payments::RequestKey).like(format!("{key_prefix}%")))
+        .and_where(Expr::col(Payments::RequestKey).not_like(format!("%{not_containing}%")))
         .and_where(Expr::exists(linked).not())
-        .order_by(Payments::UpdatedAt, Order::Asc)
+        .order_by(Payments::UpdatedAt, Order::Desc)
         .limit(limit)
         .to_owned();
     tx.tx.fetch_all::<PaymentRow>(&q).await

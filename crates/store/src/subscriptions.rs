@@ -1035,9 +1035,6 @@ mod tests {
         assert_eq!(row(json!({"grace_days": "many"})), DunningPolicy::default());
     }
 
-    /// The entitlement check reads the customer's grants by the customer index, never every
-    /// grant of the environment: without statistics SQLite chose the latter, in the primary
-    /// key's order, when the query asked for that order (its cost grew with the environment).
     /// The renewal scheduler's three reads each walk their index in the order they read, with
     /// no sort of everything that matches, and the deferred renewals are not in the range of
     /// the never-deferred ones (they used to be walked, and filtered out, at every tick).
@@ -1068,6 +1065,9 @@ mod tests {
         }
     }
 
+    /// The entitlement check reads the customer's grants by the customer index, never every
+    /// grant of the environment: without statistics SQLite chose the latter, in the primary
+    /// key's order, when the query asked for that order (its cost grew with the environment).
     #[tokio::test]
     async fn sqlite_reads_a_customers_grants_by_the_customer_index() {
         let t = fresh_database(Backend::Sqlite).await;

@@ -461,8 +461,9 @@ async fn conversion_deferred(
 /// How far back [`sweep_conversion_charges`] looks (captures), and how often it runs.
 const SWEEP_BACK: chrono::Duration = chrono::Duration::days(7);
 const SWEEP_EVERY: chrono::Duration = chrono::Duration::minutes(10);
-/// Captured renewal charges paying no invoice that one sweep looks at, least recently changed
-/// first (the next sweep goes on from there: those it refunded are no longer among them).
+/// Captured conversion charges paying no invoice that one sweep looks at, most recently
+/// changed first (where a late answer is likeliest; those it refunded are not among them
+/// any more).
 const SWEEP_AT_MOST: u64 = 2000;
 
 /// Whether [`sweep_conversion_charges`] is due in this pass (every [`SWEEP_EVERY`] per
@@ -490,15 +491,24 @@ pub(crate) async fn sweep_conversion_charges(ctx: &Ctx, scope: &TenantScope) -> 
     // right now, which the check below leaves alone).
     let candidates = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
-        let c =
-            azotte_store::payments::captured_unlinked(&mut tx, "renewal-", now - SWEEP_BACK, SWEEP_AT_MOST)
-                .await?;
+        // Renewal keys, but not a regular renewal's (`…-a{attempt}-r{run}`; subscription ids
+        // hold no `-`): a conversion's is `renewal-{subscription}-{period}[-r{retry}]`.
+        let c = azotte_store::payments::captured_unlinked(
+            &mut tx,
+            "renewal-",
+            "-a",
+            now - SWEEP_BACK,
+            SWEEP_AT_MOST,
+        )
+        .await?;
         tx.commit().await?;
         c
     };
     let mut refunded = 0;
     for p in candidates.iter().filter(|p| p.request_key.as_deref().and_then(converting).is_some()) {
-        if conversion_charge_moved(ctx, scope, p).await? {
+        // A paused trial is left to the payment's own move: it may resume and convert with
+        // this very charge while the sweep refunds it.
+        if conversion_charge_moved(ctx, scope, p, false).await? {
             refunded += 1;
         }
     }
@@ -514,6 +524,7 @@ pub(crate) async fn conversion_charge_moved(
     ctx: &Ctx,
     scope: &TenantScope,
     p: &azotte_store::payments::PaymentRow,
+    paused_too: bool,
 ) -> Result<bool> {
     let Some(sid) = p.request_key.as_deref().and_then(converting) else { return Ok(false) };
     if p.status != "captured" || p.refunded_amount >= p.captured_amount {
@@ -527,7 +538,7 @@ pub(crate) async fn conversion_charge_moved(
         (s, paid)
     };
     match sub {
-        Some(s) if s.status != "trialing" && paid.is_empty() => {
+        Some(s) if s.status != "trialing" && (paused_too || s.status != "paused") && paid.is_empty() => {
             refund_conversion(ctx, scope, sid, &p.id).await?;
             Ok(true)
         }

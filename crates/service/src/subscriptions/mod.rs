@@ -25,7 +25,7 @@ pub(crate) fn payment_moved(
     if p.status == "captured" && p.request_key.as_deref().and_then(lifecycle::converting).is_some() {
         let (ctx, scope, p) = (ctx.clone(), scope.for_job("trial_conversion"), p.clone());
         tokio::spawn(async move {
-            if let Err(e) = lifecycle::conversion_charge_moved(&ctx, &scope, &p).await {
+            if let Err(e) = lifecycle::conversion_charge_moved(&ctx, &scope, &p, true).await {
                 tracing::warn!(payment_id = %p.id, error = %e, "refunding a trial conversion's charge failed");
             }
         });
