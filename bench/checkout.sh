@@ -184,6 +184,7 @@ summary=$(checkout_load --prefix only --clients "$CLIENTS" --duration "$DURATION
 cpu_end checkouts
 ONLY_WAL=$(wal_since "$lsn0")
 log "checkout only: $summary"
+kill -0 "$AZ_PID" 2>/dev/null || { tail -n 50 "$WORK/checkouts.stderr" >&2; die "azotte died under load"; }
 ONLY_S_AZ=$M_S_AZ
 ONLY_S_PG=$M_S_PG
 ONLY_S_CLIENT=$M_S_WRK
@@ -197,6 +198,7 @@ fi
 ROWS+=("| checkout only (POST checkout → succeeded; customer and offer made before) | $ONLY_RATE/s | $(summary_field e2e_p50 "$summary") | $(summary_field e2e_p99 "$summary") | $(summary_field checkout_p50 "$summary") | $(summary_field checkout_p99 "$summary") | $(summary_field completed "$summary") | $((ONLY_ERRORS + ONLY_NOT_SUCCEEDED)) | $M_CPU_AZ | $M_CPU_PG | $M_CPU_WRK | $M_CPU_OTHER |")
 ONLY_IN_WINDOW=$(sql azotte_bench "SELECT count(*) FROM checkouts WHERE $window AND status = 'succeeded'
   AND updated_at BETWEEN to_timestamp($M_T0) AND to_timestamp($M_T1)")
+[ "$ONLY_IN_WINDOW" -gt 0 ] || die "checkout only: no checkout succeeded during the measured run"
 
 # ---------------------------------------------------------------------------------------------
 # Profile: statements and transactions per checkout, with pg_stat_statements tracking on.

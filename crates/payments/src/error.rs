@@ -150,9 +150,10 @@ impl ConnectorError {
     }
 
     /// Whether routing may try the next account: only when nothing can have been charged and
-    /// the failure is the PSP's, not the card's.
+    /// the failure is the PSP's, not the card's — a retryable failure, or the account's
+    /// credentials or settings refused before anything executed (a revoked key).
     pub fn allows_failover(&self) -> bool {
-        self.is_retryable()
+        self.is_retryable() || matches!(self, ConnectorError::Configuration { .. })
     }
 
     /// Whether money may have moved although the call did not say so.
@@ -180,8 +181,10 @@ mod tests {
     }
 
     #[test]
-    fn only_retryable_fails_over_and_only_unknown_may_have_charged() {
+    fn retryable_and_refused_credentials_fail_over_and_only_unknown_may_have_charged() {
         let retry = ConnectorError::Retryable { reason: RetryReason::Timeout, retry_after: None };
+        let revoked = ConnectorError::Configuration { message: "api_key_expired".into() };
+        assert!(revoked.allows_failover() && !revoked.may_have_charged() && !revoked.is_retryable());
         let unknown = ConnectorError::Unknown { reason: "lost".into() };
         let decline = ConnectorError::HardDecline { code: DeclineCode::DoNotHonor };
         assert!(retry.allows_failover() && !retry.may_have_charged());

@@ -297,15 +297,9 @@ pub async fn record_invoice_prefix(
     Ok(())
 }
 
-/// Removes a storefront (the caller has checked that nothing references it).
+/// Removes a storefront (the caller has checked that nothing references it); the invoice
+/// prefixes recorded for it go with it (`ON DELETE CASCADE`).
 pub async fn delete_storefront(tx: &mut TenantTx, id: &str) -> Result<bool> {
-    // The prefixes it had go with it: nothing (no invoice) refers to it.
-    let prefixes = Query::delete()
-        .from_table(StorefrontInvoicePrefixes::Table)
-        .cond_where(tx.in_scope(StorefrontInvoicePrefixes::TenantId, StorefrontInvoicePrefixes::Environment))
-        .and_where(Expr::col(StorefrontInvoicePrefixes::StorefrontId).eq(id))
-        .to_owned();
-    tx.write(&prefixes).await?;
     let q = Query::delete()
         .from_table(Storefronts::Table)
         .cond_where(tx.in_scope(Storefronts::TenantId, Storefronts::Environment))

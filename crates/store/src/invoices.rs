@@ -751,7 +751,7 @@ pub async fn lines_of(tx: &mut TenantTx, invoice_id: &str) -> Result<Vec<LineRow
 // Payments of invoices
 
 #[derive(Iden, Clone, Copy)]
-enum InvoicePayments {
+pub(crate) enum InvoicePayments {
     Table,
     TenantId,
     Environment,

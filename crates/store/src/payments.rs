@@ -2,7 +2,7 @@
 //! reserves a refund (and by a CHECK constraint behind it), not only in code.
 
 use chrono::{DateTime, Utc};
-use sea_query::{Alias, Expr, Iden, Order, Query, SelectStatement};
+use sea_query::{Expr, Iden, Order, Query, SelectStatement};
 
 use crate::{Result, TenantTx};
 
@@ -565,18 +565,13 @@ pub async fn captured_unlinked(
     since: DateTime<Utc>,
     limit: u64,
 ) -> Result<Vec<PaymentRow>> {
-    let ip = Alias::new("invoice_payments");
+    use crate::invoices::InvoicePayments as Ip;
     let linked = Query::select()
         .expr(Expr::val(1))
-        .from(ip.clone())
-        .and_where(
-            Expr::col((ip.clone(), Alias::new("tenant_id"))).equals((Payments::Table, Payments::TenantId)),
-        )
-        .and_where(
-            Expr::col((ip.clone(), Alias::new("environment")))
-                .equals((Payments::Table, Payments::Environment)),
-        )
-        .and_where(Expr::col((ip, Alias::new("payment_id"))).equals((Payments::Table, Payments::Id)))
+        .from(Ip::Table)
+        .and_where(Expr::col((Ip::Table, Ip::TenantId)).equals((Payments::Table, Payments::TenantId)))
+        .and_where(Expr::col((Ip::Table, Ip::Environment)).equals((Payments::Table, Payments::Environment)))
+        .and_where(Expr::col((Ip::Table, Ip::PaymentId)).equals((Payments::Table, Payments::Id)))
         .to_owned();
     let q = select(tx)
         .and_where(Expr::col(Payments::Status).eq("captured"))

@@ -245,7 +245,7 @@ pub async fn claim_checkout(
 
 fn select_checkouts(tx: &TenantTx) -> SelectStatement {
     Query::select()
-        .columns(CHECKOUT_COLUMNS[..15].to_vec())
+        .columns(CHECKOUT_COLUMNS[..CHECKOUT_COLUMNS.len() - 1].to_vec())
         .from(Checkouts::Table)
         .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
         .to_owned()
@@ -266,6 +266,8 @@ pub async fn defer_checkout(tx: &mut TenantTx, id: &str, until: DateTime<Utc>) -
         .value(Checkouts::LockedUntil, Option::<DateTime<Utc>>::None)
         .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
         .and_where(Expr::col(Checkouts::Id).eq(id))
+        // An ended checkout has no job to schedule.
+        .and_where(Expr::col(Checkouts::Status).is_in(IN_PROGRESS))
         .to_owned();
     tx.tx.execute(&q).await?;
     Ok(())
@@ -996,10 +998,10 @@ mod tests {
     use azotte_domain::catalog::DunningPolicy;
     use serde_json::json;
 
-    use super::{grants_query, GrantRow};
+    use super::{grants_query, GrantRow, SelectStatement};
     use crate::exec::Tx;
-    use crate::testing::fresh_database;
-    use crate::{Backend, Db, DbOptions};
+    use crate::testing::migrated;
+    use crate::{Backend, Db};
 
     /// The storefront's dunning policy is decoded when the row is read, into the typed policy the
     /// cache then holds; one that does not decode counts as the default.
@@ -1035,28 +1037,30 @@ mod tests {
         assert_eq!(row(json!({"grace_days": "many"})), DunningPolicy::default());
     }
 
+    /// SQLite's query plan of `q`: the `detail` column of `EXPLAIN QUERY PLAN`.
+    async fn sqlite_plan(db: &Db, q: SelectStatement) -> Vec<String> {
+        let (sql, values) = q.build_sqlx(SqliteQueryBuilder);
+        let mut tx = db.unscoped_read_tx().await.unwrap();
+        let Tx::Sqlite(conn) = &mut tx else { unreachable!("SQLite test") };
+        sqlx::query_with(&format!("EXPLAIN QUERY PLAN {sql}"), values)
+            .fetch_all(conn.conn().unwrap())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect()
+    }
+
     /// The renewal scheduler's three reads each walk their index in the order they read, with
     /// no sort of everything that matches, and the deferred renewals are not in the range of
     /// the never-deferred ones (they used to be walked, and filtered out, at every tick).
     #[tokio::test]
     async fn sqlite_due_renewals_read_index_ranges_in_order() {
-        let t = fresh_database(Backend::Sqlite).await;
-        let opts = DbOptions::new(t.url.clone());
-        Db::migrate(&opts).await.unwrap();
-        let db = Db::connect(&opts).await.unwrap();
+        let (_t, db) = migrated(Backend::Sqlite).await;
         let want = ["subscriptions_retry_idx", "subscriptions_retry_idx", "subscriptions_due_fresh_idx"];
         for (q, index) in super::due_queries("ten_x", "development", chrono::Utc::now()).into_iter().zip(want)
         {
-            let (sql, values) = q.to_owned().limit(10).build_sqlx(SqliteQueryBuilder);
-            let mut tx = db.unscoped_read_tx().await.unwrap();
-            let Tx::Sqlite(conn) = &mut tx else { unreachable!("SQLite test") };
-            let plan: Vec<String> = sqlx::query_with(&format!("EXPLAIN QUERY PLAN {sql}"), values)
-                .fetch_all(conn.conn().unwrap())
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>("detail"))
-                .collect();
+            let plan = sqlite_plan(&db, q.to_owned().limit(10).to_owned()).await;
             assert!(
                 plan.iter().any(|d| d.starts_with(&format!("SEARCH subscriptions USING INDEX {index}"))),
                 "{plan:?}"
@@ -1070,22 +1074,9 @@ mod tests {
     /// key's order, when the query asked for that order (its cost grew with the environment).
     #[tokio::test]
     async fn sqlite_reads_a_customers_grants_by_the_customer_index() {
-        let t = fresh_database(Backend::Sqlite).await;
-        let opts = DbOptions::new(t.url.clone());
-        Db::migrate(&opts).await.unwrap();
-        let db = Db::connect(&opts).await.unwrap();
+        let (_t, db) = migrated(Backend::Sqlite).await;
         for key in [Some("hd"), None] {
-            let (sql, values) =
-                grants_query("ten_x", "development", "cus_x", key).build_sqlx(SqliteQueryBuilder);
-            let mut tx = db.unscoped_read_tx().await.unwrap();
-            let Tx::Sqlite(conn) = &mut tx else { unreachable!("SQLite test") };
-            let plan: Vec<String> = sqlx::query_with(&format!("EXPLAIN QUERY PLAN {sql}"), values)
-                .fetch_all(conn.conn().unwrap())
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>("detail"))
-                .collect();
+            let plan = sqlite_plan(&db, grants_query("ten_x", "development", "cus_x", key)).await;
             let grants: Vec<&String> = plan.iter().filter(|d| d.contains(" entitlement_grants ")).collect();
             assert_eq!(grants.len(), 1, "{plan:?}");
             assert!(

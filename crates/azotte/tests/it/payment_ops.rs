@@ -159,17 +159,8 @@ async fn stripe_methods_are_validated_attached_charged_and_detached(backend: Bac
 }
 
 async fn stripe_webhooks_are_verified_deduplicated_and_order_independent(backend: Backend) {
-    let fake = FakeStripe::start().await.unwrap();
-    let app = spawn_app_with(backend, &[("stripe_base_url", fake.base_url())]).await;
-    let sf = storefront(&app).await;
     let secret = "whsec_hook0123456789";
-    let acc = account(
-        &app,
-        &sf,
-        json!({"connector": "stripe", "display_name": "Stripe", "mode": "test",
-               "credentials": {"api_secret": "sk_test_hook0123456789", "webhook_secret": secret}}),
-    )
-    .await;
+    let (fake, app, sf, acc) = stripe_shop(backend, "sk_test_hook0123456789", secret).await;
     let cus = id(&post(&app, "/v1/customers", json!({"external_id": "s2"}), 201).await);
     let pm = id(&method(&app, &sf, &acc, &cus, "pm_card_authenticationRequired").await);
     let p = pay(&app, &cus, &pm, 4200, 201).await;
@@ -227,17 +218,8 @@ async fn stripe_webhooks_are_verified_deduplicated_and_order_independent(backend
 /// failover decision names the refusal, and after enough refusals the account's breaker opens
 /// (`psp.degraded`): payments fail fast without calling Stripe until the key is fixed.
 async fn a_revoked_stripe_key_fails_payments_on_our_side_and_opens_the_breaker(backend: Backend) {
-    let fake = FakeStripe::start().await.unwrap();
-    let app = spawn_app_with(backend, &[("stripe_base_url", fake.base_url())]).await;
-    let sf = storefront(&app).await;
     let secret = "sk_test_revoked0123456789";
-    let acc = account(
-        &app,
-        &sf,
-        json!({"connector": "stripe", "display_name": "Stripe", "mode": "test",
-               "credentials": {"api_secret": secret, "webhook_secret": "whsec_ops0123456789"}}),
-    )
-    .await;
+    let (fake, app, sf, acc) = stripe_shop(backend, secret, "whsec_ops0123456789").await;
     let cus = id(&post(&app, "/v1/customers", json!({"external_id": "s1"}), 201).await);
     let pm = method(&app, &sf, &acc, &cus, "pm_card_visa").await;
     fake.revoke_key(secret);
@@ -343,13 +325,7 @@ async fn an_abandoned_stripe_3ds_checkout_cancels_its_payment_intent(backend: Ba
     assert_eq!(cancels(), ["7", "7", "8"]);
     assert_eq!(fake.payment_intent(&intent_id).unwrap()["status"], "canceled");
     assert_eq!(fake.captured(waiting["payment_id"].as_str().unwrap()), 0);
-    let status = app
-        .raw_strings(&format!(
-            "SELECT status || ' ' || COALESCE(failure_code, '-') FROM checkouts WHERE id = '{}'",
-            id(&waiting)
-        ))
-        .await;
-    assert_eq!(status, vec!["failed checkout_expired".to_owned()]);
+    assert_eq!(checkout_status().await, vec!["failed checkout_expired".to_owned()]);
 }
 
 macro_rules! both_stripe {

@@ -828,6 +828,17 @@ async fn ended(app: &TestApp, k: &str, checkout: &str) -> Value {
     panic!("checkout {checkout} did not end");
 }
 
+/// A shop whose customer's card needs 3-D Secure, an API key, and the customer's checkout of the
+/// monthly price, left `requires_action`.
+async fn waiting_3ds(app: &TestApp) -> (Shop, String, Value) {
+    let shop = shop(app, "tok_sandbox_requires_action").await;
+    let k = key(app).await;
+    let o = offer(app, &shop).await;
+    let waiting = checkout(app, &shop, &o, &shop.monthly).await;
+    assert_eq!(waiting["status"], "requires_action", "{waiting}");
+    (shop, k, waiting)
+}
+
 /// `GET` with an API key (`k`), which outlives the test user's session when the clock moves on.
 async fn get_k(app: &TestApp, k: &str, path: &str) -> Value {
     app.get(path).token(k).header("x-tn", T).expect(200).await.json()
@@ -858,10 +869,7 @@ async fn system_scope(app: &TestApp) -> azotte_store::TenantScope {
 /// the job at once, which fails the checkout and gives the money back in full. Later runs
 /// change nothing.
 async fn a_checkout_that_fails_after_its_charge_is_refunded(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (shop, k, waiting) = waiting_3ds(&app).await;
     assert_eq!(waiting["status"], "requires_action");
     app.post(&format!("/v1/prices/{}/archive", shop.monthly), json!({})).tenant(T, ENV).expect(200).await;
     // Captured: the checkout fails, the charge refunded in full.
@@ -906,10 +914,7 @@ async fn a_checkout_that_fails_after_its_charge_is_refunded(app: TestApp) {
 /// wait for them: its payment is cancelled at the PSP, so nothing is charged and nothing needs
 /// refunding, and the checkout fails with its reason.
 async fn a_checkout_failing_during_3ds_cancels_its_payment(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (shop, k, waiting) = waiting_3ds(&app).await;
     app.post(&format!("/v1/prices/{}/archive", shop.monthly), json!({})).tenant(T, ENV).expect(200).await;
     // The worker's next look at the waiting checkout.
     app.ctx.clock.advance(chrono::Duration::minutes(6));
@@ -949,10 +954,7 @@ async fn a_checkout_failing_during_3ds_cancels_its_payment(app: TestApp) {
 /// for its next look, while a PSP webhook's task may take it at once.
 async fn a_checkouts_job_has_one_runner_at_a_time(app: TestApp) {
     use azotte_store::subscriptions as store;
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (_, k, waiting) = waiting_3ds(&app).await;
     let cid = id(&waiting);
     let scope = system_scope(&app).await;
     let now = app.ctx.clock.now();
@@ -1003,10 +1005,7 @@ async fn a_checkouts_job_has_one_runner_at_a_time(app: TestApp) {
 /// worker cancelled the payment (the webhook not yet arrived): the PSP refuses the void, the
 /// lookup shows the charge captured, and it is refunded in full before the checkout fails.
 async fn a_checkout_failing_as_its_3ds_completes_refunds_the_charge(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (shop, k, waiting) = waiting_3ds(&app).await;
     app.post(&format!("/v1/prices/{}/archive", shop.monthly), json!({})).tenant(T, ENV).expect(200).await;
     let (account, psp_id) = psp_payment(&app, &waiting).await;
     app.ctx.psp.sandbox.complete_action(&account, &psp_id, true).unwrap();
@@ -1038,10 +1037,7 @@ async fn a_checkout_failing_as_its_3ds_completes_refunds_the_charge(app: TestApp
 /// its looks (a webhook would wake it), and after an hour the checkout expires — its payment
 /// cancelled at the PSP, nothing charged, failure `checkout_expired`.
 async fn an_abandoned_3ds_checkout_expires_and_its_payment_is_cancelled(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (shop, k, waiting) = waiting_3ds(&app).await;
     assert_eq!(waiting["status"], "requires_action");
     let scope = system_scope(&app).await;
     let run = || azotte_service::subscriptions::checkout::run_due(&app.ctx, &scope);
@@ -1100,10 +1096,7 @@ async fn an_abandoned_3ds_checkout_expires_and_its_payment_is_cancelled(app: Tes
 /// refuses to cancel a captured payment, the lookup shows it captured, and the checkout
 /// succeeds as paid — the customer is not left charged without a subscription.
 async fn a_completed_3ds_checkout_whose_webhook_was_lost_succeeds_at_expiry(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (_, k, waiting) = waiting_3ds(&app).await;
     let (account, psp_id) = psp_payment(&app, &waiting).await;
     app.ctx.psp.sandbox.complete_action(&account, &psp_id, true).unwrap();
     // No webhook: the worker sees the payment still waiting until the expiry.
@@ -1358,10 +1351,7 @@ async fn a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunde
 }
 
 async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (_, k, waiting) = waiting_3ds(&app).await;
     assert_eq!(waiting["status"], "requires_action");
     assert!(waiting["next_action"].is_object(), "{waiting}");
     // The customer authenticates; the PSP's webhook settles the payment and runs the job at
@@ -1388,10 +1378,7 @@ async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
 /// waiting for minutes): the webhook's task takes the checkout as soon as that runner lets go,
 /// and the customer sees the subscription then, not at the worker's next look.
 async fn a_webhook_during_another_run_finishes_the_checkout_when_that_run_lets_go(app: TestApp) {
-    let shop = shop(&app, "tok_sandbox_requires_action").await;
-    let k = key(&app).await;
-    let o = offer(&app, &shop).await;
-    let waiting = checkout(&app, &shop, &o, &shop.monthly).await;
+    let (_, k, waiting) = waiting_3ds(&app).await;
     assert_eq!(waiting["status"], "requires_action");
     let hold =
         |until: &str| format!("UPDATE checkouts SET locked_until = {until} WHERE id = '{}'", id(&waiting));

@@ -131,11 +131,10 @@ fn classify(
             "payment.unknown".into(),
             json!({"attempt": attempt, "reason": e.to_string()}),
         ),
+        // Nothing charged, and not because of the card (also the account's credentials refused):
+        // the next account may take it; with none left the payment fails `psp_unavailable` (a
+        // renewal defers instead of dunning).
         Err(e) if e.allows_failover() => return None,
-        // The account's credentials or settings were refused before anything executed: nothing
-        // was charged, and not because of the card. The next account may take it; with none
-        // left the payment fails `psp_unavailable` (a renewal defers instead of dunning).
-        Err(ConnectorError::Configuration { .. }) => return None,
         Err(e) => {
             row.decline_code = Some("psp_error".into());
             (

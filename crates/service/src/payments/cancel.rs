@@ -86,13 +86,7 @@ pub(crate) async fn cancel_waiting(
     let r = Some(("payment", payment_id));
     tx.action(now, "payment.cancel", r, json!({"reason": reason})).await?;
     let mut current = row.clone();
-    current.status = to.as_str().to_owned();
-    if to != PaymentStatus::RequiresAction {
-        current.next_action = None;
-    }
-    current.captured_amount = psp.amount_captured.max(current.refunded_amount);
-    current.decline_code = psp.decline_code.map(|d| d.as_str().to_owned()).or(current.decline_code);
-    current.updated_at = now;
+    super::apply_observed(&mut current, to, &psp, now);
     // A webhook moved it meanwhile: that stands.
     if !store::update_attempt_from(&mut tx, &current, from.as_str()).await? {
         drop(tx);

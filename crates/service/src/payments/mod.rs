@@ -178,6 +178,24 @@ pub(crate) async fn connector_in(
     Ok(Ok((connector, account)))
 }
 
+/// What the PSP reports of a payment, copied onto its row moving to `to` (a transition the
+/// domain allowed): status, next action (kept only while waiting for the customer), amount
+/// captured (never below what was refunded), decline code (kept when the PSP gives none).
+fn apply_observed(
+    row: &mut PaymentRow,
+    to: PaymentStatus,
+    psp: &azotte_payments::PspPayment,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    row.status = to.as_str().to_owned();
+    if to != PaymentStatus::RequiresAction {
+        row.next_action = None;
+    }
+    row.captured_amount = psp.amount_captured.max(row.refunded_amount);
+    row.decline_code = psp.decline_code.map(|d| d.as_str().to_owned()).or(row.decline_code.take());
+    row.updated_at = now;
+}
+
 /// The stored status of a payment (a value outside the domain's is corrupt data).
 fn stored_status(row: &PaymentRow) -> Result<PaymentStatus> {
     row.status

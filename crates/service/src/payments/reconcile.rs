@@ -74,7 +74,9 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
         }
     }
     for refund in refunds {
-        if ctx.clock.now() - refund.updated_at < grace {
+        // (Past their grace already: `pending_refunds` read only those.)
+        if backing_off(ctx, &refund.id, ctx.clock.now()) {
+            touch(ctx, scope, &refund.id).await?;
             continue;
         }
         let p = {
@@ -93,10 +95,6 @@ pub async fn reconcile(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
             .id
             .parse()
             .map_err(|_| ServiceError::Internal(format!("refund id {}", refund.id).into()))?;
-        if backing_off(ctx, &refund.id, ctx.clock.now()) {
-            touch(ctx, scope, &refund.id).await?;
-            continue;
-        }
         let answer = match connector.lookup_refund(&creds, &rid).await {
             Ok(found) => match found.into_iter().next() {
                 Some(f) => Ok(f),

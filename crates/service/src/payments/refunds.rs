@@ -5,7 +5,7 @@
 use azotte_domain::payment::{self as rules, RefundId};
 use azotte_domain::permission::Permission;
 use azotte_domain::{FieldError, ValidationErrors};
-use azotte_payments::{ConnectorError, ConnectorResult, PspRefund, RefundRequest};
+use azotte_payments::{ConnectorResult, PspRefund, RefundRequest};
 use azotte_store::payments::{self as store, PaymentRow, RefundRow};
 use azotte_store::psp_accounts as psp_store;
 use azotte_store::{TenantScope, TenantTx};
@@ -91,17 +91,35 @@ async fn refund_some(
             field: Some("amount"),
         });
     }
-    let safe_mode = azotte_store::payment_ops::safe_mode(&mut tx).await?;
-    let refund = new_refund(rid, payment_id, amount, reason, safe_mode.is_some(), now);
-    store::insert_refund(&mut tx, &refund).await?;
-    if safe_mode.is_some() {
-        tx.decision(now, "refund.queued", r, json!({"refund_id": refund.id, "reason": "safe_mode"})).await?;
-        tx.commit().await?;
+    let refund = record_reserved(&mut tx, rid, payment_id, amount, reason, now).await?;
+    tx.commit().await?;
+    if refund.queued_reason.is_some() {
         return Ok(Some(refund));
     }
-    tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
-    tx.commit().await?;
     send(ctx, scope, &p, refund).await.map(Some)
+}
+
+/// In the caller's transaction, once `amount` of payment `payment_id` is reserved: the refund,
+/// `pending` (outcome `refund.pending`) or queued while money movement is paused (decision
+/// `refund.queued`).
+async fn record_reserved(
+    tx: &mut TenantTx,
+    id: RefundId,
+    payment_id: &str,
+    amount: i64,
+    reason: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<RefundRow> {
+    let safe_mode = azotte_store::payment_ops::safe_mode(tx).await?;
+    let refund = new_refund(id, payment_id, amount, reason, safe_mode.is_some(), now);
+    store::insert_refund(tx, &refund).await?;
+    let r = Some(("payment", payment_id));
+    if safe_mode.is_some() {
+        tx.decision(now, "refund.queued", r, json!({"refund_id": refund.id, "reason": "safe_mode"})).await?;
+    } else {
+        tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
+    }
+    Ok(refund)
 }
 
 /// In the caller's transaction (its action recorded): reserves and records a refund of all that
@@ -123,15 +141,7 @@ pub(crate) async fn reserve_rest_in(
     if !store::reserve_refund(tx, payment_id, amount, now).await? {
         return Ok(None);
     }
-    let safe_mode = azotte_store::payment_ops::safe_mode(tx).await?;
-    let refund = new_refund(RefundId::new(), payment_id, amount, reason, safe_mode.is_some(), now);
-    store::insert_refund(tx, &refund).await?;
-    let r = Some(("payment", payment_id));
-    if safe_mode.is_some() {
-        tx.decision(now, "refund.queued", r, json!({"refund_id": refund.id, "reason": "safe_mode"})).await?;
-    } else {
-        tx.outcome(now, "refund.pending", r, json!({"refund_id": refund.id, "amount": amount})).await?;
-    }
+    let refund = record_reserved(tx, RefundId::new(), payment_id, amount, reason, now).await?;
     Ok(Some((p, refund)))
 }
 
@@ -223,10 +233,7 @@ pub(super) async fn record(
         // Left pending: reconciliation finds out what the PSP did, and sends it again if the
         // PSP never got it; the amount stays reserved. Credentials the PSP refused (a revoked
         // key) executed nothing either: the refund waits for them to be fixed.
-        Err(e)
-            if e.may_have_charged()
-                || e.is_retryable()
-                || matches!(e, ConnectorError::Configuration { .. }) => {}
+        Err(e) if e.may_have_charged() || e.allows_failover() => {}
         Err(_) => refund.status = "failed".into(),
     }
     refund.updated_at = now;

@@ -156,14 +156,8 @@ async fn apply_payment(
             Ok(None)
         }
         Ok(to) => {
-            row.status = to.as_str().to_owned();
             row.psp_payment_id = Some(p.psp_id.clone());
-            if to != azotte_domain::payment::PaymentStatus::RequiresAction {
-                row.next_action = None;
-            }
-            row.captured_amount = p.amount_captured.max(row.refunded_amount);
-            row.decline_code = p.decline_code.map(|d| d.as_str().to_owned()).or(row.decline_code);
-            row.updated_at = now;
+            super::apply_observed(&mut row, to, p, now);
             store::update_attempt(tx, &row).await?;
             tx.outcome(
                 now,

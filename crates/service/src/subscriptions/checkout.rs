@@ -102,7 +102,9 @@ pub async fn start(
     let now = ctx.clock.now();
     // A new token is attached for the checkout: validated by the PSP between the reads and
     // the write, and recorded in the checkout's own transaction.
-    let mut attach = match (&input.payment_method_id, &input.token) {
+    // A new token is attached for the checkout: validated by the PSP between the reads and
+    // the write, and recorded in the checkout's own transaction.
+    let token = match (&input.payment_method_id, &input.token) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "token",
@@ -110,18 +112,13 @@ pub async fn start(
                 "give a payment_method_id or a token, not both",
             ))
         }
-        (None, Some((account, token))) => {
+        (None, Some(token)) => {
             crate::security::require(ctx, scope, Permission::CustomerWrite).await?;
-            Some(crate::payment_methods::AttachInput {
-                storefront_id: String::new(), // the offer's, once read
-                psp_account_id: account.clone(),
-                token: token.clone(),
-                make_default: false,
-            })
+            Some(token)
         }
         _ => None,
     };
-    let (offer, item, found) = {
+    let (offer, item, attach) = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
         customer_store::get_customer(&mut tx, &input.customer_id)
             .await?
@@ -132,21 +129,27 @@ pub async fn start(
             .ok_or(ServiceError::NotFound { resource: "offer" })?;
         let offer = Offer::from_row(o)?;
         let item = offered_item(&offer, &input.customer_id, &input.price_id, now)?;
-        let found = match attach.as_mut() {
-            Some(a) => {
-                a.storefront_id = offer.storefront_id.clone();
-                Some(crate::payment_methods::prepare(ctx, &mut tx, &input.customer_id, a).await?)
+        let attach = match token {
+            Some((account, token)) => {
+                let a = crate::payment_methods::AttachInput {
+                    storefront_id: offer.storefront_id.clone(),
+                    psp_account_id: account.clone(),
+                    token: token.clone(),
+                    make_default: false,
+                };
+                let found = crate::payment_methods::prepare(ctx, &mut tx, &input.customer_id, &a).await?;
+                Some((a, found))
             }
             None => None,
         };
         tx.commit().await?;
-        (offer, item, found)
+        (offer, item, attach)
     };
-    let validated = match (found, &attach) {
-        (Some(found), Some(a)) => {
-            Some(crate::payment_methods::validate(ctx, scope, found, &input.customer_id, a).await?)
+    let validated = match attach {
+        Some((a, found)) => {
+            Some(crate::payment_methods::validate(ctx, scope, found, &input.customer_id, &a).await?)
         }
-        _ => None,
+        None => None,
     };
     let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
     // A token the PSP validated is detached there again if the checkout is not written.
@@ -156,9 +159,7 @@ pub async fn start(
         let (pm_id, attached) = match (&input.payment_method_id, validated) {
             (_, Some(validated)) => {
                 // Still there (not erased meanwhile).
-                customer_store::get_customer(&mut tx, &input.customer_id)
-                    .await?
-                    .ok_or(ServiceError::NotFound { resource: "customer" })?;
+                crate::customers::exists(&mut tx, &input.customer_id).await?;
                 let recorded =
                     crate::payment_methods::record(ctx, &mut tx, &input.customer_id, false, validated)
                         .await?;
@@ -310,7 +311,7 @@ enum Step {
     Failed(&'static str),
     Waiting,
     /// Waited for its customer longer than [`ACTION_TTL`]: its payment is to be cancelled.
-    Expired,
+    Expired(String),
     Done,
 }
 
@@ -349,8 +350,7 @@ async fn process(
     };
     let now = ctx.clock.now();
     match step {
-        Step::Expired => {
-            let payment_id = checkout.payment_id.clone().unwrap_or_default();
+        Step::Expired(payment_id) => {
             match payments::cancel_waiting(ctx, scope, &payment_id, "checkout_expired").await {
                 // Cancelled: nothing was charged, the checkout expires.
                 Ok(p) if p.status == "canceled" => fail(ctx, scope, checkout, "checkout_expired").await,
@@ -594,7 +594,7 @@ async fn check_and_charge(
                 checkout.status = "requires_action".into();
                 checkout.next_action = p.next_action.clone();
                 if now - p.updated_at >= ACTION_TTL {
-                    return Ok(Ok(Step::Expired));
+                    return Ok(Ok(Step::Expired(p.id.clone())));
                 }
                 return Ok(Ok(Step::Waiting));
             }

@@ -315,19 +315,17 @@ pub async fn run_due(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
                     },
                 )
                 .await;
+                // Nothing charged, and not because of the card (the PSP down, no account
+                // eligible, the request never received): the trial goes on and the conversion
+                // is tried again later under a new key.
+                if let Some(p) = p.as_ref().ok().filter(|p| payments::failed_on_our_side(p)) {
+                    conversion_deferred(ctx, scope, &row, p).await?;
+                    continue;
+                }
                 match p.as_ref().map(|p| p.status.as_str()) {
                     Ok("captured") => {
                         paid_by = p.as_ref().ok().map(|p| p.id.clone());
                         Event::TrialConverted
-                    }
-                    // Nothing charged, and not because of the card (the PSP down, no account
-                    // eligible, the request never received): the trial goes on and the
-                    // conversion is tried again later under a new key.
-                    Ok(_) if p.as_ref().is_ok_and(payments::failed_on_our_side) => {
-                        if let Ok(p) = &p {
-                            conversion_deferred(ctx, scope, &row, p).await?;
-                        }
-                        continue;
                     }
                     Ok("failed") | Err(ServiceError::NotFound { .. } | ServiceError::Conflict { .. }) => {
                         Event::TrialLapsed

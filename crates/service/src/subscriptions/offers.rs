@@ -3,6 +3,8 @@
 //! bound to the customer, and valid for [`OFFER_TTL`]; checkout accepts nothing else. A
 //! `replace` offer lists what a live subscription may change to (see [`super::replace`]).
 
+use std::collections::HashMap;
+
 use azotte_domain::catalog::{tax_split, Currency};
 use azotte_domain::id::OfferId;
 use azotte_domain::permission::Permission;
@@ -117,12 +119,30 @@ pub(crate) fn invalid(field: &'static str, code: &'static str, message: impl Int
 pub(crate) async fn family_histories(
     tx: &mut TenantTx,
     customer_id: &str,
-) -> Result<std::collections::HashMap<String, FamilyHistory>> {
-    let filter = SubscriptionFilter { customer_id: Some(customer_id), ..Default::default() };
-    let mut out: std::collections::HashMap<String, FamilyHistory> = Default::default();
+) -> Result<HashMap<String, FamilyHistory>> {
+    histories(tx, &SubscriptionFilter { customer_id: Some(customer_id), ..Default::default() }).await
+}
+
+/// The customer's history in a bundle family, for trial eligibility.
+pub(crate) async fn family_history(
+    tx: &mut TenantTx,
+    customer_id: &str,
+    family: &str,
+) -> Result<FamilyHistory> {
+    let filter =
+        SubscriptionFilter { customer_id: Some(customer_id), family: Some(family), ..Default::default() };
+    Ok(histories(tx, &filter).await?.remove(family).unwrap_or_default())
+}
+
+/// The histories by family of the subscriptions `filter` selects (all of them, page by page).
+async fn histories(
+    tx: &mut TenantTx,
+    filter: &SubscriptionFilter<'_>,
+) -> Result<HashMap<String, FamilyHistory>> {
+    let mut out: HashMap<String, FamilyHistory> = HashMap::new();
     let mut after: Option<String> = None;
     loop {
-        let (subs, more) = store::list_subscriptions(tx, &filter, 500, after.as_deref()).await?;
+        let (subs, more) = store::list_subscriptions(tx, filter, 500, after.as_deref()).await?;
         for s in &subs {
             let h = out.entry(s.family.clone()).or_default();
             h.had_trial |= s.had_trial;
@@ -134,22 +154,6 @@ pub(crate) async fn family_histories(
             _ => return Ok(out),
         }
     }
-}
-
-/// The customer's history in a bundle family, for trial eligibility.
-pub(crate) async fn family_history(
-    tx: &mut TenantTx,
-    customer_id: &str,
-    family: &str,
-) -> Result<FamilyHistory> {
-    let filter =
-        SubscriptionFilter { customer_id: Some(customer_id), family: Some(family), ..Default::default() };
-    let (subs, _) = store::list_subscriptions(tx, &filter, 500, None).await?;
-    Ok(FamilyHistory {
-        had_trial: subs.iter().any(|s| s.had_trial),
-        has_live_subscription: subs.iter().any(|s| s.status != "expired"),
-        last_ended_at: subs.iter().filter_map(|s| s.ends_at).max(),
-    })
 }
 
 /// Builds, stores and journals an offer (permission `subscription.write`; a showcase needs only
@@ -170,7 +174,9 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
         Some(c) => Some(Currency::parse("currency", c).map_err(ValidationErrors::from)?),
         None => None,
     };
-    crate::security::require(ctx, scope, Permission::CatalogRead).await?;
+    if !showcase {
+        crate::security::require(ctx, scope, Permission::CatalogRead).await?;
+    }
     // One transaction reads the catalog and the customer and writes the offer.
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let catalog =
