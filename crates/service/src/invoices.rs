@@ -223,8 +223,9 @@ impl Draft {
     }
 
     /// Records `payment` as settling the invoice in full (it must be captured, of the invoice's
-    /// customer, storefront and currency, and cover the total); [`Draft::issue`] then issues it
-    /// paid.
+    /// customer, storefront and currency, and cover the total with what no refund took); [`Draft::issue`] then issues it
+    /// paid. `payment` is as this transaction holds it: written in it, or read with
+    /// [`payment_store::get_locked`].
     pub(crate) async fn pay_with(
         &mut self,
         tx: &mut TenantTx,
@@ -591,12 +592,13 @@ async fn issued_outcome(
 }
 
 /// Whether a payment settles what is due on an invoice.
+/// What a refund took back, or reserved to, does not count.
 fn settles(p: &payment_store::PaymentRow, invoice: &InvoiceRow) -> bool {
     p.status == "captured"
         && p.customer_id == invoice.customer_id
         && p.storefront_id == invoice.storefront_id
         && p.currency == invoice.currency
-        && p.captured_amount >= invoice.total - invoice.amount_paid
+        && p.captured_amount - p.refunded_amount >= invoice.total - invoice.amount_paid
 }
 
 /// Moves an invoice by `event`, writing it only if nobody moved it meanwhile.
@@ -646,8 +648,10 @@ pub async fn mark_paid(
             return Ok(current);
         }
     }
-    let p =
-        payment_store::get(tx, payment_id).await?.ok_or(ServiceError::NotFound { resource: "payment" })?;
+    // Locked: a refund of it waits until this transaction ends ([`payment_store::get_locked`]).
+    let p = payment_store::get_locked(tx, payment_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "payment" })?;
     let due = current.total - current.amount_paid;
     if !settles(&p, &current) {
         return Err(conflict(
@@ -697,8 +701,10 @@ async fn pay_queued(
         }
         return Err(conflict("invoice_status_conflict", "the invoice is paid already"));
     }
-    let p =
-        payment_store::get(tx, payment_id).await?.ok_or(ServiceError::NotFound { resource: "payment" })?;
+    // Locked: a refund of it waits until this transaction ends ([`payment_store::get_locked`]).
+    let p = payment_store::get_locked(tx, payment_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "payment" })?;
     if !settles(&p, draft) {
         return Err(conflict(
             "payment_does_not_settle_invoice",

@@ -299,6 +299,15 @@ pub async fn reserve_refund(
     Ok(tx.write(&q).await? == 1)
 }
 
+/// A payment, locked for the rest of this transaction (PostgreSQL: `FOR UPDATE`; SQLite has
+/// one writer). A charge is recorded as paying an invoice only under this lock, and a refund of
+/// a charge that must pay nothing reads the payment's invoices after its reservation (an update
+/// of the same row): whichever comes second waits for the first and then sees what it did.
+pub async fn get_locked(tx: &mut TenantTx, id: &str) -> Result<Option<PaymentRow>> {
+    let q = select(tx).and_where(Expr::col(Payments::Id).eq(id)).lock(sea_query::LockType::Update).to_owned();
+    tx.tx.fetch_optional::<PaymentRow>(&q).await
+}
+
 /// Gives back a failed refund's reservation.
 pub async fn release_refund(
     tx: &mut TenantTx,

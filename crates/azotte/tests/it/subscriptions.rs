@@ -844,6 +844,12 @@ async fn get_k(app: &TestApp, k: &str, path: &str) -> Value {
     app.get(path).token(k).header("x-tn", T).expect(200).await.json()
 }
 
+/// The entries of type `kind` on a subscription's timeline.
+async fn timeline_entries(app: &TestApp, k: &str, sid: &str, kind: &str) -> Vec<Value> {
+    let t = get_k(app, k, &format!("/v1/subscriptions/{sid}/timeline")).await;
+    t["data"].as_array().unwrap().iter().filter(|e| e["type"] == kind).cloned().collect()
+}
+
 /// The sandbox PSP account of a checkout's payment, and the payment's id there.
 async fn psp_payment(app: &TestApp, waiting: &Value) -> (azotte_domain::id::PspAccountId, String) {
     let pid = waiting["payment_id"].as_str().unwrap();
@@ -1211,15 +1217,9 @@ async fn a_trial_whose_conversion_the_psp_could_not_take_converts_later(app: Tes
     assert_eq!(ent["access"], "full", "{ent}");
     let first = payment_rows(&app, &shop.cus).await;
     assert_eq!(first, vec![format!("renewal-{sid}-1 failed psp_unavailable")]);
-    let timeline = get_k(&app, &k, &format!("/v1/subscriptions/{sid}/timeline")).await;
-    let deferred: Vec<_> = timeline["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "subscription.conversion_deferred")
-        .collect();
-    assert_eq!(deferred.len(), 1, "{timeline:#}");
-    assert_eq!(deferred[0]["body"]["access"], "kept", "{timeline:#}");
+    let deferred = timeline_entries(&app, &k, &sid, "subscription.conversion_deferred").await;
+    assert_eq!(deferred.len(), 1, "{deferred:#?}");
+    assert_eq!(deferred[0]["body"]["access"], "kept", "{deferred:#?}");
     // Ticks before the retry is due charge nothing: the trial is not even due (deferred trials
     // do not crowd the others out of the due list).
     app.ctx.clock.advance(chrono::Duration::minutes(5));
@@ -1253,9 +1253,9 @@ async fn a_trial_whose_conversion_the_psp_could_not_take_converts_later(app: Tes
     assert_eq!(payment_rows(&app, &shop.cus).await.len(), 2);
 }
 
-/// A trial whose conversion's answer was lost (`unknown`, the sandbox did charge), then
-/// cancelled at once: (shop, subscription, API key, the unknown payment).
-async fn unknown_conversion_then_cancelled(app: &TestApp) -> (Shop, String, String, String) {
+/// A trial whose conversion's answer was lost (`unknown`, the sandbox did charge): (shop,
+/// subscription, API key, the unknown payment).
+async fn unknown_conversion(app: &TestApp) -> (Shop, String, String, String) {
     let shop = shop(app, "tok_sandbox_unknown").await;
     let sid = trial_with_card(app, &shop).await;
     let k = key(app).await;
@@ -1268,6 +1268,12 @@ async fn unknown_conversion_then_cancelled(app: &TestApp) -> (Shop, String, Stri
         ))
         .await;
     assert_eq!(unknown.len(), 1, "the conversion's answer was lost");
+    (shop, sid, k, unknown[0].clone())
+}
+
+/// [`unknown_conversion`], then the trial cancelled at once.
+async fn unknown_conversion_then_cancelled(app: &TestApp) -> (Shop, String, String, String) {
+    let (shop, sid, k, unknown) = unknown_conversion(app).await;
     let cancelled = app
         .post(
             &format!("/v1/subscriptions/{sid}/cancel"),
@@ -1280,7 +1286,7 @@ async fn unknown_conversion_then_cancelled(app: &TestApp) -> (Shop, String, Stri
         .json::<Value>();
     assert_eq!(cancelled["status"], "canceled", "{cancelled}");
     assert_eq!((app.sandbox_captured(), app.sandbox_refunded()), (499, 0), "the PSP did charge");
-    (shop, sid, k, unknown[0].clone())
+    (shop, sid, k, unknown)
 }
 
 /// A trial cancelled while its conversion's charge has an unknown outcome: when reconciliation
@@ -1299,12 +1305,9 @@ async fn a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_r
     assert_eq!(app.sandbox_refunded(), 499, "the charge went back");
     let mut refunded = Vec::new();
     for _ in 0..500 {
-        let t = get_k(&app, &k, &format!("/v1/subscriptions/{sid}/timeline")).await;
-        refunded = t["data"]
-            .as_array()
-            .unwrap()
+        refunded = timeline_entries(&app, &k, &sid, "subscription.conversion_refunded")
+            .await
             .iter()
-            .filter(|e| e["type"] == "subscription.conversion_refunded")
             .map(|e| e["body"]["payment_id"].clone())
             .collect();
         if !refunded.is_empty() {
@@ -1322,7 +1325,61 @@ async fn a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_r
 /// converting finds the captured conversion charge and refunds it.
 async fn a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunded(app: TestApp) {
     let (_, sid, k, pid) = unknown_conversion_then_cancelled(&app).await;
-    // The capture is recorded as reconciliation would, and nothing else happens.
+    captured_as_reconciled(&app, &pid).await;
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.sandbox_refunded(), 499, "the sweep gave the charge back");
+    let t = get_k(&app, &k, &format!("/v1/subscriptions/{sid}/timeline")).await;
+    assert!(
+        t["data"].as_array().unwrap().iter().any(|e| e["type"] == "subscription.conversion_refunded"),
+        "{t:#}"
+    );
+}
+
+/// A trial conversion's charge that support refunded in part (its answer lost, the trial
+/// extended meanwhile, then the charge reconciled as captured) does not pay the conversion when
+/// the extended trial ends: the invoice would be paid by money partly given back. The
+/// rest of that charge goes back (recorded on the subscription) and the conversion charges
+/// again under a new key.
+async fn a_partly_refunded_conversion_charge_does_not_pay_the_conversion(app: TestApp) {
+    let (shop, sid, k, pid) = unknown_conversion(&app).await;
+    let post_k = |path: String, body: Value, status: u16| {
+        let req = app.post(&path, body).token(&k).header("x-tn", T).expect(status);
+        async move { req.await.json::<Value>() }
+    };
+    let extended = post_k(format!("/v1/subscriptions/{sid}/extend"), json!({"days": 7}), 200).await;
+    assert_eq!(extended["status"], "trialing", "{extended}");
+    captured_as_reconciled(&app, &pid).await;
+    post_k(format!("/v1/payments/{pid}/refunds"), json!({"amount": 100, "reason": "goodwill"}), 201).await;
+    app.ctx.clock.advance(chrono::Duration::days(7));
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    async fn payments(app: &TestApp, customer: &str) -> Vec<String> {
+        app.raw_strings(&format!(
+            "SELECT request_key || ' ' || status || ' ' || refunded_amount FROM payments \
+             WHERE customer_id = '{customer}' ORDER BY created_at, id"
+        ))
+        .await
+    }
+    assert_eq!(
+        payments(&app, &shop.cus).await,
+        vec![format!("renewal-{sid}-1 captured 499"), format!("renewal-{sid}-1-r1 unknown 0")],
+        "the rest given back, charged again under a new key"
+    );
+    assert_eq!(app.sandbox_refunded(), 499, "100 by support, the rest by the conversion");
+    let paid_by =
+        app.raw_strings(&format!("SELECT invoice_id FROM invoice_payments WHERE payment_id = '{pid}'")).await;
+    assert_eq!(paid_by, Vec::<String>::new(), "the partly refunded charge pays no invoice");
+    assert_eq!(get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await["status"], "trialing");
+    let refunded = timeline_entries(&app, &k, &sid, "subscription.conversion_refunded").await;
+    assert_eq!(refunded.iter().map(|e| &e["body"]["payment_id"]).collect::<Vec<_>>(), [&json!(pid)]);
+    // Later ticks give back nothing more.
+    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    assert_eq!(app.sandbox_refunded(), 499);
+}
+
+/// Records payment `pid` as captured (499), as reconciliation would once it found the charge the
+/// sandbox took, and nothing else happens (no task after the move).
+async fn captured_as_reconciled(app: &TestApp, pid: &str) {
     let psp_id = app
         .ctx
         .psp
@@ -1340,14 +1397,6 @@ async fn a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunde
     ))
     .await
     .unwrap();
-    app.ctx.clock.advance(chrono::Duration::minutes(11));
-    azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    assert_eq!(app.sandbox_refunded(), 499, "the sweep gave the charge back");
-    let t = get_k(&app, &k, &format!("/v1/subscriptions/{sid}/timeline")).await;
-    assert!(
-        t["data"].as_array().unwrap().iter().any(|e| e["type"] == "subscription.conversion_refunded"),
-        "{t:#}"
-    );
 }
 
 async fn three_d_secure_checkout_waits_for_the_customer(app: TestApp) {
@@ -1580,6 +1629,7 @@ both!(
     a_trial_whose_conversion_the_psp_could_not_take_converts_later,
     a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_resolves,
     a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunded,
+    a_partly_refunded_conversion_charge_does_not_pay_the_conversion,
     foreign_ids_and_methods_are_refused,
     prefer_wait_answers_with_the_checkouts_result,
     prefer_wait_answers_a_decline,

@@ -22,20 +22,22 @@ pub async fn refund(
     amount: Option<i64>,
     reason: &str,
 ) -> Result<RefundRow> {
-    refund_some(ctx, scope, payment_id, amount, reason).await?.ok_or_else(|| nothing_left().into())
+    refund_some(ctx, scope, payment_id, amount, reason, false).await?.ok_or_else(|| nothing_left().into())
 }
 
 /// Gives back all that is left of a captured payment whose charge paid for nothing (a checkout
 /// that failed after it, a renewal or trial conversion whose subscription changed meanwhile):
 /// the refund, or `None` when nothing is left to refund — refunded before, or by a concurrent
-/// caller (whose reservation came first). Permission `payment.refund`.
+/// caller (whose reservation came first) — or when the charge pays an invoice after all (a
+/// conversion or renewal that used it committed after the caller looked; checked under the
+/// payment's lock, see [`store::get_locked`]). Permission `payment.refund`.
 pub(crate) async fn refund_rest(
     ctx: &Ctx,
     scope: &TenantScope,
     payment_id: &str,
     reason: &str,
 ) -> Result<Option<RefundRow>> {
-    match refund_some(ctx, scope, payment_id, None, reason).await {
+    match refund_some(ctx, scope, payment_id, None, reason, true).await {
         Err(ServiceError::Conflict { code: "refund_exceeds_captured", .. }) => Ok(None),
         other => other,
     }
@@ -49,13 +51,15 @@ fn nothing_left() -> ValidationErrors {
     ))
 }
 
-/// [`refund`]; `None` when no amount is given and nothing is left to refund.
+/// [`refund`]; `None` when no amount is given and nothing is left to refund, or with
+/// `pays_nothing` when the payment pays an invoice.
 async fn refund_some(
     ctx: &Ctx,
     scope: &TenantScope,
     payment_id: &str,
     amount: Option<i64>,
     reason: &str,
+    pays_nothing: bool,
 ) -> Result<Option<RefundRow>> {
     crate::security::require(ctx, scope, Permission::PaymentRefund).await?;
     let now = ctx.clock.now();
@@ -90,6 +94,13 @@ async fn refund_some(
             ),
             field: Some("amount"),
         });
+    }
+    // The reservation holds the payment's row: an invoice that records it as paid by now has
+    // committed, and none can from here until this transaction ends.
+    if pays_nothing
+        && !azotte_store::invoices::invoice_payments(&mut tx, None, Some(payment_id)).await?.is_empty()
+    {
+        return Ok(None);
     }
     let refund = record_reserved(&mut tx, rid, payment_id, amount, reason, now).await?;
     tx.commit().await?;

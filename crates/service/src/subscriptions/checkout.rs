@@ -706,6 +706,8 @@ async fn create_subscription(
         Some(open) => open,
         None => (ctx.db.tenant_tx(scope).await?, None),
     };
+    // The charge's answer is recorded in this transaction (and its payment row held by it).
+    let written_here = redo.is_some();
     // Committed when it ends in `Ok(Ok(()))`.
     let created: Result<std::result::Result<(), NotCreated>> = async {
         let now = ctx.clock.now();
@@ -756,7 +758,21 @@ async fn create_subscription(
         store::insert_grants(&mut tx, &sid, &row.customer_id, &granted).await?;
         // The first charge's invoice, paid by it (a trial charged nothing: no invoice), written as a
         // draft now and numbered last.
-        let invoice = match paid.payment {
+        let locked;
+        let payment = match paid.payment {
+            // Written in this transaction (the charge's answer): held already.
+            Some(p) if written_here => Some(p),
+            // Captured earlier: held from here, so a refund cannot slip in before the invoice
+            // records it.
+            Some(p) => {
+                locked = azotte_store::payments::get_locked(&mut tx, &p.id)
+                    .await?
+                    .ok_or(ServiceError::NotFound { resource: "payment" })?;
+                Some(&locked)
+            }
+            None => None,
+        };
+        let invoice = match payment {
             Some(p) => Some(
                 crate::invoices::for_checkout(
                     &mut tx,

@@ -418,8 +418,13 @@ async fn conversion_charge_key(
     if payments::failed_on_our_side(last) {
         return Ok((now - last.updated_at >= CONVERSION_RETRY).then_some(retry));
     }
-    // Captured and given back in full: it paid for nothing, so it cannot pay the conversion.
-    if last.status == "captured" && last.refunded_amount >= last.captured_amount {
+    // Captured and given back, even in part (support refunded some of it while the answer was
+    // unknown and the trial extended): what is left cannot pay the conversion, so it goes back
+    // too, and the conversion charges anew.
+    if last.status == "captured" && last.refunded_amount > 0 {
+        if last.refunded_amount < last.captured_amount {
+            refund_conversion(ctx, scope, &row.id, &last.id).await?;
+        }
         return Ok(Some(retry));
     }
     Ok(Some(last.request_key.clone().unwrap_or(key)))
