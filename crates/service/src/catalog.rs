@@ -1272,22 +1272,17 @@ pub(crate) async fn storefront_catalog_in(
     storefront_id: &str,
     currency: Option<&Currency>,
 ) -> Result<Catalog> {
-    let storefront = load_storefront(tx, storefront_id).await?;
+    // From the process's read cache in a write transaction (an offer's; decision 0011).
+    check_storefront_allowed(tx.scope(), storefront_id)?;
+    let storefront =
+        store::get_storefront_cached(tx, storefront_id).await?.ok_or_else(|| not_found("storefront"))?;
     if storefront.status == StorefrontStatus::Inactive {
         return Ok(Catalog { storefront, items: vec![] });
     }
-    let prices: Vec<Price> = store::storefront_active_prices(tx, storefront_id)
-        .await?
-        .into_iter()
-        .filter(|p| currency.is_none_or(|c| *c == p.currency))
-        .collect();
-    let price_ids: Vec<String> = prices.iter().map(|p| p.id.clone()).collect();
-    let versions = store::versions_of(tx, &price_ids).await?;
-    let mut bundle_ids: Vec<String> = prices.iter().map(|p| p.bundle_id.clone()).collect();
-    bundle_ids.sort();
-    bundle_ids.dedup();
-    let bundles = store::bundles_by_id(tx, &bundle_ids).await?;
-    let all = store::all_entitlements(tx).await?;
+    let store::Offered { prices, versions, bundles } = store::offered_cached(tx, storefront_id).await?;
+    let prices: Vec<Price> =
+        prices.into_iter().filter(|p| currency.is_none_or(|c| *c == p.currency)).collect();
+    let all = store::all_entitlements_cached(tx).await?;
     let mut items: Vec<CatalogItem> = bundles
         .into_iter()
         .filter_map(|b| {

@@ -1,5 +1,7 @@
 //! Per-process caches of the hottest reads: verified API keys (with their tenant and resolved
-//! permissions) and customers' grant states. See docs/decisions/0011-read-cache.md.
+//! permissions), customers' grant states, and the catalog rows a checkout's job re-reads
+//! (storefronts, bundles with their entitlements, prices, price versions, a tenant
+//! environment's entitlements). See docs/decisions/0011-read-cache.md.
 //!
 //! An entry is served while it is younger than `max_age` and no change to the rows it was read
 //! from has been reported since. Changes are reported by the database itself, so every writer is
@@ -57,6 +59,11 @@ pub enum Change {
     Keys,
     /// Some customer, grant, subscription or storefront changed; which one is not known (SQLite).
     Grants,
+    /// Some catalog row (bundle, its entitlements, price, price version, entitlement) changed;
+    /// which tenant's is not known (SQLite).
+    Catalogs,
+    /// A catalog row of one tenant environment changed.
+    Catalog { tenant: String, environment: String },
     /// The tenant itself, one of its roles or storefronts: everything cached for it.
     Tenant(String),
     /// One API key, by its public key id.
@@ -66,8 +73,8 @@ pub enum Change {
 }
 
 impl Change {
-    /// Parses a notification payload of the PostgreSQL triggers (migration 0022):
-    /// `t|tenant`, `k|key_id`, `c|tenant|environment|customer`.
+    /// Parses a notification payload of the PostgreSQL triggers (migrations 0022, 0036):
+    /// `t|tenant`, `k|key_id`, `c|tenant|environment|customer`, `g|tenant|environment`.
     pub(crate) fn parse(payload: &str) -> Option<Change> {
         let mut parts = payload.split('|');
         let change = match parts.next()? {
@@ -78,6 +85,9 @@ impl Change {
                 environment: parts.next()?.to_owned(),
                 customer: parts.next()?.to_owned(),
             },
+            "g" => {
+                Change::Catalog { tenant: parts.next()?.to_owned(), environment: parts.next()?.to_owned() }
+            }
             _ => return None,
         };
         parts.next().is_none().then_some(change)
@@ -89,12 +99,16 @@ impl Change {
     /// inserts of roles: a key may only be given an existing role, and a role in use cannot be
     /// deleted, so a new role is nobody's; should a key still name a role that had no row (a
     /// deletion racing the key's creation), its cached entry lacks the new role's permissions
-    /// for at most the max age — it denies, never grants, what it should not.
+    /// for at most the max age — it denies, never grants, what it should not. Any write to a
+    /// catalog table drops the cached catalog (a new entitlement changes a tenant's list); an
+    /// update of a storefront drops grants and catalog alike (rare: everything).
     pub(crate) fn of_sqlite_write(table: &str, insert: bool) -> Option<Change> {
         match (table, insert) {
-            ("entitlement_grants", _) | ("customers" | "subscriptions" | "storefronts", false) => {
-                Some(Change::Grants)
+            ("storefronts", false) => Some(Change::All),
+            ("bundles" | "bundle_entitlements" | "prices" | "price_versions" | "entitlements", _) => {
+                Some(Change::Catalogs)
             }
+            ("entitlement_grants", _) | ("customers" | "subscriptions", false) => Some(Change::Grants),
             ("roles" | "tenants" | "api_keys" | "api_key_directory", false) => Some(Change::Keys),
             _ => None,
         }
@@ -248,6 +262,35 @@ type KeyKey = (String, String);
 /// (tenant, environment, customer).
 pub(crate) type GrantsKey = (TenantId, Environment, String);
 
+/// A cached catalog read of one tenant environment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum CatalogItem {
+    Storefront(String),
+    /// With its entitlements.
+    Bundle(String),
+    Price(String),
+    /// Every version of one price.
+    Versions(String),
+    /// All of the environment's entitlements.
+    Entitlements,
+    /// A storefront's active prices, their versions and their bundles.
+    Offered(String),
+}
+
+/// (tenant, environment, what).
+pub(crate) type CatalogKey = (TenantId, Environment, CatalogItem);
+
+/// What a [`CatalogItem`] read found (only rows that exist are cached).
+#[derive(Debug, Clone)]
+pub(crate) enum CatalogEntry {
+    Storefront(Arc<crate::catalog::Storefront>),
+    Bundle(Arc<crate::catalog::Bundle>),
+    Price(Arc<crate::catalog::Price>),
+    Versions(Arc<Vec<crate::catalog::PriceVersion>>),
+    Entitlements(Arc<Vec<crate::catalog::Entitlement>>),
+    Offered(Arc<crate::catalog::Offered>),
+}
+
 /// The caches of one [`crate::Db`] (one process, in production).
 pub struct ReadCache {
     options: CacheOptions,
@@ -267,6 +310,10 @@ pub struct ReadCache {
     /// How many times a customer's grants were read from the database (tests count them).
     #[cfg(any(test, feature = "testing"))]
     pub(crate) grant_loads: AtomicU64,
+    catalog: Shards<CatalogKey, CatalogEntry>,
+    /// How many times a catalog item was read from the database for the cache (tests count them).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) catalog_loads: AtomicU64,
     /// SQLite: the changes made by the transaction holding the writer connection, reported by
     /// its update hook; applied once that transaction has committed.
     pub(crate) sqlite_pending: Mutex<Vec<Change>>,
@@ -300,6 +347,9 @@ impl ReadCache {
             grant_flights: Flights::new(),
             #[cfg(any(test, feature = "testing"))]
             grant_loads: AtomicU64::new(0),
+            catalog: Shards::new(capacity),
+            #[cfg(any(test, feature = "testing"))]
+            catalog_loads: AtomicU64::new(0),
             sqlite_pending: Mutex::new(Vec::new()),
             acks: Mutex::new(HashMap::new()),
             next_ack: AtomicU64::new(1),
@@ -378,6 +428,20 @@ impl ReadCache {
         }
     }
 
+    pub(crate) fn catalog(&self, k: &CatalogKey) -> Option<CatalogEntry> {
+        if !self.is_live() {
+            return None;
+        }
+        self.catalog.get(k, self.options.max_age)
+    }
+
+    pub(crate) fn store_catalog(&self, t: Ticket, k: CatalogKey, entry: CatalogEntry) {
+        let mut s = self.catalog.shard(&k);
+        if self.admits(t) {
+            s.put(k, (Instant::now(), entry));
+        }
+    }
+
     /// Drops what a change makes stale. The counter moves first, so a load that read before
     /// the change cannot store its result after the eviction.
     pub fn apply(&self, change: &Change) {
@@ -386,12 +450,18 @@ impl ReadCache {
             Change::All => {
                 self.keys.clear();
                 self.grants.clear();
+                self.catalog.clear();
             }
             Change::Keys => self.keys.clear(),
             Change::Grants => self.grants.clear(),
+            Change::Catalogs => self.catalog.clear(),
+            Change::Catalog { tenant, environment } => self
+                .catalog
+                .retain(|(t, e, _), _| t.to_string() != *tenant || e.as_str() != environment.as_str()),
             Change::Tenant(t) => {
                 self.keys.retain(|_, r| r.tenant.id.to_string() != *t);
                 self.grants.retain(|(tenant, _, _), _| tenant.to_string() != *t);
+                self.catalog.retain(|(tenant, _, _), _| tenant.to_string() != *t);
             }
             Change::ApiKey(key_id) => self.keys.retain(|(_, k), _| k != key_id),
             Change::Customer { tenant, environment, customer } => {
@@ -446,6 +516,11 @@ impl crate::Db {
     pub fn grant_loads(&self) -> u64 {
         self.cache.grant_loads.load(Ordering::SeqCst)
     }
+
+    /// How many times this process read a catalog item from the database for its cache.
+    pub fn catalog_loads(&self) -> u64 {
+        self.cache.catalog_loads.load(Ordering::SeqCst)
+    }
 }
 
 #[cfg(test)]
@@ -467,6 +542,11 @@ mod tests {
             })
         );
         assert_eq!(Change::parse("c|ten_1|production"), None);
+        assert_eq!(
+            Change::parse("g|ten_1|test"),
+            Some(Change::Catalog { tenant: "ten_1".into(), environment: "test".into() })
+        );
+        assert_eq!(Change::parse("g|ten_1"), None);
         assert_eq!(Change::parse("k|a|b"), None);
         assert_eq!(Change::parse("x|a"), None);
     }
@@ -480,6 +560,12 @@ mod tests {
         assert_eq!(Change::of_sqlite_write("roles", true), None);
         assert_eq!(Change::of_sqlite_write("roles", false), Some(Change::Keys));
         assert_eq!(Change::of_sqlite_write("journal_entries", false), None);
+        assert_eq!(Change::of_sqlite_write("storefronts", false), Some(Change::All));
+        assert_eq!(Change::of_sqlite_write("storefronts", true), None);
+        for t in ["bundles", "bundle_entitlements", "prices", "price_versions", "entitlements"] {
+            assert_eq!(Change::of_sqlite_write(t, true), Some(Change::Catalogs), "{t}");
+            assert_eq!(Change::of_sqlite_write(t, false), Some(Change::Catalogs), "{t}");
+        }
     }
 
     #[test]

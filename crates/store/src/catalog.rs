@@ -1121,3 +1121,146 @@ pub async fn storefront_active_prices(tx: &mut TenantTx, storefront_id: &str) ->
         .to_owned();
     tx.tx.fetch_all::<PriceRow>(&q).await?.into_iter().map(Price::try_from).collect()
 }
+
+/// Where a catalog read that missed the process's cache stores what it found.
+struct CacheSlot {
+    cache: std::sync::Arc<crate::cache::ReadCache>,
+    key: crate::cache::CatalogKey,
+    ticket: crate::cache::Ticket,
+}
+
+/// The cached entry for `item` of the transaction's tenant environment, or where to store the
+/// read's result (`None`: not cached — a read-only transaction, caching off or not live).
+fn cached(
+    tx: &TenantTx,
+    item: crate::cache::CatalogItem,
+) -> std::result::Result<crate::cache::CatalogEntry, Option<CacheSlot>> {
+    let Some(cache) = tx.read_cache() else { return Err(None) };
+    let key = (tx.scope().tenant_id(), tx.scope().environment(), item);
+    if let Some(e) = cache.catalog(&key) {
+        return Ok(e);
+    }
+    let Some(ticket) = cache.ticket() else { return Err(None) };
+    #[cfg(any(test, feature = "testing"))]
+    cache.catalog_loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Err(Some(CacheSlot { cache: cache.clone(), key, ticket }))
+}
+
+impl CacheSlot {
+    fn store(self, entry: crate::cache::CatalogEntry) {
+        self.cache.store_catalog(self.ticket, self.key, entry);
+    }
+}
+
+/// A catalog read through the process's read cache in a write transaction (decision 0011:
+/// evicted by the database's change reports, at most the max age old): the cached entry for
+/// `item` as `hit` takes it, else `load`'s result, stored as `keep` makes it (`None`: not
+/// stored). The cached catalog reads are for transactions that do not write the catalog
+/// themselves: their own writes are applied to the cache only at commit.
+async fn through_cache<T>(
+    tx: &mut TenantTx,
+    item: crate::cache::CatalogItem,
+    hit: fn(crate::cache::CatalogEntry) -> Option<T>,
+    keep: fn(&T) -> Option<crate::cache::CatalogEntry>,
+    load: impl AsyncFnOnce(&mut TenantTx) -> Result<T>,
+) -> Result<T> {
+    let slot = match cached(tx, item) {
+        Ok(entry) => match hit(entry) {
+            Some(found) => return Ok(found),
+            None => None,
+        },
+        Err(slot) => slot,
+    };
+    let found = load(tx).await?;
+    if let Some((slot, entry)) = slot.zip(keep(&found)) {
+        slot.store(entry);
+    }
+    Ok(found)
+}
+
+/// [`get_storefront`] through the read cache ([`through_cache`]).
+pub async fn get_storefront_cached(tx: &mut TenantTx, id: &str) -> Result<Option<Storefront>> {
+    use crate::cache::{CatalogEntry as E, CatalogItem as I};
+    let hit = |e| match e {
+        E::Storefront(s) => Some(Some((*s).clone())),
+        _ => None,
+    };
+    let keep = |f: &Option<Storefront>| f.clone().map(|s| E::Storefront(s.into()));
+    through_cache(tx, I::Storefront(id.to_owned()), hit, keep, async |tx| get_storefront(tx, id).await).await
+}
+
+/// [`get_bundle`] (with its entitlements) through the read cache ([`through_cache`]).
+pub async fn get_bundle_cached(tx: &mut TenantTx, id: &str) -> Result<Option<Bundle>> {
+    use crate::cache::{CatalogEntry as E, CatalogItem as I};
+    let hit = |e| match e {
+        E::Bundle(b) => Some(Some((*b).clone())),
+        _ => None,
+    };
+    let keep = |f: &Option<Bundle>| f.clone().map(|b| E::Bundle(b.into()));
+    through_cache(tx, I::Bundle(id.to_owned()), hit, keep, async |tx| get_bundle(tx, id).await).await
+}
+
+/// [`get_price`] through the read cache ([`through_cache`]).
+pub async fn get_price_cached(tx: &mut TenantTx, id: &str) -> Result<Option<Price>> {
+    use crate::cache::{CatalogEntry as E, CatalogItem as I};
+    let hit = |e| match e {
+        E::Price(p) => Some(Some((*p).clone())),
+        _ => None,
+    };
+    let keep = |f: &Option<Price>| f.clone().map(|p| E::Price(p.into()));
+    through_cache(tx, I::Price(id.to_owned()), hit, keep, async |tx| get_price(tx, id).await).await
+}
+
+/// [`versions_of`] one price through the read cache ([`through_cache`]; a price without
+/// versions is not cached).
+pub async fn versions_of_cached(tx: &mut TenantTx, price_id: &str) -> Result<Vec<PriceVersion>> {
+    use crate::cache::{CatalogEntry as E, CatalogItem as I};
+    let hit = |e| match e {
+        E::Versions(v) => Some((*v).clone()),
+        _ => None,
+    };
+    let keep = |f: &Vec<PriceVersion>| (!f.is_empty()).then(|| E::Versions(f.clone().into()));
+    let load = async |tx: &mut TenantTx| versions_of(tx, &[price_id.to_owned()]).await;
+    through_cache(tx, I::Versions(price_id.to_owned()), hit, keep, load).await
+}
+
+/// [`all_entitlements`] through the read cache ([`through_cache`]).
+pub async fn all_entitlements_cached(tx: &mut TenantTx) -> Result<Vec<Entitlement>> {
+    use crate::cache::{CatalogEntry as E, CatalogItem as I};
+    let hit = |e| match e {
+        E::Entitlements(v) => Some((*v).clone()),
+        _ => None,
+    };
+    let keep = |f: &Vec<Entitlement>| Some(E::Entitlements(f.clone().into()));
+    through_cache(tx, I::Entitlements, hit, keep, async |tx| all_entitlements(tx).await).await
+}
+
+/// What a storefront offers: its active prices, every version of them, and their bundles (with
+/// their entitlements), each in id order.
+#[derive(Debug, Clone)]
+pub struct Offered {
+    pub prices: Vec<Price>,
+    pub versions: Vec<PriceVersion>,
+    pub bundles: Vec<Bundle>,
+}
+
+/// [`Offered`] by a storefront (three reads) through the read cache ([`through_cache`]).
+pub async fn offered_cached(tx: &mut TenantTx, storefront_id: &str) -> Result<Offered> {
+    use crate::cache::{CatalogEntry as E, CatalogItem as I};
+    let hit = |e| match e {
+        E::Offered(o) => Some((*o).clone()),
+        _ => None,
+    };
+    let keep = |f: &Offered| Some(E::Offered(f.clone().into()));
+    let load = async |tx: &mut TenantTx| {
+        let prices = storefront_active_prices(tx, storefront_id).await?;
+        let price_ids: Vec<String> = prices.iter().map(|p| p.id.clone()).collect();
+        let versions = versions_of(tx, &price_ids).await?;
+        let mut bundle_ids: Vec<String> = prices.iter().map(|p| p.bundle_id.clone()).collect();
+        bundle_ids.sort();
+        bundle_ids.dedup();
+        let bundles = bundles_by_id(tx, &bundle_ids).await?;
+        Ok(Offered { prices, versions, bundles })
+    };
+    through_cache(tx, I::Offered(storefront_id.to_owned()), hit, keep, load).await
+}

@@ -547,6 +547,12 @@ journaled_tx!(
 );
 
 impl TenantTx {
+    /// A write transaction's read caches (none for a read-only one: on SQLite its snapshot may
+    /// predate changes the cache has applied since).
+    pub(crate) fn read_cache(&self) -> Option<&Arc<ReadCache>> {
+        self.cache.as_ref()
+    }
+
     /// The condition that keeps a statement inside the scope's tenant and environment, for
     /// tables keyed by (`tenant_col`, `env_col`, …).
     pub(crate) fn in_scope<T: sea_query::Iden + Copy + 'static>(

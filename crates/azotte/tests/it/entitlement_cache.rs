@@ -48,6 +48,8 @@ struct Shop {
     /// The sandbox PSP account.
     acc: String,
     price: String,
+    /// The bundle `premium`.
+    bundle: String,
 }
 
 async fn shop(app: &TestApp, tenant: &str) -> Shop {
@@ -88,7 +90,8 @@ async fn shop(app: &TestApp, tenant: &str) -> Shop {
         201,
     )
     .await);
-    let mut shop = Shop { cus: String::new(), sub: String::new(), sf: sf.clone(), acc, price };
+    let mut shop =
+        Shop { cus: String::new(), sub: String::new(), sf: sf.clone(), acc, price, bundle: premium };
     let (cus, sub) = buyer(app, tenant, &shop, "viewer-1").await;
     shop.cus = cus;
     shop.sub = sub;
@@ -113,6 +116,13 @@ async fn customer(app: &TestApp, tenant: &str, shop: &Shop, external_id: &str) -
 
 async fn buy(app: &TestApp, tenant: &str, shop: &Shop, cus: &str, pm: &str) -> String {
     let o = post(app, tenant, "/v1/offers", json!({"customer_id": cus, "storefront_id": shop.sf}), 201).await;
+    let ended = check_out(app, tenant, shop, cus, pm, &o).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    ended["subscription_id"].as_str().unwrap().to_owned()
+}
+
+/// Checks out `offer`'s item for `cus` and waits for the checkout to end.
+async fn check_out(app: &TestApp, tenant: &str, shop: &Shop, cus: &str, pm: &str, o: &Value) -> Value {
     let c = post(
         app,
         tenant,
@@ -125,8 +135,7 @@ async fn buy(app: &TestApp, tenant: &str, shop: &Shop, cus: &str, pm: &str) -> S
         let v: Value =
             app.get(&format!("/v1/checkouts/{}", id(&c))).tenant(tenant, ENV).expect(200).await.json();
         if v["status"] != "processing" {
-            assert_eq!(v["status"], "succeeded", "{v}");
-            return v["subscription_id"].as_str().unwrap().to_owned();
+            return v;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -456,6 +465,63 @@ async fn changes_beside_the_service(app: TestApp) {
     }
 }
 
+/// The catalog rows an offer reads and a checkout's job re-reads (storefront, what it offers,
+/// bundle with its entitlements, price, its versions, the environment's entitlements) are
+/// cached as well: a second purchase reads none of them, and a change through the service shows
+/// on the very next offer and checkout — an entitlement added to the bundle is granted, an
+/// archived bundle fails a checkout of an offer made before and is offered no more. On
+/// PostgreSQL a change by SQL beside the service is seen at once (NOTIFY).
+async fn catalog_changes_show_on_the_next_checkout(app: TestApp) {
+    let shop = shop(&app, T).await;
+    let loads = app.ctx.db.catalog_loads();
+    assert!(loads >= 5, "the first purchase read the catalog: {loads}");
+    buyer(&app, T, &shop, "viewer-2").await;
+    assert_eq!(app.ctx.db.catalog_loads(), loads, "a second purchase reads no catalog row");
+
+    post(&app, T, "/v1/entitlements", json!({"key": "uhd", "name": "UHD", "kind": "boolean"}), 201).await;
+    app.patch(
+        &format!("/v1/bundles/{}", shop.bundle),
+        json!({"entitlements": [{"key": "hd"}, {"key": "uhd"}]}),
+    )
+    .tenant(T, ENV)
+    .expect(200)
+    .await;
+    let (cus3, _) = buyer(&app, T, &shop, "viewer-3").await;
+    let granted: Value =
+        app.get(&format!("/v1/customers/{cus3}/entitlements")).tenant(T, ENV).expect(200).await.json();
+    let mut keys: Vec<&str> =
+        granted["data"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["hd", "uhd"], "{granted}");
+
+    let (cus4, pm4) = customer(&app, T, &shop, "viewer-4").await;
+    let o = post(&app, T, "/v1/offers", json!({"customer_id": cus4, "storefront_id": shop.sf}), 201).await;
+    app.patch(&format!("/v1/bundles/{}", shop.bundle), json!({"status": "archived"}))
+        .tenant(T, ENV)
+        .expect(200)
+        .await;
+    let failed = check_out(&app, T, &shop, &cus4, &pm4, &o).await;
+    assert_eq!(
+        (&failed["status"], &failed["failure_code"]),
+        (&json!("failed"), &json!("bundle_not_available"))
+    );
+    // Nor is it offered any more.
+    let o = post(&app, T, "/v1/offers", json!({"customer_id": cus4, "storefront_id": shop.sf}), 201).await;
+    assert_eq!(o["items"], json!([]), "{o}");
+
+    if app.backend == Backend::Postgres {
+        // Back to active by SQL beside the service: the trigger's notification evicts the
+        // archived bundle the last checkout cached, so the next checkout succeeds.
+        app.raw_exec(&format!("UPDATE bundles SET status = 'active' WHERE id = '{}'", shop.bundle))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let loads = app.ctx.db.catalog_loads();
+        buyer(&app, T, &shop, "viewer-5").await;
+        assert!(app.ctx.db.catalog_loads() > loads, "the environment's catalog was read again");
+    }
+}
+
 /// PostgreSQL: with the privileges to read grants and keys taken from the service's role, cached
 /// checks still answer (no round trip) while an uncached one fails; and when the LISTEN
 /// connection is lost, the cache is dropped rather than left to miss changes.
@@ -517,6 +583,7 @@ async fn max_age_zero_caches_nothing(app: TestApp) {
 }
 
 cached!(60_000 =>
+    catalog_changes_show_on_the_next_checkout,
     lifecycle_changes_show_on_the_next_check,
     key_changes_apply_on_the_next_request,
     nothing_crosses_tenants_or_environments

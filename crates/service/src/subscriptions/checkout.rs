@@ -517,13 +517,14 @@ async fn check_and_charge(
     let Ok(item) = offered_item(offer, &checkout.customer_id, &checkout.price_id, checkout.created_at) else {
         return Ok(Err("offer_invalid"));
     };
-    let bundle = catalog_store::get_bundle(&mut tx, &item.bundle_id).await?;
-    let price = catalog_store::get_price(&mut tx, &item.price_id).await?;
-    let versions = catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?;
+    // The catalog rows come from the process's read cache when it holds them (decision 0011).
+    let bundle = catalog_store::get_bundle_cached(&mut tx, &item.bundle_id).await?;
+    let price = catalog_store::get_price_cached(&mut tx, &item.price_id).await?;
+    let versions = catalog_store::versions_of_cached(&mut tx, &item.price_id).await?;
     let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
     let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
-    let all = catalog_store::all_entitlements(&mut tx).await?;
-    let storefront = catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?;
+    let all = catalog_store::all_entitlements_cached(&mut tx).await?;
+    let storefront = catalog_store::get_storefront_cached(&mut tx, &offer.storefront_id).await?;
     // For the invoice: the country its tax was quoted for.
     let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
     let Some(storefront) = storefront else { return Ok(Err("storefront_not_available")) };
