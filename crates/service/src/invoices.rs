@@ -183,6 +183,8 @@ pub(crate) struct Draft {
     prefix: String,
     /// The captured payment recorded as settling it in full.
     paid_by: Option<String>,
+    /// What was refunded of that payment before (credited on the invoice once issued).
+    refunded_before: i64,
 }
 
 /// Writes a [`Draft`] invoice and its lines at a given tax rate, in the caller's transaction.
@@ -208,6 +210,7 @@ pub(crate) async fn draft_at_rate(
         rate_bp,
         prefix: storefront.invoice_prefix.clone(),
         paid_by: None,
+        refunded_before: 0,
     })
 }
 
@@ -223,9 +226,9 @@ impl Draft {
     }
 
     /// Records `payment` as settling the invoice in full (it must be captured, of the invoice's
-    /// customer, storefront and currency, and cover the total with what no refund took); [`Draft::issue`] then issues it
-    /// paid. `payment` is as this transaction holds it: written in it, or read with
-    /// [`payment_store::get_locked`].
+    /// customer, storefront and currency, and cover the total); [`Draft::issue`] then issues it
+    /// paid, and credits on it what was refunded of the payment before. `payment` is as this
+    /// transaction holds it ([`payment_store::get_locked`]).
     pub(crate) async fn pay_with(
         &mut self,
         tx: &mut TenantTx,
@@ -249,6 +252,7 @@ impl Draft {
         )
         .await?;
         self.paid_by = Some(payment.id.clone());
+        self.refunded_before = payment.refunded_amount;
         Ok(())
     }
 
@@ -266,14 +270,18 @@ impl Draft {
         numbering: Numbering,
         now: DateTime<Utc>,
     ) -> Result<InvoiceRow> {
-        let Draft { mut row, lines, rate_bp, prefix, paid_by } = self;
+        let Draft { mut row, lines, rate_bp, prefix, paid_by, refunded_before } = self;
         let series = rules::series(&prefix, now.year(), DocumentKind::Invoice);
         let sequence = match numbering {
             Numbering::Auto => store::try_next_number(tx, &row.storefront_id, &series).await?,
             Numbering::Deferred => None,
         };
         let Some(sequence) = sequence else {
-            return queue(tx, row, lines, rate_bp, paid_by, now).await;
+            let queued = queue(tx, row, lines, rate_bp, paid_by.clone(), now).await?;
+            return match &paid_by {
+                Some(p) => credited(tx, queued, p, refunded_before, now).await,
+                None => Ok(queued),
+            };
         };
         let status = issued_status(paid_by.is_some())?;
         number_row(&mut row, series, sequence, status, now);
@@ -294,6 +302,7 @@ impl Draft {
             )
             .await?;
             fiscal::enqueue(tx, &row, &row.id, FiscalAction::Issue, now).await?;
+            return credited(tx, row, &payment_id, refunded_before, now).await;
         }
         Ok(row)
     }
@@ -592,13 +601,35 @@ async fn issued_outcome(
 }
 
 /// Whether a payment settles what is due on an invoice.
-/// What a refund took back, or reserved to, does not count.
+/// A refund made before the payment settled the invoice does not stop it: it is credited on the
+/// invoice once it does ([`credit_earlier_refunds`]).
 fn settles(p: &payment_store::PaymentRow, invoice: &InvoiceRow) -> bool {
     p.status == "captured"
         && p.customer_id == invoice.customer_id
         && p.storefront_id == invoice.storefront_id
         && p.currency == invoice.currency
-        && p.captured_amount - p.refunded_amount >= invoice.total - invoice.amount_paid
+        && p.captured_amount >= invoice.total - invoice.amount_paid
+}
+
+/// Refunds of `payment` that succeeded before it paid an invoice had no invoice to credit then:
+/// once it pays one, each is credited on it ([`credit_note_for_refund`], once per refund), as it
+/// would have been had it come after. Refunds still pending are credited when they succeed, as
+/// any are. Nothing to do (and nothing read) for a payment nothing was refunded of.
+async fn credit_earlier_refunds(
+    tx: &mut TenantTx,
+    payment_id: &str,
+    refunded: i64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if refunded == 0 {
+        return Ok(());
+    }
+    for r in payment_store::refunds_of(tx, payment_id).await? {
+        if r.status == "succeeded" {
+            credit_note_for_refund(tx, payment_id, &r.id, r.amount, now).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves an invoice by `event`, writing it only if nobody moved it meanwhile.
@@ -682,7 +713,23 @@ pub async fn mark_paid(
     )
     .await?;
     fiscal::enqueue(tx, &row, invoice_id, FiscalAction::Issue, now).await?;
-    Ok(row)
+    credited(tx, row, payment_id, p.refunded_amount, now).await
+}
+
+/// `invoice`, just paid by `payment_id`, once what was refunded of the payment before is credited
+/// on it ([`credit_earlier_refunds`]; read again only then).
+async fn credited(
+    tx: &mut TenantTx,
+    invoice: InvoiceRow,
+    payment_id: &str,
+    refunded: i64,
+    now: DateTime<Utc>,
+) -> Result<InvoiceRow> {
+    if refunded == 0 {
+        return Ok(invoice);
+    }
+    credit_earlier_refunds(tx, payment_id, refunded, now).await?;
+    store::get(tx, &invoice.id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })
 }
 
 /// [`mark_paid`] for a draft waiting for its number: records the payment (outcome
@@ -725,7 +772,7 @@ async fn pay_queued(
         },
     )
     .await?;
-    Ok(Some(row))
+    credited(tx, row, payment_id, p.refunded_amount, now).await.map(Some)
 }
 
 /// Records a queued draft as paid in full by `payment_id` (outcome `invoice.paid`, no number

@@ -311,6 +311,9 @@ pub struct ReadCache {
     #[cfg(any(test, feature = "testing"))]
     pub(crate) grant_loads: AtomicU64,
     catalog: Shards<CatalogKey, CatalogEntry>,
+    /// The change counter of the catalog alone: the frequent changes of customers' grants and
+    /// of keys do not turn away catalog loads in flight.
+    catalog_changes: AtomicU64,
     /// How many times a catalog item was read from the database for the cache (tests count them).
     #[cfg(any(test, feature = "testing"))]
     pub(crate) catalog_loads: AtomicU64,
@@ -348,6 +351,7 @@ impl ReadCache {
             #[cfg(any(test, feature = "testing"))]
             grant_loads: AtomicU64::new(0),
             catalog: Shards::new(capacity),
+            catalog_changes: AtomicU64::new(0),
             #[cfg(any(test, feature = "testing"))]
             catalog_loads: AtomicU64::new(0),
             sqlite_pending: Mutex::new(Vec::new()),
@@ -435,9 +439,14 @@ impl ReadCache {
         self.catalog.get(k, self.options.max_age)
     }
 
+    /// The ticket for a catalog load ([`ReadCache::ticket`], on the catalog's own counter).
+    pub(crate) fn catalog_ticket(&self) -> Option<Ticket> {
+        self.is_live().then(|| Ticket(self.catalog_changes.load(Ordering::SeqCst)))
+    }
+
     pub(crate) fn store_catalog(&self, t: Ticket, k: CatalogKey, entry: CatalogEntry) {
         let mut s = self.catalog.shard(&k);
-        if self.admits(t) {
+        if self.is_live() && self.catalog_changes.load(Ordering::SeqCst) == t.0 {
             s.put(k, (Instant::now(), entry));
         }
     }
@@ -446,6 +455,9 @@ impl ReadCache {
     /// the change cannot store its result after the eviction.
     pub fn apply(&self, change: &Change) {
         self.changes.fetch_add(1, Ordering::SeqCst);
+        if matches!(change, Change::All | Change::Catalogs | Change::Catalog { .. } | Change::Tenant(_)) {
+            self.catalog_changes.fetch_add(1, Ordering::SeqCst);
+        }
         match change {
             Change::All => {
                 self.keys.clear();

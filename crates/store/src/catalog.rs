@@ -1130,17 +1130,18 @@ struct CacheSlot {
 }
 
 /// The cached entry for `item` of the transaction's tenant environment, or where to store the
-/// read's result (`None`: not cached — a read-only transaction, caching off or not live).
+/// read's result (`None`: not cached — a read-only transaction, one that has written already,
+/// whose own writes reach the cache only at its commit, or caching off or not live).
 fn cached(
     tx: &TenantTx,
     item: crate::cache::CatalogItem,
 ) -> std::result::Result<crate::cache::CatalogEntry, Option<CacheSlot>> {
-    let Some(cache) = tx.read_cache() else { return Err(None) };
+    let Some(cache) = tx.read_cache().filter(|_| tx.writes == 0) else { return Err(None) };
     let key = (tx.scope().tenant_id(), tx.scope().environment(), item);
     if let Some(e) = cache.catalog(&key) {
         return Ok(e);
     }
-    let Some(ticket) = cache.ticket() else { return Err(None) };
+    let Some(ticket) = cache.catalog_ticket() else { return Err(None) };
     #[cfg(any(test, feature = "testing"))]
     cache.catalog_loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     Err(Some(CacheSlot { cache: cache.clone(), key, ticket }))
@@ -1152,11 +1153,10 @@ impl CacheSlot {
     }
 }
 
-/// A catalog read through the process's read cache in a write transaction (decision 0011:
-/// evicted by the database's change reports, at most the max age old): the cached entry for
-/// `item` as `hit` takes it, else `load`'s result, stored as `keep` makes it (`None`: not
-/// stored). The cached catalog reads are for transactions that do not write the catalog
-/// themselves: their own writes are applied to the cache only at commit.
+/// A catalog read through the process's read cache in a write transaction that has not written
+/// yet (decision 0011: evicted by the database's change reports, at most the max age old): the
+/// cached entry for `item` as `hit` takes it, else `load`'s result, stored as `keep` makes it
+/// (`None`: not stored).
 async fn through_cache<T>(
     tx: &mut TenantTx,
     item: crate::cache::CatalogItem,

@@ -488,22 +488,20 @@ macro_rules! journaled_tx {
                 let journal = std::mem::take(&mut self.journal);
                 if let Tx::Sqlite(_) = &self.tx {
                     // The entries go with the COMMIT in one round trip. What the update hook saw
-                    // of this transaction is taken while the writer connection is still its own.
+                    // of this transaction is applied to the caches once it has committed and
+                    // while the writer connection is still its own: the next writer cannot
+                    // begin (and read a stale entry) before that.
                     let cache = self.cache.take();
-                    let mut changed = Vec::new();
                     let (sql, entries) = crate::journal::sqlite_commit(journal);
                     self.tx
                         .commit_sqlite(entries.bind(sqlx::query(&sql)), || {
                             if let Some(c) = &cache {
-                                changed = c.take_sqlite_pending();
+                                for ch in c.take_sqlite_pending() {
+                                    c.apply(&ch);
+                                }
                             }
                         })
                         .await?;
-                    if let Some(c) = &cache {
-                        for ch in &changed {
-                            c.apply(ch);
-                        }
-                    }
                     return Ok(());
                 }
                 let mut statements = crate::journal::pg_statements(journal);
@@ -589,12 +587,15 @@ pub(crate) fn begin_in_environment(read_only: bool, tenant_id: &str, environment
     ))
 }
 
-/// PostgreSQL's `BEGIN` for a tenant transaction.
+/// PostgreSQL's `BEGIN` for a tenant transaction. A write transaction is READ COMMITTED
+/// whatever the server's `default_transaction_isolation`: its locking reads and updates rely on
+/// each statement seeing what committed before it (decision 0007: a charge paying an invoice and
+/// a refund of a charge that must pay nothing exclude each other that way).
 fn pg_begin(read_only: bool) -> &'static str {
     if read_only {
         "BEGIN READ ONLY"
     } else {
-        "BEGIN"
+        "BEGIN ISOLATION LEVEL READ COMMITTED"
     }
 }
 
@@ -627,7 +628,9 @@ mod tests {
             "BEGIN READ ONLY; SELECT set_config('azotte.tenant_id', 'ten_0192ab-x', true), \
              set_config('azotte.environment', 'live', true)"
         );
-        assert!(begin_in_environment(false, "t", "test").expect("plain").starts_with("BEGIN; SELECT"));
+        assert!(begin_in_environment(false, "t", "test")
+            .expect("plain")
+            .starts_with("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT"));
         for bad in ["", "t'; DROP TABLE x; --", "t\\", "t x", "tén", &"t".repeat(65)] {
             assert_eq!(begin_in_environment(false, bad, "live"), None, "{bad:?}");
             assert_eq!(begin_in_environment(false, "t", bad), None, "{bad:?}");

@@ -299,12 +299,16 @@ pub async fn reserve_refund(
     Ok(tx.write(&q).await? == 1)
 }
 
-/// A payment, locked for the rest of this transaction (PostgreSQL: `FOR UPDATE`; SQLite has
+/// A payment, locked for the rest of this transaction (PostgreSQL: `FOR NO KEY UPDATE`, which
+/// conflicts with updates of the row but not with inserts of rows referencing it; SQLite has
 /// one writer). A charge is recorded as paying an invoice only under this lock, and a refund of
 /// a charge that must pay nothing reads the payment's invoices after its reservation (an update
 /// of the same row): whichever comes second waits for the first and then sees what it did.
 pub async fn get_locked(tx: &mut TenantTx, id: &str) -> Result<Option<PaymentRow>> {
-    let q = select(tx).and_where(Expr::col(Payments::Id).eq(id)).lock(sea_query::LockType::Update).to_owned();
+    let q = select(tx)
+        .and_where(Expr::col(Payments::Id).eq(id))
+        .lock(sea_query::LockType::NoKeyUpdate)
+        .to_owned();
     tx.tx.fetch_optional::<PaymentRow>(&q).await
 }
 

@@ -1336,12 +1336,12 @@ async fn a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunde
     );
 }
 
-/// A trial conversion's charge that support refunded in part (its answer lost, the trial
-/// extended meanwhile, then the charge reconciled as captured) does not pay the conversion when
-/// the extended trial ends: the invoice would be paid by money partly given back. The
-/// rest of that charge goes back (recorded on the subscription) and the conversion charges
-/// again under a new key.
-async fn a_partly_refunded_conversion_charge_does_not_pay_the_conversion(app: TestApp) {
+/// A trial conversion's charge that support refunded in part before the conversion used it (its
+/// answer lost, the trial extended meanwhile, the charge reconciled as captured, the refund
+/// done): when the extended trial ends the conversion is paid by it, and the invoice credits
+/// what was given back, as it would had the refund come after — one credit note for the
+/// refund. The PSP keeps 399 and nothing is charged again.
+async fn a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited(app: TestApp) {
     let (shop, sid, k, pid) = unknown_conversion(&app).await;
     let post_k = |path: String, body: Value, status: u16| {
         let req = app.post(&path, body).token(&k).header("x-tn", T).expect(status);
@@ -1350,31 +1350,44 @@ async fn a_partly_refunded_conversion_charge_does_not_pay_the_conversion(app: Te
     let extended = post_k(format!("/v1/subscriptions/{sid}/extend"), json!({"days": 7}), 200).await;
     assert_eq!(extended["status"], "trialing", "{extended}");
     captured_as_reconciled(&app, &pid).await;
-    post_k(format!("/v1/payments/{pid}/refunds"), json!({"amount": 100, "reason": "goodwill"}), 201).await;
+    let refund =
+        post_k(format!("/v1/payments/{pid}/refunds"), json!({"amount": 100, "reason": "goodwill"}), 201)
+            .await;
+    // The sandbox loses this card's answers: reconciliation finds the refund done.
+    assert_eq!(refund["status"], "pending", "{refund}");
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    azotte_service::payments::reconcile_everywhere(&app.ctx).await.unwrap();
+    let refunds = app.raw_strings(&format!("SELECT status FROM refunds WHERE payment_id = '{pid}'")).await;
+    assert_eq!(refunds, vec!["succeeded".to_owned()], "refunded before the conversion");
     app.ctx.clock.advance(chrono::Duration::days(7));
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    async fn payments(app: &TestApp, customer: &str) -> Vec<String> {
-        app.raw_strings(&format!(
-            "SELECT request_key || ' ' || status || ' ' || refunded_amount FROM payments \
-             WHERE customer_id = '{customer}' ORDER BY created_at, id"
+    assert_eq!(get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await["status"], "active");
+    let payments = app
+        .raw_strings(&format!(
+            "SELECT request_key || ' ' || status || ' ' || refunded_amount FROM payments WHERE customer_id = '{}'",
+            shop.cus
         ))
-        .await
-    }
-    assert_eq!(
-        payments(&app, &shop.cus).await,
-        vec![format!("renewal-{sid}-1 captured 499"), format!("renewal-{sid}-1-r1 unknown 0")],
-        "the rest given back, charged again under a new key"
-    );
-    assert_eq!(app.sandbox_refunded(), 499, "100 by support, the rest by the conversion");
-    let paid_by =
-        app.raw_strings(&format!("SELECT invoice_id FROM invoice_payments WHERE payment_id = '{pid}'")).await;
-    assert_eq!(paid_by, Vec::<String>::new(), "the partly refunded charge pays no invoice");
-    assert_eq!(get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await["status"], "trialing");
-    let refunded = timeline_entries(&app, &k, &sid, "subscription.conversion_refunded").await;
-    assert_eq!(refunded.iter().map(|e| &e["body"]["payment_id"]).collect::<Vec<_>>(), [&json!(pid)]);
-    // Later ticks give back nothing more.
+        .await;
+    assert_eq!(payments, vec![format!("renewal-{sid}-1 captured 100")], "nothing charged again");
+    let invoice = app
+        .raw_strings(&format!(
+            "SELECT i.id || ' ' || i.status || ' ' || i.amount_paid || ' ' || i.amount_credited FROM invoices i \
+             JOIN invoice_payments p ON p.invoice_id = i.id AND p.tenant_id = i.tenant_id WHERE p.payment_id = '{pid}'"
+        ))
+        .await;
+    assert_eq!(invoice.len(), 1, "{invoice:?}");
+    let (invoice_id, rest) = invoice[0].split_once(' ').unwrap();
+    assert_eq!(rest, "paid 499 100", "paid by the charge, the refund credited");
+    let notes = app
+        .raw_strings(&format!(
+            "SELECT refund_id || ' ' || total FROM credit_notes WHERE invoice_id = '{invoice_id}'"
+        ))
+        .await;
+    assert_eq!(notes, vec![format!("{} 100", refund["id"].as_str().unwrap())]);
+    assert_eq!((app.sandbox_captured(), app.sandbox_refunded()), (499, 100));
+    // Later ticks change nothing.
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    assert_eq!(app.sandbox_refunded(), 499);
+    assert_eq!(app.sandbox_refunded(), 100);
 }
 
 /// Records payment `pid` as captured (499), as reconciliation would once it found the charge the
@@ -1629,7 +1642,7 @@ both!(
     a_trial_whose_conversion_the_psp_could_not_take_converts_later,
     a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_resolves,
     a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunded,
-    a_partly_refunded_conversion_charge_does_not_pay_the_conversion,
+    a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited,
     foreign_ids_and_methods_are_refused,
     prefer_wait_answers_with_the_checkouts_result,
     prefer_wait_answers_a_decline,

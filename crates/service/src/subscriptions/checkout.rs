@@ -518,13 +518,30 @@ async fn check_and_charge(
         return Ok(Err("offer_invalid"));
     };
     // The catalog rows come from the process's read cache when it holds them (decision 0011).
-    let bundle = catalog_store::get_bundle_cached(&mut tx, &item.bundle_id).await?;
-    let price = catalog_store::get_price_cached(&mut tx, &item.price_id).await?;
-    let versions = catalog_store::versions_of_cached(&mut tx, &item.price_id).await?;
+    let mut bundle = catalog_store::get_bundle_cached(&mut tx, &item.bundle_id).await?;
+    let mut price = catalog_store::get_price_cached(&mut tx, &item.price_id).await?;
+    let mut versions = catalog_store::versions_of_cached(&mut tx, &item.price_id).await?;
+    let mut storefront = catalog_store::get_storefront_cached(&mut tx, &offer.storefront_id).await?;
+    let sellable = |b: &Option<Bundle>,
+                    p: &Option<azotte_store::catalog::Price>,
+                    v: &[PriceVersion],
+                    s: &Option<Storefront>| {
+        b.as_ref().is_some_and(|b| b.status == azotte_domain::catalog::BundleStatus::Active)
+            && p.as_ref().is_some_and(|p| p.status == azotte_domain::catalog::ActiveStatus::Active)
+            && v.iter().any(|v| v.version == item.price_version)
+            && s.is_some()
+    };
+    if !sellable(&bundle, &price, &versions, &storefront) {
+        // Refused only on rows read now: a cached one may be older than the offer (another
+        // process changed the catalog a moment ago and its notice is on its way).
+        bundle = catalog_store::get_bundle(&mut tx, &item.bundle_id).await?;
+        price = catalog_store::get_price(&mut tx, &item.price_id).await?;
+        versions = catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?;
+        storefront = catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?;
+    }
     let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
     let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
     let all = catalog_store::all_entitlements_cached(&mut tx).await?;
-    let storefront = catalog_store::get_storefront_cached(&mut tx, &offer.storefront_id).await?;
     // For the invoice: the country its tax was quoted for.
     let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
     let Some(storefront) = storefront else { return Ok(Err("storefront_not_available")) };
@@ -707,8 +724,6 @@ async fn create_subscription(
         Some(open) => open,
         None => (ctx.db.tenant_tx(scope).await?, None),
     };
-    // The charge's answer is recorded in this transaction (and its payment row held by it).
-    let written_here = redo.is_some();
     // Committed when it ends in `Ok(Ok(()))`.
     let created: Result<std::result::Result<(), NotCreated>> = async {
         let now = ctx.clock.now();
@@ -759,21 +774,17 @@ async fn create_subscription(
         store::insert_grants(&mut tx, &sid, &row.customer_id, &granted).await?;
         // The first charge's invoice, paid by it (a trial charged nothing: no invoice), written as a
         // draft now and numbered last.
-        let locked;
-        let payment = match paid.payment {
-            // Written in this transaction (the charge's answer): held already.
-            Some(p) if written_here => Some(p),
-            // Captured earlier: held from here, so a refund cannot slip in before the invoice
-            // records it.
-            Some(p) => {
-                locked = azotte_store::payments::get_locked(&mut tx, &p.id)
+        // Held from here, and read as it now stands, so that a refund cannot slip in before the
+        // invoice records it (decision 0007).
+        let locked = match paid.payment {
+            Some(p) => Some(
+                azotte_store::payments::get_locked(&mut tx, &p.id)
                     .await?
-                    .ok_or(ServiceError::NotFound { resource: "payment" })?;
-                Some(&locked)
-            }
+                    .ok_or(ServiceError::NotFound { resource: "payment" })?,
+            ),
             None => None,
         };
-        let invoice = match payment {
+        let invoice = match &locked {
             Some(p) => Some(
                 crate::invoices::for_checkout(
                     &mut tx,

@@ -418,13 +418,9 @@ async fn conversion_charge_key(
     if payments::failed_on_our_side(last) {
         return Ok((now - last.updated_at >= CONVERSION_RETRY).then_some(retry));
     }
-    // Captured and given back, even in part (support refunded some of it while the answer was
-    // unknown and the trial extended): what is left cannot pay the conversion, so it goes back
-    // too, and the conversion charges anew.
-    if last.status == "captured" && last.refunded_amount > 0 {
-        if last.refunded_amount < last.captured_amount {
-            refund_conversion(ctx, scope, &row.id, &last.id).await?;
-        }
+    // Captured and given back in full: it paid for nothing, so it cannot pay the conversion. (A
+    // charge refunded in part pays it, and the invoice credits what was given back.)
+    if last.status == "captured" && last.refunded_amount >= last.captured_amount {
         return Ok(Some(retry));
     }
     Ok(Some(last.request_key.clone().unwrap_or(key)))
@@ -542,24 +538,25 @@ pub(crate) async fn conversion_charge_moved(
     };
     match sub {
         Some(s) if s.status != "trialing" && (paused_too || s.status != "paused") && paid.is_empty() => {
-            refund_conversion(ctx, scope, sid, &p.id).await?;
-            Ok(true)
+            refund_conversion(ctx, scope, sid, &p.id).await
         }
         _ => Ok(false),
     }
 }
 
 /// Refunds in full a trial conversion's charge whose trial changed before it converted, and
-/// records why on the subscription (outcome `subscription.conversion_refunded`).
+/// records why on the subscription (outcome `subscription.conversion_refunded`); `false` when
+/// nothing was refunded.
 async fn refund_conversion(
     ctx: &Ctx,
     scope: &TenantScope,
     subscription_id: &str,
     payment_id: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let reason = "subscription changed before its trial conversion settled";
-    // Nothing left: refunded already (an earlier tick).
-    let Some(refund) = payments::refund_rest(ctx, scope, payment_id, reason).await? else { return Ok(()) };
+    // Nothing left (refunded already, at an earlier tick), or the charge pays the conversion
+    // after all (it committed after this looked).
+    let Some(refund) = payments::refund_rest(ctx, scope, payment_id, reason).await? else { return Ok(false) };
     let now = ctx.clock.now();
     let r = Some(("subscription", subscription_id));
     let mut tx = ctx.db.tenant_tx(scope).await?;
@@ -572,7 +569,7 @@ async fn refund_conversion(
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// The storefront's policy: may a trial be paused?

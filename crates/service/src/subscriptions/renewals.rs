@@ -695,7 +695,8 @@ async fn refund_unused(
     invoice_id: Option<&str>,
 ) -> Result<()> {
     let reason = "subscription changed before its renewal settled";
-    // Nothing left: another run refunded it (and recorded why).
+    // Nothing left (another run refunded it, and recorded why), or the charge pays the period
+    // after all (its settling committed after this looked).
     let Some(refund) = payments::refund_rest(ctx, scope, payment_id, reason).await? else { return Ok(()) };
     let now = ctx.clock.now();
     let r = Some(("subscription", sub.id.as_str()));
