@@ -1090,17 +1090,6 @@ pub async fn versions_of(tx: &mut TenantTx, price_ids: &[String]) -> Result<Vec<
     tx.tx.fetch_all::<VersionRow>(&q).await?.into_iter().map(PriceVersion::try_from).collect()
 }
 
-/// One price version by id.
-pub async fn get_price_version(tx: &mut TenantTx, id: &str) -> Result<Option<PriceVersion>> {
-    let mut q = Query::select()
-        .columns(VERSION_COLUMNS)
-        .from(PriceVersions::Table)
-        .and_where(Expr::col(PriceVersions::Id).eq(id))
-        .to_owned();
-    scoped(&mut q, tx, PriceVersions::TenantId, PriceVersions::Environment);
-    tx.tx.fetch_optional::<VersionRow>(&q).await?.map(PriceVersion::try_from).transpose()
-}
-
 /// The active prices of a storefront whose bundle is active (the storefront's showcase).
 pub async fn storefront_active_prices(tx: &mut TenantTx, storefront_id: &str) -> Result<Vec<Price>> {
     let q = select_prices(tx)

@@ -598,19 +598,3 @@ pub async fn captured_unlinked(
         .to_owned();
     tx.tx.fetch_all::<PaymentRow>(&q).await
 }
-
-/// One payment by the PSP's id of it.
-pub async fn get_by_psp_id(tx: &mut TenantTx, psp_payment_id: &str) -> Result<Option<PaymentRow>> {
-    let q = select(tx).and_where(Expr::col(Payments::PspPaymentId).eq(psp_payment_id)).to_owned();
-    tx.tx.fetch_optional::<PaymentRow>(&q).await
-}
-
-/// Payments in a status, oldest first (reconciliation reads the `unknown` ones).
-pub async fn with_status(tx: &mut TenantTx, status: &str, limit: u64) -> Result<Vec<PaymentRow>> {
-    let q = select(tx)
-        .and_where(Expr::col(Payments::Status).eq(status))
-        .order_by(Payments::Id, Order::Asc)
-        .limit(limit)
-        .to_owned();
-    tx.tx.fetch_all::<PaymentRow>(&q).await
-}
