@@ -913,11 +913,18 @@ async fn run_claimed(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<
 /// its own, so a customer back from 3-D Secure sees the subscription without waiting for the
 /// worker. When another runner holds the checkout, it may have read the payment before this
 /// news and be about to leave the checkout waiting for minutes: the task takes the checkout as
-/// soon as that runner lets go (within its lease), unless it has ended by then.
+/// soon as that runner lets go (within its lease), unless it has ended by then. One such task
+/// waits per checkout and process: a PSP sends several events for one payment, and those that
+/// arrive while a task waits add nothing to what its run will read.
 pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<&str>) {
     let Some(id) = request_key.and_then(|k| k.strip_prefix("checkout-")) else { return };
+    // A task already waiting for this checkout's holder will read the payment as it then
+    // stands: a second one would only poll beside it.
+    let followers = ctx.checkout_followers.clone();
+    let Some(following) = Following::start(&followers, following_key(scope, id)) else { return };
     let (ctx, scope, id) = (ctx.clone(), scope.for_job("checkout"), id.to_owned());
     tokio::spawn(async move {
+        let mut following = Some(following);
         let ran = async {
             let give_up = tokio::time::Instant::now() + LEASE.to_std().unwrap_or_default();
             let mut pause = std::time::Duration::from_millis(50);
@@ -928,8 +935,17 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
                 // Held as read: only a look (a read) until the holder lets go, then the claim
                 // (a write, which may still lose to another runner).
                 let held = c.locked_until.is_some_and(|l| l >= ctx.clock.now());
-                if !held && claim(&ctx, &scope, &id).await? {
-                    return run_claimed(&ctx, &scope, &c).await.map(|_| ());
+                if !held {
+                    // From here this task reads nothing more before its run does: news that
+                    // comes now needs a task of its own.
+                    following.take();
+                    if claim(&ctx, &scope, &id).await? {
+                        return run_claimed(&ctx, &scope, &c).await.map(|_| ());
+                    }
+                    following = Following::start(&followers, following_key(&scope, &id));
+                    if following.is_none() {
+                        return Ok(()); // another task follows it now
+                    }
                 }
                 if tokio::time::Instant::now() + pause > give_up {
                     // The holder's lease has run out by now, or it is stuck: the worker's
@@ -944,4 +960,52 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
             tracing::warn!(checkout_id = %id, error = %e, "checkout job after a payment webhook failed; the worker will retry");
         }
     });
+}
+
+/// The checkouts a task waits to run after their payment moved ([`payment_moved`]), by
+/// (tenant, environment, checkout).
+#[derive(Debug, Default)]
+pub(crate) struct Followers(std::sync::Mutex<std::collections::HashSet<(String, String, String)>>);
+
+/// A task's place in [`Followers`], given up when dropped.
+struct Following {
+    of: std::sync::Arc<Followers>,
+    key: (String, String, String),
+}
+
+impl Following {
+    /// The place for `key`, or `None` when another task holds it.
+    fn start(of: &std::sync::Arc<Followers>, key: (String, String, String)) -> Option<Self> {
+        let inserted = of.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+        inserted.then(|| Following { of: of.clone(), key })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.of.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// The [`Followers`] key of checkout `id` in `scope`.
+fn following_key(scope: &TenantScope, id: &str) -> (String, String, String) {
+    (scope.tenant_id().to_string(), scope.environment().as_str().to_owned(), id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_follower_per_checkout() {
+        let f = std::sync::Arc::new(Followers::default());
+        let key = |id: &str| ("ten_1".to_owned(), "test".to_owned(), id.to_owned());
+        let a = Following::start(&f, key("chk_1")).expect("first");
+        assert!(Following::start(&f, key("chk_1")).is_none(), "a second task for the same checkout");
+        let other = Following::start(&f, key("chk_2")).expect("another checkout");
+        drop(a);
+        assert!(Following::start(&f, key("chk_1")).is_some(), "free again once the first let go");
+        drop(other);
+        assert!(f.0.lock().unwrap().is_empty());
+    }
 }
