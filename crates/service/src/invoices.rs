@@ -276,12 +276,9 @@ impl Draft {
             Numbering::Auto => store::try_next_number(tx, &row.storefront_id, &series).await?,
             Numbering::Deferred => None,
         };
+        // Queued: the numbering pass credits earlier refunds once it has numbered it.
         let Some(sequence) = sequence else {
-            let queued = queue(tx, row, lines, rate_bp, paid_by.clone(), now).await?;
-            return match &paid_by {
-                Some(p) => credited(tx, queued, p, refunded_before, now).await,
-                None => Ok(queued),
-            };
+            return queue(tx, row, lines, rate_bp, paid_by, now).await;
         };
         let status = issued_status(paid_by.is_some())?;
         number_row(&mut row, series, sequence, status, now);
@@ -403,6 +400,7 @@ pub(crate) async fn number_queued(
     storefronts.sort_unstable();
     storefronts.dedup();
     let mut numbered = Vec::with_capacity(queued.len());
+    let mut paid = Vec::new();
     for sf in storefronts {
         let storefront = catalog_store::get_storefront(tx, sf)
             .await?
@@ -432,9 +430,16 @@ pub(crate) async fn number_queued(
             tx.outcome_of(&cause, now, "invoice.issued", Some(("invoice", &row.id)), body).await?;
             if row.paid_at.is_some() {
                 fiscal::enqueue(tx, &row, &row.id, FiscalAction::Issue, now).await?;
+                paid.push(row.id.clone());
             }
             numbered.push(row.id);
         }
+    }
+    // Refunds that succeeded before their payment paid one of these drafts had no invoice to
+    // credit then: credited now that it has its number ([`credit_earlier_refunds`]).
+    for (payment_id, refund_id, amount) in store::uncredited_refunds(tx, &paid).await? {
+        // (Boxed: crediting may number a draft, which is this function.)
+        Box::pin(credit_note_for_refund(tx, &payment_id, &refund_id, amount, now)).await?;
     }
     Ok(numbered.len())
 }
@@ -602,12 +607,14 @@ async fn issued_outcome(
 
 /// Whether a payment settles what is due on an invoice.
 /// A refund made before the payment settled the invoice does not stop it: it is credited on the
-/// invoice once it does ([`credit_earlier_refunds`]).
+/// invoice once it does ([`credit_earlier_refunds`]). A payment refunded (or reserved for a
+/// refund) in full pays nothing any more.
 fn settles(p: &payment_store::PaymentRow, invoice: &InvoiceRow) -> bool {
     p.status == "captured"
         && p.customer_id == invoice.customer_id
         && p.storefront_id == invoice.storefront_id
         && p.currency == invoice.currency
+        && p.refunded_amount < p.captured_amount
         && p.captured_amount >= invoice.total - invoice.amount_paid
 }
 
@@ -772,7 +779,8 @@ async fn pay_queued(
         },
     )
     .await?;
-    credited(tx, row, payment_id, p.refunded_amount, now).await.map(Some)
+    // Earlier refunds of the payment are credited by the numbering pass, once it is numbered.
+    Ok(Some(row))
 }
 
 /// Records a queued draft as paid in full by `payment_id` (outcome `invoice.paid`, no number
@@ -839,6 +847,9 @@ pub async fn credit_note_for_refund(
     if let Some(existing) = store::credit_note_of_refund(tx, refund_id).await? {
         return Ok(Some(existing));
     }
+    // Held, so that a payment paying an invoice meanwhile either committed before (its link is
+    // read below) or waits and then credits this refund itself ([`credit_earlier_refunds`]).
+    payment_store::get_locked(tx, payment_id).await?;
     let settled = store::invoice_payments(tx, None, Some(payment_id)).await?;
     let mut invoice = None;
     for s in &settled {
@@ -849,8 +860,16 @@ pub async fn credit_note_for_refund(
         }
     }
     let Some(inv) = invoice else { return Ok(None) };
-    // A credit note names the invoice it credits: a draft waiting for its number gets it first.
+    // A credit note names the invoice it credits: a draft waiting for its number gets it first
+    // — and numbering it credits its payment's refunds that succeeded before, this one among
+    // them when it has succeeded already.
+    let queued = inv.status == InvoiceStatus::Draft.as_str();
     let inv = numbered_now(tx, inv, now).await?;
+    if queued {
+        if let Some(existing) = store::credit_note_of_refund(tx, refund_id).await? {
+            return Ok(Some(existing));
+        }
+    }
     let amount = amount.min(inv.amount_paid - inv.amount_credited);
     if amount <= 0 {
         return Ok(None);

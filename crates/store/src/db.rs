@@ -177,6 +177,14 @@ impl Db {
                             conn.execute(format!("SET ROLE {APP_ROLE}").as_str()).await?;
                             // Customer data has its own schema; queries name tables unqualified.
                             conn.execute("SET search_path = public, customer_data").await?;
+                            // Every transaction READ COMMITTED, whatever the server's
+                            // `default_transaction_isolation`: locking reads and conditional
+                            // updates rely on each statement seeing what committed before it
+                            // (decision 0007).
+                            conn.execute(
+                                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                            )
+                            .await?;
                             Ok(())
                         })
                     })
@@ -266,7 +274,14 @@ impl Db {
             // IMMEDIATE takes SQLite's write lock up front: a deferred transaction that reads
             // and then writes can fail with SQLITE_BUSY instead of waiting for the lock.
             Pool::Sqlite { write, .. } => {
-                Tx::Sqlite(crate::exec::SqliteTx::begin(write, "BEGIN IMMEDIATE").await?)
+                let tx = crate::exec::SqliteTx::begin(write, "BEGIN IMMEDIATE").await?;
+                // Changes a writer before this one left unapplied (its commit not journaled, or
+                // cancelled after SQLite committed it): applied before anything reads the cache
+                // under this writer. Over-applying (a rolled-back writer's) only evicts more.
+                for ch in self.cache.take_sqlite_pending() {
+                    self.cache.apply(&ch);
+                }
+                Tx::Sqlite(tx)
             }
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
@@ -587,15 +602,13 @@ pub(crate) fn begin_in_environment(read_only: bool, tenant_id: &str, environment
     ))
 }
 
-/// PostgreSQL's `BEGIN` for a tenant transaction. A write transaction is READ COMMITTED
-/// whatever the server's `default_transaction_isolation`: its locking reads and updates rely on
-/// each statement seeing what committed before it (decision 0007: a charge paying an invoice and
-/// a refund of a charge that must pay nothing exclude each other that way).
+/// PostgreSQL's `BEGIN` for a tenant transaction (READ COMMITTED: every connection's session
+/// default, set when it connects).
 fn pg_begin(read_only: bool) -> &'static str {
     if read_only {
         "BEGIN READ ONLY"
     } else {
-        "BEGIN ISOLATION LEVEL READ COMMITTED"
+        "BEGIN"
     }
 }
 
@@ -628,9 +641,7 @@ mod tests {
             "BEGIN READ ONLY; SELECT set_config('azotte.tenant_id', 'ten_0192ab-x', true), \
              set_config('azotte.environment', 'live', true)"
         );
-        assert!(begin_in_environment(false, "t", "test")
-            .expect("plain")
-            .starts_with("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT"));
+        assert!(begin_in_environment(false, "t", "test").expect("plain").starts_with("BEGIN; SELECT"));
         for bad in ["", "t'; DROP TABLE x; --", "t\\", "t x", "tén", &"t".repeat(65)] {
             assert_eq!(begin_in_environment(false, bad, "live"), None, "{bad:?}");
             assert_eq!(begin_in_environment(false, "t", bad), None, "{bad:?}");

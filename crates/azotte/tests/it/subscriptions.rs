@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::both;
 use crate::helpers::TestApp;
+use crate::{both, both_numberings};
 
 const T: &str = "subs";
 const ENV: &str = "development";
@@ -1361,6 +1361,8 @@ async fn a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited
     assert_eq!(refunds, vec!["succeeded".to_owned()], "refunded before the conversion");
     app.ctx.clock.advance(chrono::Duration::days(7));
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    // With deferred numbering the invoice is queued: the pass numbers it and then credits.
+    app.number_invoices().await;
     assert_eq!(get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await["status"], "active");
     let payments = app
         .raw_strings(&format!(
@@ -1387,7 +1389,11 @@ async fn a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited
     assert_eq!((app.sandbox_captured(), app.sandbox_refunded()), (499, 100));
     // Later ticks change nothing.
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
+    app.number_invoices().await;
     assert_eq!(app.sandbox_refunded(), 100);
+    let notes =
+        app.raw_strings(&format!("SELECT id FROM credit_notes WHERE invoice_id = '{invoice_id}'")).await;
+    assert_eq!(notes.len(), 1, "one credit note for the refund");
 }
 
 /// Records payment `pid` as captured (499), as reconciliation would once it found the charge the
@@ -1642,9 +1648,10 @@ both!(
     a_trial_whose_conversion_the_psp_could_not_take_converts_later,
     a_trial_cancelled_while_its_conversion_is_unknown_is_refunded_when_it_resolves,
     a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunded,
-    a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited,
     foreign_ids_and_methods_are_refused,
     prefer_wait_answers_with_the_checkouts_result,
     prefer_wait_answers_a_decline,
     prefer_wait_answers_requires_action_or_processing
 );
+
+both_numberings!(a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited);

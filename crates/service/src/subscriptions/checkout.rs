@@ -517,31 +517,36 @@ async fn check_and_charge(
     let Ok(item) = offered_item(offer, &checkout.customer_id, &checkout.price_id, checkout.created_at) else {
         return Ok(Err("offer_invalid"));
     };
+    let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
+    let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
     // The catalog rows come from the process's read cache when it holds them (decision 0011).
     let mut bundle = catalog_store::get_bundle_cached(&mut tx, &item.bundle_id).await?;
     let mut price = catalog_store::get_price_cached(&mut tx, &item.price_id).await?;
     let mut versions = catalog_store::versions_of_cached(&mut tx, &item.price_id).await?;
     let mut storefront = catalog_store::get_storefront_cached(&mut tx, &offer.storefront_id).await?;
-    let sellable = |b: &Option<Bundle>,
+    let mut all = catalog_store::all_entitlements_cached(&mut tx).await?;
+    let accepted = |b: &Option<Bundle>,
                     p: &Option<azotte_store::catalog::Price>,
                     v: &[PriceVersion],
                     s: &Option<Storefront>| {
         b.as_ref().is_some_and(|b| b.status == azotte_domain::catalog::BundleStatus::Active)
             && p.as_ref().is_some_and(|p| p.status == azotte_domain::catalog::ActiveStatus::Active)
             && v.iter().any(|v| v.version == item.price_version)
-            && s.is_some()
+            && s.as_ref().is_some_and(|s| {
+                item.trial_days == 0
+                    || trial_eligibility(&history, now, s.lifecycle.trial_cooldown_days).eligible
+            })
     };
-    if !sellable(&bundle, &price, &versions, &storefront) {
+    if !accepted(&bundle, &price, &versions, &storefront) {
         // Refused only on rows read now: a cached one may be older than the offer (another
-        // process changed the catalog a moment ago and its notice is on its way).
+        // process changed the catalog a moment ago and its notice is on its way). All of them
+        // are read again, so that what is granted matches the bundle read.
         bundle = catalog_store::get_bundle(&mut tx, &item.bundle_id).await?;
         price = catalog_store::get_price(&mut tx, &item.price_id).await?;
         versions = catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?;
         storefront = catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?;
+        all = catalog_store::all_entitlements(&mut tx).await?;
     }
-    let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
-    let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
-    let all = catalog_store::all_entitlements_cached(&mut tx).await?;
     // For the invoice: the country its tax was quoted for.
     let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
     let Some(storefront) = storefront else { return Ok(Err("storefront_not_available")) };
@@ -699,6 +704,8 @@ enum NotCreated {
     Family,
     /// Another runner of this checkout created it.
     Raced,
+    /// Its charge was refunded in full meanwhile.
+    Refunded,
 }
 
 /// Creates the subscription, its grants and its first invoice, and marks the checkout
@@ -784,6 +791,11 @@ async fn create_subscription(
             ),
             None => None,
         };
+        // Refunded in full meanwhile (another runner of this checkout failing it): it pays for
+        // nothing, and the checkout fails.
+        if locked.as_ref().is_some_and(|p| p.refunded_amount >= p.captured_amount) {
+            return Ok(Err(NotCreated::Refunded));
+        }
         let invoice = match &locked {
             Some(p) => Some(
                 crate::invoices::for_checkout(
@@ -846,6 +858,7 @@ async fn create_subscription(
         }
         // The checkout fails; its charge is refunded as it does ([`fail`]).
         Err(NotCreated::Family) => Ok(Some("already_subscribed")),
+        Err(NotCreated::Refunded) => Ok(Some("payment_refunded")),
     }
 }
 

@@ -206,3 +206,54 @@ pub async fn credit_note_lines(
         .to_owned();
     tx.tx.fetch_all::<CreditNoteLineRow>(&q).await
 }
+
+/// The refunds that have succeeded, of the payments paying any of `invoice_ids`, without a credit
+/// note yet: (payment, refund, amount), oldest first. The numbering pass credits them once it has
+/// numbered the invoices (a refund that succeeded before its payment paid a queued draft).
+pub async fn uncredited_refunds(
+    tx: &mut TenantTx,
+    invoice_ids: &[String],
+) -> Result<Vec<(String, String, i64)>> {
+    use sea_query::Alias;
+    if invoice_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (r, ip) = (Alias::new("refunds"), Alias::new("invoice_payments"));
+    let c = |t: &Alias, name: &str| Expr::col((t.clone(), Alias::new(name)));
+    let credited = Query::select()
+        .expr(Expr::val(1))
+        .from(CreditNotes::Table)
+        .and_where(
+            Expr::col((CreditNotes::Table, CreditNotes::TenantId))
+                .equals((r.clone(), Alias::new("tenant_id"))),
+        )
+        .and_where(
+            Expr::col((CreditNotes::Table, CreditNotes::Environment))
+                .equals((r.clone(), Alias::new("environment"))),
+        )
+        .and_where(
+            Expr::col((CreditNotes::Table, CreditNotes::RefundId)).equals((r.clone(), Alias::new("id"))),
+        )
+        .to_owned();
+    let q = Query::select()
+        .column((r.clone(), Alias::new("payment_id")))
+        .column((r.clone(), Alias::new("id")))
+        .column((r.clone(), Alias::new("amount")))
+        .from(r.clone())
+        .inner_join(
+            ip.clone(),
+            c(&ip, "tenant_id")
+                .equals((r.clone(), Alias::new("tenant_id")))
+                .and(c(&ip, "environment").equals((r.clone(), Alias::new("environment"))))
+                .and(c(&ip, "payment_id").equals((r.clone(), Alias::new("payment_id")))),
+        )
+        .and_where(c(&r, "tenant_id").eq(tx.scope().tenant_id().to_string()))
+        .and_where(c(&r, "environment").eq(tx.scope().environment().as_str()))
+        .and_where(c(&r, "status").eq("succeeded"))
+        .and_where(c(&ip, "invoice_id").is_in(invoice_ids.iter().cloned()))
+        .and_where(Expr::exists(credited).not())
+        .order_by((r.clone(), Alias::new("created_at")), Order::Asc)
+        .order_by((r, Alias::new("id")), Order::Asc)
+        .to_owned();
+    tx.tx.fetch_all::<(String, String, i64)>(&q).await
+}
