@@ -1336,6 +1336,95 @@ async fn a_conversion_charge_captured_after_its_trial_ended_is_swept_and_refunde
     );
 }
 
+/// PostgreSQL: a refund of a charge that must pay nothing (here the sweep's, for a conversion
+/// charge whose trial was cancelled) and a transaction recording that very charge as paying an
+/// invoice exclude each other. The paying transaction holds the payment's row and links it; the
+/// sweep, which read the charge as paying nothing before that committed, waits on the row for
+/// its reservation, then sees the link and gives up: nothing is refunded.
+async fn a_refund_of_a_charge_that_pays_nothing_waits_for_a_payment_of_it_and_gives_up(app: TestApp) {
+    use sqlx::Connection;
+    let (shop, _sid, _k, pid) = unknown_conversion_then_cancelled(&app).await;
+    captured_as_reconciled(&app, &pid).await;
+    // An open invoice of the customer for the charge to pay.
+    let scope = system_scope(&app).await;
+    let now = app.ctx.clock.now();
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    let sf = azotte_store::catalog::get_storefront(&mut tx, &shop.sf).await.unwrap().unwrap();
+    tx.action(now, "test.bill", None, json!({})).await.unwrap();
+    let eur = azotte_domain::catalog::Currency::parse("currency", "EUR").unwrap();
+    let line = azotte_service::invoices::LineInput {
+        description: "Monthly".into(),
+        kind: azotte_service::invoices::LineKind::Subscription,
+        amount: 499,
+        quantity: 1,
+        period_start: None,
+        period_end: None,
+        tax_behaviour: azotte_domain::catalog::TaxKind::Inclusive,
+    };
+    let invoice = azotte_service::invoices::issue(
+        &mut tx,
+        azotte_service::invoices::Numbering::Auto,
+        &sf,
+        &shop.cus,
+        Some("DE"),
+        None,
+        &eur,
+        &[line],
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // The paying transaction: the payment's row held, the link written, not committed yet.
+    let mut paying = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    let mut paying = paying.begin().await.unwrap();
+    sqlx::query(&format!("SELECT id FROM payments WHERE id = '{pid}' FOR NO KEY UPDATE"))
+        .execute(&mut *paying)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO invoice_payments (tenant_id, environment, invoice_id, payment_id, amount, created_at) \
+         SELECT tenant_id, environment, '{}', id, 499, now() FROM payments WHERE id = '{pid}'",
+        invoice.id
+    ))
+    .execute(&mut *paying)
+    .await
+    .unwrap();
+    // The sweep reads the charge as paying nothing, and waits on its row to reserve the refund.
+    app.ctx.clock.advance(chrono::Duration::minutes(11));
+    let sweep = tokio::spawn({
+        let ctx = app.ctx.clone();
+        async move { azotte_service::subscriptions::run_due_everywhere(&ctx).await }
+    });
+    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE 'UPDATE \"payments\" SET \"refunded_amount\"%'";
+    let mut waited = false;
+    for _ in 0..500 {
+        if app.raw_strings(waiting).await == ["1"] {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(waited, "the sweep's reservation waits for the paying transaction");
+    paying.commit().await.unwrap();
+    sweep.await.unwrap().unwrap();
+    assert_eq!(app.sandbox_refunded(), 0, "a charge that pays an invoice is not refunded");
+    let refunds = app.raw_strings(&format!("SELECT id FROM refunds WHERE payment_id = '{pid}'")).await;
+    assert!(refunds.is_empty(), "{refunds:?}");
+    let payment =
+        app.raw_strings(&format!("SELECT refunded_amount::text FROM payments WHERE id = '{pid}'")).await;
+    assert_eq!(payment, ["0"], "the reservation rolled back");
+}
+
+mod a_refund_of_a_charge_that_pays_nothing_waits_for_a_payment_of_it_and_gives_up {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let app = crate::helpers::spawn_app(crate::helpers::Backend::Postgres).await;
+        super::a_refund_of_a_charge_that_pays_nothing_waits_for_a_payment_of_it_and_gives_up(app).await
+    }
+}
+
 /// A trial conversion's charge that support refunded in part before the conversion used it (its
 /// answer lost, the trial extended meanwhile, the charge reconciled as captured, the refund
 /// done): when the extended trial ends the conversion is paid by it, and the invoice credits
