@@ -178,7 +178,9 @@ pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Res
     let mut tx = ctx.db.tenant_tx(&claim.scope).await?;
     // The first sealed data of a tenant creates its data key, which is journaled: this record is
     // not, so the key's creation gets an action of its own.
-    if azotte_store::tenant_keys::active(&mut tx).await?.is_none() {
+    if !ctx.vault.knows_active(claim.scope.tenant_id())
+        && azotte_store::tenant_keys::active(&mut tx).await?.is_none()
+    {
         tx.action(
             ctx.clock.now(),
             "tenant_key.create",

@@ -97,12 +97,17 @@ pub struct Vault {
     /// (tenant, kid) → key. A kid's key never changes (re-wrapping changes only its wrapping),
     /// so entries never go stale; they are filled only from rows read in that tenant's scope.
     cache: RwLock<HashMap<(TenantId, String), Key>>,
+    /// tenant → the kid of its active data key, as read from a committed row. A tenant's active
+    /// key never changes once created (there is no tenant key rotation; a master key rotation
+    /// re-wraps it under the same kid), so this saves reading it for every encryption. A tenant
+    /// key rotation, if one is ever added, must clear it in every process.
+    active: RwLock<HashMap<TenantId, String>>,
 }
 
 impl Vault {
     /// A vault with empty cache.
     pub fn new(master: MasterKeys) -> Self {
-        Self { master, cache: RwLock::default() }
+        Self { master, cache: RwLock::default(), active: RwLock::default() }
     }
 
     /// The configured master keys.
@@ -112,6 +117,27 @@ impl Vault {
 
     fn cached(&self, tenant: TenantId, kid: &str) -> Option<Key> {
         self.cache.read().ok()?.get(&(tenant, kid.to_owned())).cloned()
+    }
+
+    /// The tenant's active data key, when this process knows it.
+    fn active_key(&self, tenant: TenantId) -> Option<DataKey> {
+        let kid = self.active.read().ok()?.get(&tenant).cloned()?;
+        let key = self.cached(tenant, &kid)?;
+        Some(DataKey { tenant_id: tenant, kid, key })
+    }
+
+    /// Whether this process knows the tenant's active data key exists (committed).
+    pub(crate) fn knows_active(&self, tenant: TenantId) -> bool {
+        self.active.read().is_ok_and(|a| a.contains_key(&tenant))
+    }
+
+    fn remember_active(&self, tenant: TenantId, kid: &str) {
+        if let Ok(mut a) = self.active.write() {
+            if a.len() >= CACHE_LIMIT {
+                a.clear();
+            }
+            a.insert(tenant, kid.to_owned());
+        }
     }
 
     fn remember(&self, tenant: TenantId, kid: &str, key: &Key) {
@@ -200,8 +226,19 @@ fn unwrap_cached(ctx: &Ctx, tenant: TenantId, stored: &StoredTenantKey) -> Resul
 /// `tenant_key.created` outcome is added. Concurrent first uses end with one key.
 pub async fn tenant_key(ctx: &Ctx, tx: &mut TenantTx) -> Result<DataKey> {
     let tenant = tx.scope().tenant_id();
+    if let Some(key) = ctx.vault.active_key(tenant) {
+        return Ok(key);
+    }
+    // A row read before this transaction wrote anything is committed: its kid may be kept.
+    let committed = !tx.has_written();
     let stored = match tenant_keys::active(tx).await? {
-        Some(s) => s,
+        Some(s) => {
+            let key = unwrap_cached(ctx, tenant, &s)?;
+            if committed {
+                ctx.vault.remember_active(tenant, &s.kid);
+            }
+            return Ok(key);
+        }
         None => {
             let kid = format!("tk_{}", hex::encode(rand::random::<[u8; 10]>()));
             let key = Key::generate();

@@ -560,6 +560,12 @@ journaled_tx!(
 );
 
 impl TenantTx {
+    /// Whether a statement of this transaction has changed data (so its reads may see rows it
+    /// wrote and has not committed).
+    pub fn has_written(&self) -> bool {
+        self.writes > 0
+    }
+
     /// A write transaction's read caches (none for a read-only one: on SQLite its snapshot may
     /// predate changes the cache has applied since).
     pub(crate) fn read_cache(&self) -> Option<&Arc<ReadCache>> {

@@ -69,10 +69,36 @@ async fn tenant_id(app: &TestApp, slug: &str) -> String {
 
 both!(
     one_data_key_per_tenant_even_under_concurrent_first_use,
+    a_key_created_by_a_rolled_back_transaction_is_never_used,
     round_trip_and_aad_binding,
     a_wrapped_key_copied_to_another_row_does_not_unwrap,
     rotate_master_end_to_end
 );
+
+/// The process keeps the tenant's active key once it has read it from a committed row, so later
+/// encryptions read nothing; a key created by a transaction that rolled back is never taken for
+/// it: the next use creates and commits another, and everything sealed opens in another process.
+async fn a_key_created_by_a_rolled_back_transaction_is_never_used(app: TestApp) {
+    let scope = scope(&app, &app.ctx, "rolled-back").await;
+    let mut tx = app.ctx.db.tenant_tx(&scope).await.unwrap();
+    tx.action(app.ctx.clock.now(), "test.first_use", None, json!({})).await.unwrap();
+    let lost = vault::tenant_key(&app.ctx, &mut tx).await.unwrap().kid().to_owned();
+    drop(tx);
+    // Creates the key; then read from its committed row; then from memory.
+    let sealed = [
+        seal(&app.ctx, &scope, b"first", b"x").await,
+        seal(&app.ctx, &scope, b"second", b"x").await,
+        seal(&app.ctx, &scope, b"third", b"x").await,
+    ];
+    let id = tenant_id(&app, "rolled-back").await;
+    let rows = app.raw_strings(&format!("SELECT kid FROM tenant_keys WHERE tenant_id = '{id}'")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_ne!(rows[0], lost, "the rolled-back key is gone");
+    let ctx2 = other_ctx(&app, &[]).await;
+    for (ct, plain) in sealed.iter().zip([&b"first"[..], b"second", b"third"]) {
+        assert_eq!(open(&ctx2, &scope, ct, b"x").await.unwrap(), plain);
+    }
+}
 
 async fn one_data_key_per_tenant_even_under_concurrent_first_use(app: TestApp) {
     let scope = scope(&app, &app.ctx, "race").await;
