@@ -436,10 +436,19 @@ pub(crate) async fn number_queued(
         }
     }
     // Refunds that succeeded before their payment paid one of these drafts had no invoice to
-    // credit then: credited now that it has its number ([`credit_earlier_refunds`]).
-    for (payment_id, refund_id, amount) in store::uncredited_refunds(tx, &paid).await? {
-        // (Boxed: crediting may number a draft, which is this function.)
-        Box::pin(credit_note_for_refund(tx, &payment_id, &refund_id, amount, now)).await?;
+    // credit then: credited now that it has its number ([`credit_earlier_refunds`]) — those of
+    // payments this pass can hold without waiting. A payment held elsewhere is held by a
+    // refund's completion, which credits all of its refunds once it has its own note, or by a
+    // payment of another invoice; waiting for it here, with the series rows held, could close a
+    // cycle with a refund completion waiting for one of these drafts.
+    let uncredited = store::uncredited_refunds(tx, &paid).await?;
+    if !uncredited.is_empty() {
+        let ids: Vec<String> = uncredited.iter().map(|(p, _, _)| p.clone()).collect();
+        let held = payment_store::lock_free(tx, &ids).await?;
+        for (payment_id, refund_id, amount) in uncredited.into_iter().filter(|(p, _, _)| held.contains(p)) {
+            // (Boxed: crediting may number a draft, which is this function.)
+            Box::pin(credit_note_for_refund(tx, &payment_id, &refund_id, amount, now)).await?;
+        }
     }
     Ok(numbered.len())
 }
@@ -606,15 +615,14 @@ async fn issued_outcome(
 }
 
 /// Whether a payment settles what is due on an invoice.
-/// A refund made before the payment settled the invoice does not stop it: it is credited on the
-/// invoice once it does ([`credit_earlier_refunds`]). A payment refunded (or reserved for a
-/// refund) in full pays nothing any more.
+/// A refund made before the payment settled the invoice does not stop it, even one of it all:
+/// it is credited on the invoice once it does ([`credit_earlier_refunds`]). (A checkout whose
+/// charge was refunded in full meanwhile fails before it gets here.)
 fn settles(p: &payment_store::PaymentRow, invoice: &InvoiceRow) -> bool {
     p.status == "captured"
         && p.customer_id == invoice.customer_id
         && p.storefront_id == invoice.storefront_id
         && p.currency == invoice.currency
-        && p.refunded_amount < p.captured_amount
         && p.captured_amount >= invoice.total - invoice.amount_paid
 }
 
@@ -849,7 +857,12 @@ pub async fn credit_note_for_refund(
     }
     // Held, so that a payment paying an invoice meanwhile either committed before (its link is
     // read below) or waits and then credits this refund itself ([`credit_earlier_refunds`]).
-    payment_store::get_locked(tx, payment_id).await?;
+    let held = payment_store::get_locked(tx, payment_id).await?;
+    // Credited by whoever held it just now (the same refund recorded twice: a webhook and
+    // reconciliation).
+    if let Some(existing) = store::credit_note_of_refund(tx, refund_id).await? {
+        return Ok(Some(existing));
+    }
     let settled = store::invoice_payments(tx, None, Some(payment_id)).await?;
     let mut invoice = None;
     for s in &settled {
@@ -949,6 +962,11 @@ pub async fn credit_note_for_refund(
     )
     .await?;
     fiscal::enqueue(tx, &inv, &id, FiscalAction::CreditNote, now).await?;
+    // Other refunds of the payment that succeeded before it paid the invoice, and were left by a
+    // numbering pass that found the payment held (by this transaction), are credited too.
+    if held.is_some_and(|p| p.refunded_amount > amount) {
+        Box::pin(credit_earlier_refunds(tx, payment_id, amount, now)).await?;
+    }
     Ok(Some(note))
 }
 

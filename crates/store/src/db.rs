@@ -560,8 +560,9 @@ journaled_tx!(
 );
 
 impl TenantTx {
-    /// Whether a statement of this transaction has changed data (so its reads may see rows it
-    /// wrote and has not committed).
+    /// Whether this transaction has run a write counted as journaled ([`TenantTx::write`]; every
+    /// insert of business rows, `tenant_keys` included, goes through it). Bookkeeping writes
+    /// made without it — idempotency records, checkout leases — are not counted.
     pub fn has_written(&self) -> bool {
         self.writes > 0
     }

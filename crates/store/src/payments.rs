@@ -312,6 +312,20 @@ pub async fn get_locked(tx: &mut TenantTx, id: &str) -> Result<Option<PaymentRow
     tx.tx.fetch_optional::<PaymentRow>(&q).await
 }
 
+/// Of the payments `ids`, those this transaction could lock without waiting (PostgreSQL:
+/// `FOR NO KEY UPDATE SKIP LOCKED`; SQLite has one writer: all that exist).
+pub async fn lock_free(tx: &mut TenantTx, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+    let q = Query::select()
+        .column(Payments::Id)
+        .from(Payments::Table)
+        .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
+        .and_where(Expr::col(Payments::Id).is_in(ids.iter().cloned()))
+        .order_by(Payments::Id, Order::Asc)
+        .lock_with_behavior(sea_query::LockType::NoKeyUpdate, sea_query::LockBehavior::SkipLocked)
+        .to_owned();
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
+}
+
 /// Gives back a failed refund's reservation.
 pub async fn release_refund(
     tx: &mut TenantTx,

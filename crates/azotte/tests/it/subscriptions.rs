@@ -1377,6 +1377,7 @@ async fn a_refund_of_a_charge_that_pays_nothing_waits_for_a_payment_of_it_and_gi
     tx.commit().await.unwrap();
     // The paying transaction: the payment's row held, the link written, not committed yet.
     let mut paying = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    let payer: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut paying).await.unwrap();
     let mut paying = paying.begin().await.unwrap();
     sqlx::query(&format!("SELECT id FROM payments WHERE id = '{pid}' FOR NO KEY UPDATE"))
         .execute(&mut *paying)
@@ -1396,11 +1397,15 @@ async fn a_refund_of_a_charge_that_pays_nothing_waits_for_a_payment_of_it_and_gi
         let ctx = app.ctx.clone();
         async move { azotte_service::subscriptions::run_due_everywhere(&ctx).await }
     });
-    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                   AND query LIKE 'UPDATE \"payments\" SET \"refunded_amount\"%'";
+    // A backend of this test's database blocked by the paying transaction, reserving a refund.
+    let waiting = format!(
+        "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() \
+         AND {payer} = ANY(pg_blocking_pids(pid)) \
+         AND query LIKE 'UPDATE \"payments\" SET \"refunded_amount\"%'"
+    );
     let mut waited = false;
     for _ in 0..500 {
-        if app.raw_strings(waiting).await == ["1"] {
+        if app.raw_strings(&waiting).await == ["1"] {
             waited = true;
             break;
         }
@@ -1451,7 +1456,7 @@ async fn a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited
     app.ctx.clock.advance(chrono::Duration::days(7));
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
     // With deferred numbering the invoice is queued: the pass numbers it and then credits.
-    app.number_invoices().await;
+    app.number_queued_invoices().await;
     assert_eq!(get_k(&app, &k, &format!("/v1/subscriptions/{sid}")).await["status"], "active");
     let payments = app
         .raw_strings(&format!(
@@ -1478,7 +1483,7 @@ async fn a_partly_refunded_conversion_charge_pays_the_conversion_and_is_credited
     assert_eq!((app.sandbox_captured(), app.sandbox_refunded()), (499, 100));
     // Later ticks change nothing.
     azotte_service::subscriptions::run_due_everywhere(&app.ctx).await.unwrap();
-    app.number_invoices().await;
+    app.number_queued_invoices().await;
     assert_eq!(app.sandbox_refunded(), 100);
     let notes =
         app.raw_strings(&format!("SELECT id FROM credit_notes WHERE invoice_id = '{invoice_id}'")).await;

@@ -939,7 +939,7 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
     tokio::spawn(async move {
         let mut following = Some(following);
         let ran = async {
-            let give_up = tokio::time::Instant::now() + LEASE.to_std().unwrap_or_default();
+            let lease = LEASE.to_std().unwrap_or_default();
             let mut pause = std::time::Duration::from_millis(50);
             loop {
                 let Some(c) = stored_checkout(&ctx, &scope, &id).await?.filter(|c| !is_final(c)) else {
@@ -960,6 +960,10 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
                         return Ok(()); // another task follows it now
                     }
                 }
+                // News that came meanwhile (and started no task) waits as long as its own task
+                // would have: a lease from when it came.
+                let give_up =
+                    following.as_ref().map_or(tokio::time::Instant::now(), Following::last_news) + lease;
                 if tokio::time::Instant::now() + pause > give_up {
                     // The holder's lease has run out by now, or it is stuck: the worker's
                     // next look takes the checkout.
@@ -976,9 +980,11 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
 }
 
 /// The checkouts a task waits to run after their payment moved ([`payment_moved`]), by
-/// (tenant, environment, checkout).
+/// (tenant, environment, checkout), with when the latest news of each came.
 #[derive(Debug, Default)]
-pub(crate) struct Followers(std::sync::Mutex<std::collections::HashSet<(String, String, String)>>);
+pub(crate) struct Followers(
+    std::sync::Mutex<std::collections::HashMap<(String, String, String), tokio::time::Instant>>,
+);
 
 /// A task's place in [`Followers`], given up when dropped.
 struct Following {
@@ -987,10 +993,26 @@ struct Following {
 }
 
 impl Following {
-    /// The place for `key`, or `None` when another task holds it.
+    /// The place for `key`, or `None` when another task holds it (which then hears of this
+    /// news: [`Following::last_news`]).
     fn start(of: &std::sync::Arc<Followers>, key: (String, String, String)) -> Option<Self> {
-        let inserted = of.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
-        inserted.then(|| Following { of: of.clone(), key })
+        let now = tokio::time::Instant::now();
+        match of.0.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut news) => {
+                news.insert(now);
+                None
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(now);
+                Some(Following { of: of.clone(), key })
+            }
+        }
+    }
+
+    /// When the latest news of the checkout came (this task's own, or a later one's).
+    fn last_news(&self) -> tokio::time::Instant {
+        let map = self.of.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&self.key).copied().unwrap_or_else(tokio::time::Instant::now)
     }
 }
 
@@ -1014,7 +1036,10 @@ mod tests {
         let f = std::sync::Arc::new(Followers::default());
         let key = |id: &str| ("ten_1".to_owned(), "test".to_owned(), id.to_owned());
         let a = Following::start(&f, key("chk_1")).expect("first");
+        let first = a.last_news();
+        std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(Following::start(&f, key("chk_1")).is_none(), "a second task for the same checkout");
+        assert!(a.last_news() > first, "the first task hears of the second's news");
         let other = Following::start(&f, key("chk_2")).expect("another checkout");
         drop(a);
         assert!(Following::start(&f, key("chk_1")).is_some(), "free again once the first let go");
