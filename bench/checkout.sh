@@ -150,23 +150,31 @@ log "measured: $summary"
 CHK_S_AZ=$M_S_AZ
 CHK_S_PG=$M_S_PG
 CHK_S_CLIENT=$M_S_WRK
-kill -0 "$AZ_PID" 2>/dev/null || { tail -n 50 "$WORK/checkouts.stderr" >&2; die "azotte died under load"; }
-RATE=$(summary_field rate "$summary")
-COMPLETED=$(summary_field completed "$summary")
-ERRORS=$(summary_field errors "$summary")
-NOT_SUCCEEDED=$(summary_field failed "$summary")
-POLLS=$(summary_field polls "$summary")
-if [ "$ERRORS" != 0 ] || [ "$NOT_SUCCEEDED" != 0 ]; then
-  FAILED=1
-  log "WARNING: measured run: $ERRORS client errors, $NOT_SUCCEEDED checkouts not succeeded"
-fi
-ROWS+=("| checkout, end to end (customer → succeeded) | $RATE/s | $(summary_field e2e_p50 "$summary") | $(summary_field e2e_p99 "$summary") | $(summary_field checkout_p50 "$summary") | $(summary_field checkout_p99 "$summary") | $COMPLETED | $((ERRORS + NOT_SUCCEEDED)) | $M_CPU_AZ | $M_CPU_PG | $M_CPU_WRK | $M_CPU_OTHER |")
-# Checkouts that became `succeeded` during the measured window, by the database's clock.
 # in_env [ALIAS]: the condition for rows of the benchmark's tenant environment.
 in_env() { echo "${1:+$1.}tenant_id = '$TENANT' AND ${1:+$1.}environment = 'development'"; }
 window=$(in_env)
-IN_WINDOW=$(sql azotte_bench "SELECT count(*) FROM checkouts WHERE $window AND status = 'succeeded'
-  AND updated_at BETWEEN to_timestamp($M_T0) AND to_timestamp($M_T1)")
+# finish_run LABEL WHAT: after a measured run ($summary, cpu_end done): checks azotte is still
+# alive, warns about client errors and checkouts not succeeded, adds the table row, and sets
+# RUN_RATE and RUN_IN_WINDOW (checkouts that became `succeeded` during the measured window, by
+# the database's clock).
+finish_run() {
+  kill -0 "$AZ_PID" 2>/dev/null || { tail -n 50 "$WORK/checkouts.stderr" >&2; die "azotte died under load"; }
+  RUN_RATE=$(summary_field rate "$summary")
+  local errors not_succeeded
+  errors=$(summary_field errors "$summary")
+  not_succeeded=$(summary_field failed "$summary")
+  if [ "$errors" != 0 ] || [ "$not_succeeded" != 0 ]; then
+    FAILED=1
+    log "WARNING: $2: $errors client errors, $not_succeeded checkouts not succeeded"
+  fi
+  ROWS+=("| $1 | $RUN_RATE/s | $(summary_field e2e_p50 "$summary") | $(summary_field e2e_p99 "$summary") | $(summary_field checkout_p50 "$summary") | $(summary_field checkout_p99 "$summary") | $(summary_field completed "$summary") | $((errors + not_succeeded)) | $M_CPU_AZ | $M_CPU_PG | $M_CPU_WRK | $M_CPU_OTHER |")
+  RUN_IN_WINDOW=$(sql azotte_bench "SELECT count(*) FROM checkouts WHERE $window AND status = 'succeeded'
+    AND updated_at BETWEEN to_timestamp($M_T0) AND to_timestamp($M_T1)")
+}
+finish_run "checkout, end to end (customer → succeeded)" "measured run"
+RATE=$RUN_RATE
+IN_WINDOW=$RUN_IN_WINDOW
+POLLS=$(summary_field polls "$summary")
 
 # ---------------------------------------------------------------------------------------------
 # Checkout only (DESIGN.md's "checkout-to-active-subscription"): customers with an offer each
@@ -184,20 +192,12 @@ summary=$(checkout_load --prefix only --clients "$CLIENTS" --duration "$DURATION
 cpu_end checkouts
 ONLY_WAL=$(wal_since "$lsn0")
 log "checkout only: $summary"
-kill -0 "$AZ_PID" 2>/dev/null || { tail -n 50 "$WORK/checkouts.stderr" >&2; die "azotte died under load"; }
 ONLY_S_AZ=$M_S_AZ
 ONLY_S_PG=$M_S_PG
 ONLY_S_CLIENT=$M_S_WRK
-ONLY_RATE=$(summary_field rate "$summary")
-ONLY_ERRORS=$(summary_field errors "$summary")
-ONLY_NOT_SUCCEEDED=$(summary_field failed "$summary")
-if [ "$ONLY_ERRORS" != 0 ] || [ "$ONLY_NOT_SUCCEEDED" != 0 ]; then
-  FAILED=1
-  log "WARNING: checkout-only run: $ONLY_ERRORS client errors, $ONLY_NOT_SUCCEEDED checkouts not succeeded"
-fi
-ROWS+=("| checkout only (POST checkout → succeeded; customer and offer made before) | $ONLY_RATE/s | $(summary_field e2e_p50 "$summary") | $(summary_field e2e_p99 "$summary") | $(summary_field checkout_p50 "$summary") | $(summary_field checkout_p99 "$summary") | $(summary_field completed "$summary") | $((ONLY_ERRORS + ONLY_NOT_SUCCEEDED)) | $M_CPU_AZ | $M_CPU_PG | $M_CPU_WRK | $M_CPU_OTHER |")
-ONLY_IN_WINDOW=$(sql azotte_bench "SELECT count(*) FROM checkouts WHERE $window AND status = 'succeeded'
-  AND updated_at BETWEEN to_timestamp($M_T0) AND to_timestamp($M_T1)")
+finish_run "checkout only (POST checkout → succeeded; customer and offer made before)" "checkout-only run"
+ONLY_RATE=$RUN_RATE
+ONLY_IN_WINDOW=$RUN_IN_WINDOW
 [ "$ONLY_IN_WINDOW" -gt 0 ] || die "checkout only: no checkout succeeded during the measured run"
 
 # ---------------------------------------------------------------------------------------------

@@ -442,16 +442,10 @@ percentiles_ms() {
     END { if (NR == 0) { print "- -"; exit } printf "%.2f %.2f\n", v[rank(0.5)] / 1000, v[rank(0.99)] / 1000 }'
 }
 
-# pgbench_tpcb SCALE CLIENTS: pgbench's built-in TPC-B in its own database `pgbench` of the
-# cluster: initialise at SCALE, warm up for WARMUP s, CHECKPOINT, then DURATION s measured with
-# CLIENTS clients over TCP (-j THREADS) between cpu_begin and cpu_end; the tables are vacuumed
-# afterwards so later runs do not pay for its dead tuples. Sets PGB_TPS, PGB_TXNS, PGB_FAILED,
-# PGB_P50 and PGB_P99 (ms, from the per-transaction log), PGB_WAL (bytes of WAL written during
-# the measured run) and what cpu_end sets; FAILED on failed transactions.
-# Waits (up to 5 s) until the backends of pgbench's connections have exited and the postmaster
-# has reaped them. pgbench returns as soon as it has closed its connections; a backend still
-# exiting then is neither a live child nor in the postmaster's children's CPU (cutime), so its
-# whole run's CPU would go uncounted (it showed as "other").
+# pgbench_backends_gone: waits (up to 5 s) until the backends of pgbench's connections have
+# exited and the postmaster has reaped them. pgbench returns as soon as it has closed its
+# connections; a backend still exiting then is neither a live child nor in the postmaster's
+# children's CPU (cutime), so its whole run's CPU would go uncounted (it showed as "other").
 pgbench_backends_gone() {
   local pm i
   pm=$(head -n 1 "$PG_DIR/data/postmaster.pid" 2>/dev/null) || return 0
@@ -465,6 +459,12 @@ pgbench_backends_gone() {
   log "WARNING: pgbench's backends had not exited 5 s after it ended; their CPU may be missing"
 }
 
+# pgbench_tpcb SCALE CLIENTS: pgbench's built-in TPC-B in its own database `pgbench` of the
+# cluster: initialise at SCALE, warm up for WARMUP s, CHECKPOINT, then DURATION s measured with
+# CLIENTS clients over TCP (-j THREADS) between cpu_begin and cpu_end; the tables are vacuumed
+# afterwards so later runs do not pay for its dead tuples. Sets PGB_TPS, PGB_TXNS, PGB_FAILED,
+# PGB_P50 and PGB_P99 (ms, from the per-transaction log), PGB_WAL (bytes of WAL written during
+# the measured run) and what cpu_end sets; FAILED on failed transactions.
 pgbench_tpcb() {
   local scale=$1 clients=$2 pgbench=$PG_BIN/pgbench
   [ -x "$pgbench" ] || die "$pgbench not found (it ships with the PostgreSQL server binaries)"

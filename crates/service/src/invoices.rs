@@ -299,7 +299,7 @@ impl Draft {
             )
             .await?;
             fiscal::enqueue(tx, &row, &row.id, FiscalAction::Issue, now).await?;
-            return credited(tx, row, &payment_id, refunded_before, now).await;
+            return credited(tx, row, refunded_before, now).await;
         }
         Ok(row)
     }
@@ -445,10 +445,8 @@ pub(crate) async fn number_queued(
     if !uncredited.is_empty() {
         let ids: Vec<String> = uncredited.iter().map(|(p, _, _)| p.clone()).collect();
         let held = payment_store::lock_free(tx, &ids).await?;
-        for (payment_id, refund_id, amount) in uncredited.into_iter().filter(|(p, _, _)| held.contains(p)) {
-            // (Boxed: crediting may number a draft, which is this function.)
-            Box::pin(credit_note_for_refund(tx, &payment_id, &refund_id, amount, now)).await?;
-        }
+        let mine = uncredited.into_iter().filter(|(p, _, _)| held.contains(p)).collect();
+        Box::pin(write_credit_notes(tx, mine, now)).await?;
     }
     Ok(numbered.len())
 }
@@ -626,22 +624,28 @@ fn settles(p: &payment_store::PaymentRow, invoice: &InvoiceRow) -> bool {
         && p.captured_amount >= invoice.total - invoice.amount_paid
 }
 
-/// Refunds of `payment` that succeeded before it paid an invoice had no invoice to credit then:
-/// once it pays one, each is credited on it ([`credit_note_for_refund`], once per refund), as it
-/// would have been had it come after. Refunds still pending are credited when they succeed, as
-/// any are. Nothing to do (and nothing read) for a payment nothing was refunded of.
-async fn credit_earlier_refunds(
+/// Refunds that succeeded before their payment paid one of `invoice_ids` had no invoice to
+/// credit then: each is credited now ([`write_credit_note`], once per refund), as it would have
+/// been had it come after. The caller holds the payments. Refunds still pending are credited
+/// when they succeed, as any are.
+async fn credit_earlier_refunds(tx: &mut TenantTx, invoice_ids: &[String], now: DateTime<Utc>) -> Result<()> {
+    let uncredited = store::uncredited_refunds(tx, invoice_ids).await?;
+    write_credit_notes(tx, uncredited, now).await
+}
+
+/// A credit note for each (payment, refund, amount) of `refunds` ([`write_credit_note`]),
+/// whose payments the caller holds; a refund listed twice (its payment pays several of the
+/// invoices they were found for) once.
+async fn write_credit_notes(
     tx: &mut TenantTx,
-    payment_id: &str,
-    refunded: i64,
+    refunds: Vec<(String, String, i64)>,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    if refunded == 0 {
-        return Ok(());
-    }
-    for r in payment_store::refunds_of(tx, payment_id).await? {
-        if r.status == "succeeded" {
-            credit_note_for_refund(tx, payment_id, &r.id, r.amount, now).await?;
+    let mut done = std::collections::HashSet::new();
+    for (payment_id, refund_id, amount) in refunds {
+        if done.insert(refund_id.clone()) {
+            // (Boxed: crediting may number a draft, and numbering credits.)
+            Box::pin(write_credit_note(tx, &payment_id, &refund_id, amount, now)).await?;
         }
     }
     Ok(())
@@ -728,22 +732,21 @@ pub async fn mark_paid(
     )
     .await?;
     fiscal::enqueue(tx, &row, invoice_id, FiscalAction::Issue, now).await?;
-    credited(tx, row, payment_id, p.refunded_amount, now).await
+    credited(tx, row, p.refunded_amount, now).await
 }
 
-/// `invoice`, just paid by `payment_id`, once what was refunded of the payment before is credited
-/// on it ([`credit_earlier_refunds`]; read again only then).
+/// `invoice`, just paid by a payment of which `refunded` was refunded before, once that is
+/// credited on it ([`credit_earlier_refunds`]; nothing read when nothing was refunded).
 async fn credited(
     tx: &mut TenantTx,
     invoice: InvoiceRow,
-    payment_id: &str,
     refunded: i64,
     now: DateTime<Utc>,
 ) -> Result<InvoiceRow> {
     if refunded == 0 {
         return Ok(invoice);
     }
-    credit_earlier_refunds(tx, payment_id, refunded, now).await?;
+    credit_earlier_refunds(tx, std::slice::from_ref(&invoice.id), now).await?;
     store::get(tx, &invoice.id).await?.ok_or(ServiceError::NotFound { resource: "invoice" })
 }
 
@@ -852,17 +855,33 @@ pub async fn credit_note_for_refund(
     amount: i64,
     now: DateTime<Utc>,
 ) -> Result<Option<CreditNoteRow>> {
-    if let Some(existing) = store::credit_note_of_refund(tx, refund_id).await? {
-        return Ok(Some(existing));
-    }
     // Held, so that a payment paying an invoice meanwhile either committed before (its link is
     // read below) or waits and then credits this refund itself ([`credit_earlier_refunds`]).
     let held = payment_store::get_locked(tx, payment_id).await?;
-    // Credited by whoever held it just now (the same refund recorded twice: a webhook and
-    // reconciliation).
+    // Credited already — perhaps by whoever held it just now (the same refund recorded twice: a
+    // webhook and reconciliation).
     if let Some(existing) = store::credit_note_of_refund(tx, refund_id).await? {
         return Ok(Some(existing));
     }
+    let note = write_credit_note(tx, payment_id, refund_id, amount, now).await?;
+    // Other refunds of the payment that succeeded before it paid the invoice, and were left by a
+    // numbering pass that found the payment held (by this transaction), are credited too.
+    if let (Some(n), Some(p)) = (&note, held) {
+        if p.refunded_amount > amount {
+            credit_earlier_refunds(tx, std::slice::from_ref(&n.invoice_id), now).await?;
+        }
+    }
+    Ok(note)
+}
+
+/// [`credit_note_for_refund`]'s note, the payment held by the caller.
+async fn write_credit_note(
+    tx: &mut TenantTx,
+    payment_id: &str,
+    refund_id: &str,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<CreditNoteRow>> {
     let settled = store::invoice_payments(tx, None, Some(payment_id)).await?;
     let mut invoice = None;
     for s in &settled {
@@ -962,11 +981,6 @@ pub async fn credit_note_for_refund(
     )
     .await?;
     fiscal::enqueue(tx, &inv, &id, FiscalAction::CreditNote, now).await?;
-    // Other refunds of the payment that succeeded before it paid the invoice, and were left by a
-    // numbering pass that found the payment held (by this transaction), are credited too.
-    if held.is_some_and(|p| p.refunded_amount > amount) {
-        Box::pin(credit_earlier_refunds(tx, payment_id, amount, now)).await?;
-    }
     Ok(Some(note))
 }
 

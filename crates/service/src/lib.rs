@@ -68,8 +68,6 @@ pub struct Ctx {
     /// When this process last swept for conversion charges that paid for nothing (unix seconds
     /// by [`Ctx::clock`]; `i64::MIN`: never).
     pub(crate) conversion_sweep: Arc<std::sync::atomic::AtomicI64>,
-    /// The checkouts a task waits to run after their payment moved (one task per checkout).
-    pub(crate) checkout_followers: Arc<subscriptions::checkout::Followers>,
 }
 
 impl Ctx {
@@ -96,7 +94,6 @@ impl Ctx {
             fiscal: Default::default(),
             numbering: Default::default(),
             conversion_sweep: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
-            checkout_followers: Default::default(),
         }
     }
 

@@ -1111,117 +1111,113 @@ pub async fn storefront_active_prices(tx: &mut TenantTx, storefront_id: &str) ->
     tx.tx.fetch_all::<PriceRow>(&q).await?.into_iter().map(Price::try_from).collect()
 }
 
-/// Where a catalog read that missed the process's cache stores what it found.
-struct CacheSlot {
-    cache: std::sync::Arc<crate::cache::ReadCache>,
-    key: crate::cache::CatalogKey,
-    ticket: crate::cache::Ticket,
+/// A catalog read's result as the process's read cache keeps it ([`crate::cache::CatalogEntry`]).
+trait Cached: Sized {
+    /// What to keep (`None`: nothing, e.g. a row that does not exist).
+    fn entry(&self) -> Option<crate::cache::CatalogEntry>;
+    /// The result kept as `entry` (its key names the variant).
+    fn from_entry(entry: crate::cache::CatalogEntry) -> Option<Self>;
 }
 
-/// The cached entry for `item` of the transaction's tenant environment, or where to store the
-/// read's result (`None`: not cached — a read-only transaction, one that has written already,
-/// whose own writes reach the cache only at its commit, or caching off or not live).
-fn cached(
-    tx: &TenantTx,
-    item: crate::cache::CatalogItem,
-) -> std::result::Result<crate::cache::CatalogEntry, Option<CacheSlot>> {
-    let Some(cache) = tx.read_cache().filter(|_| tx.writes == 0) else { return Err(None) };
-    let key = (tx.scope().tenant_id(), tx.scope().environment(), item);
-    if let Some(e) = cache.catalog(&key) {
-        return Ok(e);
-    }
-    let Some(ticket) = cache.catalog_ticket() else { return Err(None) };
-    #[cfg(any(test, feature = "testing"))]
-    cache.catalog_loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    Err(Some(CacheSlot { cache: cache.clone(), key, ticket }))
+/// [`Cached`] for a read of one row that may not exist, kept as entry variant `$v`.
+macro_rules! cached_row {
+    ($t:ty, $v:ident) => {
+        impl Cached for Option<$t> {
+            fn entry(&self) -> Option<crate::cache::CatalogEntry> {
+                self.clone().map(|r| crate::cache::CatalogEntry::$v(r.into()))
+            }
+            fn from_entry(entry: crate::cache::CatalogEntry) -> Option<Self> {
+                match entry {
+                    crate::cache::CatalogEntry::$v(r) => Some(Some((*r).clone())),
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl CacheSlot {
-    fn store(self, entry: crate::cache::CatalogEntry) {
-        self.cache.store_catalog(self.ticket, self.key, entry);
-    }
+/// [`Cached`] for a read of a whole list or set, kept as entry variant `$v` (when `$keep`).
+macro_rules! cached_whole {
+    ($t:ty, $v:ident, $keep:expr) => {
+        impl Cached for $t {
+            fn entry(&self) -> Option<crate::cache::CatalogEntry> {
+                let keep: fn(&$t) -> bool = $keep;
+                keep(self).then(|| crate::cache::CatalogEntry::$v(self.clone().into()))
+            }
+            fn from_entry(entry: crate::cache::CatalogEntry) -> Option<Self> {
+                match entry {
+                    crate::cache::CatalogEntry::$v(r) => Some((*r).clone()),
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-/// A catalog read through the process's read cache in a write transaction that has not written
+cached_row!(Storefront, Storefront);
+cached_row!(Bundle, Bundle);
+cached_row!(Price, Price);
+// A price without versions is not kept.
+cached_whole!(Vec<PriceVersion>, Versions, |v| !v.is_empty());
+cached_whole!(Vec<Entitlement>, Entitlements, |_| true);
+cached_whole!(Offered, Offered, |_| true);
+
+/// A catalog read through the process's read cache, in a write transaction that has not written
 /// yet (decision 0011: evicted by the database's change reports, at most the max age old): the
-/// cached entry for `item` as `hit` takes it, else `load`'s result, stored as `keep` makes it
-/// (`None`: not stored).
-async fn through_cache<T>(
+/// cached result for `item`, else `load`'s, then kept. Not cached in a read-only transaction (on
+/// SQLite its snapshot may predate changes the cache has applied), nor in one that has written
+/// (its own writes reach the cache only at its commit), nor while caching is off or not live.
+async fn through_cache<T: Cached>(
     tx: &mut TenantTx,
     item: crate::cache::CatalogItem,
-    hit: fn(crate::cache::CatalogEntry) -> Option<T>,
-    keep: fn(&T) -> Option<crate::cache::CatalogEntry>,
     load: impl AsyncFnOnce(&mut TenantTx) -> Result<T>,
 ) -> Result<T> {
-    let slot = match cached(tx, item) {
-        Ok(entry) => match hit(entry) {
-            Some(found) => return Ok(found),
-            None => None,
-        },
-        Err(slot) => slot,
-    };
+    let cache = tx.read_cache().filter(|_| tx.writes == 0).cloned();
+    let key = (tx.scope().tenant_id(), tx.scope().environment(), item);
+    if let Some(found) = cache.as_ref().and_then(|c| c.catalog(&key)).and_then(T::from_entry) {
+        return Ok(found);
+    }
+    let ticket = cache.as_ref().and_then(|c| c.catalog_ticket());
+    #[cfg(any(test, feature = "testing"))]
+    if let Some(c) = cache.as_ref().filter(|_| ticket.is_some()) {
+        c.catalog_loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     let found = load(tx).await?;
-    if let Some((slot, entry)) = slot.zip(keep(&found)) {
-        slot.store(entry);
+    if let (Some(c), Some(t), Some(entry)) = (cache, ticket, found.entry()) {
+        c.store_catalog(t, key, entry);
     }
     Ok(found)
 }
 
 /// [`get_storefront`] through the read cache ([`through_cache`]).
 pub async fn get_storefront_cached(tx: &mut TenantTx, id: &str) -> Result<Option<Storefront>> {
-    use crate::cache::{CatalogEntry as E, CatalogItem as I};
-    let hit = |e| match e {
-        E::Storefront(s) => Some(Some((*s).clone())),
-        _ => None,
-    };
-    let keep = |f: &Option<Storefront>| f.clone().map(|s| E::Storefront(s.into()));
-    through_cache(tx, I::Storefront(id.to_owned()), hit, keep, async |tx| get_storefront(tx, id).await).await
+    through_cache(tx, crate::cache::CatalogItem::Storefront(id.to_owned()), async |tx| {
+        get_storefront(tx, id).await
+    })
+    .await
 }
 
 /// [`get_bundle`] (with its entitlements) through the read cache ([`through_cache`]).
 pub async fn get_bundle_cached(tx: &mut TenantTx, id: &str) -> Result<Option<Bundle>> {
-    use crate::cache::{CatalogEntry as E, CatalogItem as I};
-    let hit = |e| match e {
-        E::Bundle(b) => Some(Some((*b).clone())),
-        _ => None,
-    };
-    let keep = |f: &Option<Bundle>| f.clone().map(|b| E::Bundle(b.into()));
-    through_cache(tx, I::Bundle(id.to_owned()), hit, keep, async |tx| get_bundle(tx, id).await).await
+    through_cache(tx, crate::cache::CatalogItem::Bundle(id.to_owned()), async |tx| get_bundle(tx, id).await)
+        .await
 }
 
 /// [`get_price`] through the read cache ([`through_cache`]).
 pub async fn get_price_cached(tx: &mut TenantTx, id: &str) -> Result<Option<Price>> {
-    use crate::cache::{CatalogEntry as E, CatalogItem as I};
-    let hit = |e| match e {
-        E::Price(p) => Some(Some((*p).clone())),
-        _ => None,
-    };
-    let keep = |f: &Option<Price>| f.clone().map(|p| E::Price(p.into()));
-    through_cache(tx, I::Price(id.to_owned()), hit, keep, async |tx| get_price(tx, id).await).await
+    through_cache(tx, crate::cache::CatalogItem::Price(id.to_owned()), async |tx| get_price(tx, id).await)
+        .await
 }
 
-/// [`versions_of`] one price through the read cache ([`through_cache`]; a price without
-/// versions is not cached).
+/// [`versions_of`] one price through the read cache ([`through_cache`]).
 pub async fn versions_of_cached(tx: &mut TenantTx, price_id: &str) -> Result<Vec<PriceVersion>> {
-    use crate::cache::{CatalogEntry as E, CatalogItem as I};
-    let hit = |e| match e {
-        E::Versions(v) => Some((*v).clone()),
-        _ => None,
-    };
-    let keep = |f: &Vec<PriceVersion>| (!f.is_empty()).then(|| E::Versions(f.clone().into()));
     let load = async |tx: &mut TenantTx| versions_of(tx, &[price_id.to_owned()]).await;
-    through_cache(tx, I::Versions(price_id.to_owned()), hit, keep, load).await
+    through_cache(tx, crate::cache::CatalogItem::Versions(price_id.to_owned()), load).await
 }
 
 /// [`all_entitlements`] through the read cache ([`through_cache`]).
 pub async fn all_entitlements_cached(tx: &mut TenantTx) -> Result<Vec<Entitlement>> {
-    use crate::cache::{CatalogEntry as E, CatalogItem as I};
-    let hit = |e| match e {
-        E::Entitlements(v) => Some((*v).clone()),
-        _ => None,
-    };
-    let keep = |f: &Vec<Entitlement>| Some(E::Entitlements(f.clone().into()));
-    through_cache(tx, I::Entitlements, hit, keep, async |tx| all_entitlements(tx).await).await
+    through_cache(tx, crate::cache::CatalogItem::Entitlements, async |tx| all_entitlements(tx).await).await
 }
 
 /// What a storefront offers: its active prices, every version of them, and their bundles (with
@@ -1235,12 +1231,6 @@ pub struct Offered {
 
 /// [`Offered`] by a storefront (three reads) through the read cache ([`through_cache`]).
 pub async fn offered_cached(tx: &mut TenantTx, storefront_id: &str) -> Result<Offered> {
-    use crate::cache::{CatalogEntry as E, CatalogItem as I};
-    let hit = |e| match e {
-        E::Offered(o) => Some((*o).clone()),
-        _ => None,
-    };
-    let keep = |f: &Offered| Some(E::Offered(f.clone().into()));
     let load = async |tx: &mut TenantTx| {
         let prices = storefront_active_prices(tx, storefront_id).await?;
         let price_ids: Vec<String> = prices.iter().map(|p| p.id.clone()).collect();
@@ -1251,5 +1241,5 @@ pub async fn offered_cached(tx: &mut TenantTx, storefront_id: &str) -> Result<Of
         let bundles = bundles_by_id(tx, &bundle_ids).await?;
         Ok(Offered { prices, versions, bundles })
     };
-    through_cache(tx, I::Offered(storefront_id.to_owned()), hit, keep, load).await
+    through_cache(tx, crate::cache::CatalogItem::Offered(storefront_id.to_owned()), load).await
 }

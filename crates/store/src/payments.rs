@@ -385,7 +385,7 @@ pub async fn list(
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Iden, Clone, Copy)]
-enum Refunds {
+pub(crate) enum Refunds {
     Table,
     TenantId,
     Environment,

@@ -316,14 +316,18 @@ async fn scope(app: &TestApp, tenant: &Value) -> TenantScope {
         .unwrap()
 }
 
-async fn storefront(app: &TestApp, scope: &TenantScope, id: &str) -> azotte_store::catalog::Storefront {
+pub(crate) async fn storefront(
+    app: &TestApp,
+    scope: &TenantScope,
+    id: &str,
+) -> azotte_store::catalog::Storefront {
     let mut tx = app.ctx.db.tenant_read_tx(scope).await.unwrap();
     let s = azotte_store::catalog::get_storefront(&mut tx, id).await.unwrap().unwrap();
     tx.commit().await.unwrap();
     s
 }
 
-fn line(amount: i64) -> LineInput {
+pub(crate) fn line(amount: i64) -> LineInput {
     LineInput {
         description: "Monthly".into(),
         kind: LineKind::Subscription,

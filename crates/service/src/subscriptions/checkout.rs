@@ -102,8 +102,6 @@ pub async fn start(
     let now = ctx.clock.now();
     // A new token is attached for the checkout: validated by the PSP between the reads and
     // the write, and recorded in the checkout's own transaction.
-    // A new token is attached for the checkout: validated by the PSP between the reads and
-    // the write, and recorded in the checkout's own transaction.
     let token = match (&input.payment_method_id, &input.token) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -518,59 +516,40 @@ async fn check_and_charge(
         return Ok(Err("offer_invalid"));
     };
     let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
-    let existing = store::subscription_of_checkout(&mut tx, &checkout.id).await?;
-    // The catalog rows come from the process's read cache when it holds them (decision 0011).
-    let mut bundle = catalog_store::get_bundle_cached(&mut tx, &item.bundle_id).await?;
-    let mut price = catalog_store::get_price_cached(&mut tx, &item.price_id).await?;
-    let mut versions = catalog_store::versions_of_cached(&mut tx, &item.price_id).await?;
-    let mut storefront = catalog_store::get_storefront_cached(&mut tx, &offer.storefront_id).await?;
-    let mut all = catalog_store::all_entitlements_cached(&mut tx).await?;
-    let accepted = |b: &Option<Bundle>,
-                    p: &Option<azotte_store::catalog::Price>,
-                    v: &[PriceVersion],
-                    s: &Option<Storefront>| {
-        b.as_ref().is_some_and(|b| b.status == azotte_domain::catalog::BundleStatus::Active)
-            && p.as_ref().is_some_and(|p| p.status == azotte_domain::catalog::ActiveStatus::Active)
-            && v.iter().any(|v| v.version == item.price_version)
-            && s.as_ref().is_some_and(|s| {
-                item.trial_days == 0
-                    || trial_eligibility(&history, now, s.lifecycle.trial_cooldown_days).eligible
-            })
-    };
-    if !accepted(&bundle, &price, &versions, &storefront) {
-        // Refused only on rows read now: a cached one may be older than the offer (another
-        // process changed the catalog a moment ago and its notice is on its way). All of them
-        // are read again, so that what is granted matches the bundle read.
-        bundle = catalog_store::get_bundle(&mut tx, &item.bundle_id).await?;
-        price = catalog_store::get_price(&mut tx, &item.price_id).await?;
-        versions = catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?;
-        storefront = catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?;
-        all = catalog_store::all_entitlements(&mut tx).await?;
-    }
-    // For the invoice: the country its tax was quoted for.
-    let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
-    let Some(storefront) = storefront else { return Ok(Err("storefront_not_available")) };
-    if existing.is_some() {
+    if store::subscription_of_checkout(&mut tx, &checkout.id).await?.is_some() {
         return Ok(Ok(Step::Done));
     }
-    let Some(bundle) = bundle.filter(|b| b.status == azotte_domain::catalog::BundleStatus::Active) else {
-        return Ok(Err("bundle_not_available"));
+    // The catalog rows come from the process's read cache when it holds them (decision 0011).
+    let rows = CatalogRows {
+        bundle: catalog_store::get_bundle_cached(&mut tx, &item.bundle_id).await?,
+        price: catalog_store::get_price_cached(&mut tx, &item.price_id).await?,
+        versions: catalog_store::versions_of_cached(&mut tx, &item.price_id).await?,
+        storefront: catalog_store::get_storefront_cached(&mut tx, &offer.storefront_id).await?,
     };
-    let Some(price) = price.filter(|p| p.status == azotte_domain::catalog::ActiveStatus::Active) else {
-        return Ok(Err("price_not_available"));
+    let mut all = catalog_store::all_entitlements_cached(&mut tx).await?;
+    let sold = match rows.sellable(&item, &history, now) {
+        Err(code) if code != "already_subscribed" => {
+            // Refused only on rows read now: a cached one may be older than the offer (another
+            // process changed the catalog a moment ago and its notice is on its way). All of
+            // them are read again, so that what is granted matches the bundle read.
+            let rows = CatalogRows {
+                bundle: catalog_store::get_bundle(&mut tx, &item.bundle_id).await?,
+                price: catalog_store::get_price(&mut tx, &item.price_id).await?,
+                versions: catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?,
+                storefront: catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?,
+            };
+            all = catalog_store::all_entitlements(&mut tx).await?;
+            rows.sellable(&item, &history, now)
+        }
+        checked => checked,
     };
-    let Some(version) = versions.into_iter().find(|v| v.version == item.price_version) else {
-        return Ok(Err("price_not_available"));
+    let Sold { bundle, version, storefront, period } = match sold {
+        Ok(sold) => sold,
+        Err(code) => return Ok(Err(code)),
     };
-    let Some(period) = price.billing_period else { return Ok(Err("price_not_recurring")) };
-    if history.has_live_subscription {
-        return Ok(Err("already_subscribed"));
-    }
+    // For the invoice: the country its tax was quoted for.
+    let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
     let trial_days = item.trial_days;
-    if trial_days > 0 && !trial_eligibility(&history, now, storefront.lifecycle.trial_cooldown_days).eligible
-    {
-        return Ok(Err("trial_not_eligible"));
-    }
     // The charge (none for a trial): one payment per checkout, whoever runs the job. Its
     // answer, when this run's PSP call gave one, is recorded in a transaction left open for the
     // subscription's writes (`open`); a trial's subscription is written in this one.
@@ -639,6 +618,56 @@ async fn check_and_charge(
     {
         None => Ok(Ok(Step::Done)),
         Some(code) => Ok(Err(code)),
+    }
+}
+
+/// The catalog rows a checkout's job checks the offered item against.
+struct CatalogRows {
+    bundle: Option<Bundle>,
+    price: Option<azotte_store::catalog::Price>,
+    versions: Vec<PriceVersion>,
+    storefront: Option<Storefront>,
+}
+
+/// What the checkout sells, as the catalog allows it.
+struct Sold {
+    bundle: Bundle,
+    version: PriceVersion,
+    storefront: Storefront,
+    period: BillingPeriod,
+}
+
+impl CatalogRows {
+    /// The offered item as these rows let it be sold to a customer with `history`, or the
+    /// checkout's failure code.
+    fn sellable(
+        self,
+        item: &OfferItem,
+        history: &life::FamilyHistory,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<Sold, &'static str> {
+        let storefront = self.storefront.ok_or("storefront_not_available")?;
+        let bundle = (self.bundle)
+            .filter(|b| b.status == azotte_domain::catalog::BundleStatus::Active)
+            .ok_or("bundle_not_available")?;
+        let price = (self.price)
+            .filter(|p| p.status == azotte_domain::catalog::ActiveStatus::Active)
+            .ok_or("price_not_available")?;
+        let version = self
+            .versions
+            .into_iter()
+            .find(|v| v.version == item.price_version)
+            .ok_or("price_not_available")?;
+        let period = price.billing_period.ok_or("price_not_recurring")?;
+        if history.has_live_subscription {
+            return Err("already_subscribed");
+        }
+        if item.trial_days > 0
+            && !trial_eligibility(history, now, storefront.lifecycle.trial_cooldown_days).eligible
+        {
+            return Err("trial_not_eligible");
+        }
+        Ok(Sold { bundle, version, storefront, period })
     }
 }
 
@@ -926,20 +955,13 @@ async fn run_claimed(ctx: &Ctx, scope: &TenantScope, c: &CheckoutRow) -> Result<
 /// its own, so a customer back from 3-D Secure sees the subscription without waiting for the
 /// worker. When another runner holds the checkout, it may have read the payment before this
 /// news and be about to leave the checkout waiting for minutes: the task takes the checkout as
-/// soon as that runner lets go (within its lease), unless it has ended by then. One such task
-/// waits per checkout and process: a PSP sends several events for one payment, and those that
-/// arrive while a task waits add nothing to what its run will read.
+/// soon as that runner lets go (within its lease), unless it has ended by then.
 pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<&str>) {
     let Some(id) = request_key.and_then(|k| k.strip_prefix("checkout-")) else { return };
-    // A task already waiting for this checkout's holder will read the payment as it then
-    // stands: a second one would only poll beside it.
-    let followers = ctx.checkout_followers.clone();
-    let Some(following) = Following::start(&followers, following_key(scope, id)) else { return };
     let (ctx, scope, id) = (ctx.clone(), scope.for_job("checkout"), id.to_owned());
     tokio::spawn(async move {
-        let mut following = Some(following);
         let ran = async {
-            let lease = LEASE.to_std().unwrap_or_default();
+            let give_up = tokio::time::Instant::now() + LEASE.to_std().unwrap_or_default();
             let mut pause = std::time::Duration::from_millis(50);
             loop {
                 let Some(c) = stored_checkout(&ctx, &scope, &id).await?.filter(|c| !is_final(c)) else {
@@ -948,22 +970,9 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
                 // Held as read: only a look (a read) until the holder lets go, then the claim
                 // (a write, which may still lose to another runner).
                 let held = c.locked_until.is_some_and(|l| l >= ctx.clock.now());
-                if !held {
-                    // From here this task reads nothing more before its run does: news that
-                    // comes now needs a task of its own.
-                    following.take();
-                    if claim(&ctx, &scope, &id).await? {
-                        return run_claimed(&ctx, &scope, &c).await.map(|_| ());
-                    }
-                    following = Following::start(&followers, following_key(&scope, &id));
-                    if following.is_none() {
-                        return Ok(()); // another task follows it now
-                    }
+                if !held && claim(&ctx, &scope, &id).await? {
+                    return run_claimed(&ctx, &scope, &c).await.map(|_| ());
                 }
-                // News that came meanwhile (and started no task) waits as long as its own task
-                // would have: a lease from when it came.
-                let give_up =
-                    following.as_ref().map_or(tokio::time::Instant::now(), Following::last_news) + lease;
                 if tokio::time::Instant::now() + pause > give_up {
                     // The holder's lease has run out by now, or it is stuck: the worker's
                     // next look takes the checkout.
@@ -977,73 +986,4 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
             tracing::warn!(checkout_id = %id, error = %e, "checkout job after a payment webhook failed; the worker will retry");
         }
     });
-}
-
-/// The checkouts a task waits to run after their payment moved ([`payment_moved`]), by
-/// (tenant, environment, checkout), with when the latest news of each came.
-#[derive(Debug, Default)]
-pub(crate) struct Followers(
-    std::sync::Mutex<std::collections::HashMap<(String, String, String), tokio::time::Instant>>,
-);
-
-/// A task's place in [`Followers`], given up when dropped.
-struct Following {
-    of: std::sync::Arc<Followers>,
-    key: (String, String, String),
-}
-
-impl Following {
-    /// The place for `key`, or `None` when another task holds it (which then hears of this
-    /// news: [`Following::last_news`]).
-    fn start(of: &std::sync::Arc<Followers>, key: (String, String, String)) -> Option<Self> {
-        let now = tokio::time::Instant::now();
-        match of.0.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(mut news) => {
-                news.insert(now);
-                None
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(now);
-                Some(Following { of: of.clone(), key })
-            }
-        }
-    }
-
-    /// When the latest news of the checkout came (this task's own, or a later one's).
-    fn last_news(&self) -> tokio::time::Instant {
-        let map = self.of.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&self.key).copied().unwrap_or_else(tokio::time::Instant::now)
-    }
-}
-
-impl Drop for Following {
-    fn drop(&mut self) {
-        self.of.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
-    }
-}
-
-/// The [`Followers`] key of checkout `id` in `scope`.
-fn following_key(scope: &TenantScope, id: &str) -> (String, String, String) {
-    (scope.tenant_id().to_string(), scope.environment().as_str().to_owned(), id.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_follower_per_checkout() {
-        let f = std::sync::Arc::new(Followers::default());
-        let key = |id: &str| ("ten_1".to_owned(), "test".to_owned(), id.to_owned());
-        let a = Following::start(&f, key("chk_1")).expect("first");
-        let first = a.last_news();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(Following::start(&f, key("chk_1")).is_none(), "a second task for the same checkout");
-        assert!(a.last_news() > first, "the first task hears of the second's news");
-        let other = Following::start(&f, key("chk_2")).expect("another checkout");
-        drop(a);
-        assert!(Following::start(&f, key("chk_1")).is_some(), "free again once the first let go");
-        drop(other);
-        assert!(f.0.lock().unwrap().is_empty());
-    }
 }

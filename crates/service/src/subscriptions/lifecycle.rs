@@ -383,13 +383,13 @@ const CONVERSION_RETRY: chrono::Duration = chrono::Duration::minutes(15);
 /// Retries — after a charge the PSP never took, or one given back because the trial changed
 /// while it was charged — are `{key}-r{n}`.
 fn conversion_key(row: &SubscriptionRow) -> String {
-    format!("renewal-{}-{}", row.id, row.periods + 1)
+    format!("{}{}-{}", super::renewals::KEY_PREFIX, row.id, row.periods + 1)
 }
 
 /// The subscription whose trial conversion `request_key` charges ([`conversion_key`] and its
 /// retries), if it is one.
 pub(crate) fn converting(request_key: &str) -> Option<&str> {
-    let (sid, rest) = request_key.strip_prefix("renewal-")?.split_once('-')?;
+    let (sid, rest) = request_key.strip_prefix(super::renewals::KEY_PREFIX)?.split_once('-')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let ok = match rest.split_once("-r") {
         Some((n, k)) => digits(n) && digits(k),
@@ -480,8 +480,8 @@ pub(crate) fn conversion_sweep_due(ctx: &Ctx) -> bool {
 
 /// The safety net of [`conversion_charge_moved`], which runs in a task after the payment moved
 /// and is lost if that task fails or the process stops: trial conversion charges captured in
-/// the last [`SWEEP_BACK`] that pay no invoice — one read, however many trials a tenant has —
-/// are checked, and those whose trial ended without converting are refunded in full. Returns
+/// the last [`SWEEP_BACK`] that pay no invoice — one read walking that window's captures on
+/// the status index, however many trials a tenant has — are checked, and those whose trial ended without converting are refunded in full. Returns
 /// how many were refunded.
 pub(crate) async fn sweep_conversion_charges(ctx: &Ctx, scope: &TenantScope) -> Result<usize> {
     let now = ctx.clock.now();
@@ -494,8 +494,8 @@ pub(crate) async fn sweep_conversion_charges(ctx: &Ctx, scope: &TenantScope) -> 
         // hold no `-`): a conversion's is `renewal-{subscription}-{period}[-r{retry}]`.
         let c = azotte_store::payments::captured_unlinked(
             &mut tx,
-            "renewal-",
-            "-a",
+            super::renewals::KEY_PREFIX,
+            super::renewals::ATTEMPT_MARK,
             now - SWEEP_BACK,
             SWEEP_AT_MOST,
         )

@@ -604,10 +604,24 @@ fn invoice_description(sub: &SubscriptionRow, period_start: DateTime<Utc>) -> St
     format!("subscription {}, period from {}", sub.id, period_start.date_naive())
 }
 
+/// Where the request keys of a subscription's later charges start: a renewal's
+/// ([`charge_key`]) and a trial conversion's (`lifecycle::conversion_key`).
+pub(crate) const KEY_PREFIX: &str = "renewal-";
+
+/// What only a regular renewal's request key holds (subscription ids hold no `-`): the
+/// dunning attempt's mark.
+pub(crate) const ATTEMPT_MARK: &str = "-a";
+
 /// The request key of a job's charge: one per subscription, period, dunning attempt and run
 /// (a run starts a new key only when the last one was refused before anything was charged).
 fn charge_key(subscription_id: &str, job: &RenewalJob) -> String {
-    format!("renewal-{}-{}-a{}-r{}", subscription_id, job.period_end.timestamp(), job.attempt, job.runs)
+    format!(
+        "{KEY_PREFIX}{}-{}{ATTEMPT_MARK}{}-r{}",
+        subscription_id,
+        job.period_end.timestamp(),
+        job.attempt,
+        job.runs
+    )
 }
 
 /// A job whose subscription moved on — settled by another run, cancelled, paused, its period

@@ -214,46 +214,37 @@ pub async fn uncredited_refunds(
     tx: &mut TenantTx,
     invoice_ids: &[String],
 ) -> Result<Vec<(String, String, i64)>> {
-    use sea_query::Alias;
+    use super::InvoicePayments as Ip;
+    use crate::payments::Refunds as R;
     if invoice_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let (r, ip) = (Alias::new("refunds"), Alias::new("invoice_payments"));
-    let c = |t: &Alias, name: &str| Expr::col((t.clone(), Alias::new(name)));
     let credited = Query::select()
         .expr(Expr::val(1))
         .from(CreditNotes::Table)
+        .and_where(Expr::col((CreditNotes::Table, CreditNotes::TenantId)).equals((R::Table, R::TenantId)))
         .and_where(
-            Expr::col((CreditNotes::Table, CreditNotes::TenantId))
-                .equals((r.clone(), Alias::new("tenant_id"))),
+            Expr::col((CreditNotes::Table, CreditNotes::Environment)).equals((R::Table, R::Environment)),
         )
-        .and_where(
-            Expr::col((CreditNotes::Table, CreditNotes::Environment))
-                .equals((r.clone(), Alias::new("environment"))),
-        )
-        .and_where(
-            Expr::col((CreditNotes::Table, CreditNotes::RefundId)).equals((r.clone(), Alias::new("id"))),
-        )
+        .and_where(Expr::col((CreditNotes::Table, CreditNotes::RefundId)).equals((R::Table, R::Id)))
         .to_owned();
     let q = Query::select()
-        .column((r.clone(), Alias::new("payment_id")))
-        .column((r.clone(), Alias::new("id")))
-        .column((r.clone(), Alias::new("amount")))
-        .from(r.clone())
+        .columns([(R::Table, R::PaymentId), (R::Table, R::Id), (R::Table, R::Amount)])
+        .from(R::Table)
         .inner_join(
-            ip.clone(),
-            c(&ip, "tenant_id")
-                .equals((r.clone(), Alias::new("tenant_id")))
-                .and(c(&ip, "environment").equals((r.clone(), Alias::new("environment"))))
-                .and(c(&ip, "payment_id").equals((r.clone(), Alias::new("payment_id")))),
+            Ip::Table,
+            Expr::col((Ip::Table, Ip::TenantId))
+                .equals((R::Table, R::TenantId))
+                .and(Expr::col((Ip::Table, Ip::Environment)).equals((R::Table, R::Environment)))
+                .and(Expr::col((Ip::Table, Ip::PaymentId)).equals((R::Table, R::PaymentId))),
         )
-        .and_where(c(&r, "tenant_id").eq(tx.scope().tenant_id().to_string()))
-        .and_where(c(&r, "environment").eq(tx.scope().environment().as_str()))
-        .and_where(c(&r, "status").eq("succeeded"))
-        .and_where(c(&ip, "invoice_id").is_in(invoice_ids.iter().cloned()))
+        .and_where(Expr::col((R::Table, R::TenantId)).eq(tx.scope().tenant_id().to_string()))
+        .and_where(Expr::col((R::Table, R::Environment)).eq(tx.scope().environment().as_str()))
+        .and_where(Expr::col((R::Table, R::Status)).eq("succeeded"))
+        .and_where(Expr::col((Ip::Table, Ip::InvoiceId)).is_in(invoice_ids.iter().cloned()))
         .and_where(Expr::exists(credited).not())
-        .order_by((r.clone(), Alias::new("created_at")), Order::Asc)
-        .order_by((r, Alias::new("id")), Order::Asc)
+        .order_by((R::Table, R::CreatedAt), Order::Asc)
+        .order_by((R::Table, R::Id), Order::Asc)
         .to_owned();
     tx.tx.fetch_all::<(String, String, i64)>(&q).await
 }
