@@ -623,6 +623,104 @@ async fn a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction(ap
     );
 }
 
+/// A checkout's charge is recorded in the transaction that writes the checkout, as its job's
+/// first step: in the job's name (the system job `checkout`, not the caller) and lineage
+/// (caused by the request's `checkout.create`), its first attempt started — then sent by the
+/// job. A checkout the job must take from the start (here: safe mode, lifted later) records
+/// its charge in the job's own transaction, in the same name and lineage.
+async fn a_checkouts_charge_is_recorded_with_the_checkout_in_its_jobs_name(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let done = checkout(&app, &shop, &offer(&app, &shop).await, &shop.monthly).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let pid = charged_by_its_job(&app, &done).await;
+    let attempt = only_entry(&app, "payment.attempt", &pid).await;
+    let by = (attempt["principal"]["kind"].as_str(), attempt["principal"]["id"].as_str());
+    assert_eq!(by, (Some("system"), Some("checkout")), "{attempt}");
+    let payment = get(&app, &format!("/v1/payments/{pid}")).await;
+    assert_eq!(payment["attempts"], 1, "{payment}");
+
+    // Safe mode: the checkout is written without a charge; its job queues the charge, and it
+    // is sent once safe mode is lifted.
+    let cus =
+        id(&post(&app, "/v1/customers", json!({"external_id": "viewer-2", "country": "DE"}), 201).await);
+    let pm = post(
+        &app,
+        &format!("/v1/customers/{cus}/payment-methods"),
+        json!({"storefront_id": shop.sf,
+               "psp_account_id": id(&get(&app, &format!("/v1/storefronts/{}/psp-accounts", shop.sf)).await["data"][0]),
+               "token": "tok_sandbox_success"}),
+        201,
+    )
+    .await;
+    let o = post(&app, "/v1/offers", json!({"customer_id": cus, "storefront_id": shop.sf}), 201).await;
+    app.admin_mfa().await;
+    let safe_mode = |on: bool| {
+        let app = &app;
+        async move {
+            app.request(reqwest::Method::PUT, "/v1/tenant/safe-mode")
+                .json(json!({"enabled": on, "reason": "PSP incident INC-7"}))
+                .tenant(T, ENV)
+                .expect(200)
+                .await;
+        }
+    };
+    safe_mode(true).await;
+    let c = post(
+        &app,
+        "/v1/checkouts",
+        json!({"customer_id": cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": id(&pm)}),
+        202,
+    )
+    .await;
+    let queued = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let c = get(&app, &format!("/v1/checkouts/{}", id(&c))).await;
+            if c["payment_id"].is_string() {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the job records the queued charge");
+    let payment = get(&app, &format!("/v1/payments/{}", queued["payment_id"].as_str().unwrap())).await;
+    assert_eq!(
+        (payment["status"].as_str(), payment["attempts"].as_i64()),
+        (Some("pending"), Some(0)),
+        "{payment}"
+    );
+    safe_mode(false).await;
+    let done = settle(&app, &id(&c)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    charged_by_its_job(&app, &done).await;
+}
+
+/// The journal entry of `type_` about `resource` (exactly one).
+async fn only_entry(app: &TestApp, type_: &str, resource: &str) -> Value {
+    let page = get(app, &format!("/v1/journal?type={type_}&resource_id={resource}")).await;
+    let data = page["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{type_} of {resource}: {page}");
+    data[0].clone()
+}
+
+/// A succeeded checkout's charge was created by its job, in its lineage, and captured: its id.
+async fn charged_by_its_job(app: &TestApp, done: &Value) -> String {
+    let created = only_entry(app, "checkout.create", &id(done)).await;
+    assert_ne!(created["principal"]["kind"], "system", "{created}");
+    let pid = done["payment_id"].as_str().unwrap();
+    let e = only_entry(app, "payment.create", pid).await;
+    let by = (e["principal"]["kind"].as_str(), e["principal"]["id"].as_str());
+    assert_eq!(by, (Some("system"), Some("checkout")), "{e}");
+    assert_eq!(
+        (&e["correlation_id"], &e["causation_id"]),
+        (&created["correlation_id"], &created["id"]),
+        "{e}"
+    );
+    let payment = get(app, &format!("/v1/payments/{pid}")).await;
+    assert_eq!(payment["status"], "captured", "{payment}");
+    pid.to_owned()
+}
+
 /// Two checkouts of one family whose jobs both pass the eligibility check before either has
 /// subscribed (the PSP is slow): one subscribes; the other's subscription is refused by the
 /// database, and its charge — whose answer was to be recorded in that refused transaction — is
@@ -683,6 +781,7 @@ both!(
     concurrent_duplicate_checkouts_charge_once,
     a_second_checkout_of_an_item_in_progress_is_refused,
     a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction,
+    a_checkouts_charge_is_recorded_with_the_checkout_in_its_jobs_name,
     a_checkout_that_loses_its_family_records_its_charge_and_refunds_it,
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes

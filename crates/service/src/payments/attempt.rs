@@ -33,6 +33,19 @@ pub(super) async fn start(
     account: &PspAccount,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    started(tx, row, account, now).await?;
+    store::update_attempt(tx, row).await?;
+    Ok(())
+}
+
+/// [`start`] on a payment not written yet: its row as the caller then writes it, and the
+/// journal entry.
+pub(super) async fn started(
+    tx: &mut TenantTx,
+    row: &mut PaymentRow,
+    account: &PspAccount,
+    now: DateTime<Utc>,
+) -> Result<()> {
     row.attempts += 1;
     row.psp_account_id = Some(account.id.clone());
     row.updated_at = now;
@@ -43,7 +56,6 @@ pub(super) async fn start(
         json!({"attempt": row.attempts, "psp_account_id": account.id}),
     )
     .await?;
-    store::update_attempt(tx, row).await?;
     Ok(())
 }
 

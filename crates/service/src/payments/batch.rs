@@ -22,14 +22,13 @@ use super::attempt::{Job, Sending};
 use super::{connector_in, routing, ChargeInput};
 use crate::{Ctx, Result};
 
+/// The connectors and opened credentials of accounts, by account id.
+pub(crate) type Connectors = HashMap<String, (Arc<dyn Connector>, Account)>;
+
 /// The connectors and opened credentials of `accounts` (those active), read once for a batch;
 /// an account whose credentials do not open is left out (its charges take the one-by-one path,
 /// which records the finding).
-pub(crate) async fn connectors(
-    ctx: &Ctx,
-    tx: &mut TenantTx,
-    accounts: &[PspAccount],
-) -> Result<HashMap<String, (Arc<dyn Connector>, Account)>> {
+pub(crate) async fn connectors(ctx: &Ctx, tx: &mut TenantTx, accounts: &[PspAccount]) -> Result<Connectors> {
     let mut opened = HashMap::new();
     for a in accounts.iter().filter(|a| a.status == "active") {
         if let Ok(Ok(c)) = connector_in(ctx, tx, a).await {
@@ -57,7 +56,7 @@ pub(crate) fn plan(
     input: &ChargeInput,
     pm: &PaymentMethodRow,
     accounts: &[PspAccount],
-    connectors: &HashMap<String, (Arc<dyn Connector>, Account)>,
+    connectors: &Connectors,
     now: DateTime<Utc>,
 ) -> Option<Planned> {
     let currency = Currency::parse("currency", &input.currency).ok()?;

@@ -374,14 +374,10 @@ pub(crate) async fn prepare(
     .await?;
     let safe_mode = azotte_store::payment_ops::safe_mode(tx).await?;
     row.queued_reason = safe_mode.as_ref().map(|_| "safe_mode".to_owned());
-    match store::insert(tx, &row).await {
-        // A concurrent request with the same key inserted first.
-        Err(azotte_store::StoreError::UniqueViolation { .. }) if input.request_key.is_some() => {
-            return Ok(Prepared::Raced)
-        }
-        other => other?,
-    }
     if let Some(mode) = safe_mode {
+        if !insert_new(tx, &row, input).await? {
+            return Ok(Prepared::Raced);
+        }
         tx.decision(
             now,
             "payment.queued",
@@ -394,6 +390,9 @@ pub(crate) async fn prepare(
     let plan = routing::route(ctx, &accounts, &pm, &currency, input.psp_account_id.as_deref(), &sid, now);
     tx.decision(now, "payment.routed", r, plan.journal()).await?;
     let Some(first) = plan.order.first() else {
+        if !insert_new(tx, &row, input).await? {
+            return Ok(Prepared::Raced);
+        }
         fail_before_sending(tx, &mut row, plan.empty_code(), now).await?;
         return Ok(Prepared::Ended(row));
     };
@@ -401,7 +400,11 @@ pub(crate) async fn prepare(
         Ok(c) => c,
         Err(unopened) => return Ok(Prepared::Unopened(unopened)),
     };
-    attempt::start(tx, &mut row, first, now).await?;
+    // Written with its first attempt started: one statement.
+    attempt::started(tx, &mut row, first, now).await?;
+    if !insert_new(tx, &row, input).await? {
+        return Ok(Prepared::Raced);
+    }
     let job = attempt::Job {
         token: pm.token.clone(),
         psp_customer_id: pm.psp_customer_id.clone(),
@@ -409,6 +412,15 @@ pub(crate) async fn prepare(
         off_session: input.off_session,
     };
     Ok(Prepared::Send(attempt::Sending { row, order: plan.order, job, first: first_conn }))
+}
+
+/// Writes a new payment: `false` when a concurrent request with the same key wrote its payment
+/// first (the transaction is then spoilt: [`Prepared::Raced`]).
+async fn insert_new(tx: &mut TenantTx, row: &PaymentRow, input: &ChargeInput) -> Result<bool> {
+    match store::insert(tx, row).await {
+        Err(azotte_store::StoreError::UniqueViolation { .. }) if input.request_key.is_some() => Ok(false),
+        other => Ok(other.map(|()| true)?),
+    }
 }
 
 /// Request-key prefixes of the platform's own charges (a checkout's, a renewal's or trial

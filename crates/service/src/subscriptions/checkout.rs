@@ -1,5 +1,6 @@
 //! Checkout: asynchronous and idempotent. `POST /v1/checkouts` checks what it can at once and
-//! records a `processing` checkout (202); the work runs as a job — in a task started right after
+//! records a `processing` checkout (202) — normally with its charge's payment, the job's first
+//! step ([`first_charge`], decision 0007); the work runs as a job — in a task started right after
 //! the commit, and again from the worker until it is done, so a crash only delays it:
 //! re-check the offer, the bundle, the price and trial eligibility, charge through payment
 //! routing (none for a trial), create the subscription and grant its entitlements, all under the
@@ -116,9 +117,9 @@ pub async fn start(
         }
         _ => None,
     };
-    let (offer, item, attach) = {
+    let (offer, item, attach, country) = {
         let mut tx = ctx.db.tenant_read_tx(scope).await?;
-        customer_store::get_customer(&mut tx, &input.customer_id)
+        let customer = customer_store::get_customer(&mut tx, &input.customer_id)
             .await?
             .ok_or(ServiceError::NotFound { resource: "customer" })?;
         let o = store::get_offer(&mut tx, &input.offer_id)
@@ -141,7 +142,7 @@ pub async fn start(
             None => None,
         };
         tx.commit().await?;
-        (offer, item, attach)
+        (offer, item, attach, customer.country)
     };
     let validated = match attach {
         Some((a, found)) => {
@@ -154,14 +155,16 @@ pub async fn start(
     let discard = validated.as_ref().map(crate::payment_methods::Validated::handle);
     let written: Result<_> = async {
         let mut tx = ctx.db.tenant_tx(scope).await?;
-        let (pm_id, attached) = match (&input.payment_method_id, validated) {
+        // Before any write: the catalog rows come from the read cache only then.
+        let ready = ready_to_charge(ctx, &mut tx, &input.customer_id, &offer, &item, now).await?;
+        let (pm, attached) = match (&input.payment_method_id, validated) {
             (_, Some(validated)) => {
                 // Still there (not erased meanwhile).
                 crate::customers::exists(&mut tx, &input.customer_id).await?;
                 let recorded =
                     crate::payment_methods::record(ctx, &mut tx, &input.customer_id, false, validated)
                         .await?;
-                (Some(recorded.pm.id.clone()), Some(recorded))
+                (Some(recorded.pm.clone()), Some(recorded))
             }
             (Some(id), None) => {
                 let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id)
@@ -182,7 +185,7 @@ pub async fn start(
                         "the payment method is inactive or expired",
                     ));
                 }
-                (Some(id.clone()), None)
+                (Some(pm), None)
             }
             (None, None) if needs_method => {
                 return Err(invalid(
@@ -199,7 +202,7 @@ pub async fn start(
             customer_id: input.customer_id.clone(),
             offer_id: offer.id.clone(),
             price_id: item.price_id.clone(),
-            payment_method_id: pm_id,
+            payment_method_id: pm.as_ref().map(|p| p.id.clone()),
             status: "processing".into(),
             failure_code: None,
             subscription_id: None,
@@ -233,11 +236,17 @@ pub async fn start(
             other => other?,
         }
         tx.outcome(now, "checkout.processing", r, json!({})).await?;
+        let charging = match (ready, &pm) {
+            (Some(ready), Some(pm)) => {
+                first_charge(ctx, &mut tx, ready, &row, &item, pm, &action_id, &country, now).await?
+            }
+            _ => None,
+        };
         tx.commit().await?;
-        Ok((row, action_id, attached))
+        Ok((row, action_id, attached, charging))
     }
     .await;
-    let (row, action_id, attached) = match written {
+    let (row, action_id, attached, charging) = match written {
         Ok(w) => w,
         Err(e) => {
             if let Some(d) = discard {
@@ -249,7 +258,8 @@ pub async fn start(
     if let Some(recorded) = &attached {
         crate::payment_methods::attached(ctx, scope, recorded);
     }
-    let done = spawn(ctx, scope, row.clone(), offer, &action_id);
+    let known = Known { checkout: row.clone(), offer, country };
+    let done = spawn(ctx, scope, known, charging, &action_id);
     if let Some(wait) = wait {
         if let Ok(Ok(ended)) = tokio::time::timeout(wait, done).await {
             return Ok(ended);
@@ -265,15 +275,21 @@ pub async fn start(
 fn spawn(
     ctx: &Ctx,
     scope: &TenantScope,
-    row: CheckoutRow,
-    offer: Offer,
+    known: Known,
+    charging: Option<Charging>,
     cause: &str,
 ) -> tokio::sync::oneshot::Receiver<CheckoutRow> {
-    let (ctx, job_scope, id) = (ctx.clone(), scope.for_job("checkout"), row.id.clone());
-    let meta = RequestMeta::caused_by(&row.correlation_id, cause);
+    let (ctx, job_scope, id) = (ctx.clone(), scope.for_job("checkout"), known.checkout.id.clone());
+    let meta = RequestMeta::caused_by(&known.checkout.correlation_id, cause);
     let (done, ended) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        match journal::with_meta(meta, process(&ctx, &job_scope, &id, Some((row, offer)))).await {
+        let run = async {
+            match charging {
+                Some(charging) => charged(&ctx, &job_scope, known.checkout, charging).await,
+                None => process(&ctx, &job_scope, &id, Some(known)).await,
+            }
+        };
+        match journal::with_meta(meta, run).await {
             Ok(Some(row)) => {
                 let _ = done.send(row); // nobody waiting any more: fine
             }
@@ -304,6 +320,108 @@ pub async fn get(ctx: &Ctx, scope: &TenantScope, id: &str) -> Result<CheckoutRow
     Ok(row)
 }
 
+/// What the request that just created a checkout hands its job: nothing to read again.
+struct Known {
+    /// The checkout, as written (its job has run nowhere yet: it has no subscription, and
+    /// the request's task holds its lease).
+    checkout: CheckoutRow,
+    offer: Offer,
+    /// The customer's country as the request read it (for the invoice's tax).
+    country: Option<String>,
+}
+
+/// A checkout's charge started in the transaction that wrote the checkout ([`first_charge`]):
+/// its job's first step, done.
+struct Charging {
+    checked: Checked,
+    sending: payments::attempt::Sending,
+}
+
+/// What [`first_charge`] reads before the request's transaction writes anything.
+struct ReadyToCharge {
+    sold: Sold,
+    all: Vec<Entitlement>,
+    accounts: Vec<azotte_store::psp_accounts::PspAccount>,
+    connectors: payments::batch::Connectors,
+}
+
+/// The reads of [`first_charge`], in the request's transaction before it writes (the catalog
+/// rows then come from the read cache): the offered item checked as the job checks it, and the
+/// storefront's PSP accounts with their credentials. `None` when the job is to take the
+/// checkout from the start: a trial, a refusal (the job reads the rows again and decides),
+/// safe mode.
+async fn ready_to_charge(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    customer_id: &str,
+    offer: &Offer,
+    item: &OfferItem,
+    now: DateTime<Utc>,
+) -> Result<Option<ReadyToCharge>> {
+    let job = tx.scope().for_job("checkout");
+    if item.trial_days > 0 || job.require(Permission::PaymentCreate).is_err() {
+        return Ok(None);
+    }
+    let history = family_history(tx, customer_id, &item.family).await?;
+    let rows = CatalogRows {
+        bundle: catalog_store::get_bundle_cached(tx, &item.bundle_id).await?,
+        price: catalog_store::get_price_cached(tx, &item.price_id).await?,
+        versions: catalog_store::versions_of_cached(tx, &item.price_id).await?,
+        storefront: catalog_store::get_storefront_cached(tx, &offer.storefront_id).await?,
+    };
+    let Ok(sold) = rows.sellable(item, &history, now) else { return Ok(None) };
+    let all = catalog_store::all_entitlements_cached(tx).await?;
+    if azotte_store::payment_ops::safe_mode(tx).await?.is_some() {
+        return Ok(None);
+    }
+    let accounts = azotte_store::psp_accounts::of_storefront(tx, &offer.storefront_id).await?;
+    let connectors = payments::batch::connectors(ctx, tx, &accounts).await?;
+    Ok(Some(ReadyToCharge { sold, all, accounts, connectors }))
+}
+
+/// The first step of the job of a checkout being written, in the request's transaction `tx`
+/// after the checkout (one transaction fewer per checkout): records the payment with its first
+/// attempt started, in the job's name and lineage (caused by the request's action `cause`), as
+/// the job would in a transaction of its own. `None`, having recorded nothing, when routing
+/// cannot plan the charge at once (the job then takes the checkout from the start, [`process`]).
+#[allow(clippy::too_many_arguments)]
+async fn first_charge(
+    ctx: &Ctx,
+    tx: &mut TenantTx,
+    ready: ReadyToCharge,
+    checkout: &CheckoutRow,
+    item: &OfferItem,
+    pm: &azotte_store::customers::PaymentMethodRow,
+    cause: &str,
+    country: &Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Option<Charging>> {
+    let ReadyToCharge { sold, all, accounts, connectors } = ready;
+    let input = charge_input(checkout, item, pm.id.clone());
+    let Some(planned) = payments::batch::plan(ctx, tx, &input, pm, &accounts, &connectors, now) else {
+        return Ok(None);
+    };
+    tx.continue_as(tx.scope().for_job("checkout"), RequestMeta::caused_by(&checkout.correlation_id, cause));
+    azotte_store::payments::insert(tx, planned.payment()).await?;
+    let sending = planned.start(tx, now).await?;
+    let checked = Checked { item: item.clone(), sold, all, country: country.clone() };
+    Ok(Some(Charging { checked, sending }))
+}
+
+/// The rest of the job of a checkout whose charge [`first_charge`] started: the PSP calls, then
+/// as [`process`] goes on from a charge.
+async fn charged(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut checkout: CheckoutRow,
+    charging: Charging,
+) -> Result<Option<CheckoutRow>> {
+    let Charging { checked, sending } = charging;
+    let sent = payments::attempt::run(ctx, scope, sending).await.map(payments::Charged::Answered);
+    let step = after_charge(ctx, scope, &mut checkout, &checked, sent, ctx.clock.now()).await?;
+    conclude(ctx, scope, checkout, step).await
+}
+
 /// Where the job ended this time.
 enum Step {
     Failed(&'static str),
@@ -320,7 +438,7 @@ async fn process(
     ctx: &Ctx,
     scope: &TenantScope,
     id: &str,
-    known: Option<(CheckoutRow, Offer)>,
+    known: Option<Known>,
 ) -> Result<Option<CheckoutRow>> {
     let now = ctx.clock.now();
     // The job may charge: checked before its transaction (a denial is journaled in one of its own).
@@ -328,8 +446,8 @@ async fn process(
     // One transaction reads what the job needs and then writes the payment (committed before
     // the PSP is called) or, for a trial, the subscription.
     let mut tx = ctx.db.tenant_tx(scope).await?;
-    let (mut checkout, offer) = match known {
-        Some(k) => k,
+    let (mut checkout, offer, country) = match known {
+        Some(Known { checkout, offer, country }) => (checkout, offer, Some(country)),
         None => {
             let Some(checkout) = store::get_checkout(&mut tx, id).await? else { return Ok(None) };
             if !matches!(checkout.status.as_str(), "processing" | "requires_action") {
@@ -338,15 +456,24 @@ async fn process(
             let offer = store::get_offer(&mut tx, &checkout.offer_id)
                 .await?
                 .ok_or(ServiceError::NotFound { resource: "offer" })?;
-            (checkout, Offer::from_row(offer)?)
+            (checkout, Offer::from_row(offer)?, None)
         }
     };
     // The job's reads share this transaction.
-    let step = match check_and_charge(ctx, scope, tx, &mut checkout, &offer, now).await? {
-        Ok(step) => step,
-        Err(code) => Step::Failed(code),
-    };
-    let now = ctx.clock.now();
+    let step = check_and_charge(ctx, scope, tx, &mut checkout, &offer, country, now).await?;
+    conclude(ctx, scope, checkout, step).await
+}
+
+/// Ends a run of a checkout's job where its step left it: failed, waiting, expired or done.
+async fn conclude(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    checkout: CheckoutRow,
+    step: std::result::Result<Step, &'static str>,
+) -> Result<Option<CheckoutRow>> {
+    let step = step.unwrap_or_else(Step::Failed);
+    let (now, id) = (ctx.clock.now(), checkout.id.clone());
+    let id = id.as_str();
     match step {
         Step::Expired(payment_id) => {
             match payments::cancel_waiting(ctx, scope, &payment_id, "checkout_expired").await {
@@ -503,20 +630,24 @@ fn charge_key(checkout_id: &str) -> String {
 }
 
 /// Re-checks everything, charges if needed and, once paid (or for a trial), creates the
-/// subscription. The inner `Err` is a failure code for the checkout.
+/// subscription. The inner `Err` is a failure code for the checkout. `fresh`: the checkout was
+/// just created ([`Known`]), with its customer's country as then read.
+#[allow(clippy::too_many_arguments)]
 async fn check_and_charge(
     ctx: &Ctx,
     scope: &TenantScope,
     mut tx: TenantTx,
     checkout: &mut CheckoutRow,
     offer: &Offer,
+    fresh: Option<Option<String>>,
     now: DateTime<Utc>,
 ) -> Result<std::result::Result<Step, &'static str>> {
     let Ok(item) = offered_item(offer, &checkout.customer_id, &checkout.price_id, checkout.created_at) else {
         return Ok(Err("offer_invalid"));
     };
     let history = family_history(&mut tx, &checkout.customer_id, &item.family).await?;
-    if store::subscription_of_checkout(&mut tx, &checkout.id).await?.is_some() {
+    // A checkout just created has no subscription yet (nothing else has run its job).
+    if fresh.is_none() && store::subscription_of_checkout(&mut tx, &checkout.id).await?.is_some() {
         return Ok(Ok(Step::Done));
     }
     // The catalog rows come from the process's read cache when it holds them (decision 0011).
@@ -543,82 +674,126 @@ async fn check_and_charge(
         }
         checked => checked,
     };
-    let Sold { bundle, version, storefront, period } = match sold {
+    let sold = match sold {
         Ok(sold) => sold,
         Err(code) => return Ok(Err(code)),
     };
     // For the invoice: the country its tax was quoted for.
-    let country = customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country);
-    let trial_days = item.trial_days;
-    // The charge (none for a trial): one payment per checkout, whoever runs the job. Its
-    // answer, when this run's PSP call gave one, is recorded in a transaction left open for the
-    // subscription's writes (`open`); a trial's subscription is written in this one.
-    let mut payment = None;
-    let open;
-    if trial_days > 0 {
-        open = Some((tx, None));
+    let country = match fresh {
+        Some(country) => country,
+        None => customer_store::get_customer(&mut tx, &checkout.customer_id).await?.and_then(|c| c.country),
+    };
+    let checked = Checked { item, sold, all, country };
+    // The charge (none for a trial): one payment per checkout, whoever runs the job. A trial's
+    // subscription is written in this transaction.
+    if checked.item.trial_days > 0 {
+        return settle(ctx, scope, checkout, &checked, None, Some((tx, None))).await;
+    }
+    let Some(pm) = checkout.payment_method_id.clone() else { return Ok(Err("payment_method_required")) };
+    let charged = payments::charge_in(ctx, scope, tx, &charge_input(checkout, &checked.item, pm)).await;
+    after_charge(ctx, scope, checkout, &checked, charged, now).await
+}
+
+/// What a checkout charges: its offered item, under the checkout's request key.
+fn charge_input(checkout: &CheckoutRow, item: &OfferItem, payment_method_id: String) -> ChargeInput {
+    ChargeInput {
+        customer_id: checkout.customer_id.clone(),
+        payment_method_id,
+        amount: item.amount,
+        currency: item.currency.clone(),
+        description: format!("checkout {} ({})", checkout.id, item.bundle_key),
+        psp_account_id: None,
+        off_session: false,
+        request_key: Some(charge_key(&checkout.id)),
+    }
+}
+
+/// Goes on from a checkout's charge as far as it got: the subscription once it is captured
+/// (written in the transaction its answer is recorded in), else the failure code or the wait.
+async fn after_charge(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    checkout: &mut CheckoutRow,
+    checked: &Checked,
+    charged: Result<payments::Charged>,
+    now: DateTime<Utc>,
+) -> Result<std::result::Result<Step, &'static str>> {
+    let charged = match charged {
+        Ok(charged) => charged,
+        Err(ServiceError::NotFound { .. }) => return Ok(Err("payment_method_not_usable")),
+        Err(ServiceError::Conflict { code, .. }) => return Ok(Err(code)),
+        Err(e) => return Err(e),
+    };
+    // Only a captured payment's answer has writes to follow it in its transaction.
+    let (p, sent) = if charged.payment().status == "captured" {
+        charged.into_parts()
     } else {
-        let Some(pm) = checkout.payment_method_id.clone() else { return Ok(Err("payment_method_required")) };
-        let input = ChargeInput {
-            customer_id: checkout.customer_id.clone(),
-            payment_method_id: pm,
-            amount: item.amount,
-            currency: item.currency.clone(),
-            description: format!("checkout {} ({})", checkout.id, item.bundle_key),
-            psp_account_id: None,
-            off_session: false,
-            request_key: Some(charge_key(&checkout.id)),
-        };
-        let charged = match payments::charge_in(ctx, scope, tx, &input).await {
-            Ok(charged) => charged,
-            Err(ServiceError::NotFound { .. }) => return Ok(Err("payment_method_not_usable")),
-            Err(ServiceError::Conflict { code, .. }) => return Ok(Err(code)),
-            Err(e) => return Err(e),
-        };
-        // Only a captured payment's answer has writes to follow it in its transaction.
-        let (p, sent) = if charged.payment().status == "captured" {
-            charged.into_parts()
-        } else {
-            (charged.commit().await?, None)
-        };
-        checkout.payment_id = Some(p.id.clone());
-        open = sent.map(|(tx, redo)| (tx, Some(redo)));
-        match p.status.as_str() {
-            "captured" => payment = Some(p),
-            "failed" | "canceled" => {
-                return Ok(Err(match p.decline_code.as_deref() {
-                    Some("insufficient_funds") => "insufficient_funds",
-                    Some("psp_unavailable" | "no_eligible_psp_account") => "psp_unavailable",
-                    _ => "payment_declined",
-                }))
+        (charged.commit().await?, None)
+    };
+    checkout.payment_id = Some(p.id.clone());
+    let open = sent.map(|(tx, redo)| (tx, Some(redo)));
+    match p.status.as_str() {
+        "captured" => settle(ctx, scope, checkout, checked, Some(&p), open).await,
+        "failed" | "canceled" => Ok(Err(match p.decline_code.as_deref() {
+            Some("insufficient_funds") => "insufficient_funds",
+            Some("psp_unavailable" | "no_eligible_psp_account") => "psp_unavailable",
+            _ => "payment_declined",
+        })),
+        "requires_action" => {
+            checkout.status = "requires_action".into();
+            checkout.next_action = p.next_action.clone();
+            if now - p.updated_at >= ACTION_TTL {
+                return Ok(Ok(Step::Expired(p.id.clone())));
             }
-            "requires_action" => {
-                checkout.status = "requires_action".into();
-                checkout.next_action = p.next_action.clone();
-                if now - p.updated_at >= ACTION_TTL {
-                    return Ok(Ok(Step::Expired(p.id.clone())));
-                }
-                return Ok(Ok(Step::Waiting));
-            }
-            // pending (queued in safe mode, or in flight), unknown, authorized: wait.
-            _ => {
-                checkout.status = "processing".into();
-                return Ok(Ok(Step::Waiting));
-            }
+            Ok(Ok(Step::Waiting))
+        }
+        // pending (queued in safe mode, or in flight), unknown, authorized: wait.
+        _ => {
+            checkout.status = "processing".into();
+            Ok(Ok(Step::Waiting))
         }
     }
-    let paid = Paid {
-        storefront: &storefront,
-        version: &version,
-        country: country.as_deref(),
-        payment: payment.as_ref(),
-    };
-    match create_subscription(ctx, scope, checkout, &item, &bundle, period, trial_days, &all, paid, open)
-        .await?
+}
+
+/// Creates the subscription of a checkout paid by `payment` (none for a trial), in `open` when
+/// given ([`create_subscription`]).
+async fn settle(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    checkout: &mut CheckoutRow,
+    checked: &Checked,
+    payment: Option<&PaymentRow>,
+    open: Option<(TenantTx, Option<Redo>)>,
+) -> Result<std::result::Result<Step, &'static str>> {
+    let Checked { item, sold, all, country } = checked;
+    let paid =
+        Paid { storefront: &sold.storefront, version: &sold.version, country: country.as_deref(), payment };
+    match create_subscription(
+        ctx,
+        scope,
+        checkout,
+        item,
+        &sold.bundle,
+        sold.period,
+        item.trial_days,
+        all,
+        paid,
+        open,
+    )
+    .await?
     {
         None => Ok(Ok(Step::Done)),
         Some(code) => Ok(Err(code)),
     }
+}
+
+/// What a checkout's job found it sells, checked before it charges.
+struct Checked {
+    item: OfferItem,
+    sold: Sold,
+    all: Vec<Entitlement>,
+    /// The customer's country, for the invoice: the one its tax was quoted for.
+    country: Option<String>,
 }
 
 /// The catalog rows a checkout's job checks the offered item against.
