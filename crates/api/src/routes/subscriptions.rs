@@ -241,7 +241,8 @@ pub struct CheckoutView {
     /// Why it `failed`: `offer_invalid`, `bundle_not_available`, `price_not_available`,
     /// `price_not_recurring`, `storefront_not_available`, `already_subscribed`, `trial_not_eligible`,
     /// `payment_method_required`, `payment_method_not_usable`, `payment_declined`,
-    /// `insufficient_funds`, `psp_unavailable`, `payment_refunded` (the charge was refunded in
+    /// `insufficient_funds`, `psp_unavailable` (no PSP account could take the charge, or it was
+    /// never sent; nothing was charged), `payment_refunded` (the charge was refunded in
     /// full before the subscription was created), or `checkout_expired` (the customer did not
     /// complete 3-D Secure within an hour; the payment was cancelled, nothing charged).
     failure_code: Option<String>,

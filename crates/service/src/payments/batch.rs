@@ -31,7 +31,8 @@ pub(crate) type Connectors = HashMap<String, (Arc<dyn Connector>, Account)>;
 pub(crate) async fn connectors(ctx: &Ctx, tx: &mut TenantTx, accounts: &[PspAccount]) -> Result<Connectors> {
     let mut opened = HashMap::new();
     for a in accounts.iter().filter(|a| a.status == "active") {
-        if let Ok(Ok(c)) = connector_in(ctx, tx, a).await {
+        // A database error ends the batch's transaction (on PostgreSQL it is spoilt).
+        if let Ok(c) = connector_in(ctx, tx, a).await? {
             opened.insert(a.id.clone(), c);
         }
     }

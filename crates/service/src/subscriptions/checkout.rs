@@ -238,7 +238,7 @@ pub async fn start(
         tx.outcome(now, "checkout.processing", r, json!({})).await?;
         let charging = match (ready, &pm) {
             (Some(ready), Some(pm)) => {
-                first_charge(ctx, &mut tx, ready, &row, &item, pm, &action_id, &country, now).await?
+                first_charge(ctx, &mut tx, ready, &row, &item, pm, &action_id, &country).await?
             }
             _ => None,
         };
@@ -394,9 +394,11 @@ async fn first_charge(
     pm: &azotte_store::customers::PaymentMethodRow,
     cause: &str,
     country: &Option<String>,
-    now: DateTime<Utc>,
 ) -> Result<Option<Charging>> {
     let ReadyToCharge { sold, all, accounts, connectors } = ready;
+    // Not the request's first reading of the clock: attaching a new token may have taken a
+    // while, and the payment's age is what reconciliation goes by.
+    let now = ctx.clock.now();
     let input = charge_input(checkout, item, pm.id.clone());
     let Some(planned) = payments::batch::plan(ctx, tx, &input, pm, &accounts, &connectors, now) else {
         return Ok(None);
@@ -417,7 +419,13 @@ async fn charged(
     charging: Charging,
 ) -> Result<Option<CheckoutRow>> {
     let Charging { checked, sending } = charging;
-    let sent = payments::attempt::run(ctx, scope, sending).await.map(payments::Charged::Answered);
+    // As a renewal batch does: a payment committed longer ago than half of reconciliation's
+    // grace is not sent (reconciliation could take it for lost while the call is in flight).
+    let sent = if ctx.clock.now() - sending.created_at() > ctx.psp.reconcile_grace / 2 {
+        payments::batch::withhold(ctx, scope, &sending, "not_charged").await.map(payments::Charged::Recorded)
+    } else {
+        payments::attempt::run(ctx, scope, sending).await.map(payments::Charged::Answered)
+    };
     let step = after_charge(ctx, scope, &mut checkout, &checked, sent, ctx.clock.now()).await?;
     conclude(ctx, scope, checkout, step).await
 }
@@ -734,11 +742,7 @@ async fn after_charge(
     let open = sent.map(|(tx, redo)| (tx, Some(redo)));
     match p.status.as_str() {
         "captured" => settle(ctx, scope, checkout, checked, Some(&p), open).await,
-        "failed" | "canceled" => Ok(Err(match p.decline_code.as_deref() {
-            Some("insufficient_funds") => "insufficient_funds",
-            Some("psp_unavailable" | "no_eligible_psp_account") => "psp_unavailable",
-            _ => "payment_declined",
-        })),
+        "failed" | "canceled" => Ok(Err(failure_code(&p))),
         "requires_action" => {
             checkout.status = "requires_action".into();
             checkout.next_action = p.next_action.clone();
@@ -752,6 +756,19 @@ async fn after_charge(
             checkout.status = "processing".into();
             Ok(Ok(Step::Waiting))
         }
+    }
+}
+
+/// The failure code of a checkout whose charge failed (or was cancelled) as `p`. Failed on the
+/// platform's or the PSP's side — nothing charged: no account up, a call never sent or taken for
+/// lost — is not the card's decline.
+fn failure_code(p: &PaymentRow) -> &'static str {
+    if payments::failed_on_our_side(p) {
+        return "psp_unavailable";
+    }
+    match p.decline_code.as_deref() {
+        Some("insufficient_funds") => "insufficient_funds",
+        _ => "payment_declined",
     }
 }
 
@@ -1161,4 +1178,47 @@ pub(crate) fn payment_moved(ctx: &Ctx, scope: &TenantScope, request_key: Option<
             tracing::warn!(checkout_id = %id, error = %e, "checkout job after a payment webhook failed; the worker will retry");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(code: Option<&str>) -> PaymentRow {
+        PaymentRow {
+            id: "pay_1".into(),
+            storefront_id: "sf_1".into(),
+            customer_id: "cus_1".into(),
+            payment_method_id: "pm_1".into(),
+            psp_account_id: None,
+            psp_payment_id: None,
+            amount: 999,
+            currency: "EUR".into(),
+            status: "failed".into(),
+            attempts: 1,
+            decline_code: code.map(str::to_owned),
+            captured_amount: 0,
+            refunded_amount: 0,
+            description: String::new(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            queued_reason: None,
+            request_key: None,
+            next_action: None,
+        }
+    }
+
+    #[test]
+    fn a_charge_the_platform_or_the_psp_never_took_is_no_decline() {
+        for code in ["psp_unavailable", "no_eligible_psp_account", "not_charged", "safe_mode"] {
+            assert_eq!(failure_code(&failed(Some(code))), "psp_unavailable", "{code}");
+        }
+        assert_eq!(failure_code(&failed(Some("insufficient_funds"))), "insufficient_funds");
+        for code in [Some("stolen_card"), Some("expired_card"), None] {
+            assert_eq!(failure_code(&failed(code)), "payment_declined", "{code:?}");
+        }
+        let mut canceled = failed(None);
+        canceled.status = "canceled".into();
+        assert_eq!(failure_code(&canceled), "payment_declined");
+    }
 }
