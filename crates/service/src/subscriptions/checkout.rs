@@ -117,44 +117,35 @@ pub async fn start(
         }
         _ => None,
     };
-    let (offer, item, attach, country) = {
-        let mut tx = ctx.db.tenant_read_tx(scope).await?;
-        let customer = customer_store::get_customer(&mut tx, &input.customer_id)
-            .await?
-            .ok_or(ServiceError::NotFound { resource: "customer" })?;
-        let o = store::get_offer(&mut tx, &input.offer_id)
-            .await?
-            .filter(|o| scope.storefront_allowed(&o.storefront_id))
-            .ok_or(ServiceError::NotFound { resource: "offer" })?;
-        let offer = Offer::from_row(o)?;
-        let item = offered_item(&offer, &input.customer_id, &input.price_id, now)?;
-        let attach = match token {
-            Some((account, token)) => {
-                let a = crate::payment_methods::AttachInput {
-                    storefront_id: offer.storefront_id.clone(),
-                    psp_account_id: account.clone(),
-                    token: token.clone(),
-                    make_default: false,
-                };
-                let found = crate::payment_methods::prepare(ctx, &mut tx, &input.customer_id, &a).await?;
-                Some((a, found))
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        (offer, item, attach, customer.country)
-    };
-    let validated = match attach {
-        Some((a, found)) => {
-            Some(crate::payment_methods::validate(ctx, scope, found, &input.customer_id, &a).await?)
+    // With a new token, the reads have a transaction of their own, and the PSP validates the
+    // token between them and the write; without, they start the write transaction.
+    let (read, validated) = match token {
+        Some((account, token)) => {
+            let mut tx = ctx.db.tenant_read_tx(scope).await?;
+            let read = read_offer(&mut tx, &input, now).await?;
+            let a = crate::payment_methods::AttachInput {
+                storefront_id: read.offer.storefront_id.clone(),
+                psp_account_id: account.clone(),
+                token: token.clone(),
+                make_default: false,
+            };
+            let found = crate::payment_methods::prepare(ctx, &mut tx, &input.customer_id, &a).await?;
+            tx.commit().await?;
+            let validated =
+                crate::payment_methods::validate(ctx, scope, found, &input.customer_id, &a).await?;
+            (Some(read), Some(validated))
         }
-        None => None,
+        None => (None, None),
     };
-    let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
     // A token the PSP validated is detached there again if the checkout is not written.
     let discard = validated.as_ref().map(crate::payment_methods::Validated::handle);
     let written: Result<_> = async {
         let mut tx = ctx.db.tenant_tx(scope).await?;
+        let OfferRead { offer, item, country } = match read {
+            Some(read) => read,
+            None => read_offer(&mut tx, &input, now).await?,
+        };
+        let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
         // Before any write: the catalog rows come from the read cache only then.
         let ready = ready_to_charge(ctx, &mut tx, &input.customer_id, &offer, &item, now).await?;
         let (pm, attached) = match (&input.payment_method_id, validated) {
@@ -243,10 +234,10 @@ pub async fn start(
             _ => None,
         };
         tx.commit().await?;
-        Ok((row, action_id, attached, charging))
+        Ok((row, action_id, attached, charging, OfferRead { offer, item, country }))
     }
     .await;
-    let (row, action_id, attached, charging) = match written {
+    let (row, action_id, attached, charging, OfferRead { offer, country, .. }) = match written {
         Ok(w) => w,
         Err(e) => {
             if let Some(d) = discard {
@@ -266,6 +257,29 @@ pub async fn start(
         }
     }
     Ok(row)
+}
+
+/// What a checkout reads of its offer and customer.
+struct OfferRead {
+    offer: Offer,
+    /// The offered item checked out.
+    item: OfferItem,
+    /// The customer's country (for the invoice's tax).
+    country: Option<String>,
+}
+
+/// Reads the customer and the offer a checkout is for, and checks the item it takes from it.
+async fn read_offer(tx: &mut TenantTx, input: &CheckoutInput, now: DateTime<Utc>) -> Result<OfferRead> {
+    let customer = customer_store::get_customer(tx, &input.customer_id)
+        .await?
+        .ok_or(ServiceError::NotFound { resource: "customer" })?;
+    let o = store::get_offer(tx, &input.offer_id)
+        .await?
+        .filter(|o| tx.scope().storefront_allowed(&o.storefront_id))
+        .ok_or(ServiceError::NotFound { resource: "offer" })?;
+    let offer = Offer::from_row(o)?;
+    let item = offered_item(&offer, &input.customer_id, &input.price_id, now)?;
+    Ok(OfferRead { offer, item, country: customer.country })
 }
 
 /// Runs a checkout's job in the background, under its correlation id, caused by the request's
