@@ -263,6 +263,7 @@ enum Recorded {
 /// (the subscription it pays for, the invoice it settles): committing it records both at
 /// once. A caller that drops it instead — its own writes failed or turned out not to apply —
 /// records the answer alone with [`Redo::record_alone`], so the PSP's answer is never lost.
+/// Its payment is as stored, and its transaction holds the row (read locked) until it ends.
 pub(crate) struct Sent {
     tx: TenantTx,
     payment: PaymentRow,
@@ -365,8 +366,9 @@ async fn record(
     .await?;
     journal_breaker(tx, account, answer.change, now).await?;
     // A webhook or reconciliation may have moved the payment meanwhile: apply to what is
-    // stored now.
-    let mut current = store::get(tx, payment_id)
+    // stored now, held from here (the writes that follow from the answer — an invoice it pays —
+    // rely on it not moving before the commit).
+    let mut current = store::get_locked(tx, payment_id)
         .await?
         .ok_or_else(|| ServiceError::Internal(format!("payment {payment_id} vanished").into()))?;
     current.updated_at = now;

@@ -966,6 +966,8 @@ async fn create_subscription(
         Some(open) => open,
         None => (ctx.db.tenant_tx(scope).await?, None),
     };
+    // The charge's answer was recorded in `tx`, which read and holds the payment since.
+    let held = redo.is_some();
     // Committed when it ends in `Ok(Ok(()))`.
     let created: Result<std::result::Result<(), NotCreated>> = async {
         let now = ctx.clock.now();
@@ -1019,6 +1021,8 @@ async fn create_subscription(
         // Held from here, and read as it now stands, so that a refund cannot slip in before the
         // invoice records it (decision 0007).
         let locked = match paid.payment {
+            // Its answer recorded in this transaction, which holds it since: as it stands.
+            Some(p) if held => Some(p.clone()),
             Some(p) => Some(
                 azotte_store::payments::get_locked(&mut tx, &p.id)
                     .await?
