@@ -650,21 +650,6 @@ macro_rules! journal_methods {
                 self.action_id = None;
             }
 
-            /// Goes on as another principal of the same tenant environment (a system job's
-            /// scope) in a new lineage: the entries recorded from now on are that principal's,
-            /// with `meta`'s correlation and causation, as if it had a transaction of its own —
-            /// a job's first step written in the transaction of the request that starts the job.
-            /// Panics when `scope` is of another tenant environment (a programming error: the
-            /// transaction's row-level security admits this one only).
-            pub fn continue_as(&mut self, scope: $scope, meta: RequestMeta) {
-                assert!(
-                    $tenant(&scope) == $tenant(&self.scope) && $env(&scope) == $env(&self.scope),
-                    "a transaction goes on in its own tenant environment only"
-                );
-                self.scope = scope;
-                self.begin_lineage(meta);
-            }
-
             /// Where this transaction's entries sit: their correlation id and its action (once
             /// recorded), for work that continues them later, in another transaction.
             pub fn cause(&self) -> Cause {
@@ -750,6 +735,23 @@ journal_methods!(
     |_: &crate::PlatformScope| PLATFORM.to_owned(),
     |_: &crate::PlatformScope| PLATFORM
 );
+
+impl crate::TenantTx {
+    /// Goes on as another principal of the same tenant environment (a system job's scope) in a
+    /// new lineage: the entries recorded from now on are that principal's, with `meta`'s
+    /// correlation and causation, as if it had a transaction of its own — a job's first step
+    /// written in the transaction of the request that starts the job. Panics when `scope` is of
+    /// another tenant environment (a programming error: the transaction's row-level security
+    /// admits this one only).
+    pub fn continue_as(&mut self, scope: crate::TenantScope, meta: RequestMeta) {
+        assert!(
+            scope.tenant_id() == self.scope.tenant_id() && scope.environment() == self.scope.environment(),
+            "a transaction goes on in its own tenant environment only"
+        );
+        self.scope = scope;
+        self.begin_lineage(meta);
+    }
+}
 
 /// A security decision outside any mutation (failed login, denied request, token reuse), in
 /// its own transaction. `tenant` None writes to the platform journal.

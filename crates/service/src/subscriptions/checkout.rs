@@ -353,6 +353,8 @@ struct Charging {
 
 /// What [`first_charge`] reads before the request's transaction writes anything.
 struct ReadyToCharge {
+    /// The job's scope, whose name the charge is recorded in.
+    job: TenantScope,
     sold: Sold,
     all: Vec<Entitlement>,
     accounts: Vec<azotte_store::psp_accounts::PspAccount>,
@@ -377,12 +379,7 @@ async fn ready_to_charge(
         return Ok(None);
     }
     let history = family_history(tx, customer_id, &item.family).await?;
-    let rows = CatalogRows {
-        bundle: catalog_store::get_bundle_cached(tx, &item.bundle_id).await?,
-        price: catalog_store::get_price_cached(tx, &item.price_id).await?,
-        versions: catalog_store::versions_of_cached(tx, &item.price_id).await?,
-        storefront: catalog_store::get_storefront_cached(tx, &offer.storefront_id).await?,
-    };
+    let rows = CatalogRows::cached(tx, item, &offer.storefront_id).await?;
     let Ok(sold) = rows.sellable(item, &history, now) else { return Ok(None) };
     let all = catalog_store::all_entitlements_cached(tx).await?;
     if azotte_store::payment_ops::safe_mode(tx).await?.is_some() {
@@ -390,7 +387,7 @@ async fn ready_to_charge(
     }
     let accounts = azotte_store::psp_accounts::of_storefront(tx, &offer.storefront_id).await?;
     let connectors = payments::batch::connectors(ctx, tx, &accounts).await?;
-    Ok(Some(ReadyToCharge { sold, all, accounts, connectors }))
+    Ok(Some(ReadyToCharge { job, sold, all, accounts, connectors }))
 }
 
 /// The first step of the job of a checkout being written, in the request's transaction `tx`
@@ -409,7 +406,7 @@ async fn first_charge(
     cause: &str,
     country: &Option<String>,
 ) -> Result<Option<Charging>> {
-    let ReadyToCharge { sold, all, accounts, connectors } = ready;
+    let ReadyToCharge { job, sold, all, accounts, connectors } = ready;
     // Not the request's first reading of the clock: attaching a new token may have taken a
     // while, and the payment's age is what reconciliation goes by.
     let now = ctx.clock.now();
@@ -417,7 +414,7 @@ async fn first_charge(
     let Some(planned) = payments::batch::plan(ctx, tx, &input, pm, &accounts, &connectors, now) else {
         return Ok(None);
     };
-    tx.continue_as(tx.scope().for_job("checkout"), RequestMeta::caused_by(&checkout.correlation_id, cause));
+    tx.continue_as(job, RequestMeta::caused_by(&checkout.correlation_id, cause));
     azotte_store::payments::insert(tx, planned.payment()).await?;
     let sending = planned.start(tx, now).await?;
     let checked = Checked { item: item.clone(), sold, all, country: country.clone() };
@@ -673,24 +670,14 @@ async fn check_and_charge(
         return Ok(Ok(Step::Done));
     }
     // The catalog rows come from the process's read cache when it holds them (decision 0011).
-    let rows = CatalogRows {
-        bundle: catalog_store::get_bundle_cached(&mut tx, &item.bundle_id).await?,
-        price: catalog_store::get_price_cached(&mut tx, &item.price_id).await?,
-        versions: catalog_store::versions_of_cached(&mut tx, &item.price_id).await?,
-        storefront: catalog_store::get_storefront_cached(&mut tx, &offer.storefront_id).await?,
-    };
+    let rows = CatalogRows::cached(&mut tx, &item, &offer.storefront_id).await?;
     let mut all = catalog_store::all_entitlements_cached(&mut tx).await?;
     let sold = match rows.sellable(&item, &history, now) {
         Err(code) if code != "already_subscribed" => {
             // Refused only on rows read now: a cached one may be older than the offer (another
             // process changed the catalog a moment ago and its notice is on its way). All of
             // them are read again, so that what is granted matches the bundle read.
-            let rows = CatalogRows {
-                bundle: catalog_store::get_bundle(&mut tx, &item.bundle_id).await?,
-                price: catalog_store::get_price(&mut tx, &item.price_id).await?,
-                versions: catalog_store::versions_of(&mut tx, std::slice::from_ref(&item.price_id)).await?,
-                storefront: catalog_store::get_storefront(&mut tx, &offer.storefront_id).await?,
-            };
+            let rows = CatalogRows::read(&mut tx, &item, &offer.storefront_id).await?;
             all = catalog_store::all_entitlements(&mut tx).await?;
             rows.sellable(&item, &history, now)
         }
@@ -796,23 +783,7 @@ async fn settle(
     payment: Option<&PaymentRow>,
     open: Option<(TenantTx, Option<Redo>)>,
 ) -> Result<std::result::Result<Step, &'static str>> {
-    let Checked { item, sold, all, country } = checked;
-    let paid =
-        Paid { storefront: &sold.storefront, version: &sold.version, country: country.as_deref(), payment };
-    match create_subscription(
-        ctx,
-        scope,
-        checkout,
-        item,
-        &sold.bundle,
-        sold.period,
-        item.trial_days,
-        all,
-        paid,
-        open,
-    )
-    .await?
-    {
+    match create_subscription(ctx, scope, checkout, checked, payment, open).await? {
         None => Ok(Ok(Step::Done)),
         Some(code) => Ok(Err(code)),
     }
@@ -844,6 +815,27 @@ struct Sold {
 }
 
 impl CatalogRows {
+    /// The rows of `item` (sold in storefront `storefront_id`) from the process's read cache
+    /// when it holds them (decision 0011).
+    async fn cached(tx: &mut TenantTx, item: &OfferItem, storefront_id: &str) -> Result<Self> {
+        Ok(CatalogRows {
+            bundle: catalog_store::get_bundle_cached(tx, &item.bundle_id).await?,
+            price: catalog_store::get_price_cached(tx, &item.price_id).await?,
+            versions: catalog_store::versions_of_cached(tx, &item.price_id).await?,
+            storefront: catalog_store::get_storefront_cached(tx, storefront_id).await?,
+        })
+    }
+
+    /// The rows of `item` as the database holds them now.
+    async fn read(tx: &mut TenantTx, item: &OfferItem, storefront_id: &str) -> Result<Self> {
+        Ok(CatalogRows {
+            bundle: catalog_store::get_bundle(tx, &item.bundle_id).await?,
+            price: catalog_store::get_price(tx, &item.price_id).await?,
+            versions: catalog_store::versions_of(tx, std::slice::from_ref(&item.price_id)).await?,
+            storefront: catalog_store::get_storefront(tx, storefront_id).await?,
+        })
+    }
+
     /// The offered item as these rows let it be sold to a customer with `history`, or the
     /// checkout's failure code.
     fn sellable(
@@ -925,14 +917,6 @@ pub(crate) fn apply_state(row: &mut SubscriptionRow, s: &life::State) {
     row.paused_at = s.paused_at;
 }
 
-/// What the first invoice of a checkout is made of (no invoice without a captured payment).
-struct Paid<'a> {
-    storefront: &'a Storefront,
-    version: &'a PriceVersion,
-    country: Option<&'a str>,
-    payment: Option<&'a PaymentRow>,
-}
-
 /// How [`create_subscription`]'s transaction ended when it did not commit.
 enum NotCreated {
     /// Another checkout of the customer won the family meanwhile.
@@ -943,25 +927,23 @@ enum NotCreated {
     Refunded,
 }
 
-/// Creates the subscription, its grants and its first invoice, and marks the checkout
-/// `succeeded`, in one transaction: `open`'s, when given (the job's, for a trial; the one the
+/// Creates the subscription of what `checked` sells, its grants and — paid by `payment` (none
+/// for a trial: no invoice) — its first invoice, and marks the checkout `succeeded`, in one
+/// transaction: `open`'s, when given (the job's, for a trial; the one the
 /// charge's answer is recorded in, with what records it again), else one of its own. Its last
 /// write is the invoice's number: the series row it locks is held only for the commit
 /// (decision 0008). When it does not commit, the charge's answer is recorded alone first; a
 /// family another checkout won fails the checkout (and [`fail`] refunds the charge).
-#[allow(clippy::too_many_arguments)]
 async fn create_subscription(
     ctx: &Ctx,
     scope: &TenantScope,
     checkout: &mut CheckoutRow,
-    item: &OfferItem,
-    bundle: &Bundle,
-    period: BillingPeriod,
-    trial_days: u32,
-    all: &[Entitlement],
-    paid: Paid<'_>,
+    checked: &Checked,
+    payment: Option<&PaymentRow>,
     open: Option<(TenantTx, Option<Redo>)>,
 ) -> Result<Option<&'static str>> {
+    let Checked { item, sold: Sold { bundle, version, storefront, period }, all, country } = checked;
+    let (period, trial_days) = (*period, item.trial_days);
     let (mut tx, redo) = match open {
         Some(open) => open,
         None => (ctx.db.tenant_tx(scope).await?, None),
@@ -976,7 +958,7 @@ async fn create_subscription(
         let mut row = SubscriptionRow {
             id: sid.clone(),
             customer_id: checkout.customer_id.clone(),
-            storefront_id: paid.storefront.id.clone(),
+            storefront_id: storefront.id.clone(),
             bundle_id: bundle.id.clone(),
             family: bundle.family.clone(),
             price_id: item.price_id.clone(),
@@ -1020,7 +1002,7 @@ async fn create_subscription(
         // draft now and numbered last.
         // Held from here, and read as it now stands, so that a refund cannot slip in before the
         // invoice records it (decision 0007).
-        let locked = match paid.payment {
+        let locked = match payment {
             // Its answer recorded in this transaction, which holds it since: as it stands.
             Some(p) if held => Some(p.clone()),
             Some(p) => Some(
@@ -1041,9 +1023,9 @@ async fn create_subscription(
                     &mut tx,
                     &row,
                     item,
-                    paid.storefront,
-                    paid.version,
-                    paid.country,
+                    storefront,
+                    version,
+                    country.as_deref(),
                     p,
                     now,
                 )
