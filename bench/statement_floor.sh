@@ -27,13 +27,21 @@
 #             statements — 20 reads, 8 updates, 8 inserts
 #   checkout  12 transactions and 96 statements per purchase (c9ae6d1): 12 transactions, 72
 #             other statements — 40 reads, 16 updates, 16 inserts
+#   checkout1 the checkout alone as it is at 5a33dbf (POST /v1/checkouts with a new token to
+#             succeeded; pg_stat_statements, the customer's and offer's statements taken out):
+#             5 transactions, 27 other statements — 11 reads, 5 updates, 11 inserts
+#   checkout8, checkout16
+#             checkout1's statements for 8 (16) concurrent checkouts coalesced, each statement
+#             set-based over their rows, in 2 transactions (before and after the PSP calls; the
+#             idempotency claim and completion in them): what a design that gathers the
+#             checkouts in flight at once could reach at best; one script run counts as 8 (16)
 #   batch50   the renewal's rows for 50 renewals at once, as set-based statements of 50 rows
 #             each: 2 transactions (before and after the PSP calls), 20 reads, 8 updates and 8
 #             inserts of 50 rows each; one script run counts as 50 units
 #   shared50  the renewal's 36 statements per renewal, one row each as in `renewal`, for 50
 #             renewals sharing 2 transactions (before and after the PSP calls): 1,800 statements
 #             in 2 transactions; one script run counts as 50 units
-# BENCH_SHAPES picks them (default: all four).
+# BENCH_SHAPES picks them (default: all of them).
 #
 # Output: one table (rate, units/s ÷ TPC-B tps, CPU split, WAL per unit). Everything made here is
 # removed on exit.
@@ -43,7 +51,8 @@
 #   BENCH_WARMUP         seconds of warm-up before each measured run (default 3)
 #   BENCH_CONNECTIONS    pgbench clients (default 16, as the other scripts)
 #   BENCH_PGBENCH_SCALE  pgbench scale (default 16)
-#   BENCH_SHAPES         "renewal checkout batch50 shared50" (default) or a subset
+#   BENCH_SHAPES         "renewal checkout batch50 shared50 checkout1 checkout8 checkout16"
+#                        (default) or a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,7 +63,7 @@ DURATION=${BENCH_DURATION:-20}
 WARMUP=${BENCH_WARMUP:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-16}
 SCALE=${BENCH_PGBENCH_SCALE:-16}
-SHAPES=${BENCH_SHAPES:-renewal checkout batch50 shared50}
+SHAPES=${BENCH_SHAPES:-renewal checkout batch50 shared50 checkout1 checkout8 checkout16}
 THREADS=2
 
 bench_init
@@ -99,27 +108,29 @@ shape_script() {
   echo "$file"
 }
 
-# batch_script: batch50 (see the header): the renewal's 20 reads, 8 updates and 8 inserts as
-# set-based statements of 50 rows each, over two transactions (before and after the PSP calls).
+# batch_script NAME ROWS TRANSACTIONS READS UPDATES INSERTS: a unit's statements as set-based
+# statements of ROWS rows each, dealt round-robin over TRANSACTIONS (batch50: the renewal's 20
+# reads, 8 updates and 8 inserts over 50 renewals, in 2 transactions, before and after the PSP
+# calls).
 batch_script() {
-  local file=$WORK/batch50.sql i
+  local name=$1 rows=$2 txs=$3 reads=$4 updates=$5 inserts=$6 file=$WORK/$1.sql i
   local -a stmts=()
-  for ((i = 0; i < 20; i++)); do
-    stmts+=("SELECT sum(abalance) FROM pgbench_accounts WHERE aid IN (SELECT (:r$i + g * 9973) % $ACCOUNTS + 1 FROM generate_series(0, 49) g);")
+  for ((i = 0; i < reads; i++)); do
+    stmts+=("SELECT sum(abalance) FROM pgbench_accounts WHERE aid IN (SELECT (:r$i + g * 9973) % $ACCOUNTS + 1 FROM generate_series(0, $((rows - 1))) g);")
   done
-  for ((i = 0; i < 8; i++)); do
-    stmts+=("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT (:u$i + g * 9973) % $ACCOUNTS + 1 FROM generate_series(0, 49) g);")
+  for ((i = 0; i < updates; i++)); do
+    stmts+=("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT (:u$i + g * 9973) % $ACCOUNTS + 1 FROM generate_series(0, $((rows - 1))) g);")
   done
-  for ((i = 0; i < 8; i++)); do
-    stmts+=("INSERT INTO floor_rows (k, v) SELECT :client_id || '-' || :r0 || '-$i-' || g, repeat('x', 300) FROM generate_series(1, 50) g;")
+  for ((i = 0; i < inserts; i++)); do
+    stmts+=("INSERT INTO floor_rows (k, v) SELECT :client_id || '-' || :r0 || '-$i-' || g, repeat('x', 300) FROM generate_series(1, $rows) g;")
   done
   {
-    for ((i = 0; i < 20; i++)); do echo "\\set r$i random(1, $ACCOUNTS)"; done
-    for ((i = 0; i < 8; i++)); do echo "\\set u$i random(1, $ACCOUNTS)"; done
+    for ((i = 0; i < reads; i++)); do echo "\\set r$i random(1, $ACCOUNTS)"; done
+    for ((i = 0; i < updates; i++)); do echo "\\set u$i random(1, $ACCOUNTS)"; done
     local n=${#stmts[@]} t
-    for ((t = 0; t < 2; t++)); do
+    for ((t = 0; t < txs; t++)); do
       echo "BEGIN;"
-      for ((i = t; i < n; i += 2)); do echo "${stmts[$i]}"; done
+      for ((i = t; i < n; i += txs)); do echo "${stmts[$i]}"; done
       echo "END;"
     done
   } >"$file"
@@ -158,7 +169,10 @@ for shape in $SHAPES; do
   case $shape in
     renewal) script=$(shape_script renewal 4 20 8 8) ;;
     checkout) script=$(shape_script checkout 12 40 16 16) ;;
-    batch50) script=$(batch_script); per=50 ;;
+    batch50) script=$(batch_script batch50 50 2 20 8 8); per=50 ;;
+    checkout1) script=$(shape_script checkout1 5 11 5 11) ;;
+    checkout8) script=$(batch_script checkout8 8 2 11 5 11); per=8 ;;
+    checkout16) script=$(batch_script checkout16 16 2 11 5 11); per=16 ;;
     shared50) script=$(shared_script); per=50 ;;
     *) die "unknown shape $shape" ;;
   esac

@@ -202,8 +202,19 @@ pub(crate) async fn draft_at_rate(
 ) -> Result<Draft> {
     let (row, line_rows) =
         priced(storefront, customer_id, customer_country, subscription_id, currency, lines, rate_bp, now)?;
+    write_draft(tx, storefront, row, &line_rows, rate_bp).await
+}
+
+/// Writes a priced invoice ([`priced`]) and its lines as a [`Draft`].
+async fn write_draft(
+    tx: &mut TenantTx,
+    storefront: &Storefront,
+    row: InvoiceRow,
+    line_rows: &[LineRow],
+    rate_bp: u32,
+) -> Result<Draft> {
     store::insert(tx, &row).await?;
-    store::insert_lines(tx, &line_rows).await?;
+    store::insert_lines(tx, line_rows).await?;
     Ok(Draft {
         row,
         lines: line_rows.len(),
@@ -999,6 +1010,19 @@ pub(crate) async fn for_checkout(
     payment: &payment_store::PaymentRow,
     now: DateTime<Utc>,
 ) -> Result<Draft> {
+    let billed = bill_checkout(subscription, item, storefront, version, customer_country, now)?;
+    let mut draft = write_draft(tx, storefront, billed.row, &billed.lines, billed.rate_bp).await?;
+    draft.pay_with(tx, payment, now).await?;
+    Ok(draft)
+}
+
+/// The line and currency of a checkout's first invoice: the price version sold, over the
+/// subscription's first period.
+fn checkout_line(
+    subscription: &azotte_store::subscriptions::SubscriptionRow,
+    item: &OfferItem,
+    version: &catalog_store::PriceVersion,
+) -> Result<(LineInput, Currency)> {
     let currency = Currency::parse("currency", &item.currency)
         .map_err(|e| ServiceError::Internal(format!("checkout invoice: {}", e.message).into()))?;
     let line = LineInput {
@@ -1010,8 +1034,22 @@ pub(crate) async fn for_checkout(
         period_end: Some(subscription.period_end),
         tax_behaviour: version.tax_behaviour,
     };
-    let mut draft = draft_at_rate(
-        tx,
+    Ok((line, currency))
+}
+
+/// A checkout's first invoice priced as [`for_checkout`] prices it, not written: a batch of
+/// checkouts settled at once writes its invoices, lines and payments with one statement each
+/// ([`Billed::issue_paid`]).
+pub(crate) fn bill_checkout(
+    subscription: &azotte_store::subscriptions::SubscriptionRow,
+    item: &OfferItem,
+    storefront: &Storefront,
+    version: &catalog_store::PriceVersion,
+    customer_country: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Billed> {
+    let (line, currency) = checkout_line(subscription, item, version)?;
+    let (row, lines) = priced(
         storefront,
         &subscription.customer_id,
         customer_country,
@@ -1020,10 +1058,9 @@ pub(crate) async fn for_checkout(
         &[line],
         item.tax_rate_bp,
         now,
-    )
-    .await?;
-    draft.pay_with(tx, payment, now).await?;
-    Ok(draft)
+    )?;
+    let series = rules::series(&storefront.invoice_prefix, now.year(), DocumentKind::Invoice);
+    Ok(Billed { row, lines, rate_bp: item.tax_rate_bp, series })
 }
 
 /// The invoice of a later charge of a subscription (a renewal, a trial's conversion), in the
@@ -1167,6 +1204,46 @@ impl Billed {
     pub(crate) async fn issue(&mut self, tx: &mut TenantTx, sequence: i64, now: DateTime<Utc>) -> Result<()> {
         number_row(&mut self.row, self.series.clone(), sequence, issued_status(false)?, now);
         issued_outcome(tx, &self.row, self.lines.len(), self.rate_bp, now).await
+    }
+
+    /// Gives the invoice `sequence` of its series, issued `paid` in full by `payment` (captured,
+    /// nothing refunded of it), and records `invoice.issued` and `invoice.paid` in the
+    /// transaction's current lineage, as [`Draft::issue`] does after [`Draft::pay_with`]. The
+    /// caller writes the row and the returned payment link. Fiscalization is not queued:
+    /// batches only take invoices whose storefront has none.
+    pub(crate) async fn issue_paid(
+        &mut self,
+        tx: &mut TenantTx,
+        sequence: i64,
+        payment: &payment_store::PaymentRow,
+        now: DateTime<Utc>,
+    ) -> Result<InvoicePaymentRow> {
+        if !settles(payment, &self.row)
+            || payment.refunded_amount != 0
+            || self.row.fiscal_provider != FiscalProvider::None.as_str()
+        {
+            return Err(conflict(
+                "payment_does_not_settle_invoice",
+                "the payment must be captured, of the invoice's customer, storefront and currency, and cover what is due",
+            ));
+        }
+        number_row(&mut self.row, self.series.clone(), sequence, issued_status(true)?, now);
+        self.row.amount_paid = self.row.total;
+        self.row.paid_at = Some(now);
+        issued_outcome(tx, &self.row, self.lines.len(), self.rate_bp, now).await?;
+        tx.outcome(
+            now,
+            "invoice.paid",
+            Some(("invoice", &self.row.id)),
+            json!({"payment_id": payment.id, "amount": self.row.total, "number": self.row.number}),
+        )
+        .await?;
+        Ok(InvoicePaymentRow {
+            invoice_id: self.row.id.clone(),
+            payment_id: payment.id.clone(),
+            amount: self.row.total,
+            created_at: now,
+        })
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Ctx {
     /// When this process last swept for conversion charges that paid for nothing (unix seconds
     /// by [`Ctx::clock`]; `i64::MIN`: never).
     pub(crate) conversion_sweep: Arc<std::sync::atomic::AtomicI64>,
+    /// Checkouts waiting to be settled together, per tenant environment.
+    pub(crate) checkout_settles: Arc<subscriptions::checkout::Settles>,
 }
 
 impl Ctx {
@@ -94,6 +96,7 @@ impl Ctx {
             fiscal: Default::default(),
             numbering: Default::default(),
             conversion_sweep: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
+            checkout_settles: Default::default(),
         }
     }
 

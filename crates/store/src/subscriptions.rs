@@ -218,6 +218,54 @@ pub async fn update_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<bool>
 /// A checkout's states while its job is not done.
 const IN_PROGRESS: [&str; 2] = ["processing", "requires_action"];
 
+/// A checkout that succeeded: the subscription it created and the payment that paid for it.
+#[derive(Debug, Clone)]
+pub struct Succeeded {
+    pub checkout_id: String,
+    pub subscription_id: String,
+    pub payment_id: Option<String>,
+}
+
+/// Marks many checkouts `succeeded` in one statement (a batch settled at once): each with its
+/// subscription and payment, no next action, `updated_at` = `now`, each only while it is still
+/// in progress. Returns the ids of those it wrote.
+pub async fn succeed_checkouts(
+    tx: &mut TenantTx,
+    rows: &[Succeeded],
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let by_id = |value: &dyn Fn(&Succeeded) -> sea_query::SimpleExpr, otherwise: Checkouts| {
+        let case = rows.iter().fold(sea_query::CaseStatement::new(), |cs, r| {
+            cs.case(Expr::col(Checkouts::Id).eq(r.checkout_id.clone()), value(r))
+        });
+        let expr: sea_query::SimpleExpr = case.finally(Expr::col(otherwise)).into();
+        expr
+    };
+    let q = Query::update()
+        .table(Checkouts::Table)
+        .values([
+            (Checkouts::Status, "succeeded".into()),
+            (Checkouts::FailureCode, Option::<String>::None.into()),
+            (
+                Checkouts::SubscriptionId,
+                by_id(&|r| r.subscription_id.clone().into(), Checkouts::SubscriptionId),
+            ),
+            (Checkouts::PaymentId, by_id(&|r| r.payment_id.clone().into(), Checkouts::PaymentId)),
+            (Checkouts::NextAction, Option::<String>::None.into()),
+            (Checkouts::UpdatedAt, now.into()),
+        ])
+        .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
+        .and_where(Expr::col(Checkouts::Id).is_in(rows.iter().map(|r| r.checkout_id.clone())))
+        .and_where(Expr::col(Checkouts::Status).is_in(IN_PROGRESS))
+        .returning_col(Checkouts::Id)
+        .to_owned();
+    tx.writes += 1;
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
+}
+
 /// Takes the lease of a checkout's job until `until`: `false` when it is not in progress or
 /// another runner's lease has not run out. A run left waiting ([`defer_checkout`]) may be taken
 /// before its `run_after` (a PSP webhook about its payment). Scheduling, not the checkout's
@@ -442,12 +490,25 @@ fn sub_values(s: &SubscriptionRow) -> Vec<sea_query::SimpleExpr> {
 
 /// Adds a subscription; a second one for the same checkout is a unique violation.
 pub async fn insert_subscription(tx: &mut TenantTx, s: &SubscriptionRow) -> Result<()> {
+    insert_subscriptions(tx, std::slice::from_ref(s)).await
+}
+
+/// Adds many subscriptions in one statement (a batch of checkouts settled at once). Any unique
+/// violation (a live subscription of the family, a checkout's second) is
+/// [`crate::StoreError::UniqueViolation`] for the whole statement.
+pub async fn insert_subscriptions(tx: &mut TenantTx, rows: &[SubscriptionRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut cols = SUB_COLUMNS.to_vec();
     cols.push(Subscriptions::TenantId);
-    let mut v = sub_values(s);
-    v.push(tx.scope().environment().as_str().into());
-    v.push(tx.scope().tenant_id().to_string().into());
-    let q = Query::insert().into_table(Subscriptions::Table).columns(cols).values_panic(v).to_owned();
+    let mut q = Query::insert().into_table(Subscriptions::Table).columns(cols).to_owned();
+    for s in rows {
+        let mut v = sub_values(s);
+        v.push(tx.scope().environment().as_str().into());
+        v.push(tx.scope().tenant_id().to_string().into());
+        q.values_panic(v);
+    }
     tx.write(&q).await?;
     Ok(())
 }
@@ -748,7 +809,13 @@ pub async fn insert_grants(
     customer_id: &str,
     grants: &[Grant],
 ) -> Result<()> {
-    if grants.is_empty() {
+    insert_grants_of(tx, &[(subscription_id, customer_id, grants)]).await
+}
+
+/// Records what many subscriptions grant, in one statement: (subscription id, its customer's
+/// id, its grants) each.
+pub async fn insert_grants_of(tx: &mut TenantTx, of: &[(&str, &str, &[Grant])]) -> Result<()> {
+    if of.iter().all(|(.., grants)| grants.is_empty()) {
         return Ok(());
     }
     let mut q = Query::insert()
@@ -764,17 +831,19 @@ pub async fn insert_grants(
             EntitlementGrants::Unit,
         ])
         .to_owned();
-    for g in grants {
-        q.values_panic([
-            tx.scope().tenant_id().to_string().into(),
-            tx.scope().environment().as_str().into(),
-            subscription_id.into(),
-            customer_id.into(),
-            g.entitlement_key.clone().into(),
-            g.kind.clone().into(),
-            g.quantity.into(),
-            g.unit.clone().into(),
-        ]);
+    for (subscription_id, customer_id, grants) in of {
+        for g in grants.iter() {
+            q.values_panic([
+                tx.scope().tenant_id().to_string().into(),
+                tx.scope().environment().as_str().into(),
+                (*subscription_id).into(),
+                (*customer_id).into(),
+                g.entitlement_key.clone().into(),
+                g.kind.clone().into(),
+                g.quantity.into(),
+                g.unit.clone().into(),
+            ]);
+        }
     }
     tx.write(&q).await?;
     Ok(())

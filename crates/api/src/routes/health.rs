@@ -76,6 +76,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     text.push_str("# TYPE azotte_renewal_jobs_ended_total counter\n");
     text.push_str(&format!("azotte_renewal_jobs_ended_total{{path=\"batch\"}} {batch}\n"));
     text.push_str(&format!("azotte_renewal_jobs_ended_total{{path=\"one_by_one\"}} {one_by_one}\n"));
+    let (settled, transactions) = azotte_service::subscriptions::checkout::settled_together();
+    text.push_str(
+        "# HELP azotte_checkouts_settled_together_total Checkouts this process settled in a shared settling transaction (one alone included).\n",
+    );
+    text.push_str("# TYPE azotte_checkouts_settled_together_total counter\n");
+    text.push_str(&format!("azotte_checkouts_settled_together_total {settled}\n"));
+    text.push_str(
+        "# HELP azotte_checkout_settle_transactions_total Transactions that settled checkouts together.\n",
+    );
+    text.push_str("# TYPE azotte_checkout_settle_transactions_total counter\n");
+    text.push_str(&format!("azotte_checkout_settle_transactions_total {transactions}\n"));
     let mut resp = text.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -438,6 +438,26 @@ impl TestApp {
         }
     }
 
+    /// Holds back the service's writes of new subscriptions until [`WritesHeld::release`]: on
+    /// SQLite the database's write lock (a transaction begun `IMMEDIATE`), on PostgreSQL a
+    /// `SHARE` lock on `subscriptions`; as the owner, on a connection of its own.
+    pub async fn hold_subscription_writes(&self) -> WritesHeld {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut c).await.unwrap();
+                WritesHeld::Sqlite(c)
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+                sqlx::query("LOCK TABLE subscriptions IN SHARE MODE").execute(&mut c).await.unwrap();
+                WritesHeld::Postgres(c)
+            }
+        }
+    }
+
     /// One text value per row of a query returning a single text column, as the owner.
     pub async fn raw_strings(&self, sql: &str) -> Vec<String> {
         use sqlx::Connection;
@@ -590,5 +610,27 @@ impl TestApp {
     /// One pass of the invoice numbering the worker runs every 200 ms: numbers queued drafts.
     pub async fn number_invoices(&self) -> usize {
         azotte_service::invoices::number_pending_everywhere(&self.ctx).await.unwrap()
+    }
+}
+
+/// Writes held back by [`TestApp::hold_subscription_writes`].
+#[allow(dead_code)]
+pub enum WritesHeld {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+#[allow(dead_code)]
+impl WritesHeld {
+    /// Lets the held writes go on (rolls the holding transaction back).
+    pub async fn release(self) {
+        match self {
+            WritesHeld::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+            WritesHeld::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+        }
     }
 }

@@ -695,6 +695,110 @@ async fn a_checkouts_charge_is_recorded_with_the_checkout_in_its_jobs_name(app: 
     charged_by_its_job(&app, &done).await;
 }
 
+/// Checkouts whose charges the PSP captures at about the same moment are settled together, in
+/// shared transactions (decision 0007, "Checkouts settled together"), and each ends exactly as
+/// it would alone: active subscription, its grants, an invoice paid by its payment with a
+/// number of its own (the storefront's series without a gap), and the same journal entries in
+/// its own lineage.
+async fn checkouts_captured_together_are_settled_together(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let psp = id(&get(&app, &format!("/v1/storefronts/{}/psp-accounts", shop.sf)).await["data"][0]);
+    let mut bodies = Vec::new();
+    for i in 0..8 {
+        let cus = id(&post(
+            &app,
+            "/v1/customers",
+            json!({"external_id": format!("together-{i}"), "country": "DE"}),
+            201,
+        )
+        .await);
+        let pm = id(&post(
+            &app,
+            &format!("/v1/customers/{cus}/payment-methods"),
+            json!({"storefront_id": shop.sf, "psp_account_id": psp, "token": "tok_sandbox_success"}),
+            201,
+        )
+        .await);
+        let o = post(&app, "/v1/offers", json!({"customer_id": cus, "storefront_id": shop.sf}), 201).await;
+        bodies.push(json!({"customer_id": cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": pm}));
+    }
+    let before = azotte_service::subscriptions::checkout::settled_together();
+    // A slow PSP: the charges are in flight together. Their captures arrive while the first
+    // settling transaction cannot write its subscriptions yet: they wait for it, together.
+    app.ctx.psp.sandbox.set_extra_latency(Duration::from_millis(300));
+    let started =
+        futures::future::join_all(bodies.iter().map(|b| post(&app, "/v1/checkouts", b.clone(), 202))).await;
+    let held = app.hold_subscription_writes().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    held.release().await;
+    let mut done = Vec::new();
+    for c in &started {
+        done.push(settle(&app, &id(c)).await);
+    }
+    app.ctx.psp.sandbox.set_extra_latency(Duration::ZERO);
+    let after = azotte_service::subscriptions::checkout::settled_together();
+    let (settled, transactions) = (after.0 - before.0, after.1 - before.1);
+    // Every one settled in a shared transaction, and at least one transaction settled several.
+    assert!(settled >= 8 && transactions < settled, "{settled} checkouts in {transactions} transactions");
+
+    let mut numbers = Vec::new();
+    for (d, body) in done.iter().zip(&bodies) {
+        assert_eq!(d["status"], "succeeded", "{d}");
+        let sid = d["subscription_id"].as_str().unwrap();
+        let sub = get(&app, &format!("/v1/subscriptions/{sid}")).await;
+        assert_eq!((sub["status"].as_str(), sub["amount"].as_i64()), (Some("active"), Some(999)), "{sub}");
+        let cus = body["customer_id"].as_str().unwrap();
+        let ents = get(&app, &format!("/v1/customers/{cus}/entitlements")).await;
+        let keys: Vec<&str> =
+            ents["data"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, ["hd", "screens", "video"], "{ents}");
+        let pid = charged_by_its_job(&app, d).await;
+        let invoices = get(&app, &format!("/v1/invoices?subscription_id={sid}")).await;
+        let inv = invoices["data"].as_array().unwrap();
+        assert_eq!(inv.len(), 1, "{invoices}");
+        assert_eq!(
+            (inv[0]["status"].as_str(), inv[0]["total"].as_i64()),
+            (Some("paid"), Some(999)),
+            "{invoices}"
+        );
+        let detail = get(&app, &format!("/v1/invoices/{}", id(&inv[0]))).await;
+        assert_eq!(detail["payments"][0]["payment_id"].as_str(), Some(pid.as_str()), "{detail}");
+        numbers.push(inv[0]["number"].as_str().unwrap().to_owned());
+        // The checkout's journal entries, in its lineage, in the one-by-one path's order.
+        let correlation = only_entry(&app, "checkout.create", &id(d)).await["correlation_id"].clone();
+        let page =
+            get(&app, &format!("/v1/journal?correlation_id={}&limit=100", correlation.as_str().unwrap()))
+                .await;
+        let types: Vec<&str> =
+            page["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "checkout.create",
+                "checkout.processing",
+                "payment.create",
+                "payment.routed",
+                "payment.attempt",
+                "payment.attempt_result",
+                "payment.captured",
+                "checkout.complete",
+                "subscription.created",
+                "entitlements.granted",
+                "invoice.issued",
+                "invoice.paid",
+                "checkout.succeeded"
+            ],
+            "{page}"
+        );
+    }
+    // One series, no gap, no number twice.
+    numbers.sort();
+    let sequences: Vec<i64> =
+        numbers.iter().map(|n| n.rsplit('-').next().unwrap().parse().unwrap()).collect();
+    let first = sequences[0];
+    assert_eq!(sequences, (first..first + 8).collect::<Vec<_>>(), "{numbers:?}");
+}
+
 /// The journal entry of `type_` about `resource` (exactly one).
 async fn only_entry(app: &TestApp, type_: &str, resource: &str) -> Value {
     let page = get(app, &format!("/v1/journal?type={type_}&resource_id={resource}")).await;
@@ -782,6 +886,7 @@ both!(
     a_second_checkout_of_an_item_in_progress_is_refused,
     a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction,
     a_checkouts_charge_is_recorded_with_the_checkout_in_its_jobs_name,
+    checkouts_captured_together_are_settled_together,
     a_checkout_that_loses_its_family_records_its_charge_and_refunds_it,
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes

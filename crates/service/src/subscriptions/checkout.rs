@@ -27,6 +27,10 @@ use crate::payments::attempt::Redo;
 use crate::payments::{self, ChargeInput};
 use crate::{Ctx, Result, ServiceError};
 
+mod batch;
+pub use batch::settled_together;
+pub(crate) use batch::Settles;
+
 /// How long a checkout waits for its customer's action (3-D Secure) before it expires: its
 /// payment is cancelled at the PSP, so the customer can no longer complete it, and the checkout
 /// fails `checkout_expired`. (A payment the customer did complete meanwhile goes on as paid.)
@@ -296,10 +300,11 @@ fn spawn(
     let (ctx, job_scope, id) = (ctx.clone(), scope.for_job("checkout"), known.checkout.id.clone());
     let meta = RequestMeta::caused_by(&known.checkout.correlation_id, cause);
     let (done, ended) = tokio::sync::oneshot::channel();
+    let lineage = meta.clone();
     tokio::spawn(async move {
         let run = async {
             match charging {
-                Some(charging) => charged(&ctx, &job_scope, known.checkout, charging).await,
+                Some(charging) => charged(&ctx, &job_scope, known.checkout, charging, lineage).await,
                 None => process(&ctx, &job_scope, &id, Some(known)).await,
             }
         };
@@ -422,20 +427,50 @@ async fn first_charge(
 }
 
 /// The rest of the job of a checkout whose charge [`first_charge`] started: the PSP calls, then
-/// as [`process`] goes on from a charge.
+/// as [`process`] goes on from a charge. A capture at the first call is settled with the other
+/// checkouts of the tenant environment captured at the same time ([`batch`]); `meta` is the
+/// job's lineage.
 async fn charged(
     ctx: &Ctx,
     scope: &TenantScope,
     mut checkout: CheckoutRow,
     charging: Charging,
+    meta: RequestMeta,
 ) -> Result<Option<CheckoutRow>> {
-    let Charging { checked, sending } = charging;
+    let Charging { mut checked, sending } = charging;
     // As a renewal batch does: a payment committed longer ago than half of reconciliation's
     // grace is not sent (reconciliation could take it for lost while the call is in flight).
     let sent = if ctx.clock.now() - sending.created_at() > ctx.psp.reconcile_grace / 2 {
         payments::batch::withhold(ctx, scope, &sending, "not_charged").await.map(payments::Charged::Recorded)
     } else {
-        payments::attempt::run(ctx, scope, sending).await.map(payments::Charged::Answered)
+        match sending.first_call(ctx).await {
+            Err(e) => Err(e),
+            Ok(answer) => match sending.captured(&answer) {
+                Some(payment) => {
+                    checkout.payment_id = Some(payment.id.clone());
+                    let captured = batch::Captured { checkout, checked, sending, answer, payment, meta };
+                    match batch::settle(ctx, scope, captured).await? {
+                        batch::Settled::Done(row) => return Ok(Some(*row)),
+                        batch::Settled::Alone(c) => {
+                            let batch::Captured {
+                                checkout: c_checkout,
+                                checked: c_checked,
+                                sending,
+                                answer,
+                                ..
+                            } = *c;
+                            (checkout, checked) = (c_checkout, c_checked);
+                            payments::attempt::run_answered(ctx, scope, sending, answer)
+                                .await
+                                .map(payments::Charged::Answered)
+                        }
+                    }
+                }
+                None => payments::attempt::run_answered(ctx, scope, sending, answer)
+                    .await
+                    .map(payments::Charged::Answered),
+            },
+        }
     };
     let step = after_charge(ctx, scope, &mut checkout, &checked, sent, ctx.clock.now()).await?;
     conclude(ctx, scope, checkout, step).await
@@ -917,6 +952,72 @@ pub(crate) fn apply_state(row: &mut SubscriptionRow, s: &life::State) {
     row.paused_at = s.paused_at;
 }
 
+/// The subscription a checkout creates of what `checked` sells, starting `now`.
+fn new_subscription(checkout: &CheckoutRow, checked: &Checked, now: DateTime<Utc>) -> SubscriptionRow {
+    let Checked { item, sold: Sold { bundle, storefront, period, .. }, .. } = checked;
+    let (period, trial_days) = (*period, item.trial_days);
+    let state = life::start(now, period, trial_days);
+    let sid = SubscriptionId::new().to_string();
+    let mut row = SubscriptionRow {
+        id: sid.clone(),
+        customer_id: checkout.customer_id.clone(),
+        storefront_id: storefront.id.clone(),
+        bundle_id: bundle.id.clone(),
+        family: bundle.family.clone(),
+        price_id: item.price_id.clone(),
+        price_version: item.price_version,
+        amount: item.amount,
+        currency: item.currency.clone(),
+        period_unit: unit_str(period.unit).to_owned(),
+        period_count: period.count as i32,
+        status: String::new(),
+        anchor: now,
+        period_start: now,
+        period_end: now,
+        periods: 0,
+        trial_end: None,
+        had_trial: trial_days > 0,
+        ends_at: None,
+        canceled_immediately: false,
+        paused_at: None,
+        payment_method_id: checkout.payment_method_id.clone(),
+        cancel_reason: None,
+        checkout_id: checkout.id.clone(),
+        created_at: now,
+        updated_at: now,
+        dunning_attempts: 0,
+        next_retry_at: None,
+        grace_extended_until: None,
+    };
+    apply_state(&mut row, &state);
+    row
+}
+
+/// Records the outcomes of a subscription a checkout created, in the transaction's current
+/// lineage: `subscription.created` and `entitlements.granted`.
+async fn created_outcomes(
+    tx: &mut TenantTx,
+    now: DateTime<Utc>,
+    checkout: &CheckoutRow,
+    row: &SubscriptionRow,
+    granted: &[Grant],
+) -> Result<()> {
+    let sr = Some(("subscription", row.id.as_str()));
+    tx.outcome(
+        now,
+        "subscription.created",
+        sr,
+        json!({"status": row.status, "customer_id": row.customer_id, "bundle_id": row.bundle_id, "price_id": row.price_id,
+               "period_start": row.period_start, "period_end": row.period_end, "trial_end": row.trial_end,
+               "checkout_id": checkout.id, "payment_id": checkout.payment_id}),
+    )
+    .await?;
+    let keys: Vec<&str> = granted.iter().map(|g| g.entitlement_key.as_str()).collect();
+    tx.outcome(now, "entitlements.granted", sr, json!({"customer_id": row.customer_id, "keys": keys}))
+        .await?;
+    Ok(())
+}
+
 /// How [`create_subscription`]'s transaction ended when it did not commit.
 enum NotCreated {
     /// Another checkout of the customer won the family meanwhile.
@@ -942,8 +1043,7 @@ async fn create_subscription(
     payment: Option<&PaymentRow>,
     open: Option<(TenantTx, Option<Redo>)>,
 ) -> Result<Option<&'static str>> {
-    let Checked { item, sold: Sold { bundle, version, storefront, period }, all, country } = checked;
-    let (period, trial_days) = (*period, item.trial_days);
+    let Checked { item, sold: Sold { bundle, version, storefront, .. }, all, country } = checked;
     let (mut tx, redo) = match open {
         Some(open) => open,
         None => (ctx.db.tenant_tx(scope).await?, None),
@@ -953,40 +1053,8 @@ async fn create_subscription(
     // Committed when it ends in `Ok(Ok(()))`.
     let created: Result<std::result::Result<(), NotCreated>> = async {
         let now = ctx.clock.now();
-        let state = life::start(now, period, trial_days);
-        let sid = SubscriptionId::new().to_string();
-        let mut row = SubscriptionRow {
-            id: sid.clone(),
-            customer_id: checkout.customer_id.clone(),
-            storefront_id: storefront.id.clone(),
-            bundle_id: bundle.id.clone(),
-            family: bundle.family.clone(),
-            price_id: item.price_id.clone(),
-            price_version: item.price_version,
-            amount: item.amount,
-            currency: item.currency.clone(),
-            period_unit: unit_str(period.unit).to_owned(),
-            period_count: period.count as i32,
-            status: String::new(),
-            anchor: now,
-            period_start: now,
-            period_end: now,
-            periods: 0,
-            trial_end: None,
-            had_trial: trial_days > 0,
-            ends_at: None,
-            canceled_immediately: false,
-            paused_at: None,
-            payment_method_id: checkout.payment_method_id.clone(),
-            cancel_reason: None,
-            checkout_id: checkout.id.clone(),
-            created_at: now,
-            updated_at: now,
-            dunning_attempts: 0,
-            next_retry_at: None,
-            grace_extended_until: None,
-        };
-        apply_state(&mut row, &state);
+        let row = new_subscription(checkout, checked, now);
+        let sid = row.id.clone();
         let r = Some(("checkout", checkout.id.as_str()));
         tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
         match store::insert_subscription(&mut tx, &row).await {
@@ -1041,19 +1109,7 @@ async fn create_subscription(
         if !store::update_checkout(&mut tx, checkout).await? {
             return Ok(Err(NotCreated::Raced));
         }
-        let sr = Some(("subscription", sid.as_str()));
-        tx.outcome(
-            now,
-            "subscription.created",
-            sr,
-            json!({"status": row.status, "customer_id": row.customer_id, "bundle_id": row.bundle_id, "price_id": row.price_id,
-                   "period_start": row.period_start, "period_end": row.period_end, "trial_end": row.trial_end,
-                   "checkout_id": checkout.id, "payment_id": checkout.payment_id}),
-        )
-        .await?;
-        let keys: Vec<&str> = granted.iter().map(|g| g.entitlement_key.as_str()).collect();
-        tx.outcome(now, "entitlements.granted", sr, json!({"customer_id": row.customer_id, "keys": keys}))
-            .await?;
+        created_outcomes(&mut tx, now, checkout, &row, &granted).await?;
         if let Some(invoice) = invoice {
             invoice.issue(&mut tx, ctx.numbering, now).await?;
         }

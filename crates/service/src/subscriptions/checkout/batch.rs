@@ -1,0 +1,287 @@
+//! Checkout settles gathered: the common end of a checkout's job — its first charge captured at
+//! once — settled for the checkouts of one tenant environment that get there at about the same
+//! time in one transaction, with one statement per table, instead of one transaction each
+//! (decision 0007, "Checkouts settled together").
+//!
+//! A checkout whose capture arrives while another settling transaction of its tenant environment
+//! runs waits for it, and is settled with whatever else arrived meanwhile (at most [`AT_ONCE`]):
+//! under load each statement serves several checkouts, with no load a checkout is settled alone
+//! at once. One transaction records every capture (`captured_many`), writes every subscription,
+//! every subscription's grants, marks every checkout `succeeded`, then — the series rows locked
+//! only from there to the commit (decision 0008) — reserves the invoice numbers and writes the
+//! invoices, their lines and their payment links. Each checkout is journaled in its own lineage
+//! with exactly the entries the one-by-one path records, in its order (`payment.attempt_result`,
+//! `payment.captured`, `checkout.complete`, `subscription.created`, `entitlements.granted`,
+//! `invoice.issued`, `invoice.paid`, `checkout.succeeded`).
+//!
+//! Anything out of the ordinary goes the one-by-one way, which knows every case: deferred
+//! invoice numbering, a storefront with fiscalization — left out before anything is written —
+//! and, if the transaction cannot settle every checkout of the batch as read (a payment a
+//! webhook moved first, a live subscription of the family another checkout won, a checkout
+//! another runner ended, any error), the transaction is rolled back and each checkout of the
+//! batch settles alone, its answer recorded then.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use azotte_domain::invoice::FiscalProvider;
+use azotte_store::journal::RequestMeta;
+use azotte_store::payments::PaymentRow;
+use azotte_store::subscriptions::{self as store, CheckoutRow, Succeeded};
+use azotte_store::TenantScope;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::{created_outcomes, grants, new_subscription, Checked};
+use crate::payments::attempt::{Answer, Sending};
+use crate::{Ctx, Result, ServiceError};
+
+/// Checkouts settled in one transaction at most.
+const AT_ONCE: usize = 64;
+
+/// Checkouts this process settled together, and the transactions that settled them.
+static SETTLED: AtomicU64 = AtomicU64::new(0);
+static TRANSACTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Checkouts this process settled together (however many at a time, one included), and the
+/// transactions that did: their ratio is the mean batch. Exported in `/metrics`.
+pub fn settled_together() -> (u64, u64) {
+    (SETTLED.load(Ordering::Relaxed), TRANSACTIONS.load(Ordering::Relaxed))
+}
+
+/// A checkout whose first charge the PSP captured, its answer not recorded yet.
+pub(super) struct Captured {
+    /// As its job holds it (its `payment_id` set).
+    pub(super) checkout: CheckoutRow,
+    pub(super) checked: Checked,
+    pub(super) sending: Sending,
+    pub(super) answer: Answer,
+    /// The payment as the capture leaves it ([`Sending::captured`]).
+    pub(super) payment: PaymentRow,
+    /// The job's lineage: every entry of this checkout carries it.
+    pub(super) meta: RequestMeta,
+}
+
+/// How a checkout handed to [`settle`] came back.
+pub(super) enum Settled {
+    /// Settled: `succeeded`, as written.
+    Done(Box<CheckoutRow>),
+    /// Not settled (nothing of it written): the job settles it alone, recording the answer.
+    Alone(Box<Captured>),
+}
+
+/// The checkouts waiting to be settled, per tenant environment, of this process.
+#[derive(Default)]
+pub(crate) struct Settles {
+    queues: Mutex<HashMap<(String, String), Arc<Queue>>>,
+}
+
+/// One tenant environment's waiting checkouts, and whose turn it is to settle them.
+#[derive(Default)]
+struct Queue {
+    waiting: Mutex<Vec<Waiting>>,
+    /// Held by the task running a settling transaction of the tenant environment.
+    turn: tokio::sync::Mutex<()>,
+}
+
+struct Waiting {
+    captured: Captured,
+    done: oneshot::Sender<Settled>,
+}
+
+impl std::fmt::Debug for Settles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settles").finish_non_exhaustive()
+    }
+}
+
+impl Settles {
+    fn queue(&self, scope: &TenantScope) -> Arc<Queue> {
+        let key = (scope.tenant_id().to_string(), scope.environment().as_str().to_owned());
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues.entry(key).or_default().clone()
+    }
+}
+
+impl Queue {
+    fn push(&self, w: Waiting) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
+
+    /// The oldest waiting checkouts, at most [`AT_ONCE`].
+    fn take(&self) -> Vec<Waiting> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let n = waiting.len().min(AT_ONCE);
+        waiting.drain(..n).collect()
+    }
+}
+
+/// Settles a checkout whose first charge was captured, with the others of its tenant
+/// environment waiting at the same time: [`Settled::Done`], or handed back to settle alone.
+/// `scope` is the job's (system job `checkout`).
+pub(super) async fn settle(ctx: &Ctx, scope: &TenantScope, captured: Captured) -> Result<Settled> {
+    if !takes(ctx, &captured) {
+        return Ok(Settled::Alone(Box::new(captured)));
+    }
+    let queue = ctx.checkout_settles.queue(scope);
+    let (done, mut mine) = oneshot::channel();
+    queue.push(Waiting { captured, done });
+    let _turn = queue.turn.lock().await;
+    loop {
+        match mine.try_recv() {
+            Ok(settled) => return Ok(settled),
+            // The task that took it panicked: the payment's attempt stays started and
+            // unanswered, as after a crash (reconciliation asks the PSP); the worker runs the
+            // job again.
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Err(ServiceError::Internal("a checkout's settle was lost".into()))
+            }
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        // Ours is still waiting: this task's turn settles the oldest (ours among them sooner
+        // or later).
+        run(ctx, scope, queue.take()).await;
+    }
+}
+
+/// Whether a batch may settle it: numbers given at once, no fiscalization, nothing refunded.
+fn takes(ctx: &Ctx, c: &Captured) -> bool {
+    ctx.numbering == crate::invoices::Numbering::Auto
+        && c.checked.sold.storefront.fiscalization == FiscalProvider::None
+        && c.payment.refunded_amount == 0
+}
+
+/// Settles `batch` in one transaction and hands each its result: all `Done`, or (the
+/// transaction rolled back) all `Alone`.
+async fn run(ctx: &Ctx, scope: &TenantScope, batch: Vec<Waiting>) {
+    if batch.is_empty() {
+        return;
+    }
+    let n = batch.len();
+    let outcome = {
+        let captured: Vec<&Captured> = batch.iter().map(|w| &w.captured).collect();
+        settle_batch(ctx, scope, &captured).await
+    };
+    match outcome {
+        Ok(rows) => {
+            SETTLED.fetch_add(n as u64, Ordering::Relaxed);
+            TRANSACTIONS.fetch_add(1, Ordering::Relaxed);
+            for (w, row) in batch.into_iter().zip(rows) {
+                let _ = w.done.send(Settled::Done(Box::new(row))); // its job gave up waiting: it is settled anyway
+            }
+        }
+        Err(e) => {
+            tracing::info!(error = %e, checkouts = n, "checkouts not settled together; settling one by one");
+            for w in batch {
+                if let Err(Settled::Alone(c)) = w.done.send(Settled::Alone(Box::new(w.captured))) {
+                    // Its job is gone (the process is stopping): the answer is not recorded;
+                    // reconciliation and the worker take it up as after a crash.
+                    tracing::warn!(checkout_id = %c.checkout.id, "a checkout's capture left unrecorded; reconciliation will find it");
+                }
+            }
+        }
+    }
+}
+
+/// The settling transaction of `batch` (see the module): the checkouts as written, in `batch`'s
+/// order. Nothing is written unless every one of them is settled.
+async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Result<Vec<CheckoutRow>> {
+    let now = ctx.clock.now();
+    let changed =
+        |what: String| ServiceError::Conflict { code: "checkout_batch_changed", message: what, field: None };
+    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let payments: Vec<PaymentRow> = batch.iter().map(|c| c.payment.clone()).collect();
+    let recorded = azotte_store::payments::captured_many(&mut tx, &payments, now).await?;
+    if recorded.len() != batch.len() {
+        return Err(changed(format!(
+            "recorded {} of {} captures: a payment moved",
+            recorded.len(),
+            batch.len()
+        )));
+    }
+    let mut subs = Vec::with_capacity(batch.len());
+    let mut granted = Vec::with_capacity(batch.len());
+    let mut checkouts = Vec::with_capacity(batch.len());
+    for c in batch {
+        let row = new_subscription(&c.checkout, &c.checked, now);
+        granted.push(grants(&c.checked.sold.bundle, &c.checked.all));
+        let mut checkout = c.checkout.clone();
+        checkout.status = "succeeded".into();
+        checkout.subscription_id = Some(row.id.clone());
+        checkout.next_action = None;
+        checkout.updated_at = now;
+        checkouts.push(checkout);
+        subs.push(row);
+    }
+    // A live subscription of the family (another checkout of the customer won it), or one of
+    // the checkout already: the one-by-one path tells which.
+    store::insert_subscriptions(&mut tx, &subs).await?;
+    let of: Vec<(&str, &str, &[store::Grant])> = subs
+        .iter()
+        .zip(&granted)
+        .map(|(s, g)| (s.id.as_str(), s.customer_id.as_str(), g.as_slice()))
+        .collect();
+    store::insert_grants_of(&mut tx, &of).await?;
+    let succeeded: Vec<Succeeded> = checkouts
+        .iter()
+        .map(|c| Succeeded {
+            checkout_id: c.id.clone(),
+            subscription_id: c.subscription_id.clone().unwrap_or_default(),
+            payment_id: c.payment_id.clone(),
+        })
+        .collect();
+    let marked = store::succeed_checkouts(&mut tx, &succeeded, now).await?;
+    if marked.len() != batch.len() {
+        return Err(changed(format!(
+            "{} of {} checkouts ended meanwhile",
+            batch.len() - marked.len(),
+            batch.len()
+        )));
+    }
+    // The invoices: numbered from one reservation per series, the series rows locked from here
+    // to the commit, in (storefront, series) order as every locker of them takes them.
+    let mut billed = Vec::with_capacity(batch.len());
+    let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (c, sub) in batch.iter().zip(&subs) {
+        let Checked { item, sold, country, .. } = &c.checked;
+        let b = crate::invoices::bill_checkout(
+            sub,
+            item,
+            &sold.storefront,
+            &sold.version,
+            country.as_deref(),
+            now,
+        )?;
+        *counts.entry((sub.storefront_id.clone(), b.series.clone())).or_default() += 1;
+        billed.push(b);
+    }
+    let mut next = BTreeMap::new();
+    for ((storefront, series), n) in counts {
+        let first = azotte_store::invoices::reserve_numbers(&mut tx, &storefront, &series, n).await?;
+        next.insert((storefront, series), first);
+    }
+    // Each checkout's entries in its own lineage, as the one-by-one path records them.
+    let mut paid = Vec::with_capacity(batch.len());
+    for ((((c, sub), b), checkout), g) in
+        batch.iter().zip(&subs).zip(&mut billed).zip(&checkouts).zip(&granted)
+    {
+        tx.begin_lineage(c.meta.clone());
+        c.sending.record_captured(&mut tx, &c.answer, &c.payment).await?;
+        let r = Some(("checkout", checkout.id.as_str()));
+        tx.action(now, "checkout.complete", r, json!({"payment_id": checkout.payment_id})).await?;
+        created_outcomes(&mut tx, now, checkout, sub, g).await?;
+        let sequence = next
+            .get_mut(&(sub.storefront_id.clone(), b.series.clone()))
+            .ok_or_else(|| ServiceError::Internal("a series without a reservation".into()))?;
+        paid.push(b.issue_paid(&mut tx, *sequence, &c.payment, now).await?);
+        *sequence += 1;
+        tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sub.id})).await?;
+    }
+    let (invoices, lines): (Vec<_>, Vec<_>) = billed.into_iter().map(|b| (b.row, b.lines)).unzip();
+    azotte_store::invoices::insert_many(&mut tx, &invoices).await?;
+    azotte_store::invoices::insert_lines(&mut tx, &lines.concat()).await?;
+    azotte_store::invoices::insert_payments(&mut tx, &paid).await?;
+    tx.commit().await?;
+    Ok(checkouts)
+}
