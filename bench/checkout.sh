@@ -38,7 +38,9 @@
 # database time. Last, correctness, over every checkout of the run (check, warm-up, measured,
 # checkout only, profile): each `succeeded`, with
 # one subscription (active, three grants) and one payment, `captured` once by the sandbox (one
-# attempt, its own PSP payment id, request key `checkout-{id}`), and no other payment.
+# attempt, its own PSP payment id, request key `checkout-{id}`), and no other payment; one
+# invoice paid in full by that payment; every numbered invoice series without a gap or a repeat.
+# It also prints how many checkouts the server settled together and in how many transactions.
 #
 # Environment:
 #   BENCH_DURATION       seconds of the measured runs (default 10)
@@ -244,6 +246,23 @@ PAYMENTS=$(sql azotte_bench "SELECT count(*) || ' payments (' || count(*) FILTER
 CAPTURED=$(sql azotte_bench "SELECT count(*) FROM payments WHERE $window AND status = 'captured'")
 SANDBOX_IDS=$(sql azotte_bench "SELECT count(DISTINCT psp_payment_id) FROM payments WHERE $window")
 SUBS=$(sql azotte_bench "SELECT count(*) FROM subscriptions WHERE $window")
+# A succeeded checkout without exactly one invoice of its subscription paid in full by its payment
+# (numbered, or queued for the numbering pass).
+BAD_INVOICES=$(sql azotte_bench "SELECT count(*) FROM checkouts c WHERE $(in_env c) AND c.status = 'succeeded' AND
+  (SELECT count(*) FROM invoices i JOIN invoice_payments ip ON ip.tenant_id = i.tenant_id
+     AND ip.environment = i.environment AND ip.invoice_id = i.id
+   WHERE $(in_env i) AND i.subscription_id = c.subscription_id AND i.amount_paid = i.total
+     AND ip.payment_id = c.payment_id) <> 1")
+# Every series gapless: its numbers run from 1 to how many it has, each once.
+SERIES=$(sql azotte_bench "SELECT count(*) || ' invoices in ' || count(DISTINCT series) || ' series; gaps or repeats: '
+  || (SELECT count(*) FROM (SELECT series FROM invoices WHERE $(in_env invoices) AND series IS NOT NULL GROUP BY series
+      HAVING max(sequence) <> count(*) OR count(DISTINCT sequence) <> count(*)) g)
+  FROM invoices WHERE $(in_env invoices) AND series IS NOT NULL")
+GAPS=${SERIES##*: }
+# Checkouts settled in shared settling transactions (decision 0007): their count, and the transactions'.
+SETTLED_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_settled_together_total / {c = $2}
+  /^azotte_checkout_settle_transactions_total / {t = $2}
+  END {if (t > 0) printf "%d checkouts in %d settling transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
 LOG_SUMMARY=$(log_summary checkouts)
 stop_azotte
 
@@ -276,8 +295,10 @@ if [ -n "$PROFILE_OUT" ]; then
 fi
 echo "Correctness: checkouts by status: $CHECKOUTS ($TOTAL in all, $CLIENT_SEEN seen by the clients); $SUBS subscriptions;"
 echo "$PAYMENTS; checkouts without exactly one active subscription, three grants and one captured single-attempt payment: $BAD."
+echo "Invoices: $SERIES; succeeded checkouts without exactly one invoice paid by their payment: $BAD_INVOICES."
+echo "Settled together: $SETTLED_TOGETHER."
 if [ "$BAD" != 0 ] || [ "$TOTAL" != "$CLIENT_SEEN" ] || [ "$CAPTURED" != "$TOTAL" ] || [ "$SANDBOX_IDS" != "$TOTAL" ] \
-  || [ "$SUBS" != "$TOTAL" ]; then
+  || [ "$SUBS" != "$TOTAL" ] || [ "$BAD_INVOICES" != 0 ] || [ "$GAPS" != 0 ]; then
   FAILED=1
   log "WARNING: checkouts, subscriptions and captured payments do not match one to one (see above)"
 fi
