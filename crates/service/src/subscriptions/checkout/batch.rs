@@ -127,29 +127,32 @@ pub(super) async fn settle(ctx: &Ctx, scope: &TenantScope, captured: Captured) -
     let queue = ctx.checkout_settles.queue(scope);
     let (done, mut mine) = oneshot::channel();
     queue.push(Waiting { captured, done });
-    let _turn = queue.turn.lock().await;
+    // The task that took it panicked: the payment's attempt stays started and unanswered, as
+    // after a crash (reconciliation asks the PSP); the worker runs the job again.
+    let lost = || ServiceError::Internal("a checkout's settle was lost".into());
     loop {
+        // Settled by another task's turn (answered at once, not after that task's next batch),
+        // or this task's turn: it settles the oldest waiting, ours among them sooner or later.
+        let turn = tokio::select! {
+            biased;
+            settled = &mut mine => return settled.map_err(|_| lost()),
+            turn = queue.turn.lock() => turn,
+        };
         match mine.try_recv() {
             Ok(settled) => return Ok(settled),
-            // The task that took it panicked: the payment's attempt stays started and
-            // unanswered, as after a crash (reconciliation asks the PSP); the worker runs the
-            // job again.
-            Err(oneshot::error::TryRecvError::Closed) => {
-                return Err(ServiceError::Internal("a checkout's settle was lost".into()))
-            }
+            Err(oneshot::error::TryRecvError::Closed) => return Err(lost()),
             Err(oneshot::error::TryRecvError::Empty) => {}
         }
-        // Ours is still waiting: this task's turn settles the oldest (ours among them sooner
-        // or later).
         run(ctx, scope, queue.take()).await;
+        drop(turn);
     }
 }
 
-/// Whether a batch may settle it: numbers given at once, no fiscalization, nothing refunded.
+/// Whether a batch may settle it: numbers given at once, no fiscalization. (A payment moved
+/// meanwhile — refunded, say — is not `pending` any more: the batch then settles nothing.)
 fn takes(ctx: &Ctx, c: &Captured) -> bool {
     ctx.numbering == crate::invoices::Numbering::Auto
         && c.checked.sold.storefront.fiscalization == FiscalProvider::None
-        && c.payment.refunded_amount == 0
 }
 
 /// Settles `batch` in one transaction and hands each its result: all `Done`, or (the
@@ -187,10 +190,11 @@ async fn run(ctx: &Ctx, scope: &TenantScope, batch: Vec<Waiting>) {
 /// The settling transaction of `batch` (see the module): the checkouts as written, in `batch`'s
 /// order. Nothing is written unless every one of them is settled.
 async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Result<Vec<CheckoutRow>> {
-    let now = ctx.clock.now();
     let changed =
         |what: String| ServiceError::Conflict { code: "checkout_batch_changed", message: what, field: None };
     let mut tx = ctx.db.tenant_tx(scope).await?;
+    // Read once the transaction is open (on SQLite, holding the one writer).
+    let now = ctx.clock.now();
     let payments: Vec<PaymentRow> = batch.iter().map(|c| c.payment.clone()).collect();
     let recorded = azotte_store::payments::captured_many(&mut tx, &payments, now).await?;
     if recorded.len() != batch.len() {
@@ -261,6 +265,9 @@ async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Re
         let first = azotte_store::invoices::reserve_numbers(&mut tx, &storefront, &series, n).await?;
         next.insert((storefront, series), first);
     }
+    // Issued now, once the numbers are this transaction's: whoever took the numbers before
+    // them committed before this moment, so numbers still follow issue dates (decision 0008).
+    let issued = ctx.clock.now();
     // Each checkout's entries in its own lineage, as the one-by-one path records them.
     let mut paid = Vec::with_capacity(batch.len());
     for ((((c, sub), b), checkout), g) in
@@ -274,7 +281,7 @@ async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Re
         let sequence = next
             .get_mut(&(sub.storefront_id.clone(), b.series.clone()))
             .ok_or_else(|| ServiceError::Internal("a series without a reservation".into()))?;
-        paid.push(b.issue_paid(&mut tx, *sequence, &c.payment, now).await?);
+        paid.push(b.issue_paid(&mut tx, *sequence, &c.payment, issued).await?);
         *sequence += 1;
         tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sub.id})).await?;
     }
