@@ -537,11 +537,7 @@ pub async fn issue_drafts(tx: &mut TenantTx, rows: &[InvoiceRow], now: DateTime<
         return Ok(0);
     }
     let by_id = |col: Invoices, value: &dyn Fn(&InvoiceRow) -> sea_query::SimpleExpr| {
-        let case = rows.iter().fold(sea_query::CaseStatement::new(), |c, r| {
-            c.case(Expr::col(Invoices::Id).eq(r.id.clone()), value(r))
-        });
-        let expr: sea_query::SimpleExpr = case.finally(Expr::col(col)).into();
-        (col, expr)
+        (col, crate::case_by_id(Invoices::Id, rows, |r| r.id.clone(), value, Expr::col(col).into()))
     };
     let q = Query::update()
         .table(Invoices::Table)

@@ -44,3 +44,20 @@ pub use scope::{Credential, Denied, PlatformScope, TenantScope};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// `CASE WHEN id_col = id(r) THEN value(r) … ELSE otherwise END` over `rows`: one column of a
+/// set-based update that gives each row its own value.
+pub(crate) fn case_by_id<T, C: sea_query::IntoColumnRef + Copy>(
+    id_col: C,
+    rows: &[T],
+    id: impl Fn(&T) -> String,
+    value: impl Fn(&T) -> sea_query::SimpleExpr,
+    otherwise: sea_query::SimpleExpr,
+) -> sea_query::SimpleExpr {
+    rows.iter()
+        .fold(sea_query::CaseStatement::new(), |c, r| {
+            c.case(sea_query::Expr::col(id_col).eq(id(r)), value(r))
+        })
+        .finally(otherwise)
+        .into()
+}

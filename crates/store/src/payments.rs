@@ -164,11 +164,7 @@ pub async fn captured_many(
         return Ok(Vec::new());
     }
     let by_id = |value: &dyn Fn(&PaymentRow) -> sea_query::SimpleExpr, otherwise: Payments| {
-        let case = rows.iter().fold(sea_query::CaseStatement::new(), |cs, p| {
-            cs.case(Expr::col(Payments::Id).eq(p.id.clone()), value(p))
-        });
-        let expr: sea_query::SimpleExpr = case.finally(Expr::col(otherwise)).into();
-        expr
+        crate::case_by_id(Payments::Id, rows, |p| p.id.clone(), value, Expr::col(otherwise).into())
     };
     // Commonly each captured exactly its amount: no second `CASE`.
     let captured = if rows.iter().all(|p| p.captured_amount == p.amount) {

@@ -238,11 +238,7 @@ pub async fn succeed_checkouts(
         return Ok(Vec::new());
     }
     let by_id = |value: &dyn Fn(&Succeeded) -> sea_query::SimpleExpr, otherwise: Checkouts| {
-        let case = rows.iter().fold(sea_query::CaseStatement::new(), |cs, r| {
-            cs.case(Expr::col(Checkouts::Id).eq(r.checkout_id.clone()), value(r))
-        });
-        let expr: sea_query::SimpleExpr = case.finally(Expr::col(otherwise)).into();
-        expr
+        crate::case_by_id(Checkouts::Id, rows, |r| r.checkout_id.clone(), value, Expr::col(otherwise).into())
     };
     let q = Query::update()
         .table(Checkouts::Table)
@@ -591,11 +587,7 @@ pub async fn renew_many(tx: &mut TenantTx, rows: &[Renewal], now: DateTime<Utc>)
         return Ok(Vec::new());
     }
     let by_id = |value: &dyn Fn(&Renewal) -> sea_query::SimpleExpr, otherwise: sea_query::SimpleExpr| {
-        let case = rows.iter().fold(sea_query::CaseStatement::new(), |c, r| {
-            c.case(Expr::col(Subscriptions::Id).eq(r.id.clone()), value(r))
-        });
-        let expr: sea_query::SimpleExpr = case.finally(otherwise).into();
-        expr
+        crate::case_by_id(Subscriptions::Id, rows, |r| r.id.clone(), value, otherwise)
     };
     let q =
         Query::update()

@@ -437,42 +437,44 @@ async fn charged(
     charging: Charging,
     meta: RequestMeta,
 ) -> Result<Option<CheckoutRow>> {
-    let Charging { mut checked, sending } = charging;
+    let Charging { checked, sending } = charging;
     // As a renewal batch does: a payment committed longer ago than half of reconciliation's
     // grace is not sent (reconciliation could take it for lost while the call is in flight).
-    let sent = if ctx.clock.now() - sending.created_at() > ctx.psp.reconcile_grace / 2 {
-        payments::batch::withhold(ctx, scope, &sending, "not_charged").await.map(payments::Charged::Recorded)
-    } else {
-        match sending.first_call(ctx).await {
-            Err(e) => Err(e),
-            Ok(answer) => match sending.captured(&answer) {
-                Some(payment) => {
-                    checkout.payment_id = Some(payment.id.clone());
-                    let captured = batch::Captured { checkout, checked, sending, answer, payment, meta };
-                    match batch::settle(ctx, scope, captured).await? {
-                        batch::Settled::Done(row) => return Ok(Some(*row)),
-                        batch::Settled::Alone(c) => {
-                            let batch::Captured {
-                                checkout: c_checkout,
-                                checked: c_checked,
-                                sending,
-                                answer,
-                                ..
-                            } = *c;
-                            (checkout, checked) = (c_checkout, c_checked);
-                            payments::attempt::run_answered(ctx, scope, sending, answer)
-                                .await
-                                .map(payments::Charged::Answered)
-                        }
-                    }
+    if ctx.clock.now() - sending.created_at() > ctx.psp.reconcile_grace / 2 {
+        let sent = payments::batch::withhold(ctx, scope, &sending, "not_charged").await;
+        return from_charge(ctx, scope, checkout, &checked, sent.map(payments::Charged::Recorded)).await;
+    }
+    let answer = match sending.first_call(ctx).await {
+        Ok(answer) => answer,
+        Err(e) => return from_charge(ctx, scope, checkout, &checked, Err(e)).await,
+    };
+    let (checkout, checked, sending, answer) = match sending.captured(&answer) {
+        None => (checkout, checked, sending, answer),
+        Some(payment) => {
+            checkout.payment_id = Some(payment.id.clone());
+            let captured = batch::Captured { checkout, checked, sending, answer, payment, meta };
+            match batch::settle(ctx, scope, captured).await? {
+                batch::Settled::Done(row) => return Ok(Some(*row)),
+                batch::Settled::Alone(c) => {
+                    let c = *c;
+                    (c.checkout, c.checked, c.sending, c.answer)
                 }
-                None => payments::attempt::run_answered(ctx, scope, sending, answer)
-                    .await
-                    .map(payments::Charged::Answered),
-            },
+            }
         }
     };
-    let step = after_charge(ctx, scope, &mut checkout, &checked, sent, ctx.clock.now()).await?;
+    let sent = payments::attempt::run_answered(ctx, scope, sending, answer).await;
+    from_charge(ctx, scope, checkout, &checked, sent.map(payments::Charged::Answered)).await
+}
+
+/// Goes on from a checkout's charge as far as it got, and ends this run of its job there.
+async fn from_charge(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    mut checkout: CheckoutRow,
+    checked: &Checked,
+    charged: Result<payments::Charged>,
+) -> Result<Option<CheckoutRow>> {
+    let step = after_charge(ctx, scope, &mut checkout, checked, charged, ctx.clock.now()).await?;
     conclude(ctx, scope, checkout, step).await
 }
 

@@ -25,7 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use azotte_domain::id::TenantId;
 use azotte_domain::invoice::FiscalProvider;
+use azotte_domain::tenant::Environment;
 use azotte_store::journal::RequestMeta;
 use azotte_store::payments::PaymentRow;
 use azotte_store::subscriptions::{self as store, CheckoutRow, Succeeded};
@@ -74,7 +76,7 @@ pub(super) enum Settled {
 /// The checkouts waiting to be settled, per tenant environment, of this process.
 #[derive(Default)]
 pub(crate) struct Settles {
-    queues: Mutex<HashMap<(String, String), Arc<Queue>>>,
+    queues: Mutex<HashMap<(TenantId, Environment), Arc<Queue>>>,
 }
 
 /// One tenant environment's waiting checkouts, and whose turn it is to settle them.
@@ -98,7 +100,7 @@ impl std::fmt::Debug for Settles {
 
 impl Settles {
     fn queue(&self, scope: &TenantScope) -> Arc<Queue> {
-        let key = (scope.tenant_id().to_string(), scope.environment().as_str().to_owned());
+        let key = (scope.tenant_id(), scope.environment());
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         queues.entry(key).or_default().clone()
     }
@@ -129,20 +131,15 @@ pub(super) async fn settle(ctx: &Ctx, scope: &TenantScope, captured: Captured) -
     queue.push(Waiting { captured, done });
     // The task that took it panicked: the payment's attempt stays started and unanswered, as
     // after a crash (reconciliation asks the PSP); the worker runs the job again.
-    let lost = || ServiceError::Internal("a checkout's settle was lost".into());
+    let lost = |_| ServiceError::Internal("a checkout's settle was lost".into());
     loop {
         // Settled by another task's turn (answered at once, not after that task's next batch),
         // or this task's turn: it settles the oldest waiting, ours among them sooner or later.
         let turn = tokio::select! {
             biased;
-            settled = &mut mine => return settled.map_err(|_| lost()),
+            settled = &mut mine => return settled.map_err(lost),
             turn = queue.turn.lock() => turn,
         };
-        match mine.try_recv() {
-            Ok(settled) => return Ok(settled),
-            Err(oneshot::error::TryRecvError::Closed) => return Err(lost()),
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
         run(ctx, scope, queue.take()).await;
         drop(turn);
     }
