@@ -263,6 +263,11 @@ GAPS=${SERIES##*: }
 SETTLED_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_settled_together_total / {c = $2}
   /^azotte_checkout_settle_transactions_total / {t = $2}
   END {if (t > 0) printf "%d checkouts in %d settling transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
+# Idempotency claims and kept responses written in shared transactions (decision 0006).
+IDEM_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_idempotency_records_gathered_total/ {split($1, a, "\""); n[a[2]] = $2}
+  /^azotte_idempotency_gathered_transactions_total/ {split($1, a, "\""); t[a[2]] = $2}
+  END {for (w in n) {printf "%s%d %ss in %d transactions (%.1f per transaction)", sep, n[w], w, t[w], (t[w] > 0 ? n[w] / t[w] : 0); sep = "; "}
+    if (length(n) == 0) print "none"}')
 LOG_SUMMARY=$(log_summary checkouts)
 stop_azotte
 
@@ -297,6 +302,7 @@ echo "Correctness: checkouts by status: $CHECKOUTS ($TOTAL in all, $CLIENT_SEEN 
 echo "$PAYMENTS; checkouts without exactly one active subscription, three grants and one captured single-attempt payment: $BAD."
 echo "Invoices: $SERIES; succeeded checkouts without exactly one invoice paid by their payment: $BAD_INVOICES."
 echo "Settled together: $SETTLED_TOGETHER."
+echo "Idempotency records gathered: $IDEM_TOGETHER."
 if [ "$BAD" != 0 ] || [ "$TOTAL" != "$CLIENT_SEEN" ] || [ "$CAPTURED" != "$TOTAL" ] || [ "$SANDBOX_IDS" != "$TOTAL" ] \
   || [ "$SUBS" != "$TOTAL" ] || [ "$BAD_INVOICES" != 0 ] || [ "$GAPS" != 0 ]; then
   FAILED=1

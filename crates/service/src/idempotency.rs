@@ -6,7 +6,13 @@
 //! keeps the response (body sealed under the tenant data key: it may hold decrypted personal
 //! data) or [`release`] frees the key for a response that is not kept. Records live for the
 //! configured retention; expired ones count as absent and the worker purges them.
+//!
+//! Claims of new keys and responses to keep are gathered per tenant environment (decision 0006,
+//! "Claims and responses gathered"): the requests of a tenant environment claiming keys at the
+//! same time share one transaction and one statement, and so do the responses kept at the same
+//! time; anything else (a key with a row, a batch that failed) goes one by one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use azotte_crypto::tokens::lookup_hash;
@@ -17,6 +23,7 @@ use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use crate::gather::{self, Gather};
 use crate::{vault, Ctx, Result, ServiceError};
 
 /// How long a claim stays its request's. A request runs far shorter (PSP calls are bounded);
@@ -123,7 +130,21 @@ pub async fn begin(
     };
     let claimed =
         Begin::Claimed(Claim { scope: scope.clone(), key: key.clone(), locked_until: claim.locked_until });
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    // Commonly the key is new: claimed with the others of the tenant environment claimed now.
+    let claiming = Claiming {
+        key: key.as_str().to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        principal_id: principal.clone(),
+        locked_until: claim.locked_until,
+        created_at: now,
+        expires_at: claim.expires_at,
+    };
+    let together = |batch: Vec<Claiming>| claim_together(ctx, scope, batch);
+    if ctx.idempotency_claims.submit(gather::at(scope), claiming, AT_ONCE, together).await == Some(true) {
+        return Ok(claimed);
+    }
+    // Not claimed together (the key has a row, or the batch failed): one by one, which tells.
+    let mut tx = ctx.db.tenant_tx_unflushed(scope).await?;
     let outcome = if store::insert(&mut tx, &claim).await? {
         claimed
     } else {
@@ -155,6 +176,131 @@ pub async fn begin(
     Ok(outcome)
 }
 
+/// Claims and responses kept in one transaction at most.
+const AT_ONCE: usize = 64;
+
+/// A claim waiting to be inserted with the others of its tenant environment.
+pub(crate) struct Claiming {
+    key: String,
+    fingerprint: String,
+    principal_id: String,
+    locked_until: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+/// Claims of new keys gathered per tenant environment: `true` when the key was claimed.
+pub(crate) type Claims = Gather<Claiming, bool>;
+
+/// A sealed response waiting to be kept with the others of its tenant environment.
+pub(crate) struct Keeping {
+    key: String,
+    locked_until: DateTime<Utc>,
+    status: i32,
+    headers: Vec<(String, String)>,
+    sealed: Vec<u8>,
+}
+
+/// Responses gathered per tenant environment: whether the response was kept (`false`: the claim
+/// was taken over); `None` when it was not tried together (the request keeps it alone).
+pub(crate) type Responses = Gather<Keeping, Option<bool>>;
+
+/// Records claimed, and responses kept, together (however many at a time, one included), and
+/// the transactions that did.
+static GATHERED: [AtomicU64; 4] =
+    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// How many claims and responses this process wrote gathered, and in how many transactions:
+/// `(claims, claim transactions, responses, response transactions)`. Exported in `/metrics`.
+pub fn gathered() -> (u64, u64, u64, u64) {
+    let [a, b, c, d] = &GATHERED;
+    let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    (load(a), load(b), load(c), load(d))
+}
+
+/// Whether each item's key is the first of its key in `batch`: only those go in a set-based
+/// statement (of two rows with one key, which one was written would not show).
+fn firsts<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    keys.map(|k| seen.insert(k)).collect()
+}
+
+/// Inserts the claims of `batch` in one statement of one transaction; each claim's answer is
+/// whether it was inserted. One whose key has a row (or repeats an earlier one of the batch),
+/// and every one of a batch that failed, is `false`: its request claims it one by one, which
+/// tells why.
+async fn claim_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Claiming>) -> Vec<bool> {
+    let first = firsts(batch.iter().map(|c| c.key.as_str()));
+    let claims: Vec<store::Claim<'_>> = batch
+        .iter()
+        .zip(&first)
+        .filter(|(_, first)| **first)
+        .map(|(c, _)| store::Claim {
+            key: &c.key,
+            fingerprint: &c.fingerprint,
+            principal_id: &c.principal_id,
+            locked_until: c.locked_until,
+            created_at: c.created_at,
+            expires_at: c.expires_at,
+        })
+        .collect();
+    let inserted: Result<Vec<String>> = async {
+        let mut tx = ctx.db.tenant_tx_unflushed(scope).await?;
+        let keys = store::insert_many(&mut tx, &claims).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+    .await;
+    match inserted {
+        Ok(keys) => {
+            GATHERED[0].fetch_add(keys.len() as u64, Ordering::Relaxed);
+            GATHERED[1].fetch_add(1, Ordering::Relaxed);
+            let keys: std::collections::HashSet<String> = keys.into_iter().collect();
+            batch.iter().zip(first).map(|(c, first)| first && keys.contains(&c.key)).collect()
+        }
+        Err(e) => {
+            tracing::info!(error = %e, claims = batch.len(), "idempotency keys not claimed together; one by one");
+            vec![false; batch.len()]
+        }
+    }
+}
+
+/// Keeps the sealed responses of `batch` in one statement of one transaction: each one's
+/// answer as [`complete`] gives it, or `None` (kept one by one) for a key repeated in the batch
+/// and for every one of a batch that failed.
+async fn keep_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Keeping>) -> Vec<Option<bool>> {
+    let first = firsts(batch.iter().map(|k| k.key.as_str()));
+    let kept: Vec<store::Kept<'_>> = batch
+        .iter()
+        .zip(&first)
+        .filter(|(_, first)| **first)
+        .map(|(k, _)| store::Kept {
+            key: &k.key,
+            locked_until: k.locked_until,
+            response: store::Completion { status: k.status, headers: &k.headers, sealed_body: &k.sealed },
+        })
+        .collect();
+    let stored: Result<Vec<String>> = async {
+        let mut tx = ctx.db.tenant_tx_unflushed(scope).await?;
+        let keys = store::complete_many(&mut tx, &kept).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+    .await;
+    match stored {
+        Ok(keys) => {
+            GATHERED[2].fetch_add(keys.len() as u64, Ordering::Relaxed);
+            GATHERED[3].fetch_add(1, Ordering::Relaxed);
+            let keys: std::collections::HashSet<String> = keys.into_iter().collect();
+            batch.iter().zip(first).map(|(k, first)| first.then(|| keys.contains(&k.key))).collect()
+        }
+        Err(e) => {
+            tracing::info!(error = %e, responses = batch.len(), "idempotent responses not kept together; one by one");
+            vec![None; batch.len()]
+        }
+    }
+}
+
 async fn replay(
     ctx: &Ctx,
     tx: &mut TenantTx,
@@ -175,6 +321,26 @@ async fn replay(
 /// request's (its lock ran out and another request took the key over).
 #[tracing::instrument(skip_all, fields(tenant_id = %claim.scope.tenant_id()))]
 pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Result<bool> {
+    // Commonly the tenant's data key is known: sealed here, kept with the others of the tenant
+    // environment kept now.
+    if let Some(data_key) = ctx.vault.active_key(claim.scope.tenant_id()) {
+        let aad = aad(&claim.scope, &claim.key, response.status, &response.headers);
+        let keeping = Keeping {
+            key: claim.key.as_str().to_owned(),
+            locked_until: claim.locked_until,
+            status: i32::from(response.status),
+            headers: response.headers.clone(),
+            sealed: vault::encrypt(&data_key, response.body.expose(), &aad)?,
+        };
+        let together = |batch: Vec<Keeping>| keep_together(ctx, &claim.scope, batch);
+        let at = gather::at(&claim.scope);
+        if let Some(Some(done)) = ctx.idempotency_responses.submit(at, keeping, AT_ONCE, together).await {
+            if !done {
+                taken_over(&claim.key);
+            }
+            return Ok(done);
+        }
+    }
     let mut tx = ctx.db.tenant_tx(&claim.scope).await?;
     // The first sealed data of a tenant creates its data key, which is journaled: this record is
     // not, so the key's creation gets an action of its own.
@@ -205,18 +371,19 @@ pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Res
     .await?;
     tx.commit().await?;
     if !done {
-        tracing::warn!(
-            key = claim.key.as_str(),
-            "idempotency key was taken over before its response was kept"
-        );
+        taken_over(&claim.key);
     }
     Ok(done)
+}
+
+fn taken_over(key: &IdempotencyKey) {
+    tracing::warn!(key = key.as_str(), "idempotency key was taken over before its response was kept");
 }
 
 /// Frees a claimed key without keeping the response (the request was refused before it did
 /// anything, e.g. 401, 403, 429).
 pub async fn release(ctx: &Ctx, claim: Claim) -> Result<()> {
-    let mut tx = ctx.db.tenant_tx(&claim.scope).await?;
+    let mut tx = ctx.db.tenant_tx_unflushed(&claim.scope).await?;
     store::release(&mut tx, claim.key.as_str(), claim.locked_until).await?;
     tx.commit().await?;
     Ok(())

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod catalog;
 pub mod customers;
 mod error;
+mod gather;
 pub mod housekeeping;
 pub mod idempotency;
 pub mod invoices;
@@ -70,6 +71,10 @@ pub struct Ctx {
     pub(crate) conversion_sweep: Arc<std::sync::atomic::AtomicI64>,
     /// Checkouts waiting to be settled together, per tenant environment.
     pub(crate) checkout_settles: Arc<subscriptions::checkout::Settles>,
+    /// Idempotency claims waiting to be inserted together, per tenant environment.
+    pub(crate) idempotency_claims: Arc<idempotency::Claims>,
+    /// Idempotent responses waiting to be kept together, per tenant environment.
+    pub(crate) idempotency_responses: Arc<idempotency::Responses>,
 }
 
 impl Ctx {
@@ -97,6 +102,8 @@ impl Ctx {
             numbering: Default::default(),
             conversion_sweep: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             checkout_settles: Default::default(),
+            idempotency_claims: Default::default(),
+            idempotency_responses: Default::default(),
         }
     }
 

@@ -120,7 +120,7 @@ impl Vault {
     }
 
     /// The tenant's active data key, when this process knows it.
-    fn active_key(&self, tenant: TenantId) -> Option<DataKey> {
+    pub(crate) fn active_key(&self, tenant: TenantId) -> Option<DataKey> {
         let kid = self.active.read().ok()?.get(&tenant).cloned()?;
         let key = self.cached(tenant, &kid)?;
         Some(DataKey { tenant_id: tenant, kid, key })

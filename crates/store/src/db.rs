@@ -312,29 +312,39 @@ impl Db {
     /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
     /// every statement in it to that tenant and environment.
     pub async fn tenant_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, false).await
+        self.tenant_tx_inner(scope, Begin::Write).await
+    }
+
+    /// [`Db::tenant_tx`] whose commit returns without waiting for the write-ahead log to reach
+    /// the disk (PostgreSQL's `synchronous_commit = off` for this transaction only; SQLite is
+    /// unchanged). Other transactions see it committed at once; a crash of the database within
+    /// a fraction of a second may lose it, never half of it, and never a later transaction
+    /// without it: any transaction that commits durably afterwards flushes it too. Only for rows
+    /// whose loss a retry recovers from, such as the `Idempotency-Key` records (decision 0006).
+    pub async fn tenant_tx_unflushed(&self, scope: &TenantScope) -> Result<TenantTx> {
+        self.tenant_tx_inner(scope, Begin::Unflushed).await
     }
 
     /// A read-only transaction inside one tenant environment: on SQLite it does not take the
     /// write lock, on PostgreSQL the database refuses any write in it.
     pub async fn tenant_read_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, true).await
+        self.tenant_tx_inner(scope, Begin::Read).await
     }
 
-    async fn tenant_tx_inner(&self, scope: &TenantScope, read_only: bool) -> Result<TenantTx> {
+    async fn tenant_tx_inner(&self, scope: &TenantScope, begin: Begin) -> Result<TenantTx> {
         let (tenant, environment) = (scope.tenant_id.to_string(), scope.environment.as_str());
         let tx = match &self.pool {
             // One round trip: `BEGIN` and the settings row-level security reads, as one
             // simple-protocol batch (which cannot bind parameters: see `begin_in_environment`).
-            Pool::Postgres(p) => match begin_in_environment(read_only, &tenant, environment) {
+            Pool::Postgres(p) => match begin_in_environment(begin, &tenant, environment) {
                 Some(batch) => Tx::Postgres(p.begin_with(batch).await?),
                 None => {
-                    let mut tx = Tx::Postgres(p.begin_with(pg_begin(read_only)).await?);
+                    let mut tx = Tx::Postgres(p.begin_with(pg_begin(begin)).await?);
                     tx.enter_environment(&tenant, environment).await?;
                     tx
                 }
             },
-            Pool::Sqlite { .. } if read_only => self.unscoped_read_tx().await?,
+            Pool::Sqlite { .. } if begin == Begin::Read => self.unscoped_read_tx().await?,
             Pool::Sqlite { .. } => self.unscoped_tx().await?,
         };
         Ok(TenantTx {
@@ -343,7 +353,7 @@ impl Db {
             action_id: None,
             writes: 0,
             journal: Default::default(),
-            cache: (!read_only).then(|| self.cache.clone()),
+            cache: (begin != Begin::Read).then(|| self.cache.clone()),
         })
     }
 
@@ -593,7 +603,7 @@ impl TenantTx {
 /// are written into the text: only when both consist of ASCII letters, digits, `_` and `-`
 /// (every tenant id and environment name does), which cannot leave the quoted literal; `None`
 /// for anything else, and the caller binds them in a statement of their own.
-pub(crate) fn begin_in_environment(read_only: bool, tenant_id: &str, environment: &str) -> Option<String> {
+pub(crate) fn begin_in_environment(begin: Begin, tenant_id: &str, environment: &str) -> Option<String> {
     let plain = |v: &str| {
         !v.is_empty()
             && v.len() <= 64
@@ -605,17 +615,26 @@ pub(crate) fn begin_in_environment(read_only: bool, tenant_id: &str, environment
     Some(format!(
         "{}; SELECT set_config('azotte.tenant_id', '{tenant_id}', true), \
          set_config('azotte.environment', '{environment}', true)",
-        pg_begin(read_only)
+        pg_begin(begin)
     ))
 }
 
+/// How a tenant transaction begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    Read,
+    Write,
+    /// A write transaction whose commit does not wait for the log flush.
+    Unflushed,
+}
+
 /// PostgreSQL's `BEGIN` for a tenant transaction (READ COMMITTED: every connection's session
-/// default, set when it connects).
-fn pg_begin(read_only: bool) -> &'static str {
-    if read_only {
-        "BEGIN READ ONLY"
-    } else {
-        "BEGIN"
+/// default, set when it connects), with the transaction's own settings.
+fn pg_begin(begin: Begin) -> &'static str {
+    match begin {
+        Begin::Read => "BEGIN READ ONLY",
+        Begin::Write => "BEGIN",
+        Begin::Unflushed => "BEGIN; SET LOCAL synchronous_commit TO OFF",
     }
 }
 
@@ -642,16 +661,19 @@ mod tests {
 
     #[test]
     fn only_plain_values_are_written_into_the_begin_batch() {
-        let b = begin_in_environment(true, "ten_0192ab-x", "live").expect("plain");
+        let b = begin_in_environment(Begin::Read, "ten_0192ab-x", "live").expect("plain");
         assert_eq!(
             b,
             "BEGIN READ ONLY; SELECT set_config('azotte.tenant_id', 'ten_0192ab-x', true), \
              set_config('azotte.environment', 'live', true)"
         );
-        assert!(begin_in_environment(false, "t", "test").expect("plain").starts_with("BEGIN; SELECT"));
+        assert!(begin_in_environment(Begin::Write, "t", "test").expect("plain").starts_with("BEGIN; SELECT"));
+        assert!(begin_in_environment(Begin::Unflushed, "t", "test")
+            .expect("plain")
+            .starts_with("BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT"));
         for bad in ["", "t'; DROP TABLE x; --", "t\\", "t x", "tén", &"t".repeat(65)] {
-            assert_eq!(begin_in_environment(false, bad, "live"), None, "{bad:?}");
-            assert_eq!(begin_in_environment(false, "t", bad), None, "{bad:?}");
+            assert_eq!(begin_in_environment(Begin::Write, bad, "live"), None, "{bad:?}");
+            assert_eq!(begin_in_environment(Begin::Write, "t", bad), None, "{bad:?}");
         }
     }
 }

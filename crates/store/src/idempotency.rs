@@ -90,8 +90,22 @@ fn owned(tx: &TenantTx, key: &str, locked_until: DateTime<Utc>) -> Condition {
 /// statement, atomic on both backends (a concurrent insert of the same key waits for the first
 /// to commit, then does nothing).
 pub async fn insert(tx: &mut TenantTx, c: &Claim<'_>) -> Result<bool> {
-    let q = Query::insert()
-        .into_table(IdempotencyKeys::Table)
+    Ok(tx.tx.execute(&claims(tx, std::slice::from_ref(c))).await? == 1)
+}
+
+/// [`insert`] for several keys in one statement: the keys this call claimed. The keys must be
+/// distinct (of two rows with one key, which one was inserted would not show).
+pub async fn insert_many(tx: &mut TenantTx, claimed: &[Claim<'_>]) -> Result<Vec<String>> {
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = claims(tx, claimed).returning_col(IdempotencyKeys::IdempotencyKey).to_owned();
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(k,)| k).collect())
+}
+
+fn claims(tx: &TenantTx, claimed: &[Claim<'_>]) -> sea_query::InsertStatement {
+    let mut q = Query::insert();
+    q.into_table(IdempotencyKeys::Table)
         .columns([
             IdempotencyKeys::TenantId,
             IdempotencyKeys::Environment,
@@ -103,17 +117,6 @@ pub async fn insert(tx: &mut TenantTx, c: &Claim<'_>) -> Result<bool> {
             IdempotencyKeys::CreatedAt,
             IdempotencyKeys::ExpiresAt,
         ])
-        .values_panic([
-            tx.scope().tenant_id().to_string().into(),
-            tx.scope().environment().as_str().into(),
-            c.key.into(),
-            c.fingerprint.into(),
-            c.principal_id.into(),
-            IN_FLIGHT.into(),
-            c.locked_until.into(),
-            c.created_at.into(),
-            c.expires_at.into(),
-        ])
         .on_conflict(
             OnConflict::columns([
                 IdempotencyKeys::TenantId,
@@ -122,9 +125,22 @@ pub async fn insert(tx: &mut TenantTx, c: &Claim<'_>) -> Result<bool> {
             ])
             .do_nothing()
             .to_owned(),
-        )
-        .to_owned();
-    Ok(tx.tx.execute(&q).await? == 1)
+        );
+    let (tenant, environment) = (tx.scope().tenant_id().to_string(), tx.scope().environment().as_str());
+    for c in claimed {
+        q.values_panic([
+            tenant.clone().into(),
+            environment.into(),
+            c.key.into(),
+            c.fingerprint.into(),
+            c.principal_id.into(),
+            IN_FLIGHT.into(),
+            c.locked_until.into(),
+            c.created_at.into(),
+            c.expires_at.into(),
+        ]);
+    }
+    q
 }
 
 /// The key's row, whatever its state or age.
@@ -196,6 +212,60 @@ pub async fn complete(
         .cond_where(owned(tx, key, locked_until))
         .to_owned();
     Ok(tx.tx.execute(&q).await? == 1)
+}
+
+/// A response to keep for the claim of `key` made with `locked_until`.
+#[derive(Debug, Clone)]
+pub struct Kept<'a> {
+    pub key: &'a str,
+    pub locked_until: DateTime<Utc>,
+    pub response: Completion<'a>,
+}
+
+/// [`complete`] for several claims in one statement: the keys whose responses were stored
+/// (the others were no longer their claim's). The keys must be distinct.
+pub async fn complete_many(tx: &mut TenantTx, kept: &[Kept<'_>]) -> Result<Vec<String>> {
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let by_key = |value: &dyn Fn(&Kept<'_>) -> sea_query::SimpleExpr, otherwise: IdempotencyKeys| {
+        crate::case_by_id(
+            IdempotencyKeys::IdempotencyKey,
+            kept,
+            |k| k.key.to_owned(),
+            value,
+            Expr::col(otherwise).into(),
+        )
+    };
+    let q = Query::update()
+        .table(IdempotencyKeys::Table)
+        .values([
+            (IdempotencyKeys::State, COMPLETE.into()),
+            (IdempotencyKeys::LockedUntil, Option::<DateTime<Utc>>::None.into()),
+            (
+                IdempotencyKeys::ResponseStatus,
+                by_key(&|k| k.response.status.into(), IdempotencyKeys::ResponseStatus),
+            ),
+            (
+                IdempotencyKeys::ResponseHeaders,
+                by_key(&|k| serde_json::json!(k.response.headers).into(), IdempotencyKeys::ResponseHeaders),
+            ),
+            (
+                IdempotencyKeys::ResponseBody,
+                by_key(&|k| k.response.sealed_body.to_vec().into(), IdempotencyKeys::ResponseBody),
+            ),
+        ])
+        .cond_where(tx.in_scope(IdempotencyKeys::TenantId, IdempotencyKeys::Environment))
+        .and_where(Expr::col(IdempotencyKeys::IdempotencyKey).is_in(kept.iter().map(|k| k.key)))
+        .and_where(Expr::col(IdempotencyKeys::State).eq(IN_FLIGHT))
+        // Each row still its claim's: the fence it was claimed with.
+        .and_where(
+            Expr::col(IdempotencyKeys::LockedUntil)
+                .eq(by_key(&|k| k.locked_until.into(), IdempotencyKeys::LockedUntil)),
+        )
+        .returning_col(IdempotencyKeys::IdempotencyKey)
+        .to_owned();
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(k,)| k).collect())
 }
 
 /// Deletes the claim made with `locked_until`, for a response that is not kept: the key is

@@ -85,6 +85,37 @@ async fn unfiltered_select_sees_only_own_tenant_and_foreign_insert_is_refused() 
     );
 }
 
+/// An unflushed transaction is a tenant transaction like any other (row-level security holds)
+/// whose commit alone does not wait for the log flush; the next transaction waits again.
+#[tokio::test]
+async fn an_unflushed_transaction_relaxes_only_its_own_commit() {
+    use sqlx::Connection;
+    let t = fresh_database(Backend::Postgres).await;
+    // The test cluster runs without flushes for speed: this database flushes, as production does.
+    let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
+    let flush = "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = on', current_database()); END $$";
+    sqlx::query(flush).execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    let opts = DbOptions::new(t.url);
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let a = tenant(&db, "tenant-a").await;
+    tenant(&db, "tenant-b").await;
+    async fn setting(tx: &mut crate::TenantTx) -> String {
+        sqlx::query_scalar("SHOW synchronous_commit").fetch_one(pg(&mut tx.tx)).await.unwrap()
+    }
+    for _ in 0..2 {
+        let mut tx = db.tenant_tx_unflushed(&a).await.unwrap();
+        assert_eq!(setting(&mut tx).await, "off");
+        let rows = sqlx::query("SELECT tenant_id FROM environments").fetch_all(pg(&mut tx.tx)).await.unwrap();
+        assert_eq!(rows.len(), 3, "only its tenant's rows");
+        tx.commit().await.unwrap();
+        let mut tx = db.tenant_tx(&a).await.unwrap();
+        assert_eq!(setting(&mut tx).await, "on", "the connection's next transaction flushes again");
+        tx.commit().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_mutation_without_its_journal_entry_cannot_commit() {
     let db = pg_db().await;

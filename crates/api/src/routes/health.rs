@@ -87,6 +87,21 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     text.push_str("# TYPE azotte_checkout_settle_transactions_total counter\n");
     text.push_str(&format!("azotte_checkout_settle_transactions_total {transactions}\n"));
+    let (claims, claim_txs, responses, response_txs) = azotte_service::idempotency::gathered();
+    text.push_str(
+        "# HELP azotte_idempotency_records_gathered_total Idempotency keys claimed, and responses kept, in a shared transaction (one alone included).\n",
+    );
+    text.push_str("# TYPE azotte_idempotency_records_gathered_total counter\n");
+    text.push_str(&format!("azotte_idempotency_records_gathered_total{{what=\"claim\"}} {claims}\n"));
+    text.push_str(&format!("azotte_idempotency_records_gathered_total{{what=\"response\"}} {responses}\n"));
+    text.push_str(
+        "# HELP azotte_idempotency_gathered_transactions_total Transactions that claimed keys, or kept responses, together.\n",
+    );
+    text.push_str("# TYPE azotte_idempotency_gathered_transactions_total counter\n");
+    text.push_str(&format!("azotte_idempotency_gathered_transactions_total{{what=\"claim\"}} {claim_txs}\n"));
+    text.push_str(&format!(
+        "azotte_idempotency_gathered_transactions_total{{what=\"response\"}} {response_txs}\n"
+    ));
     let mut resp = text.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

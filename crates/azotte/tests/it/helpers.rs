@@ -442,6 +442,11 @@ impl TestApp {
     /// SQLite the database's write lock (a transaction begun `IMMEDIATE`), on PostgreSQL a
     /// `SHARE` lock on `subscriptions`; as the owner, on a connection of its own.
     pub async fn hold_subscription_writes(&self) -> WritesHeld {
+        self.hold_writes("subscriptions").await
+    }
+
+    /// [`TestApp::hold_subscription_writes`] for the writes of `table` (on SQLite: every write).
+    pub async fn hold_writes(&self, table: &str) -> WritesHeld {
         use sqlx::Connection;
         match self.backend {
             Backend::Sqlite => {
@@ -452,7 +457,7 @@ impl TestApp {
             Backend::Postgres => {
                 let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
                 sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-                sqlx::query("LOCK TABLE subscriptions IN SHARE MODE").execute(&mut c).await.unwrap();
+                sqlx::query(&format!("LOCK TABLE {table} IN SHARE MODE")).execute(&mut c).await.unwrap();
                 WritesHeld::Postgres(c)
             }
         }

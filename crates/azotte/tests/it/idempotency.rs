@@ -193,6 +193,63 @@ async fn a_running_request_is_in_flight_and_a_dead_one_is_taken_over(app: TestAp
     assert!(replayed(&again) && again.body == taken.body);
 }
 
+/// Requests of one tenant environment claiming new keys at the same moment share one
+/// transaction and one statement, and so do their responses (decision 0006, "Claims and
+/// responses gathered"); each request is answered, kept and replayed exactly as alone, and a
+/// key sent twice at once still runs once.
+async fn keys_claimed_at_once_are_claimed_together(app: TestApp) {
+    app.create_tenant(T).await;
+    // The tenant's data key is known from here on: responses are sealed by their requests.
+    create_customer(&app, "warm", customer("crm-warm")).await;
+    let before = azotte_service::idempotency::gathered();
+    // The first claim's transaction waits on the held table; the others queue behind it.
+    let held = app.hold_writes("idempotency_keys").await;
+    let mut sent: Vec<(String, String)> = (0..8).map(|i| (format!("k-{i}"), format!("crm-{i}"))).collect();
+    sent.extend(std::iter::repeat_n(("k-0".to_owned(), "crm-0".to_owned()), 2));
+    let calls = sent.iter().map(|(key, external_id)| create_customer(&app, key, customer(external_id)));
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        held.release().await;
+    };
+    let (results, ()) = tokio::join!(futures::future::join_all(calls), release);
+    let after = azotte_service::idempotency::gathered();
+    let (claims, claim_txs) = (after.0 - before.0, after.1 - before.1);
+    let (responses, response_txs) = (after.2 - before.2, after.3 - before.3);
+    assert_eq!(claims, 8, "each new key claimed once, in a shared transaction");
+    assert!(claim_txs < claims, "{claims} claims in {claim_txs} transactions");
+    assert_eq!(responses, 8, "every response kept in a shared transaction ({response_txs})");
+    assert!(response_txs <= responses);
+
+    let mut firsts = Vec::new();
+    for (i, r) in results.iter().take(8).enumerate() {
+        assert_eq!(r.status, 201, "k-{i}: {}", r.text());
+        assert!(!replayed(r));
+        firsts.push(r);
+    }
+    // The key sent three times at once ran once: the others were told it is running, or got
+    // its kept answer.
+    for r in &results[8..] {
+        match r.status {
+            409 => assert_eq!(r.problem().code, "idempotency_key_in_flight"),
+            201 => assert!(replayed(r) && r.body == firsts[0].body, "{}", r.text()),
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    for (i, first) in firsts.iter().enumerate() {
+        let again = create_customer(&app, &format!("k-{i}"), customer(&format!("crm-{i}"))).await;
+        assert!(replayed(&again) && again.body == first.body, "k-{i}: {}", again.text());
+    }
+    let list: Value = app.get("/v1/customers?limit=100").tenant(T, ENV).expect(200).await.json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 9, "one customer per key");
+    let mut keys: Vec<String> = (0..8).map(|i| format!("k-{i}")).collect();
+    keys.push("warm".into());
+    assert_eq!(records(&app).await, keys);
+    assert_eq!(
+        count(&app, "SELECT idempotency_key FROM idempotency_keys WHERE state <> 'complete'").await,
+        0
+    );
+}
+
 async fn records_expire_and_are_purged(app: TestApp) {
     app.create_tenant(T).await;
     app.admin_mfa().await;
@@ -284,6 +341,7 @@ both!(
     another_credential_cannot_use_the_key,
     keys_are_per_tenant_and_environment,
     concurrent_duplicates_charge_once,
+    keys_claimed_at_once_are_claimed_together,
     a_running_request_is_in_flight_and_a_dead_one_is_taken_over,
     records_expire_and_are_purged,
     refusals_and_invalid_keys_are_not_kept,

@@ -21,21 +21,18 @@
 //! another runner ended, any error), the transaction is rolled back and each checkout of the
 //! batch settles alone, its answer recorded then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use azotte_domain::id::TenantId;
 use azotte_domain::invoice::FiscalProvider;
-use azotte_domain::tenant::Environment;
 use azotte_store::journal::RequestMeta;
 use azotte_store::payments::PaymentRow;
 use azotte_store::subscriptions::{self as store, CheckoutRow, Succeeded};
 use azotte_store::TenantScope;
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::{created_outcomes, grants, new_subscription, Checked};
+use crate::gather::{self, Gather};
 use crate::payments::attempt::{Answer, Sending};
 use crate::{Ctx, Result, ServiceError};
 
@@ -53,7 +50,7 @@ pub fn settled_together() -> (u64, u64) {
 }
 
 /// A checkout whose first charge the PSP captured, its answer not recorded yet.
-pub(super) struct Captured {
+pub(crate) struct Captured {
     /// As its job holds it (its `payment_id` set).
     pub(super) checkout: CheckoutRow,
     pub(super) checked: Checked,
@@ -66,7 +63,7 @@ pub(super) struct Captured {
 }
 
 /// How a checkout handed to [`settle`] came back.
-pub(super) enum Settled {
+pub(crate) enum Settled {
     /// Settled: `succeeded`, as written.
     Done(Box<CheckoutRow>),
     /// Not settled (nothing of it written): the job settles it alone, recording the answer.
@@ -74,50 +71,7 @@ pub(super) enum Settled {
 }
 
 /// The checkouts waiting to be settled, per tenant environment, of this process.
-#[derive(Default)]
-pub(crate) struct Settles {
-    queues: Mutex<HashMap<(TenantId, Environment), Arc<Queue>>>,
-}
-
-/// One tenant environment's waiting checkouts, and whose turn it is to settle them.
-#[derive(Default)]
-struct Queue {
-    waiting: Mutex<Vec<Waiting>>,
-    /// Held by the task running a settling transaction of the tenant environment.
-    turn: tokio::sync::Mutex<()>,
-}
-
-struct Waiting {
-    captured: Captured,
-    done: oneshot::Sender<Settled>,
-}
-
-impl std::fmt::Debug for Settles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settles").finish_non_exhaustive()
-    }
-}
-
-impl Settles {
-    fn queue(&self, scope: &TenantScope) -> Arc<Queue> {
-        let key = (scope.tenant_id(), scope.environment());
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        queues.entry(key).or_default().clone()
-    }
-}
-
-impl Queue {
-    fn push(&self, w: Waiting) {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(w);
-    }
-
-    /// The oldest waiting checkouts, at most [`AT_ONCE`].
-    fn take(&self) -> Vec<Waiting> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        let n = waiting.len().min(AT_ONCE);
-        waiting.drain(..n).collect()
-    }
-}
+pub(crate) type Settles = Gather<Captured, Settled>;
 
 /// Settles a checkout whose first charge was captured, with the others of its tenant
 /// environment waiting at the same time: [`Settled::Done`], or handed back to settle alone.
@@ -126,23 +80,13 @@ pub(super) async fn settle(ctx: &Ctx, scope: &TenantScope, captured: Captured) -
     if !takes(ctx, &captured) {
         return Ok(Settled::Alone(Box::new(captured)));
     }
-    let queue = ctx.checkout_settles.queue(scope);
-    let (done, mut mine) = oneshot::channel();
-    queue.push(Waiting { captured, done });
+    let together = |batch: Vec<Captured>| run(ctx, scope, batch);
     // The task that took it panicked: the payment's attempt stays started and unanswered, as
     // after a crash (reconciliation asks the PSP); the worker runs the job again.
-    let lost = |_| ServiceError::Internal("a checkout's settle was lost".into());
-    loop {
-        // Settled by another task's turn (answered at once, not after that task's next batch),
-        // or this task's turn: it settles the oldest waiting, ours among them sooner or later.
-        let turn = tokio::select! {
-            biased;
-            settled = &mut mine => return settled.map_err(lost),
-            turn = queue.turn.lock() => turn,
-        };
-        run(ctx, scope, queue.take()).await;
-        drop(turn);
-    }
+    ctx.checkout_settles
+        .submit(gather::at(scope), captured, AT_ONCE, together)
+        .await
+        .ok_or_else(|| ServiceError::Internal("a checkout's settle was lost".into()))
 }
 
 /// Whether a batch may settle it: numbers given at once, no fiscalization. (A payment moved
@@ -152,34 +96,23 @@ fn takes(ctx: &Ctx, c: &Captured) -> bool {
         && c.checked.sold.storefront.fiscalization == FiscalProvider::None
 }
 
-/// Settles `batch` in one transaction and hands each its result: all `Done`, or (the
-/// transaction rolled back) all `Alone`.
-async fn run(ctx: &Ctx, scope: &TenantScope, batch: Vec<Waiting>) {
-    if batch.is_empty() {
-        return;
-    }
+/// Settles `batch` in one transaction: all `Done`, or (the transaction rolled back) all
+/// `Alone`, in `batch`'s order.
+async fn run(ctx: &Ctx, scope: &TenantScope, batch: Vec<Captured>) -> Vec<Settled> {
     let n = batch.len();
     let outcome = {
-        let captured: Vec<&Captured> = batch.iter().map(|w| &w.captured).collect();
+        let captured: Vec<&Captured> = batch.iter().collect();
         settle_batch(ctx, scope, &captured).await
     };
     match outcome {
         Ok(rows) => {
             SETTLED.fetch_add(n as u64, Ordering::Relaxed);
             TRANSACTIONS.fetch_add(1, Ordering::Relaxed);
-            for (w, row) in batch.into_iter().zip(rows) {
-                let _ = w.done.send(Settled::Done(Box::new(row))); // its job gave up waiting: it is settled anyway
-            }
+            rows.into_iter().map(|row| Settled::Done(Box::new(row))).collect()
         }
         Err(e) => {
             tracing::info!(error = %e, checkouts = n, "checkouts not settled together; settling one by one");
-            for w in batch {
-                if let Err(Settled::Alone(c)) = w.done.send(Settled::Alone(Box::new(w.captured))) {
-                    // Its job is gone (the process is stopping): the answer is not recorded;
-                    // reconciliation and the worker take it up as after a crash.
-                    tracing::warn!(checkout_id = %c.checkout.id, "a checkout's capture left unrecorded; reconciliation will find it");
-                }
-            }
+            batch.into_iter().map(|c| Settled::Alone(Box::new(c))).collect()
         }
     }
 }
