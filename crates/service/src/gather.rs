@@ -35,8 +35,8 @@ pub(crate) struct Gather<T, R> {
 /// One tenant environment's waiting items, and whose turn it is to do them.
 struct Queue<T, R> {
     waiting: Mutex<Vec<(T, oneshot::Sender<R>)>>,
-    /// Held by the task doing a batch of the tenant environment.
-    turn: tokio::sync::Mutex<()>,
+    /// Held while a batch of the tenant environment is done.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<T, R> Default for Gather<T, R> {
@@ -56,19 +56,26 @@ impl<T, R> Gather<T, R> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         queues
             .entry(key)
-            .or_insert_with(|| Arc::new(Queue { waiting: Mutex::default(), turn: Default::default() }))
+            .or_insert_with(|| Arc::new(Queue { waiting: Mutex::default(), turn: Arc::default() }))
             .clone()
     }
 
-    /// Hands `item` to the tenant environment `at` (see [`at`]) and returns its result, done by whichever
-    /// task's turn takes it: that task calls its own `run` with the oldest waiting items (at
-    /// most `at_once`, this one among them sooner or later), which answers one result per item
-    /// in their order. An item done by another task's turn is answered as soon as that turn
-    /// ends. `None`: the task doing it was lost (it panicked) or its `run` answered too few.
+    /// Hands `item` to the tenant environment `at` (see [`at`]) and returns its result, done by
+    /// whichever task's turn takes it: that task starts its own `run` with the oldest waiting
+    /// items (at most `at_once`, this one among them sooner or later), which answers one result
+    /// per item in their order. An item done by another task's turn is answered as soon as
+    /// that batch is done.
+    ///
+    /// A batch runs in a task of its own, holding the turn until it has answered: a request
+    /// dropped while its turn runs (its client went away) cuts short neither the batch nor the
+    /// answers of the others in it. `None`: the batch doing the item was lost (it panicked) or
+    /// its `run` answered too few.
     pub(crate) async fn submit<F, Fut>(&self, at: Where, item: T, at_once: usize, run: F) -> Option<R>
     where
         F: Fn(Vec<T>) -> Fut,
-        Fut: Future<Output = Vec<R>>,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+        T: Send + 'static,
+        R: Send + 'static,
     {
         let queue = self.queue(at);
         let (done, mut mine) = oneshot::channel();
@@ -77,21 +84,26 @@ impl<T, R> Gather<T, R> {
             let turn = tokio::select! {
                 biased;
                 result = &mut mine => return result.ok(),
-                turn = queue.turn.lock() => turn,
+                turn = queue.turn.clone().lock_owned() => turn,
             };
             let batch: Vec<(T, oneshot::Sender<R>)> = {
                 let mut waiting = queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
                 let n = waiting.len().min(at_once);
                 waiting.drain(..n).collect()
             };
-            if !batch.is_empty() {
-                let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
-                for (answer, result) in answers.into_iter().zip(run(items).await) {
+            if batch.is_empty() {
+                continue;
+            }
+            let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
+            let results = run(items);
+            tokio::spawn(async move {
+                for (answer, result) in answers.into_iter().zip(results.await) {
                     // Its task stopped waiting (its request was dropped): nothing to hand.
                     let _ = answer.send(result);
                 }
-            }
-            drop(turn);
+                // Answered first: a waiting item is told before the next turn begins.
+                drop(turn);
+            });
         }
     }
 }
@@ -156,6 +168,41 @@ mod tests {
         let (x, y) = tokio::join!(gather.submit(a, 1, 8, run), gather.submit(b, 2, 8, run));
         assert_eq!((x, y), (Some(1), Some(1)), "each alone in its own batch");
         assert_eq!(seen.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_its_turn_runs_does_not_cut_the_batch_short() {
+        let gather: Arc<Gather<u32, u32>> = Arc::default();
+        let ran = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+        let (release, held) = tokio::sync::watch::channel(false);
+        let run = {
+            let ran = ran.clone();
+            move |items: Vec<u32>| {
+                let (ran, started, mut held) = (ran.clone(), started.clone(), held.clone());
+                async move {
+                    let _ = started.send(items.clone());
+                    let _ = held.wait_for(|r| *r).await;
+                    ran.lock().unwrap().push(items.clone());
+                    items.into_iter().map(|i| i + 100).collect::<Vec<_>>()
+                }
+            }
+        };
+        let at = scope();
+        let submit = |item: u32| {
+            let (gather, run) = (gather.clone(), run.clone());
+            tokio::spawn(async move { gather.submit(at, item, 8, run).await })
+        };
+        let first = submit(1);
+        assert_eq!(running.recv().await, Some(vec![1]), "the first item's own turn runs it");
+        let second = submit(2);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The first item's request goes away while its turn's batch runs.
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        release.send(true).unwrap();
+        assert_eq!(second.await.unwrap(), Some(102), "the item waiting behind it is answered");
+        assert_eq!(*ran.lock().unwrap(), [vec![1], vec![2]], "the dropped request's batch ran to its end");
     }
 
     #[tokio::test]

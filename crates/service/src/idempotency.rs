@@ -139,7 +139,10 @@ pub async fn begin(
         created_at: now,
         expires_at: claim.expires_at,
     };
-    let together = |batch: Vec<Claiming>| claim_together(ctx, scope, batch);
+    let together = |batch: Vec<Claiming>| {
+        let (ctx, scope) = (ctx.clone(), scope.clone());
+        async move { claim_together(&ctx, &scope, batch).await }
+    };
     if ctx.idempotency_claims.submit(gather::at(scope), claiming, AT_ONCE, together).await == Some(true) {
         return Ok(claimed);
     }
@@ -332,7 +335,10 @@ pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Res
             headers: response.headers.clone(),
             sealed: vault::encrypt(&data_key, response.body.expose(), &aad)?,
         };
-        let together = |batch: Vec<Keeping>| keep_together(ctx, &claim.scope, batch);
+        let together = |batch: Vec<Keeping>| {
+            let (ctx, scope) = (ctx.clone(), claim.scope.clone());
+            async move { keep_together(&ctx, &scope, batch).await }
+        };
         let at = gather::at(&claim.scope);
         if let Some(Some(done)) = ctx.idempotency_responses.submit(at, keeping, AT_ONCE, together).await {
             if !done {
@@ -383,7 +389,7 @@ fn taken_over(key: &IdempotencyKey) {
 /// Frees a claimed key without keeping the response (the request was refused before it did
 /// anything, e.g. 401, 403, 429).
 pub async fn release(ctx: &Ctx, claim: Claim) -> Result<()> {
-    let mut tx = ctx.db.tenant_tx_unflushed(&claim.scope).await?;
+    let mut tx = ctx.db.tenant_tx(&claim.scope).await?;
     store::release(&mut tx, claim.key.as_str(), claim.locked_until).await?;
     tx.commit().await?;
     Ok(())

@@ -80,7 +80,10 @@ pub(super) async fn settle(ctx: &Ctx, scope: &TenantScope, captured: Captured) -
     if !takes(ctx, &captured) {
         return Ok(Settled::Alone(Box::new(captured)));
     }
-    let together = |batch: Vec<Captured>| run(ctx, scope, batch);
+    let together = |batch: Vec<Captured>| {
+        let (ctx, scope) = (ctx.clone(), scope.clone());
+        async move { run(&ctx, &scope, batch).await }
+    };
     // The task that took it panicked: the payment's attempt stays started and unanswered, as
     // after a crash (reconciliation asks the PSP); the worker runs the job again.
     ctx.checkout_settles
