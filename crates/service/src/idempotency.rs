@@ -284,7 +284,7 @@ async fn keep_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Keeping>) -> V
         })
         .collect();
     let stored: Result<Vec<String>> = async {
-        let mut tx = ctx.db.tenant_tx_unflushed(scope).await?;
+        let mut tx = ctx.db.tenant_tx(scope).await?;
         let keys = store::complete_many(&mut tx, &kept).await?;
         tx.commit().await?;
         Ok(keys)

@@ -320,7 +320,7 @@ impl Db {
     /// unchanged). Other transactions see it committed at once; a crash of the database within
     /// a fraction of a second may lose it, never half of it, and never a later transaction
     /// without it: any transaction that commits durably afterwards flushes it too. Only for rows
-    /// whose loss a retry recovers from, such as the `Idempotency-Key` records (decision 0006).
+    /// whose loss a retry recovers from, such as an `Idempotency-Key` claim (decision 0006).
     pub async fn tenant_tx_unflushed(&self, scope: &TenantScope) -> Result<TenantTx> {
         self.tenant_tx_inner(scope, Begin::Unflushed).await
     }
