@@ -179,6 +179,12 @@ async fn service_role_owns_nothing_and_every_tenant_table_forces_rls() {
         );
         assert!(r.get::<i64, _>(4) > 0, "{table} needs a policy");
     }
+    // Rows that go only by a cascade from their parent: the service role cannot delete them.
+    for table in ["storefront_invoice_prefixes"] {
+        let q = "SELECT has_table_privilege(current_user, $1, 'DELETE')";
+        let can: bool = sqlx::query_scalar(q).bind(table).fetch_one(pool).await.unwrap();
+        assert!(!can, "{table}: the service role may not delete its rows");
+    }
 }
 
 /// Migration 0034 records the current invoice prefix of every existing storefront, also when
