@@ -12,6 +12,7 @@
 //! same time share one transaction and one statement, and so do the responses kept at the same
 //! time; anything else (a key with a row, a batch that failed) goes one by one.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -209,7 +210,7 @@ pub(crate) struct Keeping {
 pub(crate) type Responses = Gather<Keeping, Option<bool>>;
 
 /// Records claimed, and responses kept, together (however many at a time, one included), and
-/// the transactions that did.
+/// the transactions that did: `[claims, their transactions, responses, their transactions]`.
 static GATHERED: [AtomicU64; 4] =
     [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
@@ -221,11 +222,46 @@ pub fn gathered() -> (u64, u64, u64, u64) {
     (load(a), load(b), load(c), load(d))
 }
 
+/// What a gathered transaction writes: its counters in [`GATHERED`] start at its value.
+#[derive(Debug, Clone, Copy)]
+enum Gathered {
+    Claims = 0,
+    Responses = 2,
+}
+
 /// Whether each item's key is the first of its key in `batch`: only those go in a set-based
 /// statement (of two rows with one key, which one was written would not show).
 fn firsts<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<bool> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     keys.map(|k| seen.insert(k)).collect()
+}
+
+/// Runs `write` — one statement over a batch's distinct keys, answering the keys it wrote — in
+/// the transaction `begin` opens, and commits: the keys written, counted with the transaction,
+/// or `None` (logged) when the transaction failed and the batch goes one by one.
+async fn write_together(
+    what: Gathered,
+    begin: impl std::future::Future<Output = azotte_store::Result<TenantTx>>,
+    write: impl AsyncFnOnce(&mut TenantTx) -> azotte_store::Result<Vec<String>>,
+) -> Option<HashSet<String>> {
+    let written: azotte_store::Result<Vec<String>> = async {
+        let mut tx = begin.await?;
+        let keys = write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+    .await;
+    match written {
+        Ok(keys) => {
+            GATHERED[what as usize].fetch_add(keys.len() as u64, Ordering::Relaxed);
+            GATHERED[what as usize + 1].fetch_add(1, Ordering::Relaxed);
+            Some(keys.into_iter().collect())
+        }
+        Err(e) => {
+            tracing::info!(error = %e, ?what, "idempotency records not written together; one by one");
+            None
+        }
+    }
 }
 
 /// Inserts the claims of `batch` in one statement of one transaction; each claim's answer is
@@ -247,25 +283,11 @@ async fn claim_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Claiming>) ->
             expires_at: c.expires_at,
         })
         .collect();
-    let inserted: Result<Vec<String>> = async {
-        let mut tx = ctx.db.tenant_tx_unflushed(scope).await?;
-        let keys = store::insert_many(&mut tx, &claims).await?;
-        tx.commit().await?;
-        Ok(keys)
-    }
-    .await;
-    match inserted {
-        Ok(keys) => {
-            GATHERED[0].fetch_add(keys.len() as u64, Ordering::Relaxed);
-            GATHERED[1].fetch_add(1, Ordering::Relaxed);
-            let keys: std::collections::HashSet<String> = keys.into_iter().collect();
-            batch.iter().zip(first).map(|(c, first)| first && keys.contains(&c.key)).collect()
-        }
-        Err(e) => {
-            tracing::info!(error = %e, claims = batch.len(), "idempotency keys not claimed together; one by one");
-            vec![false; batch.len()]
-        }
-    }
+    let begin = ctx.db.tenant_tx_unflushed(scope);
+    let keys =
+        write_together(Gathered::Claims, begin, async |tx| store::insert_many(tx, &claims).await).await;
+    let claimed = |key: &String| keys.as_ref().is_some_and(|keys| keys.contains(key));
+    batch.iter().zip(first).map(|(c, first)| first && claimed(&c.key)).collect()
 }
 
 /// Keeps the sealed responses of `batch` in one statement of one transaction: each one's
@@ -283,25 +305,14 @@ async fn keep_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Keeping>) -> V
             response: store::Completion { status: k.status, headers: &k.headers, sealed_body: &k.sealed },
         })
         .collect();
-    let stored: Result<Vec<String>> = async {
-        let mut tx = ctx.db.tenant_tx(scope).await?;
-        let keys = store::complete_many(&mut tx, &kept).await?;
-        tx.commit().await?;
-        Ok(keys)
-    }
-    .await;
-    match stored {
-        Ok(keys) => {
-            GATHERED[2].fetch_add(keys.len() as u64, Ordering::Relaxed);
-            GATHERED[3].fetch_add(1, Ordering::Relaxed);
-            let keys: std::collections::HashSet<String> = keys.into_iter().collect();
-            batch.iter().zip(first).map(|(k, first)| first.then(|| keys.contains(&k.key))).collect()
-        }
-        Err(e) => {
-            tracing::info!(error = %e, responses = batch.len(), "idempotent responses not kept together; one by one");
-            vec![None; batch.len()]
-        }
-    }
+    let begin = ctx.db.tenant_tx(scope);
+    let keys =
+        write_together(Gathered::Responses, begin, async |tx| store::complete_many(tx, &kept).await).await;
+    batch
+        .iter()
+        .zip(first)
+        .map(|(k, first)| keys.as_ref().filter(|_| first).map(|keys| keys.contains(&k.key)))
+        .collect()
 }
 
 async fn replay(

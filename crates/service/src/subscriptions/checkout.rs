@@ -733,7 +733,7 @@ async fn check_and_charge(
     // The charge (none for a trial): one payment per checkout, whoever runs the job. A trial's
     // subscription is written in this transaction.
     if checked.item.trial_days > 0 {
-        return settle(ctx, scope, checkout, &checked, None, Some((tx, None))).await;
+        return create_subscription(ctx, scope, checkout, &checked, None, Some((tx, None))).await;
     }
     let Some(pm) = checkout.payment_method_id.clone() else { return Ok(Err("payment_method_required")) };
     let charged = payments::charge_in(ctx, scope, tx, &charge_input(checkout, &checked.item, pm)).await;
@@ -779,7 +779,7 @@ async fn after_charge(
     checkout.payment_id = Some(p.id.clone());
     let open = sent.map(|(tx, redo)| (tx, Some(redo)));
     match p.status.as_str() {
-        "captured" => settle(ctx, scope, checkout, checked, Some(&p), open).await,
+        "captured" => create_subscription(ctx, scope, checkout, checked, Some(&p), open).await,
         "failed" | "canceled" => Ok(Err(failure_code(&p))),
         "requires_action" => {
             checkout.status = "requires_action".into();
@@ -807,22 +807,6 @@ fn failure_code(p: &PaymentRow) -> &'static str {
     match p.decline_code.as_deref() {
         Some("insufficient_funds") => "insufficient_funds",
         _ => "payment_declined",
-    }
-}
-
-/// Creates the subscription of a checkout paid by `payment` (none for a trial), in `open` when
-/// given ([`create_subscription`]).
-async fn settle(
-    ctx: &Ctx,
-    scope: &TenantScope,
-    checkout: &mut CheckoutRow,
-    checked: &Checked,
-    payment: Option<&PaymentRow>,
-    open: Option<(TenantTx, Option<Redo>)>,
-) -> Result<std::result::Result<Step, &'static str>> {
-    match create_subscription(ctx, scope, checkout, checked, payment, open).await? {
-        None => Ok(Ok(Step::Done)),
-        Some(code) => Ok(Err(code)),
     }
 }
 
@@ -1036,7 +1020,8 @@ enum NotCreated {
 /// charge's answer is recorded in, with what records it again), else one of its own. Its last
 /// write is the invoice's number: the series row it locks is held only for the commit
 /// (decision 0008). When it does not commit, the charge's answer is recorded alone first; a
-/// family another checkout won fails the checkout (and [`fail`] refunds the charge).
+/// family another checkout won fails the checkout (and [`fail`] refunds the charge): the
+/// inner `Err` is the checkout's failure code.
 async fn create_subscription(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -1044,7 +1029,7 @@ async fn create_subscription(
     checked: &Checked,
     payment: Option<&PaymentRow>,
     open: Option<(TenantTx, Option<Redo>)>,
-) -> Result<Option<&'static str>> {
+) -> Result<std::result::Result<Step, &'static str>> {
     let Checked { item, sold: Sold { bundle, version, storefront, .. }, all, country } = checked;
     let (mut tx, redo) = match open {
         Some(open) => open,
@@ -1126,18 +1111,18 @@ async fn create_subscription(
         }
     }
     match created? {
-        Ok(()) => Ok(None),
+        Ok(()) => Ok(Ok(Step::Done)),
         // Another runner ended it: the checkout as that runner left it, not as this one would
         // have.
         Err(NotCreated::Raced) => {
             if let Some(stored) = stored_checkout(ctx, scope, &checkout.id).await? {
                 *checkout = stored;
             }
-            Ok(None)
+            Ok(Ok(Step::Done))
         }
         // The checkout fails; its charge is refunded as it does ([`fail`]).
-        Err(NotCreated::Family) => Ok(Some("already_subscribed")),
-        Err(NotCreated::Refunded) => Ok(Some("payment_refunded")),
+        Err(NotCreated::Family) => Ok(Err("already_subscribed")),
+        Err(NotCreated::Refunded) => Ok(Err("payment_refunded")),
     }
 }
 
