@@ -39,8 +39,9 @@
 # checkout only, profile): each `succeeded`, with
 # one subscription (active, three grants) and one payment, `captured` once by the sandbox (one
 # attempt, its own PSP payment id, request key `checkout-{id}`), and no other payment; one
-# invoice paid in full by that payment; every numbered invoice series without a gap or a repeat.
-# It also prints how many checkouts the server settled together and in how many transactions.
+# invoice paid in full by that payment; its customer's one payment method (the checkout's token,
+# active, the default); every numbered invoice series without a gap or a repeat. It also prints
+# how many checkouts the server wrote and settled together, and in how many transactions.
 #
 # Environment:
 #   BENCH_DURATION       seconds of the measured runs (default 10)
@@ -239,7 +240,10 @@ BAD=$(sql azotte_bench "SELECT count(*) FROM checkouts c WHERE $(in_env c) AND N
   AND (SELECT count(*) FROM entitlement_grants g WHERE $(in_env g) AND g.subscription_id = c.subscription_id) = 3
   AND (SELECT count(*) FROM payments p WHERE $(in_env p) AND p.request_key = 'checkout-' || c.id) = 1
   AND EXISTS (SELECT 1 FROM payments p WHERE $(in_env p) AND p.id = c.payment_id AND p.request_key = 'checkout-' || c.id
-       AND p.status = 'captured' AND p.attempts = 1 AND p.captured_amount = p.amount AND p.psp_payment_id IS NOT NULL))")
+       AND p.status = 'captured' AND p.attempts = 1 AND p.captured_amount = p.amount AND p.psp_payment_id IS NOT NULL)
+  AND EXISTS (SELECT 1 FROM customer_data.payment_methods m WHERE $(in_env m) AND m.id = c.payment_method_id
+       AND m.customer_id = c.customer_id AND m.state = 'active' AND m.is_default)
+  AND (SELECT count(*) FROM customer_data.payment_methods m WHERE $(in_env m) AND m.customer_id = c.customer_id) = 1)")
 PAYMENTS=$(sql azotte_bench "SELECT count(*) || ' payments (' || count(*) FILTER (WHERE status = 'captured') || ' captured, '
   || count(DISTINCT psp_payment_id) || ' distinct PSP payment ids, ' || coalesce(sum(attempts), 0) || ' attempts)'
   FROM payments WHERE $window")
@@ -263,6 +267,10 @@ GAPS=${SERIES##*: }
 SETTLED_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_settled_together_total / {c = $2}
   /^azotte_checkout_settle_transactions_total / {t = $2}
   END {if (t > 0) printf "%d checkouts in %d settling transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
+# Checkouts written in shared transactions (decision 0007): their count, and the transactions'.
+WRITTEN_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_written_together_total / {c = $2}
+  /^azotte_checkout_write_transactions_total / {t = $2}
+  END {if (t > 0) printf "%d checkouts in %d writing transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
 # Idempotency claims and kept responses written in shared transactions (decision 0006).
 IDEM_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_idempotency_records_gathered_total/ {split($1, a, "\""); n[a[2]] = $2}
   /^azotte_idempotency_gathered_transactions_total/ {split($1, a, "\""); t[a[2]] = $2}
@@ -299,8 +307,10 @@ if [ -n "$PROFILE_OUT" ]; then
   printf '%s\n\n' "$PROFILE_OUT"
 fi
 echo "Correctness: checkouts by status: $CHECKOUTS ($TOTAL in all, $CLIENT_SEEN seen by the clients); $SUBS subscriptions;"
-echo "$PAYMENTS; checkouts without exactly one active subscription, three grants and one captured single-attempt payment: $BAD."
+echo "$PAYMENTS; checkouts without exactly one active subscription, three grants, one captured single-attempt payment"
+echo "and their customer's one payment method (active, default): $BAD."
 echo "Invoices: $SERIES; succeeded checkouts without exactly one invoice paid by their payment: $BAD_INVOICES."
+echo "Written together: $WRITTEN_TOGETHER."
 echo "Settled together: $SETTLED_TOGETHER."
 echo "Idempotency records gathered: $IDEM_TOGETHER."
 if [ "$BAD" != 0 ] || [ "$TOTAL" != "$CLIENT_SEEN" ] || [ "$CAPTURED" != "$TOTAL" ] || [ "$SANDBOX_IDS" != "$TOTAL" ] \

@@ -71,6 +71,8 @@ pub struct Ctx {
     pub(crate) conversion_sweep: Arc<std::sync::atomic::AtomicI64>,
     /// Checkouts waiting to be settled together, per tenant environment.
     pub(crate) checkout_settles: Arc<subscriptions::checkout::Settles>,
+    /// Checkouts waiting to be written together, per tenant environment.
+    pub(crate) checkout_writes: Arc<subscriptions::checkout::Writes>,
     /// Idempotency claims waiting to be inserted together, per tenant environment.
     pub(crate) idempotency_claims: Arc<idempotency::Claims>,
     /// Idempotent responses waiting to be kept together, per tenant environment.
@@ -102,6 +104,7 @@ impl Ctx {
             numbering: Default::default(),
             conversion_sweep: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             checkout_settles: Default::default(),
+            checkout_writes: Default::default(),
             idempotency_claims: Default::default(),
             idempotency_responses: Default::default(),
         }

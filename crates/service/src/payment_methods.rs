@@ -21,7 +21,7 @@ use azotte_store::customers::{self as store, PaymentMethodRow};
 use azotte_store::psp_accounts as psp_store;
 use azotte_store::subscriptions::SubscriptionFilter;
 use azotte_store::{auth, TenantScope, TenantTx};
-use chrono::Datelike;
+use chrono::{DateTime, Datelike, Utc};
 use serde_json::json;
 
 use crate::psp_accounts::Unopened;
@@ -76,6 +76,8 @@ pub async fn attach(
 pub(crate) struct Prepared {
     account: psp_store::PspAccount,
     psp_customer_id: Option<String>,
+    /// Whether the customer had a default method (not deleted) when read.
+    has_default: bool,
     connector: std::result::Result<(Arc<dyn Connector>, Account), Unopened>,
 }
 
@@ -84,6 +86,8 @@ pub(crate) struct Validated {
     id: PaymentMethodId,
     account: psp_store::PspAccount,
     psp: PspPaymentMethod,
+    /// Whether the customer had a default method when [`prepare`] read its methods.
+    pub(crate) had_default: bool,
 }
 
 /// Refuses a token that is not of a PSP token's form.
@@ -115,11 +119,10 @@ pub(crate) async fn prepare(
             "the token's PSP account must be one of this storefront's accounts",
         ));
     };
-    let psp_customer_id = store::payment_methods_of(tx, customer_id, true)
-        .await?
-        .into_iter()
-        .filter(|p| p.psp_account_id == account.id)
-        .find_map(|p| p.psp_customer_id);
+    let methods = store::payment_methods_of(tx, customer_id, true).await?;
+    let has_default = methods.iter().any(|p| p.is_default && p.state != "deleted");
+    let psp_customer_id =
+        methods.into_iter().filter(|p| p.psp_account_id == account.id).find_map(|p| p.psp_customer_id);
     if account.status != "active" {
         return Err(invalid("psp_account_id", "psp_account_inactive", "the PSP account is inactive"));
     }
@@ -127,7 +130,7 @@ pub(crate) async fn prepare(
         return Err(invalid("token", "invalid_token", "sandbox tokens start with tok_sandbox_ (see README)"));
     }
     let connector = crate::payments::connector_in(ctx, tx, &account).await?;
-    Ok(Prepared { account, psp_customer_id, connector })
+    Ok(Prepared { account, psp_customer_id, has_default, connector })
 }
 
 /// Attaching, step 2, outside any transaction (the one of [`prepare`] has ended): the PSP
@@ -139,7 +142,7 @@ pub(crate) async fn validate(
     customer_id: &str,
     input: &AttachInput,
 ) -> Result<Validated> {
-    let Prepared { account, psp_customer_id, connector } = found;
+    let Prepared { account, psp_customer_id, has_default, connector } = found;
     let (connector, creds) = match connector {
         Ok(c) => c,
         Err(unopened) => return Err(unopened.record(ctx, scope).await),
@@ -173,14 +176,14 @@ pub(crate) async fn validate(
             })
         }
     };
-    Ok(Validated { id, account, psp })
+    Ok(Validated { id, account, psp, had_default: has_default })
 }
 
 /// A method [`record`] wrote, and whether the customer has past-due subscriptions of its
 /// storefront (to retry with it once committed: [`attached`]).
 pub(crate) struct Recorded {
     pub pm: PaymentMethodRow,
-    past_due: bool,
+    pub(crate) past_due: bool,
 }
 
 impl Validated {
@@ -188,6 +191,68 @@ impl Validated {
     pub(crate) fn handle(&self) -> Discard {
         Discard { account: self.account.clone(), token: self.psp.token.clone() }
     }
+
+    /// The PSP account the method was validated by.
+    pub(crate) fn account(&self) -> &psp_store::PspAccount {
+        &self.account
+    }
+
+    /// The method's row as recorded for `customer_id`, active, the customer's default or not.
+    pub(crate) fn row(&self, customer_id: &str, is_default: bool, now: DateTime<Utc>) -> PaymentMethodRow {
+        let (account, psp) = (&self.account, &self.psp);
+        PaymentMethodRow {
+            id: self.id.to_string(),
+            customer_id: customer_id.to_owned(),
+            storefront_id: account.storefront_id.clone(),
+            psp_account_id: account.id.clone(),
+            // Keyed by the PSP account: the same card at two PSPs is not linkable through it.
+            fingerprint: sha256_hex(&format!("{}:{}", account.id, psp.fingerprint))[..16].to_owned(),
+            token: psp.token.clone(),
+            brand: psp.brand.clone(),
+            last4: psp.last4.clone(),
+            exp_month: psp.exp_month as i32,
+            exp_year: psp.exp_year,
+            psp_customer_id: psp.psp_customer_id.clone(),
+            state: "active".into(),
+            expired: false,
+            is_default,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// The action of attaching a method (before the method is written).
+pub(crate) async fn journal_attach(
+    tx: &mut TenantTx,
+    now: DateTime<Utc>,
+    customer_id: &str,
+    account: &psp_store::PspAccount,
+) -> Result<()> {
+    tx.action(
+        now,
+        "payment_method.attach",
+        Some(("customer", customer_id)),
+        json!({"psp_account_id": account.id, "storefront_id": account.storefront_id}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The outcome of attaching `pm` (once it is written).
+pub(crate) async fn journal_attached(
+    tx: &mut TenantTx,
+    now: DateTime<Utc>,
+    pm: &PaymentMethodRow,
+) -> Result<()> {
+    tx.outcome(
+        now,
+        "payment_method.attached",
+        Some(("payment_method", pm.id.as_str())),
+        json!({"customer_id": pm.customer_id, "brand": pm.brand, "default": pm.is_default}),
+    )
+    .await?;
+    Ok(())
 }
 
 /// A validated token to detach at its PSP if it is not recorded after all ([`discard`]).
@@ -233,17 +298,9 @@ pub(crate) async fn record(
     validated: Validated,
 ) -> Result<Recorded> {
     let now = ctx.clock.now();
-    let Validated { id, account, psp } = validated;
     let existing = store::payment_methods_of(tx, customer_id, false).await?;
     let make_default = make_default || !existing.iter().any(|p| p.is_default);
-    let r = Some(("customer", customer_id));
-    tx.action(
-        now,
-        "payment_method.attach",
-        r,
-        json!({"psp_account_id": account.id, "storefront_id": account.storefront_id}),
-    )
-    .await?;
+    journal_attach(tx, now, customer_id, &validated.account).await?;
     if make_default {
         for mut p in existing.into_iter().filter(|p| p.is_default) {
             p.is_default = false;
@@ -251,33 +308,9 @@ pub(crate) async fn record(
             store::update_payment_method(tx, &p).await?;
         }
     }
-    let pm = PaymentMethodRow {
-        id: id.to_string(),
-        customer_id: customer_id.to_owned(),
-        storefront_id: account.storefront_id.clone(),
-        psp_account_id: account.id.clone(),
-        // Keyed by the PSP account: the same card at two PSPs is not linkable through it.
-        fingerprint: sha256_hex(&format!("{}:{}", account.id, psp.fingerprint))[..16].to_owned(),
-        token: psp.token,
-        brand: psp.brand,
-        last4: psp.last4,
-        exp_month: psp.exp_month as i32,
-        exp_year: psp.exp_year,
-        psp_customer_id: psp.psp_customer_id,
-        state: "active".into(),
-        expired: false,
-        is_default: make_default,
-        created_at: now,
-        updated_at: now,
-    };
+    let pm = validated.row(customer_id, make_default, now);
     store::insert_payment_method(tx, &pm).await?;
-    tx.outcome(
-        now,
-        "payment_method.attached",
-        Some(("payment_method", pm.id.as_str())),
-        json!({"customer_id": customer_id, "brand": pm.brand, "default": pm.is_default}),
-    )
-    .await?;
+    journal_attached(tx, now, &pm).await?;
     let filter = SubscriptionFilter {
         customer_id: Some(customer_id),
         status: Some("past_due"),

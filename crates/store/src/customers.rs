@@ -236,29 +236,39 @@ pub struct PaymentMethodRow {
 
 /// Adds a payment method.
 pub async fn insert_payment_method(tx: &mut TenantTx, p: &PaymentMethodRow) -> Result<()> {
+    insert_payment_methods(tx, std::slice::from_ref(p)).await
+}
+
+/// Writes new payment methods with one statement (checkouts written together).
+pub async fn insert_payment_methods(tx: &mut TenantTx, rows: &[PaymentMethodRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut cols = PM_COLUMNS.to_vec();
     cols.push(PaymentMethods::TenantId);
-    let v: Vec<sea_query::SimpleExpr> = vec![
-        p.id.clone().into(),
-        p.customer_id.clone().into(),
-        p.storefront_id.clone().into(),
-        p.psp_account_id.clone().into(),
-        p.token.clone().into(),
-        p.brand.clone().into(),
-        p.last4.clone().into(),
-        p.exp_month.into(),
-        p.exp_year.into(),
-        p.fingerprint.clone().into(),
-        p.state.clone().into(),
-        p.expired.into(),
-        p.is_default.into(),
-        p.created_at.into(),
-        p.updated_at.into(),
-        p.psp_customer_id.clone().into(),
-        tx.scope().environment().as_str().into(),
-        tx.scope().tenant_id().to_string().into(),
-    ];
-    let q = Query::insert().into_table(PaymentMethods::Table).columns(cols).values_panic(v).to_owned();
+    let mut q = Query::insert().into_table(PaymentMethods::Table).columns(cols).to_owned();
+    for p in rows {
+        q.values_panic([
+            p.id.clone().into(),
+            p.customer_id.clone().into(),
+            p.storefront_id.clone().into(),
+            p.psp_account_id.clone().into(),
+            p.token.clone().into(),
+            p.brand.clone().into(),
+            p.last4.clone().into(),
+            p.exp_month.into(),
+            p.exp_year.into(),
+            p.fingerprint.clone().into(),
+            p.state.clone().into(),
+            p.expired.into(),
+            p.is_default.into(),
+            p.created_at.into(),
+            p.updated_at.into(),
+            p.psp_customer_id.clone().into(),
+            tx.scope().environment().as_str().into(),
+            tx.scope().tenant_id().to_string().into(),
+        ]);
+    }
     tx.write(&q).await?;
     Ok(())
 }

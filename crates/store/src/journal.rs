@@ -85,7 +85,9 @@ pub fn current_correlation_id() -> String {
     current_meta().correlation_id
 }
 
-fn current_meta() -> RequestMeta {
+/// The request context of the running request or job (a system one, with a fresh correlation
+/// id, outside any): for work done on its behalf by another task (a batch of several requests).
+pub fn current_meta() -> RequestMeta {
     META.try_with(Clone::clone).unwrap_or_else(|_| RequestMeta::system())
 }
 

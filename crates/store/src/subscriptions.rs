@@ -167,28 +167,38 @@ pub struct CheckoutRow {
 
 /// Adds a checkout.
 pub async fn insert_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
+    insert_checkouts(tx, std::slice::from_ref(c)).await
+}
+
+/// Writes new checkouts with one statement (checkouts written together).
+pub async fn insert_checkouts(tx: &mut TenantTx, rows: &[CheckoutRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut cols = CHECKOUT_COLUMNS.to_vec();
     cols.push(Checkouts::TenantId);
-    let v: Vec<sea_query::SimpleExpr> = vec![
-        c.id.clone().into(),
-        c.customer_id.clone().into(),
-        c.offer_id.clone().into(),
-        c.price_id.clone().into(),
-        c.payment_method_id.clone().into(),
-        c.status.clone().into(),
-        c.failure_code.clone().into(),
-        c.subscription_id.clone().into(),
-        c.payment_id.clone().into(),
-        c.next_action.clone().into(),
-        c.correlation_id.clone().into(),
-        c.locked_until.into(),
-        c.run_after.into(),
-        c.created_at.into(),
-        c.updated_at.into(),
-        tx.scope().environment().as_str().into(),
-        tx.scope().tenant_id().to_string().into(),
-    ];
-    let q = Query::insert().into_table(Checkouts::Table).columns(cols).values_panic(v).to_owned();
+    let mut q = Query::insert().into_table(Checkouts::Table).columns(cols).to_owned();
+    for c in rows {
+        q.values_panic([
+            c.id.clone().into(),
+            c.customer_id.clone().into(),
+            c.offer_id.clone().into(),
+            c.price_id.clone().into(),
+            c.payment_method_id.clone().into(),
+            c.status.clone().into(),
+            c.failure_code.clone().into(),
+            c.subscription_id.clone().into(),
+            c.payment_id.clone().into(),
+            c.next_action.clone().into(),
+            c.correlation_id.clone().into(),
+            c.locked_until.into(),
+            c.run_after.into(),
+            c.created_at.into(),
+            c.updated_at.into(),
+            tx.scope().environment().as_str().into(),
+            tx.scope().tenant_id().to_string().into(),
+        ]);
+    }
     tx.write(&q).await?;
     Ok(())
 }
@@ -642,6 +652,19 @@ pub struct SubscriptionFilter<'a> {
     pub family: Option<&'a str>,
     /// Only these storefronts (a restricted API key).
     pub storefronts: Option<&'a [String]>,
+}
+
+/// Every subscription of the customers of `ids` (any family, any state), in id order: what a
+/// batch of checkouts of those customers reads their family histories from.
+pub async fn subscriptions_of_customers(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<SubscriptionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select_subs(tx)
+        .and_where(Expr::col(Subscriptions::CustomerId).is_in(ids.iter().cloned()))
+        .order_by(Subscriptions::Id, Order::Asc)
+        .to_owned();
+    tx.tx.fetch_all::<SubscriptionRow>(&q).await
 }
 
 /// Subscriptions in id order after `starting_after`.

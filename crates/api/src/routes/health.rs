@@ -87,6 +87,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     text.push_str("# TYPE azotte_checkout_settle_transactions_total counter\n");
     text.push_str(&format!("azotte_checkout_settle_transactions_total {transactions}\n"));
+    let (written, transactions) = azotte_service::subscriptions::checkout::written_together();
+    text.push_str(
+        "# HELP azotte_checkouts_written_together_total Checkouts this process wrote (with their new payment method and first charge) in a shared transaction (one alone included).\n",
+    );
+    text.push_str("# TYPE azotte_checkouts_written_together_total counter\n");
+    text.push_str(&format!("azotte_checkouts_written_together_total {written}\n"));
+    text.push_str(
+        "# HELP azotte_checkout_write_transactions_total Transactions that wrote checkouts together.\n",
+    );
+    text.push_str("# TYPE azotte_checkout_write_transactions_total counter\n");
+    text.push_str(&format!("azotte_checkout_write_transactions_total {transactions}\n"));
     let (claims, claim_txs, responses, response_txs) = azotte_service::idempotency::gathered();
     text.push_str(
         "# HELP azotte_idempotency_records_gathered_total Idempotency keys claimed, and responses kept, in a shared transaction (one alone included).\n",

@@ -799,6 +799,138 @@ async fn checkouts_captured_together_are_settled_together(app: TestApp) {
     assert_eq!(sequences, (first..first + 8).collect::<Vec<_>>(), "{numbers:?}");
 }
 
+/// Checkouts requested at about the same moment are written together, in shared transactions
+/// (decision 0007, "Checkouts written together") — new tokens' methods, checkouts and first
+/// charges — and each ends exactly as it would alone, journaled in its own request's lineage and
+/// name. A batch that cannot write one of its checkouts (a second checkout of an offered item in
+/// progress) writes none: each is then written alone, the refused one gets its error and
+/// nothing of it is stored.
+async fn checkouts_requested_together_are_written_together(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let acc = id(&get(&app, &format!("/v1/storefronts/{}/psp-accounts", shop.sf)).await["data"][0]);
+    let customer = |i: usize, stored: Option<&'static str>| {
+        let (app, shop, acc) = (&app, &shop, &acc);
+        async move {
+            let cus = id(&post(
+                app,
+                "/v1/customers",
+                json!({"external_id": format!("written-{i}"), "country": "DE"}),
+                201,
+            )
+            .await);
+            let o = post(app, "/v1/offers", json!({"customer_id": cus, "storefront_id": shop.sf}), 201).await;
+            let mut body = json!({"customer_id": cus, "offer_id": o["id"], "price_id": shop.monthly});
+            if let Some(token) = stored {
+                let pm = post(
+                    app,
+                    &format!("/v1/customers/{cus}/payment-methods"),
+                    json!({"storefront_id": shop.sf, "psp_account_id": acc, "token": token}),
+                    201,
+                )
+                .await;
+                body["payment_method_id"] = pm["id"].clone();
+            } else {
+                body["payment_method"] = json!({"psp_account_id": acc, "token": "tok_sandbox_mastercard"});
+            }
+            body
+        }
+    };
+    let mut bodies = Vec::new();
+    for i in 0..8 {
+        bodies.push(customer(i, (i % 2 == 0).then_some("tok_sandbox_success")).await);
+    }
+    let before = azotte_service::subscriptions::checkout::written_together();
+    // The requests arrive while the first writing transaction cannot write its checkout yet:
+    // the others wait for it, together.
+    let held = app.hold_writes("checkouts").await;
+    let send = |b: &Value| {
+        let (app, b) = (&app, b.clone());
+        async move { app.post("/v1/checkouts", b).tenant(T, ENV).send().await }
+    };
+    let (answers, ()) = tokio::join!(futures::future::join_all(bodies.iter().map(send)), async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        held.release().await;
+    });
+    let after = azotte_service::subscriptions::checkout::written_together();
+    let (written, transactions) = (after.0 - before.0, after.1 - before.1);
+    assert!(written == 8 && transactions < written, "{written} checkouts in {transactions} transactions");
+    for (a, body) in answers.iter().zip(&bodies) {
+        assert_eq!(a.status, 202, "{}", a.text());
+        let done = settle(&app, &id(&a.json())).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        let pid = charged_by_its_job(&app, &done).await;
+        let cus = body["customer_id"].as_str().unwrap();
+        let pms = get(&app, &format!("/v1/customers/{cus}/payment-methods")).await;
+        let pms = pms["data"].as_array().unwrap();
+        // The stored method, or the new token's, recorded once: the customer's default, paid with.
+        assert_eq!(pms.len(), 1, "{pms:?}");
+        let payment = get(&app, &format!("/v1/payments/{pid}")).await;
+        assert_eq!(payment["payment_method_id"], pms[0]["id"], "{payment}");
+        assert_eq!(pms[0]["default"], true, "{pms:?}");
+        // Its entries, in its request's lineage and name, in the one-by-one path's order; its
+        // charge in its job's name.
+        let created = only_entry(&app, "checkout.create", &id(&done)).await;
+        let correlation = created["correlation_id"].as_str().unwrap();
+        let page = get(&app, &format!("/v1/journal?correlation_id={correlation}&limit=100")).await;
+        let entries = page["data"].as_array().unwrap();
+        let types: Vec<&str> = entries.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let mut expected = if body.get("payment_method").is_some() {
+            vec!["payment_method.attach", "payment_method.attached"]
+        } else {
+            vec![]
+        };
+        expected.extend([
+            "checkout.create",
+            "checkout.processing",
+            "payment.create",
+            "payment.routed",
+            "payment.attempt",
+        ]);
+        assert_eq!(types[..expected.len()], expected[..], "{page}");
+        for e in &entries[..expected.len() - 3] {
+            assert_eq!(e["principal"], created["principal"], "{e}");
+        }
+        assert_ne!(created["principal"]["kind"], "system", "{created}");
+        for e in &entries[expected.len() - 3..] {
+            let by = (e["principal"]["kind"].as_str(), e["principal"]["id"].as_str());
+            assert_eq!(by, (Some("system"), Some("checkout")), "{e}");
+        }
+    }
+
+    // A batch with a second checkout of an offered item in progress (waiting for its customer's
+    // 3-D Secure): each written alone, the second refused.
+    let twice = customer(8, Some("tok_sandbox_requires_action")).await;
+    let other = customer(9, None).await;
+    let creates = || {
+        let app = &app;
+        async move {
+            get(app, "/v1/journal?type=checkout.create&limit=100").await["data"].as_array().unwrap().len()
+        }
+    };
+    let created_before = creates().await;
+    let held = app.hold_writes("checkouts").await;
+    let sent = [twice.clone(), twice.clone(), other.clone()];
+    let (answers, ()) = tokio::join!(futures::future::join_all(sent.iter().map(send)), async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        held.release().await;
+    });
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert!(statuses[..2].contains(&202) && statuses[..2].contains(&409), "{statuses:?}");
+    let refused = answers[..2].iter().find(|a| a.status == 409).unwrap().problem();
+    assert_eq!(refused.code, "offer_in_checkout");
+    assert_eq!(statuses[2], 202, "{}", answers[2].text());
+    let waiting = answers[..2].iter().find(|a| a.status == 202).unwrap();
+    assert_eq!(settle(&app, &id(&waiting.json())).await["status"], "requires_action");
+    assert_eq!(settle(&app, &id(&answers[2].json())).await["status"], "succeeded");
+    assert_eq!(creates().await, created_before + 2, "the refused checkout journaled nothing");
+    let offer_id = twice["offer_id"].as_str().unwrap();
+    let rows = app.raw_strings(&format!("SELECT id FROM checkouts WHERE offer_id = '{offer_id}'")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cus = other["customer_id"].as_str().unwrap();
+    let pms = get(&app, &format!("/v1/customers/{cus}/payment-methods")).await;
+    assert_eq!(pms["data"].as_array().unwrap().len(), 1, "{pms}");
+}
+
 /// The journal entry of `type_` about `resource` (exactly one).
 async fn only_entry(app: &TestApp, type_: &str, resource: &str) -> Value {
     let page = get(app, &format!("/v1/journal?type={type_}&resource_id={resource}")).await;
@@ -887,6 +1019,7 @@ both!(
     a_checkout_with_a_new_token_attaches_it_in_the_checkouts_transaction,
     a_checkouts_charge_is_recorded_with_the_checkout_in_its_jobs_name,
     checkouts_captured_together_are_settled_together,
+    checkouts_requested_together_are_written_together,
     a_checkout_that_loses_its_family_records_its_charge_and_refunds_it,
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes

@@ -169,6 +169,11 @@ pub(crate) struct Sending {
 }
 
 impl Sending {
+    /// The payment as written: `pending`, its first attempt started.
+    pub(crate) fn payment(&self) -> &PaymentRow {
+        &self.row
+    }
+
     /// When the payment was created (committed with its first attempt started).
     pub(crate) fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at

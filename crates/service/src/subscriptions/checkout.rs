@@ -28,8 +28,11 @@ use crate::payments::{self, ChargeInput};
 use crate::{Ctx, Result, ServiceError};
 
 mod batch;
+mod write;
 pub use batch::settled_together;
 pub(crate) use batch::Settles;
+pub use write::written_together;
+pub(crate) use write::Writes;
 
 /// How long a checkout waits for its customer's action (3-D Secure) before it expires: its
 /// payment is cancelled at the PSP, so the customer can no longer complete it, and the checkout
@@ -97,6 +100,10 @@ fn offered_item(offer: &Offer, customer_id: &str, price_id: &str, now: DateTime<
 /// as that run left it (`succeeded`, `failed`, `requires_action`, or still `processing` when
 /// the PSP has not answered for good); after `wait` it gets the `processing` checkout and the
 /// job goes on in the background as without `wait`.
+///
+/// The reads have a transaction of their own (a new token is validated by the PSP between them
+/// and the write); the checkout is then written with the others of its tenant environment
+/// written at the same moment ([`write`], decision 0007, "Checkouts written together").
 pub async fn start(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -105,8 +112,6 @@ pub async fn start(
 ) -> Result<CheckoutRow> {
     crate::security::require(ctx, scope, Permission::SubscriptionWrite).await?;
     let now = ctx.clock.now();
-    // A new token is attached for the checkout: validated by the PSP between the reads and
-    // the write, and recorded in the checkout's own transaction.
     let token = match (&input.payment_method_id, &input.token) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -121,12 +126,11 @@ pub async fn start(
         }
         _ => None,
     };
-    // With a new token, the reads have a transaction of their own, and the PSP validates the
-    // token between them and the write; without, they start the write transaction.
-    let (read, validated) = match token {
-        Some((account, token)) => {
-            let mut tx = ctx.db.tenant_read_tx(scope).await?;
-            let read = read_offer(&mut tx, &input, now).await?;
+    let mut tx = ctx.db.tenant_read_tx(scope).await?;
+    let read = read_offer(&mut tx, &input, now).await?;
+    let needs_method = read.item.trial_days == 0 || read.item.trial_payment_method_required;
+    let (stored, prepared) = match (&input.payment_method_id, token) {
+        (_, Some((account, token))) => {
             let a = crate::payment_methods::AttachInput {
                 storefront_id: read.offer.storefront_id.clone(),
                 psp_account_id: account.clone(),
@@ -134,114 +138,47 @@ pub async fn start(
                 make_default: false,
             };
             let found = crate::payment_methods::prepare(ctx, &mut tx, &input.customer_id, &a).await?;
-            tx.commit().await?;
-            let validated =
-                crate::payment_methods::validate(ctx, scope, found, &input.customer_id, &a).await?;
-            (Some(read), Some(validated))
+            (None, Some((a, found)))
         }
-        None => (None, None),
+        (Some(id), None) => {
+            let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id).await?;
+            (Some(usable_method(pm, &read.offer)?), None)
+        }
+        (None, None) if needs_method => {
+            return Err(invalid(
+                "payment_method_id",
+                "payment_method_required",
+                "this purchase needs a payment method",
+            ))
+        }
+        (None, None) => (None, None),
+    };
+    tx.commit().await?;
+    // A new token: validated by the PSP between the reads and the write, and recorded in the
+    // checkout's own transaction.
+    let validated = match prepared {
+        Some((a, found)) => {
+            Some(crate::payment_methods::validate(ctx, scope, found, &input.customer_id, &a).await?)
+        }
+        None => None,
     };
     // A token the PSP validated is detached there again if the checkout is not written.
     let discard = validated.as_ref().map(crate::payment_methods::Validated::handle);
-    let written: Result<_> = async {
-        let mut tx = ctx.db.tenant_tx(scope).await?;
-        let OfferRead { offer, item, country } = match read {
-            Some(read) => read,
-            None => read_offer(&mut tx, &input, now).await?,
-        };
-        let needs_method = item.trial_days == 0 || item.trial_payment_method_required;
-        // Before any write: the catalog rows come from the read cache only then.
-        let ready = ready_to_charge(ctx, &mut tx, &input.customer_id, &offer, &item, now).await?;
-        let (pm, attached) = match (&input.payment_method_id, validated) {
-            (_, Some(validated)) => {
-                // Still there (not erased meanwhile).
-                crate::customers::exists(&mut tx, &input.customer_id).await?;
-                let recorded =
-                    crate::payment_methods::record(ctx, &mut tx, &input.customer_id, false, validated)
-                        .await?;
-                (Some(recorded.pm.clone()), Some(recorded))
-            }
-            (Some(id), None) => {
-                let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id)
-                    .await?
-                    .filter(|p| p.state != "deleted")
-                    .ok_or(ServiceError::NotFound { resource: "payment_method" })?;
-                if pm.storefront_id != offer.storefront_id {
-                    return Err(invalid(
-                        "payment_method_id",
-                        "payment_method_not_in_storefront",
-                        "the payment method belongs to another storefront's PSP account",
-                    ));
-                }
-                if pm.state != "active" || pm.expired {
-                    return Err(invalid(
-                        "payment_method_id",
-                        "payment_method_not_usable",
-                        "the payment method is inactive or expired",
-                    ));
-                }
-                (Some(pm), None)
-            }
-            (None, None) if needs_method => {
-                return Err(invalid(
-                    "payment_method_id",
-                    "payment_method_required",
-                    "this purchase needs a payment method",
-                ))
-            }
-            (None, None) => (None, None),
-        };
-        let id = CheckoutId::new().to_string();
-        let row = CheckoutRow {
-            id: id.clone(),
-            customer_id: input.customer_id.clone(),
-            offer_id: offer.id.clone(),
-            price_id: item.price_id.clone(),
-            payment_method_id: pm.as_ref().map(|p| p.id.clone()),
-            status: "processing".into(),
-            failure_code: None,
-            subscription_id: None,
-            payment_id: None,
-            next_action: None,
-            correlation_id: journal::current_correlation_id(),
-            // The request's own task runs the job first.
-            locked_until: Some(now + LEASE),
-            run_after: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let r = Some(("checkout", id.as_str()));
-        let action_id = tx
-            .action(
-                now,
-                "checkout.create",
-                r,
-                json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
-            )
-            .await?;
-        match store::insert_checkout(&mut tx, &row).await {
-            // A second checkout of the offered item while one is in progress (a double click
-            // without an Idempotency-Key): refused before anything is charged.
-            Err(StoreError::UniqueViolation { constraint }) if constraint == "checkouts_offer_once" => {
-                return Err(conflict(
-                    "offer_in_checkout",
-                    "this offered item is already being checked out; follow that checkout",
-                ));
-            }
-            other => other?,
-        }
-        tx.outcome(now, "checkout.processing", r, json!({})).await?;
-        let charging = match (ready, &pm) {
-            (Some(ready), Some(pm)) => {
-                first_charge(ctx, &mut tx, ready, &row, &item, pm, &action_id, &country).await?
-            }
-            _ => None,
-        };
-        tx.commit().await?;
-        Ok((row, action_id, attached, charging, OfferRead { offer, item, country }))
-    }
-    .await;
-    let (row, action_id, attached, charging, OfferRead { offer, country, .. }) = match written {
+    let pending = write::Pending {
+        scope: scope.clone(),
+        meta: journal::current_meta(),
+        input,
+        read,
+        stored,
+        validated,
+        now,
+    };
+    let written = match write::write(ctx, scope, pending).await {
+        Ok(write::Written::Done(wrote)) => Ok(*wrote),
+        Ok(write::Written::Alone(pending)) => write_alone(ctx, *pending).await,
+        Err(e) => Err(e),
+    };
+    let Wrote { row, action_id, attached, charging, read: OfferRead { offer, country, .. } } = match written {
         Ok(w) => w,
         Err(e) => {
             if let Some(d) = discard {
@@ -261,6 +198,140 @@ pub async fn start(
         }
     }
     Ok(row)
+}
+
+/// A stored payment method a checkout of `offer` may pay with: the customer's (found), not
+/// deleted, of the offer's storefront, active and not expired.
+fn usable_method(
+    pm: Option<azotte_store::customers::PaymentMethodRow>,
+    offer: &Offer,
+) -> Result<azotte_store::customers::PaymentMethodRow> {
+    let pm =
+        pm.filter(|p| p.state != "deleted").ok_or(ServiceError::NotFound { resource: "payment_method" })?;
+    if pm.storefront_id != offer.storefront_id {
+        return Err(invalid(
+            "payment_method_id",
+            "payment_method_not_in_storefront",
+            "the payment method belongs to another storefront's PSP account",
+        ));
+    }
+    if pm.state != "active" || pm.expired {
+        return Err(invalid(
+            "payment_method_id",
+            "payment_method_not_usable",
+            "the payment method is inactive or expired",
+        ));
+    }
+    Ok(pm)
+}
+
+/// A checkout as its request writes it: `processing`, its job's lease held by the request's
+/// task (which runs the job first), in the request's lineage (`correlation_id`).
+fn new_checkout(
+    input: &CheckoutInput,
+    read: &OfferRead,
+    pm: Option<&azotte_store::customers::PaymentMethodRow>,
+    correlation_id: String,
+    now: DateTime<Utc>,
+) -> CheckoutRow {
+    CheckoutRow {
+        id: CheckoutId::new().to_string(),
+        customer_id: input.customer_id.clone(),
+        offer_id: read.offer.id.clone(),
+        price_id: read.item.price_id.clone(),
+        payment_method_id: pm.map(|p| p.id.clone()),
+        status: "processing".into(),
+        failure_code: None,
+        subscription_id: None,
+        payment_id: None,
+        next_action: None,
+        correlation_id,
+        locked_until: Some(now + LEASE),
+        run_after: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Journals a checkout being written (action `checkout.create`, outcome `checkout.processing`)
+/// in `tx`'s current lineage: the action's id.
+async fn journal_created(tx: &mut TenantTx, row: &CheckoutRow, now: DateTime<Utc>) -> Result<String> {
+    let r = Some(("checkout", row.id.as_str()));
+    let action_id = tx
+        .action(
+            now,
+            "checkout.create",
+            r,
+            json!({"customer_id": row.customer_id, "offer_id": row.offer_id, "price_id": row.price_id}),
+        )
+        .await?;
+    tx.outcome(now, "checkout.processing", r, json!({})).await?;
+    Ok(action_id)
+}
+
+/// A checkout as its request wrote it, and what its job is handed.
+pub(crate) struct Wrote {
+    row: CheckoutRow,
+    /// The request's action `checkout.create`: the job's cause.
+    action_id: String,
+    /// The new token's method, recorded with the checkout.
+    attached: Option<crate::payment_methods::Recorded>,
+    /// The job's first step, done with the write.
+    charging: Option<Charging>,
+    read: OfferRead,
+}
+
+/// The refusal of a second checkout of an offered item while one is in progress (a double
+/// click without an Idempotency-Key): before anything is charged.
+fn offer_in_checkout() -> ServiceError {
+    conflict("offer_in_checkout", "this offered item is already being checked out; follow that checkout")
+}
+
+/// Writes a checkout alone, in a transaction of its own, re-reading what the request read (as
+/// a batch that could not write it together with others left it, [`write`]).
+async fn write_alone(ctx: &Ctx, pending: write::Pending) -> Result<Wrote> {
+    let write::Pending { scope, meta, input, read, stored: _, validated, now } = pending;
+    let mut tx = ctx.db.tenant_tx(&scope).await?;
+    tx.begin_lineage(meta.clone());
+    // Before any write: the catalog rows come from the read cache only then.
+    let ready = ready_to_charge(ctx, &mut tx, &input.customer_id, &read.offer, &read.item, now).await?;
+    let (pm, attached) = match (&input.payment_method_id, validated) {
+        (_, Some(validated)) => {
+            // Still there (not erased meanwhile).
+            crate::customers::exists(&mut tx, &input.customer_id).await?;
+            let recorded =
+                crate::payment_methods::record(ctx, &mut tx, &input.customer_id, false, validated).await?;
+            (Some(recorded.pm.clone()), Some(recorded))
+        }
+        (Some(id), None) => {
+            let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id).await?;
+            (Some(usable_method(pm, &read.offer)?), None)
+        }
+        (None, None) => (None, None),
+    };
+    let row = new_checkout(&input, &read, pm.as_ref(), meta.correlation_id.clone(), now);
+    let action_id = journal_created(&mut tx, &row, now).await?;
+    match store::insert_checkout(&mut tx, &row).await {
+        Err(StoreError::UniqueViolation { constraint }) if constraint == "checkouts_offer_once" => {
+            return Err(offer_in_checkout());
+        }
+        other => other?,
+    }
+    let charging = match (ready, &pm) {
+        (Some(ready), Some(pm)) => {
+            let planned = first_charge(ctx, &mut tx, ready, &row, &read.item, pm, &action_id, &read.country);
+            match planned.await? {
+                Some(charging) => {
+                    azotte_store::payments::insert(&mut tx, charging.sending.payment()).await?;
+                    Some(charging)
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    tx.commit().await?;
+    Ok(Wrote { row, action_id, attached, charging, read })
 }
 
 /// What a checkout reads of its offer and customer.
@@ -396,10 +467,13 @@ async fn ready_to_charge(
 }
 
 /// The first step of the job of a checkout being written, in the request's transaction `tx`
-/// after the checkout (one transaction fewer per checkout): records the payment with its first
-/// attempt started, in the job's name and lineage (caused by the request's action `cause`), as
-/// the job would in a transaction of its own. `None`, having recorded nothing, when routing
-/// cannot plan the charge at once (the job then takes the checkout from the start, [`process`]).
+/// (one transaction fewer per checkout): journals the payment with its first attempt started,
+/// in the job's name and lineage (caused by the request's action `cause`), as the job would in
+/// a transaction of its own; the caller writes the payment ([`Sending::payment`]) after the
+/// checkout. `None`, having recorded nothing, when routing cannot plan the charge at once (the
+/// job then takes the checkout from the start, [`process`]).
+///
+/// [`Sending::payment`]: payments::attempt::Sending::payment
 #[allow(clippy::too_many_arguments)]
 async fn first_charge(
     ctx: &Ctx,
@@ -420,7 +494,6 @@ async fn first_charge(
         return Ok(None);
     };
     tx.continue_as(job, RequestMeta::caused_by(&checkout.correlation_id, cause));
-    azotte_store::payments::insert(tx, planned.payment()).await?;
     let sending = planned.start(tx, now).await?;
     let checked = Checked { item: item.clone(), sold, all, country: country.clone() };
     Ok(Some(Charging { checked, sending }))

@@ -143,16 +143,24 @@ async fn histories(
     let mut after: Option<String> = None;
     loop {
         let (subs, more) = store::list_subscriptions(tx, filter, 500, after.as_deref()).await?;
-        for s in &subs {
-            let h = out.entry(s.family.clone()).or_default();
-            h.had_trial |= s.had_trial;
-            h.has_live_subscription |= s.status != "expired";
-            h.last_ended_at = h.last_ended_at.max(s.ends_at);
-        }
+        add_to_histories(&mut out, &subs);
         match (more, subs.last()) {
             (true, Some(last)) => after = Some(last.id.clone()),
             _ => return Ok(out),
         }
+    }
+}
+
+/// Adds `subs` (of one customer) to its histories by family.
+pub(crate) fn add_to_histories<'a>(
+    out: &mut HashMap<String, FamilyHistory>,
+    subs: impl IntoIterator<Item = &'a store::SubscriptionRow>,
+) {
+    for s in subs {
+        let h = out.entry(s.family.clone()).or_default();
+        h.had_trial |= s.had_trial;
+        h.has_live_subscription |= s.status != "expired";
+        h.last_ended_at = h.last_ended_at.max(s.ends_at);
     }
 }
 
