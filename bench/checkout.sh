@@ -41,7 +41,7 @@
 # attempt, its own PSP payment id, request key `checkout-{id}`), and no other payment; one
 # invoice paid in full by that payment; its customer's one payment method (the checkout's token,
 # active, the default); every numbered invoice series without a gap or a repeat. It also prints
-# how many checkouts the server wrote and settled together, and in how many transactions.
+# how many checkouts the server read, wrote and settled together, and in how many transactions.
 #
 # Environment:
 #   BENCH_DURATION       seconds of the measured runs (default 10)
@@ -267,6 +267,10 @@ GAPS=${SERIES##*: }
 SETTLED_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_settled_together_total / {c = $2}
   /^azotte_checkout_settle_transactions_total / {t = $2}
   END {if (t > 0) printf "%d checkouts in %d settling transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
+# Checkout requests read in shared transactions (decision 0007): their count, and the transactions'.
+READ_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_read_together_total / {c = $2}
+  /^azotte_checkout_read_transactions_total / {t = $2}
+  END {if (t > 0) printf "%d checkout requests in %d reading transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
 # Checkouts written in shared transactions (decision 0007): their count, and the transactions'.
 WRITTEN_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_written_together_total / {c = $2}
   /^azotte_checkout_write_transactions_total / {t = $2}
@@ -310,6 +314,7 @@ echo "Correctness: checkouts by status: $CHECKOUTS ($TOTAL in all, $CLIENT_SEEN 
 echo "$PAYMENTS; checkouts without exactly one active subscription, three grants, one captured single-attempt payment"
 echo "and their customer's one payment method (active, default): $BAD."
 echo "Invoices: $SERIES; succeeded checkouts without exactly one invoice paid by their payment: $BAD_INVOICES."
+echo "Read together: $READ_TOGETHER."
 echo "Written together: $WRITTEN_TOGETHER."
 echo "Settled together: $SETTLED_TOGETHER."
 echo "Idempotency records gathered: $IDEM_TOGETHER."

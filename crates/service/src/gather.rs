@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use azotte_domain::id::TenantId;
@@ -25,6 +26,30 @@ pub(crate) type Where = (TenantId, Environment);
 /// The tenant environment of `scope`.
 pub(crate) fn at(scope: &TenantScope) -> Where {
     (scope.tenant_id(), scope.environment())
+}
+
+/// How many items a kind of gathered work did in shared transactions (one alone included), and
+/// in how many transactions: their ratio is the mean batch (exported in `/metrics`).
+pub(crate) struct Tally {
+    items: AtomicU64,
+    transactions: AtomicU64,
+}
+
+impl Tally {
+    pub(crate) const fn new() -> Self {
+        Self { items: AtomicU64::new(0), transactions: AtomicU64::new(0) }
+    }
+
+    /// One transaction did `items` items.
+    pub(crate) fn add(&self, items: usize) {
+        self.items.fetch_add(items as u64, Ordering::Relaxed);
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (items, transactions) so far.
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (self.items.load(Ordering::Relaxed), self.transactions.load(Ordering::Relaxed))
+    }
 }
 
 /// The queues of one kind of work, per tenant environment, of this process.

@@ -71,6 +71,8 @@ pub struct Ctx {
     pub(crate) conversion_sweep: Arc<std::sync::atomic::AtomicI64>,
     /// Checkouts waiting to be settled together, per tenant environment.
     pub(crate) checkout_settles: Arc<subscriptions::checkout::Settles>,
+    /// Checkout requests waiting to be read together, per tenant environment.
+    pub(crate) checkout_reads: Arc<subscriptions::checkout::Reads>,
     /// Checkouts waiting to be written together, per tenant environment.
     pub(crate) checkout_writes: Arc<subscriptions::checkout::Writes>,
     /// Idempotency claims waiting to be inserted together, per tenant environment.
@@ -104,6 +106,7 @@ impl Ctx {
             numbering: Default::default(),
             conversion_sweep: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             checkout_settles: Default::default(),
+            checkout_reads: Default::default(),
             checkout_writes: Default::default(),
             idempotency_claims: Default::default(),
             idempotency_responses: Default::default(),

@@ -112,25 +112,64 @@ pub(crate) async fn prepare(
     if !tx.scope().storefront_allowed(&input.storefront_id) {
         return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
     }
-    let Some(account) = psp_store::get(tx, &input.storefront_id, &input.psp_account_id).await? else {
+    let account = psp_store::get(tx, &input.storefront_id, &input.psp_account_id).await?;
+    let methods = match account {
+        Some(_) => store::payment_methods_of(tx, customer_id, true).await?,
+        None => Vec::new(),
+    };
+    let found = attachable(tx.scope(), input, account, &methods)?;
+    let connector = crate::payments::connector_in(ctx, tx, &found.account).await?;
+    Ok(found.with(connector))
+}
+
+/// What [`attachable`] found: the account, and what the customer has there.
+pub(crate) struct Attachable {
+    pub(crate) account: psp_store::PspAccount,
+    psp_customer_id: Option<String>,
+    has_default: bool,
+}
+
+impl Attachable {
+    /// [`Prepared`], with the account's connector and credentials as they opened.
+    pub(crate) fn with(
+        self,
+        connector: std::result::Result<(Arc<dyn Connector>, Account), Unopened>,
+    ) -> Prepared {
+        let Attachable { account, psp_customer_id, has_default } = self;
+        Prepared { account, psp_customer_id, has_default, connector }
+    }
+}
+
+/// Attaching, step 1's checks on what was read for `input` by a caller with `scope`: the
+/// storefront's account `account` (as found by its storefront and id), the customer's
+/// `methods` (deleted ones too).
+pub(crate) fn attachable(
+    scope: &TenantScope,
+    input: &AttachInput,
+    account: Option<psp_store::PspAccount>,
+    methods: &[PaymentMethodRow],
+) -> Result<Attachable> {
+    check_token(input)?;
+    if !scope.storefront_allowed(&input.storefront_id) {
+        return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
+    }
+    let Some(account) = account.filter(|a| a.storefront_id == input.storefront_id) else {
         return Err(invalid(
             "psp_account_id",
             "psp_account_not_in_storefront",
             "the token's PSP account must be one of this storefront's accounts",
         ));
     };
-    let methods = store::payment_methods_of(tx, customer_id, true).await?;
     let has_default = methods.iter().any(|p| p.is_default && p.state != "deleted");
     let psp_customer_id =
-        methods.into_iter().filter(|p| p.psp_account_id == account.id).find_map(|p| p.psp_customer_id);
+        methods.iter().filter(|p| p.psp_account_id == account.id).find_map(|p| p.psp_customer_id.clone());
     if account.status != "active" {
         return Err(invalid("psp_account_id", "psp_account_inactive", "the PSP account is inactive"));
     }
     if account.connector == "sandbox" && !input.token.starts_with("tok_sandbox_") {
         return Err(invalid("token", "invalid_token", "sandbox tokens start with tok_sandbox_ (see README)"));
     }
-    let connector = crate::payments::connector_in(ctx, tx, &account).await?;
-    Ok(Prepared { account, psp_customer_id, has_default, connector })
+    Ok(Attachable { account, psp_customer_id, has_default })
 }
 
 /// Attaching, step 2, outside any transaction (the one of [`prepare`] has ended): the PSP

@@ -332,6 +332,21 @@ pub async fn get_payment_methods(tx: &mut TenantTx, ids: &[String]) -> Result<Ve
     tx.tx.fetch_all::<PaymentMethodRow>(&q).await
 }
 
+/// The payment methods of the customers of `ids`, deleted ones too, oldest first.
+pub async fn payment_methods_of_customers(
+    tx: &mut TenantTx,
+    ids: &[String],
+) -> Result<Vec<PaymentMethodRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select_pms(tx)
+        .and_where(Expr::col(PaymentMethods::CustomerId).is_in(ids.iter().cloned()))
+        .order_by(PaymentMethods::Id, Order::Asc)
+        .to_owned();
+    tx.tx.fetch_all::<PaymentMethodRow>(&q).await
+}
+
 /// A customer's payment methods (deleted ones too when asked), oldest first.
 pub async fn payment_methods_of(
     tx: &mut TenantTx,

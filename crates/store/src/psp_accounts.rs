@@ -197,6 +197,15 @@ pub async fn get(tx: &mut TenantTx, storefront_id: &str, id: &str) -> Result<Opt
     Ok(tx.tx.fetch_optional::<Row>(&q).await?.map(Into::into))
 }
 
+/// The accounts of `ids` that exist, whatever their storefronts (in no particular order).
+pub async fn by_ids(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<PspAccount>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select(tx).and_where(Expr::col(PspAccounts::Id).is_in(ids.iter().cloned())).to_owned();
+    Ok(tx.tx.fetch_all::<Row>(&q).await?.into_iter().map(Into::into).collect())
+}
+
 /// One account by id, whatever its storefront (webhook URLs name the account alone).
 pub async fn by_id(tx: &mut TenantTx, id: &str) -> Result<Option<PspAccount>> {
     let q = select(tx).and_where(Expr::col(PspAccounts::Id).eq(id)).to_owned();

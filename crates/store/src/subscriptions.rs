@@ -79,7 +79,21 @@ pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
 
 /// One offer.
 pub async fn get_offer(tx: &mut TenantTx, id: &str) -> Result<Option<OfferRow>> {
-    let q = Query::select()
+    let q = select_offers(tx).and_where(Expr::col(Offers::Id).eq(id)).to_owned();
+    tx.tx.fetch_optional::<OfferRow>(&q).await
+}
+
+/// The offers of `ids` that exist (in no particular order).
+pub async fn get_offers(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<OfferRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select_offers(tx).and_where(Expr::col(Offers::Id).is_in(ids.iter().cloned())).to_owned();
+    tx.tx.fetch_all::<OfferRow>(&q).await
+}
+
+fn select_offers(tx: &TenantTx) -> SelectStatement {
+    Query::select()
         .columns([
             Offers::Id,
             Offers::CustomerId,
@@ -92,9 +106,7 @@ pub async fn get_offer(tx: &mut TenantTx, id: &str) -> Result<Option<OfferRow>> 
         ])
         .from(Offers::Table)
         .cond_where(tx.in_scope(Offers::TenantId, Offers::Environment))
-        .and_where(Expr::col(Offers::Id).eq(id))
-        .to_owned();
-    tx.tx.fetch_optional::<OfferRow>(&q).await
+        .to_owned()
 }
 
 // ---------------------------------------------------------------------------------------------

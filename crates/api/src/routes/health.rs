@@ -66,53 +66,78 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiErr
     Ok(Json(Readiness { status: "ready", database, pending_migrations: 0 }))
 }
 
+/// Appends a counter to a Prometheus text exposition: its help, its type, and one sample per
+/// `(labels, value)` (`labels` as written between braces, or empty).
+fn counter(text: &mut String, name: &str, help: &str, samples: &[(&str, u64)]) {
+    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+    for (labels, value) in samples {
+        match labels {
+            &"" => text.push_str(&format!("{name} {value}\n")),
+            labels => text.push_str(&format!("{name}{{{labels}}} {value}\n")),
+        }
+    }
+}
+
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    use azotte_service::subscriptions::checkout;
     let mut text = state.metrics.render();
     let (batch, one_by_one) = azotte_service::subscriptions::renewals::jobs_ended();
-    text.push_str(
-        "# HELP azotte_renewal_jobs_ended_total Renewal jobs this process ran to their end, by path.\n",
+    counter(
+        &mut text,
+        "azotte_renewal_jobs_ended_total",
+        "Renewal jobs this process ran to their end, by path.",
+        &[("path=\"batch\"", batch), ("path=\"one_by_one\"", one_by_one)],
     );
-    text.push_str("# TYPE azotte_renewal_jobs_ended_total counter\n");
-    text.push_str(&format!("azotte_renewal_jobs_ended_total{{path=\"batch\"}} {batch}\n"));
-    text.push_str(&format!("azotte_renewal_jobs_ended_total{{path=\"one_by_one\"}} {one_by_one}\n"));
-    let (settled, transactions) = azotte_service::subscriptions::checkout::settled_together();
-    text.push_str(
-        "# HELP azotte_checkouts_settled_together_total Checkouts this process settled in a shared settling transaction (one alone included).\n",
-    );
-    text.push_str("# TYPE azotte_checkouts_settled_together_total counter\n");
-    text.push_str(&format!("azotte_checkouts_settled_together_total {settled}\n"));
-    text.push_str(
-        "# HELP azotte_checkout_settle_transactions_total Transactions that settled checkouts together.\n",
-    );
-    text.push_str("# TYPE azotte_checkout_settle_transactions_total counter\n");
-    text.push_str(&format!("azotte_checkout_settle_transactions_total {transactions}\n"));
-    let (written, transactions) = azotte_service::subscriptions::checkout::written_together();
-    text.push_str(
-        "# HELP azotte_checkouts_written_together_total Checkouts this process wrote (with their new payment method and first charge) in a shared transaction (one alone included).\n",
-    );
-    text.push_str("# TYPE azotte_checkouts_written_together_total counter\n");
-    text.push_str(&format!("azotte_checkouts_written_together_total {written}\n"));
-    text.push_str(
-        "# HELP azotte_checkout_write_transactions_total Transactions that wrote checkouts together.\n",
-    );
-    text.push_str("# TYPE azotte_checkout_write_transactions_total counter\n");
-    text.push_str(&format!("azotte_checkout_write_transactions_total {transactions}\n"));
+    // Work of concurrent requests gathered per tenant environment (decisions 0006 and 0007): the
+    // items done in shared transactions (one alone included), and the transactions.
+    let gathered = [
+        (
+            "checkouts_read_together",
+            "checkout_read",
+            "Checkout requests this process read (customer, offer, payment method)",
+            checkout::read_together(),
+        ),
+        (
+            "checkouts_written_together",
+            "checkout_write",
+            "Checkouts this process wrote (with their new payment method and first charge)",
+            checkout::written_together(),
+        ),
+        (
+            "checkouts_settled_together",
+            "checkout_settle",
+            "Checkouts this process settled",
+            checkout::settled_together(),
+        ),
+    ];
+    for (items, transactions, what, (n, t)) in gathered {
+        counter(
+            &mut text,
+            &format!("azotte_{items}_total"),
+            &format!("{what} in a shared transaction (one alone included)."),
+            &[("", n)],
+        );
+        counter(
+            &mut text,
+            &format!("azotte_{transactions}_transactions_total"),
+            "Transactions that did them together.",
+            &[("", t)],
+        );
+    }
     let (claims, claim_txs, responses, response_txs) = azotte_service::idempotency::gathered();
-    text.push_str(
-        "# HELP azotte_idempotency_records_gathered_total Idempotency keys claimed, and responses kept, in a shared transaction (one alone included).\n",
+    counter(
+        &mut text,
+        "azotte_idempotency_records_gathered_total",
+        "Idempotency keys claimed, and responses kept, in a shared transaction (one alone included).",
+        &[("what=\"claim\"", claims), ("what=\"response\"", responses)],
     );
-    text.push_str("# TYPE azotte_idempotency_records_gathered_total counter\n");
-    text.push_str(&format!("azotte_idempotency_records_gathered_total{{what=\"claim\"}} {claims}\n"));
-    text.push_str(&format!("azotte_idempotency_records_gathered_total{{what=\"response\"}} {responses}\n"));
-    text.push_str(
-        "# HELP azotte_idempotency_gathered_transactions_total Transactions that claimed keys, or kept responses, together.\n",
+    counter(
+        &mut text,
+        "azotte_idempotency_gathered_transactions_total",
+        "Transactions that claimed keys, or kept responses, together.",
+        &[("what=\"claim\"", claim_txs), ("what=\"response\"", response_txs)],
     );
-    text.push_str("# TYPE azotte_idempotency_gathered_transactions_total counter\n");
-    text.push_str(&format!("azotte_idempotency_gathered_transactions_total{{what=\"claim\"}} {claim_txs}\n"));
-    text.push_str(&format!(
-        "azotte_idempotency_gathered_transactions_total{{what=\"response\"}} {response_txs}\n"
-    ));
     let mut resp = text.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -36,6 +36,19 @@ async fn metrics_count_requests_by_route_template(app: TestApp) {
     assert!(text.contains("# TYPE azotte_http_request_duration_seconds histogram"));
     assert!(text.contains(r#"azotte_http_request_duration_seconds_count{method="GET",route="/v1/platform/tenants/{id}",status="200"} 1"#));
     assert!(!text.contains(id), "raw ids never become labels");
+    // The gathered work's counters (decisions 0006 and 0007), each with its type.
+    for name in [
+        "azotte_checkouts_read_together_total",
+        "azotte_checkout_read_transactions_total",
+        "azotte_checkouts_written_together_total",
+        "azotte_checkout_write_transactions_total",
+        "azotte_checkouts_settled_together_total",
+        "azotte_checkout_settle_transactions_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} counter\n{name} ")), "{name}: {text}");
+    }
+    assert!(text.contains("\nazotte_idempotency_records_gathered_total{what=\"claim\"} "), "{text}");
+    assert!(text.contains("\nazotte_renewal_jobs_ended_total{path=\"one_by_one\"} "), "{text}");
 }
 
 async fn request_ids_are_echoed_or_generated(app: TestApp) {

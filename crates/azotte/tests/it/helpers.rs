@@ -463,6 +463,24 @@ impl TestApp {
         }
     }
 
+    /// Holds back every read of `table` on PostgreSQL (an `ACCESS EXCLUSIVE` lock) until
+    /// [`WritesHeld::release`]; on SQLite, whose readers no lock holds back, every write.
+    pub async fn hold_reads(&self, table: &str) -> WritesHeld {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Sqlite => self.hold_writes(table).await,
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+                sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                WritesHeld::Postgres(c)
+            }
+        }
+    }
+
     /// One text value per row of a query returning a single text column, as the owner.
     pub async fn raw_strings(&self, sql: &str) -> Vec<String> {
         use sqlx::Connection;

@@ -509,6 +509,72 @@ async fn bad_checkouts_get_stable_codes(app: TestApp) {
     assert_eq!(expired.code, "offer_expired");
 }
 
+/// Checkout requests arriving together are read together (decision 0007, "Checkouts written
+/// together"), and each is checked on its own: in one batch, every bad request gets its own
+/// stable code and the good ones go through.
+async fn checkouts_read_together_each_get_their_own_answer(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let acc = id(&get(&app, &format!("/v1/storefronts/{}/psp-accounts", shop.sf)).await["data"][0]);
+    let o = offer(&app, &shop).await;
+    let base = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let with = |b: &Value, k: &str, v: Value| {
+        let mut b = b.clone();
+        b[k] = v;
+        b
+    };
+    let other = id(&post(&app, "/v1/customers", json!({"external_id": "viewer-2"}), 201).await);
+    let o2 = post(&app, "/v1/offers", json!({"customer_id": other, "storefront_id": shop.sf}), 201).await;
+    let third = id(&post(&app, "/v1/customers", json!({"external_id": "viewer-3"}), 201).await);
+    let o3 = post(&app, "/v1/offers", json!({"customer_id": third, "storefront_id": shop.sf}), 201).await;
+    let showcase = post(&app, "/v1/offers", json!({"storefront_id": shop.sf}), 201).await;
+    let unknown = json!("cus_01jdq3m9x7e5k4w2c8v6b0n1p2");
+    let others = json!({"customer_id": other, "offer_id": o2["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let token = |account: &str| {
+        json!({"customer_id": third, "offer_id": o3["id"], "price_id": shop.monthly,
+                                      "payment_method": {"psp_account_id": account, "token": "tok_sandbox_success"}})
+    };
+    // (body, status, code): the code of the problem, or of its first field error.
+    let cases = [
+        (base.clone(), 202, ""),
+        (with(&base, "offer_id", json!("ofr_01jdq3m9x7e5k4w2c8v6b0n1p2")), 404, "offer_not_found"),
+        (with(&base, "customer_id", unknown), 404, "customer_not_found"),
+        (with(&base, "customer_id", json!(other)), 422, "offer_customer_mismatch"),
+        (with(&base, "price_id", json!("prc_01jdq3m9x7e5k4w2c8v6b0n1p2")), 422, "price_not_in_offer"),
+        (with(&base, "payment_method_id", Value::Null), 422, "payment_method_required"),
+        (with(&base, "offer_id", showcase["id"].clone()), 409, "offer_not_checkoutable"),
+        (others, 404, "payment_method_not_found"),
+        (token("psp_01jdq3m9x7e5k4w2c8v6b0n1p2"), 422, "psp_account_not_in_storefront"),
+        (token(&acc), 202, ""),
+    ];
+    let before = azotte_service::subscriptions::checkout::read_together();
+    let held = app.hold_reads("offers").await;
+    let send = |b: &Value| {
+        let (app, b) = (&app, b.clone());
+        async move { app.post("/v1/checkouts", b).tenant(T, ENV).send().await }
+    };
+    let (answers, ()) = tokio::join!(futures::future::join_all(cases.iter().map(|c| send(&c.0))), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        held.release().await;
+    });
+    let after = azotte_service::subscriptions::checkout::read_together();
+    for ((body, status, code), a) in cases.iter().zip(&answers) {
+        assert_eq!(a.status, *status, "{body}: {}", a.text());
+        if a.status == 202 {
+            assert_eq!(settle(&app, &id(&a.json())).await["status"], "succeeded", "{body}");
+        } else {
+            let p = a.problem();
+            let got = p.errors.first().map_or(p.code.as_str(), |e| e.code.as_str());
+            assert_eq!(got, *code, "{body}: {}", a.text());
+        }
+    }
+    let (read, transactions) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(read, cases.len() as u64, "every request read in a batch");
+    if app.backend == crate::helpers::Backend::Postgres {
+        // The offers' reads held: the requests waited for the first batch, together.
+        assert!(transactions < read, "{read} requests in {transactions} transactions");
+    }
+}
+
 /// A double click without an `Idempotency-Key`: while the first checkout of an offered item is
 /// in progress, a second is refused up front (409 `offer_in_checkout`) and nothing more is
 /// charged; once the first has ended, the item may be checked out again.
@@ -1020,6 +1086,7 @@ both!(
     a_checkouts_charge_is_recorded_with_the_checkout_in_its_jobs_name,
     checkouts_captured_together_are_settled_together,
     checkouts_requested_together_are_written_together,
+    checkouts_read_together_each_get_their_own_answer,
     a_checkout_that_loses_its_family_records_its_charge_and_refunds_it,
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes

@@ -28,9 +28,12 @@ use crate::payments::{self, ChargeInput};
 use crate::{Ctx, Result, ServiceError};
 
 mod batch;
+mod read;
 mod write;
 pub use batch::settled_together;
 pub(crate) use batch::Settles;
+pub use read::read_together;
+pub(crate) use read::Reads;
 pub use write::written_together;
 pub(crate) use write::Writes;
 
@@ -101,9 +104,11 @@ fn offered_item(offer: &Offer, customer_id: &str, price_id: &str, now: DateTime<
 /// the PSP has not answered for good); after `wait` it gets the `processing` checkout and the
 /// job goes on in the background as without `wait`.
 ///
-/// The reads have a transaction of their own (a new token is validated by the PSP between them
-/// and the write); the checkout is then written with the others of its tenant environment
-/// written at the same moment ([`write`], decision 0007, "Checkouts written together").
+/// The reads have a transaction of their own, shared with the other checkouts of the tenant
+/// environment reading at the same moment ([`read`]); a new token is validated by the PSP
+/// between them and the write; the checkout is then written with the others of its tenant
+/// environment written at the same moment ([`write`]; decision 0007, "Checkouts written
+/// together").
 pub async fn start(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -112,7 +117,7 @@ pub async fn start(
 ) -> Result<CheckoutRow> {
     crate::security::require(ctx, scope, Permission::SubscriptionWrite).await?;
     let now = ctx.clock.now();
-    let token = match (&input.payment_method_id, &input.token) {
+    match (&input.payment_method_id, &input.token) {
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "token",
@@ -120,40 +125,14 @@ pub async fn start(
                 "give a payment_method_id or a token, not both",
             ))
         }
-        (None, Some(token)) => {
-            crate::security::require(ctx, scope, Permission::CustomerWrite).await?;
-            Some(token)
-        }
-        _ => None,
+        (None, Some(_)) => crate::security::require(ctx, scope, Permission::CustomerWrite).await?,
+        _ => {}
+    }
+    let asked = read::Asked { scope: scope.clone(), input, now };
+    let read::ReadDone { input, read, stored, prepared } = match read::read(ctx, scope, asked).await? {
+        read::Read::Done(done) => (*done)?,
+        read::Read::Alone(asked) => read_alone(ctx, *asked).await?,
     };
-    let mut tx = ctx.db.tenant_read_tx(scope).await?;
-    let read = read_offer(&mut tx, &input, now).await?;
-    let needs_method = read.item.trial_days == 0 || read.item.trial_payment_method_required;
-    let (stored, prepared) = match (&input.payment_method_id, token) {
-        (_, Some((account, token))) => {
-            let a = crate::payment_methods::AttachInput {
-                storefront_id: read.offer.storefront_id.clone(),
-                psp_account_id: account.clone(),
-                token: token.clone(),
-                make_default: false,
-            };
-            let found = crate::payment_methods::prepare(ctx, &mut tx, &input.customer_id, &a).await?;
-            (None, Some((a, found)))
-        }
-        (Some(id), None) => {
-            let pm = customer_store::get_payment_method(&mut tx, &input.customer_id, id).await?;
-            (Some(usable_method(pm, &read.offer)?), None)
-        }
-        (None, None) if needs_method => {
-            return Err(invalid(
-                "payment_method_id",
-                "payment_method_required",
-                "this purchase needs a payment method",
-            ))
-        }
-        (None, None) => (None, None),
-    };
-    tx.commit().await?;
     // A new token: validated by the PSP between the reads and the write, and recorded in the
     // checkout's own transaction.
     let validated = match prepared {
@@ -343,18 +322,94 @@ struct OfferRead {
     country: Option<String>,
 }
 
-/// Reads the customer and the offer a checkout is for, and checks the item it takes from it.
-async fn read_offer(tx: &mut TenantTx, input: &CheckoutInput, now: DateTime<Utc>) -> Result<OfferRead> {
-    let customer = customer_store::get_customer(tx, &input.customer_id)
-        .await?
-        .ok_or(ServiceError::NotFound { resource: "customer" })?;
-    let o = store::get_offer(tx, &input.offer_id)
-        .await?
-        .filter(|o| tx.scope().storefront_allowed(&o.storefront_id))
+/// Checks what a checkout request read — its `customer` and `offer`, as found — for a caller
+/// with `scope`: the item it takes from the offer.
+fn offer_read(
+    scope: &TenantScope,
+    input: &CheckoutInput,
+    customer: Option<&azotte_store::customers::CustomerRow>,
+    offer: Option<azotte_store::subscriptions::OfferRow>,
+    now: DateTime<Utc>,
+) -> Result<OfferRead> {
+    let customer = customer.ok_or(ServiceError::NotFound { resource: "customer" })?;
+    let o = offer
+        .filter(|o| scope.storefront_allowed(&o.storefront_id))
         .ok_or(ServiceError::NotFound { resource: "offer" })?;
     let offer = Offer::from_row(o)?;
     let item = offered_item(&offer, &input.customer_id, &input.price_id, now)?;
-    Ok(OfferRead { offer, item, country: customer.country })
+    Ok(OfferRead { offer, item, country: customer.country.clone() })
+}
+
+/// Checks how a checkout request pays, from what it read: its stored method (`stored`, the
+/// customer's as found), or what attaching its new token needs (`account` as found by id, the
+/// customer's `methods`). The stored method, or the token's attach found ready.
+fn payment_read(
+    scope: &TenantScope,
+    input: &CheckoutInput,
+    read: &OfferRead,
+    stored: Option<azotte_store::customers::PaymentMethodRow>,
+    account: Option<azotte_store::psp_accounts::PspAccount>,
+    methods: &[azotte_store::customers::PaymentMethodRow],
+) -> Result<(Option<azotte_store::customers::PaymentMethodRow>, Option<Attaching>)> {
+    let needs_method = read.item.trial_days == 0 || read.item.trial_payment_method_required;
+    match (&input.payment_method_id, &input.token) {
+        (_, Some((account_id, token))) => {
+            let a = crate::payment_methods::AttachInput {
+                storefront_id: read.offer.storefront_id.clone(),
+                psp_account_id: account_id.clone(),
+                token: token.clone(),
+                make_default: false,
+            };
+            let found = crate::payment_methods::attachable(scope, &a, account, methods)?;
+            Ok((None, Some((a, found))))
+        }
+        (Some(_), None) => Ok((Some(usable_method(stored, &read.offer)?), None)),
+        (None, None) if needs_method => Err(invalid(
+            "payment_method_id",
+            "payment_method_required",
+            "this purchase needs a payment method",
+        )),
+        (None, None) => Ok((None, None)),
+    }
+}
+
+/// A new token's attach as checked, its account's credentials not opened yet.
+type Attaching = (crate::payment_methods::AttachInput, crate::payment_methods::Attachable);
+
+/// A checkout request's reads alone, in a read transaction of its own (as a batch that could
+/// not read them together with others left them, [`read`]).
+async fn read_alone(ctx: &Ctx, asked: read::Asked) -> Result<read::ReadDone> {
+    let read::Asked { scope, input, now } = asked;
+    let mut tx = ctx.db.tenant_read_tx(&scope).await?;
+    let customer = customer_store::get_customer(&mut tx, &input.customer_id).await?;
+    let offer = match customer {
+        Some(_) => store::get_offer(&mut tx, &input.offer_id).await?,
+        None => None,
+    };
+    let read = offer_read(&scope, &input, customer.as_ref(), offer, now)?;
+    let stored = match &input.payment_method_id {
+        Some(id) if input.token.is_none() => {
+            customer_store::get_payment_method(&mut tx, &input.customer_id, id).await?
+        }
+        _ => None,
+    };
+    let (account, methods) = match &input.token {
+        Some((account_id, _)) => (
+            azotte_store::psp_accounts::get(&mut tx, &read.offer.storefront_id, account_id).await?,
+            customer_store::payment_methods_of(&mut tx, &input.customer_id, true).await?,
+        ),
+        None => (None, Vec::new()),
+    };
+    let (stored, attaching) = payment_read(&scope, &input, &read, stored, account, &methods)?;
+    let prepared = match attaching {
+        Some((a, found)) => {
+            let connector = payments::connector_in(ctx, &mut tx, &found.account).await?;
+            Some((a, found.with(connector)))
+        }
+        None => None,
+    };
+    tx.commit().await?;
+    Ok(read::ReadDone { input, read, stored, prepared })
 }
 
 /// Runs a checkout's job in the background, under its correlation id, caused by the request's

@@ -22,7 +22,6 @@
 //! batch settles alone, its answer recorded then.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use azotte_domain::invoice::FiscalProvider;
 use azotte_store::journal::RequestMeta;
@@ -32,7 +31,7 @@ use azotte_store::TenantScope;
 use serde_json::json;
 
 use super::{created_outcomes, grants, new_subscription, Checked};
-use crate::gather::{self, Gather};
+use crate::gather::{self, Gather, Tally};
 use crate::payments::attempt::{Answer, Sending};
 use crate::{Ctx, Result, ServiceError};
 
@@ -40,13 +39,12 @@ use crate::{Ctx, Result, ServiceError};
 const AT_ONCE: usize = 64;
 
 /// Checkouts this process settled together, and the transactions that settled them.
-static SETTLED: AtomicU64 = AtomicU64::new(0);
-static TRANSACTIONS: AtomicU64 = AtomicU64::new(0);
+static SETTLED: Tally = Tally::new();
 
 /// Checkouts this process settled together (however many at a time, one included), and the
 /// transactions that did: their ratio is the mean batch. Exported in `/metrics`.
 pub fn settled_together() -> (u64, u64) {
-    (SETTLED.load(Ordering::Relaxed), TRANSACTIONS.load(Ordering::Relaxed))
+    SETTLED.get()
 }
 
 /// A checkout whose first charge the PSP captured, its answer not recorded yet.
@@ -109,8 +107,7 @@ async fn run(ctx: &Ctx, scope: &TenantScope, batch: Vec<Captured>) -> Vec<Settle
     };
     match outcome {
         Ok(rows) => {
-            SETTLED.fetch_add(n as u64, Ordering::Relaxed);
-            TRANSACTIONS.fetch_add(1, Ordering::Relaxed);
+            SETTLED.add(n);
             rows.into_iter().map(|row| Settled::Done(Box::new(row))).collect()
         }
         Err(e) => {

@@ -25,7 +25,6 @@
 //! own that reads again what it needs.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use azotte_domain::permission::Permission;
 use azotte_store::catalog as catalog_store;
@@ -40,7 +39,7 @@ use super::{
     first_charge, journal_created, new_checkout, CatalogRows, Charging, CheckoutInput, OfferRead,
     ReadyToCharge, Wrote,
 };
-use crate::gather::{self, Gather};
+use crate::gather::{self, Gather, Tally};
 use crate::payment_methods::{self as methods, Recorded, Validated};
 use crate::payments;
 use crate::subscriptions::offers::add_to_histories;
@@ -50,13 +49,12 @@ use crate::{Ctx, Result, ServiceError};
 const AT_ONCE: usize = 64;
 
 /// Checkouts this process wrote together, and the transactions that wrote them.
-static WRITTEN: AtomicU64 = AtomicU64::new(0);
-static TRANSACTIONS: AtomicU64 = AtomicU64::new(0);
+static WRITTEN: Tally = Tally::new();
 
 /// Checkouts this process wrote together (however many at a time, one included), and the
 /// transactions that did: their ratio is the mean batch. Exported in `/metrics`.
 pub fn written_together() -> (u64, u64) {
-    (WRITTEN.load(Ordering::Relaxed), TRANSACTIONS.load(Ordering::Relaxed))
+    WRITTEN.get()
 }
 
 /// A checkout request whose reads are done, to be written.
@@ -105,8 +103,7 @@ async fn run(ctx: &Ctx, batch: Vec<Pending>) -> Vec<Written> {
     let n = batch.len();
     match write_batch(ctx, &batch).await {
         Ok(wrote) => {
-            WRITTEN.fetch_add(n as u64, Ordering::Relaxed);
-            TRANSACTIONS.fetch_add(1, Ordering::Relaxed);
+            WRITTEN.add(n);
             let done = batch.into_iter().zip(wrote).map(|(p, (row, action_id, attached, charging))| {
                 Written::Done(Box::new(Wrote { row, action_id, attached, charging, read: p.read }))
             });
