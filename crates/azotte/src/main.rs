@@ -7,11 +7,6 @@ use azotte::{app, telemetry, Application, Config};
 use azotte_domain::Clock;
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of the C library's allocator: allocation was about a fifth of the service's
-/// CPU under load with glibc's (docs/benchmarks.md, "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Azotte: subscription orchestration platform and transaction trust center.
 ///
 /// With no configuration, `azotte serve` keeps its data in SQLite under ./azotte-data/ and
