@@ -13,7 +13,6 @@
 //! time; anything else (a key with a row, a batch that failed) goes one by one.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use azotte_crypto::tokens::lookup_hash;
@@ -24,7 +23,7 @@ use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::gather::{self, Gather};
+use crate::gather::{self, Gather, Tally};
 use crate::{vault, Ctx, Result, ServiceError};
 
 /// How long a claim stays its request's. A request runs far shorter (PSP calls are bounded);
@@ -209,24 +208,16 @@ pub(crate) struct Keeping {
 /// was taken over); `None` when it was not tried together (the request keeps it alone).
 pub(crate) type Responses = Gather<Keeping, Option<bool>>;
 
-/// Records claimed, and responses kept, together (however many at a time, one included), and
-/// the transactions that did: `[claims, their transactions, responses, their transactions]`.
-static GATHERED: [AtomicU64; 4] =
-    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// Claims, and kept responses, written together (however many at a time, one included), and
+/// the transactions that did.
+static CLAIMS: Tally = Tally::new();
+static RESPONSES: Tally = Tally::new();
 
 /// How many claims and responses this process wrote gathered, and in how many transactions:
 /// `(claims, claim transactions, responses, response transactions)`. Exported in `/metrics`.
 pub fn gathered() -> (u64, u64, u64, u64) {
-    let [a, b, c, d] = &GATHERED;
-    let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
-    (load(a), load(b), load(c), load(d))
-}
-
-/// What a gathered transaction writes: its counters in [`GATHERED`] start at its value.
-#[derive(Debug, Clone, Copy)]
-enum Gathered {
-    Claims = 0,
-    Responses = 2,
+    let ((claims, claim_txs), (responses, response_txs)) = (CLAIMS.get(), RESPONSES.get());
+    (claims, claim_txs, responses, response_txs)
 }
 
 /// Whether each item's key is the first of its key in `batch`: only those go in a set-based
@@ -240,7 +231,8 @@ fn firsts<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<bool> {
 /// the transaction `begin` opens, and commits: the keys written, counted with the transaction,
 /// or `None` (logged) when the transaction failed and the batch goes one by one.
 async fn write_together(
-    what: Gathered,
+    what: &'static str,
+    tally: &'static Tally,
     begin: impl std::future::Future<Output = azotte_store::Result<TenantTx>>,
     write: impl AsyncFnOnce(&mut TenantTx) -> azotte_store::Result<Vec<String>>,
 ) -> Option<HashSet<String>> {
@@ -253,12 +245,11 @@ async fn write_together(
     .await;
     match written {
         Ok(keys) => {
-            GATHERED[what as usize].fetch_add(keys.len() as u64, Ordering::Relaxed);
-            GATHERED[what as usize + 1].fetch_add(1, Ordering::Relaxed);
+            tally.add(keys.len());
             Some(keys.into_iter().collect())
         }
         Err(e) => {
-            tracing::info!(error = %e, ?what, "idempotency records not written together; one by one");
+            tracing::info!(error = %e, what, "idempotency records not written together; one by one");
             None
         }
     }
@@ -285,7 +276,7 @@ async fn claim_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Claiming>) ->
         .collect();
     let begin = ctx.db.tenant_tx_unflushed(scope);
     let keys =
-        write_together(Gathered::Claims, begin, async |tx| store::insert_many(tx, &claims).await).await;
+        write_together("claims", &CLAIMS, begin, async |tx| store::insert_many(tx, &claims).await).await;
     let claimed = |key: &String| keys.as_ref().is_some_and(|keys| keys.contains(key));
     batch.iter().zip(first).map(|(c, first)| first && claimed(&c.key)).collect()
 }
@@ -307,7 +298,8 @@ async fn keep_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Keeping>) -> V
         .collect();
     let begin = ctx.db.tenant_tx(scope);
     let keys =
-        write_together(Gathered::Responses, begin, async |tx| store::complete_many(tx, &kept).await).await;
+        write_together("responses", &RESPONSES, begin, async |tx| store::complete_many(tx, &kept).await)
+            .await;
     batch
         .iter()
         .zip(first)

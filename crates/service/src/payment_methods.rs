@@ -108,10 +108,6 @@ pub(crate) async fn prepare(
     customer_id: &str,
     input: &AttachInput,
 ) -> Result<Prepared> {
-    check_token(input)?;
-    if !tx.scope().storefront_allowed(&input.storefront_id) {
-        return Err(invalid("storefront_id", "unknown_storefront", "no such storefront"));
-    }
     let account = psp_store::get(tx, &input.storefront_id, &input.psp_account_id).await?;
     let methods = match account {
         Some(_) => store::payment_methods_of(tx, customer_id, true).await?,

@@ -505,20 +505,39 @@ async fn ready_to_charge(
     item: &OfferItem,
     now: DateTime<Utc>,
 ) -> Result<Option<ReadyToCharge>> {
-    let job = tx.scope().for_job("checkout");
-    if item.trial_days > 0 || job.require(Permission::PaymentCreate).is_err() {
-        return Ok(None);
-    }
+    let Some(job) = charging_job(tx.scope(), item) else { return Ok(None) };
     let history = family_history(tx, customer_id, &item.family).await?;
-    let rows = CatalogRows::cached(tx, item, &offer.storefront_id).await?;
-    let Ok(sold) = rows.sellable(item, &history, now) else { return Ok(None) };
-    let all = catalog_store::all_entitlements_cached(tx).await?;
+    let Some((sold, all)) = sold_cached(tx, item, &offer.storefront_id, &history, now).await? else {
+        return Ok(None);
+    };
     if azotte_store::payment_ops::safe_mode(tx).await?.is_some() {
         return Ok(None);
     }
     let accounts = azotte_store::psp_accounts::of_storefront(tx, &offer.storefront_id).await?;
     let connectors = payments::batch::connectors(ctx, tx, &accounts).await?;
     Ok(Some(ReadyToCharge { job, sold, all, accounts, connectors }))
+}
+
+/// The job's scope, when the request that starts a checkout of `item` may charge it at once
+/// (`scope` is the request's): not a trial, and the job may create payments.
+fn charging_job(scope: &TenantScope, item: &OfferItem) -> Option<TenantScope> {
+    let job = scope.for_job("checkout");
+    (item.trial_days == 0 && job.require(Permission::PaymentCreate).is_ok()).then_some(job)
+}
+
+/// What `item` sells as the catalog rows in the read cache allow it to a customer with
+/// `history`, with the environment's entitlements; `None` when they refuse it (the job then
+/// reads the rows again and decides). In a transaction that has not written yet.
+async fn sold_cached(
+    tx: &mut TenantTx,
+    item: &OfferItem,
+    storefront_id: &str,
+    history: &life::FamilyHistory,
+    now: DateTime<Utc>,
+) -> Result<Option<(Sold, Vec<Entitlement>)>> {
+    let rows = CatalogRows::cached(tx, item, storefront_id).await?;
+    let Ok(sold) = rows.sellable(item, history, now) else { return Ok(None) };
+    Ok(Some((sold, catalog_store::all_entitlements_cached(tx).await?)))
 }
 
 /// The first step of the job of a checkout being written, in the request's transaction `tx`

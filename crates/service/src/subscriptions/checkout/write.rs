@@ -26,8 +26,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use azotte_domain::permission::Permission;
-use azotte_store::catalog as catalog_store;
 use azotte_store::customers::{self as customer_store, PaymentMethodRow};
 use azotte_store::journal::RequestMeta;
 use azotte_store::psp_accounts::PspAccount;
@@ -36,8 +34,8 @@ use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 
 use super::{
-    first_charge, journal_created, new_checkout, CatalogRows, Charging, CheckoutInput, OfferRead,
-    ReadyToCharge, Wrote,
+    charging_job, first_charge, journal_created, new_checkout, sold_cached, Charging, CheckoutInput,
+    OfferRead, ReadyToCharge, Wrote,
 };
 use crate::gather::{self, Gather, Tally};
 use crate::payment_methods::{self as methods, Recorded, Validated};
@@ -228,19 +226,16 @@ async fn ready_to_charge(
     shared: &mut Shared,
 ) -> Result<Option<ReadyToCharge>> {
     let (item, storefront) = (&p.read.item, &p.read.offer.storefront_id);
-    let job = p.scope.for_job("checkout");
-    if item.trial_days > 0 || job.require(Permission::PaymentCreate).is_err() || shared.safe_mode {
-        return Ok(None);
-    }
+    let Some(job) = charging_job(&p.scope, item).filter(|_| !shared.safe_mode) else { return Ok(None) };
     let mut histories = HashMap::new();
     add_to_histories(
         &mut histories,
         shared.subscriptions.iter().filter(|s| s.customer_id == p.input.customer_id),
     );
     let history = histories.remove(&item.family).unwrap_or_default();
-    let rows = CatalogRows::cached(tx, item, storefront).await?;
-    let Ok(sold) = rows.sellable(item, &history, p.now) else { return Ok(None) };
-    let all = catalog_store::all_entitlements_cached(tx).await?;
+    let Some((sold, all)) = sold_cached(tx, item, storefront, &history, p.now).await? else {
+        return Ok(None);
+    };
     if !shared.accounts.contains_key(storefront) {
         let accounts = azotte_store::psp_accounts::of_storefront(tx, storefront).await?;
         let connectors = payments::batch::connectors(ctx, tx, &accounts).await?;
