@@ -21,12 +21,16 @@ use azotte_domain::id::CustomerId;
 use azotte_domain::permission::Permission;
 use azotte_domain::{FieldError, ValidationErrors};
 use azotte_store::customers::{self as store, CustomerRow};
-use azotte_store::{StoreError, TenantScope, TenantTx};
+use azotte_store::{journal, StoreError, TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{vault, Ctx, Result, ServiceError};
+
+mod together;
+pub use together::created_together;
+pub(crate) use together::Creates;
 
 /// A postal address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,13 +322,32 @@ fn from_input(id: String, external_id: String, input: CustomerInput, now: DateTi
 
 async fn insert(ctx: &Ctx, tx: &mut TenantTx, mut c: Customer) -> Result<Customer> {
     normalize(&mut c)?;
+    let row = journal_created(ctx, tx, &c).await?;
+    store::insert_customer(tx, &row).await.map_err(conflict_of)?;
+    Ok(c)
+}
+
+/// Journals a new customer (normalized) and seals it into its row, with a new data key, to be
+/// inserted in the same transaction.
+async fn journal_created(ctx: &Ctx, tx: &mut TenantTx, c: &Customer) -> Result<CustomerRow> {
     let now = c.created_at;
     let r = Some(("customer", c.id.as_str()));
     tx.action(now, "customer.create", r, json!({})).await?;
-    let row = encrypt(ctx, tx, &c, None).await?;
-    store::insert_customer(tx, &row).await.map_err(conflict_of)?;
-    tx.outcome(now, "customer.created", r, json!({"fields": field_names(None, &c)})).await?;
-    Ok(c)
+    let row = encrypt(ctx, tx, c, None).await?;
+    tx.outcome(now, "customer.created", r, json!({"fields": field_names(None, c)})).await?;
+    Ok(row)
+}
+
+/// Creates `c` (normalized, new) with the other new customers of its tenant environment
+/// requested at the same time ([`together`]): `(c, true)` when written so, `(c, false)` when not
+/// (its external id is taken, or the batch failed), for the one-by-one path to write it or tell
+/// why not.
+async fn create_together(ctx: &Ctx, scope: &TenantScope, c: Customer) -> Result<(Customer, bool)> {
+    let creating = together::Creating { scope: scope.clone(), meta: journal::current_meta(), customer: c };
+    Ok(match together::create(ctx, creating).await? {
+        together::Created::Done(c) => (*c, true),
+        together::Created::Alone(c) => (c.customer, false),
+    })
 }
 
 async fn write_update(
@@ -358,8 +381,14 @@ pub async fn create(
     crate::security::require(ctx, scope, Permission::CustomerWrite).await?;
     let ext = rules::external_id("external_id", external_id).map_err(ValidationErrors::from)?;
     let now = ctx.clock.now();
+    let mut c = from_input(CustomerId::new().to_string(), ext, input, now);
+    normalize(&mut c)?;
+    let (c, written) = create_together(ctx, scope, c).await?;
+    if written {
+        return Ok(c);
+    }
     let mut tx = ctx.db.tenant_tx(scope).await?;
-    let c = insert(ctx, &mut tx, from_input(CustomerId::new().to_string(), ext, input, now)).await?;
+    let c = insert(ctx, &mut tx, c).await?;
     tx.commit().await?;
     Ok(c)
 }
@@ -374,11 +403,16 @@ pub async fn upsert(
     crate::security::require(ctx, scope, Permission::CustomerWrite).await?;
     let ext = rules::external_id("external_id", external_id).map_err(ValidationErrors::from)?;
     let now = ctx.clock.now();
+    // Commonly the customer is new: created with the others of the tenant environment now.
+    let mut new = from_input(CustomerId::new().to_string(), ext.clone(), input.clone(), now);
+    normalize(&mut new)?;
+    let (new, written) = create_together(ctx, scope, new).await?;
+    if written {
+        return Ok((new, true));
+    }
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let out = match store::by_external_id(&mut tx, &ext).await? {
-        None => {
-            (insert(ctx, &mut tx, from_input(CustomerId::new().to_string(), ext, input, now)).await?, true)
-        }
+        None => (insert(ctx, &mut tx, new).await?, true),
         Some(row) => {
             let before = decrypt(ctx, &mut tx, row.clone()).await?;
             let mut c = from_input(before.id.clone(), ext, input, before.created_at);

@@ -75,6 +75,8 @@ pub struct Ctx {
     pub(crate) checkout_reads: Arc<subscriptions::checkout::Reads>,
     /// Checkouts waiting to be written together, per tenant environment.
     pub(crate) checkout_writes: Arc<subscriptions::checkout::Writes>,
+    /// New customers waiting to be created together, per tenant environment.
+    pub(crate) customer_creates: Arc<customers::Creates>,
     /// Idempotency claims waiting to be inserted together, per tenant environment.
     pub(crate) idempotency_claims: Arc<idempotency::Claims>,
     /// Idempotent responses waiting to be kept together, per tenant environment.
@@ -108,6 +110,7 @@ impl Ctx {
             checkout_settles: Default::default(),
             checkout_reads: Default::default(),
             checkout_writes: Default::default(),
+            customer_creates: Default::default(),
             idempotency_claims: Default::default(),
             idempotency_responses: Default::default(),
         }

@@ -81,12 +81,24 @@ fn customer_values(c: &CustomerRow) -> Vec<sea_query::SimpleExpr> {
 /// Adds a customer (taken external id, email or phone: `UniqueViolation` naming
 /// `customers_external_id_key`, `customers_email_key` or `customers_phone_key`).
 pub async fn insert_customer(tx: &mut TenantTx, c: &CustomerRow) -> Result<()> {
+    insert_customers(tx, std::slice::from_ref(c)).await
+}
+
+/// Adds customers in one statement (none: nothing); a taken external id, email or phone fails
+/// it as [`insert_customer`] does.
+pub async fn insert_customers(tx: &mut TenantTx, rows: &[CustomerRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let mut cols = CUSTOMER_COLUMNS.to_vec();
     cols.push(Customers::TenantId);
-    let mut v = customer_values(c);
-    v.push(tx.scope().environment().as_str().into());
-    v.push(tx.scope().tenant_id().to_string().into());
-    let q = Query::insert().into_table(Customers::Table).columns(cols).values_panic(v).to_owned();
+    let mut q = Query::insert().into_table(Customers::Table).columns(cols).to_owned();
+    for c in rows {
+        let mut v = customer_values(c);
+        v.push(tx.scope().environment().as_str().into());
+        v.push(tx.scope().tenant_id().to_string().into());
+        q.values_panic(v);
+    }
     tx.write(&q).await?;
     Ok(())
 }
@@ -137,6 +149,17 @@ pub async fn get_customers(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<Cust
 pub async fn by_external_id(tx: &mut TenantTx, external_id: &str) -> Result<Option<CustomerRow>> {
     let q = select_customers(tx).and_where(Expr::col(Customers::ExternalId).eq(external_id)).to_owned();
     tx.tx.fetch_optional::<CustomerRow>(&q).await
+}
+
+/// The customers of the tenant's `external_ids` that exist (in no particular order).
+pub async fn by_external_ids(tx: &mut TenantTx, external_ids: &[String]) -> Result<Vec<CustomerRow>> {
+    if external_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = select_customers(tx)
+        .and_where(Expr::col(Customers::ExternalId).is_in(external_ids.iter().cloned()))
+        .to_owned();
+    tx.tx.fetch_all::<CustomerRow>(&q).await
 }
 
 /// Customers in id order after `starting_after`, optionally those with an email or phone hash.

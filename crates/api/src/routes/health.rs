@@ -110,6 +110,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "Checkouts this process settled",
             checkout::settled_together(),
         ),
+        (
+            "customers_created_together",
+            "customer_create",
+            "New customers this process created",
+            azotte_service::customers::created_together(),
+        ),
     ];
     for (items, transactions, what, (n, t)) in gathered {
         counter(

@@ -296,8 +296,118 @@ async fn payment_methods_are_tokens_of_one_storefronts_psp_account(app: TestApp)
         .await;
 }
 
+/// New customers requested at about the same moment are created together, in shared
+/// transactions (decision 0007, "Customers and offers written together"), each sealed under its
+/// own data key and journaled in its own request's lineage and name exactly as alone. One whose
+/// external id is taken (an upsert's update, a create's conflict) or named twice in the batch
+/// goes the one-by-one way and gets its own answer; a batch that cannot insert one of its
+/// customers (an email another customer has) writes none: each is then written alone, the
+/// refused one gets its error and nothing of it is stored or journaled.
+async fn customers_requested_together_are_created_together(app: TestApp) {
+    use std::time::Duration;
+    app.create_tenant(T).await;
+    post(&app, "/v1/customers", json!({"external_id": "taken-1", "email": "taken@example.org"}), 201).await;
+    let put = |ext: String, body: Value, request_id: String| {
+        let app = &app;
+        async move {
+            app.request(reqwest::Method::PUT, &format!("/v1/customers/by-external-id/{ext}"))
+                .json(body)
+                .header("x-request-id", &request_id)
+                .tenant(T, ENV)
+                .send()
+                .await
+        }
+    };
+    let create = |body: Value| {
+        let app = &app;
+        async move { app.post("/v1/customers", body).tenant(T, ENV).send().await }
+    };
+    let before = azotte_service::customers::created_together();
+    // The requests arrive while the first creating transaction cannot insert yet: the others
+    // wait for it, together.
+    let held = app.hold_writes("customer_data.customers").await;
+    let puts = (0..8).map(|i| {
+        let body = json!({"email": format!("together-{i}@example.org"), "first_name": format!("Tog{i}")});
+        put(format!("together-{i}"), body, format!("req-together-{i}"))
+    });
+    let (new, existing, twice, ()) = tokio::join!(
+        futures::future::join_all(puts),
+        put("taken-1".into(), json!({"email": "taken@example.org", "last_name": "Kept"}), "req-taken".into()),
+        futures::future::join_all([
+            create(json!({"external_id": "twice"})),
+            create(json!({"external_id": "twice"}))
+        ]),
+        async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            held.release().await;
+        }
+    );
+    let after = azotte_service::customers::created_together();
+    let (created, transactions) = (after.0 - before.0, after.1 - before.1);
+    assert!(created == 9 && transactions < created, "{created} customers in {transactions} transactions");
+    // The existing one updated (the one-by-one path), the second create of one external id refused.
+    assert_eq!(existing.status, 200, "{}", existing.text());
+    assert_eq!(existing.json::<Value>()["last_name"], "Kept");
+    let mut twice: Vec<u16> = twice.iter().map(|a| a.status).collect();
+    twice.sort();
+    assert_eq!(twice, [201, 409]);
+    let mut correlations = std::collections::HashSet::new();
+    for (i, a) in new.iter().enumerate() {
+        assert_eq!(a.status, 201, "{}", a.text());
+        let id = a.json::<Value>()["id"].as_str().unwrap().to_owned();
+        // Sealed under its own key: it reads back.
+        let read = get(&app, &format!("/v1/customers/{id}")).await;
+        assert_eq!(read["email"], format!("together-{i}@example.org"));
+        assert_eq!(read["first_name"], format!("Tog{i}"));
+        // Its entries, in its own request's lineage and name, in the one-by-one order.
+        let j = get(&app, &format!("/v1/journal?type=customer.create&resource_id={id}")).await;
+        let entry = &j["data"][0];
+        assert_eq!(entry["request_id"], format!("req-together-{i}"), "{j}");
+        assert_ne!(entry["principal"]["kind"], "system", "{entry}");
+        let correlation = entry["correlation_id"].as_str().unwrap().to_owned();
+        let lineage = get(&app, &format!("/v1/journal?correlation_id={correlation}&limit=100")).await;
+        let types: Vec<&str> =
+            lineage["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["customer.create", "customer.created"], "{lineage}");
+        assert_eq!(
+            lineage["data"][1]["body"],
+            json!({"fields": ["email", "first_name", "legal_type", "status"]})
+        );
+        assert!(correlations.insert(correlation), "each its own lineage");
+    }
+
+    // A batch that cannot insert one of its customers: each alone, the refused one told why.
+    let creates = || {
+        let app = &app;
+        async move {
+            get(app, "/v1/journal?type=customer.create&limit=100").await["data"].as_array().unwrap().len()
+        }
+    };
+    let created_before = creates().await;
+    let held = app.hold_writes("customer_data.customers").await;
+    let (answers, ()) = tokio::join!(
+        futures::future::join_all([
+            put("good-1".into(), json!({}), "req-good-1".into()),
+            put("bad".into(), json!({"email": "TAKEN@example.org"}), "req-bad".into()),
+            put("good-2".into(), json!({}), "req-good-2".into()),
+        ]),
+        async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            held.release().await;
+        }
+    );
+    assert_eq!((answers[0].status, answers[2].status), (201, 201));
+    assert_eq!(answers[1].status, 409, "{}", answers[1].text());
+    let problem = answers[1].problem();
+    assert_eq!(problem.code, "email_taken");
+    assert_eq!(creates().await, created_before + 2, "the refused customer journaled nothing");
+    let bad = app.request(reqwest::Method::GET, "/v1/customers?email=taken@example.org").tenant(T, ENV);
+    assert_eq!(bad.expect(200).await.json::<Value>()["data"].as_array().unwrap().len(), 1);
+}
+
 both!(
     a_customer_round_trips_through_the_vault,
+    customers_requested_together_are_created_together,
     bad_customer_input_is_refused_with_the_field,
     no_personal_value_is_readable_in_the_database_journal_or_logs,
     payment_methods_are_tokens_of_one_storefronts_psp_account

@@ -44,6 +44,8 @@ async fn metrics_count_requests_by_route_template(app: TestApp) {
         "azotte_checkout_write_transactions_total",
         "azotte_checkouts_settled_together_total",
         "azotte_checkout_settle_transactions_total",
+        "azotte_customers_created_together_total",
+        "azotte_customer_create_transactions_total",
     ] {
         assert!(text.contains(&format!("# TYPE {name} counter\n{name} ")), "{name}: {text}");
     }
