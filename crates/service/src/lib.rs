@@ -77,6 +77,8 @@ pub struct Ctx {
     pub(crate) checkout_writes: Arc<subscriptions::checkout::Writes>,
     /// New customers waiting to be created together, per tenant environment.
     pub(crate) customer_creates: Arc<customers::Creates>,
+    /// Offers waiting to be made together, per tenant environment.
+    pub(crate) offer_makes: Arc<subscriptions::offers::Makes>,
     /// Idempotency claims waiting to be inserted together, per tenant environment.
     pub(crate) idempotency_claims: Arc<idempotency::Claims>,
     /// Idempotent responses waiting to be kept together, per tenant environment.
@@ -111,6 +113,7 @@ impl Ctx {
             checkout_reads: Default::default(),
             checkout_writes: Default::default(),
             customer_creates: Default::default(),
+            offer_makes: Default::default(),
             idempotency_claims: Default::default(),
             idempotency_responses: Default::default(),
         }

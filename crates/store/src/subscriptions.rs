@@ -46,7 +46,15 @@ pub struct OfferRow {
 
 /// Adds an offer.
 pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
-    let q = Query::insert()
+    insert_offers(tx, std::slice::from_ref(o)).await
+}
+
+/// Stores offers in one statement (none: nothing).
+pub async fn insert_offers(tx: &mut TenantTx, rows: &[OfferRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut q = Query::insert()
         .into_table(Offers::Table)
         .columns([
             Offers::TenantId,
@@ -60,7 +68,9 @@ pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
             Offers::ExpiresAt,
             Offers::SubscriptionId,
         ])
-        .values_panic([
+        .to_owned();
+    for o in rows {
+        q.values_panic([
             tx.scope().tenant_id().to_string().into(),
             tx.scope().environment().as_str().into(),
             o.id.clone().into(),
@@ -71,8 +81,8 @@ pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
             o.created_at.into(),
             o.expires_at.into(),
             o.subscription_id.clone().into(),
-        ])
-        .to_owned();
+        ]);
+    }
     tx.write(&q).await?;
     Ok(())
 }

@@ -116,6 +116,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "New customers this process created",
             azotte_service::customers::created_together(),
         ),
+        (
+            "offers_made_together",
+            "offer_make",
+            "Offers this process made (new, winback, showcase)",
+            azotte_service::subscriptions::offers::made_together(),
+        ),
     ];
     for (items, transactions, what, (n, t)) in gathered {
         counter(

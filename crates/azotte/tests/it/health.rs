@@ -46,6 +46,8 @@ async fn metrics_count_requests_by_route_template(app: TestApp) {
         "azotte_checkout_settle_transactions_total",
         "azotte_customers_created_together_total",
         "azotte_customer_create_transactions_total",
+        "azotte_offers_made_together_total",
+        "azotte_offer_make_transactions_total",
     ] {
         assert!(text.contains(&format!("# TYPE {name} counter\n{name} ")), "{name}: {text}");
     }

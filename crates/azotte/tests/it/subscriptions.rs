@@ -865,6 +865,155 @@ async fn checkouts_captured_together_are_settled_together(app: TestApp) {
     assert_eq!(sequences, (first..first + 8).collect::<Vec<_>>(), "{numbers:?}");
 }
 
+/// Offers asked for at about the same moment are made together, in shared transactions
+/// (decision 0007, "Customers and offers written together"), each exactly as alone — priced,
+/// with the trial its own customer's family history allows — and journaled in its own request's
+/// lineage and name. One that cannot be made as read (unknown customer, currency not sold, a
+/// storefront its key may not use) gets its own error and journals nothing; the others are made.
+async fn offers_asked_together_are_made_together(app: TestApp) {
+    let shop = shop(&app, "tok_sandbox_success").await;
+    // shop.cus holds a live subscription in the trial price's family: no second purchase there.
+    let o = offer(&app, &shop).await;
+    assert_eq!(checkout(&app, &shop, &o, &shop.trial).await["status"], "succeeded");
+    let mut fresh = Vec::new();
+    for i in 0..5 {
+        fresh.push(id(&post(&app, "/v1/customers", json!({"external_id": format!("asked-{i}")}), 201).await));
+    }
+    let sf2 = id(&post(
+        &app,
+        "/v1/storefronts",
+        json!({"name": "Other", "type": "web", "default_currency": "EUR", "default_language": "en", "countries": ["DE"],
+               "tax": {"kind": "inclusive", "rate_bp": 1900}}),
+        201,
+    )
+    .await);
+    app.admin_mfa().await;
+    let other_shop_key = app
+        .api_key(
+            T,
+            ENV,
+            json!({"description": "other shop", "role": "tenant_admin", "storefront_ids": [sf2]}),
+        )
+        .await;
+    let other_shop_key = other_shop_key["secret"].as_str().unwrap().to_owned();
+    let ask = |body: Value, request_id: String| {
+        let app = &app;
+        async move { app.post("/v1/offers", body).header("x-request-id", &request_id).tenant(T, ENV).send().await }
+    };
+    let made_entries = || {
+        let app = &app;
+        async move { get(app, "/v1/journal?type=offer.create&limit=100").await["data"].as_array().unwrap().len() }
+    };
+    let entries_before = made_entries().await;
+    let before = azotte_service::subscriptions::offers::made_together();
+    // The requests arrive while the first transaction cannot store its offer yet: the others
+    // wait for it, together.
+    let held = app.hold_writes("offers").await;
+    let sf = shop.sf.as_str();
+    let asks = fresh
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ask(json!({"customer_id": c, "storefront_id": sf}), format!("req-asked-{i}")));
+    let (fresh_answers, others, ()) = tokio::join!(
+        futures::future::join_all(asks),
+        futures::future::join_all([
+            ask(json!({"customer_id": shop.cus, "storefront_id": sf}), "req-subscribed".into()),
+            ask(json!({"storefront_id": sf}), "req-showcase".into()),
+            ask(
+                json!({"customer_id": "cus_01jdq3m9x7e5k4w2c8v6b0n1p2", "storefront_id": sf}),
+                "req-unknown".into()
+            ),
+            ask(json!({"customer_id": fresh[0], "storefront_id": sf, "currency": "USD"}), "req-usd".into()),
+        ]),
+        async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            held.release().await;
+        }
+    );
+    let after = azotte_service::subscriptions::offers::made_together();
+    let (made, transactions) = (after.0 - before.0, after.1 - before.1);
+    assert!(made == 7 && transactions < made, "{made} offers in {transactions} transactions");
+    // Each refused as alone, with nothing journaled.
+    assert_eq!(others[2].status, 404, "{}", others[2].text());
+    assert_eq!(others[2].problem().code, "customer_not_found");
+    assert_eq!(others[3].status, 422, "{}", others[3].text());
+    assert_eq!(others[3].problem().errors[0].code, "currency_not_served");
+    assert_eq!(made_entries().await, entries_before + 7);
+    // Each made offer as its customer's history allows.
+    for (i, a) in fresh_answers.iter().enumerate() {
+        assert_eq!(a.status, 201, "{}", a.text());
+        let o: Value = a.json();
+        let items = o["items"].as_array().unwrap();
+        let trial = items.iter().find(|i| i["price_id"] == shop.trial.as_str()).expect("the trial price");
+        assert_eq!((items.len(), trial["trial_days"].as_u64()), (2, Some(14)), "{o}");
+        let created = only_entry(&app, "offer.create", &id(&o)).await;
+        assert_eq!(created["request_id"], format!("req-asked-{i}"), "{created}");
+        assert_ne!(created["principal"]["kind"], "system", "{created}");
+        let correlation = created["correlation_id"].as_str().unwrap();
+        let page = get(&app, &format!("/v1/journal?correlation_id={correlation}&limit=100")).await;
+        let types: Vec<&str> =
+            page["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["offer.create", "offer.eligibility", "offer.created"], "{page}");
+    }
+    let subscribed: Value = others[0].json();
+    assert_eq!(others[0].status, 201, "{subscribed}");
+    let items: Vec<&str> =
+        subscribed["items"].as_array().unwrap().iter().map(|i| i["price_id"].as_str().unwrap()).collect();
+    assert_eq!(items, [shop.monthly.as_str()], "only the family it has no subscription in: {subscribed}");
+    let showcase: Value = others[1].json();
+    assert_eq!((others[1].status, showcase["intent"].as_str()), (201, Some("showcase")), "{showcase}");
+    let created = only_entry(&app, "offer.create", &id(&showcase)).await;
+    let page =
+        get(&app, &format!("/v1/journal?correlation_id={}", created["correlation_id"].as_str().unwrap()))
+            .await;
+    let types: Vec<&str> =
+        page["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["offer.create", "offer.created"], "{page}");
+
+    // A request refused last in a batch after a good one: the good one is still made together;
+    // a key for another storefront is refused as alone.
+    let before = azotte_service::subscriptions::offers::made_together();
+    let held = app.hold_writes("offers").await;
+    let later = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    let ask_as = |customer: &str, key: Option<&str>, ms: u64| {
+        let (app, body) = (&app, json!({"customer_id": customer, "storefront_id": sf}));
+        let key = key.map(str::to_owned);
+        async move {
+            later(ms).await;
+            match key {
+                Some(k) => app.post("/v1/offers", body).token(&k).header("x-tn", T).send().await,
+                None => app.post("/v1/offers", body).tenant(T, ENV).send().await,
+            }
+        }
+    };
+    let (first, good, unknown, other_shop, ()) = tokio::join!(
+        ask_as(&fresh[2], None, 0),
+        ask_as(&fresh[4], None, 100),
+        ask_as("cus_01jdq3m9x7e5k4w2c8v6b0n1p2", None, 200),
+        ask_as(&fresh[1], Some(&other_shop_key), 300),
+        async {
+            later(700).await;
+            held.release().await;
+        }
+    );
+    assert_eq!((first.status, good.status), (201, 201), "{} {}", first.text(), good.text());
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    assert_eq!(other_shop.status, 404, "{}", other_shop.text());
+    assert_eq!(other_shop.problem().code, "storefront_not_found");
+    let after = azotte_service::subscriptions::offers::made_together();
+    assert_eq!(after.0 - before.0, 2, "both good ones made together ({} transactions)", after.1 - before.1);
+    // An offer made together checks out like any other.
+    let o: Value = fresh_answers[3].json();
+    let c = post(
+        &app,
+        "/v1/checkouts",
+        json!({"customer_id": fresh[3], "offer_id": o["id"], "price_id": shop.trial}),
+        202,
+    )
+    .await;
+    assert_eq!(settle(&app, &id(&c)).await["status"], "succeeded");
+}
+
 /// Checkouts requested at about the same moment are written together, in shared transactions
 /// (decision 0007, "Checkouts written together") — new tokens' methods, checkouts and first
 /// charges — and each ends exactly as it would alone, journaled in its own request's lineage and
@@ -1086,6 +1235,7 @@ both!(
     a_checkouts_charge_is_recorded_with_the_checkout_in_its_jobs_name,
     checkouts_captured_together_are_settled_together,
     checkouts_requested_together_are_written_together,
+    offers_asked_together_are_made_together,
     checkouts_read_together_each_get_their_own_answer,
     a_checkout_that_loses_its_family_records_its_charge_and_refunds_it,
     a_declined_card_fails_the_checkout_with_its_reason,

@@ -10,14 +10,19 @@ use azotte_domain::id::OfferId;
 use azotte_domain::permission::Permission;
 use azotte_domain::subscription::{trial_eligibility, FamilyHistory};
 use azotte_domain::{FieldError, ValidationErrors};
-use azotte_store::customers as customer_store;
+use azotte_store::customers::{self as customer_store, CustomerRow};
 use azotte_store::subscriptions::{self as store, OfferRow, SubscriptionFilter};
-use azotte_store::{TenantScope, TenantTx};
+use azotte_store::{journal, TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::catalog::Catalog;
 use crate::{Ctx, Result, ServiceError};
+
+mod together;
+pub use together::made_together;
+pub(crate) use together::Makes;
 
 /// How long an offer can be checked out.
 pub const OFFER_TTL: chrono::Duration = chrono::Duration::minutes(30);
@@ -185,32 +190,30 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
     if !showcase {
         crate::security::require(ctx, scope, Permission::CatalogRead).await?;
     }
+    let mut asking =
+        together::Asking { scope: scope.clone(), meta: journal::current_meta(), input, asked, now };
+    if asking.input.intent != Intent::Replace && asking.input.subscription_id.is_none() {
+        // Commonly: made with the others of the tenant environment asked for now.
+        match together::make(ctx, asking).await? {
+            together::Offered::Done(offer) => return Ok(*offer),
+            together::Offered::Alone(back) => asking = *back,
+        }
+    }
+    let together::Asking { input, asked, now, .. } = asking;
     // One transaction reads the catalog and the customer and writes the offer.
     let mut tx = ctx.db.tenant_tx(scope).await?;
     let catalog =
         crate::catalog::storefront_catalog_in(&mut tx, now, &input.storefront_id, asked.as_ref()).await?;
-    let sf = &catalog.storefront;
-    let currency = asked.unwrap_or_else(|| sf.default_currency.clone());
-    if !sf.currencies.contains(&currency) {
-        return Err(invalid(
-            "currency",
-            "currency_not_served",
-            "the storefront does not sell in this currency",
-        ));
-    }
+    let currency = served(&catalog, asked)?;
     let customer = match &input.customer_id {
-        Some(id) => Some(
-            customer_store::get_customer(&mut tx, id)
-                .await?
-                .filter(|c| c.status != "erased")
-                .ok_or(ServiceError::NotFound { resource: "customer" })?,
-        ),
+        Some(id) => Some(present(customer_store::get_customer(&mut tx, id).await?)?),
         None => None,
     };
     let replaced = match (input.intent, &customer, &input.subscription_id) {
         (Intent::Replace, Some(c), Some(sid)) => {
             let asked = input.currency.as_ref().map(|_| &currency);
-            Some(super::replace::replaceable_of(&mut tx, scope, sid, &c.id, &sf.id, asked, now).await?)
+            let sf = &catalog.storefront.id;
+            Some(super::replace::replaceable_of(&mut tx, scope, sid, &c.id, sf, asked, now).await?)
         }
         (Intent::Replace, _, _) => {
             let field = if showcase { "customer_id" } else { "subscription_id" };
@@ -225,29 +228,80 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
         }
         _ => None,
     };
-    let country = customer.as_ref().and_then(|c| c.country.clone());
-    let rate = sf.tax.rate_for(country.as_deref());
-    let oid = OfferId::new().to_string();
-    let r = Some(("offer", oid.as_str()));
-    let intent = if showcase { "showcase" } else { input.intent.as_str() };
-    tx.action(
-        now,
-        "offer.create",
-        r,
-        json!({"customer_id": input.customer_id, "storefront_id": sf.id, "intent": intent, "currency": currency}),
-    )
-    .await?;
-    let mut items = Vec::new();
-    if let Some(sub) = &replaced {
-        items = super::replace::candidates(&catalog, sub, rate);
-    }
     let histories = match (&customer, &replaced) {
         (Some(c), None) => Some(family_histories(&mut tx, &c.id).await?),
         _ => None,
     };
+    let basis =
+        Basis { catalog: &catalog, currency, customer: customer.as_ref(), replaced: replaced.as_ref() };
+    let made = compose(&input, basis, histories.as_ref(), now)?;
+    journal_made(&mut tx, &made, now).await?;
+    store::insert_offer(&mut tx, &made.row).await?;
+    tx.commit().await?;
+    Offer::from_row(made.row)
+}
+
+/// The currency an offer is in (the asked one, else the storefront's default), if the
+/// storefront sells in it.
+pub(super) fn served(catalog: &Catalog, asked: Option<Currency>) -> Result<Currency> {
+    let sf = &catalog.storefront;
+    let currency = asked.unwrap_or_else(|| sf.default_currency.clone());
+    if !sf.currencies.contains(&currency) {
+        return Err(invalid(
+            "currency",
+            "currency_not_served",
+            "the storefront does not sell in this currency",
+        ));
+    }
+    Ok(currency)
+}
+
+/// The customer an offer is for, if it exists and is not erased.
+pub(super) fn present(customer: Option<CustomerRow>) -> Result<CustomerRow> {
+    customer.filter(|c| c.status != "erased").ok_or(ServiceError::NotFound { resource: "customer" })
+}
+
+/// What an offer is made from, read.
+pub(super) struct Basis<'a> {
+    pub(super) catalog: &'a Catalog,
+    pub(super) currency: Currency,
+    pub(super) customer: Option<&'a CustomerRow>,
+    /// The subscription a `replace` offer replaces.
+    pub(super) replaced: Option<&'a store::SubscriptionRow>,
+}
+
+/// An offer as made, to be journaled and stored.
+pub(super) struct Made {
+    pub(super) row: OfferRow,
+    action: serde_json::Value,
+    /// The trial eligibility of each item (an offer for a customer).
+    decision: Option<serde_json::Value>,
+    items: usize,
+}
+
+/// Makes the offer asked by `input` from what was read (`histories`: the customer's family
+/// histories, for an offer that replaces nothing).
+pub(super) fn compose(
+    input: &OfferInput,
+    basis: Basis<'_>,
+    histories: Option<&HashMap<String, FamilyHistory>>,
+    now: DateTime<Utc>,
+) -> Result<Made> {
+    let Basis { catalog, currency, customer, replaced } = basis;
+    let sf = &catalog.storefront;
+    let showcase = input.customer_id.is_none();
+    let country = customer.and_then(|c| c.country.clone());
+    let rate = sf.tax.rate_for(country.as_deref());
+    let oid = OfferId::new().to_string();
+    let intent = if showcase { "showcase" } else { input.intent.as_str() };
+    let action = json!({"customer_id": input.customer_id, "storefront_id": sf.id, "intent": intent, "currency": currency});
+    let mut items = Vec::new();
+    if let Some(sub) = replaced {
+        items = super::replace::candidates(catalog, sub, rate);
+    }
     for item in catalog.items.iter().filter(|_| replaced.is_none()) {
         let b = &item.bundle.bundle;
-        let history = histories.as_ref().map(|h| h.get(&b.family).cloned().unwrap_or_default());
+        let history = histories.map(|h| h.get(&b.family).cloned().unwrap_or_default());
         if history.as_ref().is_some_and(|h| h.has_live_subscription) {
             // Already subscribed in this family: a plan change, not a new purchase.
             continue;
@@ -271,33 +325,36 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
             items.push(priced);
         }
     }
-    if customer.is_some() {
+    let decision = customer.map(|_| {
         let decisions: Vec<_> = items
             .iter()
             .map(|i| json!({"price_id": i.price_id, "family": i.family, "trial_days": i.trial_days, "reasons": i.trial_reasons}))
             .collect();
-        tx.decision(
-            now,
-            "offer.eligibility",
-            r,
-            json!({"items": decisions, "cooldown_days": sf.lifecycle.trial_cooldown_days}),
-        )
-        .await?;
-    }
+        json!({"items": decisions, "cooldown_days": sf.lifecycle.trial_cooldown_days})
+    });
     let row = OfferRow {
-        id: oid.clone(),
+        id: oid,
         customer_id: input.customer_id.clone(),
         storefront_id: sf.id.clone(),
         intent: intent.to_owned(),
         items: serde_json::to_value(&items).map_err(ServiceError::internal)?,
         created_at: now,
         expires_at: now + OFFER_TTL,
-        subscription_id: replaced.as_ref().map(|s| s.id.clone()),
+        subscription_id: replaced.map(|s| s.id.clone()),
     };
-    store::insert_offer(&mut tx, &row).await?;
-    tx.outcome(now, "offer.created", r, json!({"items": items.len(), "expires_at": row.expires_at})).await?;
-    tx.commit().await?;
-    Offer::from_row(row)
+    Ok(Made { row, action, decision, items: items.len() })
+}
+
+/// Journals a made offer: `offer.create`, `offer.eligibility` (for a customer), `offer.created`.
+pub(super) async fn journal_made(tx: &mut TenantTx, made: &Made, now: DateTime<Utc>) -> Result<()> {
+    let r = Some(("offer", made.row.id.as_str()));
+    tx.action(now, "offer.create", r, made.action.clone()).await?;
+    if let Some(d) = &made.decision {
+        tx.decision(now, "offer.eligibility", r, d.clone()).await?;
+    }
+    let body = json!({"items": made.items, "expires_at": made.row.expires_at});
+    tx.outcome(now, "offer.created", r, body).await?;
+    Ok(())
 }
 
 /// A price as offered to a customer taxed at `rate`, without a trial.
