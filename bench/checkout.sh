@@ -41,7 +41,8 @@
 # attempt, its own PSP payment id, request key `checkout-{id}`), and no other payment; one
 # invoice paid in full by that payment; its customer's one payment method (the checkout's token,
 # active, the default); every numbered invoice series without a gap or a repeat. It also prints
-# how many checkouts the server read, wrote and settled together, and in how many transactions.
+# how many customers and offers the server created and made together, how many checkouts it read,
+# wrote and settled together, and in how many transactions.
 #
 # Environment:
 #   BENCH_DURATION       seconds of the measured runs (default 10)
@@ -263,23 +264,22 @@ SERIES=$(sql azotte_bench "SELECT count(*) || ' invoices in ' || count(DISTINCT 
       HAVING max(sequence) <> count(*) OR count(DISTINCT sequence) <> count(*)) g)
   FROM invoices WHERE $(in_env invoices) AND series IS NOT NULL")
 GAPS=${SERIES##*: }
-# Checkouts settled in shared settling transactions (decision 0007): their count, and the transactions'.
-SETTLED_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_settled_together_total / {c = $2}
-  /^azotte_checkout_settle_transactions_total / {t = $2}
-  END {if (t > 0) printf "%d checkouts in %d settling transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
-# Checkout requests read in shared transactions (decision 0007): their count, and the transactions'.
-READ_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_read_together_total / {c = $2}
-  /^azotte_checkout_read_transactions_total / {t = $2}
-  END {if (t > 0) printf "%d checkout requests in %d reading transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
-# Checkouts written in shared transactions (decision 0007): their count, and the transactions'.
-WRITTEN_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_checkouts_written_together_total / {c = $2}
-  /^azotte_checkout_write_transactions_total / {t = $2}
-  END {if (t > 0) printf "%d checkouts in %d writing transactions (%.1f per transaction)", c, t, c / t; else print "none"}')
+# Work done in shared transactions (decision 0007): items, the transactions, the mean batch.
+METRICS=$(curl -sf "$BASE/metrics")
+together() { # items-counter transactions-counter "what" "transactions' name"
+  awk -v items="$1" -v txs="$2" -v what="$3" -v name="$4" '$1 == items {c = $2} $1 == txs {t = $2}
+    END {if (t > 0) printf "%d %s in %d %s transactions (%.1f per transaction)", c, what, t, name, c / t; else print "none"}' <<<"$METRICS"
+}
+CREATED_TOGETHER=$(together azotte_customers_created_together_total azotte_customer_create_transactions_total "new customers" creating)
+MADE_TOGETHER=$(together azotte_offers_made_together_total azotte_offer_make_transactions_total offers making)
+READ_TOGETHER=$(together azotte_checkouts_read_together_total azotte_checkout_read_transactions_total "checkout requests" reading)
+WRITTEN_TOGETHER=$(together azotte_checkouts_written_together_total azotte_checkout_write_transactions_total checkouts writing)
+SETTLED_TOGETHER=$(together azotte_checkouts_settled_together_total azotte_checkout_settle_transactions_total checkouts settling)
 # Idempotency claims and kept responses written in shared transactions (decision 0006).
-IDEM_TOGETHER=$(curl -sf "$BASE/metrics" | awk '/^azotte_idempotency_records_gathered_total/ {split($1, a, "\""); n[a[2]] = $2}
+IDEM_TOGETHER=$(awk '/^azotte_idempotency_records_gathered_total/ {split($1, a, "\""); n[a[2]] = $2}
   /^azotte_idempotency_gathered_transactions_total/ {split($1, a, "\""); t[a[2]] = $2}
   END {for (w in n) {printf "%s%d %ss in %d transactions (%.1f per transaction)", sep, n[w], w, t[w], (t[w] > 0 ? n[w] / t[w] : 0); sep = "; "}
-    if (length(n) == 0) print "none"}')
+    if (length(n) == 0) print "none"}' <<<"$METRICS")
 LOG_SUMMARY=$(log_summary checkouts)
 stop_azotte
 
@@ -314,6 +314,8 @@ echo "Correctness: checkouts by status: $CHECKOUTS ($TOTAL in all, $CLIENT_SEEN 
 echo "$PAYMENTS; checkouts without exactly one active subscription, three grants, one captured single-attempt payment"
 echo "and their customer's one payment method (active, default): $BAD."
 echo "Invoices: $SERIES; succeeded checkouts without exactly one invoice paid by their payment: $BAD_INVOICES."
+echo "Created together: $CREATED_TOGETHER."
+echo "Made together: $MADE_TOGETHER."
 echo "Read together: $READ_TOGETHER."
 echo "Written together: $WRITTEN_TOGETHER."
 echo "Settled together: $SETTLED_TOGETHER."
