@@ -172,6 +172,9 @@ impl Db {
                 let pg = PgPoolOptions::new()
                     .max_connections(opts.max_connections)
                     .acquire_timeout(opts.acquire_timeout)
+                    // The first statement on a connection tests it (`on_live_connection`):
+                    // testing it before would be one more round trip per transaction.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute(format!("SET ROLE {APP_ROLE}").as_str()).await?;
@@ -211,7 +214,7 @@ impl Db {
     pub async fn ping(&self) -> Result<()> {
         match &self.pool {
             Pool::Sqlite { read: p, .. } => p.execute("SELECT 1").await.map(drop)?,
-            Pool::Postgres(p) => p.execute("SELECT 1").await.map(drop)?,
+            Pool::Postgres(p) => on_live_connection(p, || p.execute("SELECT 1")).await.map(drop)?,
         }
         Ok(())
     }
@@ -255,7 +258,7 @@ impl Db {
             }
             Pool::Postgres(p) => {
                 let (sql, values) = stmt.build_sqlx(sea_query::PostgresQueryBuilder);
-                sqlx::query_as_with(&sql, values).fetch_optional(p).await?
+                on_live_connection(p, || sqlx::query_as_with(&sql, values.clone()).fetch_optional(p)).await?
             }
         })
     }
@@ -264,7 +267,7 @@ impl Db {
     pub(crate) async fn unscoped_read_tx(&self) -> Result<Tx> {
         Ok(match &self.pool {
             Pool::Sqlite { read, .. } => Tx::Sqlite(crate::exec::SqliteTx::begin(read, "BEGIN").await?),
-            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Pool::Postgres(p) => Tx::Postgres(on_live_connection(p, || p.begin()).await?),
         })
     }
 
@@ -283,7 +286,7 @@ impl Db {
                 }
                 Tx::Sqlite(tx)
             }
-            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+            Pool::Postgres(p) => Tx::Postgres(on_live_connection(p, || p.begin()).await?),
         })
     }
 
@@ -337,9 +340,9 @@ impl Db {
             // One round trip: `BEGIN` and the settings row-level security reads, as one
             // simple-protocol batch (which cannot bind parameters: see `begin_in_environment`).
             Pool::Postgres(p) => match begin_in_environment(begin, &tenant, environment) {
-                Some(batch) => Tx::Postgres(p.begin_with(batch).await?),
+                Some(batch) => Tx::Postgres(on_live_connection(p, || p.begin_with(batch.clone())).await?),
                 None => {
-                    let mut tx = Tx::Postgres(p.begin_with(pg_begin(begin)).await?);
+                    let mut tx = Tx::Postgres(on_live_connection(p, || p.begin_with(pg_begin(begin))).await?);
                     tx.enter_environment(&tenant, environment).await?;
                     tx
                 }
@@ -364,6 +367,41 @@ impl Db {
             Pool::Postgres(p) => Some(p),
             Pool::Sqlite { .. } => None,
         }
+    }
+}
+
+/// PostgreSQL: runs `work`, whose first round trip goes to a connection just taken from the
+/// pool, again on another connection while it fails because that connection was dead (the
+/// server restarted, or ended the session) — at most once per connection the pool may hold,
+/// plus one. The pool does not test a connection before handing it out (sqlx's
+/// `test_before_acquire` would be one more round trip, a ping, per transaction): the work's own
+/// first statement is the test, and the pool closes a connection that failed it. Only for work
+/// that has changed nothing when it fails there: a `BEGIN`, a read.
+async fn on_live_connection<T, F, Fut>(p: &PgPool, mut work: F) -> std::result::Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+{
+    let mut tries = p.options().get_max_connections().saturating_add(1);
+    loop {
+        match work().await {
+            Err(e) if tries > 1 && connection_lost(&e) => {
+                tries -= 1;
+                tracing::info!(error = %e, "a pooled PostgreSQL connection was dead; trying another");
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether `e` says the connection it came from is gone: an I/O error, or the server's
+/// connection exception (class 08) or operator intervention (57P: the session was terminated,
+/// the server is shutting down or restarting).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 
@@ -641,6 +679,10 @@ fn pg_begin(begin: Begin) -> &'static str {
 #[cfg(test)]
 #[path = "checkpoint_tests.rs"]
 mod checkpoint_tests;
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod pool_tests;
 
 #[cfg(test)]
 mod tests {
