@@ -69,7 +69,7 @@ pub async fn bootstrap_admin_if_empty(
     let mut tx = db.unscoped_tx().await?;
     if let Tx::Postgres(t) = &mut tx {
         // Two processes starting at once must not both create an administrator.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('azotte.bootstrap'))").execute(&mut **t).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('azotte.bootstrap'))").execute(t.conn()?).await?;
     }
     if users::count(&mut tx).await? > 0 {
         return Ok(None);

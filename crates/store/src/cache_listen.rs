@@ -139,13 +139,13 @@ pub(crate) async fn request_ack(
             sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM ({notify}) n"))
                 .bind(CHANNEL)
                 .bind(payload)
-                .fetch_one(&mut **t)
+                .fetch_one(t.conn()?)
                 .await
         }
         Some(q) => {
             // The notification's two parameters follow the statement's own.
             let sql = q.sql(true);
-            let rows = q.bind(sqlx::query(&sql)).bind(CHANNEL).bind(payload).fetch_all(&mut **t).await;
+            let rows = q.bind(sqlx::query(&sql)).bind(CHANNEL).bind(payload).fetch_all(t.conn()?).await;
             rows.map(|r| r.first().map_or(0, |r| sqlx::Row::get::<i64, _>(r, 0)))
         }
     };

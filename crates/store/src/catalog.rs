@@ -245,7 +245,7 @@ pub async fn invoice_prefixes_locked(tx: &mut TenantTx) -> Result<Vec<(String, S
     let key =
         format!("azotte.invoice_prefix:{}:{}", tx.scope().tenant_id(), tx.scope().environment().as_str());
     if let crate::exec::Tx::Postgres(t) = &mut tx.tx {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(&mut **t).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(t.conn()?).await?;
     }
     let q = Query::select()
         .columns([StorefrontInvoicePrefixes::StorefrontId, StorefrontInvoicePrefixes::Prefix])

@@ -12,6 +12,7 @@ use sqlx::{ConnectOptions, Connection, Executor, PgPool, SqlitePool};
 
 use crate::cache::{CacheOptions, ReadCache};
 use crate::exec::Tx;
+use crate::pg_conns::{PgConns, PgTx};
 use crate::scope::{PlatformScope, TenantScope};
 use crate::{Result, StoreError};
 
@@ -90,11 +91,10 @@ enum Pool {
     /// `write`, so a writer waits in that pool's queue and is woken the moment the previous one
     /// commits; on SQLite's own lock it would poll, asleep for up to 100 ms between tries (the
     /// busy handler), while the lock may sit free. Read transactions use `read`.
-    Sqlite {
-        read: SqlitePool,
-        write: SqlitePool,
-    },
-    Postgres(PgPool),
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    /// The store's own connections (`pg_conns`: none pinged when it comes back), and, for
+    /// tests that run raw SQL, a sqlx pool that opens connections only if used.
+    Postgres { conns: Arc<PgConns>, raw: PgPool },
 }
 
 /// A connection pool to one database, with this process's read caches. Cheap to clone.
@@ -169,34 +169,42 @@ impl Db {
                 Pool::Sqlite { read, write }
             }
             Backend::Postgres => {
-                let pg = PgPoolOptions::new()
-                    .max_connections(opts.max_connections)
-                    .acquire_timeout(opts.acquire_timeout)
-                    // The first statement on a connection tests it (`on_live_connection`):
-                    // testing it before would be one more round trip per transaction.
-                    .test_before_acquire(false)
-                    .after_connect(|conn, _| {
+                let options = pg_options(opts)?;
+                let session = vec![
+                    format!("SET ROLE {APP_ROLE}"),
+                    // Customer data has its own schema; queries name tables unqualified.
+                    "SET search_path = public, customer_data".to_owned(),
+                    // Every transaction READ COMMITTED, whatever the server's
+                    // `default_transaction_isolation`: locking reads and conditional updates rely
+                    // on each statement seeing what committed before it (decision 0007).
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED".to_owned(),
+                ];
+                let conns = PgConns::new(
+                    options.clone(),
+                    session.clone(),
+                    opts.max_connections,
+                    opts.acquire_timeout,
+                );
+                // Connected once now, as the pool did: a wrong URL fails at start-up.
+                let mut first = conns.acquire().await?;
+                first.ended();
+                drop(first);
+                let raw = PgPoolOptions::new()
+                    .max_connections(2)
+                    .after_connect(move |conn, _| {
+                        let session = session.clone();
                         Box::pin(async move {
-                            conn.execute(format!("SET ROLE {APP_ROLE}").as_str()).await?;
-                            // Customer data has its own schema; queries name tables unqualified.
-                            conn.execute("SET search_path = public, customer_data").await?;
-                            // Every transaction READ COMMITTED, whatever the server's
-                            // `default_transaction_isolation`: locking reads and conditional
-                            // updates rely on each statement seeing what committed before it
-                            // (decision 0007).
-                            conn.execute(
-                                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
-                            )
-                            .await?;
+                            for s in &session {
+                                conn.execute(s.as_str()).await?;
+                            }
                             Ok(())
                         })
                     })
-                    .connect_with(pg_options(opts)?)
-                    .await?;
+                    .connect_lazy_with(options);
                 if cache.enabled() {
                     crate::cache_listen::spawn(&cache, pg_options(opts)?);
                 }
-                Pool::Postgres(pg)
+                Pool::Postgres { conns, raw }
             }
         };
         Ok(Db { pool, cache })
@@ -206,7 +214,7 @@ impl Db {
     pub fn backend(&self) -> Backend {
         match self.pool {
             Pool::Sqlite { .. } => Backend::Sqlite,
-            Pool::Postgres(_) => Backend::Postgres,
+            Pool::Postgres { .. } => Backend::Postgres,
         }
     }
 
@@ -214,7 +222,15 @@ impl Db {
     pub async fn ping(&self) -> Result<()> {
         match &self.pool {
             Pool::Sqlite { read: p, .. } => p.execute("SELECT 1").await.map(drop)?,
-            Pool::Postgres(p) => on_live_connection(p, || p.execute("SELECT 1")).await.map(drop)?,
+            Pool::Postgres { conns, .. } => {
+                on_live_connection(conns, || async {
+                    let mut c = conns.acquire().await?;
+                    c.conn()?.execute("SELECT 1").await?;
+                    c.ended();
+                    Ok(())
+                })
+                .await?
+            }
         }
         Ok(())
     }
@@ -226,10 +242,14 @@ impl Db {
                 &SQLITE_MIGRATOR,
                 sqlx::query_as("SELECT version, success FROM _sqlx_migrations").fetch_all(p).await?,
             ),
-            Pool::Postgres(p) => (
-                &POSTGRES_MIGRATOR,
-                sqlx::query_as("SELECT version, success FROM _sqlx_migrations").fetch_all(p).await?,
-            ),
+            Pool::Postgres { conns, .. } => (&POSTGRES_MIGRATOR, {
+                let mut c = conns.acquire().await?;
+                let rows = sqlx::query_as("SELECT version, success FROM _sqlx_migrations")
+                    .fetch_all(c.conn()?)
+                    .await?;
+                c.ended();
+                rows
+            }),
         };
         Ok(migrator.iter().filter(|m| !applied.iter().any(|(v, ok)| *v == m.version && *ok)).count())
     }
@@ -241,7 +261,10 @@ impl Db {
                 write.close().await;
                 read.close().await;
             }
-            Pool::Postgres(p) => p.close().await,
+            Pool::Postgres { conns, raw } => {
+                conns.close().await;
+                raw.close().await;
+            }
         }
     }
 
@@ -256,9 +279,15 @@ impl Db {
                 let (sql, values) = stmt.build_sqlx(sea_query::SqliteQueryBuilder);
                 sqlx::query_as_with(&sql, values).fetch_optional(p).await?
             }
-            Pool::Postgres(p) => {
+            Pool::Postgres { conns, .. } => {
                 let (sql, values) = stmt.build_sqlx(sea_query::PostgresQueryBuilder);
-                on_live_connection(p, || sqlx::query_as_with(&sql, values.clone()).fetch_optional(p)).await?
+                on_live_connection(conns, || async {
+                    let mut c = conns.acquire().await?;
+                    let row = sqlx::query_as_with(&sql, values.clone()).fetch_optional(c.conn()?).await?;
+                    c.ended();
+                    Ok(row)
+                })
+                .await?
             }
         })
     }
@@ -267,7 +296,9 @@ impl Db {
     pub(crate) async fn unscoped_read_tx(&self) -> Result<Tx> {
         Ok(match &self.pool {
             Pool::Sqlite { read, .. } => Tx::Sqlite(crate::exec::SqliteTx::begin(read, "BEGIN").await?),
-            Pool::Postgres(p) => Tx::Postgres(on_live_connection(p, || p.begin()).await?),
+            Pool::Postgres { conns, .. } => {
+                Tx::Postgres(on_live_connection(conns, || PgTx::begin(conns, "BEGIN")).await?)
+            }
         })
     }
 
@@ -286,7 +317,9 @@ impl Db {
                 }
                 Tx::Sqlite(tx)
             }
-            Pool::Postgres(p) => Tx::Postgres(on_live_connection(p, || p.begin()).await?),
+            Pool::Postgres { conns, .. } => {
+                Tx::Postgres(on_live_connection(conns, || PgTx::begin(conns, "BEGIN")).await?)
+            }
         })
     }
 
@@ -339,10 +372,12 @@ impl Db {
         let tx = match &self.pool {
             // One round trip: `BEGIN` and the settings row-level security reads, as one
             // simple-protocol batch (which cannot bind parameters: see `begin_in_environment`).
-            Pool::Postgres(p) => match begin_in_environment(begin, &tenant, environment) {
-                Some(batch) => Tx::Postgres(on_live_connection(p, || p.begin_with(batch.clone())).await?),
+            Pool::Postgres { conns, .. } => match begin_in_environment(begin, &tenant, environment) {
+                Some(batch) => Tx::Postgres(on_live_connection(conns, || PgTx::begin(conns, &batch)).await?),
                 None => {
-                    let mut tx = Tx::Postgres(on_live_connection(p, || p.begin_with(pg_begin(begin))).await?);
+                    let mut tx = Tx::Postgres(
+                        on_live_connection(conns, || PgTx::begin(conns, pg_begin(begin))).await?,
+                    );
                     tx.enter_environment(&tenant, environment).await?;
                     tx
                 }
@@ -364,7 +399,7 @@ impl Db {
     #[cfg(test)]
     pub(crate) fn pg_pool(&self) -> Option<&PgPool> {
         match &self.pool {
-            Pool::Postgres(p) => Some(p),
+            Pool::Postgres { raw, .. } => Some(raw),
             Pool::Sqlite { .. } => None,
         }
     }
@@ -375,14 +410,14 @@ impl Db {
 /// server restarted, or ended the session) — at most once per connection the pool may hold,
 /// plus one. The pool does not test a connection before handing it out (sqlx's
 /// `test_before_acquire` would be one more round trip, a ping, per transaction): the work's own
-/// first statement is the test, and the pool closes a connection that failed it. Only for work
+/// first statement is the test, and a connection that failed it is not taken back. Only for work
 /// that has changed nothing when it fails there: a `BEGIN`, a read.
-async fn on_live_connection<T, F, Fut>(p: &PgPool, mut work: F) -> std::result::Result<T, sqlx::Error>
+async fn on_live_connection<T, F, Fut>(conns: &PgConns, mut work: F) -> std::result::Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
 {
-    let mut tries = p.options().get_max_connections().saturating_add(1);
+    let mut tries = conns.max().saturating_add(1);
     loop {
         match work().await {
             Err(e) if tries > 1 && connection_lost(&e) => {

@@ -26,7 +26,7 @@ impl<T> DbRow for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r
 /// An open transaction on either backend.
 pub(crate) enum Tx {
     Sqlite(SqliteTx),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Postgres(crate::pg_conns::PgTx),
 }
 
 /// A SQLite transaction on a pooled connection, begun and ended by plain statements.
@@ -113,7 +113,7 @@ macro_rules! on_backend {
             }
             Tx::Postgres(t) => {
                 let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
-                let $conn = &mut **t;
+                let $conn = t.conn()?;
                 $body
             }
         }
@@ -151,7 +151,7 @@ impl Tx {
     /// policies admit (PostgreSQL; SQLite has no row-level security).
     pub(crate) async fn enter_platform(&mut self) -> Result<()> {
         if let Tx::Postgres(t) = self {
-            sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(&mut **t).await?;
+            sqlx::query("SELECT set_config('azotte.platform', 'on', true)").execute(t.conn()?).await?;
         }
         Ok(())
     }
@@ -165,7 +165,7 @@ impl Tx {
             )
             .bind(tenant_id)
             .bind(environment)
-            .execute(&mut **t)
+            .execute(t.conn()?)
             .await?;
         }
         Ok(())

@@ -130,7 +130,7 @@ pub async fn try_next_number(tx: &mut TenantTx, storefront_id: &str, series: &st
                 .bind(env)
                 .bind(storefront_id)
                 .bind(series)
-                .fetch_optional(&mut **t)
+                .fetch_optional(t.conn()?)
                 .await?;
             tx.writes += 1;
             Ok(n)

@@ -56,7 +56,7 @@ async fn tenant(db: &Db, slug: &str) -> TenantScope {
 
 fn pg(tx: &mut Tx) -> &mut sqlx::PgConnection {
     match tx {
-        Tx::Postgres(t) => t,
+        Tx::Postgres(t) => t.conn().unwrap(),
         Tx::Sqlite(_) => unreachable!("PostgreSQL test"),
     }
 }

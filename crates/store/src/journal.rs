@@ -426,7 +426,7 @@ impl PgInsert {
             return Err(StoreError::Corrupt("a PostgreSQL journal statement on SQLite".into()));
         };
         let sql = self.sql(false);
-        self.bind(sqlx::query(&sql)).execute(&mut **t).await?;
+        self.bind(sqlx::query(&sql)).execute(t.conn()?).await?;
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod journal;
 pub mod memberships;
 pub mod payment_ops;
 pub mod payments;
+mod pg_conns;
 pub mod psp_accounts;
 pub mod renewal_jobs;
 pub mod replacements;

@@ -64,15 +64,105 @@ async fn work_after_every_pooled_connection_died_finds_a_live_one() {
             "read-only transaction" => {
                 let mut tx = db.unscoped_read_tx().await.unwrap();
                 let crate::exec::Tx::Postgres(c) = &mut tx else { unreachable!() };
-                c.execute("SELECT 1").await.unwrap();
+                c.conn().unwrap().execute("SELECT 1").await.unwrap();
                 tx.commit().await.unwrap();
             }
             _ => {
                 let mut tx = db.unscoped_tx().await.unwrap();
                 let crate::exec::Tx::Postgres(c) = &mut tx else { unreachable!() };
-                c.execute("SELECT 1").await.unwrap();
+                c.conn().unwrap().execute("SELECT 1").await.unwrap();
                 tx.commit().await.unwrap();
             }
         }
     }
+}
+
+async fn pg_db(max: u32) -> (crate::testing::TestDatabase, Db) {
+    let t = fresh_database(Backend::Postgres).await;
+    let opts = DbOptions { max_connections: max, ..DbOptions::new(t.url.clone()) };
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    (t, db)
+}
+
+/// Whether the connection `tx` runs on is inside a transaction block, and its backend's pid.
+async fn state(tx: &mut crate::exec::Tx) -> (bool, i32) {
+    let crate::exec::Tx::Postgres(t) = tx else { unreachable!("PostgreSQL test") };
+    // `now()` is the transaction's start: equal to the statement's clock only in a block begun
+    // by this very statement.
+    let row = sqlx::query("SELECT now() <> statement_timestamp(), pg_backend_pid()")
+        .fetch_one(t.conn().unwrap())
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A transaction dropped before its commit — an error, a cancelled request — is rolled back
+/// before its connection serves anyone else; one that committed goes back as it is, and is
+/// reused.
+#[tokio::test]
+async fn a_connection_goes_back_only_once_its_transaction_ended() {
+    let (_t, db) = pg_db(1).await;
+    let mut tx = db.unscoped_tx().await.unwrap();
+    let (_, pid) = state(&mut tx).await;
+    let crate::exec::Tx::Postgres(t) = &mut tx else { unreachable!() };
+    t.conn()
+        .unwrap()
+        .execute("CREATE TEMP TABLE left_open (x int); INSERT INTO left_open VALUES (1)")
+        .await
+        .unwrap();
+    drop(tx);
+    // The one connection: the next transaction waits until the rollback gave it back.
+    let mut next = db.unscoped_read_tx().await.unwrap();
+    let crate::exec::Tx::Postgres(t) = &mut next else { unreachable!() };
+    let gone: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname = 'left_open'")
+        .fetch_one(t.conn().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(gone, 0, "the dropped transaction was rolled back");
+    assert_eq!(state(&mut next).await, (true, pid), "the same connection, in a transaction of its own");
+    next.commit().await.unwrap();
+    // Committed: back as it is, reused.
+    let mut again = db.unscoped_read_tx().await.unwrap();
+    assert_eq!(state(&mut again).await.1, pid);
+    again.commit().await.unwrap();
+}
+
+/// A statement cut short (its future dropped while the server still runs it) leaves its
+/// answer on the wire: the connection is read to its end and rolled back before it is reused,
+/// and the next user gets its own answers.
+#[tokio::test]
+async fn a_statement_cut_short_does_not_leak_into_the_next_user() {
+    let (_t, db) = pg_db(1).await;
+    let mut tx = db.unscoped_tx().await.unwrap();
+    let crate::exec::Tx::Postgres(t) = &mut tx else { unreachable!() };
+    let slow = sqlx::query_scalar::<_, i32>("SELECT 41 FROM pg_sleep(0.3)").fetch_one(t.conn().unwrap());
+    assert!(tokio::time::timeout(Duration::from_millis(50), slow).await.is_err(), "cut short");
+    drop(tx);
+    let mut next = db.unscoped_read_tx().await.unwrap();
+    let crate::exec::Tx::Postgres(t) = &mut next else { unreachable!() };
+    let answer: i32 = sqlx::query_scalar("SELECT 42").fetch_one(t.conn().unwrap()).await.unwrap();
+    assert_eq!(answer, 42);
+    assert!(state(&mut next).await.0);
+    next.commit().await.unwrap();
+}
+
+/// At most `max_connections` are open at once: one more waits for one to be free, and gives
+/// up after the acquire timeout.
+#[tokio::test]
+async fn no_more_connections_than_the_maximum() {
+    let t = fresh_database(Backend::Postgres).await;
+    let opts = DbOptions {
+        max_connections: 2,
+        acquire_timeout: Duration::from_millis(300),
+        ..DbOptions::new(t.url.clone())
+    };
+    Db::migrate(&opts).await.unwrap();
+    let db = Db::connect(&opts).await.unwrap();
+    let (a, b) = (db.unscoped_read_tx().await.unwrap(), db.unscoped_read_tx().await.unwrap());
+    assert!(db.unscoped_read_tx().await.is_err(), "a third waits, then times out");
+    a.commit().await.unwrap();
+    let c = db.unscoped_read_tx().await.unwrap();
+    c.commit().await.unwrap();
+    b.commit().await.unwrap();
 }

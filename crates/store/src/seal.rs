@@ -114,7 +114,7 @@ pub async fn pending_chains(db: &Db, limit: u64) -> Result<Vec<(String, String)>
                  SELECT t AS owner_tenant_id, e AS owner_environment FROM c LIMIT $1",
             )
             .bind(limit as i64)
-            .fetch_all(&mut **t)
+            .fetch_all(t.conn()?)
             .await?
         }
     };
@@ -245,7 +245,10 @@ impl Packed {
 
 async fn enter(tx: &mut Tx, tenant: &str) -> Result<()> {
     if let Tx::Postgres(t) = tx {
-        sqlx::query("SELECT set_config('azotte.tenant_id', $1, true)").bind(tenant).execute(&mut **t).await?;
+        sqlx::query("SELECT set_config('azotte.tenant_id', $1, true)")
+            .bind(tenant)
+            .execute(t.conn()?)
+            .await?;
     }
     Ok(())
 }
@@ -355,7 +358,7 @@ async fn pending_ids(
     };
     use sea_query_binder::SqlxBinder;
     let (sql, values) = q.build_sqlx(sea_query::PostgresQueryBuilder);
-    Ok(sqlx::query_as_with::<_, PendingRow, _>(&sql, values).fetch_all(&mut **t).await?)
+    Ok(sqlx::query_as_with::<_, PendingRow, _>(&sql, values).fetch_all(t.conn()?).await?)
 }
 
 /// Which of `ids` (ascending) have a seal already (PostgreSQL): probes of the seals' unique key
@@ -376,7 +379,7 @@ async fn sealed_among(tx: &mut Tx, tenant: &str, env: &str, ids: &[String]) -> R
     .bind(lo)
     .bind(hi)
     .bind(ids)
-    .fetch_all(&mut **t)
+    .fetch_all(t.conn()?)
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
@@ -425,7 +428,14 @@ async fn entries_by_id(
             // One array: one statement text for any number of ids, prepared once per connection.
             static SQL: [OnceLock<String>; 2] = [const { OnceLock::new() }; 2];
             let sql = SQL[usize::from(unsealed_only)].get_or_init(|| sql("= ANY($5)"));
-            sqlx::query_as(sql).bind(tenant).bind(env).bind(lo).bind(hi).bind(ids).fetch_all(&mut **t).await?
+            sqlx::query_as(sql)
+                .bind(tenant)
+                .bind(env)
+                .bind(lo)
+                .bind(hi)
+                .bind(ids)
+                .fetch_all(t.conn()?)
+                .await?
         }
     })
 }
@@ -742,7 +752,7 @@ async fn apply(
     .bind(lo)
     .bind(hi)
     .bind(&plan.pending)
-    .execute(&mut **t)
+    .execute(t.conn()?)
     .await?;
     if plan.seals.is_empty() {
         return Ok(pass);
@@ -892,10 +902,10 @@ pub async fn seal_chain(
         const KEY: &str = "hashtext('azotte.seal:' || $1 || ':' || $2)";
         if pass == Pass::Wait {
             let sql = format!("SELECT pg_advisory_xact_lock({KEY})");
-            sqlx::query(&sql).bind(tenant).bind(env).execute(&mut **t).await?;
+            sqlx::query(&sql).bind(tenant).bind(env).execute(t.conn()?).await?;
         } else {
             let sql = format!("SELECT pg_try_advisory_xact_lock({KEY})");
-            let got: bool = sqlx::query_scalar(&sql).bind(tenant).bind(env).fetch_one(&mut **t).await?;
+            let got: bool = sqlx::query_scalar(&sql).bind(tenant).bind(env).fetch_one(t.conn()?).await?;
             if !got {
                 return Ok(None);
             }

@@ -703,7 +703,7 @@ async fn a_statement_lists_its_entries_once_per_chain() {
         sqlx::query(
             "SELECT set_config('azotte.tenant_id', 'ten_other', true), set_config('azotte.platform', 'on', true)",
         )
-        .execute(&mut **t)
+        .execute(t.conn().unwrap())
         .await
         .unwrap();
         flush(&mut tx, buf).await.unwrap();

@@ -108,7 +108,7 @@ pub(crate) async fn enter_tenant(tx: &mut Tx, id: TenantId) -> Result<()> {
     if let Tx::Postgres(t) = tx {
         sqlx::query("SELECT set_config('azotte.tenant_id', $1, true)")
             .bind(id.to_string())
-            .execute(&mut **t)
+            .execute(t.conn()?)
             .await?;
     }
     Ok(())
