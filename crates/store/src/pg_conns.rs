@@ -21,6 +21,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// How long a connection left mid-transaction may take to roll back before it is closed.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The store's PostgreSQL connections.
 pub(crate) struct PgConns {
     options: PgConnectOptions,
@@ -141,7 +144,10 @@ impl Drop for PgConn {
         let home = self.home.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            if conn.execute("ROLLBACK").await.is_ok() {
+            // Bounded: a connection that does not answer (the network gone) must not keep its
+            // place among the open ones.
+            let rolled_back = tokio::time::timeout(ROLLBACK_TIMEOUT, conn.execute("ROLLBACK")).await;
+            if matches!(rolled_back, Ok(Ok(_))) {
                 home.put_back(conn);
             }
             drop(permit);
