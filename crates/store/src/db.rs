@@ -12,7 +12,7 @@ use sqlx::{ConnectOptions, Connection, Executor, PgPool, SqlitePool};
 
 use crate::cache::{CacheOptions, ReadCache};
 use crate::exec::Tx;
-use crate::pg_conns::{PgConns, PgTx};
+use crate::pg_conns::{on_live_connection, PgConns, PgTx};
 use crate::scope::{PlatformScope, TenantScope};
 use crate::{Result, StoreError};
 
@@ -223,8 +223,7 @@ impl Db {
         match &self.pool {
             Pool::Sqlite { read: p, .. } => p.execute("SELECT 1").await.map(drop)?,
             Pool::Postgres { conns, .. } => {
-                on_live_connection(conns, || async {
-                    let mut c = conns.acquire().await?;
+                on_live_connection(conns, |mut c| async move {
                     c.conn()?.execute("SELECT 1").await?;
                     c.ended();
                     Ok(())
@@ -254,7 +253,8 @@ impl Db {
         Ok(migrator.iter().filter(|m| !applied.iter().any(|(v, ok)| *v == m.version && *ok)).count())
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Closes the pool. SQLite: waits for connections in use to be returned; PostgreSQL: closes
+    /// the idle connections now and each one in use when it comes back.
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite { read, write } => {
@@ -281,11 +281,13 @@ impl Db {
             }
             Pool::Postgres { conns, .. } => {
                 let (sql, values) = stmt.build_sqlx(sea_query::PostgresQueryBuilder);
-                on_live_connection(conns, || async {
-                    let mut c = conns.acquire().await?;
-                    let row = sqlx::query_as_with(&sql, values.clone()).fetch_optional(c.conn()?).await?;
-                    c.ended();
-                    Ok(row)
+                on_live_connection(conns, |mut c| {
+                    let (sql, values) = (&sql, values.clone());
+                    async move {
+                        let row = sqlx::query_as_with(sql, values).fetch_optional(c.conn()?).await?;
+                        c.ended();
+                        Ok(row)
+                    }
                 })
                 .await?
             }
@@ -297,7 +299,7 @@ impl Db {
         Ok(match &self.pool {
             Pool::Sqlite { read, .. } => Tx::Sqlite(crate::exec::SqliteTx::begin(read, "BEGIN").await?),
             Pool::Postgres { conns, .. } => {
-                Tx::Postgres(on_live_connection(conns, || PgTx::begin(conns, "BEGIN")).await?)
+                Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, "BEGIN")).await?)
             }
         })
     }
@@ -318,7 +320,7 @@ impl Db {
                 Tx::Sqlite(tx)
             }
             Pool::Postgres { conns, .. } => {
-                Tx::Postgres(on_live_connection(conns, || PgTx::begin(conns, "BEGIN")).await?)
+                Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, "BEGIN")).await?)
             }
         })
     }
@@ -373,11 +375,10 @@ impl Db {
             // One round trip: `BEGIN` and the settings row-level security reads, as one
             // simple-protocol batch (which cannot bind parameters: see `begin_in_environment`).
             Pool::Postgres { conns, .. } => match begin_in_environment(begin, &tenant, environment) {
-                Some(batch) => Tx::Postgres(on_live_connection(conns, || PgTx::begin(conns, &batch)).await?),
+                Some(batch) => Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, &batch)).await?),
                 None => {
-                    let mut tx = Tx::Postgres(
-                        on_live_connection(conns, || PgTx::begin(conns, pg_begin(begin))).await?,
-                    );
+                    let mut tx =
+                        Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, pg_begin(begin))).await?);
                     tx.enter_environment(&tenant, environment).await?;
                     tx
                 }
@@ -402,41 +403,6 @@ impl Db {
             Pool::Postgres { raw, .. } => Some(raw),
             Pool::Sqlite { .. } => None,
         }
-    }
-}
-
-/// PostgreSQL: runs `work`, whose first round trip goes to a connection just taken from the
-/// pool, again on another connection while it fails because that connection was dead (the
-/// server restarted, or ended the session) — at most once per connection the pool may hold,
-/// plus one. The pool does not test a connection before handing it out (sqlx's
-/// `test_before_acquire` would be one more round trip, a ping, per transaction): the work's own
-/// first statement is the test, and a connection that failed it is not taken back. Only for work
-/// that has changed nothing when it fails there: a `BEGIN`, a read.
-async fn on_live_connection<T, F, Fut>(conns: &PgConns, mut work: F) -> std::result::Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
-{
-    let mut tries = conns.max().saturating_add(1);
-    loop {
-        match work().await {
-            Err(e) if tries > 1 && connection_lost(&e) => {
-                tries -= 1;
-                tracing::info!(error = %e, "a pooled PostgreSQL connection was dead; trying another");
-            }
-            done => return done,
-        }
-    }
-}
-
-/// Whether `e` says the connection it came from is gone: an I/O error, or the server's
-/// connection exception (class 08) or operator intervention (57P: the session was terminated,
-/// the server is shutting down or restarting).
-fn connection_lost(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-        _ => false,
     }
 }
 
