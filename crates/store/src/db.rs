@@ -396,6 +396,15 @@ impl Db {
         })
     }
 
+    /// The store's PostgreSQL connections, for tests in this crate.
+    #[cfg(test)]
+    pub(crate) fn pg_conns(&self) -> Option<&PgConns> {
+        match &self.pool {
+            Pool::Postgres { conns, .. } => Some(conns),
+            Pool::Sqlite { .. } => None,
+        }
+    }
+
     /// The PostgreSQL pool, for tests in this crate that must run raw SQL.
     #[cfg(test)]
     pub(crate) fn pg_pool(&self) -> Option<&PgPool> {

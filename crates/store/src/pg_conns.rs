@@ -54,6 +54,8 @@ pub(crate) struct PgConns {
     permits: Arc<Semaphore>,
     max: u32,
     acquire_timeout: Duration,
+    /// [`IDLE_TIMEOUT`] and [`MAX_LIFETIME`] (shorter in tests).
+    expiry: Mutex<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for PgConns {
@@ -76,7 +78,14 @@ impl PgConns {
             permits: Arc::new(Semaphore::new(max.max(1) as usize)),
             max: max.max(1),
             acquire_timeout,
+            expiry: Mutex::new((IDLE_TIMEOUT, MAX_LIFETIME)),
         })
+    }
+
+    /// Sets how long a connection may be idle, and open, and still be handed out.
+    #[cfg(test)]
+    pub(crate) fn set_expiry(&self, idle: Duration, lifetime: Duration) {
+        *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = (idle, lifetime);
     }
 
     /// An idle connection (the most recently used that is neither idle nor open for too long),
@@ -90,9 +99,10 @@ impl PgConns {
         let (idle, stale) = {
             let mut list = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
+            let (idle_for, open_for) = *self.expiry.lock().unwrap_or_else(|e| e.into_inner());
             let (fresh, stale): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut list.conns)
                 .into_iter()
-                .partition(|i| now - i.since < IDLE_TIMEOUT && now - i.opened < MAX_LIFETIME);
+                .partition(|i| now - i.since < idle_for && now - i.opened < open_for);
             list.conns = fresh;
             (list.conns.pop(), stale)
         };

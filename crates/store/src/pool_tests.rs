@@ -166,3 +166,30 @@ async fn no_more_connections_than_the_maximum() {
     c.commit().await.unwrap();
     b.commit().await.unwrap();
 }
+
+/// An idle connection idle too long, or open too long, is closed instead of handed out (a
+/// firewall may have dropped it without a word); one within both limits is reused.
+#[tokio::test]
+async fn connections_idle_or_open_too_long_are_not_handed_out() {
+    let (_t, db) = pg_db(1).await;
+    let pid = |db: &Db| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.unscoped_read_tx().await.unwrap();
+            let (_, pid) = state(&mut tx).await;
+            tx.commit().await.unwrap();
+            pid
+        }
+    };
+    let first = pid(&db).await;
+    assert_eq!(pid(&db).await, first, "within both limits: reused");
+    let conns = db.pg_conns().unwrap();
+    conns.set_expiry(Duration::from_millis(100), Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = pid(&db).await;
+    assert_ne!(second, first, "idle too long: a new connection");
+    conns.set_expiry(Duration::from_secs(3600), Duration::from_millis(1500));
+    assert_eq!(pid(&db).await, second, "within both limits again");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_ne!(pid(&db).await, second, "open too long: a new connection");
+}
