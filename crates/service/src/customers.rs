@@ -320,8 +320,8 @@ fn from_input(id: String, external_id: String, input: CustomerInput, now: DateTi
     }
 }
 
-async fn insert(ctx: &Ctx, tx: &mut TenantTx, mut c: Customer) -> Result<Customer> {
-    normalize(&mut c)?;
+/// Inserts `c`, normalized, new.
+async fn insert(ctx: &Ctx, tx: &mut TenantTx, c: Customer) -> Result<Customer> {
     let row = journal_created(ctx, tx, &c).await?;
     store::insert_customer(tx, &row).await.map_err(conflict_of)?;
     Ok(c)
@@ -404,19 +404,24 @@ pub async fn upsert(
     let ext = rules::external_id("external_id", external_id).map_err(ValidationErrors::from)?;
     let now = ctx.clock.now();
     // Commonly the customer is new: created with the others of the tenant environment now.
-    let mut new = from_input(CustomerId::new().to_string(), ext.clone(), input.clone(), now);
+    let mut new = from_input(CustomerId::new().to_string(), ext, input, now);
     normalize(&mut new)?;
     let (new, written) = create_together(ctx, scope, new).await?;
     if written {
         return Ok((new, true));
     }
     let mut tx = ctx.db.tenant_tx(scope).await?;
-    let out = match store::by_external_id(&mut tx, &ext).await? {
+    let out = match store::by_external_id(&mut tx, &new.external_id).await? {
         None => (insert(ctx, &mut tx, new).await?, true),
         Some(row) => {
+            // The same fields, on the existing customer.
             let before = decrypt(ctx, &mut tx, row.clone()).await?;
-            let mut c = from_input(before.id.clone(), ext, input, before.created_at);
-            c.updated_at = before.updated_at;
+            let c = Customer {
+                id: before.id.clone(),
+                created_at: before.created_at,
+                updated_at: before.updated_at,
+                ..new
+            };
             (write_update(ctx, &mut tx, &before, &row, c).await?, false)
         }
     };

@@ -37,12 +37,15 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections, and whether the store was closed (under one lock, so that a
-/// connection coming back cannot slip in after `close` emptied the list).
-#[derive(Default)]
+/// The idle connections, whether the store was closed (under one lock, so that a connection
+/// coming back cannot slip in after `close` emptied the list), and how long a connection may be
+/// idle, and open, and still be handed out ([`IDLE_TIMEOUT`], [`MAX_LIFETIME`]; shorter in
+/// tests).
 struct IdleList {
     conns: Vec<Idle>,
     closed: bool,
+    idle_for: Duration,
+    open_for: Duration,
 }
 
 /// The store's PostgreSQL connections.
@@ -54,8 +57,6 @@ pub(crate) struct PgConns {
     permits: Arc<Semaphore>,
     max: u32,
     acquire_timeout: Duration,
-    /// [`IDLE_TIMEOUT`] and [`MAX_LIFETIME`] (shorter in tests).
-    expiry: Mutex<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for PgConns {
@@ -74,18 +75,23 @@ impl PgConns {
         Arc::new(Self {
             options,
             session,
-            idle: Mutex::default(),
+            idle: Mutex::new(IdleList {
+                conns: Vec::new(),
+                closed: false,
+                idle_for: IDLE_TIMEOUT,
+                open_for: MAX_LIFETIME,
+            }),
             permits: Arc::new(Semaphore::new(max.max(1) as usize)),
             max: max.max(1),
             acquire_timeout,
-            expiry: Mutex::new((IDLE_TIMEOUT, MAX_LIFETIME)),
         })
     }
 
     /// Sets how long a connection may be idle, and open, and still be handed out.
     #[cfg(test)]
     pub(crate) fn set_expiry(&self, idle: Duration, lifetime: Duration) {
-        *self.expiry.lock().unwrap_or_else(|e| e.into_inner()) = (idle, lifetime);
+        let mut list = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        (list.idle_for, list.open_for) = (idle, lifetime);
     }
 
     /// An idle connection (the most recently used that is neither idle nor open for too long),
@@ -99,11 +105,12 @@ impl PgConns {
         let (idle, stale) = {
             let mut list = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            let (idle_for, open_for) = *self.expiry.lock().unwrap_or_else(|e| e.into_inner());
-            let (fresh, stale): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut list.conns)
-                .into_iter()
-                .partition(|i| now - i.since < idle_for && now - i.opened < open_for);
-            list.conns = fresh;
+            let (idle_for, open_for) = (list.idle_for, list.open_for);
+            // Nothing allocated unless some are stale.
+            let stale: Vec<Idle> = list
+                .conns
+                .extract_if(.., |i| now - i.since >= idle_for || now - i.opened >= open_for)
+                .collect();
             (list.conns.pop(), stale)
         };
         // Closed without a goodbye: it may not answer one.

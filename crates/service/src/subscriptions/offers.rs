@@ -238,7 +238,7 @@ pub async fn create(ctx: &Ctx, scope: &TenantScope, input: OfferInput) -> Result
     journal_made(&mut tx, &made, now).await?;
     store::insert_offer(&mut tx, &made.row).await?;
     tx.commit().await?;
-    Offer::from_row(made.row)
+    Ok(made.into_offer())
 }
 
 /// The currency an offer is in (the asked one, else the storefront's default), if the
@@ -273,10 +273,28 @@ pub(super) struct Basis<'a> {
 /// An offer as made, to be journaled and stored.
 pub(super) struct Made {
     pub(super) row: OfferRow,
+    /// `row`'s items, as made.
+    items: Vec<OfferItem>,
     action: serde_json::Value,
     /// The trial eligibility of each item (an offer for a customer).
     decision: Option<serde_json::Value>,
-    items: usize,
+}
+
+impl Made {
+    /// The offer as its request answers it (its items as made, not read back from the row).
+    pub(super) fn into_offer(self) -> Offer {
+        let r = self.row;
+        Offer {
+            id: r.id,
+            customer_id: r.customer_id,
+            storefront_id: r.storefront_id,
+            intent: r.intent,
+            items: self.items,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            subscription_id: r.subscription_id,
+        }
+    }
 }
 
 /// Makes the offer asked by `input` from what was read (`histories`: the customer's family
@@ -342,7 +360,7 @@ pub(super) fn compose(
         expires_at: now + OFFER_TTL,
         subscription_id: replaced.map(|s| s.id.clone()),
     };
-    Ok(Made { row, action, decision, items: items.len() })
+    Ok(Made { row, items, action, decision })
 }
 
 /// Journals a made offer: `offer.create`, `offer.eligibility` (for a customer), `offer.created`.
@@ -352,7 +370,7 @@ pub(super) async fn journal_made(tx: &mut TenantTx, made: &Made, now: DateTime<U
     if let Some(d) = &made.decision {
         tx.decision(now, "offer.eligibility", r, d.clone()).await?;
     }
-    let body = json!({"items": made.items, "expires_at": made.row.expires_at});
+    let body = json!({"items": made.items.len(), "expires_at": made.row.expires_at});
     tx.outcome(now, "offer.created", r, body).await?;
     Ok(())
 }

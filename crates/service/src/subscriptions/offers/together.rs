@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use azotte_domain::catalog::Currency;
 use azotte_store::customers::{self as customer_store, CustomerRow};
 use azotte_store::journal::RequestMeta;
-use azotte_store::subscriptions::{self as store, OfferRow, SubscriptionRow};
+use azotte_store::subscriptions::{self as store, SubscriptionRow};
 use azotte_store::{TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 
@@ -85,20 +85,16 @@ pub(super) async fn make(ctx: &Ctx, asking: Asking) -> Result<Offered> {
 async fn run(ctx: &Ctx, batch: Vec<Asking>) -> Vec<Offered> {
     let n = batch.len();
     let made = match make_batch(ctx, &batch).await {
-        Ok(rows) => rows,
+        Ok(made) => made,
         Err(e) => {
             tracing::info!(error = %e, offers = n, "offers not made together; making one by one");
             return batch.into_iter().map(|a| Offered::Alone(Box::new(a))).collect();
         }
     };
     MADE.add(made.iter().filter(|m| m.is_some()).count());
-    let offered = batch.into_iter().zip(made).map(|(a, row)| {
-        match row.map(Offer::from_row) {
-            Some(Ok(offer)) => Offered::Done(Box::new(offer)),
-            // Stored, but not readable back: cannot happen (it was just serialized); the
-            // request then makes another, alone.
-            Some(Err(_)) | None => Offered::Alone(Box::new(a)),
-        }
+    let offered = batch.into_iter().zip(made).map(|(a, made)| match made {
+        Some(m) => Offered::Done(Box::new(m.into_offer())),
+        None => Offered::Alone(Box::new(a)),
     });
     offered.collect()
 }
@@ -111,9 +107,9 @@ struct Shared {
     subscriptions: Vec<SubscriptionRow>,
 }
 
-/// The transaction of `batch`: each asking's offer as stored, or `None` for one left to the
+/// The transaction of `batch`: each asking's offer as made and stored, or `None` for one left to the
 /// one-by-one path. Nothing is stored unless the whole transaction commits.
-async fn make_batch(ctx: &Ctx, batch: &[Asking]) -> Result<Vec<Option<OfferRow>>> {
+async fn make_batch(ctx: &Ctx, batch: &[Asking]) -> Result<Vec<Option<Made>>> {
     let first = batch.first().ok_or_else(|| ServiceError::Internal("an empty batch".into()))?;
     let mut tx = ctx.db.tenant_tx(&first.scope).await?;
     let ids: Vec<String> = batch
@@ -145,7 +141,7 @@ async fn make_batch(ctx: &Ctx, batch: &[Asking]) -> Result<Vec<Option<OfferRow>>
     }
     store::insert_offers(&mut tx, &rows).await?;
     tx.commit().await?;
-    Ok(made.into_iter().map(|m| m.map(|m| m.row)).collect())
+    Ok(made)
 }
 
 /// The offer `a` asks for, made from the batch's reads and its storefront's catalog (read
