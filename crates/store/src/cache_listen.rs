@@ -145,7 +145,7 @@ pub(crate) async fn request_ack(
         Some(q) => {
             // The notification's two parameters follow the statement's own.
             let sql = q.sql(true);
-            let rows = q.bind(sqlx::query(&sql)).bind(CHANNEL).bind(payload).fetch_all(t.conn()?).await;
+            let rows = q.query(&sql).bind(CHANNEL).bind(payload).fetch_all(t.conn()?).await;
             rows.map(|r| r.first().map_or(0, |r| sqlx::Row::get::<i64, _>(r, 0)))
         }
     };

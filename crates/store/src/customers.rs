@@ -86,6 +86,8 @@ pub async fn insert_customer(tx: &mut TenantTx, c: &CustomerRow) -> Result<()> {
 
 /// Adds customers in one statement (none: nothing); a taken external id, email or phone fails
 /// it as [`insert_customer`] does.
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_customers(tx: &mut TenantTx, rows: &[CustomerRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -99,7 +101,7 @@ pub async fn insert_customers(tx: &mut TenantTx, rows: &[CustomerRow]) -> Result
         v.push(tx.scope().tenant_id().to_string().into());
         q.values_panic(v);
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 
@@ -263,6 +265,8 @@ pub async fn insert_payment_method(tx: &mut TenantTx, p: &PaymentMethodRow) -> R
 }
 
 /// Writes new payment methods with one statement (checkouts written together).
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_payment_methods(tx: &mut TenantTx, rows: &[PaymentMethodRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -292,7 +296,7 @@ pub async fn insert_payment_methods(tx: &mut TenantTx, rows: &[PaymentMethodRow]
             tx.scope().tenant_id().to_string().into(),
         ]);
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 

@@ -343,6 +343,7 @@ impl Db {
             action_id: None,
             writes: 0,
             journal: Default::default(),
+            at_commit: None,
             cache: Some(self.cache.clone()),
         })
     }
@@ -392,6 +393,7 @@ impl Db {
             action_id: None,
             writes: 0,
             journal: Default::default(),
+            at_commit: None,
             cache: (begin != Begin::Read).then(|| self.cache.clone()),
         })
     }
@@ -535,6 +537,9 @@ macro_rules! journaled_tx {
             pub(crate) writes: u32,
             /// Journal entries recorded, written at commit.
             pub(crate) journal: crate::journal::Buffer,
+            /// PostgreSQL, once [`Self::insert_at_commit`] was asked for: the inserts held for
+            /// the commit.
+            at_commit: Option<Vec<crate::journal::Carried>>,
             /// A write transaction's read caches: its changes are applied to them before its
             /// commit returns.
             cache: Option<Arc<ReadCache>>,
@@ -578,7 +583,15 @@ macro_rules! journaled_tx {
                     return Ok(());
                 }
                 let mut statements = crate::journal::pg_statements(journal);
-                let last = statements.pop();
+                let mut last = statements.pop();
+                let held = self.at_commit.take().unwrap_or_default();
+                let alone = match &mut last {
+                    Some(q) => q.carry(held),
+                    None => held,
+                };
+                for (sql, values) in alone {
+                    self.tx.execute_built(&sql, values).await?;
+                }
                 for q in statements {
                     q.execute(&mut self.tx).await?;
                 }
@@ -618,6 +631,34 @@ journaled_tx!(
 );
 
 impl TenantTx {
+    /// From here on, on PostgreSQL, rows the transaction inserts last — nothing in it
+    /// reads them back — go with its commit, in the statement that writes its journal
+    /// entries, instead of a round trip each (SQLite, whose round trips stay in the
+    /// process, writes them at once). Their failure (a constraint refusing a row) is
+    /// then the commit's, and rolls the whole transaction back as any failure does: for
+    /// callers that handle every failure alike, such as a gathered batch that goes one
+    /// by one when anything fails.
+    pub fn insert_at_commit(&mut self) {
+        if matches!(self.tx, Tx::Postgres(_)) {
+            self.at_commit.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Runs an insert whose rows nothing in the transaction reads back afterwards, or,
+    /// after [`Self::insert_at_commit`], holds it for the commit (only into the tables
+    /// [`crate::journal::CARRIABLE`] names; others run at once).
+    pub(crate) async fn insert_last(&mut self, stmt: &sea_query::InsertStatement) -> Result<()> {
+        if let Some(held) = &mut self.at_commit {
+            let (sql, values) = stmt.build(sea_query::PostgresQueryBuilder);
+            if crate::journal::carriable(&sql) {
+                self.writes += 1;
+                held.push((sql, values));
+                return Ok(());
+            }
+        }
+        self.write(stmt).await.map(drop)
+    }
+
     /// Whether this transaction has run a write counted as journaled ([`TenantTx::write`]; every
     /// insert of business rows, `tenant_keys` included, goes through it). Bookkeeping writes
     /// made without it — idempotency records, checkout leases — are not counted.
@@ -693,6 +734,10 @@ mod checkpoint_tests;
 #[cfg(test)]
 #[path = "pool_tests.rs"]
 mod pool_tests;
+
+#[cfg(test)]
+#[path = "carry_tests.rs"]
+mod carry_tests;
 
 #[cfg(test)]
 mod tests {

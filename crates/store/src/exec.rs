@@ -147,6 +147,15 @@ impl Tx {
             .rows_affected()))
     }
 
+    /// PostgreSQL: runs a statement already built, with its values.
+    pub(crate) async fn execute_built(&mut self, sql: &str, values: sea_query::Values) -> Result<u64> {
+        let Tx::Postgres(t) = self else {
+            return Err(crate::StoreError::Corrupt("a PostgreSQL statement on SQLite".into()));
+        };
+        let q = sqlx::query_with(sql, sea_query_binder::SqlxValues(values));
+        Ok(q.execute(t.conn()?).await?.rows_affected())
+    }
+
     /// Flags the transaction as platform work, which the platform-only row-level security
     /// policies admit (PostgreSQL; SQLite has no row-level security).
     pub(crate) async fn enter_platform(&mut self) -> Result<()> {

@@ -404,6 +404,8 @@ pub async fn insert(tx: &mut TenantTx, i: &InvoiceRow) -> Result<()> {
 }
 
 /// Adds many invoices in one statement (a renewal batch's).
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_many(tx: &mut TenantTx, rows: &[InvoiceRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -415,7 +417,7 @@ pub async fn insert_many(tx: &mut TenantTx, rows: &[InvoiceRow]) -> Result<()> {
     for i in rows {
         q.values_panic(invoice_values(tx, i));
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 
@@ -699,6 +701,8 @@ pub struct LineRow {
 }
 
 /// Adds an invoice's lines.
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_lines(tx: &mut TenantTx, lines: &[LineRow]) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
@@ -727,7 +731,7 @@ pub async fn insert_lines(tx: &mut TenantTx, lines: &[LineRow]) -> Result<()> {
             l.invoice_id.clone().into(),
         ]);
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 
@@ -772,6 +776,8 @@ pub async fn insert_payment(tx: &mut TenantTx, p: &InvoicePaymentRow) -> Result<
 }
 
 /// Records many payments applied to invoices, in one statement.
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_payments(tx: &mut TenantTx, rows: &[InvoicePaymentRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -797,7 +803,7 @@ pub async fn insert_payments(tx: &mut TenantTx, rows: &[InvoicePaymentRow]) -> R
             p.created_at.into(),
         ]);
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 

@@ -373,6 +373,68 @@ pub(crate) struct PgInsert {
     rows: Vec<Row>,
     /// Per chain, in order of first appearance.
     lists: Vec<ChainList>,
+    /// The transaction's inserts held for its commit ([`Carried`]), written in this statement's
+    /// `WITH`.
+    carried: Vec<Carried>,
+}
+
+/// An insert held for its transaction's commit (`TenantTx::insert_last`): its text from the
+/// query builder, parameters numbered from `$1`, and its values.
+pub(crate) type Carried = (String, sea_query::Values);
+
+/// The tables whose inserts may be held for the commit: none of them has a trigger on insert
+/// that tells the committing process to wait for cache evictions (migration 0022's
+/// `azotte.cache_changed`), which the statement's acknowledgement reads while it runs, before
+/// the triggers of its own inserts would fire. `carriable_tables_notify_no_cache` checks this
+/// against the migrated database.
+pub(crate) const CARRIABLE: [&str; 8] = [
+    "invoices",
+    "invoice_lines",
+    "invoice_payments",
+    "checkouts",
+    "payments",
+    "payment_methods",
+    "offers",
+    "customers",
+];
+
+/// Whether `sql` (from the query builder) is an `INSERT` into one of [`CARRIABLE`] tables.
+pub(crate) fn carriable(sql: &str) -> bool {
+    let Some(rest) = sql.strip_prefix("INSERT INTO ") else { return false };
+    let target = rest.split(' ').next().unwrap_or_default();
+    let table = target.rsplit('.').next().unwrap_or_default().trim_matches('"');
+    CARRIABLE.contains(&table)
+}
+
+/// Parameters a statement may bind at most (PostgreSQL's protocol allows 65,535).
+const MAX_PARAMETERS: usize = 65_535;
+
+/// `sql` with every parameter `$n` renumbered `$n + by`; quoted literals and identifiers are
+/// left as they are.
+pub(crate) fn renumber(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    let mut quote = None;
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, '$') => {
+                let mut n = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    n.push(*d);
+                    chars.next();
+                }
+                match n.parse::<usize>() {
+                    Ok(n) => out.push_str(&(n + by).to_string()),
+                    Err(_) => out.push_str(&n),
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The entries a statement writes to one chain: tenant, environment, and (id, hash) of each.
@@ -388,7 +450,19 @@ impl PgInsert {
                 None => lists.push((r.tenant_id.clone(), r.environment.clone(), vec![entry])),
             }
         }
-        PgInsert { rows, lists }
+        PgInsert { rows, lists, carried: Vec::new() }
+    }
+
+    /// Writes `carried` in this statement too, unless that would bind more parameters than a
+    /// statement may: then they are handed back, to be run on their own.
+    pub(crate) fn carry(&mut self, carried: Vec<Carried>) -> Vec<Carried> {
+        let own = 19 * self.rows.len() + 6 * self.lists.len() + 2;
+        let theirs: usize = carried.iter().map(|(_, v)| v.0.len()).sum();
+        if own + theirs > MAX_PARAMETERS {
+            return carried;
+        }
+        self.carried = carried;
+        Vec::new()
     }
 
     /// The statement's text; with `ack`, preceded by the cache acknowledgement
@@ -398,15 +472,31 @@ impl PgInsert {
         static TEXTS: [[OnceLock<String>; CACHED_ROWS + 1]; 2] =
             [const { [const { OnceLock::new() }; CACHED_ROWS + 1] }; 2];
         let (n, k) = (self.rows.len(), self.lists.len());
-        let text = || pg_text(n, k, ack);
+        if !self.carried.is_empty() {
+            return Cow::Owned(pg_text(n, k, ack, &self.carried));
+        }
+        let text = || pg_text(n, k, ack, &[]);
         match (k, TEXTS[usize::from(ack)].get(n)) {
             (1, Some(t)) => Cow::Borrowed(t.get_or_init(text).as_str()),
             _ => Cow::Owned(text()),
         }
     }
 
-    /// Binds the statement's values to `q`, in the order of [`PgInsert::sql`]'s parameters.
-    pub(crate) fn bind(self, mut q: PgQuery<'_>) -> PgQuery<'_> {
+    /// The statement `sql` ([`PgInsert::sql`]) with its values bound, in the order of its
+    /// parameters: the carried inserts' first, then the entries' (the acknowledgement's two
+    /// follow, bound by the caller).
+    pub(crate) fn query(mut self, sql: &str) -> PgQuery<'_> {
+        use sqlx::IntoArguments;
+        let carried = std::mem::take(&mut self.carried);
+        let values = carried.into_iter().flat_map(|(_, v)| v.0).collect();
+        let args: sqlx::postgres::PgArguments = IntoArguments::<sqlx::Postgres>::into_arguments(
+            sea_query_binder::SqlxValues(sea_query::Values(values)),
+        );
+        self.bind(sqlx::query_with(sql, args))
+    }
+
+    /// Binds the entries' values to `q`, after those it has.
+    fn bind(self, mut q: PgQuery<'_>) -> PgQuery<'_> {
         for row in self.rows {
             q = row.bind_pg(q);
         }
@@ -426,22 +516,29 @@ impl PgInsert {
             return Err(StoreError::Corrupt("a PostgreSQL journal statement on SQLite".into()));
         };
         let sql = self.sql(false);
-        self.bind(sqlx::query(&sql)).execute(t.conn()?).await?;
+        self.query(&sql).execute(t.conn()?).await?;
         Ok(())
     }
 }
 
-/// `WITH [ack,] pending AS (INSERT INTO journal_pending …) INSERT INTO journal_entries … VALUES …`
-/// for `n` entries on `k` chains: the entries' values `$1`…, then six per chain's work-list row,
-/// then, with `ack`, the acknowledgement's two.
-fn pg_text(n: usize, k: usize, ack: bool) -> String {
+/// `WITH [ack,] pending AS (INSERT INTO journal_pending …)[, c0 AS (INSERT …), …] INSERT INTO
+/// journal_entries … VALUES …` for `n` entries on `k` chains and the `carried` inserts: the
+/// carried inserts' values first, then the entries' values, six per chain's work-list row, and,
+/// with `ack`, the acknowledgement's two.
+pub(crate) fn pg_text(n: usize, k: usize, ack: bool, carried: &[Carried]) -> String {
+    let mut ctes = String::new();
+    let mut base = 0;
+    for (i, (sql, values)) in carried.iter().enumerate() {
+        ctes.push_str(&format!(", c{i} AS ({})", renumber(sql, base)));
+        base += values.0.len();
+    }
     let columns: Vec<String> = std::iter::once(JournalEntries::TenantId)
         .chain(ENTRY_COLUMNS)
         .map(|c| format!("\"{}\"", c.to_string()))
         .collect();
     let values = (0..n)
         .map(|r| {
-            let list = (19 * r + 1..=19 * r + 19).map(|i| format!("${i}")).collect::<Vec<_>>();
+            let list = (base + 19 * r + 1..=base + 19 * r + 19).map(|i| format!("${i}")).collect::<Vec<_>>();
             format!("({})", list.join(", "))
         })
         .collect::<Vec<_>>()
@@ -449,7 +546,7 @@ fn pg_text(n: usize, k: usize, ack: bool) -> String {
     // The arrays' type is given: a NULL array has none of its own.
     let lists = (0..k)
         .map(|c| {
-            let b = 19 * n + 6 * c;
+            let b = base + 19 * n + 6 * c;
             format!(
                 "(${}, ${}, ${}, ${}, ${}::text[], ${}::text[])",
                 b + 1,
@@ -462,10 +559,10 @@ fn pg_text(n: usize, k: usize, ack: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let p = 19 * n + 6 * k;
+    let p = base + 19 * n + 6 * k;
     let pending = format!(
         "pending AS (INSERT INTO journal_pending (owner_tenant_id, owner_environment, entry_id, entry_hash, \
-         more_ids, more_hashes) VALUES {lists})"
+         more_ids, more_hashes) VALUES {lists}){ctes}"
     );
     let insert = format!(
         "INSERT INTO \"{}\" ({}) VALUES {values}",

@@ -124,6 +124,8 @@ fn payment_values(tx: &TenantTx, p: &PaymentRow) -> Vec<sea_query::SimpleExpr> {
 
 /// Adds many payments in one statement (a renewal batch's). A `request_key` taken already is
 /// [`crate::StoreError::UniqueViolation`] for the whole statement.
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_many(tx: &mut TenantTx, rows: &[PaymentRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -134,7 +136,7 @@ pub async fn insert_many(tx: &mut TenantTx, rows: &[PaymentRow]) -> Result<()> {
     for p in rows {
         q.values_panic(payment_values(tx, p));
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 

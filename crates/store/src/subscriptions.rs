@@ -50,6 +50,8 @@ pub async fn insert_offer(tx: &mut TenantTx, o: &OfferRow) -> Result<()> {
 }
 
 /// Stores offers in one statement (none: nothing).
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_offers(tx: &mut TenantTx, rows: &[OfferRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -83,7 +85,7 @@ pub async fn insert_offers(tx: &mut TenantTx, rows: &[OfferRow]) -> Result<()> {
             o.subscription_id.clone().into(),
         ]);
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 
@@ -193,6 +195,8 @@ pub async fn insert_checkout(tx: &mut TenantTx, c: &CheckoutRow) -> Result<()> {
 }
 
 /// Writes new checkouts with one statement (checkouts written together).
+///
+/// After [`TenantTx::insert_at_commit`], held for the commit (PostgreSQL).
 pub async fn insert_checkouts(tx: &mut TenantTx, rows: &[CheckoutRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -221,7 +225,7 @@ pub async fn insert_checkouts(tx: &mut TenantTx, rows: &[CheckoutRow]) -> Result
             tx.scope().tenant_id().to_string().into(),
         ]);
     }
-    tx.write(&q).await?;
+    tx.insert_last(&q).await?;
     Ok(())
 }
 

@@ -112,6 +112,8 @@ async fn create_batch(ctx: &Ctx, batch: &[Creating]) -> Result<Vec<bool>> {
         rows.push(row);
         written.push(true);
     }
+    // With the commit: a refused row fails the batch as a refused statement would.
+    tx.insert_at_commit();
     store::insert_customers(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(written)

@@ -216,6 +216,8 @@ async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Re
         tx.outcome(now, "checkout.succeeded", r, json!({"subscription_id": sub.id})).await?;
     }
     let (invoices, lines): (Vec<_>, Vec<_>) = billed.into_iter().map(|b| (b.row, b.lines)).unzip();
+    // With the commit (a refused row fails the batch as a refused statement would).
+    tx.insert_at_commit();
     azotte_store::invoices::insert_many(&mut tx, &invoices).await?;
     azotte_store::invoices::insert_lines(&mut tx, &lines.concat()).await?;
     azotte_store::invoices::insert_payments(&mut tx, &paid).await?;

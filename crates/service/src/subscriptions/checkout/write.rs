@@ -211,6 +211,8 @@ async fn write_batch(ctx: &Ctx, batch: &[Pending]) -> Result<Vec<Row>> {
     // Methods before the checkouts and payments that pay with them. A second checkout of an
     // offered item in progress, or two defaults of one customer: refused by the database, the
     // one-by-one path tells which.
+    // With the commit, in its statement: refused there, the batch fails as it would here.
+    tx.insert_at_commit();
     customer_store::insert_payment_methods(&mut tx, &methods_rows).await?;
     store::insert_checkouts(&mut tx, &checkouts).await?;
     azotte_store::payments::insert_many(&mut tx, &payments).await?;

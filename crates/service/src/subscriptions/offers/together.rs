@@ -139,6 +139,7 @@ async fn make_batch(ctx: &Ctx, batch: &[Asking]) -> Result<Vec<Option<Made>>> {
             rows.push(m.row.clone());
         }
     }
+    tx.insert_at_commit();
     store::insert_offers(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(made)

@@ -1,0 +1,197 @@
+//! Inserts held for the commit ([`TenantTx::insert_at_commit`]): on PostgreSQL they are written
+//! by the statement that writes the transaction's journal entries, with the transaction or not
+//! at all; SQLite writes them at once.
+
+use azotte_domain::tenant::Environment;
+use serde_json::json;
+use sqlx::Row;
+
+use crate::customers::{self, CustomerRow};
+use crate::exec::Tx;
+use crate::journal::{carriable, pg_text, renumber, Carried, CARRIABLE};
+use crate::testing::{migrated, tenant_scope};
+use crate::{Backend, Db, StoreError, TenantScope, TenantTx};
+
+fn customer(id: &str, external_id: &str) -> CustomerRow {
+    let now = chrono::Utc::now();
+    CustomerRow {
+        id: id.into(),
+        external_id: external_id.into(),
+        email_hash: None,
+        phone_hash: None,
+        wrapped_key: None,
+        pii: None,
+        country: Some("DE".into()),
+        language: None,
+        legal_type: "individual".into(),
+        status: "active".into(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn ids(rows: &[CustomerRow]) -> Vec<String> {
+    let mut ids: Vec<String> = rows.iter().map(|c| c.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+async fn stored(db: &Db, scope: &TenantScope, asked: &[&str]) -> Vec<String> {
+    let mut tx = db.tenant_read_tx(scope).await.unwrap();
+    let asked: Vec<String> = asked.iter().map(|s| s.to_string()).collect();
+    let found = customers::get_customers(&mut tx, &asked).await.unwrap();
+    tx.commit().await.unwrap();
+    ids(&found)
+}
+
+/// Journal entries of `type_` in the scope's tenant (PostgreSQL).
+async fn entries(db: &Db, scope: &TenantScope, type_: &str) -> i64 {
+    let mut tx = db.tenant_read_tx(scope).await.unwrap();
+    let Tx::Postgres(t) = &mut tx.tx else { unreachable!("PostgreSQL only") };
+    let n = sqlx::query("SELECT count(*) FROM journal_entries WHERE tenant_id = $1 AND type = $2")
+        .bind(scope.tenant_id().to_string())
+        .bind(type_)
+        .fetch_one(t.conn().unwrap())
+        .await
+        .unwrap()
+        .get::<i64, _>(0);
+    tx.commit().await.unwrap();
+    n
+}
+
+async fn journaled_tx(db: &Db, scope: &TenantScope, type_: &str) -> TenantTx {
+    let mut tx = db.tenant_tx(scope).await.unwrap();
+    tx.action(chrono::Utc::now(), type_, None, json!({})).await.unwrap();
+    tx
+}
+
+#[tokio::test]
+async fn inserts_held_for_the_commit_are_written_with_it() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let (_t, db) = migrated(backend).await;
+        let scope = tenant_scope(&db, "carry", Environment::Development).await;
+        let mut tx = journaled_tx(&db, &scope, "test.carry").await;
+        tx.insert_at_commit();
+        let rows = [customer("cus_a", "ext-a"), customer("cus_b", "ext-b")];
+        customers::insert_customers(&mut tx, &rows).await.unwrap();
+        let inside =
+            ids(&customers::get_customers(&mut tx, &["cus_a".into(), "cus_b".into()]).await.unwrap());
+        match backend {
+            // Held: the transaction itself does not see them before its commit.
+            Backend::Postgres => assert!(inside.is_empty(), "written before the commit: {inside:?}"),
+            Backend::Sqlite => assert_eq!(inside, ["cus_a", "cus_b"], "SQLite writes them at once"),
+        }
+        tx.commit().await.unwrap();
+        assert_eq!(stored(&db, &scope, &["cus_a", "cus_b"]).await, ["cus_a", "cus_b"], "{backend:?}");
+        if backend == Backend::Postgres {
+            assert_eq!(entries(&db, &scope, "test.carry").await, 1, "the journal entry with them");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_held_insert_refused_at_the_commit_leaves_nothing_of_the_transaction() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let (_t, db) = migrated(backend).await;
+        let scope = tenant_scope(&db, "carry", Environment::Development).await;
+        let mut tx = journaled_tx(&db, &scope, "test.first").await;
+        customers::insert_customer(&mut tx, &customer("cus_taken", "ext-taken")).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = journaled_tx(&db, &scope, "test.refused").await;
+        // Written at once, before the transaction holds its inserts.
+        customers::insert_customer(&mut tx, &customer("cus_now", "ext-now")).await.unwrap();
+        tx.insert_at_commit();
+        let rows = [customer("cus_new", "ext-new"), customer("cus_again", "ext-taken")];
+        let refused = match customers::insert_customers(&mut tx, &rows).await {
+            // SQLite runs it at once: refused there.
+            Err(e) => e,
+            Ok(()) => tx.commit().await.expect_err("an external id taken"),
+        };
+        let named = matches!(&refused, StoreError::UniqueViolation { constraint } if constraint.contains("external_id"));
+        assert!(named, "{backend:?}: {refused:?}");
+        assert_eq!(
+            stored(&db, &scope, &["cus_taken", "cus_now", "cus_new", "cus_again"]).await,
+            ["cus_taken"]
+        );
+        if backend == Backend::Postgres {
+            assert_eq!(entries(&db, &scope, "test.refused").await, 0, "no journal entry either");
+        }
+    }
+}
+
+/// The statement's acknowledgement of cache evictions reads, while it runs, what the triggers of
+/// the transaction's earlier statements set; a held insert's own trigger would fire after it. So
+/// no table whose inserts may be held may notify the caches on insert.
+#[tokio::test]
+async fn carriable_tables_notify_no_cache_on_insert() {
+    let (_t, db) = migrated(Backend::Postgres).await;
+    let scope = tenant_scope(&db, "carry", Environment::Development).await;
+    let mut tx = db.tenant_read_tx(&scope).await.unwrap();
+    let Tx::Postgres(t) = &mut tx.tx else { unreachable!() };
+    let notifying: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT event_object_table::text FROM information_schema.triggers \
+         WHERE event_manipulation = 'INSERT' AND action_statement LIKE '%azotte_cache_notify%'",
+    )
+    .fetch_all(t.conn().unwrap())
+    .await
+    .unwrap();
+    assert!(notifying.iter().any(|t| t == "entitlement_grants"), "the query finds them: {notifying:?}");
+    for table in CARRIABLE {
+        assert!(!notifying.iter().any(|t| t == table), "{table} notifies the caches on insert");
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_name = $1)",
+        )
+        .bind(table)
+        .fetch_one(t.conn().unwrap())
+        .await
+        .unwrap();
+        assert!(exists, "{table} is a table");
+    }
+    tx.commit().await.unwrap();
+}
+
+#[test]
+fn parameters_are_renumbered_outside_quotes() {
+    assert_eq!(
+        renumber(r#"INSERT INTO "a" ("x$1", "y") VALUES ($1, '$2 it''s', $10), ($2, $3)"#, 5),
+        r#"INSERT INTO "a" ("x$1", "y") VALUES ($6, '$2 it''s', $15), ($7, $8)"#
+    );
+    assert_eq!(renumber("SELECT $1", 0), "SELECT $1");
+}
+
+#[test]
+fn only_inserts_into_carriable_tables_are_carried() {
+    assert!(carriable(r#"INSERT INTO "invoices" ("id") VALUES ($1)"#));
+    assert!(carriable(r#"INSERT INTO "customer_data"."customers" ("id") VALUES ($1)"#));
+    assert!(!carriable(r#"INSERT INTO "entitlement_grants" ("id") VALUES ($1)"#));
+    assert!(!carriable(r#"UPDATE "invoices" SET "id" = $1"#));
+}
+
+/// The carried inserts' parameters come first, the entries' after them, the acknowledgement's
+/// last: every number from 1 to the total once.
+#[test]
+fn a_statement_with_carried_inserts_numbers_every_parameter_once() {
+    let carried: Vec<Carried> = vec![
+        (
+            "INSERT INTO \"invoices\" (\"a\", \"b\") VALUES ($1, $2)".into(),
+            sea_query::Values(vec![1i64.into(); 2]),
+        ),
+        (
+            "INSERT INTO \"invoice_lines\" (\"a\") VALUES ($1), ($2), ($3)".into(),
+            sea_query::Values(vec![1i64.into(); 3]),
+        ),
+    ];
+    let sql = pg_text(2, 1, true, &carried);
+    assert!(sql.contains(r#"c0 AS (INSERT INTO "invoices" ("a", "b") VALUES ($1, $2))"#), "{sql}");
+    assert!(sql.contains(r#"c1 AS (INSERT INTO "invoice_lines" ("a") VALUES ($3), ($4), ($5))"#), "{sql}");
+    let mut numbers: Vec<usize> = sql
+        .split('$')
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    numbers.sort_unstable();
+    let total = 5 + 19 * 2 + 6 + 2;
+    assert_eq!(numbers, (1..=total).collect::<Vec<_>>());
+    assert!(sql.starts_with("WITH ack AS (SELECT pg_notify($50, $51)"), "{sql}");
+}
