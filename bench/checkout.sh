@@ -280,6 +280,7 @@ IDEM_TOGETHER=$(awk '/^azotte_idempotency_records_gathered_total/ {split($1, a, 
   /^azotte_idempotency_gathered_transactions_total/ {split($1, a, "\""); t[a[2]] = $2}
   END {for (w in n) {printf "%s%d %ss in %d transactions (%.1f per transaction)", sep, n[w], w, t[w], (t[w] > 0 ? n[w] / t[w] : 0); sep = "; "}
     if (length(n) == 0) print "none"}' <<<"$METRICS")
+IDEM_TXS=$(awk '$1 == "azotte_idempotency_record_transactions_total" {print $2}' <<<"$METRICS")
 LOG_SUMMARY=$(log_summary checkouts)
 stop_azotte
 
@@ -319,7 +320,7 @@ echo "Made together: $MADE_TOGETHER."
 echo "Read together: $READ_TOGETHER."
 echo "Written together: $WRITTEN_TOGETHER."
 echo "Settled together: $SETTLED_TOGETHER."
-echo "Idempotency records gathered: $IDEM_TOGETHER."
+echo "Idempotency records gathered: $IDEM_TOGETHER; ${IDEM_TXS:-0} transactions in all (one may write claims and responses)."
 if [ "$BAD" != 0 ] || [ "$TOTAL" != "$CLIENT_SEEN" ] || [ "$CAPTURED" != "$TOTAL" ] || [ "$SANDBOX_IDS" != "$TOTAL" ] \
   || [ "$SUBS" != "$TOTAL" ] || [ "$BAD_INVOICES" != 0 ] || [ "$GAPS" != 0 ]; then
   FAILED=1

@@ -8,9 +8,10 @@
 //! configured retention; expired ones count as absent and the worker purges them.
 //!
 //! Claims of new keys and responses to keep are gathered per tenant environment (decision 0006,
-//! "Claims and responses gathered"): the requests of a tenant environment claiming keys at the
-//! same time share one transaction and one statement, and so do the responses kept at the same
-//! time; anything else (a key with a row, a batch that failed) goes one by one.
+//! "Claims and responses gathered"), in one queue: the requests of a tenant environment claiming
+//! keys and keeping responses at the same time share one transaction, one statement for the
+//! claims and one for the responses; anything else (a key with a row, a batch that failed) goes
+//! one by one.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -139,11 +140,13 @@ pub async fn begin(
         created_at: now,
         expires_at: claim.expires_at,
     };
-    let together = |batch: Vec<Claiming>| {
+    let together = |batch: Vec<Record>| {
         let (ctx, scope) = (ctx.clone(), scope.clone());
-        async move { claim_together(&ctx, &scope, batch).await }
+        async move { write_together(&ctx, &scope, batch).await }
     };
-    if ctx.idempotency_claims.submit(gather::at(scope), claiming, AT_ONCE, together).await == Some(true) {
+    let written =
+        ctx.idempotency_records.submit(gather::at(scope), Record::Claim(claiming), AT_ONCE, together);
+    if matches!(written.await, Some(Written::Claim(true))) {
         return Ok(claimed);
     }
     // Not claimed together (the key has a row, or the batch failed): one by one, which tells.
@@ -192,9 +195,6 @@ pub(crate) struct Claiming {
     expires_at: DateTime<Utc>,
 }
 
-/// Claims of new keys gathered per tenant environment: `true` when the key was claimed.
-pub(crate) type Claims = Gather<Claiming, bool>;
-
 /// A sealed response waiting to be kept with the others of its tenant environment.
 pub(crate) struct Keeping {
     key: String,
@@ -204,106 +204,117 @@ pub(crate) struct Keeping {
     sealed: Vec<u8>,
 }
 
-/// Responses gathered per tenant environment: whether the response was kept (`false`: the claim
-/// was taken over); `None` when it was not tried together (the request keeps it alone).
-pub(crate) type Responses = Gather<Keeping, Option<bool>>;
+/// A record waiting to be written with the others of its tenant environment: a claim of a new
+/// key, or a response to keep.
+pub(crate) enum Record {
+    Claim(Claiming),
+    Keep(Keeping),
+}
+
+/// What became of a [`Record`] written together: a claim, whether the key was claimed (`false`:
+/// its request claims it alone, which tells why); a response, whether it was kept (`false`: the
+/// claim was taken over), `None` when it was not tried together (the request keeps it alone).
+pub(crate) enum Written {
+    Claim(bool),
+    Keep(Option<bool>),
+}
+
+/// Claims and responses gathered per tenant environment, in one queue: the claims of requests
+/// starting and the responses of requests ending at the same moment share a transaction.
+pub(crate) type Records = Gather<Record, Written>;
 
 /// Claims, and kept responses, written together (however many at a time, one included), and
-/// the transactions that did.
+/// the transactions that did; every transaction that wrote either.
 static CLAIMS: Tally = Tally::new();
 static RESPONSES: Tally = Tally::new();
+static RECORDS: Tally = Tally::new();
 
 /// How many claims and responses this process wrote gathered, and in how many transactions:
-/// `(claims, claim transactions, responses, response transactions)`. Exported in `/metrics`.
-pub fn gathered() -> (u64, u64, u64, u64) {
+/// `(claims, transactions with claims, responses, transactions with responses, transactions)`
+/// (a transaction may write both). Exported in `/metrics`.
+pub fn gathered() -> (u64, u64, u64, u64, u64) {
     let ((claims, claim_txs), (responses, response_txs)) = (CLAIMS.get(), RESPONSES.get());
-    (claims, claim_txs, responses, response_txs)
+    (claims, claim_txs, responses, response_txs, RECORDS.get().1)
 }
 
-/// Whether each item's key is the first of its key in `batch`: only those go in a set-based
-/// statement (of two rows with one key, which one was written would not show).
-fn firsts<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<bool> {
-    let mut seen = HashSet::new();
-    keys.map(|k| seen.insert(k)).collect()
-}
-
-/// Runs `write` — one statement over a batch's distinct keys, answering the keys it wrote — in
-/// the transaction `begin` opens, and commits: the keys written, counted with the transaction,
-/// or `None` (logged) when the transaction failed and the batch goes one by one.
-async fn write_together(
-    what: &'static str,
-    tally: &'static Tally,
-    begin: impl std::future::Future<Output = azotte_store::Result<TenantTx>>,
-    write: impl AsyncFnOnce(&mut TenantTx) -> azotte_store::Result<Vec<String>>,
-) -> Option<HashSet<String>> {
-    let written: azotte_store::Result<Vec<String>> = async {
-        let mut tx = begin.await?;
-        let keys = write(&mut tx).await?;
+/// Writes the claims and responses of `batch` in one transaction, one statement for the claims
+/// and one for the responses, each over its distinct keys: each record's answer as [`Written`]
+/// gives it. A key repeated in the batch (of two rows with one key, which one was written would
+/// not show) and every record of a batch that failed (logged) go one by one.
+///
+/// A batch that keeps a response commits durably: the request answers once it is kept. Claims
+/// alone commit without waiting for the log flush (their loss a retry recovers from, and any
+/// durable commit after them flushes them too).
+async fn write_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Record>) -> Vec<Written> {
+    let (mut claimed_keys, mut kept_keys) = (HashSet::new(), HashSet::new());
+    let first: Vec<bool> = batch
+        .iter()
+        .map(|r| match r {
+            Record::Claim(c) => claimed_keys.insert(c.key.as_str()),
+            Record::Keep(k) => kept_keys.insert(k.key.as_str()),
+        })
+        .collect();
+    let (mut claims, mut kept) = (Vec::new(), Vec::new());
+    for (r, first) in batch.iter().zip(&first) {
+        match r {
+            Record::Claim(c) if *first => claims.push(store::Claim {
+                key: &c.key,
+                fingerprint: &c.fingerprint,
+                principal_id: &c.principal_id,
+                locked_until: c.locked_until,
+                created_at: c.created_at,
+                expires_at: c.expires_at,
+            }),
+            Record::Keep(k) if *first => kept.push(store::Kept {
+                key: &k.key,
+                locked_until: k.locked_until,
+                response: store::Completion { status: k.status, headers: &k.headers, sealed_body: &k.sealed },
+            }),
+            _ => {}
+        }
+    }
+    let written: azotte_store::Result<(Vec<String>, Vec<String>)> = async {
+        let mut tx = if kept.is_empty() {
+            ctx.db.tenant_tx_unflushed(scope).await?
+        } else {
+            ctx.db.tenant_tx(scope).await?
+        };
+        let claimed =
+            if claims.is_empty() { Vec::new() } else { store::insert_many(&mut tx, &claims).await? };
+        let completed =
+            if kept.is_empty() { Vec::new() } else { store::complete_many(&mut tx, &kept).await? };
         tx.commit().await?;
-        Ok(keys)
+        Ok((claimed, completed))
     }
     .await;
-    match written {
-        Ok(keys) => {
-            tally.add(keys.len());
-            Some(keys.into_iter().collect())
+    let (claimed, completed) = match written {
+        Ok((claimed, completed)) => {
+            RECORDS.add(claimed.len() + completed.len());
+            if !claims.is_empty() {
+                CLAIMS.add(claimed.len());
+            }
+            if !kept.is_empty() {
+                RESPONSES.add(completed.len());
+            }
+            let set = |keys: Vec<String>| keys.into_iter().collect::<HashSet<String>>();
+            (Some(set(claimed)), Some(set(completed)))
         }
         Err(e) => {
-            tracing::info!(error = %e, what, "idempotency records not written together; one by one");
-            None
+            tracing::info!(error = %e, "idempotency records not written together; one by one");
+            (None, None)
         }
-    }
-}
-
-/// Inserts the claims of `batch` in one statement of one transaction; each claim's answer is
-/// whether it was inserted. One whose key has a row (or repeats an earlier one of the batch),
-/// and every one of a batch that failed, is `false`: its request claims it one by one, which
-/// tells why.
-async fn claim_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Claiming>) -> Vec<bool> {
-    let first = firsts(batch.iter().map(|c| c.key.as_str()));
-    let claims: Vec<store::Claim<'_>> = batch
-        .iter()
-        .zip(&first)
-        .filter(|(_, first)| **first)
-        .map(|(c, _)| store::Claim {
-            key: &c.key,
-            fingerprint: &c.fingerprint,
-            principal_id: &c.principal_id,
-            locked_until: c.locked_until,
-            created_at: c.created_at,
-            expires_at: c.expires_at,
-        })
-        .collect();
-    let begin = ctx.db.tenant_tx_unflushed(scope);
-    let keys =
-        write_together("claims", &CLAIMS, begin, async |tx| store::insert_many(tx, &claims).await).await;
-    let claimed = |key: &String| keys.as_ref().is_some_and(|keys| keys.contains(key));
-    batch.iter().zip(first).map(|(c, first)| first && claimed(&c.key)).collect()
-}
-
-/// Keeps the sealed responses of `batch` in one statement of one transaction: each one's
-/// answer as [`complete`] gives it, or `None` (kept one by one) for a key repeated in the batch
-/// and for every one of a batch that failed.
-async fn keep_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Keeping>) -> Vec<Option<bool>> {
-    let first = firsts(batch.iter().map(|k| k.key.as_str()));
-    let kept: Vec<store::Kept<'_>> = batch
-        .iter()
-        .zip(&first)
-        .filter(|(_, first)| **first)
-        .map(|(k, _)| store::Kept {
-            key: &k.key,
-            locked_until: k.locked_until,
-            response: store::Completion { status: k.status, headers: &k.headers, sealed_body: &k.sealed },
-        })
-        .collect();
-    let begin = ctx.db.tenant_tx(scope);
-    let keys =
-        write_together("responses", &RESPONSES, begin, async |tx| store::complete_many(tx, &kept).await)
-            .await;
+    };
+    let has =
+        |keys: &Option<HashSet<String>>, key: &String| keys.as_ref().is_some_and(|keys| keys.contains(key));
     batch
         .iter()
         .zip(first)
-        .map(|(k, first)| keys.as_ref().filter(|_| first).map(|keys| keys.contains(&k.key)))
+        .map(|(r, first)| match r {
+            Record::Claim(c) => Written::Claim(first && has(&claimed, &c.key)),
+            Record::Keep(k) => {
+                Written::Keep(completed.as_ref().filter(|_| first).map(|_| has(&completed, &k.key)))
+            }
+        })
         .collect()
 }
 
@@ -338,12 +349,13 @@ pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Res
             headers: response.headers.clone(),
             sealed: vault::encrypt(&data_key, response.body.expose(), &aad)?,
         };
-        let together = |batch: Vec<Keeping>| {
+        let together = |batch: Vec<Record>| {
             let (ctx, scope) = (ctx.clone(), claim.scope.clone());
-            async move { keep_together(&ctx, &scope, batch).await }
+            async move { write_together(&ctx, &scope, batch).await }
         };
         let at = gather::at(&claim.scope);
-        if let Some(Some(done)) = ctx.idempotency_responses.submit(at, keeping, AT_ONCE, together).await {
+        let written = ctx.idempotency_records.submit(at, Record::Keep(keeping), AT_ONCE, together);
+        if let Some(Written::Keep(Some(done))) = written.await {
             if !done {
                 taken_over(&claim.key);
             }

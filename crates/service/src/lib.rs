@@ -79,10 +79,8 @@ pub struct Ctx {
     pub(crate) customer_creates: Arc<customers::Creates>,
     /// Offers waiting to be made together, per tenant environment.
     pub(crate) offer_makes: Arc<subscriptions::offers::Makes>,
-    /// Idempotency claims waiting to be inserted together, per tenant environment.
-    pub(crate) idempotency_claims: Arc<idempotency::Claims>,
-    /// Idempotent responses waiting to be kept together, per tenant environment.
-    pub(crate) idempotency_responses: Arc<idempotency::Responses>,
+    /// Idempotency claims and responses waiting to be written together, per tenant environment.
+    pub(crate) idempotency_records: Arc<idempotency::Records>,
 }
 
 impl Ctx {
@@ -114,8 +112,7 @@ impl Ctx {
             checkout_writes: Default::default(),
             customer_creates: Default::default(),
             offer_makes: Default::default(),
-            idempotency_claims: Default::default(),
-            idempotency_responses: Default::default(),
+            idempotency_records: Default::default(),
         }
     }
 

@@ -137,7 +137,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             &[("", t)],
         );
     }
-    let (claims, claim_txs, responses, response_txs) = azotte_service::idempotency::gathered();
+    let (claims, claim_txs, responses, response_txs, txs) = azotte_service::idempotency::gathered();
     counter(
         &mut text,
         "azotte_idempotency_records_gathered_total",
@@ -149,6 +149,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "azotte_idempotency_gathered_transactions_total",
         "Transactions that claimed keys, or kept responses, together.",
         &[("what=\"claim\"", claim_txs), ("what=\"response\"", response_txs)],
+    );
+    counter(
+        &mut text,
+        "azotte_idempotency_record_transactions_total",
+        "Transactions that wrote idempotency records together: claims, responses or both.",
+        &[("", txs)],
     );
     let mut resp = text.into_response();
     resp.headers_mut()

@@ -52,6 +52,7 @@ async fn metrics_count_requests_by_route_template(app: TestApp) {
         assert!(text.contains(&format!("# TYPE {name} counter\n{name} ")), "{name}: {text}");
     }
     assert!(text.contains("\nazotte_idempotency_records_gathered_total{what=\"claim\"} "), "{text}");
+    assert!(text.contains("\nazotte_idempotency_record_transactions_total "), "{text}");
     assert!(text.contains("\nazotte_renewal_jobs_ended_total{path=\"one_by_one\"} "), "{text}");
 }
 

@@ -253,6 +253,57 @@ async fn keys_claimed_at_once_are_claimed_together(app: TestApp) {
     );
 }
 
+/// The queue is one for claims and responses: a response kept and a key claimed at the same
+/// moment share one transaction (decision 0006, "Claims and responses gathered"). PostgreSQL,
+/// whose table locks hold one table's writes and not another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_and_a_claim_of_the_same_moment_share_a_transaction() {
+    use std::time::Duration;
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Postgres).await;
+    app.create_tenant(T).await;
+    create_customer(&app, "warm", customer("crm-warm")).await;
+    let before = azotte_service::idempotency::gathered();
+    let pause = || tokio::time::sleep(Duration::from_millis(500));
+    // B claims its key, then waits on the customers table.
+    let customers = app.hold_writes("customer_data.customers").await;
+    let b = create_customer(&app, "k-b", customer("crm-b"));
+    let rest = async {
+        pause().await;
+        // C's claim waits on the records table, holding the queue's turn.
+        let records = app.hold_writes("idempotency_keys").await;
+        let c = create_customer(&app, "k-c", customer("crm-c"));
+        let then = async {
+            pause().await;
+            // B's response queues behind C's claim, then D's claim: both wait for the turn.
+            customers.release().await;
+            pause().await;
+            let d = create_customer(&app, "k-d", customer("crm-d"));
+            let release = async {
+                pause().await;
+                records.release().await;
+            };
+            tokio::join!(d, release).0
+        };
+        tokio::join!(c, then)
+    };
+    let (b, (c, d)) = tokio::join!(b, rest);
+    for (r, key) in [(&b, "k-b"), (&c, "k-c"), (&d, "k-d")] {
+        assert_eq!(r.status, 201, "{key}: {}", r.text());
+        assert!(!replayed(r));
+        let again = create_customer(&app, key, customer(&format!("crm-{}", &key[2..]))).await;
+        assert!(replayed(&again) && again.body == r.body, "{key}: {}", again.text());
+    }
+    let after = azotte_service::idempotency::gathered();
+    let (claims, claim_txs) = (after.0 - before.0, after.1 - before.1);
+    let (responses, response_txs, txs) = (after.2 - before.2, after.3 - before.3, after.4 - before.4);
+    assert_eq!((claims, responses), (3, 3), "every claim and response written together");
+    assert!(
+        txs < claim_txs + response_txs,
+        "a transaction wrote a claim and a response: {txs} transactions, {claim_txs} with claims, \
+         {response_txs} with responses"
+    );
+}
+
 async fn records_expire_and_are_purged(app: TestApp) {
     app.create_tenant(T).await;
     app.admin_mfa().await;
