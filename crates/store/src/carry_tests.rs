@@ -1,12 +1,13 @@
 //! Inserts held for the commit ([`TenantTx::insert_at_commit`]): on PostgreSQL they are written
 //! by the statement that writes the transaction's journal entries, with the transaction or not
-//! at all; SQLite writes them at once.
+//! at all; SQLite writes them at once. And statements run together
+//! ([`Tx::execute_together`](crate::exec::Tx::execute_together)).
 
 use azotte_domain::tenant::Environment;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::customers::{self, CustomerRow};
+use crate::customers::{self, CustomerRow, Customers};
 use crate::exec::Tx;
 use crate::journal::{carriable, pg_text, renumber, Carried, CARRIABLE};
 use crate::testing::{migrated, tenant_scope};
@@ -194,4 +195,58 @@ fn a_statement_with_carried_inserts_numbers_every_parameter_once() {
     let total = 5 + 19 * 2 + 6 + 2;
     assert_eq!(numbers, (1..=total).collect::<Vec<_>>());
     assert!(sql.starts_with("WITH ack AS (SELECT pg_notify($50, $51)"), "{sql}");
+}
+
+async fn countries(db: &Db, scope: &TenantScope) -> Vec<(String, Option<String>, Option<String>)> {
+    let mut tx = db.tenant_read_tx(scope).await.unwrap();
+    let found = customers::get_customers(&mut tx, &["cus_a".into(), "cus_b".into()]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut out: Vec<_> = found.into_iter().map(|c| (c.id, c.country, c.language)).collect();
+    out.sort();
+    out
+}
+
+fn update(tx: &TenantTx, ids: &[&str], set: (Customers, &str)) -> sea_query::UpdateStatement {
+    use sea_query::{Expr, Query};
+    Query::update()
+        .table(Customers::Table)
+        .values([(set.0, set.1.into())])
+        .cond_where(tx.in_scope(Customers::TenantId, Customers::Environment))
+        .and_where(Expr::col(Customers::Id).is_in(ids.iter().map(|s| s.to_string())))
+        .to_owned()
+}
+
+/// Statements run together answer the rows each wrote, and fail as one: a refused part leaves
+/// nothing of the others.
+#[tokio::test]
+async fn statements_together_answer_each_ones_rows_and_fail_as_one() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let (_t, db) = migrated(backend).await;
+        let scope = tenant_scope(&db, "together", Environment::Development).await;
+        let mut tx = journaled_tx(&db, &scope, "test.setup").await;
+        let rows = [customer("cus_a", "ext-a"), customer("cus_b", "ext-b"), customer("cus_c", "ext-c")];
+        customers::insert_customers(&mut tx, &rows).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = journaled_tx(&db, &scope, "test.together").await;
+        // Each part its own rows: a row two parts write is written once (PostgreSQL).
+        let country = update(&tx, &["cus_a", "cus_c", "cus_missing"], (Customers::Country, "FR"));
+        let language = update(&tx, &["cus_b"], (Customers::Language, "de"));
+        let counts = tx.tx.execute_together(&[&country, &language]).await.unwrap();
+        assert_eq!(counts, [2, 1], "{backend:?}");
+        tx.commit().await.unwrap();
+        let after = [
+            ("cus_a".to_owned(), Some("FR".to_owned()), None),
+            ("cus_b".to_owned(), Some("DE".to_owned()), Some("de".to_owned())),
+        ];
+        assert_eq!(countries(&db, &scope).await, after, "{backend:?}");
+
+        let mut tx = journaled_tx(&db, &scope, "test.refused").await;
+        let country = update(&tx, &["cus_a"], (Customers::Country, "IT"));
+        let taken = update(&tx, &["cus_b"], (Customers::ExternalId, "ext-a"));
+        let refused = tx.tx.execute_together(&[&country, &taken]).await.unwrap_err();
+        assert!(matches!(refused, StoreError::UniqueViolation { .. }), "{backend:?}: {refused:?}");
+        drop(tx);
+        assert_eq!(countries(&db, &scope).await, after, "{backend:?}: nothing of the refused statements");
+    }
 }

@@ -147,6 +147,45 @@ impl Tx {
             .rows_affected()))
     }
 
+    /// Runs `parts` — statements that change data, none with a `RETURNING` of its own — and
+    /// answers how many rows each wrote. On PostgreSQL they go as one statement in one round
+    /// trip, each a data-modifying `WITH` part: every part runs to completion against the
+    /// statement's snapshot (no part sees another's rows; none may write a row another writes),
+    /// and foreign keys and `AFTER` triggers are checked and fired at the statement's end. On
+    /// SQLite they run one after another.
+    pub(crate) async fn execute_together(&mut self, parts: &[&dyn Part]) -> Result<Vec<u64>> {
+        let t = match self {
+            Tx::Postgres(t) => t,
+            Tx::Sqlite(s) => {
+                let mut counts = Vec::with_capacity(parts.len());
+                for p in parts {
+                    let (sql, values) = p.built(true);
+                    let q = sqlx::query_with(&sql, sea_query_binder::SqlxValues(values));
+                    counts.push(q.execute(s.conn()?).await?.rows_affected());
+                }
+                return Ok(counts);
+            }
+        };
+        let (mut sql, mut all, mut counts) = (String::from("WITH "), Vec::new(), Vec::new());
+        for (i, p) in parts.iter().enumerate() {
+            let (text, values) = p.built(false);
+            let sep = if i == 0 { "" } else { ", " };
+            sql.push_str(&format!(
+                "{sep}w{i} AS ({} RETURNING 1)",
+                crate::journal::renumber(&text, all.len())
+            ));
+            counts.push(format!("(SELECT count(*) FROM w{i})"));
+            all.extend(values.0);
+        }
+        sql.push_str(&format!(" SELECT {}", counts.join(", ")));
+        let row = sqlx::query_with(&sql, sea_query_binder::SqlxValues(sea_query::Values(all)))
+            .fetch_one(t.conn()?)
+            .await?;
+        (0..parts.len())
+            .map(|i| Ok(u64::try_from(sqlx::Row::try_get::<i64, _>(&row, i)?).unwrap_or_default()))
+            .collect()
+    }
+
     /// PostgreSQL: runs a statement already built, with its values.
     pub(crate) async fn execute_built(&mut self, sql: &str, values: sea_query::Values) -> Result<u64> {
         let Tx::Postgres(t) = self else {
@@ -221,6 +260,23 @@ impl Tx {
         Ok(())
     }
 }
+
+/// A statement [`Tx::execute_together`] runs: its text and values for SQLite (`true`) or
+/// PostgreSQL.
+pub(crate) trait Part: Sync {
+    fn built(&self, sqlite: bool) -> (String, sea_query::Values);
+}
+
+macro_rules! part {
+    ($($t:ty),+) => {$(
+        impl Part for $t {
+            fn built(&self, sqlite: bool) -> (String, sea_query::Values) {
+                if sqlite { self.build(SqliteQueryBuilder) } else { self.build(PostgresQueryBuilder) }
+            }
+        }
+    )+};
+}
+part!(sea_query::InsertStatement, sea_query::UpdateStatement);
 
 #[cfg(test)]
 #[path = "sqlite_tx_tests.rs"]

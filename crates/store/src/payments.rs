@@ -165,6 +165,17 @@ pub async fn captured_many(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let q = captured_update(tx, rows, now).returning_col(Payments::Id).to_owned();
+    tx.writes += 1;
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
+}
+
+/// The `UPDATE` of [`captured_many`] (`rows` not empty), without its `RETURNING`.
+pub(crate) fn captured_update(
+    tx: &TenantTx,
+    rows: &[PaymentRow],
+    now: DateTime<Utc>,
+) -> sea_query::UpdateStatement {
     let by_id = |value: &dyn Fn(&PaymentRow) -> sea_query::SimpleExpr, otherwise: Payments| {
         crate::case_by_id(Payments::Id, rows, |p| p.id.clone(), value, Expr::col(otherwise).into())
     };
@@ -174,7 +185,7 @@ pub async fn captured_many(
     } else {
         by_id(&|p| p.captured_amount.into(), Payments::CapturedAmount)
     };
-    let q = Query::update()
+    Query::update()
         .table(Payments::Table)
         .values([
             (Payments::Status, "captured".into()),
@@ -186,10 +197,7 @@ pub async fn captured_many(
         .cond_where(tx.in_scope(Payments::TenantId, Payments::Environment))
         .and_where(Expr::col(Payments::Id).is_in(rows.iter().map(|p| p.id.clone())))
         .and_where(Expr::col(Payments::Status).eq("pending"))
-        .returning_col(Payments::Id)
-        .to_owned();
-    tx.writes += 1;
-    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
+        .to_owned()
 }
 
 /// Writes the outcome of an attempt: status, account, PSP id, attempts, decline code, captured

@@ -273,10 +273,17 @@ pub async fn succeed_checkouts(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let q = succeed_update(tx, rows, now).returning_col(Checkouts::Id).to_owned();
+    tx.writes += 1;
+    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
+}
+
+/// The `UPDATE` of [`succeed_checkouts`] (`rows` not empty), without its `RETURNING`.
+fn succeed_update(tx: &TenantTx, rows: &[Succeeded], now: DateTime<Utc>) -> sea_query::UpdateStatement {
     let by_id = |value: &dyn Fn(&Succeeded) -> sea_query::SimpleExpr, otherwise: Checkouts| {
         crate::case_by_id(Checkouts::Id, rows, |r| r.checkout_id.clone(), value, Expr::col(otherwise).into())
     };
-    let q = Query::update()
+    Query::update()
         .table(Checkouts::Table)
         .values([
             (Checkouts::Status, "succeeded".into()),
@@ -292,10 +299,51 @@ pub async fn succeed_checkouts(
         .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
         .and_where(Expr::col(Checkouts::Id).is_in(rows.iter().map(|r| r.checkout_id.clone())))
         .and_where(Expr::col(Checkouts::Status).is_in(IN_PROGRESS))
-        .returning_col(Checkouts::Id)
-        .to_owned();
+        .to_owned()
+}
+
+/// How [`settle_captured`] found its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleWritten {
+    /// Payments recorded `captured` (each only while it was `pending`).
+    pub captured: u64,
+    /// Checkouts marked `succeeded` (each only while it was in progress).
+    pub succeeded: u64,
+}
+
+/// The writes of checkouts settled together after their first charges were captured, in one
+/// round trip on PostgreSQL ([`crate::exec::Tx::execute_together`]): each payment recorded
+/// `captured` as [`crate::payments::captured_many`] does, the subscriptions added, what they
+/// grant recorded, and each checkout marked `succeeded` as [`succeed_checkouts`] does. Answers
+/// how many payments and checkouts it moved: the caller rolls back unless it moved every one.
+/// A unique violation (a live subscription of the family, a checkout's second) fails the whole
+/// statement, as it fails [`insert_subscriptions`]. Every slice but `grants` holds at least one.
+pub async fn settle_captured(
+    tx: &mut TenantTx,
+    payments: &[crate::payments::PaymentRow],
+    subscriptions: &[SubscriptionRow],
+    grants: &[(&str, &str, &[Grant])],
+    succeeded: &[Succeeded],
+    now: DateTime<Utc>,
+) -> Result<SettleWritten> {
+    if payments.is_empty() || subscriptions.is_empty() || succeeded.is_empty() {
+        return Err(crate::StoreError::Corrupt("a settle with nothing to settle".into()));
+    }
+    let captured = crate::payments::captured_update(tx, payments, now);
+    let inserted = subscriptions_insert(tx, subscriptions);
+    let granted = grants_insert(tx, grants);
+    let marked = succeed_update(tx, succeeded, now);
+    let mut parts: Vec<&dyn crate::exec::Part> = vec![&captured, &inserted];
+    if let Some(g) = &granted {
+        parts.push(g);
+    }
+    parts.push(&marked);
     tx.writes += 1;
-    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
+    let counts = tx.tx.execute_together(&parts).await?;
+    Ok(SettleWritten {
+        captured: counts.first().copied().unwrap_or_default(),
+        succeeded: counts.last().copied().unwrap_or_default(),
+    })
 }
 
 /// Takes the lease of a checkout's job until `until`: `false` when it is not in progress or
@@ -532,6 +580,12 @@ pub async fn insert_subscriptions(tx: &mut TenantTx, rows: &[SubscriptionRow]) -
     if rows.is_empty() {
         return Ok(());
     }
+    tx.write(&subscriptions_insert(tx, rows)).await?;
+    Ok(())
+}
+
+/// The `INSERT` of [`insert_subscriptions`] (`rows` not empty).
+fn subscriptions_insert(tx: &TenantTx, rows: &[SubscriptionRow]) -> sea_query::InsertStatement {
     let mut cols = SUB_COLUMNS.to_vec();
     cols.push(Subscriptions::TenantId);
     let mut q = Query::insert().into_table(Subscriptions::Table).columns(cols).to_owned();
@@ -541,8 +595,7 @@ pub async fn insert_subscriptions(tx: &mut TenantTx, rows: &[SubscriptionRow]) -
         v.push(tx.scope().tenant_id().to_string().into());
         q.values_panic(v);
     }
-    tx.write(&q).await?;
-    Ok(())
+    q
 }
 
 /// Writes a subscription's lifecycle fields and its plan (bundle, price, amount: a replace
@@ -856,8 +909,16 @@ pub async fn insert_grants(
 /// Records what many subscriptions grant, in one statement: (subscription id, its customer's
 /// id, its grants) each.
 pub async fn insert_grants_of(tx: &mut TenantTx, of: &[(&str, &str, &[Grant])]) -> Result<()> {
+    if let Some(q) = grants_insert(tx, of) {
+        tx.write(&q).await?;
+    }
+    Ok(())
+}
+
+/// The `INSERT` of [`insert_grants_of`]; `None` when nothing is granted.
+fn grants_insert(tx: &TenantTx, of: &[(&str, &str, &[Grant])]) -> Option<sea_query::InsertStatement> {
     if of.iter().all(|(.., grants)| grants.is_empty()) {
-        return Ok(());
+        return None;
     }
     let mut q = Query::insert()
         .into_table(EntitlementGrants::Table)
@@ -886,8 +947,7 @@ pub async fn insert_grants_of(tx: &mut TenantTx, of: &[(&str, &str, &[Grant])]) 
             ]);
         }
     }
-    tx.write(&q).await?;
-    Ok(())
+    Some(q)
 }
 
 /// Removes what a subscription grants (a plan change grants the new bundle's instead): the

@@ -6,10 +6,11 @@
 //! A checkout whose capture arrives while another settling transaction of its tenant environment
 //! runs waits for it, and is settled with whatever else arrived meanwhile (at most [`AT_ONCE`]):
 //! under load each statement serves several checkouts, with no load a checkout is settled alone
-//! at once. One transaction records every capture (`captured_many`), writes every subscription,
-//! every subscription's grants, marks every checkout `succeeded`, then — the series rows locked
-//! only from there to the commit (decision 0008) — reserves the invoice numbers and writes the
-//! invoices, their lines and their payment links. Each checkout is journaled in its own lineage
+//! at once. One transaction records every capture, writes every subscription and its grants and
+//! marks every checkout `succeeded` (`settle_captured`: one statement on PostgreSQL), then — the
+//! series rows locked only from there to the commit (decision 0008) — reserves the invoice numbers
+//! and writes the invoices, their lines and their payment links (with the journal entries, in the
+//! commit's statement). Each checkout is journaled in its own lineage
 //! with exactly the entries the one-by-one path records, in its order (`payment.attempt_result`,
 //! `payment.captured`, `checkout.complete`, `subscription.created`, `entitlements.granted`,
 //! `invoice.issued`, `invoice.paid`, `checkout.succeeded`).
@@ -126,14 +127,6 @@ async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Re
     // Read once the transaction is open (on SQLite, holding the one writer).
     let now = ctx.clock.now();
     let payments: Vec<PaymentRow> = batch.iter().map(|c| c.payment.clone()).collect();
-    let recorded = azotte_store::payments::captured_many(&mut tx, &payments, now).await?;
-    if recorded.len() != batch.len() {
-        return Err(changed(format!(
-            "recorded {} of {} captures: a payment moved",
-            recorded.len(),
-            batch.len()
-        )));
-    }
     let mut subs = Vec::with_capacity(batch.len());
     let mut granted = Vec::with_capacity(batch.len());
     let mut checkouts = Vec::with_capacity(batch.len());
@@ -148,15 +141,11 @@ async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Re
         checkouts.push(checkout);
         subs.push(row);
     }
-    // A live subscription of the family (another checkout of the customer won it), or one of
-    // the checkout already: the one-by-one path tells which.
-    store::insert_subscriptions(&mut tx, &subs).await?;
     let of: Vec<(&str, &str, &[store::Grant])> = subs
         .iter()
         .zip(&granted)
         .map(|(s, g)| (s.id.as_str(), s.customer_id.as_str(), g.as_slice()))
         .collect();
-    store::insert_grants_of(&mut tx, &of).await?;
     let succeeded: Vec<Succeeded> = checkouts
         .iter()
         .map(|c| Succeeded {
@@ -165,13 +154,16 @@ async fn settle_batch(ctx: &Ctx, scope: &TenantScope, batch: &[&Captured]) -> Re
             payment_id: c.payment_id.clone(),
         })
         .collect();
-    let marked = store::succeed_checkouts(&mut tx, &succeeded, now).await?;
-    if marked.len() != batch.len() {
-        return Err(changed(format!(
-            "{} of {} checkouts ended meanwhile",
-            batch.len() - marked.len(),
-            batch.len()
-        )));
+    // The captures, the subscriptions and their grants, the checkouts `succeeded`: one round trip
+    // on PostgreSQL. A live subscription of the family (another checkout of the customer won
+    // it), or one of the checkout already, fails it: the one-by-one path tells which.
+    let written = store::settle_captured(&mut tx, &payments, &subs, &of, &succeeded, now).await?;
+    let n = batch.len() as u64;
+    if written.captured != n {
+        return Err(changed(format!("recorded {} of {n} captures: a payment moved", written.captured)));
+    }
+    if written.succeeded != n {
+        return Err(changed(format!("{} of {n} checkouts ended meanwhile", n - written.succeeded)));
     }
     // The invoices: numbered from one reservation per series, the series rows locked from here
     // to the commit, in (storefront, series) order as every locker of them takes them.
