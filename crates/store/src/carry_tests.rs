@@ -155,10 +155,29 @@ async fn carriable_tables_notify_no_cache_on_insert() {
 #[test]
 fn parameters_are_renumbered_outside_quotes() {
     assert_eq!(
-        renumber(r#"INSERT INTO "a" ("x$1", "y") VALUES ($1, '$2 it''s', $10), ($2, $3)"#, 5),
-        r#"INSERT INTO "a" ("x$1", "y") VALUES ($6, '$2 it''s', $15), ($7, $8)"#
+        renumber(r#"INSERT INTO "a" ("x$1", "y""$2") VALUES ($1, '$2 it''s', $3), ($2, $3)"#, 5, 3)
+            .as_deref(),
+        Some(r#"INSERT INTO "a" ("x$1", "y""$2") VALUES ($6, '$2 it''s', $8), ($7, $8)"#)
     );
-    assert_eq!(renumber("SELECT $1", 0), "SELECT $1");
+    // The query builder's escaped literals: a backslash escapes the character after it.
+    assert_eq!(
+        renumber(r#"SELECT $1, E'it\'s $2', e'\\', $2"#, 1, 2).as_deref(),
+        Some(r#"SELECT $2, E'it\'s $2', e'\\', $3"#)
+    );
+    // Not an escaped literal: a word ending in E before the quote.
+    assert_eq!(
+        renumber(r#"SELECT $1 WHERE a = SOME'\' AND b = $2"#, 1, 2).as_deref(),
+        Some(r#"SELECT $2 WHERE a = SOME'\' AND b = $3"#)
+    );
+    assert_eq!(renumber("SELECT $1", 0, 1).as_deref(), Some("SELECT $1"));
+    // Refused: parameters other than $1 to $values, or a text it does not read whole.
+    assert_eq!(renumber("SELECT $1, $3", 0, 3), None, "a parameter missing");
+    assert_eq!(renumber("SELECT $1, $2", 0, 1), None, "a parameter beyond the values");
+    assert_eq!(renumber("SELECT $0", 0, 1), None);
+    assert_eq!(renumber("SELECT $$x$$, $1", 0, 1), None, "dollar quotes");
+    assert_eq!(renumber("SELECT $1 -- $2", 0, 1), None, "a comment");
+    assert_eq!(renumber("SELECT $1 /* $2 */", 0, 1), None, "a comment");
+    assert_eq!(renumber("SELECT '$1", 0, 1), None, "a literal left open");
 }
 
 #[test]
@@ -173,16 +192,20 @@ fn only_inserts_into_carriable_tables_are_carried() {
 /// last: every number from 1 to the total once.
 #[test]
 fn a_statement_with_carried_inserts_numbers_every_parameter_once() {
-    let carried: Vec<Carried> = vec![
-        (
-            "INSERT INTO \"invoices\" (\"a\", \"b\") VALUES ($1, $2)".into(),
-            sea_query::Values(vec![1i64.into(); 2]),
-        ),
-        (
-            "INSERT INTO \"invoice_lines\" (\"a\") VALUES ($1), ($2), ($3)".into(),
-            sea_query::Values(vec![1i64.into(); 3]),
-        ),
+    let raw = [
+        (r#"INSERT INTO "invoices" ("a", "b") VALUES ($1, $2)"#, 2),
+        (r#"INSERT INTO "invoice_lines" ("a") VALUES ($1), ($2), ($3)"#, 3),
     ];
+    // Numbered one after another, as `PgInsert::carry` numbers them.
+    let mut base = 0;
+    let carried: Vec<Carried> = raw
+        .iter()
+        .map(|(sql, n)| {
+            let text = renumber(sql, base, *n).unwrap();
+            base += n;
+            (text, sea_query::Values(vec![1i64.into(); *n]))
+        })
+        .collect();
     let sql = pg_text(2, 1, true, &carried);
     assert!(sql.contains(r#"c0 AS (INSERT INTO "invoices" ("a", "b") VALUES ($1, $2))"#), "{sql}");
     assert!(sql.contains(r#"c1 AS (INSERT INTO "invoice_lines" ("a") VALUES ($3), ($4), ($5))"#), "{sql}");
@@ -216,8 +239,8 @@ fn update(tx: &TenantTx, ids: &[&str], set: (Customers, &str)) -> sea_query::Upd
         .to_owned()
 }
 
-/// Statements run together answer the rows each wrote, and fail as one: a refused part leaves
-/// nothing of the others.
+/// Statements run together answer the rows each wrote; a part refused fails the call, and the
+/// transaction rolls back with nothing of the parts.
 #[tokio::test]
 async fn statements_together_answer_each_ones_rows_and_fail_as_one() {
     for backend in [Backend::Postgres, Backend::Sqlite] {
@@ -229,7 +252,7 @@ async fn statements_together_answer_each_ones_rows_and_fail_as_one() {
         tx.commit().await.unwrap();
 
         let mut tx = journaled_tx(&db, &scope, "test.together").await;
-        // Each part its own rows: a row two parts write is written once (PostgreSQL).
+        // Each part its own rows (see below).
         let country = update(&tx, &["cus_a", "cus_c", "cus_missing"], (Customers::Country, "FR"));
         let language = update(&tx, &["cus_b"], (Customers::Language, "de"));
         let counts = tx.tx.execute_together(&[&country, &language]).await.unwrap();
@@ -240,6 +263,24 @@ async fn statements_together_answer_each_ones_rows_and_fail_as_one() {
             ("cus_b".to_owned(), Some("DE".to_owned()), Some("de".to_owned())),
         ];
         assert_eq!(countries(&db, &scope).await, after, "{backend:?}");
+
+        // Why: of a row two parts write, PostgreSQL writes it for one part only.
+        let mut tx = journaled_tx(&db, &scope, "test.same_row").await;
+        let first = update(&tx, &["cus_c"], (Customers::Language, "fr"));
+        let second = update(&tx, &["cus_c"], (Customers::Language, "it"));
+        let counts = tx.tx.execute_together(&[&first, &second]).await.unwrap();
+        let expected: [u64; 2] = if backend == Backend::Postgres { [1, 0] } else { [1, 1] };
+        assert_eq!(counts, expected, "{backend:?}");
+        drop(tx);
+
+        // Why: of a row two parts write, PostgreSQL writes it for one part only.
+        let mut tx = journaled_tx(&db, &scope, "test.same_row").await;
+        let first = update(&tx, &["cus_c"], (Customers::Language, "fr"));
+        let second = update(&tx, &["cus_c"], (Customers::Language, "it"));
+        let counts = tx.tx.execute_together(&[&first, &second]).await.unwrap();
+        let expected: [u64; 2] = if backend == Backend::Postgres { [1, 0] } else { [1, 1] };
+        assert_eq!(counts, expected, "{backend:?}");
+        drop(tx);
 
         let mut tx = journaled_tx(&db, &scope, "test.refused").await;
         let country = update(&tx, &["cus_a"], (Customers::Country, "IT"));

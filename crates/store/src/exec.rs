@@ -150,9 +150,11 @@ impl Tx {
     /// Runs `parts` — statements that change data, none with a `RETURNING` of its own — and
     /// answers how many rows each wrote. On PostgreSQL they go as one statement in one round
     /// trip, each a data-modifying `WITH` part: every part runs to completion against the
-    /// statement's snapshot (no part sees another's rows; none may write a row another writes),
-    /// and foreign keys and `AFTER` triggers are checked and fired at the statement's end. On
-    /// SQLite they run one after another.
+    /// statement's snapshot (no part sees another's rows; of a row two parts would write, only
+    /// one part's write happens, so none may write a row another writes), and foreign keys and
+    /// `AFTER` triggers are checked and fired at the statement's end; one part refused fails
+    /// them all. Too many parameters for one statement, or a text [`crate::journal::renumber`]
+    /// does not read whole: one after another, as on SQLite.
     pub(crate) async fn execute_together(&mut self, parts: &[&dyn Part]) -> Result<Vec<u64>> {
         let t = match self {
             Tx::Postgres(t) => t,
@@ -166,16 +168,28 @@ impl Tx {
                 return Ok(counts);
             }
         };
+        let built: Vec<(String, sea_query::Values)> = parts.iter().map(|p| p.built(false)).collect();
         let (mut sql, mut all, mut counts) = (String::from("WITH "), Vec::new(), Vec::new());
-        for (i, p) in parts.iter().enumerate() {
-            let (text, values) = p.built(false);
+        let mut whole = built.iter().map(|(_, v)| v.0.len()).sum::<usize>() <= crate::journal::MAX_PARAMETERS;
+        for (i, (text, values)) in built.iter().enumerate() {
+            let Some(text) = crate::journal::renumber(text, all.len(), values.0.len()).filter(|_| whole)
+            else {
+                whole = false;
+                break;
+            };
             let sep = if i == 0 { "" } else { ", " };
-            sql.push_str(&format!(
-                "{sep}w{i} AS ({} RETURNING 1)",
-                crate::journal::renumber(&text, all.len())
-            ));
+            sql.push_str(&format!("{sep}w{i} AS ({text} RETURNING 1)"));
             counts.push(format!("(SELECT count(*) FROM w{i})"));
-            all.extend(values.0);
+            all.extend(values.0.iter().cloned());
+        }
+        if !whole {
+            // Too many parameters for one statement, or a text not read whole: one by one.
+            let mut counts = Vec::with_capacity(built.len());
+            for (sql, values) in built {
+                let q = sqlx::query_with(&sql, sea_query_binder::SqlxValues(values));
+                counts.push(q.execute(t.conn()?).await?.rows_affected());
+            }
+            return Ok(counts);
         }
         sql.push_str(&format!(" SELECT {}", counts.join(", ")));
         let row = sqlx::query_with(&sql, sea_query_binder::SqlxValues(sea_query::Values(all)))

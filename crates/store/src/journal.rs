@@ -407,34 +407,60 @@ pub(crate) fn carriable(sql: &str) -> bool {
 }
 
 /// Parameters a statement may bind at most (PostgreSQL's protocol allows 65,535).
-const MAX_PARAMETERS: usize = 65_535;
+pub(crate) const MAX_PARAMETERS: usize = 65_535;
 
-/// `sql` with every parameter `$n` renumbered `$n + by`; quoted literals and identifiers are
-/// left as they are.
-pub(crate) fn renumber(sql: &str, by: usize) -> String {
+/// `sql` — a statement from the query builder binding `values` parameters, `$1` to
+/// `$values` — with every parameter `$n` renumbered `$n + by`; quoted literals (`'…'`, and
+/// `E'…'` with its backslash escapes) and quoted identifiers are left as they are. `None` when
+/// the text is not one this reads whole (a dollar-quoted string, a comment) or its parameters
+/// are not exactly `$1` to `$values`: the caller then runs it on its own.
+pub(crate) fn renumber(sql: &str, by: usize, values: usize) -> Option<String> {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut chars = sql.chars().peekable();
-    let mut quote = None;
+    // The open quote, and whether a backslash escapes the next character in it (`E'…'`).
+    let mut quote: Option<(char, bool)> = None;
+    let mut prev = ' ';
+    let mut seen = vec![false; values];
     while let Some(c) = chars.next() {
         out.push(c);
-        match (quote, c) {
-            (None, '\'' | '"') => quote = Some(c),
-            (Some(q), _) if c == q => quote = None,
-            (None, '$') => {
-                let mut n = String::new();
-                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                    n.push(*d);
-                    chars.next();
-                }
-                match n.parse::<usize>() {
-                    Ok(n) => out.push_str(&(n + by).to_string()),
-                    Err(_) => out.push_str(&n),
-                }
+        match quote {
+            Some((_, true)) if c == '\\' => {
+                out.push(chars.next()?);
             }
-            _ => {}
+            // A doubled quote stands for itself, inside the same literal.
+            Some((q, _)) if c == q => match chars.peek() {
+                Some(&next) if next == q => out.push(chars.next()?),
+                _ => quote = None,
+            },
+            Some(_) => {}
+            None => match c {
+                '"' => quote = Some(('"', false)),
+                '\'' => {
+                    let escaped = matches!(prev, 'E' | 'e') && !out[..out.len() - 2].ends_with(is_word);
+                    quote = Some(('\'', escaped));
+                }
+                '$' => {
+                    let mut n = String::new();
+                    while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                        n.push(*d);
+                        chars.next();
+                    }
+                    let n: usize = n.parse().ok().filter(|n| (1..=values).contains(n))?;
+                    *seen.get_mut(n - 1)? = true;
+                    out.push_str(&(n + by).to_string());
+                }
+                '-' if chars.peek() == Some(&'-') => return None,
+                '/' if chars.peek() == Some(&'*') => return None,
+                _ => {}
+            },
         }
+        prev = c;
     }
-    out
+    (seen.iter().all(|s| *s) && quote.is_none()).then_some(out)
+}
+
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
 }
 
 /// The entries a statement writes to one chain: tenant, environment, and (id, hash) of each.
@@ -461,7 +487,15 @@ impl PgInsert {
         if own + theirs > MAX_PARAMETERS {
             return carried;
         }
-        self.carried = carried;
+        // Numbered after one another, from `$1`.
+        let mut base = 0;
+        let mut numbered = Vec::with_capacity(carried.len());
+        for (sql, values) in &carried {
+            let Some(text) = renumber(sql, base, values.0.len()) else { return carried };
+            base += values.0.len();
+            numbered.push(text);
+        }
+        self.carried = numbered.into_iter().zip(carried).map(|(text, (_, values))| (text, values)).collect();
         Vec::new()
     }
 
@@ -522,14 +556,15 @@ impl PgInsert {
 }
 
 /// `WITH [ack,] pending AS (INSERT INTO journal_pending …)[, c0 AS (INSERT …), …] INSERT INTO
-/// journal_entries … VALUES …` for `n` entries on `k` chains and the `carried` inserts: the
-/// carried inserts' values first, then the entries' values, six per chain's work-list row, and,
-/// with `ack`, the acknowledgement's two.
+/// journal_entries … VALUES …` for `n` entries on `k` chains and the `carried` inserts (their
+/// texts numbered one after another from `$1`, [`PgInsert::carry`]): the carried inserts' values
+/// first, then the entries' values, six per chain's work-list row, and, with `ack`, the
+/// acknowledgement's two.
 pub(crate) fn pg_text(n: usize, k: usize, ack: bool, carried: &[Carried]) -> String {
     let mut ctes = String::new();
     let mut base = 0;
     for (i, (sql, values)) in carried.iter().enumerate() {
-        ctes.push_str(&format!(", c{i} AS ({})", renumber(sql, base)));
+        ctes.push_str(&format!(", c{i} AS ({sql})"));
         base += values.0.len();
     }
     let columns: Vec<String> = std::iter::once(JournalEntries::TenantId)
