@@ -247,31 +247,29 @@ pub fn gathered() -> (u64, u64, u64, u64, u64) {
 /// durable commit after them flushes them too).
 async fn write_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Record>) -> Vec<Written> {
     let (mut claimed_keys, mut kept_keys) = (HashSet::new(), HashSet::new());
-    let first: Vec<bool> = batch
-        .iter()
-        .map(|r| match r {
-            Record::Claim(c) => claimed_keys.insert(c.key.as_str()),
-            Record::Keep(k) => kept_keys.insert(k.key.as_str()),
-        })
-        .collect();
     let (mut claims, mut kept) = (Vec::new(), Vec::new());
-    for (r, first) in batch.iter().zip(&first) {
-        match r {
-            Record::Claim(c) if *first => claims.push(store::Claim {
-                key: &c.key,
-                fingerprint: &c.fingerprint,
-                principal_id: &c.principal_id,
-                locked_until: c.locked_until,
-                created_at: c.created_at,
-                expires_at: c.expires_at,
-            }),
-            Record::Keep(k) if *first => kept.push(store::Kept {
-                key: &k.key,
-                locked_until: k.locked_until,
-                response: store::Completion { status: k.status, headers: &k.headers, sealed_body: &k.sealed },
-            }),
-            _ => {}
-        }
+    let mut first = Vec::with_capacity(batch.len());
+    for r in &batch {
+        first.push(match r {
+            Record::Claim(c) if claimed_keys.insert(c.key.as_str()) => {
+                claims.push(store::Claim {
+                    key: &c.key,
+                    fingerprint: &c.fingerprint,
+                    principal_id: &c.principal_id,
+                    locked_until: c.locked_until,
+                    created_at: c.created_at,
+                    expires_at: c.expires_at,
+                });
+                true
+            }
+            Record::Keep(k) if kept_keys.insert(k.key.as_str()) => {
+                let response =
+                    store::Completion { status: k.status, headers: &k.headers, sealed_body: &k.sealed };
+                kept.push(store::Kept { key: &k.key, locked_until: k.locked_until, response });
+                true
+            }
+            _ => false,
+        });
     }
     let written: azotte_store::Result<(Vec<String>, Vec<String>)> = async {
         let mut tx = if kept.is_empty() {
@@ -304,15 +302,15 @@ async fn write_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Record>) -> V
             (None, None)
         }
     };
-    let has =
-        |keys: &Option<HashSet<String>>, key: &String| keys.as_ref().is_some_and(|keys| keys.contains(key));
     batch
         .iter()
         .zip(first)
         .map(|(r, first)| match r {
-            Record::Claim(c) => Written::Claim(first && has(&claimed, &c.key)),
+            Record::Claim(c) => {
+                Written::Claim(first && claimed.as_ref().is_some_and(|keys| keys.contains(&c.key)))
+            }
             Record::Keep(k) => {
-                Written::Keep(completed.as_ref().filter(|_| first).map(|_| has(&completed, &k.key)))
+                Written::Keep(completed.as_ref().filter(|_| first).map(|keys| keys.contains(&k.key)))
             }
         })
         .collect()

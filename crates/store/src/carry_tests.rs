@@ -8,8 +8,9 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::customers::{self, CustomerRow, Customers};
+use crate::exec::renumber;
 use crate::exec::Tx;
-use crate::journal::{carriable, pg_text, renumber, Carried, CARRIABLE};
+use crate::journal::{carriable, pg_text, Carried, CARRIABLE};
 use crate::testing::{migrated, tenant_scope};
 use crate::{Backend, Db, StoreError, TenantScope, TenantTx};
 
@@ -263,15 +264,6 @@ async fn statements_together_answer_each_ones_rows_and_fail_as_one() {
             ("cus_b".to_owned(), Some("DE".to_owned()), Some("de".to_owned())),
         ];
         assert_eq!(countries(&db, &scope).await, after, "{backend:?}");
-
-        // Why: of a row two parts write, PostgreSQL writes it for one part only.
-        let mut tx = journaled_tx(&db, &scope, "test.same_row").await;
-        let first = update(&tx, &["cus_c"], (Customers::Language, "fr"));
-        let second = update(&tx, &["cus_c"], (Customers::Language, "it"));
-        let counts = tx.tx.execute_together(&[&first, &second]).await.unwrap();
-        let expected: [u64; 2] = if backend == Backend::Postgres { [1, 0] } else { [1, 1] };
-        assert_eq!(counts, expected, "{backend:?}");
-        drop(tx);
 
         // Why: of a row two parts write, PostgreSQL writes it for one part only.
         let mut tx = journaled_tx(&db, &scope, "test.same_row").await;

@@ -153,60 +153,53 @@ impl Tx {
     /// statement's snapshot (no part sees another's rows; of a row two parts would write, only
     /// one part's write happens, so none may write a row another writes), and foreign keys and
     /// `AFTER` triggers are checked and fired at the statement's end; one part refused fails
-    /// them all. Too many parameters for one statement, or a text [`crate::journal::renumber`]
+    /// them all. Too many parameters for one statement, or a text [`renumber`]
     /// does not read whole: one after another, as on SQLite.
     pub(crate) async fn execute_together(&mut self, parts: &[&dyn Part]) -> Result<Vec<u64>> {
-        let t = match self {
-            Tx::Postgres(t) => t,
-            Tx::Sqlite(s) => {
-                let mut counts = Vec::with_capacity(parts.len());
-                for p in parts {
-                    let (sql, values) = p.built(true);
-                    let q = sqlx::query_with(&sql, sea_query_binder::SqlxValues(values));
-                    counts.push(q.execute(s.conn()?).await?.rows_affected());
-                }
-                return Ok(counts);
-            }
-        };
-        let built: Vec<(String, sea_query::Values)> = parts.iter().map(|p| p.built(false)).collect();
-        let (mut sql, mut all, mut counts) = (String::from("WITH "), Vec::new(), Vec::new());
-        let mut whole = built.iter().map(|(_, v)| v.0.len()).sum::<usize>() <= crate::journal::MAX_PARAMETERS;
-        for (i, (text, values)) in built.iter().enumerate() {
-            let Some(text) = crate::journal::renumber(text, all.len(), values.0.len()).filter(|_| whole)
-            else {
-                whole = false;
-                break;
-            };
-            let sep = if i == 0 { "" } else { ", " };
-            sql.push_str(&format!("{sep}w{i} AS ({text} RETURNING 1)"));
-            counts.push(format!("(SELECT count(*) FROM w{i})"));
-            all.extend(values.0.iter().cloned());
-        }
-        if !whole {
-            // Too many parameters for one statement, or a text not read whole: one by one.
+        let sqlite = matches!(self, Tx::Sqlite(_));
+        let built: Vec<(String, sea_query::Values)> = parts.iter().map(|p| p.built(sqlite)).collect();
+        // PostgreSQL: each text's parameters numbered after the previous ones'.
+        let together = (!sqlite).then(|| {
+            let mut bound = 0;
+            let texts: Option<Vec<String>> = built
+                .iter()
+                .map(|(text, values)| {
+                    let text = renumber(text, bound, values.0.len());
+                    bound += values.0.len();
+                    text
+                })
+                .collect();
+            texts.filter(|t| !t.is_empty() && bound <= MAX_PARAMETERS)
+        });
+        let Some(texts) = together.flatten() else {
             let mut counts = Vec::with_capacity(built.len());
             for (sql, values) in built {
-                let q = sqlx::query_with(&sql, sea_query_binder::SqlxValues(values));
-                counts.push(q.execute(t.conn()?).await?.rows_affected());
+                counts.push(self.execute_built(&sql, values).await?);
             }
             return Ok(counts);
-        }
-        sql.push_str(&format!(" SELECT {}", counts.join(", ")));
-        let row = sqlx::query_with(&sql, sea_query_binder::SqlxValues(sea_query::Values(all)))
-            .fetch_one(t.conn()?)
-            .await?;
+        };
+        let parts: Vec<String> =
+            texts.iter().enumerate().map(|(i, t)| format!("w{i} AS ({t} RETURNING 1)")).collect();
+        let counts: Vec<String> = (0..parts.len()).map(|i| format!("(SELECT count(*) FROM w{i})")).collect();
+        let sql = format!("WITH {} SELECT {}", parts.join(", "), counts.join(", "));
+        let values = sea_query::Values(built.into_iter().flat_map(|(_, v)| v.0).collect());
+        let Tx::Postgres(t) = self else {
+            return Err(crate::StoreError::Corrupt("SQLite parts together".into()));
+        };
+        let row = sqlx::query_with(&sql, sea_query_binder::SqlxValues(values)).fetch_one(t.conn()?).await?;
         (0..parts.len())
             .map(|i| Ok(u64::try_from(sqlx::Row::try_get::<i64, _>(&row, i)?).unwrap_or_default()))
             .collect()
     }
 
-    /// PostgreSQL: runs a statement already built, with its values.
+    /// Runs a statement already built (for this transaction's backend), with its values; the
+    /// rows it changed.
     pub(crate) async fn execute_built(&mut self, sql: &str, values: sea_query::Values) -> Result<u64> {
-        let Tx::Postgres(t) = self else {
-            return Err(crate::StoreError::Corrupt("a PostgreSQL statement on SQLite".into()));
-        };
-        let q = sqlx::query_with(sql, sea_query_binder::SqlxValues(values));
-        Ok(q.execute(t.conn()?).await?.rows_affected())
+        let values = sea_query_binder::SqlxValues(values);
+        Ok(match self {
+            Tx::Sqlite(t) => sqlx::query_with(sql, values).execute(t.conn()?).await?.rows_affected(),
+            Tx::Postgres(t) => sqlx::query_with(sql, values).execute(t.conn()?).await?.rows_affected(),
+        })
     }
 
     /// Flags the transaction as platform work, which the platform-only row-level security
@@ -273,6 +266,63 @@ impl Tx {
         }
         Ok(())
     }
+}
+
+/// Parameters a statement may bind at most (PostgreSQL's protocol allows 65,535).
+pub(crate) const MAX_PARAMETERS: usize = 65_535;
+
+/// `sql` — a statement from the query builder binding `values` parameters, `$1` to
+/// `$values` — with every parameter `$n` renumbered `$n + by`; quoted literals (`'…'`, and
+/// `E'…'` with its backslash escapes) and quoted identifiers are left as they are. `None` when
+/// the text is not one this reads whole (a dollar-quoted string, a comment) or its parameters
+/// are not exactly `$1` to `$values`: the caller then runs it on its own.
+pub(crate) fn renumber(sql: &str, by: usize, values: usize) -> Option<String> {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    // The open quote, and whether a backslash escapes the next character in it (`E'…'`).
+    let mut quote: Option<(char, bool)> = None;
+    let mut prev = ' ';
+    let mut seen = vec![false; values];
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match quote {
+            Some((_, true)) if c == '\\' => {
+                out.push(chars.next()?);
+            }
+            // A doubled quote stands for itself, inside the same literal.
+            Some((q, _)) if c == q => match chars.peek() {
+                Some(&next) if next == q => out.push(chars.next()?),
+                _ => quote = None,
+            },
+            Some(_) => {}
+            None => match c {
+                '"' => quote = Some(('"', false)),
+                '\'' => {
+                    let escaped = matches!(prev, 'E' | 'e') && !out[..out.len() - 2].ends_with(is_word);
+                    quote = Some(('\'', escaped));
+                }
+                '$' => {
+                    let mut n = String::new();
+                    while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                        n.push(*d);
+                        chars.next();
+                    }
+                    let n: usize = n.parse().ok().filter(|n| (1..=values).contains(n))?;
+                    *seen.get_mut(n - 1)? = true;
+                    out.push_str(&(n + by).to_string());
+                }
+                '-' if chars.peek() == Some(&'-') => return None,
+                '/' if chars.peek() == Some(&'*') => return None,
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    (seen.iter().all(|s| *s) && quote.is_none()).then_some(out)
+}
+
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
 }
 
 /// A statement [`Tx::execute_together`] runs: its text and values for SQLite (`true`) or

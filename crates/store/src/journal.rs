@@ -406,63 +406,6 @@ pub(crate) fn carriable(sql: &str) -> bool {
     CARRIABLE.contains(&table)
 }
 
-/// Parameters a statement may bind at most (PostgreSQL's protocol allows 65,535).
-pub(crate) const MAX_PARAMETERS: usize = 65_535;
-
-/// `sql` — a statement from the query builder binding `values` parameters, `$1` to
-/// `$values` — with every parameter `$n` renumbered `$n + by`; quoted literals (`'…'`, and
-/// `E'…'` with its backslash escapes) and quoted identifiers are left as they are. `None` when
-/// the text is not one this reads whole (a dollar-quoted string, a comment) or its parameters
-/// are not exactly `$1` to `$values`: the caller then runs it on its own.
-pub(crate) fn renumber(sql: &str, by: usize, values: usize) -> Option<String> {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut chars = sql.chars().peekable();
-    // The open quote, and whether a backslash escapes the next character in it (`E'…'`).
-    let mut quote: Option<(char, bool)> = None;
-    let mut prev = ' ';
-    let mut seen = vec![false; values];
-    while let Some(c) = chars.next() {
-        out.push(c);
-        match quote {
-            Some((_, true)) if c == '\\' => {
-                out.push(chars.next()?);
-            }
-            // A doubled quote stands for itself, inside the same literal.
-            Some((q, _)) if c == q => match chars.peek() {
-                Some(&next) if next == q => out.push(chars.next()?),
-                _ => quote = None,
-            },
-            Some(_) => {}
-            None => match c {
-                '"' => quote = Some(('"', false)),
-                '\'' => {
-                    let escaped = matches!(prev, 'E' | 'e') && !out[..out.len() - 2].ends_with(is_word);
-                    quote = Some(('\'', escaped));
-                }
-                '$' => {
-                    let mut n = String::new();
-                    while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                        n.push(*d);
-                        chars.next();
-                    }
-                    let n: usize = n.parse().ok().filter(|n| (1..=values).contains(n))?;
-                    *seen.get_mut(n - 1)? = true;
-                    out.push_str(&(n + by).to_string());
-                }
-                '-' if chars.peek() == Some(&'-') => return None,
-                '/' if chars.peek() == Some(&'*') => return None,
-                _ => {}
-            },
-        }
-        prev = c;
-    }
-    (seen.iter().all(|s| *s) && quote.is_none()).then_some(out)
-}
-
-fn is_word(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
-}
-
 /// The entries a statement writes to one chain: tenant, environment, and (id, hash) of each.
 type ChainList = (String, String, Vec<(String, String)>);
 
@@ -484,14 +427,14 @@ impl PgInsert {
     pub(crate) fn carry(&mut self, carried: Vec<Carried>) -> Vec<Carried> {
         let own = 19 * self.rows.len() + 6 * self.lists.len() + 2;
         let theirs: usize = carried.iter().map(|(_, v)| v.0.len()).sum();
-        if own + theirs > MAX_PARAMETERS {
+        if own + theirs > crate::exec::MAX_PARAMETERS {
             return carried;
         }
         // Numbered after one another, from `$1`.
         let mut base = 0;
         let mut numbered = Vec::with_capacity(carried.len());
         for (sql, values) in &carried {
-            let Some(text) = renumber(sql, base, values.0.len()) else { return carried };
+            let Some(text) = crate::exec::renumber(sql, base, values.0.len()) else { return carried };
             base += values.0.len();
             numbered.push(text);
         }

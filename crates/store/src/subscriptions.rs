@@ -262,23 +262,9 @@ pub struct Succeeded {
     pub payment_id: Option<String>,
 }
 
-/// Marks many checkouts `succeeded` in one statement (a batch settled at once): each with its
+/// Marks checkouts `succeeded` (`rows` not empty; a batch settled at once): each with its
 /// subscription and payment, no next action, `updated_at` = `now`, each only while it is still
-/// in progress. Returns the ids of those it wrote.
-pub async fn succeed_checkouts(
-    tx: &mut TenantTx,
-    rows: &[Succeeded],
-    now: DateTime<Utc>,
-) -> Result<Vec<String>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let q = succeed_update(tx, rows, now).returning_col(Checkouts::Id).to_owned();
-    tx.writes += 1;
-    Ok(tx.tx.fetch_all::<(String,)>(&q).await?.into_iter().map(|(id,)| id).collect())
-}
-
-/// The `UPDATE` of [`succeed_checkouts`] (`rows` not empty), without its `RETURNING`.
+/// in progress.
 fn succeed_update(tx: &TenantTx, rows: &[Succeeded], now: DateTime<Utc>) -> sea_query::UpdateStatement {
     let by_id = |value: &dyn Fn(&Succeeded) -> sea_query::SimpleExpr, otherwise: Checkouts| {
         crate::case_by_id(Checkouts::Id, rows, |r| r.checkout_id.clone(), value, Expr::col(otherwise).into())
@@ -314,7 +300,7 @@ pub struct SettleWritten {
 /// The writes of checkouts settled together after their first charges were captured, in one
 /// round trip on PostgreSQL ([`crate::exec::Tx::execute_together`]): each payment recorded
 /// `captured` as [`crate::payments::captured_many`] does, the subscriptions added, what they
-/// grant recorded, and each checkout marked `succeeded` as [`succeed_checkouts`] does. Answers
+/// grant recorded, and each checkout marked `succeeded` (only while in progress). Answers
 /// how many payments and checkouts it moved: the caller rolls back unless it moved every one.
 /// A unique violation (a live subscription of the family, a checkout's second) fails the whole
 /// statement, as it fails [`insert_subscriptions`]. Every slice but `grants` holds at least one.
