@@ -50,7 +50,7 @@ pub enum ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => ServiceError::Unavailable(e),
+            StoreError::Unavailable(_) | StoreError::CommitUnknown(_) => ServiceError::Unavailable(e),
             other => ServiceError::Internal(Box::new(other)),
         }
     }

@@ -283,3 +283,41 @@ async fn statements_together_answer_each_ones_rows_and_fail_as_one() {
         assert_eq!(countries(&db, &scope).await, after, "{backend:?}: nothing of the refused statements");
     }
 }
+
+/// A fenced transaction's fence: [`Db::after_fence`] begins only once the transaction has
+/// ended — committed or rolled back — so that it reads which; it gives up after its wait while
+/// the transaction is still open. (PostgreSQL; SQLite's commits are never unconfirmed.)
+#[tokio::test]
+async fn after_a_fence_the_fenced_transactions_end_is_read() {
+    let (_t, db) = migrated(Backend::Postgres).await;
+    let scope = tenant_scope(&db, "fence", Environment::Development).await;
+    let wait = std::time::Duration::from_secs(10);
+    for commit in [true, false] {
+        let id = if commit { "cus_fenced_committed" } else { "cus_fenced_rolled_back" };
+        let (mut tx, fence) = db.tenant_tx_fenced(&scope).await.unwrap();
+        tx.action(chrono::Utc::now(), "customer.create", None, json!({})).await.unwrap();
+        customers::insert_customer(&mut tx, &customer(id, id)).await.unwrap();
+        // While the transaction is open the fence holds: a short wait gives up.
+        let held = db.after_fence(&scope, fence, std::time::Duration::from_millis(100)).await;
+        assert!(matches!(held, Err(StoreError::Database(_))), "{:?}", held.err());
+        let (db2, scope2) = (db.clone(), scope.clone());
+        let reader = tokio::spawn(async move {
+            let mut after = db2.after_fence(&scope2, fence, wait).await.unwrap();
+            let found = customers::get_customers(&mut after, &[id.to_owned()]).await.unwrap();
+            after.commit().await.unwrap();
+            found.len()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!reader.is_finished(), "the reader waits for the fenced transaction");
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            drop(tx);
+        }
+        assert_eq!(reader.await.unwrap(), usize::from(commit), "commit {commit}");
+    }
+    // Another transaction's fence does not hold it up.
+    let (_tx, _fence) = db.tenant_tx_fenced(&scope).await.unwrap();
+    let (_, other) = db.tenant_tx_fenced(&scope).await.unwrap();
+    drop(db.after_fence(&scope, other, wait).await.unwrap());
+}

@@ -351,7 +351,37 @@ impl Db {
     /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
     /// every statement in it to that tenant and environment.
     pub async fn tenant_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, Begin::Write).await
+        self.tenant_tx_inner(scope, Begin::Write, None).await
+    }
+
+    /// [`Db::tenant_tx`] holding a fence until it ends: on PostgreSQL an advisory lock of its
+    /// own, taken in its `BEGIN`'s round trip. When its commit fails unconfirmed
+    /// ([`StoreError::CommitUnknown`]: the connection went while the `COMMIT` or its answer was
+    /// on the way), [`Db::after_fence`] waits for the transaction's end — its commit, or the
+    /// server's rollback of a transaction whose connection went — and reads which it was.
+    pub async fn tenant_tx_fenced(&self, scope: &TenantScope) -> Result<(TenantTx, Fence)> {
+        let fence = Fence(rand::random());
+        Ok((self.tenant_tx_inner(scope, Begin::Write, Some(fence)).await?, fence))
+    }
+
+    /// A read-only transaction that begins once the transaction holding `fence` has ended
+    /// ([`Db::tenant_tx_fenced`]), so that what it reads shows whether that transaction
+    /// committed. Waits at most `wait` for the fence: [`StoreError::Database`] (PostgreSQL's
+    /// lock timeout) when the server still holds the transaction open then (it has not noticed
+    /// yet that its connection went). SQLite, whose commits are never unconfirmed, waits for
+    /// nothing.
+    pub async fn after_fence(&self, scope: &TenantScope, fence: Fence, wait: Duration) -> Result<TenantTx> {
+        let mut tx = self.tenant_read_tx(scope).await?;
+        if let Tx::Postgres(t) = &mut tx.tx {
+            let ms = wait.as_millis().clamp(1, i32::MAX as u128);
+            sqlx::query(&format!("SET LOCAL lock_timeout = {ms}")).execute(t.conn()?).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(FENCE_CLASS)
+                .bind(fence.0)
+                .execute(t.conn()?)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// [`Db::tenant_tx`] whose commit returns without waiting for the write-ahead log to reach
@@ -361,26 +391,39 @@ impl Db {
     /// without it: any transaction that commits durably afterwards flushes it too. Only for rows
     /// whose loss a retry recovers from, such as an `Idempotency-Key` claim (decision 0006).
     pub async fn tenant_tx_unflushed(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, Begin::Unflushed).await
+        self.tenant_tx_inner(scope, Begin::Unflushed, None).await
     }
 
     /// A read-only transaction inside one tenant environment: on SQLite it does not take the
     /// write lock, on PostgreSQL the database refuses any write in it.
     pub async fn tenant_read_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, Begin::Read).await
+        self.tenant_tx_inner(scope, Begin::Read, None).await
     }
 
-    async fn tenant_tx_inner(&self, scope: &TenantScope, begin: Begin) -> Result<TenantTx> {
+    async fn tenant_tx_inner(
+        &self,
+        scope: &TenantScope,
+        begin: Begin,
+        fence: Option<Fence>,
+    ) -> Result<TenantTx> {
         let (tenant, environment) = (scope.tenant_id.to_string(), scope.environment.as_str());
         let tx = match &self.pool {
-            // One round trip: `BEGIN` and the settings row-level security reads, as one
-            // simple-protocol batch (which cannot bind parameters: see `begin_in_environment`).
-            Pool::Postgres { conns, .. } => match begin_in_environment(begin, &tenant, environment) {
+            // One round trip: `BEGIN`, the settings row-level security reads and the fence, as
+            // one simple-protocol batch (which cannot bind parameters: see
+            // `begin_in_environment`).
+            Pool::Postgres { conns, .. } => match begin_in_environment(begin, &tenant, environment, fence) {
                 Some(batch) => Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, &batch)).await?),
                 None => {
                     let mut tx =
                         Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, pg_begin(begin))).await?);
                     tx.enter_environment(&tenant, environment).await?;
+                    if let (Some(Fence(f)), Tx::Postgres(t)) = (fence, &mut tx) {
+                        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                            .bind(FENCE_CLASS)
+                            .bind(f)
+                            .execute(t.conn()?)
+                            .await?;
+                    }
                     tx
                 }
             },
@@ -692,7 +735,12 @@ impl TenantTx {
 /// are written into the text: only when both consist of ASCII letters, digits, `_` and `-`
 /// (every tenant id and environment name does), which cannot leave the quoted literal; `None`
 /// for anything else, and the caller binds them in a statement of their own.
-pub(crate) fn begin_in_environment(begin: Begin, tenant_id: &str, environment: &str) -> Option<String> {
+pub(crate) fn begin_in_environment(
+    begin: Begin,
+    tenant_id: &str,
+    environment: &str,
+    fence: Option<Fence>,
+) -> Option<String> {
     let plain = |v: &str| {
         !v.is_empty()
             && v.len() <= 64
@@ -701,12 +749,21 @@ pub(crate) fn begin_in_environment(begin: Begin, tenant_id: &str, environment: &
     if !plain(tenant_id) || !plain(environment) {
         return None;
     }
+    let fence =
+        fence.map_or_else(String::new, |Fence(f)| format!(", pg_advisory_xact_lock({FENCE_CLASS}, {f})"));
     Some(format!(
         "{}; SELECT set_config('azotte.tenant_id', '{tenant_id}', true), \
-         set_config('azotte.environment', '{environment}', true)",
+         set_config('azotte.environment', '{environment}', true){fence}",
         pg_begin(begin)
     ))
 }
+
+/// The advisory lock class (`pg_advisory_xact_lock(class, key)`) of commit fences.
+const FENCE_CLASS: i32 = 0x617a_6366;
+
+/// A fenced transaction's fence ([`Db::tenant_tx_fenced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence(i32);
 
 /// How a tenant transaction begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -758,19 +815,25 @@ mod tests {
 
     #[test]
     fn only_plain_values_are_written_into_the_begin_batch() {
-        let b = begin_in_environment(Begin::Read, "ten_0192ab-x", "live").expect("plain");
+        let b = begin_in_environment(Begin::Read, "ten_0192ab-x", "live", None).expect("plain");
         assert_eq!(
             b,
             "BEGIN READ ONLY; SELECT set_config('azotte.tenant_id', 'ten_0192ab-x', true), \
              set_config('azotte.environment', 'live', true)"
         );
-        assert!(begin_in_environment(Begin::Write, "t", "test").expect("plain").starts_with("BEGIN; SELECT"));
-        assert!(begin_in_environment(Begin::Unflushed, "t", "test")
+        assert!(begin_in_environment(Begin::Write, "t", "test", None)
+            .expect("plain")
+            .starts_with("BEGIN; SELECT"));
+        assert!(begin_in_environment(Begin::Unflushed, "t", "test", None)
             .expect("plain")
             .starts_with("BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT"));
+        // A fence: its advisory lock, in the same round trip.
+        assert!(begin_in_environment(Begin::Write, "t", "test", Some(Fence(-7))).expect("plain").ends_with(
+            "set_config('azotte.environment', 'test', true), pg_advisory_xact_lock(1635410790, -7)"
+        ));
         for bad in ["", "t'; DROP TABLE x; --", "t\\", "t x", "tén", &"t".repeat(65)] {
-            assert_eq!(begin_in_environment(Begin::Write, bad, "live"), None, "{bad:?}");
-            assert_eq!(begin_in_environment(Begin::Write, "t", bad), None, "{bad:?}");
+            assert_eq!(begin_in_environment(Begin::Write, bad, "live", None), None, "{bad:?}");
+            assert_eq!(begin_in_environment(Begin::Write, "t", bad, None), None, "{bad:?}");
         }
     }
 }

@@ -30,6 +30,33 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// PostgreSQL: the connection failed while the transaction's `COMMIT` was on its way or its
+    /// answer was — the transaction may have committed or not. A transaction begun with a
+    /// fence ([`crate::Db::tenant_tx_fenced`]) can find out ([`crate::Db::after_fence`]).
+    #[error("the database did not confirm the commit")]
+    CommitUnknown(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether this is [`StoreError::CommitUnknown`].
+    pub fn is_commit_unknown(&self) -> bool {
+        matches!(self, StoreError::CommitUnknown(_))
+    }
+
+    /// [`StoreError::CommitUnknown`] for a commit known to be unconfirmed by other means
+    /// (`what` says how).
+    pub fn commit_unknown(what: &str) -> Self {
+        StoreError::CommitUnknown(sqlx::Error::Protocol(what.to_owned()))
+    }
+
+    /// A [`StoreError::CommitUnknown`] found out to have been a rollback: the database was
+    /// unavailable, nothing was written ([`StoreError::Unavailable`]). Other errors unchanged.
+    pub fn rolled_back(self) -> Self {
+        match self {
+            StoreError::CommitUnknown(e) => StoreError::Unavailable(e),
+            other => other,
+        }
+    }
 }
 
 /// Unique constraints by name, with the table and columns SQLite reports for them

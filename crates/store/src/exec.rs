@@ -259,10 +259,17 @@ impl Tx {
         }
     }
 
+    /// Commits. On PostgreSQL a failure other than the database's own answer (the connection
+    /// failed, before or after the server got the `COMMIT`) is [`crate::StoreError::CommitUnknown`]:
+    /// the transaction may have committed. (SQLite's commit runs in the process: its failure is
+    /// a rollback.)
     pub(crate) async fn commit(self) -> Result<()> {
         match self {
             Tx::Sqlite(mut t) => t.finish(sqlx::query("COMMIT")).await?,
-            Tx::Postgres(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await.map_err(|e| match e {
+                sqlx::Error::Database(_) => crate::StoreError::from(e),
+                e => crate::StoreError::CommitUnknown(e),
+            })?,
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ pub mod testing;
 pub mod users;
 
 pub use cache::CacheOptions;
-pub use db::{Backend, Db, DbOptions, PlatformTx, TenantTx};
+pub use db::{Backend, Db, DbOptions, Fence, PlatformTx, TenantTx};
 pub use error::StoreError;
 pub use scope::{Credential, Denied, PlatformScope, TenantScope};
 

@@ -371,6 +371,21 @@ pub async fn get_checkout(tx: &mut TenantTx, id: &str) -> Result<Option<Checkout
     tx.tx.fetch_optional::<CheckoutRow>(&q).await
 }
 
+/// Which of the checkouts `ids` exist (in the transaction's tenant environment).
+pub async fn existing_checkouts(tx: &mut TenantTx, ids: &[String]) -> Result<Vec<String>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let q = Query::select()
+        .column(Checkouts::Id)
+        .from(Checkouts::Table)
+        .cond_where(tx.in_scope(Checkouts::TenantId, Checkouts::Environment))
+        .and_where(Expr::col(Checkouts::Id).is_in(ids.iter().cloned()))
+        .to_owned();
+    let rows: Vec<(String,)> = tx.tx.fetch_all(&q).await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// Leaves a checkout's job until `until` and gives up the lease: the worker does not look at it
 /// before (scheduling, not the checkout's data: not journaled).
 pub async fn defer_checkout(tx: &mut TenantTx, id: &str, until: DateTime<Utc>) -> Result<()> {

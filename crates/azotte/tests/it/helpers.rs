@@ -162,9 +162,26 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// As [`spawn_app`], with configuration overrides.
 pub async fn spawn_app_with(backend: Backend, extra: &[(&'static str, String)]) -> TestApp {
+    spawn_app_on(fresh_database(backend).await, None, extra).await
+}
+
+/// As [`spawn_app`] on PostgreSQL, the server's every connection to the database going
+/// through a [`CutProxy`], which is returned with it.
+#[allow(dead_code)]
+pub async fn spawn_app_through_cut_proxy() -> (TestApp, CutProxy) {
+    let db = fresh_database(Backend::Postgres).await;
+    // postgres://user@host:port/name
+    let (head, rest) = db.url.split_once('@').expect("user@ in the test database URL");
+    let (addr, name) = rest.split_once('/').expect("a database name in the test database URL");
+    let proxy = CutProxy::start(addr.to_owned()).await;
+    let url = format!("{head}@127.0.0.1:{}/{name}", proxy.port);
+    (spawn_app_on(db, Some(url), &[]).await, proxy)
+}
+
+async fn spawn_app_on(db: TestDatabase, url: Option<String>, extra: &[(&'static str, String)]) -> TestApp {
     log_buffer();
-    let db = fresh_database(backend).await;
-    let config = test_config(&db.url, extra);
+    let backend = db.backend;
+    let config = test_config(url.as_deref().unwrap_or(&db.url), extra);
     let mail = Arc::new(MemoryMailer::default());
     let clock = Clock::manual(chrono::Utc::now());
     let app = Application::build_with(&config, clock, mail.clone()).await.expect("application builds");
@@ -655,5 +672,139 @@ impl WritesHeld {
                 sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
             }
         }
+    }
+}
+
+/// Where [`CutProxy`] cuts a connection at a transaction's `COMMIT`.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The `COMMIT` never reaches the server, which rolls the transaction back when it sees the
+    /// connection gone.
+    Request,
+    /// The server gets the `COMMIT` and commits; its answer never comes back.
+    Answer,
+}
+
+/// A TCP proxy between the server and PostgreSQL that cuts a connection at a transaction's
+/// `COMMIT`, as a network failure would: armed with a marker (bytes the transaction sends
+/// before its `COMMIT`, such as a request id its journal entries bind) and a [`Cut`], it cuts
+/// the first such transaction, once per arming. Everything else passes unchanged.
+#[allow(dead_code)]
+pub struct CutProxy {
+    pub port: u16,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    arms: Mutex<Vec<(Vec<u8>, Cut)>>,
+    cuts: std::sync::atomic::AtomicUsize,
+}
+
+/// The simple-protocol `COMMIT` message (what sqlx sends to commit).
+const COMMIT_MESSAGE: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[allow(dead_code)]
+impl CutProxy {
+    async fn start(upstream: String) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(ProxyState::default());
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (st, upstream) = (st.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
+                        proxy_connection(client, server, st).await;
+                    }
+                });
+            }
+        });
+        CutProxy { port, state }
+    }
+
+    /// Cuts the next transaction that sends `marker` before its `COMMIT`, at that `COMMIT`.
+    pub fn arm(&self, marker: &str, cut: Cut) {
+        self.state.arms.lock().unwrap().push((marker.as_bytes().to_vec(), cut));
+    }
+
+    /// How many connections it has cut.
+    pub fn cuts(&self) -> usize {
+        self.state.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn proxy_connection(client: tokio::net::TcpStream, server: tokio::net::TcpStream, st: Arc<ProxyState>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    // Set once the COMMIT to cut went to the server: its answer is dropped, the connection cut.
+    let swallow = Arc::new(AtomicBool::new(false));
+    let up = {
+        let swallow = swallow.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            // What the connection sent since its last COMMIT.
+            let mut sent: Vec<u8> = Vec::new();
+            loop {
+                let n = match from_client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let chunk = &buf[..n];
+                sent.extend_from_slice(chunk);
+                if contains(&sent, COMMIT_MESSAGE) {
+                    let armed = {
+                        let mut arms = st.arms.lock().unwrap();
+                        let at = arms.iter().position(|(marker, _)| contains(&sent, marker));
+                        at.map(|i| arms.remove(i).1)
+                    };
+                    sent.clear();
+                    match armed {
+                        None => {}
+                        Some(Cut::Request) => {
+                            st.cuts.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Some(Cut::Answer) => {
+                            st.cuts.fetch_add(1, Ordering::SeqCst);
+                            swallow.store(true, Ordering::SeqCst);
+                            let _ = to_server.write_all(chunk).await;
+                            // The other direction ends the connection once the answer came.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                } else if sent.len() > 1 << 20 {
+                    sent.drain(..sent.len() - (1 << 16));
+                }
+                if to_server.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if swallow.load(Ordering::SeqCst) || to_client.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Either direction ending ends the connection: both sockets close.
+    tokio::select! {
+        () = up => {}
+        () = down => {}
     }
 }

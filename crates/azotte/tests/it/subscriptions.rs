@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::{spawn_app_through_cut_proxy, Cut, TestApp};
 use crate::{both, both_numberings};
 
 const T: &str = "subs";
@@ -1241,6 +1241,54 @@ both!(
     a_declined_card_fails_the_checkout_with_its_reason,
     bad_checkouts_get_stable_codes
 );
+
+/// A checkout whose writing transaction's commit went unconfirmed — the server's connection to
+/// PostgreSQL cut at the `COMMIT`, before the server got it or after — is answered as the
+/// database then tells: written (only the answer was lost), or not (then written alone, whose
+/// commit may be cut too). Never written twice (the second write refused as a second checkout
+/// of the offered item, `409`, while the first one's job charges), never answered as failed
+/// while it was written.
+async fn a_checkout_whose_commit_is_cut(cuts: &[Cut]) {
+    let (app, proxy) = spawn_app_through_cut_proxy().await;
+    let shop = shop(&app, "tok_sandbox_success").await;
+    let o = offer(&app, &shop).await;
+    // The request id: the checkout's journal entries bind it, in its writing transaction.
+    let marker = "cut-checkout-commit";
+    for &cut in cuts {
+        proxy.arm(marker, cut);
+    }
+    let body = json!({"customer_id": shop.cus, "offer_id": o["id"], "price_id": shop.monthly, "payment_method_id": shop.pm});
+    let r = app.post("/v1/checkouts", body).tenant(T, ENV).header("x-request-id", marker).send().await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(proxy.cuts(), cuts.len(), "every cut armed happened");
+    let c: Value = r.json();
+    let done = settle(&app, &id(&c)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let of_offer = app.raw_strings(&format!("SELECT id FROM checkouts WHERE offer_id = '{}'", id(&o))).await;
+    assert_eq!(of_offer, vec![id(&c)], "one checkout of the offer");
+    assert_eq!(app.sandbox_captured(), 999, "charged once");
+    let created = app.raw_strings("SELECT type FROM journal_entries WHERE type = 'checkout.create'").await;
+    assert_eq!(created.len(), 1, "journaled once: {created:?}");
+}
+
+mod a_checkout_whose_commit_is_cut {
+    use crate::helpers::Cut;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_the_server_got_it() {
+        super::a_checkout_whose_commit_is_cut(&[Cut::Answer]).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn before_the_server_got_it() {
+        super::a_checkout_whose_commit_is_cut(&[Cut::Request]).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn before_then_alone_after() {
+        super::a_checkout_whose_commit_is_cut(&[Cut::Request, Cut::Answer]).await
+    }
+}
 
 /// The shop's trial bought with the customer's card: the subscription's id.
 async fn trial_with_card(app: &TestApp, shop: &Shop) -> String {

@@ -18,7 +18,7 @@ use azotte_store::customers as customer_store;
 use azotte_store::journal::{self, RequestMeta};
 use azotte_store::payments::PaymentRow;
 use azotte_store::subscriptions::{self as store, CheckoutRow, Grant, SubscriptionRow};
-use azotte_store::{StoreError, TenantScope, TenantTx};
+use azotte_store::{Fence, StoreError, TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -155,12 +155,15 @@ pub async fn start(
     let written = match write::write(ctx, scope, pending).await {
         Ok(write::Written::Done(wrote)) => Ok(*wrote),
         Ok(write::Written::Alone(pending)) => write_alone(ctx, *pending).await,
+        Ok(write::Written::Unknown) => Err(unconfirmed()),
         Err(e) => Err(e),
     };
     let Wrote { row, action_id, attached, charging, read: OfferRead { offer, country, .. } } = match written {
         Ok(w) => w,
         Err(e) => {
-            if let Some(d) = discard {
+            // A checkout that may have been written may pay with the token: it stays.
+            let maybe_written = matches!(&e, ServiceError::Unavailable(s) if s.is_commit_unknown());
+            if let Some(d) = discard.filter(|_| !maybe_written) {
                 crate::payment_methods::discard(ctx, scope, d).await;
             }
             return Err(e);
@@ -266,11 +269,68 @@ fn offer_in_checkout() -> ServiceError {
     conflict("offer_in_checkout", "this offered item is already being checked out; follow that checkout")
 }
 
+/// How long [`were_written`] waits for the database to end a transaction whose commit went
+/// unconfirmed.
+const UNCONFIRMED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the checkouts `ids`, written by one transaction (holding `fence`) whose commit went
+/// unconfirmed — the connection failed while the `COMMIT` or its answer was on the way — were
+/// written: all of them (`Some(true)`) or none (`Some(false)`), read once that transaction has
+/// ended (committed, or rolled back by the server for its lost connection). `None` (logged):
+/// the database could not tell within a few attempts.
+///
+/// Without this, a checkout whose commit's answer was lost would be written again, refused as
+/// a second checkout of its offered item, and answered `409 offer_in_checkout` while the first
+/// one's job charges the customer.
+pub(crate) async fn were_written(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    fence: Fence,
+    ids: &[String],
+) -> Option<bool> {
+    for attempt in 1..=3u32 {
+        let found = async {
+            let mut tx = ctx.db.after_fence(scope, fence, UNCONFIRMED_WAIT).await?;
+            let found = store::existing_checkouts(&mut tx, ids).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(found.len())
+        };
+        match found.await {
+            Ok(n) if n == ids.len() => {
+                tracing::warn!(checkouts = n, "the unconfirmed commit of checkouts had happened");
+                return Some(true);
+            }
+            Ok(0) => {
+                tracing::warn!(checkouts = ids.len(), "the unconfirmed commit of checkouts had not happened");
+                return Some(false);
+            }
+            Ok(n) => {
+                tracing::error!(found = n, of = ids.len(), "part of one transaction's checkouts found");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "could not find out whether checkouts were written");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    tracing::error!(
+        checkouts = ?ids,
+        "whether these checkouts were written is unknown; if they were, the worker runs their jobs"
+    );
+    None
+}
+
+/// The answer to a checkout whose write may or may not have committed: 503, retry later.
+fn unconfirmed() -> ServiceError {
+    ServiceError::Unavailable(StoreError::commit_unknown("a checkout's commit was not confirmed"))
+}
+
 /// Writes a checkout alone, in a transaction of its own, re-reading what the request read (as
 /// a batch that could not write it together with others left it, [`write`]).
 async fn write_alone(ctx: &Ctx, pending: write::Pending) -> Result<Wrote> {
     let write::Pending { scope, meta, input, read, stored: _, validated, now } = pending;
-    let mut tx = ctx.db.tenant_tx(&scope).await?;
+    let (mut tx, fence) = ctx.db.tenant_tx_fenced(&scope).await?;
     tx.begin_lineage(meta.clone());
     // Before any write: the catalog rows come from the read cache only then.
     let ready = ready_to_charge(ctx, &mut tx, &input.customer_id, &read.offer, &read.item, now).await?;
@@ -309,7 +369,18 @@ async fn write_alone(ctx: &Ctx, pending: write::Pending) -> Result<Wrote> {
         }
         _ => None,
     };
-    tx.commit().await?;
+    match tx.commit().await {
+        Ok(()) => {}
+        Err(e) if e.is_commit_unknown() => {
+            match were_written(ctx, &scope, fence, std::slice::from_ref(&row.id)).await {
+                Some(true) => {}
+                // Nothing written: the client may try again.
+                Some(false) => return Err(e.rolled_back().into()),
+                None => return Err(unconfirmed()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(Wrote { row, action_id, attached, charging, read })
 }
 

@@ -30,7 +30,7 @@ use azotte_store::customers::{self as customer_store, PaymentMethodRow};
 use azotte_store::journal::RequestMeta;
 use azotte_store::psp_accounts::PspAccount;
 use azotte_store::subscriptions::{self as store, CheckoutRow, SubscriptionRow};
-use azotte_store::{TenantScope, TenantTx};
+use azotte_store::{Fence, TenantScope, TenantTx};
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -77,6 +77,9 @@ pub(crate) enum Written {
     Done(Box<Wrote>),
     /// Not written (nothing of it): the request writes it alone.
     Alone(Box<Pending>),
+    /// The batch's commit went unconfirmed and the database could not tell in time whether it
+    /// happened (logged): the checkout may exist.
+    Unknown,
 }
 
 /// The checkouts waiting to be written, per tenant environment, of this process.
@@ -99,19 +102,38 @@ pub(super) async fn write(ctx: &Ctx, scope: &TenantScope, pending: Pending) -> R
 /// in `batch`'s order.
 async fn run(ctx: &Ctx, batch: Vec<Pending>) -> Vec<Written> {
     let n = batch.len();
+    let done = |batch: Vec<Pending>, wrote: Vec<Row>| {
+        WRITTEN.add(n);
+        let done = batch.into_iter().zip(wrote).map(|(p, (row, action_id, attached, charging))| {
+            Written::Done(Box::new(Wrote { row, action_id, attached, charging, read: p.read }))
+        });
+        done.collect()
+    };
+    let alone = |batch: Vec<Pending>| batch.into_iter().map(|p| Written::Alone(Box::new(p))).collect();
     match write_batch(ctx, &batch).await {
-        Ok(wrote) => {
-            WRITTEN.add(n);
-            let done = batch.into_iter().zip(wrote).map(|(p, (row, action_id, attached, charging))| {
-                Written::Done(Box::new(Wrote { row, action_id, attached, charging, read: p.read }))
-            });
-            done.collect()
+        Ok(Ended::Committed(wrote)) => done(batch, wrote),
+        // Written or not, the database tells once the transaction has ended: every checkout or
+        // none (one transaction).
+        Ok(Ended::Unconfirmed(wrote, fence)) => {
+            let ids: Vec<String> = wrote.iter().map(|(row, ..)| row.id.clone()).collect();
+            match super::were_written(ctx, &batch[0].scope, fence, &ids).await {
+                Some(true) => done(batch, wrote),
+                Some(false) => alone(batch),
+                None => batch.iter().map(|_| Written::Unknown).collect(),
+            }
         }
         Err(e) => {
             tracing::info!(error = %e, checkouts = n, "checkouts not written together; writing one by one");
-            batch.into_iter().map(|p| Written::Alone(Box::new(p))).collect()
+            alone(batch)
         }
     }
+}
+
+/// How a batch's writing transaction ended.
+enum Ended {
+    Committed(Vec<Row>),
+    /// The commit went unconfirmed (the connection failed meanwhile): it may have happened.
+    Unconfirmed(Vec<Row>, Fence),
 }
 
 /// What a batch reads once for all its checkouts.
@@ -129,11 +151,11 @@ type Row = (CheckoutRow, String, Option<Recorded>, Option<Charging>);
 
 /// The writing transaction of `batch` (see the module): each checkout as written, in `batch`'s
 /// order. Nothing is written unless every one of them is.
-async fn write_batch(ctx: &Ctx, batch: &[Pending]) -> Result<Vec<Row>> {
+async fn write_batch(ctx: &Ctx, batch: &[Pending]) -> Result<Ended> {
     let changed =
         |what: String| ServiceError::Conflict { code: "checkout_batch_changed", message: what, field: None };
     let first = batch.first().ok_or_else(|| ServiceError::Internal("an empty batch".into()))?;
-    let mut tx = ctx.db.tenant_tx(&first.scope).await?;
+    let (mut tx, fence) = ctx.db.tenant_tx_fenced(&first.scope).await?;
     // The reads, before anything is written (the catalog rows come from the read cache only
     // then).
     let customers: Vec<String> =
@@ -216,8 +238,14 @@ async fn write_batch(ctx: &Ctx, batch: &[Pending]) -> Result<Vec<Row>> {
     customer_store::insert_payment_methods(&mut tx, &methods_rows).await?;
     store::insert_checkouts(&mut tx, &checkouts).await?;
     azotte_store::payments::insert_many(&mut tx, &payments).await?;
-    tx.commit().await?;
-    Ok(out)
+    match tx.commit().await {
+        Ok(()) => Ok(Ended::Committed(out)),
+        Err(e) if e.is_commit_unknown() => {
+            tracing::warn!(error = %e, checkouts = out.len(), "checkouts' commit unconfirmed; asking the database");
+            Ok(Ended::Unconfirmed(out, fence))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`super::ready_to_charge`] for one checkout of a batch, from what the batch reads once.
