@@ -316,6 +316,17 @@ async fn after_a_fence_the_fenced_transactions_end_is_read() {
         }
         assert_eq!(reader.await.unwrap(), usize::from(commit), "commit {commit}");
     }
+    // A session holding its fence open is ended: its transaction rolls back, and the fence is
+    // free at once.
+    let (mut tx, fence) = db.tenant_tx_fenced(&scope).await.unwrap();
+    tx.action(chrono::Utc::now(), "customer.create", None, json!({})).await.unwrap();
+    customers::insert_customer(&mut tx, &customer("cus_fenced_ended", "cus_fenced_ended")).await.unwrap();
+    assert!(db.end_fence_holder(fence).await.unwrap(), "the holder was ended");
+    let mut after = db.after_fence(&scope, fence, std::time::Duration::from_millis(500)).await.unwrap();
+    assert!(customers::get_customers(&mut after, &["cus_fenced_ended".into()]).await.unwrap().is_empty());
+    after.commit().await.unwrap();
+    assert!(tx.commit().await.is_err(), "the ended session's transaction cannot commit");
+    assert!(!db.end_fence_holder(fence).await.unwrap(), "nobody holds it any more");
     // Another transaction's fence does not hold it up.
     let (_tx, _fence) = db.tenant_tx_fenced(&scope).await.unwrap();
     let (_, other) = db.tenant_tx_fenced(&scope).await.unwrap();

@@ -93,8 +93,9 @@ enum Pool {
     /// busy handler), while the lock may sit free. Read transactions use `read`.
     Sqlite { read: SqlitePool, write: SqlitePool },
     /// The store's own connections (`pg_conns`: none pinged when it comes back), and, for
-    /// tests that run raw SQL, a sqlx pool that opens connections only if used.
-    Postgres { conns: Arc<PgConns>, raw: PgPool },
+    /// tests that run raw SQL, a sqlx pool that opens connections only if used; and how to
+    /// connect as the login role itself, without the session settings (`end_fence_holder`).
+    Postgres { conns: Arc<PgConns>, raw: PgPool, login: Arc<sqlx::postgres::PgConnectOptions> },
 }
 
 /// A connection pool to one database, with this process's read caches. Cheap to clone.
@@ -179,6 +180,7 @@ impl Db {
                     // on each statement seeing what committed before it (decision 0007).
                     "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED".to_owned(),
                 ];
+                let login = Arc::new(options.clone());
                 let conns = PgConns::new(
                     options.clone(),
                     session.clone(),
@@ -204,7 +206,7 @@ impl Db {
                 if cache.enabled() {
                     crate::cache_listen::spawn(&cache, pg_options(opts)?);
                 }
-                Pool::Postgres { conns, raw }
+                Pool::Postgres { conns, raw, login }
             }
         };
         Ok(Db { pool, cache })
@@ -261,7 +263,7 @@ impl Db {
                 write.close().await;
                 read.close().await;
             }
-            Pool::Postgres { conns, raw } => {
+            Pool::Postgres { conns, raw, .. } => {
                 conns.close().await;
                 raw.close().await;
             }
@@ -351,37 +353,63 @@ impl Db {
     /// A transaction inside one tenant environment. On PostgreSQL, row-level security limits
     /// every statement in it to that tenant and environment.
     pub async fn tenant_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, Begin::Write, None).await
+        Ok(self.tenant_tx_inner(scope, Begin::Write, false).await?.0)
     }
 
-    /// [`Db::tenant_tx`] holding a fence until it ends: on PostgreSQL an advisory lock of its
-    /// own, taken in its `BEGIN`'s round trip. When its commit fails unconfirmed
-    /// ([`StoreError::CommitUnknown`]: the connection went while the `COMMIT` or its answer was
-    /// on the way), [`Db::after_fence`] waits for the transaction's end — its commit, or the
-    /// server's rollback of a transaction whose connection went — and reads which it was.
+    /// [`Db::tenant_tx`] holding a fence until it ends: on PostgreSQL an advisory lock of a
+    /// random key of its own, taken in its `BEGIN`'s round trip. When its commit fails
+    /// unconfirmed ([`StoreError::CommitUnknown`]: the connection went while the `COMMIT` or its
+    /// answer was on the way), [`Db::after_fence`] waits for the transaction's end — its commit,
+    /// or the server's rollback of a transaction whose connection went — after which a read
+    /// shows which it was.
     pub async fn tenant_tx_fenced(&self, scope: &TenantScope) -> Result<(TenantTx, Fence)> {
-        let fence = Fence(rand::random());
-        Ok((self.tenant_tx_inner(scope, Begin::Write, Some(fence)).await?, fence))
+        let (tx, fence) = self.tenant_tx_inner(scope, Begin::Write, true).await?;
+        Ok((tx, fence.unwrap_or_else(Fence::new)))
     }
 
     /// A read-only transaction that begins once the transaction holding `fence` has ended
     /// ([`Db::tenant_tx_fenced`]), so that what it reads shows whether that transaction
-    /// committed. Waits at most `wait` for the fence: [`StoreError::Database`] (PostgreSQL's
-    /// lock timeout) when the server still holds the transaction open then (it has not noticed
-    /// yet that its connection went). SQLite, whose commits are never unconfirmed, waits for
-    /// nothing.
+    /// committed: PostgreSQL makes a commit visible before it releases the transaction's locks,
+    /// and each statement after the lock's in this READ COMMITTED transaction (every
+    /// connection's session default) reads a snapshot taken after it. Waits at most `wait`
+    /// for the fence: [`StoreError::Database`] (PostgreSQL's lock timeout) when the server
+    /// still holds the transaction open then ([`Db::end_fence_holder`]). SQLite, whose commits
+    /// are never unconfirmed, waits for nothing.
     pub async fn after_fence(&self, scope: &TenantScope, fence: Fence, wait: Duration) -> Result<TenantTx> {
         let mut tx = self.tenant_read_tx(scope).await?;
         if let Tx::Postgres(t) = &mut tx.tx {
-            let ms = wait.as_millis().clamp(1, i32::MAX as u128);
-            sqlx::query(&format!("SET LOCAL lock_timeout = {ms}")).execute(t.conn()?).await?;
+            let ms = wait.as_millis().clamp(1, i32::MAX as u128).to_string();
+            sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(ms).execute(t.conn()?).await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                .bind(FENCE_CLASS)
                 .bind(fence.0)
+                .bind(fence.1)
                 .execute(t.conn()?)
                 .await?;
         }
         Ok(tx)
+    }
+
+    /// Ends the server session still holding `fence` — one whose client connection went
+    /// without the server noticing (a half-open connection keeps its transaction open until
+    /// TCP gives up) — so its transaction rolls back and [`Db::after_fence`] can tell: for a
+    /// caller whose own connection to that session failed, which nothing else uses. On a
+    /// connection of its own as the login role (the service role may not end the login role's
+    /// sessions), closed after. Whether a session was ended (`false`: none held the fence).
+    pub async fn end_fence_holder(&self, fence: Fence) -> Result<bool> {
+        let Pool::Postgres { login, .. } = &self.pool else { return Ok(false) };
+        let mut conn = sqlx::ConnectOptions::connect(login.as_ref()).await?;
+        // pg_locks shows the two keys as unsigned; `objsubid` 2 is the two-key form.
+        let ended: std::result::Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(
+            "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+               AND classid = $1::int8::oid AND objid = $2::int8::oid AND pid <> pg_backend_pid()",
+        )
+        .bind(i64::from(fence.0 as u32))
+        .bind(i64::from(fence.1 as u32))
+        .fetch_one(&mut conn)
+        .await;
+        let _ = sqlx::Connection::close(conn).await;
+        Ok(ended?.unwrap_or(false))
     }
 
     /// [`Db::tenant_tx`] whose commit returns without waiting for the write-ahead log to reach
@@ -391,46 +419,57 @@ impl Db {
     /// without it: any transaction that commits durably afterwards flushes it too. Only for rows
     /// whose loss a retry recovers from, such as an `Idempotency-Key` claim (decision 0006).
     pub async fn tenant_tx_unflushed(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, Begin::Unflushed, None).await
+        Ok(self.tenant_tx_inner(scope, Begin::Unflushed, false).await?.0)
     }
 
     /// A read-only transaction inside one tenant environment: on SQLite it does not take the
     /// write lock, on PostgreSQL the database refuses any write in it.
     pub async fn tenant_read_tx(&self, scope: &TenantScope) -> Result<TenantTx> {
-        self.tenant_tx_inner(scope, Begin::Read, None).await
+        Ok(self.tenant_tx_inner(scope, Begin::Read, false).await?.0)
     }
 
+    /// A tenant transaction, and its fence when `fenced` (PostgreSQL).
     async fn tenant_tx_inner(
         &self,
         scope: &TenantScope,
         begin: Begin,
-        fence: Option<Fence>,
-    ) -> Result<TenantTx> {
+        fenced: bool,
+    ) -> Result<(TenantTx, Option<Fence>)> {
         let (tenant, environment) = (scope.tenant_id.to_string(), scope.environment.as_str());
+        let mut fence = None;
         let tx = match &self.pool {
             // One round trip: `BEGIN`, the settings row-level security reads and the fence, as
             // one simple-protocol batch (which cannot bind parameters: see
-            // `begin_in_environment`).
-            Pool::Postgres { conns, .. } => match begin_in_environment(begin, &tenant, environment, fence) {
-                Some(batch) => Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, &batch)).await?),
-                None => {
-                    let mut tx =
-                        Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, pg_begin(begin))).await?);
-                    tx.enter_environment(&tenant, environment).await?;
-                    if let (Some(Fence(f)), Tx::Postgres(t)) = (fence, &mut tx) {
-                        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                            .bind(FENCE_CLASS)
-                            .bind(f)
-                            .execute(t.conn()?)
-                            .await?;
-                    }
-                    tx
+            // `begin_in_environment`). A fence of its own for each try: a dead connection's
+            // server session may still hold the last one.
+            Pool::Postgres { conns, .. } if plain(&tenant) && plain(environment) => {
+                let tx = on_live_connection(conns, |c| {
+                    fence = fenced.then(Fence::new);
+                    let batch = begin_in_environment(begin, &tenant, environment, fence).unwrap_or_default();
+                    async move { PgTx::begin(c, &batch).await }
+                })
+                .await?;
+                Tx::Postgres(tx)
+            }
+            Pool::Postgres { conns, .. } => {
+                let mut tx =
+                    Tx::Postgres(on_live_connection(conns, |c| PgTx::begin(c, pg_begin(begin))).await?);
+                tx.enter_environment(&tenant, environment).await?;
+                if let (true, Tx::Postgres(t)) = (fenced, &mut tx) {
+                    let f = Fence::new();
+                    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                        .bind(f.0)
+                        .bind(f.1)
+                        .execute(t.conn()?)
+                        .await?;
+                    fence = Some(f);
                 }
-            },
+                tx
+            }
             Pool::Sqlite { .. } if begin == Begin::Read => self.unscoped_read_tx().await?,
             Pool::Sqlite { .. } => self.unscoped_tx().await?,
         };
-        Ok(TenantTx {
+        let tx = TenantTx {
             tx,
             scope: scope.clone(),
             action_id: None,
@@ -438,7 +477,8 @@ impl Db {
             journal: Default::default(),
             at_commit: None,
             cache: (begin != Begin::Read).then(|| self.cache.clone()),
-        })
+        };
+        Ok((tx, fence))
     }
 
     /// The store's PostgreSQL connections, for tests in this crate.
@@ -741,16 +781,10 @@ pub(crate) fn begin_in_environment(
     environment: &str,
     fence: Option<Fence>,
 ) -> Option<String> {
-    let plain = |v: &str| {
-        !v.is_empty()
-            && v.len() <= 64
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
     if !plain(tenant_id) || !plain(environment) {
         return None;
     }
-    let fence =
-        fence.map_or_else(String::new, |Fence(f)| format!(", pg_advisory_xact_lock({FENCE_CLASS}, {f})"));
+    let fence = fence.map_or_else(String::new, |Fence(a, b)| format!(", pg_advisory_xact_lock({a}, {b})"));
     Some(format!(
         "{}; SELECT set_config('azotte.tenant_id', '{tenant_id}', true), \
          set_config('azotte.environment', '{environment}', true){fence}",
@@ -758,12 +792,22 @@ pub(crate) fn begin_in_environment(
     ))
 }
 
-/// The advisory lock class (`pg_advisory_xact_lock(class, key)`) of commit fences.
-const FENCE_CLASS: i32 = 0x617a_6366;
+/// Whether `v` may be written into a `BEGIN` batch's quoted literal (see
+/// [`begin_in_environment`]).
+fn plain(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
-/// A fenced transaction's fence ([`Db::tenant_tx_fenced`]).
+/// A fenced transaction's fence ([`Db::tenant_tx_fenced`]): the two keys of its advisory lock,
+/// random (the store's other advisory locks use the one-key form, which PostgreSQL keeps apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fence(i32);
+pub struct Fence(i32, i32);
+
+impl Fence {
+    fn new() -> Self {
+        Fence(rand::random(), rand::random())
+    }
+}
 
 /// How a tenant transaction begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -828,9 +872,9 @@ mod tests {
             .expect("plain")
             .starts_with("BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT"));
         // A fence: its advisory lock, in the same round trip.
-        assert!(begin_in_environment(Begin::Write, "t", "test", Some(Fence(-7))).expect("plain").ends_with(
-            "set_config('azotte.environment', 'test', true), pg_advisory_xact_lock(1635410790, -7)"
-        ));
+        assert!(begin_in_environment(Begin::Write, "t", "test", Some(Fence(3, -7)))
+            .expect("plain")
+            .ends_with("set_config('azotte.environment', 'test', true), pg_advisory_xact_lock(3, -7)"));
         for bad in ["", "t'; DROP TABLE x; --", "t\\", "t x", "tén", &"t".repeat(65)] {
             assert_eq!(begin_in_environment(Begin::Write, bad, "live", None), None, "{bad:?}");
             assert_eq!(begin_in_environment(Begin::Write, "t", bad, None), None, "{bad:?}");

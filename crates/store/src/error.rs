@@ -46,7 +46,7 @@ impl StoreError {
     /// [`StoreError::CommitUnknown`] for a commit known to be unconfirmed by other means
     /// (`what` says how).
     pub fn commit_unknown(what: &str) -> Self {
-        StoreError::CommitUnknown(sqlx::Error::Protocol(what.to_owned()))
+        StoreError::CommitUnknown(sqlx::Error::Io(std::io::Error::other(what.to_owned())))
     }
 
     /// A [`StoreError::CommitUnknown`] found out to have been a rollback: the database was

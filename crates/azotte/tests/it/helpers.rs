@@ -684,6 +684,9 @@ pub enum Cut {
     Request,
     /// The server gets the `COMMIT` and commits; its answer never comes back.
     Answer,
+    /// The `COMMIT` never reaches the server, and the server never notices the client went (a
+    /// half-open connection): its transaction stays open.
+    Silent,
 }
 
 /// A TCP proxy between the server and PostgreSQL that cuts a connection at a transaction's
@@ -700,10 +703,13 @@ pub struct CutProxy {
 struct ProxyState {
     arms: Mutex<Vec<(Vec<u8>, Cut)>>,
     cuts: std::sync::atomic::AtomicUsize,
+    /// The server sides of connections cut silently, kept open.
+    silent: Mutex<Vec<tokio::net::tcp::OwnedWriteHalf>>,
 }
 
-/// The simple-protocol `COMMIT` message (what sqlx sends to commit).
+/// The simple-protocol `COMMIT` and `ROLLBACK` messages (what sqlx sends to end a transaction).
 const COMMIT_MESSAGE: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+const ROLLBACK_MESSAGE: &[u8] = b"Q\0\0\0\x0dROLLBACK\0";
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -773,6 +779,11 @@ async fn proxy_connection(client: tokio::net::TcpStream, server: tokio::net::Tcp
                             st.cuts.fetch_add(1, Ordering::SeqCst);
                             return;
                         }
+                        Some(Cut::Silent) => {
+                            st.cuts.fetch_add(1, Ordering::SeqCst);
+                            st.silent.lock().unwrap().push(to_server);
+                            return;
+                        }
                         Some(Cut::Answer) => {
                             st.cuts.fetch_add(1, Ordering::SeqCst);
                             swallow.store(true, Ordering::SeqCst);
@@ -781,6 +792,8 @@ async fn proxy_connection(client: tokio::net::TcpStream, server: tokio::net::Tcp
                             std::future::pending::<()>().await;
                         }
                     }
+                } else if contains(&sent, ROLLBACK_MESSAGE) {
+                    sent.clear();
                 } else if sent.len() > 1 << 20 {
                     sent.drain(..sent.len() - (1 << 16));
                 }

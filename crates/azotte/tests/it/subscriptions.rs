@@ -1288,6 +1288,12 @@ mod a_checkout_whose_commit_is_cut {
     async fn before_then_alone_after() {
         super::a_checkout_whose_commit_is_cut(&[Cut::Request, Cut::Answer]).await
     }
+
+    /// The server never notices: its session, holding the transaction open, is ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn before_the_server_got_it_and_it_never_notices() {
+        super::a_checkout_whose_commit_is_cut(&[Cut::Silent]).await
+    }
 }
 
 /// The shop's trial bought with the customer's card: the subscription's id.

@@ -155,7 +155,16 @@ pub async fn start(
     let written = match write::write(ctx, scope, pending).await {
         Ok(write::Written::Done(wrote)) => Ok(*wrote),
         Ok(write::Written::Alone(pending)) => write_alone(ctx, *pending).await,
-        Ok(write::Written::Unknown) => Err(unconfirmed()),
+        // Found out here, not in the batch's turn: the others of the tenant environment
+        // waiting to write do not wait for it.
+        Ok(write::Written::Unconfirmed(both, fence)) => {
+            let (wrote, pending) = *both;
+            match were_written(ctx, scope, fence, std::slice::from_ref(&wrote.row.id)).await {
+                Some(true) => Ok(wrote),
+                Some(false) => write_alone(ctx, pending).await,
+                None => Err(unconfirmed()),
+            }
+        }
         Err(e) => Err(e),
     };
     let Wrote { row, action_id, attached, charging, read: OfferRead { offer, country, .. } } = match written {
@@ -269,15 +278,17 @@ fn offer_in_checkout() -> ServiceError {
     conflict("offer_in_checkout", "this offered item is already being checked out; follow that checkout")
 }
 
-/// How long [`were_written`] waits for the database to end a transaction whose commit went
-/// unconfirmed.
+/// How long [`were_written`] waits, each time, for the database to end a transaction whose
+/// commit went unconfirmed.
 const UNCONFIRMED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether the checkouts `ids`, written by one transaction (holding `fence`) whose commit went
 /// unconfirmed — the connection failed while the `COMMIT` or its answer was on the way — were
 /// written: all of them (`Some(true)`) or none (`Some(false)`), read once that transaction has
-/// ended (committed, or rolled back by the server for its lost connection). `None` (logged):
-/// the database could not tell within a few attempts.
+/// ended (committed, or rolled back by the server for its lost connection). A server session
+/// that still holds the fence after the first wait (it has not noticed its client went: a
+/// half-open connection) is ended, which rolls its transaction back. `None` (logged): the
+/// database could not tell in three attempts (about 20 s at most).
 ///
 /// Without this, a checkout whose commit's answer was lost would be written again, refused as
 /// a second checkout of its offered item, and answered `409 offer_in_checkout` while the first
@@ -288,14 +299,20 @@ pub(crate) async fn were_written(
     fence: Fence,
     ids: &[String],
 ) -> Option<bool> {
-    for attempt in 1..=3u32 {
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
         let found = async {
             let mut tx = ctx.db.after_fence(scope, fence, UNCONFIRMED_WAIT).await?;
             let found = store::existing_checkouts(&mut tx, ids).await?;
-            tx.commit().await?;
+            // Read: whatever the read-only transaction's end does.
+            let _ = tx.commit().await;
             Ok::<_, StoreError>(found.len())
         };
-        match found.await {
+        // Bounded: a statement on a connection the network dropped could wait for TCP.
+        let found = tokio::time::timeout(UNCONFIRMED_WAIT + std::time::Duration::from_secs(1), found)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::commit_unknown("no answer in time")));
+        match found {
             Ok(n) if n == ids.len() => {
                 tracing::warn!(checkouts = n, "the unconfirmed commit of checkouts had happened");
                 return Some(true);
@@ -310,7 +327,16 @@ pub(crate) async fn were_written(
             }
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "could not find out whether checkouts were written");
-                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+                if attempt == 1 {
+                    // The fence still held, most likely: its session's client connection is ours,
+                    // and gone.
+                    match ctx.db.end_fence_holder(fence).await {
+                        Ok(ended) => tracing::warn!(ended, "ended the session holding the checkouts' fence"),
+                        Err(e) => tracing::warn!(error = %e, "could not end the session holding the fence"),
+                    }
+                } else if attempt < ATTEMPTS {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -385,6 +411,7 @@ async fn write_alone(ctx: &Ctx, pending: write::Pending) -> Result<Wrote> {
 }
 
 /// What a checkout reads of its offer and customer.
+#[derive(Clone)]
 struct OfferRead {
     offer: Offer,
     /// The offered item checked out.

@@ -77,9 +77,10 @@ pub(crate) enum Written {
     Done(Box<Wrote>),
     /// Not written (nothing of it): the request writes it alone.
     Alone(Box<Pending>),
-    /// The batch's commit went unconfirmed and the database could not tell in time whether it
-    /// happened (logged): the checkout may exist.
-    Unknown,
+    /// Written by a batch whose commit went unconfirmed (the connection failed meanwhile): it
+    /// may have happened. The request finds out ([`super::were_written`]): written as this, or
+    /// to write alone as that.
+    Unconfirmed(Box<(Wrote, Pending)>, Fence),
 }
 
 /// The checkouts waiting to be written, per tenant environment, of this process.
@@ -112,15 +113,15 @@ async fn run(ctx: &Ctx, batch: Vec<Pending>) -> Vec<Written> {
     let alone = |batch: Vec<Pending>| batch.into_iter().map(|p| Written::Alone(Box::new(p))).collect();
     match write_batch(ctx, &batch).await {
         Ok(Ended::Committed(wrote)) => done(batch, wrote),
-        // Written or not, the database tells once the transaction has ended: every checkout or
-        // none (one transaction).
+        // Written or not, the database tells once the transaction has ended; each request asks,
+        // after this batch's turn.
         Ok(Ended::Unconfirmed(wrote, fence)) => {
-            let ids: Vec<String> = wrote.iter().map(|(row, ..)| row.id.clone()).collect();
-            match super::were_written(ctx, &batch[0].scope, fence, &ids).await {
-                Some(true) => done(batch, wrote),
-                Some(false) => alone(batch),
-                None => batch.iter().map(|_| Written::Unknown).collect(),
-            }
+            let unconfirmed =
+                batch.into_iter().zip(wrote).map(|(p, (row, action_id, attached, charging))| {
+                    let wrote = Wrote { row, action_id, attached, charging, read: p.read.clone() };
+                    Written::Unconfirmed(Box::new((wrote, p)), fence)
+                });
+            unconfirmed.collect()
         }
         Err(e) => {
             tracing::info!(error = %e, checkouts = n, "checkouts not written together; writing one by one");
