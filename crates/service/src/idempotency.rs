@@ -52,6 +52,8 @@ pub struct Claim {
     key: IdempotencyKey,
     /// The fence: completing or releasing names it.
     locked_until: DateTime<Utc>,
+    /// The claim's own random id, in its row.
+    claim_id: String,
 }
 
 /// What to do with a request that carries a key.
@@ -121,6 +123,7 @@ pub async fn begin(
     let now = ctx.clock.now();
     let principal = scope.principal().to_string();
     let retention = chrono::Duration::from_std(retention).map_err(ServiceError::internal)?;
+    let claim_id = hex::encode(rand::random::<[u8; 16]>());
     let claim = store::Claim {
         key: key.as_str(),
         fingerprint,
@@ -128,9 +131,14 @@ pub async fn begin(
         locked_until: millis(now + LOCK),
         created_at: now,
         expires_at: now + retention,
+        claim_id: &claim_id,
     };
-    let claimed =
-        Begin::Claimed(Claim { scope: scope.clone(), key: key.clone(), locked_until: claim.locked_until });
+    let claimed = Begin::Claimed(Claim {
+        scope: scope.clone(),
+        key: key.clone(),
+        locked_until: claim.locked_until,
+        claim_id: claim_id.clone(),
+    });
     // Commonly the key is new: claimed with the others of the tenant environment claimed now.
     let claiming = Claiming {
         key: key.as_str().to_owned(),
@@ -139,6 +147,7 @@ pub async fn begin(
         locked_until: claim.locked_until,
         created_at: now,
         expires_at: claim.expires_at,
+        claim_id: claim_id.clone(),
     };
     let together = |batch: Vec<Record>| {
         let (ctx, scope) = (ctx.clone(), scope.clone());
@@ -146,16 +155,35 @@ pub async fn begin(
     };
     let written =
         ctx.idempotency_records.submit(gather::at(scope), Record::Claim(claiming), AT_ONCE, together);
-    if matches!(written.await, Some(Written::Claim(true))) {
-        return Ok(claimed);
+    match written.await {
+        Some(Written::Claim(true)) => return Ok(claimed),
+        // The batch's commit went unconfirmed: the row shows whether it was, by its claim id.
+        Some(Written::Unconfirmed(fence)) => {
+            if let Some(mut tx) = crate::unconfirmed::after(ctx, scope, fence, "idempotency claim").await {
+                let row =
+                    crate::unconfirmed::bounded("idempotency claim", store::get(&mut tx, key.as_str())).await;
+                let _ = tx.commit().await;
+                if row.flatten().is_some_and(|r| r.claim_id.as_deref() == Some(&*claim_id)) {
+                    return Ok(claimed);
+                }
+            }
+        }
+        _ => {}
     }
     // Not claimed together (the key has a row, or the batch failed): one by one, which tells.
     let mut tx = ctx.db.tenant_tx_unflushed(scope).await?;
     let outcome = if store::insert(&mut tx, &claim).await? {
         claimed
     } else {
+        let row = store::get(&mut tx, key.as_str()).await?;
+        // This request's own claim: its unconfirmed commit had happened.
+        let ours = |r: &IdempotencyRow| r.state != COMPLETE && r.claim_id.as_deref() == Some(&*claim_id);
+        if row.as_ref().is_some_and(ours) {
+            tx.commit().await?;
+            return Ok(claimed);
+        }
         // `None`: the row may be taken over.
-        let decided = match store::get(&mut tx, key.as_str()).await? {
+        let decided = match row {
             // Released between the insert and this read: the client may try again at once.
             None => Some(Begin::InFlight),
             Some(row) if row.expires_at <= now => None,
@@ -193,6 +221,7 @@ pub(crate) struct Claiming {
     locked_until: DateTime<Utc>,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    claim_id: String,
 }
 
 /// A sealed response waiting to be kept with the others of its tenant environment.
@@ -213,10 +242,13 @@ pub(crate) enum Record {
 
 /// What became of a [`Record`] written together: a claim, whether the key was claimed (`false`:
 /// its request claims it alone, which tells why); a response, whether it was kept (`false`: the
-/// claim was taken over), `None` when it was not tried together (the request keeps it alone).
+/// claim was taken over), `None` when it was not tried together (the request keeps it alone);
+/// either, written by a transaction whose commit went unconfirmed (holding the fence): the
+/// request reads its row to find out.
 pub(crate) enum Written {
     Claim(bool),
     Keep(Option<bool>),
+    Unconfirmed(azotte_store::Fence),
 }
 
 /// Claims and responses gathered per tenant environment, in one queue: the claims of requests
@@ -259,6 +291,7 @@ async fn write_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Record>) -> V
                     locked_until: c.locked_until,
                     created_at: c.created_at,
                     expires_at: c.expires_at,
+                    claim_id: &c.claim_id,
                 });
                 true
             }
@@ -271,20 +304,36 @@ async fn write_together(ctx: &Ctx, scope: &TenantScope, batch: Vec<Record>) -> V
             _ => false,
         });
     }
+    let mut unconfirmed = None;
     let written: azotte_store::Result<(Vec<String>, Vec<String>)> = async {
-        let mut tx = if kept.is_empty() {
-            ctx.db.tenant_tx_unflushed(scope).await?
+        let (mut tx, fence) = if kept.is_empty() {
+            ctx.db.tenant_tx_unflushed_fenced(scope).await?
         } else {
-            ctx.db.tenant_tx(scope).await?
+            ctx.db.tenant_tx_fenced(scope).await?
         };
         let claimed =
             if claims.is_empty() { Vec::new() } else { store::insert_many(&mut tx, &claims).await? };
         let completed =
             if kept.is_empty() { Vec::new() } else { store::complete_many(&mut tx, &kept).await? };
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            if e.is_commit_unknown() {
+                unconfirmed = Some(fence);
+            }
+            return Err(e);
+        }
         Ok((claimed, completed))
     }
     .await;
+    if let Some(fence) = unconfirmed {
+        tracing::warn!("idempotency records' commit unconfirmed; each request reads its row");
+        let each = batch.iter().zip(first).map(|(r, first)| match (r, first) {
+            (_, true) => Written::Unconfirmed(fence),
+            // Not in the statements: its request writes it alone.
+            (Record::Claim(_), false) => Written::Claim(false),
+            (Record::Keep(_), false) => Written::Keep(None),
+        });
+        return each.collect();
+    }
     let (claimed, completed) = match written {
         Ok((claimed, completed)) => {
             RECORDS.add(claimed.len() + completed.len());
@@ -353,11 +402,28 @@ pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Res
         };
         let at = gather::at(&claim.scope);
         let written = ctx.idempotency_records.submit(at, Record::Keep(keeping), AT_ONCE, together);
-        if let Some(Written::Keep(Some(done))) = written.await {
-            if !done {
-                taken_over(&claim.key);
+        match written.await {
+            Some(Written::Keep(Some(done))) => {
+                if !done {
+                    taken_over(&claim.key);
+                }
+                return Ok(done);
             }
-            return Ok(done);
+            // The batch's commit went unconfirmed: kept if the row is complete under this claim
+            // (otherwise kept alone below, which the claim's fence still guards).
+            Some(Written::Unconfirmed(fence)) => {
+                let what = "idempotency response";
+                if let Some(mut tx) = crate::unconfirmed::after(ctx, &claim.scope, fence, what).await {
+                    let row =
+                        crate::unconfirmed::bounded(what, store::get(&mut tx, claim.key.as_str())).await;
+                    let _ = tx.commit().await;
+                    let ours = |r: &IdempotencyRow| r.claim_id.as_deref() == Some(claim.claim_id.as_str());
+                    if row.flatten().is_some_and(|r| r.state == COMPLETE && ours(&r)) {
+                        return Ok(true);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     let mut tx = ctx.db.tenant_tx(&claim.scope).await?;

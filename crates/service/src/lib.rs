@@ -23,6 +23,7 @@ pub mod seal;
 pub mod security;
 pub mod subscriptions;
 pub mod tenants;
+mod unconfirmed;
 pub mod users;
 pub mod vault;
 

@@ -422,6 +422,12 @@ impl Db {
         Ok(self.tenant_tx_inner(scope, Begin::Unflushed, false).await?.0)
     }
 
+    /// [`Db::tenant_tx_unflushed`] holding a fence, as [`Db::tenant_tx_fenced`].
+    pub async fn tenant_tx_unflushed_fenced(&self, scope: &TenantScope) -> Result<(TenantTx, Fence)> {
+        let (tx, fence) = self.tenant_tx_inner(scope, Begin::Unflushed, true).await?;
+        Ok((tx, fence.unwrap_or_else(Fence::new)))
+    }
+
     /// A read-only transaction inside one tenant environment: on SQLite it does not take the
     /// write lock, on PostgreSQL the database refuses any write in it.
     pub async fn tenant_read_tx(&self, scope: &TenantScope) -> Result<TenantTx> {

@@ -28,6 +28,7 @@ enum IdempotencyKeys {
     ResponseBody,
     CreatedAt,
     ExpiresAt,
+    ClaimId,
 }
 
 /// `state` while the first request runs.
@@ -53,6 +54,8 @@ pub struct IdempotencyRow {
     pub response_body: Option<Vec<u8>>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The claim's own random id (none on rows claimed before it was kept).
+    pub claim_id: Option<String>,
 }
 
 /// What a request claims a key with.
@@ -64,6 +67,8 @@ pub struct Claim<'a> {
     pub locked_until: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Random, this claim's alone: how a request whose claim went unconfirmed recognises it.
+    pub claim_id: &'a str,
 }
 
 /// The response to keep.
@@ -116,6 +121,7 @@ fn claims(tx: &TenantTx, claimed: &[Claim<'_>]) -> sea_query::InsertStatement {
             IdempotencyKeys::LockedUntil,
             IdempotencyKeys::CreatedAt,
             IdempotencyKeys::ExpiresAt,
+            IdempotencyKeys::ClaimId,
         ])
         .on_conflict(
             OnConflict::columns([
@@ -138,6 +144,7 @@ fn claims(tx: &TenantTx, claimed: &[Claim<'_>]) -> sea_query::InsertStatement {
             c.locked_until.into(),
             c.created_at.into(),
             c.expires_at.into(),
+            c.claim_id.into(),
         ]);
     }
     q
@@ -157,6 +164,7 @@ pub async fn get(tx: &mut TenantTx, key: &str) -> Result<Option<IdempotencyRow>>
             IdempotencyKeys::ResponseBody,
             IdempotencyKeys::CreatedAt,
             IdempotencyKeys::ExpiresAt,
+            IdempotencyKeys::ClaimId,
         ])
         .from(IdempotencyKeys::Table)
         .cond_where(of_key(tx, key))
@@ -186,6 +194,7 @@ pub async fn take_over(tx: &mut TenantTx, c: &Claim<'_>, now: DateTime<Utc>) -> 
             (IdempotencyKeys::ResponseBody, Option::<Vec<u8>>::None.into()),
             (IdempotencyKeys::CreatedAt, c.created_at.into()),
             (IdempotencyKeys::ExpiresAt, c.expires_at.into()),
+            (IdempotencyKeys::ClaimId, c.claim_id.into()),
         ])
         .cond_where(of_key(tx, c.key).add(stale))
         .to_owned();

@@ -701,7 +701,8 @@ pub struct CutProxy {
 
 #[derive(Default)]
 struct ProxyState {
-    arms: Mutex<Vec<(Vec<u8>, Cut)>>,
+    /// Marker, cut, and how many of its transactions still pass before the one cut.
+    arms: Mutex<Vec<(Vec<u8>, Cut, usize)>>,
     cuts: std::sync::atomic::AtomicUsize,
     /// The server sides of connections cut silently, kept open.
     silent: Mutex<Vec<tokio::net::tcp::OwnedWriteHalf>>,
@@ -737,7 +738,12 @@ impl CutProxy {
 
     /// Cuts the next transaction that sends `marker` before its `COMMIT`, at that `COMMIT`.
     pub fn arm(&self, marker: &str, cut: Cut) {
-        self.state.arms.lock().unwrap().push((marker.as_bytes().to_vec(), cut));
+        self.arm_after(marker, cut, 0);
+    }
+
+    /// As [`CutProxy::arm`], letting `pass` such transactions through first.
+    pub fn arm_after(&self, marker: &str, cut: Cut, pass: usize) {
+        self.state.arms.lock().unwrap().push((marker.as_bytes().to_vec(), cut, pass));
     }
 
     /// How many connections it has cut.
@@ -769,8 +775,14 @@ async fn proxy_connection(client: tokio::net::TcpStream, server: tokio::net::Tcp
                 if contains(&sent, COMMIT_MESSAGE) {
                     let armed = {
                         let mut arms = st.arms.lock().unwrap();
-                        let at = arms.iter().position(|(marker, _)| contains(&sent, marker));
-                        at.map(|i| arms.remove(i).1)
+                        match arms.iter().position(|(marker, ..)| contains(&sent, marker)) {
+                            Some(i) if arms[i].2 > 0 => {
+                                arms[i].2 -= 1;
+                                None
+                            }
+                            Some(i) => Some(arms.remove(i).1),
+                            None => None,
+                        }
                     };
                     sent.clear();
                     match armed {

@@ -278,17 +278,10 @@ fn offer_in_checkout() -> ServiceError {
     conflict("offer_in_checkout", "this offered item is already being checked out; follow that checkout")
 }
 
-/// How long [`were_written`] waits, each time, for the database to end a transaction whose
-/// commit went unconfirmed.
-const UNCONFIRMED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Whether the checkouts `ids`, written by one transaction (holding `fence`) whose commit went
 /// unconfirmed — the connection failed while the `COMMIT` or its answer was on the way — were
 /// written: all of them (`Some(true)`) or none (`Some(false)`), read once that transaction has
-/// ended (committed, or rolled back by the server for its lost connection). A server session
-/// that still holds the fence after the first wait (it has not noticed its client went: a
-/// half-open connection) is ended, which rolls its transaction back. `None` (logged): the
-/// database could not tell in three attempts (about 20 s at most).
+/// ended ([`crate::unconfirmed::read_after`]). `None` (logged): the database could not tell.
 ///
 /// Without this, a checkout whose commit's answer was lost would be written again, refused as
 /// a second checkout of its offered item, and answered `409 offer_in_checkout` while the first
@@ -299,52 +292,24 @@ pub(crate) async fn were_written(
     fence: Fence,
     ids: &[String],
 ) -> Option<bool> {
-    const ATTEMPTS: u32 = 3;
-    for attempt in 1..=ATTEMPTS {
-        let found = async {
-            let mut tx = ctx.db.after_fence(scope, fence, UNCONFIRMED_WAIT).await?;
-            let found = store::existing_checkouts(&mut tx, ids).await?;
-            // Read: whatever the read-only transaction's end does.
-            let _ = tx.commit().await;
-            Ok::<_, StoreError>(found.len())
-        };
-        // Bounded: a statement on a connection the network dropped could wait for TCP.
-        let found = tokio::time::timeout(UNCONFIRMED_WAIT + std::time::Duration::from_secs(1), found)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::commit_unknown("no answer in time")));
-        match found {
-            Ok(n) if n == ids.len() => {
-                tracing::warn!(checkouts = n, "the unconfirmed commit of checkouts had happened");
-                return Some(true);
-            }
-            Ok(0) => {
-                tracing::warn!(checkouts = ids.len(), "the unconfirmed commit of checkouts had not happened");
-                return Some(false);
-            }
-            Ok(n) => {
-                tracing::error!(found = n, of = ids.len(), "part of one transaction's checkouts found");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "could not find out whether checkouts were written");
-                if attempt == 1 {
-                    // The fence still held, most likely: its session's client connection is ours,
-                    // and gone.
-                    match ctx.db.end_fence_holder(fence).await {
-                        Ok(ended) => tracing::warn!(ended, "ended the session holding the checkouts' fence"),
-                        Err(e) => tracing::warn!(error = %e, "could not end the session holding the fence"),
-                    }
-                } else if attempt < ATTEMPTS {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-            }
+    let mut tx = crate::unconfirmed::after(ctx, scope, fence, "checkouts").await?;
+    let found = crate::unconfirmed::bounded("checkouts", store::existing_checkouts(&mut tx, ids)).await?;
+    // Read: whatever the read-only transaction's end does.
+    let _ = tx.commit().await;
+    match found.len() {
+        n if n == ids.len() => {
+            tracing::warn!(checkouts = n, "the unconfirmed commit of checkouts had happened");
+            Some(true)
+        }
+        0 => {
+            tracing::warn!(checkouts = ids.len(), "the unconfirmed commit of checkouts had not happened");
+            Some(false)
+        }
+        n => {
+            tracing::error!(found = n, of = ids.len(), "part of one transaction's checkouts found");
+            None
         }
     }
-    tracing::error!(
-        checkouts = ?ids,
-        "whether these checkouts were written is unknown; if they were, the worker runs their jobs"
-    );
-    None
 }
 
 /// The answer to a checkout whose write may or may not have committed: 503, retry later.
