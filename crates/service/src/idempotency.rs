@@ -158,27 +158,21 @@ pub async fn begin(
     match written.await {
         Some(Written::Claim(true)) => return Ok(claimed),
         // The batch's commit went unconfirmed: the row shows whether it was, by its claim id.
-        Some(Written::Unconfirmed(fence)) => {
-            if let Some(mut tx) = crate::unconfirmed::after(ctx, scope, fence, "idempotency claim").await {
-                let row =
-                    crate::unconfirmed::bounded("idempotency claim", store::get(&mut tx, key.as_str())).await;
-                let _ = tx.commit().await;
-                if row.flatten().is_some_and(|r| r.claim_id.as_deref() == Some(&*claim_id)) {
-                    return Ok(claimed);
-                }
-            }
+        Some(Written::Unconfirmed(fence))
+            if claimed_after(ctx, scope, fence, key, &claim_id).await == Some(true) =>
+        {
+            return Ok(claimed)
         }
         _ => {}
     }
     // Not claimed together (the key has a row, or the batch failed): one by one, which tells.
-    let mut tx = ctx.db.tenant_tx_unflushed(scope).await?;
+    let (mut tx, fence) = ctx.db.tenant_tx_unflushed_fenced(scope).await?;
     let outcome = if store::insert(&mut tx, &claim).await? {
         claimed
     } else {
         let row = store::get(&mut tx, key.as_str()).await?;
         // This request's own claim: its unconfirmed commit had happened.
-        let ours = |r: &IdempotencyRow| r.state != COMPLETE && r.claim_id.as_deref() == Some(&*claim_id);
-        if row.as_ref().is_some_and(ours) {
+        if row.as_ref().is_some_and(|r| r.state != COMPLETE && own(r, &claim_id)) {
             tx.commit().await?;
             return Ok(claimed);
         }
@@ -206,8 +200,41 @@ pub async fn begin(
             None => Begin::InFlight,
         }
     };
-    tx.commit().await?;
-    Ok(outcome)
+    match tx.commit().await {
+        Ok(()) => Ok(outcome),
+        // Only a claim wrote anything: the row shows whether it was, by its claim id; if it was
+        // not, nothing was written (503, the key as it was).
+        Err(e) if e.is_commit_unknown() && matches!(outcome, Begin::Claimed(_)) => {
+            match claimed_after(ctx, scope, fence, key, &claim_id).await {
+                Some(true) => Ok(outcome),
+                _ => Err(e.into()),
+            }
+        }
+        Err(e) if e.is_commit_unknown() => Ok(outcome),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `row` is of the claim `claim_id`.
+fn own(row: &IdempotencyRow, claim_id: &str) -> bool {
+    row.claim_id.as_deref() == Some(claim_id)
+}
+
+/// Whether the claim `claim_id` of `key`, written by a transaction (holding `fence`) whose
+/// commit went unconfirmed, was written: read once that transaction has ended. `None`: the
+/// database could not tell.
+async fn claimed_after(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    fence: azotte_store::Fence,
+    key: &IdempotencyKey,
+    claim_id: &str,
+) -> Option<bool> {
+    let what = "idempotency claim";
+    let mut tx = crate::unconfirmed::after(ctx, scope, fence, what).await?;
+    let row = crate::unconfirmed::bounded(what, store::get(&mut tx, key.as_str())).await;
+    let _ = tx.commit().await;
+    Some(row?.is_some_and(|r| r.state != COMPLETE && own(&r, claim_id)))
 }
 
 /// Claims and responses kept in one transaction at most.
@@ -417,8 +444,7 @@ pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Res
                     let row =
                         crate::unconfirmed::bounded(what, store::get(&mut tx, claim.key.as_str())).await;
                     let _ = tx.commit().await;
-                    let ours = |r: &IdempotencyRow| r.claim_id.as_deref() == Some(claim.claim_id.as_str());
-                    if row.flatten().is_some_and(|r| r.state == COMPLETE && ours(&r)) {
+                    if row.flatten().is_some_and(|r| r.state == COMPLETE && own(&r, &claim.claim_id)) {
                         return Ok(true);
                     }
                 }

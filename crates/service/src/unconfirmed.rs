@@ -1,7 +1,8 @@
 //! After a commit that went unconfirmed — the connection to PostgreSQL failed while a fenced
 //! transaction's `COMMIT`, or its answer, was on the way ([`azotte_store::StoreError::CommitUnknown`])
-//! — what did it write? [`read_after`] reads once that transaction has ended, which its fence
-//! tells ([`azotte_store::Db::after_fence`]). Decision 0007, "An unconfirmed commit".
+//! — what did it write? A read in a transaction from [`after`] shows it: that transaction begins
+//! once the fenced one has ended ([`azotte_store::Db::after_fence`]). Decisions 0007, "An
+//! unconfirmed commit", and 0006, "An unconfirmed claim".
 
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ const ATTEMPTS: u32 = 3;
 /// what that transaction did (read it [`bounded`]). A server session that still holds the
 /// fence after the first wait — it has not noticed its client went (a half-open connection keeps
 /// its transaction open until TCP gives up) — is ended, which rolls its transaction back: the
-/// caller's own connection to it failed, and nothing else uses it. `None` (logged, with `what`):
+/// caller's own connection to it failed, and nothing else uses it (the other readers of the
+/// fence are not ended: they hold it shared). `None` (logged, with `what`):
 /// the database could not tell in [`ATTEMPTS`] attempts, each bounded.
 pub(crate) async fn after(ctx: &Ctx, scope: &TenantScope, fence: Fence, what: &str) -> Option<TenantTx> {
     for attempt in 1..=ATTEMPTS {

@@ -327,6 +327,15 @@ async fn after_a_fence_the_fenced_transactions_end_is_read() {
     after.commit().await.unwrap();
     assert!(tx.commit().await.is_err(), "the ended session's transaction cannot commit");
     assert!(!db.end_fence_holder(fence).await.unwrap(), "nobody holds it any more");
+    // Readers of one fence share it: neither waits for the other, and neither is ended.
+    let mut a = db.after_fence(&scope, fence, std::time::Duration::from_millis(100)).await.unwrap();
+    let mut b = db.after_fence(&scope, fence, std::time::Duration::from_millis(100)).await.unwrap();
+    assert!(!db.end_fence_holder(fence).await.unwrap(), "a reader is not the holder");
+    for reader in [&mut a, &mut b] {
+        assert!(customers::get_customers(reader, &["cus_fenced_ended".into()]).await.unwrap().is_empty());
+    }
+    a.commit().await.unwrap();
+    b.commit().await.unwrap();
     // Another transaction's fence does not hold it up.
     let (_tx, _fence) = db.tenant_tx_fenced(&scope).await.unwrap();
     let (_, other) = db.tenant_tx_fenced(&scope).await.unwrap();

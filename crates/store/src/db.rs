@@ -373,14 +373,15 @@ impl Db {
     /// and each statement after the lock's in this READ COMMITTED transaction (every
     /// connection's session default) reads a snapshot taken after it. Waits at most `wait`
     /// for the fence: [`StoreError::Database`] (PostgreSQL's lock timeout) when the server
-    /// still holds the transaction open then ([`Db::end_fence_holder`]). SQLite, whose commits
-    /// are never unconfirmed, waits for nothing.
+    /// still holds the transaction open then ([`Db::end_fence_holder`]). It takes the fence
+    /// shared: the readers of one fence (the requests of one batch) do not wait for each other.
+    /// SQLite, whose commits are never unconfirmed, waits for nothing.
     pub async fn after_fence(&self, scope: &TenantScope, fence: Fence, wait: Duration) -> Result<TenantTx> {
         let mut tx = self.tenant_read_tx(scope).await?;
         if let Tx::Postgres(t) = &mut tx.tx {
             let ms = wait.as_millis().clamp(1, i32::MAX as u128).to_string();
             sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(ms).execute(t.conn()?).await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
                 .bind(fence.0)
                 .bind(fence.1)
                 .execute(t.conn()?)
@@ -389,8 +390,9 @@ impl Db {
         Ok(tx)
     }
 
-    /// Ends the server session still holding `fence` — one whose client connection went
-    /// without the server noticing (a half-open connection keeps its transaction open until
+    /// Ends the server session still holding `fence` for its transaction (exclusively; the
+    /// readers of [`Db::after_fence`] share it and are left alone) — one whose client connection
+    /// went without the server noticing (a half-open connection keeps its transaction open until
     /// TCP gives up) — so its transaction rolls back and [`Db::after_fence`] can tell: for a
     /// caller whose own connection to that session failed, which nothing else uses. On a
     /// connection of its own as the login role (the service role may not end the login role's
@@ -398,10 +400,12 @@ impl Db {
     pub async fn end_fence_holder(&self, fence: Fence) -> Result<bool> {
         let Pool::Postgres { login, .. } = &self.pool else { return Ok(false) };
         let mut conn = sqlx::ConnectOptions::connect(login.as_ref()).await?;
-        // pg_locks shows the two keys as unsigned; `objsubid` 2 is the two-key form.
+        // pg_locks shows the two keys as unsigned; `objsubid` 2 is the two-key form. Only the
+        // fenced transaction holds it exclusively (readers waiting on it share it).
         let ended: std::result::Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(
             "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND mode = 'ExclusiveLock' \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND classid = $1::int8::oid AND objid = $2::int8::oid AND pid <> pg_backend_pid()",
         )
         .bind(i64::from(fence.0 as u32))

@@ -420,21 +420,23 @@ fn the_header_is_documented_on_every_tenant_post() {
 }
 
 /// An `Idempotency-Key` claim or kept response whose transaction's commit went unconfirmed —
-/// the server's connection to PostgreSQL cut at the `COMMIT` (`pass` of the key's transactions
-/// let through first: 0 cuts the claim's, 1 the kept response's) — is read back by its claim id:
+/// the server's connection to PostgreSQL cut at the `COMMIT` (each cut after `pass` of the key's
+/// transactions let through: 0 cuts the claim's, 1 the kept response's) — is read back by its claim id:
 /// the request runs once and answers, and a retry replays it. (Before, a claim whose answer was
 /// lost answered `409 idempotency_key_in_flight` until its lock ran out, five minutes.)
-async fn an_unconfirmed_idempotency_commit(cut: Cut, pass: usize) {
+async fn an_unconfirmed_idempotency_commit(cuts: &[(Cut, usize)]) {
     let (app, proxy) = spawn_app_through_cut_proxy().await;
     app.create_tenant(T).await;
     // A first customer: the tenant's data key exists, responses are kept together.
     assert_eq!(create_customer(&app, "warm-up-key", customer("crm-0")).await.status, 201);
     // The key: its claim's and its response's statements bind it.
     let key = "cut-idempotency-key";
-    proxy.arm_after(key, cut, pass);
+    for &(cut, pass) in cuts {
+        proxy.arm_after(key, cut, pass);
+    }
     let first = create_customer(&app, key, customer("crm-1")).await;
     assert_eq!(first.status, 201, "{}", first.text());
-    assert_eq!(proxy.cuts(), 1, "the cut happened");
+    assert_eq!(proxy.cuts(), cuts.len(), "every cut armed happened");
     let again = create_customer(&app, key, customer("crm-1")).await;
     assert_eq!(again.status, 201, "{}", again.text());
     assert!(replayed(&again), "the retry is a replay");
@@ -447,26 +449,32 @@ mod an_unconfirmed_idempotency_commit {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn claim_after_the_server_got_it() {
-        super::an_unconfirmed_idempotency_commit(Cut::Answer, 0).await
+        super::an_unconfirmed_idempotency_commit(&[(Cut::Answer, 0)]).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn claim_before_the_server_got_it() {
-        super::an_unconfirmed_idempotency_commit(Cut::Request, 0).await
+        super::an_unconfirmed_idempotency_commit(&[(Cut::Request, 0)]).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn claim_the_server_never_notices() {
-        super::an_unconfirmed_idempotency_commit(Cut::Silent, 0).await
+        super::an_unconfirmed_idempotency_commit(&[(Cut::Silent, 0)]).await
+    }
+
+    /// The batch's claim not written, then the claim alone cut after the server got it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claim_before_then_alone_after() {
+        super::an_unconfirmed_idempotency_commit(&[(Cut::Request, 0), (Cut::Answer, 0)]).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn response_after_the_server_got_it() {
-        super::an_unconfirmed_idempotency_commit(Cut::Answer, 1).await
+        super::an_unconfirmed_idempotency_commit(&[(Cut::Answer, 1)]).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn response_the_server_never_notices() {
-        super::an_unconfirmed_idempotency_commit(Cut::Silent, 1).await
+        super::an_unconfirmed_idempotency_commit(&[(Cut::Silent, 1)]).await
     }
 }

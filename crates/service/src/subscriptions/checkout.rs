@@ -281,7 +281,8 @@ fn offer_in_checkout() -> ServiceError {
 /// Whether the checkouts `ids`, written by one transaction (holding `fence`) whose commit went
 /// unconfirmed — the connection failed while the `COMMIT` or its answer was on the way — were
 /// written: all of them (`Some(true)`) or none (`Some(false)`), read once that transaction has
-/// ended ([`crate::unconfirmed::read_after`]). `None` (logged): the database could not tell.
+/// ended ([`crate::unconfirmed::after`], twice at most). `None` (logged with the ids): the
+/// database could not tell.
 ///
 /// Without this, a checkout whose commit's answer was lost would be written again, refused as
 /// a second checkout of its offered item, and answered `409 offer_in_checkout` while the first
@@ -292,24 +293,32 @@ pub(crate) async fn were_written(
     fence: Fence,
     ids: &[String],
 ) -> Option<bool> {
-    let mut tx = crate::unconfirmed::after(ctx, scope, fence, "checkouts").await?;
-    let found = crate::unconfirmed::bounded("checkouts", store::existing_checkouts(&mut tx, ids)).await?;
-    // Read: whatever the read-only transaction's end does.
-    let _ = tx.commit().await;
-    match found.len() {
-        n if n == ids.len() => {
-            tracing::warn!(checkouts = n, "the unconfirmed commit of checkouts had happened");
-            Some(true)
-        }
-        0 => {
-            tracing::warn!(checkouts = ids.len(), "the unconfirmed commit of checkouts had not happened");
-            Some(false)
-        }
-        n => {
-            tracing::error!(found = n, of = ids.len(), "part of one transaction's checkouts found");
-            None
+    for _ in 0..2 {
+        let Some(mut tx) = crate::unconfirmed::after(ctx, scope, fence, "checkouts").await else { break };
+        let found = crate::unconfirmed::bounded("checkouts", store::existing_checkouts(&mut tx, ids)).await;
+        // Read: whatever the read-only transaction's end does.
+        let _ = tx.commit().await;
+        let Some(found) = found else { continue };
+        match found.len() {
+            n if n == ids.len() => {
+                tracing::warn!(checkouts = n, "the unconfirmed commit of checkouts had happened");
+                return Some(true);
+            }
+            0 => {
+                tracing::warn!(checkouts = ids.len(), "the unconfirmed commit of checkouts had not happened");
+                return Some(false);
+            }
+            n => {
+                tracing::error!(found = n, of = ids.len(), "part of one transaction's checkouts found");
+                break;
+            }
         }
     }
+    tracing::error!(
+        checkouts = ?ids,
+        "whether these checkouts were written is unknown; if they were, the worker runs their jobs"
+    );
+    None
 }
 
 /// The answer to a checkout whose write may or may not have committed: 503, retry later.
