@@ -347,6 +347,13 @@ async fn create_together(ctx: &Ctx, scope: &TenantScope, c: Customer) -> Result<
     Ok(match together::create(ctx, creating).await? {
         together::Created::Done(c) => (*c, true),
         together::Created::Alone(c) => (c.customer, false),
+        together::Created::Unconfirmed(c, fence) => match together::written_after(ctx, &c, fence).await {
+            Some(written) => (c.customer, written),
+            None => {
+                let e = azotte_store::StoreError::commit_unknown("a customer's creation was not confirmed");
+                return Err(ServiceError::Unavailable(e));
+            }
+        },
     })
 }
 

@@ -412,3 +412,51 @@ both!(
     no_personal_value_is_readable_in_the_database_journal_or_logs,
     payment_methods_are_tokens_of_one_storefronts_psp_account
 );
+
+/// A customer whose creating batch's commit went unconfirmed — the server's connection to
+/// PostgreSQL cut at the `COMMIT`, after the server got it or before — is answered as the
+/// database then tells: created (only the answer was lost), or not (then created alone). Never
+/// refused as its own taken external id.
+async fn a_customer_whose_commit_is_cut(cut: crate::helpers::Cut) {
+    let (app, proxy) = crate::helpers::spawn_app_through_cut_proxy().await;
+    app.create_tenant(T).await;
+    // A first customer: the tenant's data key exists (its creation is a transaction of its own).
+    app.post("/v1/customers", json!({"external_id": "warm-up", "email": "warm.up@example.org"}))
+        .tenant(T, ENV)
+        .expect(201)
+        .await;
+    // The request id: the customer's journal entries bind it, in its creating transaction.
+    let marker = "cut-customer-commit";
+    proxy.arm(marker, cut);
+    let body = json!({"external_id": "cut-1", "email": EMAIL});
+    let r = app.post("/v1/customers", body).tenant(T, ENV).header("x-request-id", marker).send().await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(proxy.cuts(), 1, "the cut happened");
+    let created: Value = r.json();
+    let found: Value = app.get("/v1/customers").tenant(T, ENV).expect(200).await.json();
+    assert_eq!(found["data"].as_array().unwrap().len(), 2, "the warm-up's and this one");
+    let cut: Vec<&str> = found["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["external_id"] == "cut-1")
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(cut, [created["id"].as_str().unwrap()], "one customer, the one answered");
+    let entries = app.raw_strings("SELECT type FROM journal_entries WHERE type = 'customer.create'").await;
+    assert_eq!(entries.len(), 2, "journaled once (and the warm-up's)");
+}
+
+mod a_customer_whose_commit_is_cut {
+    use crate::helpers::Cut;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_the_server_got_it() {
+        super::a_customer_whose_commit_is_cut(Cut::Answer).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn before_the_server_got_it() {
+        super::a_customer_whose_commit_is_cut(Cut::Request).await
+    }
+}

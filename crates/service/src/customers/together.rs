@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use azotte_store::customers as store;
 use azotte_store::journal::RequestMeta;
-use azotte_store::TenantScope;
+use azotte_store::{Fence, TenantScope};
 
 use super::{journal_created, Customer};
 use crate::gather::{self, Gather, Tally};
@@ -53,6 +53,9 @@ pub(crate) enum Created {
     Done(Box<Customer>),
     /// Not written (nothing of it): the request goes the one-by-one way.
     Alone(Box<Creating>),
+    /// Written by a batch whose commit went unconfirmed (the connection failed meanwhile): it
+    /// may have happened. The request finds out ([`written_after`]).
+    Unconfirmed(Box<Creating>, Fence),
 }
 
 /// The customers waiting to be created, per tenant environment, of this process.
@@ -76,7 +79,16 @@ pub(super) async fn create(ctx: &Ctx, creating: Creating) -> Result<Created> {
 async fn run(ctx: &Ctx, batch: Vec<Creating>) -> Vec<Created> {
     let n = batch.len();
     match create_batch(ctx, &batch).await {
-        Ok(written) => {
+        // Written or not, the database tells once the transaction has ended; each request asks,
+        // after this batch's turn.
+        Ok((written, Some(fence))) => {
+            let out = batch.into_iter().zip(written).map(|(c, written)| match written {
+                true => Created::Unconfirmed(Box::new(c), fence),
+                false => Created::Alone(Box::new(c)),
+            });
+            out.collect()
+        }
+        Ok((written, None)) => {
             CREATED.add(written.iter().filter(|w| **w).count());
             let out = batch.into_iter().zip(written).map(|(c, written)| match written {
                 true => Created::Done(Box::new(c.customer)),
@@ -92,10 +104,11 @@ async fn run(ctx: &Ctx, batch: Vec<Creating>) -> Vec<Created> {
 }
 
 /// The creating transaction of `batch`: for each customer, whether it was written (the others
-/// are left to the one-by-one path). Nothing is written unless the whole transaction commits.
-async fn create_batch(ctx: &Ctx, batch: &[Creating]) -> Result<Vec<bool>> {
+/// are left to the one-by-one path). Nothing is written unless the whole transaction commits;
+/// with its fence when its commit went unconfirmed.
+async fn create_batch(ctx: &Ctx, batch: &[Creating]) -> Result<(Vec<bool>, Option<Fence>)> {
     let first = batch.first().ok_or_else(|| ServiceError::Internal("an empty batch".into()))?;
-    let mut tx = ctx.db.tenant_tx(&first.scope).await?;
+    let (mut tx, fence) = ctx.db.tenant_tx_fenced(&first.scope).await?;
     let asked: Vec<String> = batch.iter().map(|c| c.customer.external_id.clone()).collect();
     let mut named: HashSet<String> =
         store::by_external_ids(&mut tx, &asked).await?.into_iter().map(|r| r.external_id).collect();
@@ -115,6 +128,29 @@ async fn create_batch(ctx: &Ctx, batch: &[Creating]) -> Result<Vec<bool>> {
     // With the commit: a refused row fails the batch as a refused statement would.
     tx.insert_at_commit();
     store::insert_customers(&mut tx, &rows).await?;
-    tx.commit().await?;
-    Ok(written)
+    match tx.commit().await {
+        Ok(()) => Ok((written, None)),
+        Err(e) if e.is_commit_unknown() => {
+            tracing::warn!(error = %e, customers = rows.len(), "customers' commit unconfirmed; asking the database");
+            Ok((written, Some(fence)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `c`, written by a batch (holding `fence`) whose commit went unconfirmed, was written:
+/// read once that transaction has ended. `None`: the database could not tell.
+///
+/// Without this, a customer whose batch's commit answer was lost would be created again by the
+/// one-by-one path and refused there as a taken external id (`409`), its own.
+pub(super) async fn written_after(ctx: &Ctx, c: &Creating, fence: Fence) -> Option<bool> {
+    let what = "customers";
+    let mut tx = crate::unconfirmed::after(ctx, &c.scope, fence, what).await?;
+    let found = crate::unconfirmed::bounded(
+        what,
+        store::get_customers(&mut tx, std::slice::from_ref(&c.customer.id)),
+    )
+    .await;
+    let _ = tx.commit().await;
+    Some(!found?.is_empty())
 }
