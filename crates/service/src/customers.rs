@@ -347,13 +347,20 @@ async fn create_together(ctx: &Ctx, scope: &TenantScope, c: Customer) -> Result<
     Ok(match together::create(ctx, creating).await? {
         together::Created::Done(c) => (*c, true),
         together::Created::Alone(c) => (c.customer, false),
-        together::Created::Unconfirmed(c, fence) => match together::written_after(ctx, &c, fence).await {
-            Some(written) => (c.customer, written),
-            None => {
-                let e = azotte_store::StoreError::commit_unknown("a customer's creation was not confirmed");
-                return Err(ServiceError::Unavailable(e));
+        together::Created::Unconfirmed(c, fence) => {
+            match together::written_after(ctx, &c.scope, fence, &c.customer.id).await {
+                Some(written) => (c.customer, written),
+                None => {
+                    tracing::error!(
+                        customer_id = %c.customer.id,
+                        "whether this customer was created is unknown"
+                    );
+                    let e =
+                        azotte_store::StoreError::commit_unknown("a customer's creation was not confirmed");
+                    return Err(ServiceError::Unavailable(e));
+                }
             }
-        },
+        }
     })
 }
 
@@ -394,10 +401,34 @@ pub async fn create(
     if written {
         return Ok(c);
     }
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let (mut tx, fence) = ctx.db.tenant_tx_fenced(scope).await?;
     let c = insert(ctx, &mut tx, c).await?;
-    tx.commit().await?;
+    commit_created(ctx, scope, tx, fence, &c.id).await?;
     Ok(c)
+}
+
+/// Commits the fenced transaction that created the customer `id` alone; when its commit goes
+/// unconfirmed, reads back whether it was (decision 0007, "An unconfirmed commit"): written is
+/// done, not written is 503 with nothing written, and a database that cannot tell is 503.
+async fn commit_created(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    tx: TenantTx,
+    fence: azotte_store::Fence,
+    id: &str,
+) -> Result<()> {
+    match tx.commit().await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_commit_unknown() => match together::written_after(ctx, scope, fence, id).await {
+            Some(true) => Ok(()),
+            Some(false) => Err(e.rolled_back().into()),
+            None => {
+                tracing::error!(customer_id = id, "whether this customer was created is unknown");
+                Err(e.into())
+            }
+        },
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Creates or replaces the customer with this external id; `true` when it was created.
@@ -417,9 +448,13 @@ pub async fn upsert(
     if written {
         return Ok((new, true));
     }
-    let mut tx = ctx.db.tenant_tx(scope).await?;
+    let (mut tx, fence) = ctx.db.tenant_tx_fenced(scope).await?;
     let out = match store::by_external_id(&mut tx, &new.external_id).await? {
-        None => (insert(ctx, &mut tx, new).await?, true),
+        None => {
+            let c = insert(ctx, &mut tx, new).await?;
+            commit_created(ctx, scope, tx, fence, &c.id).await?;
+            return Ok((c, true));
+        }
         Some(row) => {
             // The same fields, on the existing customer.
             let before = decrypt(ctx, &mut tx, row.clone()).await?;

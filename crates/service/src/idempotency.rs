@@ -173,7 +173,8 @@ pub async fn begin(
         let row = store::get(&mut tx, key.as_str()).await?;
         // This request's own claim: its unconfirmed commit had happened.
         if row.as_ref().is_some_and(|r| r.state != COMPLETE && own(r, &claim_id)) {
-            tx.commit().await?;
+            // Nothing written here: whatever its end does.
+            let _ = tx.commit().await;
             return Ok(claimed);
         }
         // `None`: the row may be taken over.
@@ -202,12 +203,20 @@ pub async fn begin(
     };
     match tx.commit().await {
         Ok(()) => Ok(outcome),
-        // Only a claim wrote anything: the row shows whether it was, by its claim id; if it was
-        // not, nothing was written (503, the key as it was).
+        // Only a claim wrote anything: the row shows whether it was, by its claim id.
         Err(e) if e.is_commit_unknown() && matches!(outcome, Begin::Claimed(_)) => {
             match claimed_after(ctx, scope, fence, key, &claim_id).await {
                 Some(true) => Ok(outcome),
-                _ => Err(e.into()),
+                // Nothing written: 503, the key as it was.
+                Some(false) => Err(e.rolled_back().into()),
+                // 503; a retry finds the key in flight until the lock runs out, if it was.
+                None => {
+                    tracing::error!(
+                        key = key.as_str(),
+                        "whether this idempotency key was claimed is unknown"
+                    );
+                    Err(e.into())
+                }
             }
         }
         Err(e) if e.is_commit_unknown() => Ok(outcome),

@@ -399,7 +399,15 @@ impl Db {
     /// sessions), closed after. Whether a session was ended (`false`: none held the fence).
     pub async fn end_fence_holder(&self, fence: Fence) -> Result<bool> {
         let Pool::Postgres { login, .. } = &self.pool else { return Ok(false) };
-        let mut conn = sqlx::ConnectOptions::connect(login.as_ref()).await?;
+        // Bounded: the database may be as unreachable as the connection that failed.
+        let connect =
+            tokio::time::timeout(Duration::from_secs(5), sqlx::ConnectOptions::connect(login.as_ref()));
+        let mut conn = connect.await.map_err(|_| {
+            StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no connection to end a fence's holder in time",
+            )))
+        })??;
         // pg_locks shows the two keys as unsigned; `objsubid` 2 is the two-key form. Only the
         // fenced transaction holds it exclusively (readers waiting on it share it).
         let ended: std::result::Result<Option<bool>, sqlx::Error> = sqlx::query_scalar(

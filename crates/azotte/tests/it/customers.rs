@@ -417,7 +417,7 @@ both!(
 /// PostgreSQL cut at the `COMMIT`, after the server got it or before — is answered as the
 /// database then tells: created (only the answer was lost), or not (then created alone). Never
 /// refused as its own taken external id.
-async fn a_customer_whose_commit_is_cut(cut: crate::helpers::Cut) {
+async fn a_customer_whose_commit_is_cut(cuts: &[crate::helpers::Cut]) {
     let (app, proxy) = crate::helpers::spawn_app_through_cut_proxy().await;
     app.create_tenant(T).await;
     // A first customer: the tenant's data key exists (its creation is a transaction of its own).
@@ -427,11 +427,13 @@ async fn a_customer_whose_commit_is_cut(cut: crate::helpers::Cut) {
         .await;
     // The request id: the customer's journal entries bind it, in its creating transaction.
     let marker = "cut-customer-commit";
-    proxy.arm(marker, cut);
+    for &cut in cuts {
+        proxy.arm(marker, cut);
+    }
     let body = json!({"external_id": "cut-1", "email": EMAIL});
     let r = app.post("/v1/customers", body).tenant(T, ENV).header("x-request-id", marker).send().await;
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(proxy.cuts(), 1, "the cut happened");
+    assert_eq!(proxy.cuts(), cuts.len(), "every cut armed happened");
     let created: Value = r.json();
     let found: Value = app.get("/v1/customers").tenant(T, ENV).expect(200).await.json();
     assert_eq!(found["data"].as_array().unwrap().len(), 2, "the warm-up's and this one");
@@ -452,11 +454,17 @@ mod a_customer_whose_commit_is_cut {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_the_server_got_it() {
-        super::a_customer_whose_commit_is_cut(Cut::Answer).await
+        super::a_customer_whose_commit_is_cut(&[Cut::Answer]).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn before_the_server_got_it() {
-        super::a_customer_whose_commit_is_cut(Cut::Request).await
+        super::a_customer_whose_commit_is_cut(&[Cut::Request]).await
+    }
+
+    /// The batch's not written, then the customer alone cut after the server got it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn before_then_alone_after() {
+        super::a_customer_whose_commit_is_cut(&[Cut::Request, Cut::Answer]).await
     }
 }

@@ -14,7 +14,10 @@
 //! request: a customer whose external id is taken (an upsert's update, a create's conflict) or
 //! named twice in the batch is handed back untouched; if the insert fails (an email or phone
 //! another customer has) or anything else does, the transaction is rolled back and every
-//! customer of the batch is handed back, each then written alone.
+//! customer of the batch is handed back, each then written alone. A commit that went
+//! unconfirmed (the connection failed meanwhile) hands each customer it wrote back with the
+//! transaction's fence: its request reads whether it was written ([`written_after`]) before
+//! writing it alone.
 
 use std::collections::HashSet;
 
@@ -62,7 +65,7 @@ pub(crate) enum Created {
 pub(crate) type Creates = Gather<Creating, Created>;
 
 /// Creates a customer with the others of its tenant environment waiting at the same time:
-/// [`Created::Done`], or handed back to be written alone.
+/// [`Created::Done`], handed back to be written alone, or [`Created::Unconfirmed`].
 pub(super) async fn create(ctx: &Ctx, creating: Creating) -> Result<Created> {
     let at = gather::at(&creating.scope);
     let together = |batch: Vec<Creating>| {
@@ -138,19 +141,16 @@ async fn create_batch(ctx: &Ctx, batch: &[Creating]) -> Result<(Vec<bool>, Optio
     }
 }
 
-/// Whether `c`, written by a batch (holding `fence`) whose commit went unconfirmed, was written:
-/// read once that transaction has ended. `None`: the database could not tell.
+/// Whether the customer `id`, written by a transaction (holding `fence`) whose commit went
+/// unconfirmed, was written: read once that transaction has ended. `None`: the database could
+/// not tell.
 ///
-/// Without this, a customer whose batch's commit answer was lost would be created again by the
-/// one-by-one path and refused there as a taken external id (`409`), its own.
-pub(super) async fn written_after(ctx: &Ctx, c: &Creating, fence: Fence) -> Option<bool> {
+/// Without this, a customer whose commit answer was lost would be created again by the
+/// one-by-one path (or the client's retry) and refused as a taken external id (`409`), its own.
+pub(super) async fn written_after(ctx: &Ctx, scope: &TenantScope, fence: Fence, id: &str) -> Option<bool> {
     let what = "customers";
-    let mut tx = crate::unconfirmed::after(ctx, &c.scope, fence, what).await?;
-    let found = crate::unconfirmed::bounded(
-        what,
-        store::get_customers(&mut tx, std::slice::from_ref(&c.customer.id)),
-    )
-    .await;
+    let mut tx = crate::unconfirmed::after(ctx, scope, fence, what).await?;
+    let found = crate::unconfirmed::bounded(what, store::get_customer(&mut tx, id)).await;
     let _ = tx.commit().await;
-    Some(!found?.is_empty())
+    Some(found?.is_some())
 }
