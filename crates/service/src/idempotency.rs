@@ -229,9 +229,24 @@ fn own(row: &IdempotencyRow, claim_id: &str) -> bool {
     row.claim_id.as_deref() == Some(claim_id)
 }
 
+/// The row of `key` as a transaction (holding `fence`) whose commit went unconfirmed left it:
+/// read once that transaction has ended. `None`: the database could not tell.
+async fn row_after(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    fence: azotte_store::Fence,
+    key: &IdempotencyKey,
+    what: &str,
+) -> Option<Option<IdempotencyRow>> {
+    let key = key.as_str().to_owned();
+    crate::unconfirmed::read_back(ctx, scope, fence, what, move |tx| {
+        Box::pin(async move { store::get(tx, &key).await })
+    })
+    .await
+}
+
 /// Whether the claim `claim_id` of `key`, written by a transaction (holding `fence`) whose
-/// commit went unconfirmed, was written: read once that transaction has ended. `None`: the
-/// database could not tell.
+/// commit went unconfirmed, was written. `None`: the database could not tell.
 async fn claimed_after(
     ctx: &Ctx,
     scope: &TenantScope,
@@ -239,11 +254,8 @@ async fn claimed_after(
     key: &IdempotencyKey,
     claim_id: &str,
 ) -> Option<bool> {
-    let what = "idempotency claim";
-    let mut tx = crate::unconfirmed::after(ctx, scope, fence, what).await?;
-    let row = crate::unconfirmed::bounded(what, store::get(&mut tx, key.as_str())).await;
-    let _ = tx.commit().await;
-    Some(row?.is_some_and(|r| r.state != COMPLETE && own(&r, claim_id)))
+    let row = row_after(ctx, scope, fence, key, "idempotency claim").await?;
+    Some(row.is_some_and(|r| r.state != COMPLETE && own(&r, claim_id)))
 }
 
 /// Claims and responses kept in one transaction at most.
@@ -448,14 +460,9 @@ pub async fn complete(ctx: &Ctx, claim: Claim, response: &StoredResponse) -> Res
             // The batch's commit went unconfirmed: kept if the row is complete under this claim
             // (otherwise kept alone below, which the claim's fence still guards).
             Some(Written::Unconfirmed(fence)) => {
-                let what = "idempotency response";
-                if let Some(mut tx) = crate::unconfirmed::after(ctx, &claim.scope, fence, what).await {
-                    let row =
-                        crate::unconfirmed::bounded(what, store::get(&mut tx, claim.key.as_str())).await;
-                    let _ = tx.commit().await;
-                    if row.flatten().is_some_and(|r| r.state == COMPLETE && own(&r, &claim.claim_id)) {
-                        return Ok(true);
-                    }
+                let row = row_after(ctx, &claim.scope, fence, &claim.key, "idempotency response").await;
+                if row.flatten().is_some_and(|r| r.state == COMPLETE && own(&r, &claim.claim_id)) {
+                    return Ok(true);
                 }
             }
             _ => {}

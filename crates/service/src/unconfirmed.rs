@@ -1,7 +1,7 @@
 //! After a commit that went unconfirmed — the connection to PostgreSQL failed while a fenced
 //! transaction's `COMMIT`, or its answer, was on the way ([`azotte_store::StoreError::CommitUnknown`])
-//! — what did it write? A read in a transaction from [`after`] shows it: that transaction begins
-//! once the fenced one has ended ([`azotte_store::Db::after_fence`]). Decisions 0007, "An
+//! — what did it write? [`read_back`] reads it in a transaction that begins once the fenced one
+//! has ended ([`azotte_store::Db::after_fence`]). Decisions 0007, "An
 //! unconfirmed commit", and 0006, "An unconfirmed claim".
 
 use std::time::Duration;
@@ -17,14 +17,14 @@ const WAIT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 3;
 
 /// A read transaction that begins once the transaction holding `fence` has ended (committed, or
-/// rolled back by the server for its lost connection), so that what the caller reads in it shows
-/// what that transaction did (read it [`bounded`]). A server session that still holds the
+/// rolled back by the server for its lost connection), so that what is read in it shows what
+/// that transaction did ([`read_back`]). A server session that still holds the
 /// fence after the first wait — it has not noticed its client went (a half-open connection keeps
 /// its transaction open until TCP gives up) — is ended, which rolls its transaction back: the
 /// caller's own connection to it failed, and nothing else uses it (the other readers of the
 /// fence are not ended: they hold it shared). `None` (logged, with `what`):
 /// the database could not tell in [`ATTEMPTS`] attempts, each bounded.
-pub(crate) async fn after(ctx: &Ctx, scope: &TenantScope, fence: Fence, what: &str) -> Option<TenantTx> {
+async fn after(ctx: &Ctx, scope: &TenantScope, fence: Fence, what: &str) -> Option<TenantTx> {
     for attempt in 1..=ATTEMPTS {
         // Bounded: a statement on a connection the network dropped could wait for TCP.
         let tx = tokio::time::timeout(WAIT + Duration::from_secs(1), ctx.db.after_fence(scope, fence, WAIT))
@@ -52,13 +52,18 @@ pub(crate) async fn after(ctx: &Ctx, scope: &TenantScope, fence: Fence, what: &s
     None
 }
 
-/// `read` — a read in a transaction from [`after`] — bounded: `None` (logged) when it failed or
-/// did not answer in time.
-pub(crate) async fn bounded<T>(
+/// What `read` finds, in a transaction from [`after`]: what the transaction holding `fence`
+/// wrote, read once it has ended. Bounded; `None` (logged, with `what`) when the database could
+/// not tell.
+pub(crate) async fn read_back<T>(
+    ctx: &Ctx,
+    scope: &TenantScope,
+    fence: Fence,
     what: &str,
-    read: impl std::future::Future<Output = azotte_store::Result<T>>,
+    read: impl for<'t> FnOnce(&'t mut TenantTx) -> Read<'t, T>,
 ) -> Option<T> {
-    match tokio::time::timeout(WAIT, read).await {
+    let mut tx = after(ctx, scope, fence, what).await?;
+    let found = match tokio::time::timeout(WAIT, read(&mut tx)).await {
         Ok(Ok(found)) => Some(found),
         Ok(Err(e)) => {
             tracing::error!(error = %e, what, "what an unconfirmed commit wrote is unknown");
@@ -68,5 +73,12 @@ pub(crate) async fn bounded<T>(
             tracing::error!(what, "what an unconfirmed commit wrote is unknown: no answer in time");
             None
         }
-    }
+    };
+    // Read: whatever the read-only transaction's end does.
+    let _ = tx.commit().await;
+    found
 }
+
+/// A read of [`read_back`], in the transaction it is given.
+pub(crate) type Read<'t, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = azotte_store::Result<T>> + Send + 't>>;

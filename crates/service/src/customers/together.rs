@@ -148,9 +148,9 @@ async fn create_batch(ctx: &Ctx, batch: &[Creating]) -> Result<(Vec<bool>, Optio
 /// Without this, a customer whose commit answer was lost would be created again by the
 /// one-by-one path (or the client's retry) and refused as a taken external id (`409`), its own.
 pub(super) async fn written_after(ctx: &Ctx, scope: &TenantScope, fence: Fence, id: &str) -> Option<bool> {
-    let what = "customers";
-    let mut tx = crate::unconfirmed::after(ctx, scope, fence, what).await?;
-    let found = crate::unconfirmed::bounded(what, store::get_customer(&mut tx, id)).await;
-    let _ = tx.commit().await;
-    Some(found?.is_some())
+    let id = id.to_owned();
+    crate::unconfirmed::read_back(ctx, scope, fence, "customers", move |tx| {
+        Box::pin(async move { Ok(store::get_customer(tx, &id).await?.is_some()) })
+    })
+    .await
 }

@@ -281,7 +281,7 @@ fn offer_in_checkout() -> ServiceError {
 /// Whether the checkouts `ids`, written by one transaction (holding `fence`) whose commit went
 /// unconfirmed — the connection failed while the `COMMIT` or its answer was on the way — were
 /// written: all of them (`Some(true)`) or none (`Some(false)`), read once that transaction has
-/// ended ([`crate::unconfirmed::after`], twice at most). `None` (logged with the ids): the
+/// ended ([`crate::unconfirmed::read_back`], twice at most). `None` (logged with the ids): the
 /// database could not tell.
 ///
 /// Without this, a checkout whose commit's answer was lost would be written again, refused as
@@ -294,11 +294,14 @@ pub(crate) async fn were_written(
     ids: &[String],
 ) -> Option<bool> {
     for _ in 0..2 {
-        let Some(mut tx) = crate::unconfirmed::after(ctx, scope, fence, "checkouts").await else { break };
-        let found = crate::unconfirmed::bounded("checkouts", store::existing_checkouts(&mut tx, ids)).await;
-        // Read: whatever the read-only transaction's end does.
-        let _ = tx.commit().await;
-        let Some(found) = found else { continue };
+        let asked = ids.to_vec();
+        let Some(found) = crate::unconfirmed::read_back(ctx, scope, fence, "checkouts", move |tx| {
+            Box::pin(async move { store::existing_checkouts(tx, &asked).await })
+        })
+        .await
+        else {
+            continue;
+        };
         match found.len() {
             n if n == ids.len() => {
                 tracing::warn!(checkouts = n, "the unconfirmed commit of checkouts had happened");
